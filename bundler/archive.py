@@ -1,0 +1,501 @@
+"""The bundle file: deterministic tar writing, strict header reading, verification.
+
+Writing: members go out in the order given, with fixed mtime, uid/gid 0, no
+user names and normalized modes, so equal inputs give equal bytes. File data
+moves with the kernel's copy path (``copy_file_range``, then ``sendfile``),
+while a second thread hashes the same byte stream for the ``.sha256`` file.
+
+Reading: our own header parser accepts only what our writer emits (regular
+files, PAX ``path``/``size`` records) and refuses links, devices, absolute or
+``..`` names, setuid modes and corrupt headers before anything is trusted.
+``verify_bundle`` checks the signature over the raw ``lock.json`` bytes first,
+then every member's size and SHA-256, hashing members in parallel threads.
+
+Extraction to disk and the site's install logic are not handled here.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundler import lock as lockmod
+from bundler import signing
+from bundler.errors import IntegrityError, SignatureError
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # tar's default record size; we pad the archive to it like tar does
+CHUNK = 1 << 20
+_SPECIAL_BITS = 0o7000  # setuid, setgid, sticky
+_TYPE_NAMES = {
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+    tarfile.DIRTYPE: "directory",
+    tarfile.CONTTYPE: "contiguous file",
+    tarfile.GNUTYPE_LONGNAME: "GNU long name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long link",
+    tarfile.GNUTYPE_SPARSE: "GNU sparse file",
+    tarfile.XGLTYPE: "PAX global header",
+}
+
+Progress = Callable[[int], None]
+
+
+def _no_progress(_n: int) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member to write: bytes in memory, or a file on disk of known size."""
+
+    path: str
+    mode: str
+    size: int
+    data: bytes | None = None
+    source: Path | None = None
+
+
+def tar_header(path: str, size: int, mode: str, mtime: int) -> bytes:
+    """A deterministic header (PAX records only when ustar cannot hold the name or size)."""
+    info = tarfile.TarInfo(path)
+    info.size = size
+    info.mode = int(mode, 8)
+    info.mtime = mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info.tobuf(tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _segments(entries: list[Entry], mtime: int) -> Iterator[bytes | Entry]:
+    """The archive as a sequence of literal bytes and file bodies, in order."""
+    total = 0
+    for entry in entries:
+        header = tar_header(entry.path, entry.size, entry.mode, mtime)
+        pad = -entry.size % BLOCK
+        total += len(header) + entry.size + pad
+        yield header
+        yield entry.data if entry.data is not None else entry
+        if pad:
+            yield b"\0" * pad
+    end = 2 * BLOCK
+    end += -(total + end) % RECORD
+    yield b"\0" * end
+
+
+def _copy_file(src_fd: int, dst_fd: int, size: int, path: Path, progress: Progress) -> None:
+    """Copy ``size`` bytes with the kernel's copy path, falling back step by step."""
+    done = 0
+    method = "copy_file_range"
+    while done < size:
+        want = min(size - done, 1 << 30)
+        try:
+            if method == "copy_file_range":
+                n = os.copy_file_range(src_fd, dst_fd, want)
+            elif method == "sendfile":
+                n = os.sendfile(dst_fd, src_fd, None, want)
+            else:
+                n = os.write(dst_fd, os.read(src_fd, min(want, CHUNK)))
+        except OSError as exc:
+            # EXDEV/EINVAL/ENOSYS/EOPNOTSUPP: this pair of filesystems can't do it; try the next.
+            if exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and method != "rw":
+                method = "sendfile" if method == "copy_file_range" else "rw"
+                continue
+            raise
+        if n == 0:
+            raise IntegrityError(f"{path} shrank while being bundled (expected {size} bytes)")
+        done += n
+        progress(n)
+
+
+def _hash_stream(segments: list[bytes | Entry], out: dict[str, object]) -> None:
+    """SHA-256 of the archive bytes, read from the sources (runs in a thread)."""
+    try:
+        digest = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        for seg in segments:
+            if isinstance(seg, bytes):
+                digest.update(seg)
+                continue
+            assert seg.source is not None
+            fd = os.open(seg.source, os.O_RDONLY)
+            try:
+                offset = 0
+                while offset < seg.size:
+                    n = os.preadv(fd, [view[: min(CHUNK, seg.size - offset)]], offset)
+                    if n == 0:
+                        break
+                    digest.update(view[:n])
+                    offset += n
+            finally:
+                os.close(fd)
+        out["sha256"] = digest.hexdigest()
+    except BaseException as exc:  # re-raised in the writer's thread
+        out["error"] = exc
+
+
+def write_tar(fd: int, entries: list[Entry], mtime: int = 0, progress: Progress = _no_progress) -> str:
+    """Write ``entries`` as a deterministic tar to ``fd``; return the archive's SHA-256.
+
+    The caller owns ``fd`` (temp file, fsync, rename). A source file that
+    changes size during the copy raises ``IntegrityError``.
+    """
+    segments = list(_segments(entries, mtime))
+    result: dict[str, object] = {}
+    hasher = threading.Thread(target=_hash_stream, args=(segments, result), daemon=True)
+    hasher.start()
+    try:
+        for seg in segments:
+            if isinstance(seg, bytes):
+                _write_all(fd, seg)
+                continue
+            assert seg.source is not None
+            src = os.open(seg.source, os.O_RDONLY)
+            try:
+                if os.fstat(src).st_size != seg.size:
+                    raise IntegrityError(f"{seg.source} changed size since it was hashed; build again")
+                _copy_file(src, fd, seg.size, seg.source, progress)
+            finally:
+                os.close(src)
+    finally:
+        hasher.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return str(result["sha256"])
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """A member header as read from the archive."""
+
+    name: str
+    size: int
+    mode: int
+    offset: int  # where its data starts
+
+
+def _unsafe(name: str, why: str) -> IntegrityError:
+    return IntegrityError(f"unsafe member {name!r}: {why}; the bundle is refused", member=name)
+
+
+def _parse_pax(data: bytes, name: str) -> dict[str, str]:
+    """Parse PAX extended-header records (``"%d %s=%s\\n"``)."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos:].strip(b"\0") == b"":
+            break
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            length = 0
+        record = data[pos : pos + length]
+        if space < 0 or length <= space - pos or not record.endswith(b"\n") or b"=" not in record:
+            raise _unsafe(name, "malformed PAX header")
+        key, _, value = record[space - pos + 1 : -1].partition(b"=")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+class TarReader:
+    """Reads our tar subset from a seekable binary file, one header at a time.
+
+    Headers are checked (checksum, type, name, mode) as they are read; data is
+    skipped by seeking, so scanning a large bundle costs a few reads.
+    """
+
+    def __init__(self, fileobj: object, size: int) -> None:
+        self.f = fileobj
+        self.size = size
+        self.pos = 0
+        self.ended = False
+
+    def _block(self, what: str) -> bytes:
+        self.f.seek(self.pos)  # type: ignore[attr-defined]
+        block = self.f.read(BLOCK)  # type: ignore[attr-defined]
+        if len(block) < BLOCK:
+            raise IntegrityError(f"bundle is truncated: it ends inside {what}")
+        self.pos += BLOCK
+        return bytes(block)
+
+    def next(self) -> TarMember | None:
+        """The next member, or None at the end-of-archive marker."""
+        if self.ended:
+            return None
+        if self.pos >= self.size:
+            raise IntegrityError(
+                "bundle is truncated: no end-of-archive marker"
+                if self.pos
+                else "bundle is empty (0 bytes); it is not a tar archive"
+            )
+        pax: dict[str, str] = {}
+        while True:
+            block = self._block("a member header")
+            if block == b"\0" * BLOCK:
+                self.ended = True
+                return None
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as exc:
+                raise IntegrityError(
+                    f"corrupt tar header at byte {self.pos - BLOCK} ({exc}); "
+                    "the bundle is damaged or not a tar archive"
+                ) from exc
+            name = pax.get("path", info.name)
+            if info.size < 0 or info.size > self.size:
+                raise _unsafe(name, f"impossible size {info.size}")
+            if info.type == tarfile.XHDTYPE:
+                if pax:
+                    raise _unsafe(name, "two PAX headers in a row")
+                data = self._data(info.size, name)
+                pax = _parse_pax(data, name)
+                self.pos += info.size + (-info.size % BLOCK)
+                continue
+            break
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise _unsafe(name, f"a {_TYPE_NAMES.get(info.type, 'type ' + repr(info.type))}")
+        size = info.size
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise _unsafe(name, "malformed PAX size") from None
+        problem = lockmod.check_member_path(name)
+        if problem:
+            raise _unsafe(name, f"name {problem}")
+        if info.mode & _SPECIAL_BITS or info.mode & 0o022:
+            raise _unsafe(name, f"mode {info.mode:04o} (setuid/setgid/sticky or group/world-writable)")
+        member = TarMember(name=name, size=size, mode=info.mode, offset=self.pos)
+        end = self.pos + size
+        if end > self.size:
+            raise IntegrityError(
+                f"bundle is truncated inside member {name!r} "
+                f"({self.size - self.pos} of {size} bytes present)",
+                member=name,
+            )
+        self.pos = end + (-size % BLOCK)
+        return member
+
+    def _data(self, size: int, name: str) -> bytes:
+        if self.pos + size > self.size:
+            raise IntegrityError(f"bundle is truncated inside member {name!r}", member=name)
+        self.f.seek(self.pos)  # type: ignore[attr-defined]
+        return bytes(self.f.read(size))  # type: ignore[attr-defined]
+
+    def read(self, member: TarMember, limit: int) -> bytes:
+        """A small member's bytes, refusing more than ``limit``."""
+        if member.size > limit:
+            raise IntegrityError(
+                f"member {member.name!r} is {member.size} bytes, over the {limit}-byte limit",
+                member=member.name,
+            )
+        self.f.seek(member.offset)  # type: ignore[attr-defined]
+        return bytes(self.f.read(member.size))  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- verifying
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One integrity finding, naming the member."""
+
+    member: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.member}: {self.problem}"
+
+
+@dataclass
+class Head:
+    """The signed head of a bundle: lock bytes, signature bytes and the reader after them."""
+
+    lock_bytes: bytes
+    sig_bytes: bytes | None
+    reader: TarReader
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_bundle`` found."""
+
+    lock: lockmod.Lock
+    signer: signing.PublicKey
+    members: int = 0
+    bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+def read_head(f: object, size: int) -> Head:
+    """Read ``lock.json`` and ``lock.json.sig``, which must be the first two members.
+
+    Raises:
+        IntegrityError: not a tar, truncated, or ``lock.json`` is not first.
+    """
+    reader = TarReader(f, size)
+    first = reader.next()
+    if first is None or first.name != lockmod.LOCK_NAME:
+        found = first.name if first else "an empty archive"
+        raise IntegrityError(
+            f"the first member must be {lockmod.LOCK_NAME}, found {found!r}: not an airbundle bundle",
+            member=lockmod.LOCK_NAME,
+        )
+    lock_bytes = reader.read(first, lockmod.MAX_LOCK_BYTES)
+    mark = reader.pos
+    second = reader.next()
+    if second is not None and second.name == lockmod.SIG_NAME:
+        return Head(lock_bytes, reader.read(second, signing.MAX_SIGNATURE_BYTES), reader)
+    # No signature: rewind so the caller can still list what follows.
+    reader.pos, reader.ended = mark, False
+    return Head(lock_bytes, None, reader)
+
+
+def check_signature(head: Head, trusted: list[signing.PublicKey]) -> signing.PublicKey:
+    """Verify ``lock.json.sig`` over the raw lock bytes; raises ``SignatureError``."""
+    if head.sig_bytes is None:
+        raise SignatureError(
+            f"{lockmod.SIG_NAME} is missing (it must be the second member); "
+            "an unsigned bundle is never trusted"
+        )
+    return signing.verify(head.lock_bytes, head.sig_bytes, trusted)
+
+
+def _hash_member(fd: int, member: TarMember, progress: Progress, local: threading.local) -> str:
+    buf = getattr(local, "buf", None)
+    if buf is None:
+        buf = local.buf = memoryview(bytearray(CHUNK))
+    digest = hashlib.sha256()
+    done = 0
+    while done < member.size:
+        n = os.preadv(fd, [buf[: min(CHUNK, member.size - done)]], member.offset + done)
+        if n == 0:
+            raise IntegrityError(f"bundle is truncated inside member {member.name!r}", member=member.name)
+        digest.update(buf[:n])
+        done += n
+        progress(n)
+    return digest.hexdigest()
+
+
+def verify_bundle(
+    path: Path,
+    trusted: list[signing.PublicKey],
+    jobs: int | None = None,
+    progress: Progress = _no_progress,
+) -> VerifyReport:
+    """Check a bundle's signature, then every member, without writing anything.
+
+    Order: the signature over the raw ``lock.json`` bytes (nothing else is
+    trusted before it), then the member list against the lock (missing,
+    extra, duplicate, unsafe, wrong size, truncated), then each member's
+    SHA-256, hashed in up to ``jobs`` threads, largest first.
+
+    Returns:
+        A report; ``report.problems`` is empty when the bundle is intact.
+
+    Raises:
+        SignatureError / UntrustedKeyError: trust refused (exit 3).
+        IntegrityError: the archive cannot be read as a bundle (exit 4).
+        LockError: the signed lock is malformed (exit 4).
+    """
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = read_head(f, size)
+        signer = check_signature(head, trusted)
+        lock = lockmod.Lock.from_bytes(head.lock_bytes)
+        report = VerifyReport(lock=lock, signer=signer)
+        expected = {m.path: m for m in lock.members}
+        found: dict[str, TarMember] = {}
+        folded: dict[str, str] = {}
+        while True:
+            member = head.reader.next()
+            if member is None:
+                break
+            key = lockmod.fold(member.name)
+            if member.name in found or key in folded:
+                raise IntegrityError(
+                    f"member {member.name!r} appears twice (or collides with "
+                    f"{folded.get(key, member.name)!r}); the bundle is refused",
+                    member=member.name,
+                )
+            found[member.name] = member
+            folded[key] = member.name
+            want = expected.get(member.name)
+            if want is None:
+                report.problems.append(Problem(member.name, "extra member: not listed in lock.json"))
+            elif member.size != want.size:
+                report.problems.append(
+                    Problem(member.name, f"size {member.size}, lock.json says {want.size}")
+                )
+            elif member.mode & 0o777 != int(want.mode, 8):
+                report.problems.append(
+                    Problem(member.name, f"mode {member.mode & 0o777:04o}, lock.json says {want.mode}")
+                )
+        for name in expected:
+            if name not in found:
+                report.problems.append(Problem(name, "missing: listed in lock.json but not in the bundle"))
+        bad = {p.member for p in report.problems}
+        todo = sorted(
+            (m for m in found.values() if m.name in expected and m.name not in bad),
+            key=lambda m: -m.size,
+        )
+        local = threading.local()
+        workers = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            digests = list(pool.map(lambda m: _hash_member(f.fileno(), m, progress, local), todo))
+        for member, digest in zip(todo, digests):
+            report.members += 1
+            report.bytes += member.size
+            want_sha = expected[member.name].sha256
+            if digest != want_sha:
+                report.problems.append(Problem(member.name, f"sha256 {digest}, lock.json says {want_sha}"))
+    report.problems.sort(key=lambda p: p.member)
+    return report
+
+
+def read_lock(
+    path: Path, trusted: list[signing.PublicKey] | None = None
+) -> tuple[lockmod.Lock, signing.PublicKey | None, bytes | None]:
+    """Read a bundle's lock without touching the payload.
+
+    With ``trusted`` keys the signature is checked (raising on failure);
+    without them the signer named in the signature is returned unverified.
+
+    Returns:
+        (lock, signer key or None when unsigned, signature bytes or None).
+    """
+    with open(path, "rb", buffering=0) as f:
+        head = read_head(f, os.fstat(f.fileno()).st_size)
+    if trusted is not None:
+        signer: signing.PublicKey | None = check_signature(head, trusted)
+    elif head.sig_bytes is not None:
+        signer = signing.parse_signature(head.sig_bytes).public_key
+    else:
+        signer = None
+    return lockmod.Lock.from_bytes(head.lock_bytes), signer, head.sig_bytes

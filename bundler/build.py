@@ -1,0 +1,191 @@
+"""The build flow: manifest → fetched, cached content → signed lock → one bundle tar.
+
+``build_bundle`` validates the manifest, fetches every pinned binary (in
+parallel, into the content-addressed cache), hashes payload files and
+scripts (stat-cached), writes ``lock.json`` and its SSHSIG, then writes the
+deterministic tar to a temp name beside the output, fsyncs and renames it,
+and writes ``NAME-VERSION.tar.sha256`` the same way. An interrupted build
+leaves no file at either final path.
+
+Printing, progress bars and exit codes belong to the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from bundler import __version__, archive, signing
+from bundler.cache import Cache, atomic_write, fsync_dir
+from bundler.errors import InputError
+from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
+from bundler.lock import INSTALL_SH, LOCK_NAME, SIG_NAME, Binary, FileSet, Lock, Member, Step, fold
+from bundler.manifest import Manifest, load_manifest
+
+log = logging.getLogger(__name__)
+
+
+def _no_fetch_progress(_url: str, _done: int, _total: int | None) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build wrote."""
+
+    path: Path
+    sha256_path: Path
+    sha256: str
+    lock: Lock
+
+
+def source_date_epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` as an int, or 0; raises ``InputError`` when malformed."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise InputError(f"SOURCE_DATE_EPOCH={raw!r} must be a non-negative integer (seconds)")
+    return int(raw)
+
+
+def installer_payload() -> bytes:
+    """The ``install.sh`` that travels in every bundle."""
+    return resources.files("bundler.installer").joinpath("install.sh").read_bytes()
+
+
+def _plan(manifest: Manifest, cache: Cache, fetched: dict[str, Path]) -> tuple[list[archive.Entry], Lock]:
+    """The members in bundle order and the lock that lists them."""
+    installer = installer_payload()
+    entries = [archive.Entry(INSTALL_SH, "0755", len(installer), data=installer)]
+    binaries = []
+    for spec in manifest.binaries:
+        path = fetched[spec.sha256]
+        size = path.stat().st_size
+        member = f"bin/{spec.name}"
+        entries.append(archive.Entry(member, spec.mode, size, source=path))
+        binaries.append(Binary(spec.name, member, spec.dest, spec.mode, spec.url, spec.sha256, size))
+    filesets = []
+    for fspec in manifest.files:
+        total = 0
+        for pf in fspec.files:
+            size = pf.source.stat().st_size
+            entries.append(archive.Entry(pf.member, pf.mode, size, source=pf.source))
+            total += size
+        filesets.append(FileSet(fspec.src, fspec.dest, len(fspec.files), total))
+    steps = []
+    for i, step in enumerate(manifest.steps, start=1):
+        member = f"scripts/{i:02d}-{step.name}{step.source.suffix}"
+        entries.append(archive.Entry(member, "0755", step.source.stat().st_size, source=step.source))
+        steps.append(Step(step.name, member, ""))
+    # DESIGN.md order: install.sh, installer/, debs/, bin/, images/, files/, scripts/;
+    # sorted within each group so the bundle does not depend on manifest order.
+    group = {"installer": 1, "debs": 2, "bin": 3, "images": 4, "files": 5, "scripts": 6}
+    head, rest = entries[:1], entries[1:]
+    rest.sort(key=lambda e: (group.get(e.path.split("/", 1)[0], 9), e.path))
+    entries = head + rest
+    seen: dict[str, str] = {}
+    members = []
+    for entry in entries:
+        key = fold(entry.path)
+        if key in seen:
+            raise InputError(f"{manifest.path}: two entries both ship as {entry.path!r}; rename one")
+        seen[key] = entry.path
+        if entry.data is not None:
+            sha = hashlib.sha256(entry.data).hexdigest()
+        elif entry.path.startswith("bin/"):
+            sha = next(b.sha256 for b in binaries if b.path == entry.path)
+        else:
+            assert entry.source is not None
+            sha, size = cache.file_digest(entry.source)
+            if size != entry.size:
+                raise InputError(f"{entry.source} changed while the build read it; build again")
+        kind = {"bin": "binary", "files": "file", "scripts": "script"}.get(
+            entry.path.split("/", 1)[0], "installer"
+        )
+        members.append(Member(entry.path, entry.size, sha, kind, entry.mode))
+    by_path = {m.path: m for m in members}
+    lock = Lock(
+        name=manifest.name,
+        version=manifest.version,
+        platform={
+            "os": manifest.platform.os,
+            "codename": manifest.platform.codename,
+            "arch": manifest.platform.arch,
+        },
+        builder=f"airbundle {__version__}",
+        manifest_sha256=manifest.sha256,
+        source_date_epoch=source_date_epoch(),
+        members=tuple(members),
+        binaries=tuple(binaries),
+        files=tuple(filesets),
+        steps=tuple(Step(s.name, s.script, by_path[s.script].sha256) for s in steps),
+    )
+    return entries, lock
+
+
+def build_bundle(
+    manifest_path: Path,
+    outdir: Path,
+    key: signing.PrivateKey,
+    cache_root: Path,
+    jobs: int = 4,
+    policy: FetchPolicy | None = None,
+    on_fetch: FetchProgress = _no_fetch_progress,
+    on_write: Callable[[int, int], None] | None = None,
+) -> BuildResult:
+    """Build ``OUTDIR/NAME-VERSION.tar`` (and ``.tar.sha256``) from a manifest.
+
+    Args:
+        on_fetch: ``(url, done, total)`` while downloading.
+        on_write: ``(bytes just written, bytes to write)`` while writing the tar.
+
+    Raises:
+        ManifestError / InputError: a bad manifest or input (exit 2).
+        FetchError: a download failed or did not match its pin (exit 5).
+    """
+    manifest = load_manifest(manifest_path)
+    cache = Cache(cache_root)
+    fetcher = Fetcher(cache, policy)
+    specs = {b.sha256: b for b in manifest.binaries}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
+        fetched = {sha: fut.result() for sha, fut in futures.items()}
+    entries, lock = _plan(manifest, cache, fetched)
+    lock_bytes = lock.to_bytes()
+    sig = signing.sign(key, lock_bytes)
+    entries[:0] = [
+        archive.Entry(LOCK_NAME, "0644", len(lock_bytes), data=lock_bytes),
+        archive.Entry(SIG_NAME, "0644", len(sig), data=sig),
+    ]
+    outdir.mkdir(parents=True, exist_ok=True)
+    final = outdir / f"{manifest.name}-{manifest.version}.tar"
+    total = sum(e.size for e in entries)
+    progress = (lambda n: on_write(n, total)) if on_write else (lambda n: None)
+    fd, tmp = tempfile.mkstemp(dir=outdir, prefix=f".{final.name}.", suffix=".partial")
+    try:
+        digest = archive.write_tar(fd, entries, mtime=lock.source_date_epoch, progress=progress)
+        os.fchmod(fd, 0o644)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, final)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(outdir)
+    sha_path = outdir / f"{final.name}.sha256"
+    atomic_write(sha_path, f"{digest}  {final.name}\n".encode())
+    log.info("wrote %s (%d bytes, sha256 %s)", final, final.stat().st_size, digest)
+    return BuildResult(final, sha_path, digest, lock)

@@ -1,0 +1,161 @@
+"""Content-addressed cache of fetched bytes, and a digest index of local files.
+
+Entries live at ``ROOT/sha256/ab/<hex>`` and are only ever created by
+rename from a fsynced temp file, so a reader sees a whole entry or none, and
+two builds can share one cache. Each entry has a stat record beside it;
+when the entry's stat no longer matches (it was written to, truncated,
+replaced), it is hashed again and evicted if its bytes are wrong, so a
+corrupted entry is refetched and never bundled.
+
+The same stat-keyed idea (as git's index) lets a warm build skip re-hashing
+unchanged payload files. Network access is not handled here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def default_root() -> Path:
+    """``$AIRBUNDLE_CACHE``, else ``~/.cache/airbundle``."""
+    env = os.environ.get("AIRBUNDLE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "airbundle"
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size) of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    buf = memoryview(bytearray(CHUNK))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(buf[:n])
+            size += n
+    return digest.hexdigest(), size
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    # ctime cannot be set by user tools, so a rewrite that restores mtime still shows.
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` at ``path`` via temp file, fsync and rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+class Cache:
+    """A content-addressed store rooted at ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        for sub in ("sha256", "tmp", "index"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Where the entry for ``sha256`` lives (whether or not it exists)."""
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def _stat_path(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / f"{sha256}.stat"
+
+    def get(self, sha256: str) -> Path | None:
+        """The entry's path when present and intact; evicts a corrupted one."""
+        path = self.path(sha256)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        try:
+            if json.loads(self._stat_path(sha256).read_text()) == _stamp(st):
+                return path
+        except (OSError, ValueError):
+            pass
+        actual, _ = hash_file(path)
+        if actual != sha256:
+            self.evict(sha256)
+            return None
+        self._record(sha256, path)
+        return path
+
+    def evict(self, sha256: str) -> None:
+        """Remove an entry and its stat record."""
+        for p in (self.path(sha256), self._stat_path(sha256)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def _record(self, sha256: str, path: Path) -> None:
+        atomic_write(self._stat_path(sha256), json.dumps(_stamp(path.stat())).encode())
+
+    def commit(self, sha256: str, src: Path) -> Path:
+        """Move a verified, fsynced temp file into the store under its digest."""
+        dest = self.path(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(src, 0o644)
+        os.replace(src, dest)
+        fsync_dir(dest.parent)
+        self._record(sha256, dest)
+        return dest
+
+    def partial(self, sha256: str) -> Path:
+        """A stable name for an unfinished download of ``sha256`` (used under ``lock``)."""
+        return self.tmp / f"{sha256}.part"
+
+    @contextlib.contextmanager
+    def lock(self, sha256: str) -> Iterator[None]:
+        """Serialize work on one entry across processes (``flock``)."""
+        fd = os.open(self.tmp / f"{sha256}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def file_digest(self, path: Path) -> tuple[str, int]:
+        """(sha256, size) of a local file, re-hashed only when its stat changed."""
+        real = path.resolve()
+        st = real.stat()
+        key = hashlib.sha256(os.fsencode(real)).hexdigest()
+        index = self.root / "index" / key
+        try:
+            record = json.loads(index.read_text())
+            if record["stamp"] == _stamp(st):
+                return str(record["sha256"]), int(record["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        sha, size = hash_file(real)
+        if _stamp(real.stat()) == _stamp(st):  # unchanged while we read it
+            record = {"path": str(real), "stamp": _stamp(st), "sha256": sha, "size": size}
+            atomic_write(index, json.dumps(record).encode())
+        return sha, size

@@ -1,0 +1,409 @@
+"""The ``airbundle`` command line (click + tqdm): keygen, build, verify, inspect, install.
+
+Each command parses its options, calls one library function and shows the
+result. ``main`` is the one exit-status gate: a ``BundlerError`` becomes its
+exit code and a one-line message; anything else is a bug and shows its
+traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from bundler import __version__, archive, signing
+from bundler.build import build_bundle
+from bundler.cache import atomic_write, default_root
+from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, KeyFileError
+
+_PATH = click.Path(path_type=Path)
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _show_progress() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def _bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    """A byte progress bar on a terminal; a no-op otherwise."""
+    if not _show_progress():
+        yield lambda _n: None
+        return
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        colour=None if os.environ.get("NO_COLOR") else "green",
+        leave=False,
+    ) as bar:
+        yield bar.update
+
+
+def _passphrase(var: str | None) -> bytes | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise InputError(f"--passphrase-env {var}: the variable {var} is not set")
+    if not value:
+        raise InputError(f"--passphrase-env {var}: the variable {var} is empty")
+    return value.encode()
+
+
+def _read_file(path: Path, what: str, limit: int = 1 << 20) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise KeyFileError(f"{path}: too large for a {what}")
+    return data
+
+
+def _pubkeys(path: Path) -> list[signing.PublicKey]:
+    text = _read_file(path, "public key").decode("utf-8", "replace")
+    return signing.parse_public_keys(text, str(path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="airbundle")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Build, verify and install signed offline bundles for air-gapped Kubernetes sites.
+
+    \b
+    Example:
+      airbundle keygen --out release
+      airbundle build manifests/demo.yaml --key release.key -o dist
+      airbundle verify dist/demo-1.0.0.tar --pubkey release.pub
+      airbundle inspect dist/demo-1.0.0.tar
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="airbundle: %(levelname)s: %(message)s")
+
+
+@cli.command()
+@click.option("--out", "prefix", required=True, type=_PATH, help="Writes PREFIX.key and PREFIX.pub.")
+@click.option("--passphrase-env", metavar="VAR", help="Encrypt the key with the passphrase in $VAR.")
+@click.option("--comment", default="airbundle", show_default=True, help="Comment on the public key line.")
+@click.option("--force", is_flag=True, help="Overwrite existing key files.")
+def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) -> None:
+    """Make an Ed25519 signing key pair and print its fingerprint.
+
+    PREFIX.key is PKCS#8 PEM (mode 0600); PREFIX.pub is one OpenSSH line for
+    `airbundle verify --pubkey` and for `ssh-keygen -Y verify` allowed_signers.
+
+    \b
+    Example:
+      airbundle keygen --out keys/release
+      RELEASE_PASS=... airbundle keygen --out keys/release --passphrase-env RELEASE_PASS
+    """
+    key_path = prefix.with_name(prefix.name + ".key")
+    pub_path = prefix.with_name(prefix.name + ".pub")
+    for path in (key_path, pub_path):
+        if path.exists() and not force:
+            raise InputError(f"{path} exists; pass --force to replace it")
+    if not prefix.parent.is_dir():
+        raise InputError(f"{prefix.parent}: no such folder for --out")
+    key = signing.PrivateKey.generate(comment=comment)
+    atomic_write(key_path, key.to_pem(_passphrase(passphrase_env)), mode=0o600)
+    atomic_write(pub_path, (key.public.openssh_line() + "\n").encode())
+    click.echo(key.public.describe())
+
+
+@cli.command()
+@click.argument("manifest", type=_EXISTING_FILE)
+@click.option("-o", "--out", "outdir", required=True, type=_PATH, help="Folder for the bundle.")
+@click.option("--key", "key_path", required=True, type=_EXISTING_FILE, help="Signing key (PREFIX.key).")
+@click.option("--passphrase-env", metavar="VAR", help="The key's passphrase is in $VAR.")
+@click.option(
+    "--cache", "cache_dir", type=_PATH, help="Cache folder [$AIRBUNDLE_CACHE or ~/.cache/airbundle]."
+)
+@click.option(
+    "--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads."
+)
+def build(
+    manifest: Path,
+    outdir: Path,
+    key_path: Path,
+    passphrase_env: str | None,
+    cache_dir: Path | None,
+    jobs: int,
+) -> None:
+    """Build a signed, deterministic bundle from a manifest.
+
+    Writes OUTDIR/NAME-VERSION.tar and OUTDIR/NAME-VERSION.tar.sha256 and
+    prints the bundle's path last. The same manifest and cache give the same
+    bytes (set SOURCE_DATE_EPOCH to stamp the members; default 0).
+
+    \b
+    Example:
+      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist
+      sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
+    """
+    key = signing.load_private_key(
+        _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
+    )
+    bars: dict[str, Any] = {}
+
+    def on_fetch(url: str, done: int, total: int | None) -> None:
+        if not _show_progress():
+            return
+        bar = bars.get(url)
+        if bar is None:
+            bar = bars[url] = tqdm(
+                total=total,
+                desc=url.rsplit("/", 1)[-1][:30],
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+            )
+        bar.update(done - bar.n)
+
+    write_bar: list[Any] = []
+
+    def on_write(n: int, total: int) -> None:
+        if not _show_progress():
+            return
+        if not write_bar:
+            write_bar.append(
+                tqdm(
+                    total=total,
+                    desc="writing bundle",
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    leave=False,
+                )
+            )
+        write_bar[0].update(n)
+
+    try:
+        result = build_bundle(
+            manifest, outdir, key, cache_dir or default_root(), jobs, on_fetch=on_fetch, on_write=on_write
+        )
+    finally:
+        for bar in [*bars.values(), *write_bar]:
+            bar.close()
+    lock = result.lock
+    click.echo(
+        f"built {lock.name} {lock.version}: {len(lock.members)} members, "
+        f"{_human(result.path.stat().st_size)}, signed by {key.public.fingerprint}",
+        err=True,
+    )
+    click.echo(f"sha256 {result.sha256}", err=True)
+    click.echo(str(result.path))
+
+
+def _error_json(exc: BundlerError) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": False, "exit_code": exc.exit_code, "error": str(exc)}
+    fingerprint = getattr(exc, "fingerprint", None)
+    if fingerprint:
+        out["signer"] = fingerprint
+    member = getattr(exc, "member", None)
+    if member:
+        out["member"] = member
+    return out
+
+
+@cli.command()
+@click.argument("bundle", type=_EXISTING_FILE)
+@click.option(
+    "--pubkey",
+    required=True,
+    type=_EXISTING_FILE,
+    help="Trusted public key(s): a .pub file or an allowed_signers file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Hashing threads [CPU count].")
+def verify(bundle: Path, pubkey: Path, as_json: bool, jobs: int | None) -> None:
+    """Check a bundle's signature and every member's size and SHA-256.
+
+    Reads the bundle once without extracting or writing anything: first the
+    signature over lock.json (exit 3 when bad, missing or by another key),
+    then every member against the lock (exit 4 naming the member).
+
+    \b
+    Example:
+      airbundle verify dist/fmp-rke-23.12.1.tar --pubkey keys/release.pub
+      airbundle verify dist/fmp-rke-23.12.1.tar --pubkey keys/release.pub --json
+    """
+    trusted = _pubkeys(pubkey)
+    try:
+        lock, _, _ = archive.read_lock(bundle, trusted)
+        with _bar(lock.payload_size, "verifying") as progress:
+            report = archive.verify_bundle(bundle, trusted, jobs=jobs, progress=progress)
+    except BundlerError as exc:
+        if as_json:
+            click.echo(json.dumps({"bundle": str(bundle), **_error_json(exc)}, indent=2))
+        raise
+    lock = report.lock
+    summary = {
+        "ok": not report.problems,
+        "bundle": str(bundle),
+        "name": lock.name,
+        "version": lock.version,
+        "signer": report.signer.fingerprint,
+        "members": len(lock.members),
+        "bytes": report.bytes,
+        "problems": [{"member": p.member, "problem": p.problem} for p in report.problems],
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif not report.problems:
+        click.echo(
+            f"OK {lock.name} {lock.version}: signed by {report.signer.fingerprint}; "
+            f"{len(lock.members)} members, {_human(report.bytes)} verified"
+        )
+    if report.problems:
+        if not as_json:
+            for problem in report.problems:
+                click.echo(f"FAIL {problem}", err=True)
+        first = report.problems[0]
+        raise IntegrityError(
+            f"{bundle}: {len(report.problems)} member(s) failed; first: {first}. "
+            "Do not install this bundle; fetch it again from the publisher",
+            member=first.member,
+        )
+
+
+@cli.command()
+@click.argument("bundle", type=_EXISTING_FILE)
+@click.option("--pubkey", type=_EXISTING_FILE, help="Also check the signature against this key.")
+@click.option("--json", "as_json", is_flag=True, help="Print the lock's facts as JSON.")
+def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
+    """Show what a bundle holds, from its lock, without reading the payload.
+
+    The signer shown is the one the signature names; pass --pubkey to check it
+    (or run `airbundle verify` to check every byte).
+
+    \b
+    Example:
+      airbundle inspect dist/fmp-rke-23.12.1.tar
+      airbundle inspect dist/fmp-rke-23.12.1.tar --json | jq '.binaries[].dest'
+    """
+    trusted = _pubkeys(pubkey) if pubkey else None
+    lock, signer, _ = archive.read_lock(bundle, trusted)
+    sizes: dict[str, int] = {}
+    for m in lock.members:
+        sizes[m.kind] = sizes.get(m.kind, 0) + m.size
+    facts = {
+        "name": lock.name,
+        "version": lock.version,
+        "platform": lock.platform,
+        "builder": lock.builder,
+        "signer": signer.fingerprint if signer else None,
+        "signature_checked": trusted is not None,
+        "manifest_sha256": lock.manifest_sha256,
+        "members": len(lock.members),
+        "payload_bytes": lock.payload_size,
+        "bytes_by_kind": dict(sorted(sizes.items())),
+        "binaries": [
+            {"name": b.name, "dest": b.dest, "mode": b.mode, "size": b.size, "sha256": b.sha256, "url": b.url}
+            for b in lock.binaries
+        ],
+        "files": [{"src": f.src, "dest": f.dest, "count": f.count, "size": f.size} for f in lock.files],
+        "steps": [{"name": s.name, "script": s.script} for s in lock.steps],
+        "images": list(lock.images),
+        "debs": list(lock.debs),
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    plat = lock.platform
+    signed = (
+        "unsigned"
+        if signer is None
+        else signer.fingerprint + (" (checked)" if trusted else " (not checked: pass --pubkey)")
+    )
+    lines = [
+        f"{lock.name} {lock.version}  for {plat.get('os')} {plat.get('codename')} {plat.get('arch')}",
+        f"  signer:   {signed}",
+        f"  builder:  {lock.builder}",
+        f"  payload:  {len(lock.members)} members, {_human(lock.payload_size)} "
+        f"({', '.join(f'{k} {_human(v)}' for k, v in sorted(sizes.items()))})",
+    ]
+    if lock.binaries:
+        lines.append("  binaries:")
+        lines += [f"    {b.name:<20} {_human(b.size):>10}  -> {b.dest} ({b.mode})" for b in lock.binaries]
+    if lock.files:
+        lines.append("  files:")
+        lines += [
+            f"    {f.dest:<20} {_human(f.size):>10}  {f.count} file(s) from {f.src}" for f in lock.files
+        ]
+    if lock.steps:
+        lines.append("  steps:")
+        lines += [f"    {i}. {s.name:<17} {s.script}" for i, s in enumerate(lock.steps, 1)]
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("bundle", type=_EXISTING_FILE)
+@click.option("--pubkey", required=True, type=_EXISTING_FILE, help="Trusted public key.")
+@click.option("--inventory", required=True, type=_EXISTING_FILE, help="RKE cluster.yml.")
+@click.option("--values", type=_EXISTING_FILE, help="Site variables for the steps.")
+@click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
+@click.option("--resume", is_flag=True, help="Continue a previous install.")
+@click.option("--only", metavar="PHASE", help="Run one phase.")
+def install(
+    bundle: Path,
+    pubkey: Path,
+    inventory: Path,
+    values: Path | None,
+    dry_run: bool,
+    resume: bool,
+    only: str | None,
+) -> None:
+    """Install a bundle on the site (not included yet: exits 6).
+
+    \b
+    Example:
+      airbundle install dist/fmp-rke-23.12.1.tar --pubkey release.pub --inventory cluster.yml
+    """
+    raise InstallError(
+        f"{bundle}: the site installer is not included in airbundle {__version__} yet; "
+        "nothing was installed (use 'airbundle verify' to check the bundle)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and turn its outcome into an exit status."""
+    try:
+        code = cli.main(args=argv, prog_name="airbundle", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("airbundle: interrupted", err=True)
+        code = 130
+    except BundlerError as exc:
+        click.echo(f"airbundle: error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("airbundle: interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,77 @@
+"""The error tree of airbundle and the exit code each error maps to.
+
+Every error a user can cause or meet carries an ``exit_code`` (the table in
+DESIGN.md). The two CLIs turn them into exit statuses; nothing below them
+exits. Programmer errors stay ``ValueError``/``RuntimeError`` and show a
+traceback (exit 1). This module imports nothing.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INPUT = 2
+EXIT_TRUST = 3
+EXIT_INTEGRITY = 4
+EXIT_FETCH = 5
+EXIT_INSTALL = 6
+
+
+class BundlerError(Exception):
+    """Root of every error airbundle expects; catch this to catch them all."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class InputError(BundlerError):
+    """A bad input file or argument: manifest, inventory, values or key (exit 2)."""
+
+    exit_code = EXIT_INPUT
+
+
+class ManifestError(InputError):
+    """The bundle manifest is unreadable or invalid; the message names file and line."""
+
+
+class KeyFileError(InputError):
+    """A key file cannot be read: wrong format, wrong passphrase, unsupported type."""
+
+
+class TrustError(BundlerError):
+    """Trust refused: bad, missing or untrusted signature (exit 3)."""
+
+    exit_code = EXIT_TRUST
+
+
+class SignatureError(TrustError):
+    """``lock.json.sig`` is missing, malformed, or does not verify."""
+
+
+class UntrustedKeyError(SignatureError):
+    """The signature is valid but made by a key the site does not trust."""
+
+    def __init__(self, message: str, fingerprint: str) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
+class IntegrityError(BundlerError):
+    """Size or digest mismatch, missing/extra/duplicate/unsafe member, truncation (exit 4)."""
+
+    exit_code = EXIT_INTEGRITY
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+class FetchError(BundlerError):
+    """Network, upstream or checksum failure while fetching on the build host (exit 5)."""
+
+    exit_code = EXIT_FETCH
+
+
+class InstallError(BundlerError):
+    """Install failure on the site: preflight, node or step (exit 6)."""
+
+    exit_code = EXIT_INSTALL

@@ -1,0 +1,230 @@
+"""HTTP downloads of pinned content into the cache; the only user of ``requests``.
+
+A download streams into a stable partial file while hashing, retries
+connection errors, 429 and 5xx with exponential backoff (honouring
+``Retry-After``), resumes an interrupted transfer with ``Range`` +
+``If-Range`` (and restarts when the server answers 200), stops at a size
+ceiling, and moves the file into the cache only when its SHA-256 matches the
+pin. A mismatch leaves nothing behind.
+
+Registry (image) pulls and apt repositories build on this in their own modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+import urllib3
+
+from bundler import __version__
+from bundler.cache import Cache
+from bundler.errors import FetchError
+
+log = logging.getLogger(__name__)
+
+# (url, bytes done, bytes expected or None); called often, from worker threads.
+FetchProgress = Callable[[str, int, "int | None"], None]
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _no_progress(_url: str, _done: int, _total: int | None) -> None:
+    pass
+
+
+@dataclass
+class FetchPolicy:
+    """Limits and patience for one download; every limit has a named default."""
+
+    attempts: int = 6
+    backoff: float = 0.5  # seconds, doubled each retry
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0  # never sleep longer than this on a server's word
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    max_bytes: int = 16 * 1024**3
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Retry(Exception):
+    """A transient failure; ``delay`` is the server's Retry-After, if any."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class _Partial:
+    """The partial file, its running digest and the validator for ``If-Range``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.meta = path.with_suffix(".meta")
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.validator: str | None = None
+        if path.exists():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    self.digest.update(chunk)
+                    self.size += len(chunk)
+            with contextlib.suppress(OSError, ValueError):
+                self.validator = json.loads(self.meta.read_text()).get("validator")
+
+    def reset(self) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.path.write_bytes(b"")
+
+    def remember(self, validator: str | None) -> None:
+        self.validator = validator
+        self.meta.write_text(json.dumps({"validator": validator}))
+
+    def discard(self) -> None:
+        for p in (self.path, self.meta):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def _body(resp: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives: ``read1`` returns what is there, so a dropped
+    connection loses no received byte and the resume starts exactly after it."""
+    raw = resp.raw
+    while chunk := raw.read1(1 << 20, decode_content=True):
+        yield chunk
+
+
+class Fetcher:
+    """Downloads pinned URLs into a ``Cache``."""
+
+    def __init__(self, cache: Cache, policy: FetchPolicy | None = None) -> None:
+        self.cache = cache
+        self.policy = policy or FetchPolicy()
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"airbundle/{__version__}"
+
+    def fetch(
+        self, url: str, sha256: str, progress: FetchProgress = _no_progress, max_bytes: int | None = None
+    ) -> Path:
+        """The cached file for ``sha256``, downloading ``url`` when it is not cached.
+
+        Raises:
+            FetchError: the server failed past the retries, the body exceeded
+                the ceiling, or its SHA-256 is not the pinned one (exit 5).
+        """
+        hit = self.cache.get(sha256)
+        if hit:
+            return hit
+        with self.cache.lock(sha256):
+            hit = self.cache.get(sha256)  # another build may have fetched it meanwhile
+            if hit:
+                return hit
+            return self._download(url, sha256, progress, max_bytes or self.policy.max_bytes)
+
+    def _download(self, url: str, sha256: str, progress: FetchProgress, max_bytes: int) -> Path:
+        policy = self.policy
+        part = _Partial(self.cache.partial(sha256))
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                self._attempt(url, part, progress, max_bytes)
+                break
+            except _Retry as exc:
+                if attempt == policy.attempts:
+                    raise FetchError(f"{url}: giving up after {attempt} attempts: {exc}") from exc
+                delay = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff)
+                if exc.delay is not None:
+                    delay = min(exc.delay, policy.max_retry_after)
+                log.warning("%s: %s; retry %d of %d in %.1fs", url, exc, attempt, policy.attempts - 1, delay)
+                policy.sleep(delay)
+            except FetchError:
+                part.discard()
+                raise
+        actual = part.digest.hexdigest()
+        if actual != sha256:
+            part.discard()
+            raise FetchError(
+                f"{url}: sha256 mismatch: expected {sha256}, got {actual} "
+                "(the pin in the manifest or the upstream file is wrong; nothing was cached)"
+            )
+        with open(part.path, "rb+") as f:
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            part.meta.unlink()
+        return self.cache.commit(sha256, part.path)
+
+    def _attempt(self, url: str, part: _Partial, progress: FetchProgress, max_bytes: int) -> None:
+        """One GET that appends to ``part``; returns only when the body is complete."""
+        policy = self.policy
+        headers = {"Accept-Encoding": "identity"}  # hash the bytes as served, not decoded
+        if part.size:
+            headers["Range"] = f"bytes={part.size}-"
+            if part.validator:
+                headers["If-Range"] = part.validator
+        try:
+            resp = self.session.get(
+                url, headers=headers, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Retry(f"cannot connect: {exc}") from exc
+        except requests.RequestException as exc:
+            raise FetchError(f"{url}: {exc}") from exc
+        with resp:
+            if resp.status_code in _RETRY_STATUS:
+                raise _Retry(f"HTTP {resp.status_code}", _retry_after(resp.headers.get("Retry-After")))
+            if resp.status_code == 416:  # our partial is bad or the file changed: start over
+                part.reset()
+                raise _Retry("HTTP 416 on resume; restarting from the first byte", 0.0)
+            if resp.status_code not in (200, 206):
+                raise FetchError(f"{url}: HTTP {resp.status_code} {resp.reason}; check the URL")
+            total: int | None = None
+            if resp.status_code == 206:
+                match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
+                if not match or int(match.group(1)) != part.size:
+                    part.reset()
+                    raise _Retry("server resumed at the wrong offset; restarting", 0.0)
+                total = None if match.group(3) == "*" else int(match.group(3))
+            else:
+                if part.size:
+                    log.info("%s: server ignored the range; restarting from the first byte", url)
+                part.reset()
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            if total is not None and total > max_bytes:
+                raise FetchError(f"{url}: {total} bytes exceeds the {max_bytes}-byte ceiling")
+            part.remember(resp.headers.get("ETag") or resp.headers.get("Last-Modified"))
+            try:
+                with open(part.path, "ab") as f:
+                    for chunk in _body(resp):
+                        if part.size + len(chunk) > max_bytes:
+                            raise FetchError(f"{url}: body exceeds the {max_bytes}-byte ceiling")
+                        f.write(chunk)
+                        part.digest.update(chunk)
+                        part.size += len(chunk)
+                        progress(url, part.size, total)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise _Retry(f"connection lost after {part.size} bytes: {exc}") from exc
+            if total is not None and part.size != total:
+                raise _Retry(f"connection closed after {part.size} of {total} bytes")

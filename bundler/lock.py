@@ -1,0 +1,307 @@
+"""The lock: ``lock.json``, the signed list of every byte a bundle carries.
+
+A ``Lock`` names each member (path, size, SHA-256, kind, mode) and what the
+installer does with it (binaries, files, steps). ``to_bytes`` gives one
+canonical, deterministic encoding; ``from_bytes`` parses untrusted bytes
+strictly. The encoding puts one member per line with ``path`` just before
+``sha256``, so a bare host can turn it into ``sha256sum -c`` input with sed.
+
+No I/O happens here: callers pass bytes and objects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bundler.errors import IntegrityError
+
+FORMAT = 1
+LOCK_NAME = "lock.json"
+SIG_NAME = "lock.json.sig"
+INSTALL_SH = "install.sh"
+MAX_LOCK_BYTES = 16 * 1024 * 1024  # a lock of 100k members is ~15 MB; refuse more unparsed
+MEMBER_KINDS = ("installer", "binary", "file", "script", "image", "deb")
+MODES = ("0644", "0755")
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Member paths travel into tar headers, sha256sum lines and shell commands: keep
+# them to a plain character set (no quotes, backslashes, control characters).
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._+@=:,~ -]+")
+
+
+class LockError(IntegrityError):
+    """``lock.json`` is malformed or inconsistent (exit 4: the signed content is bad)."""
+
+
+def check_member_path(path: str) -> str | None:
+    """Why ``path`` is not a safe, relative bundle member name, or None when it is."""
+    if not path or len(path.encode()) > 4096:
+        return "empty or too long"
+    if "\\" in path or "\0" in path:
+        return "contains a backslash or NUL"
+    if path.startswith("/"):
+        return "is absolute"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return f"has a {part or 'empty'!r} segment" if part else "has an empty segment"
+        if len(part.encode()) > 255:
+            return "has a segment longer than 255 bytes"
+        if not _PATH_CHARS.fullmatch(part):
+            return "has characters outside [A-Za-z0-9._+@=:,~ -]"
+    return None
+
+
+def fold(path: str) -> str:
+    """The key under which two names collide on a case-insensitive or normalizing filesystem."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar member the bundle must carry, exactly."""
+
+    path: str
+    size: int
+    sha256: str
+    kind: str
+    mode: str = "0644"
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A pinned binary: ``path`` in the bundle, installed at ``dest``."""
+
+    name: str
+    path: str
+    dest: str
+    mode: str
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """A manifest ``files`` entry: members under ``files/<dest>/``."""
+
+    src: str
+    dest: str
+    count: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """A staged script run in order on the control node."""
+
+    name: str
+    script: str  # member path under scripts/
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Lock:
+    """The parsed ``lock.json``."""
+
+    name: str
+    version: str
+    platform: dict[str, str]
+    builder: str
+    manifest_sha256: str
+    source_date_epoch: int
+    members: tuple[Member, ...]
+    binaries: tuple[Binary, ...] = ()
+    files: tuple[FileSet, ...] = ()
+    steps: tuple[Step, ...] = ()
+    images: tuple[dict[str, Any], ...] = field(default=())
+    debs: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def payload_size(self) -> int:
+        """Bytes of every member the lock lists."""
+        return sum(m.size for m in self.members)
+
+    def member(self, path: str) -> Member:
+        """The member at ``path``; raises ``KeyError``."""
+        for m in self.members:
+            if m.path == path:
+                return m
+        raise KeyError(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as ``lock.json`` holds it."""
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "platform": dict(self.platform),
+            "builder": self.builder,
+            "manifest_sha256": self.manifest_sha256,
+            "source_date_epoch": self.source_date_epoch,
+            "members": [asdict(m) for m in self.members],
+            "binaries": [asdict(b) for b in self.binaries],
+            "files": [asdict(f) for f in self.files],
+            "steps": [asdict(s) for s in self.steps],
+            "images": [dict(i) for i in self.images],
+            "debs": [dict(d) for d in self.debs],
+        }
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: sorted keys, one list item per line, UTF-8, final newline."""
+        data = self.to_dict()
+        parts = []
+        for key in sorted(data):
+            value = data[key]
+            if isinstance(value, list) and value:
+                items = ",\n".join("    " + _dumps(item) for item in value)
+                parts.append(f'  "{key}": [\n{items}\n  ]')
+            else:
+                parts.append(f'  "{key}": {_dumps(value)}')
+        return ("{\n" + ",\n".join(parts) + "\n}\n").encode("utf-8")
+
+    def sha256sums(self) -> str:
+        """``sha256sum -c`` input for every member."""
+        return "".join(f"{m.sha256}  {m.path}\n" for m in self.members)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Lock:
+        """Parse untrusted ``lock.json`` bytes.
+
+        Raises:
+            LockError: too large, not JSON, duplicate keys, unknown format, a
+                field of the wrong type, an unsafe path, a bad digest or size,
+                or a member listed twice.
+        """
+        if len(data) > MAX_LOCK_BYTES:
+            raise LockError(f"{LOCK_NAME} is {len(data)} bytes, over the {MAX_LOCK_BYTES} limit")
+        try:
+            doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise LockError(f"{LOCK_NAME} is not valid JSON: {exc}") from exc
+        return _parse(doc)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+class _Fields:
+    """Typed access to one JSON object, raising ``LockError`` with its location."""
+
+    def __init__(self, obj: Any, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise LockError(f"{LOCK_NAME}: {where} is not an object")
+        self.obj = obj
+        self.where = where
+
+    def get(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in self.obj:
+            raise LockError(f"{LOCK_NAME}: {self.where} lacks {key!r}")
+        value = self.obj[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            raise LockError(f"{LOCK_NAME}: {self.where}.{key} has the wrong type")
+        return value
+
+    def sha(self, key: str) -> str:
+        value = self.get(key, str)
+        if not _SHA256.fullmatch(value):
+            raise LockError(f"{LOCK_NAME}: {self.where}.{key} is not 64 lowercase hex digits")
+        return str(value)
+
+    def size(self, key: str) -> int:
+        value = self.get(key, int)
+        if value < 0:
+            raise LockError(f"{LOCK_NAME}: {self.where}.{key} is negative")
+        return int(value)
+
+    def path(self, key: str) -> str:
+        value = self.get(key, str)
+        problem = check_member_path(value)
+        if problem:
+            raise LockError(f"{LOCK_NAME}: {self.where}.{key} {value!r} {problem}")
+        return str(value)
+
+    def items(self, key: str) -> list[Any]:
+        return list(self.get(key, list)) if key in self.obj else []
+
+
+def _parse(doc: Any) -> Lock:
+    top = _Fields(doc, "document")
+    if top.obj.get("format") != FORMAT:
+        raise LockError(
+            f"{LOCK_NAME}: format {top.obj.get('format')!r} is not {FORMAT}; "
+            "this airbundle cannot read it (use the airbundle that built it)"
+        )
+    members = []
+    seen: dict[str, str] = {}
+    for i, raw in enumerate(top.items("members")):
+        f = _Fields(raw, f"members[{i}]")
+        kind = f.get("kind", str)
+        mode = f.get("mode", str)
+        if kind not in MEMBER_KINDS or mode not in MODES:
+            raise LockError(f"{LOCK_NAME}: members[{i}] has unknown kind or mode")
+        m = Member(f.path("path"), f.size("size"), f.sha("sha256"), kind, mode)
+        if m.path in (LOCK_NAME, SIG_NAME):
+            raise LockError(f"{LOCK_NAME}: members[{i}] names {m.path}, which the lock cannot list")
+        key = fold(m.path)
+        if key in seen:
+            raise LockError(
+                f"{LOCK_NAME}: member {m.path!r} is listed twice (or collides with {seen[key]!r})"
+            )
+        seen[key] = m.path
+        members.append(m)
+    binaries = []
+    for i, raw in enumerate(top.items("binaries")):
+        f = _Fields(raw, f"binaries[{i}]")
+        binaries.append(
+            Binary(
+                name=f.get("name", str),
+                path=f.path("path"),
+                dest=f.get("dest", str),
+                mode=f.get("mode", str),
+                url=f.get("url", str),
+                sha256=f.sha("sha256"),
+                size=f.size("size"),
+            )
+        )
+    files = []
+    for i, raw in enumerate(top.items("files")):
+        f = _Fields(raw, f"files[{i}]")
+        files.append(FileSet(f.get("src", str), f.path("dest"), f.size("count"), f.size("size")))
+    steps = []
+    for i, raw in enumerate(top.items("steps")):
+        f = _Fields(raw, f"steps[{i}]")
+        steps.append(Step(f.get("name", str), f.path("script"), f.sha("sha256")))
+    for ref in [b.path for b in binaries] + [s.script for s in steps]:
+        if ref not in seen.values():
+            raise LockError(f"{LOCK_NAME}: {ref!r} is used but not listed as a member")
+    platform = top.get("platform", dict)
+    if not all(isinstance(v, str) for v in platform.values()):
+        raise LockError(f"{LOCK_NAME}: platform values must be strings")
+    return Lock(
+        name=top.get("name", str),
+        version=top.get("version", str),
+        platform=platform,
+        builder=top.get("builder", str),
+        manifest_sha256=top.sha("manifest_sha256"),
+        source_date_epoch=top.size("source_date_epoch"),
+        members=tuple(members),
+        binaries=tuple(binaries),
+        files=tuple(files),
+        steps=tuple(steps),
+        images=tuple(top.items("images")),
+        debs=tuple(top.items("debs")),
+    )

@@ -1,0 +1,397 @@
+"""Load and validate bundle manifests (``manifests/NAME.yaml``); the only user of PyYAML.
+
+Validation is strict and complete before anything is fetched: unknown keys,
+wrong types, bad names and versions, duplicate keys, non-safe YAML tags,
+missing payload files and paths escaping the manifest's base folder are each
+a ``ManifestError`` (exit 2) naming the file and line.
+
+Paths in a manifest are relative to its base folder: the folder holding the
+manifest or, for a manifest kept in a folder named ``manifests`` (the
+project layout), that folder's parent, so ``payloads/…`` and ``scripts/…``
+name the project's own folders. Nothing here fetches or writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from bundler.errors import ManifestError
+from bundler.lock import check_member_path
+
+API_VERSION = "airbundle/v1"
+MAX_MANIFEST_BYTES = 1024 * 1024
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
+VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}")
+ITEM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+ARCHES = ("amd64", "arm64", "armhf", "i386", "ppc64el", "s390x", "riscv64")
+MODES = ("0644", "0755")
+NOT_YET = {
+    "images": "container images arrive with the images support (issue 3)",
+    "debs": "Debian packages arrive with the apt support (issue 4)",
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """The target the bundle is for."""
+
+    os: str
+    codename: str
+    arch: str
+
+
+@dataclass(frozen=True)
+class BinarySpec:
+    """A pinned single binary to download."""
+
+    name: str
+    url: str
+    sha256: str
+    dest: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class PayloadFile:
+    """One local file that ships: its source and its bundle member path."""
+
+    source: Path
+    member: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A ``files`` entry and the files it expands to, in sorted order."""
+
+    src: str
+    dest: str
+    files: tuple[PayloadFile, ...]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A staged script, run in manifest order on the control node."""
+
+    name: str
+    script: str
+    source: Path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated bundle manifest."""
+
+    path: Path
+    base: Path
+    sha256: str
+    name: str
+    version: str
+    platform: Platform
+    binaries: tuple[BinarySpec, ...]
+    files: tuple[FileSpec, ...]
+    steps: tuple[StepSpec, ...]
+    description: str = ""
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+
+class _LineDict(dict):  # type: ignore[type-arg]
+    """A mapping that remembers the line of itself and of each value."""
+
+    line = 0
+    lines: dict[Any, int]
+
+
+class _LineList(list):  # type: ignore[type-arg]
+    line = 0
+    lines: list[int]
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no Python tags) that records lines and refuses duplicate keys."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
+    loader.flatten_mapping(node)
+    out = _LineDict()
+    out.line = node.start_mark.line + 1
+    out.lines = {}
+    for knode, vnode in node.value:
+        key = loader.construct_object(knode, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", knode.start_mark
+            ) from None
+        if key in out:
+            raise _Duplicate(key, knode.start_mark.line + 1, out.lines[key])
+        out[key] = loader.construct_object(vnode, deep=True)
+        out.lines[key] = vnode.start_mark.line + 1
+    return out
+
+
+def _sequence(loader: _Loader, node: yaml.SequenceNode) -> _LineList:
+    out = _LineList(loader.construct_object(child, deep=True) for child in node.value)
+    out.line = node.start_mark.line + 1
+    out.lines = [child.start_mark.line + 1 for child in node.value]
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _Duplicate as dup:
+        raise ManifestError(
+            f"{where}:{dup.line}: duplicate key {dup.key!r} (first at line {dup.first})"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        if "python/" in str(exc) or "constructor for the tag" in str(exc):
+            problem = f"{problem} (only plain YAML is allowed; tags like !!python/... are refused)"
+        raise ManifestError(f"{where}{line}: invalid YAML: {problem}") from None
+
+
+# ---------------------------------------------------------------- validation
+
+
+class _Section:
+    """Typed access to one mapping of the manifest, with file:line errors."""
+
+    def __init__(self, data: Any, where: str, path: str, line: int, allowed: tuple[str, ...]) -> None:
+        self.where = where
+        self.path = path
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}:{line}: {path or 'the document'} must be a mapping")
+        self.data = data
+        self.line = getattr(data, "line", line)
+        for key in data:
+            if key not in allowed:
+                hint = f"; allowed: {', '.join(allowed)}"
+                raise ManifestError(f"{self.at(key)}: unknown key {self.name(key)!r}{hint}")
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else str(key)
+
+    def at(self, key: str | None = None) -> str:
+        lines = getattr(self.data, "lines", {})
+        return f"{self.where}:{lines.get(key, self.line)}"
+
+    def fail(self, key: str, message: str) -> ManifestError:
+        return ManifestError(f"{self.at(key)}: {self.name(key)}: {message}")
+
+    def get(self, key: str, kind: type, default: Any = None, required: bool = True) -> Any:
+        if key not in self.data:
+            if required:
+                raise ManifestError(f"{self.at()}: {self.path or 'the manifest'} needs {key!r}")
+            return default
+        value = self.data[key]
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise self.fail(key, f'must be a string; quote it: "{value}"')
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.fail(key, f"must be a {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def match(self, key: str, regex: re.Pattern[str], what: str, required: bool = True) -> str:
+        value = self.get(key, str, required=required)
+        if value is None:
+            return ""
+        if not regex.fullmatch(value):
+            raise self.fail(key, f"{value!r} is not a valid {what} ({regex.pattern})")
+        return str(value)
+
+    def items(self, key: str) -> list[tuple[Any, int]]:
+        value = self.get(key, list, default=[], required=False)
+        lines = getattr(value, "lines", [self.line] * len(value))
+        return list(zip(value, lines))
+
+
+def _local_path(sec: _Section, key: str, base: Path) -> tuple[str, Path]:
+    raw = sec.get(key, str)
+    if not raw or raw.startswith("/") or "\\" in raw or "\0" in raw:
+        raise sec.fail(key, f"{raw!r} must be a relative path inside {base}")
+    path = (base / raw).resolve()
+    if path != base and base not in path.parents:
+        raise sec.fail(key, f"{raw!r} escapes the manifest's folder {base}")
+    if not path.exists():
+        raise sec.fail(key, f"{raw!r} does not exist (looked for {path})")
+    return raw, path
+
+
+def _mode_of(st: os.stat_result) -> str:
+    return "0755" if st.st_mode & 0o111 else "0644"
+
+
+def _expand_files(sec: _Section, raw: str, src: Path, dest: str) -> tuple[PayloadFile, ...]:
+    if src.is_file():
+        return (PayloadFile(src, f"files/{dest}", _mode_of(src.stat())),)
+    out = []
+    for root, dirs, names in os.walk(src):
+        dirs.sort()
+        for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+            path = Path(root, name)
+            st = path.lstat()
+            rel = path.relative_to(src).as_posix()
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                raise sec.fail("src", f"{raw}{rel} is {kind}; bundles carry regular files only")
+            member = f"files/{dest}/{rel}"
+            problem = check_member_path(member)
+            if problem:
+                raise sec.fail("src", f"{raw}{rel}: the bundle name {member!r} {problem}")
+            out.append(PayloadFile(path, member, _mode_of(st)))
+    if not out:
+        raise sec.fail("src", f"{raw!r} is an empty folder")
+    return tuple(sorted(out, key=lambda p: p.member))
+
+
+def _base_for(path: Path) -> Path:
+    folder = path.parent.resolve()
+    return folder.parent if folder.name == "manifests" else folder
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest file.
+
+    Raises:
+        ManifestError: anything wrong, naming the file and line (exit 2).
+    """
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"{where}: cannot read the manifest: {exc.strerror}") from exc
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes; is this a manifest?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{where}: not UTF-8 text (byte {exc.start})") from exc
+    doc = _parse_yaml(text, where)
+    base = _base_for(path)
+    top = _Section(
+        doc,
+        where,
+        "",
+        1,
+        (
+            "apiVersion",
+            "kind",
+            "name",
+            "version",
+            "description",
+            "platform",
+            "debs",
+            "binaries",
+            "images",
+            "files",
+            "steps",
+        ),
+    )
+    if top.get("apiVersion", str) != API_VERSION:
+        raise top.fail("apiVersion", f"must be {API_VERSION!r}")
+    if top.get("kind", str) != "Bundle":
+        raise top.fail("kind", "must be 'Bundle'")
+    for key, why in NOT_YET.items():
+        if key in top.data:
+            raise top.fail(key, f"not supported yet: {why}; remove the section for now")
+    name = top.match("name", NAME_RE, "bundle name")
+    version = top.match("version", VERSION_RE, "version")
+    plat = _Section(top.get("platform", dict), where, "platform", top.line, ("os", "codename", "arch"))
+    platform = Platform(
+        os=plat.match("os", ITEM_NAME_RE, "OS id"),
+        codename=plat.match("codename", ITEM_NAME_RE, "codename"),
+        arch=plat.get("arch", str),
+    )
+    if platform.arch not in ARCHES:
+        raise plat.fail("arch", f"{platform.arch!r} is not a Debian architecture ({', '.join(ARCHES)})")
+
+    binaries: list[BinarySpec] = []
+    for i, (item, line) in enumerate(top.items("binaries")):
+        sec = _Section(item, where, f"binaries[{i}]", line, ("name", "url", "sha256", "dest", "mode"))
+        url = sec.get("url", str)
+        if not url.startswith(("http://", "https://")):
+            raise sec.fail("url", f"{url!r} must be an http(s) URL")
+        dest = sec.get("dest", str)
+        if not dest.startswith("/") or ".." in PurePosixPath(dest).parts or dest.endswith("/"):
+            raise sec.fail("dest", f"{dest!r} must be an absolute file path without '..'")
+        mode = sec.get("mode", str, default="0755", required=False)
+        if mode not in MODES:
+            raise sec.fail("mode", f"{mode!r} must be one of {', '.join(MODES)}")
+        binaries.append(
+            BinarySpec(
+                name=sec.match("name", ITEM_NAME_RE, "binary name"),
+                url=url,
+                sha256=sec.match("sha256", SHA256_RE, "sha256 (64 lowercase hex digits)"),
+                dest=str(PurePosixPath(dest)),
+                mode=mode,
+            )
+        )
+    _unique(where, [(b.name, line) for b, (_, line) in zip(binaries, top.items("binaries"))])
+
+    files: list[FileSpec] = []
+    for i, (item, line) in enumerate(top.items("files")):
+        sec = _Section(item, where, f"files[{i}]", line, ("src", "dest"))
+        raw, src = _local_path(sec, "src", base)
+        dest = sec.get("dest", str)
+        problem = check_member_path(dest)
+        if problem:
+            raise sec.fail("dest", f"{dest!r} {problem}")
+        files.append(FileSpec(raw, dest, _expand_files(sec, raw, src, dest)))
+    _unique(where, [(p.member, line) for f, (_, line) in zip(files, top.items("files")) for p in f.files])
+
+    steps: list[StepSpec] = []
+    for i, (item, line) in enumerate(top.items("steps")):
+        sec = _Section(item, where, f"steps[{i}]", line, ("name", "script"))
+        raw, src = _local_path(sec, "script", base)
+        if not src.is_file():
+            raise sec.fail("script", f"{raw!r} is not a file")
+        steps.append(StepSpec(sec.match("name", ITEM_NAME_RE, "step name"), raw, src))
+    _unique(where, [(s.name, line) for s, (_, line) in zip(steps, top.items("steps"))])
+
+    return Manifest(
+        path=path,
+        base=base,
+        sha256=hashlib.sha256(data).hexdigest(),
+        name=name,
+        version=version,
+        platform=platform,
+        binaries=tuple(binaries),
+        files=tuple(files),
+        steps=tuple(steps),
+        description=top.get("description", str, default="", required=False),
+    )
+
+
+def _unique(where: str, names: list[tuple[str, int]]) -> None:
+    """Refuse a name used twice (case-insensitively), naming the second use's line."""
+    seen: dict[str, int] = {}
+    for name, line in names:
+        folded = name.casefold()
+        if folded in seen:
+            raise ManifestError(f"{where}:{line}: {name!r} appears twice (first at line {seen[folded]})")
+        seen[folded] = line

@@ -1,0 +1,331 @@
+"""Ed25519 keys and OpenSSH SSHSIG signatures over raw bytes.
+
+Keys are written as PKCS#8 PEM (private) and one OpenSSH ``ssh-ed25519`` line
+(public). Signatures are armored SSHSIG blobs (OpenSSH ``PROTOCOL.sshsig``),
+namespace ``airbundle``, hash sha512, so that stock
+``ssh-keygen -Y verify -n airbundle`` accepts them.
+
+This module does no file or network I/O: callers pass bytes in and get bytes
+or objects out. It is the only module that imports ``cryptography``; the
+import is optional so that parsing and fingerprints still work on a site
+without it (verification there falls back to stock ``ssh-keygen``, which the
+installer drives).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from bundler.errors import KeyFileError, SignatureError, UntrustedKeyError
+
+try:  # cryptography is a build-host dependency; the site may not have it.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+except ImportError:  # pragma: no cover - exercised on bare sites only
+    Ed25519PrivateKey = None  # type: ignore[assignment,misc]
+
+NAMESPACE = "airbundle"
+HASH_ALG = "sha512"
+KEY_TYPE = "ssh-ed25519"
+SIG_VERSION = 1
+MAX_SIGNATURE_BYTES = 64 * 1024  # an Ed25519 SSHSIG is ~300 bytes; refuse junk early
+_ARMOR_BEGIN = b"-----BEGIN SSH SIGNATURE-----"
+_ARMOR_END = b"-----END SSH SIGNATURE-----"
+
+
+def _string(data: bytes) -> bytes:
+    """RFC 4253 ``string``: uint32 length then the bytes."""
+    return struct.pack(">I", len(data)) + data
+
+
+class _Reader:
+    """Reads RFC 4253 fields from a blob, raising ``ValueError`` on short data."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError("blob is truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def uint32(self) -> int:
+        return int(struct.unpack(">I", self.take(4))[0])
+
+    def string(self) -> bytes:
+        return self.take(self.uint32())
+
+    def done(self) -> bool:
+        return self.pos == len(self.data)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An Ed25519 public key as OpenSSH knows it."""
+
+    raw: bytes  # the 32-byte Ed25519 point
+    comment: str = ""
+
+    @property
+    def blob(self) -> bytes:
+        """The SSH wire encoding (what fingerprints and SSHSIG embed)."""
+        return _string(KEY_TYPE.encode()) + _string(self.raw)
+
+    @property
+    def fingerprint(self) -> str:
+        """``SHA256:…`` exactly as ``ssh-keygen -l`` prints it."""
+        digest = hashlib.sha256(self.blob).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+    def openssh_line(self) -> str:
+        """One ``ssh-ed25519 AAAA… comment`` line."""
+        line = f"{KEY_TYPE} {base64.b64encode(self.blob).decode()}"
+        return f"{line} {self.comment}" if self.comment else line
+
+    def describe(self) -> str:
+        """The line ``ssh-keygen -l -f KEY.pub`` prints for this key."""
+        return f"256 {self.fingerprint} {self.comment or 'no comment'} (ED25519)"
+
+    @classmethod
+    def from_blob(cls, blob: bytes, comment: str = "") -> PublicKey:
+        """Parse an SSH wire-format key blob; raises ``ValueError``."""
+        reader = _Reader(blob)
+        key_type = reader.string()
+        if key_type != KEY_TYPE.encode():
+            raise ValueError(f"unsupported key type {key_type.decode(errors='replace')!r}")
+        raw = reader.string()
+        if len(raw) != 32 or not reader.done():
+            raise ValueError("malformed ssh-ed25519 key")
+        return cls(raw=raw, comment=comment)
+
+
+class PrivateKey:
+    """An Ed25519 signing key (wraps ``cryptography``'s object)."""
+
+    def __init__(self, key: Ed25519PrivateKey, comment: str = "") -> None:
+        self._key = key
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public = PublicKey(raw=raw, comment=comment)
+
+    @classmethod
+    def generate(cls, comment: str = "") -> PrivateKey:
+        """A fresh random key."""
+        _require_cryptography()
+        return cls(Ed25519PrivateKey.generate(), comment)
+
+    def to_pem(self, passphrase: bytes | None = None) -> bytes:
+        """PKCS#8 PEM, encrypted with the best available scheme when a passphrase is given."""
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+        )
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        )
+
+    def sign_raw(self, data: bytes) -> bytes:
+        """Plain Ed25519 signature over ``data`` (64 bytes)."""
+        return self._key.sign(data)
+
+
+def _require_cryptography() -> None:
+    if Ed25519PrivateKey is None:
+        raise RuntimeError("the 'cryptography' package is required for this operation")
+
+
+def load_private_key(pem: bytes, source: str, passphrase: bytes | None = None) -> PrivateKey:
+    """Load a PKCS#8 (or OpenSSH) Ed25519 private key.
+
+    Args:
+        pem: the key file's bytes.
+        source: the file name, for messages.
+        passphrase: for an encrypted key.
+
+    Raises:
+        KeyFileError: unreadable, not Ed25519, encrypted without a passphrase, or
+            the passphrase is wrong.
+    """
+    _require_cryptography()
+    encrypted = b"ENCRYPTED" in pem[:200] or b"bcrypt" in pem
+    try:
+        if pem.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+            key = serialization.load_ssh_private_key(pem, passphrase)
+        else:
+            key = serialization.load_pem_private_key(pem, passphrase)
+    except TypeError as exc:
+        if passphrase is None:
+            raise KeyFileError(
+                f"{source}: the key is encrypted; name the variable holding its passphrase "
+                "with --passphrase-env VAR"
+            ) from exc
+        raise KeyFileError(f"{source}: the key is not encrypted; drop --passphrase-env") from exc
+    except ValueError as exc:
+        if encrypted and passphrase is not None:
+            raise KeyFileError(f"{source}: wrong passphrase for this key") from exc
+        raise KeyFileError(
+            f"{source}: not a PEM private key ({exc}); make one with 'airbundle keygen'"
+        ) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{source}: only Ed25519 keys are supported; use 'airbundle keygen'")
+    return PrivateKey(key, comment="")
+
+
+def parse_public_keys(text: str, source: str) -> list[PublicKey]:
+    """Every ``ssh-ed25519`` key in a ``.pub`` or ``allowed_signers`` file.
+
+    Lines may carry a leading principal and options (allowed_signers); blank
+    lines and ``#`` comments are skipped.
+
+    Raises:
+        KeyFileError: no usable key, or a malformed one (names the line).
+    """
+    keys: list[PublicKey] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if KEY_TYPE not in fields:
+            other = next((f for f in fields if f.startswith(("ssh-", "ecdsa-", "sk-"))), None)
+            raise KeyFileError(
+                f"{source}:{lineno}: {'unsupported key type ' + other if other else 'no ssh-ed25519 key'}"
+                " (airbundle keys are ssh-ed25519; make one with 'airbundle keygen')"
+            )
+        at = fields.index(KEY_TYPE)
+        try:
+            blob = base64.b64decode(fields[at + 1], validate=True)
+            comment = " ".join(fields[at + 2 :])
+            keys.append(PublicKey.from_blob(blob, comment))
+        except (IndexError, ValueError, binascii.Error) as exc:
+            raise KeyFileError(f"{source}:{lineno}: malformed ssh-ed25519 key ({exc})") from exc
+    if not keys:
+        raise KeyFileError(f"{source}: holds no public key")
+    return keys
+
+
+def _signed_data(message: bytes, namespace: str, hash_alg: str, reserved: bytes = b"") -> bytes:
+    digest = hashlib.new(hash_alg, message).digest()
+    return (
+        b"SSHSIG"
+        + _string(namespace.encode())
+        + _string(reserved)
+        + _string(hash_alg.encode())
+        + _string(digest)
+    )
+
+
+def sign(key: PrivateKey, message: bytes, namespace: str = NAMESPACE) -> bytes:
+    """An armored SSHSIG over ``message`` (deterministic: Ed25519 has no nonce)."""
+    signature = key.sign_raw(_signed_data(message, namespace, HASH_ALG))
+    blob = (
+        b"SSHSIG"
+        + struct.pack(">I", SIG_VERSION)
+        + _string(key.public.blob)
+        + _string(namespace.encode())
+        + _string(b"")
+        + _string(HASH_ALG.encode())
+        + _string(_string(KEY_TYPE.encode()) + _string(signature))
+    )
+    body = base64.b64encode(blob)
+    lines = [body[i : i + 70] for i in range(0, len(body), 70)]  # ssh-keygen wraps at 70
+    return b"\n".join([_ARMOR_BEGIN, *lines, _ARMOR_END]) + b"\n"
+
+
+@dataclass(frozen=True)
+class SshSig:
+    """The fields of a parsed SSHSIG blob."""
+
+    public_key: PublicKey
+    namespace: str
+    reserved: bytes
+    hash_alg: str
+    signature: bytes  # the raw 64-byte Ed25519 signature
+
+
+def parse_signature(armored: bytes) -> SshSig:
+    """Decode an armored SSHSIG.
+
+    Raises:
+        SignatureError: wrong armor, bad base64, truncated blob, unknown
+            version, key type or hash algorithm.
+    """
+    if len(armored) > MAX_SIGNATURE_BYTES:
+        raise SignatureError(f"signature is {len(armored)} bytes; an SSHSIG is far smaller")
+    text = armored.strip()
+    if not (text.startswith(_ARMOR_BEGIN) and text.endswith(_ARMOR_END)):
+        raise SignatureError("signature is not an armored SSH signature (BEGIN/END SSH SIGNATURE)")
+    body = b"".join(text[len(_ARMOR_BEGIN) : -len(_ARMOR_END)].split())
+    try:
+        blob = base64.b64decode(body, validate=True)
+        reader = _Reader(blob)
+        if reader.take(6) != b"SSHSIG":
+            raise ValueError("missing SSHSIG magic")
+        version = reader.uint32()
+        if version != SIG_VERSION:
+            raise ValueError(f"unsupported SSHSIG version {version}")
+        public_key = PublicKey.from_blob(reader.string())
+        namespace = reader.string().decode()
+        reserved = reader.string()
+        hash_alg = reader.string().decode()
+        sig_reader = _Reader(reader.string())
+        sig_type = sig_reader.string()
+        signature = sig_reader.string()
+        if not reader.done() or not sig_reader.done():
+            raise ValueError("trailing bytes")
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise SignatureError(f"malformed SSH signature: {exc}") from exc
+    if sig_type != KEY_TYPE.encode() or len(signature) != 64:
+        raise SignatureError("malformed SSH signature: not an ssh-ed25519 signature")
+    if hash_alg not in ("sha256", "sha512"):
+        raise SignatureError(f"SSH signature uses unsupported hash {hash_alg!r}")
+    return SshSig(public_key, namespace, reserved, hash_alg, signature)
+
+
+def verify(
+    message: bytes,
+    armored: bytes,
+    trusted: list[PublicKey],
+    namespace: str = NAMESPACE,
+) -> PublicKey:
+    """Check an SSHSIG over ``message`` against the trusted keys.
+
+    Returns:
+        The trusted key that made the signature.
+
+    Raises:
+        SignatureError: malformed, wrong namespace, or the signature does not
+            match the message.
+        UntrustedKeyError: the signature is sound but its key is not trusted;
+            carries the signer's fingerprint.
+    """
+    sig = parse_signature(armored)
+    if sig.namespace != namespace:
+        raise SignatureError(
+            f"signature namespace is {sig.namespace!r}, expected {namespace!r} (signed for another purpose)"
+        )
+    _require_cryptography()
+    data = _signed_data(message, sig.namespace, sig.hash_alg, sig.reserved)
+    try:
+        Ed25519PublicKey.from_public_bytes(sig.public_key.raw).verify(sig.signature, data)
+    except InvalidSignature as exc:
+        raise SignatureError(
+            f"signature by {sig.public_key.fingerprint} does not match the signed bytes "
+            "(they were changed after signing)"
+        ) from exc
+    for key in trusted:
+        if key.raw == sig.public_key.raw:
+            return key
+    trusted_fps = ", ".join(k.fingerprint for k in trusted)
+    raise UntrustedKeyError(
+        f"signed by {sig.public_key.fingerprint}, which is not a trusted key ({trusted_fps})",
+        fingerprint=sig.public_key.fingerprint,
+    )

@@ -1,0 +1,132 @@
+"""Manifest loading: every bad input is exit 2 with file and line; nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bundler.errors import ManifestError
+from bundler.manifest import load_manifest
+
+from .conftest import Project
+
+HEAD = """\
+apiVersion: airbundle/v1
+kind: Bundle
+name: demo
+version: "1.0.0"
+platform: {os: debian, codename: bookworm, arch: amd64}
+"""
+SHA = "0" * 64
+
+
+def test_demo_manifest_loads(project: Project) -> None:
+    m = load_manifest(project.manifest)
+    assert (m.name, m.version, m.platform.arch) == ("demo", "1.0.0", "amd64")
+    assert m.base == project.root  # manifests/ resolves from the project root
+    assert [b.name for b in m.binaries] == ["rke"]
+    assert m.binaries[0].mode == "0755"
+    members = [p.member for f in m.files for p in f.files]
+    assert members == ["files/app/config/values.yaml", "files/app/deploy.yaml", "files/app/tool.sh",
+                       "files/notes.txt"]
+    modes = {p.member: p.mode for f in m.files for p in f.files}
+    assert modes["files/app/tool.sh"] == "0755" and modes["files/notes.txt"] == "0644"
+    assert [s.name for s in m.steps] == ["storage", "services"]
+
+
+def _load(project: Project, body: str, head: str = HEAD) -> str:
+    path = project.write_manifest(head + body, "bad.yaml")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.exit_code == 2
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    return message
+
+
+@pytest.mark.parametrize(
+    "body, line, expected",
+    [
+        ("colour: blue\n", 6, "unknown key 'colour'"),
+        ("files:\n  - src: payloads/notes.txt\n    dest: n\n    owner: root\n", 9, "unknown key 'files[0].owner'"),
+        ("steps: {name: x}\n", 6, "steps: must be a list"),
+        ("name: other\n", 6, "duplicate key 'name' (first at line 3)"),
+        ("steps:\n  - name: Bad Name\n    script: scripts/storage.sh\n", 7, "not a valid step name"),
+        ("steps:\n  - name: a\n    script: scripts/nope.sh\n", 8, "does not exist"),
+        ("steps:\n  - name: a\n    script: ../../etc/passwd\n", 8, "escapes the manifest's folder"),
+        ("steps:\n  - name: a\n    script: /etc/passwd\n", 8, "must be a relative path"),
+        ("steps:\n  - name: a\n    script: scripts/storage.sh\n  - name: a\n    script: scripts/services.sh\n",
+         9, "'a' appears twice (first at line 7)"),
+        ("images:\n  - ref: rancher/rancher:v2.7.9\n", 7, "not supported yet"),
+        ("debs:\n  packages: [docker-ce]\n", 7, "not supported yet"),
+        ("binaries:\n  - name: rke\n    url: ftp://x/rke\n    sha256: " + SHA + "\n    dest: /usr/local/bin/rke\n",
+         8, "must be an http(s) URL"),
+        ("binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: abc\n    dest: /usr/local/bin/rke\n",
+         9, "not a valid sha256"),
+        ("binaries:\n  - name: rke\n    url: http://x/rke\n    dest: /usr/local/bin/rke\n", 7, "needs 'sha256'"),
+        ("binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: " + SHA + "\n    dest: bin/rke\n",
+         10, "must be an absolute file path"),
+        ("binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: " + SHA
+         + "\n    dest: /usr/bin/rke\n    mode: 0755\n", 11, "must be a string; quote it"),
+        ("files:\n  - src: payloads/notes.txt\n    dest: ../x\n", 8, "'..' segment"),
+        ("x: !!python/object/apply:os.system ['touch /tmp/pwned']\n", 6, "!!python"),
+        ("x: [unclosed\n", 7, "invalid YAML"),
+    ],
+)
+def test_bad_manifests_name_file_and_line(project: Project, body: str, line: int, expected: str) -> None:
+    message = _load(project, body)
+    assert f"bad.yaml:{line}:" in message, message
+    assert expected in message, message
+    assert not Path("/tmp/pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (HEAD.replace('"1.0.0"', "1.10"), "version: must be a string; quote it: \"1.1\""),
+        (HEAD.replace("name: demo", "name: Demo_App"), "not a valid bundle name"),
+        (HEAD.replace("airbundle/v1", "airbundle/v2"), "must be 'airbundle/v1'"),
+        (HEAD.replace("kind: Bundle", "kind: Bunch"), "must be 'Bundle'"),
+        (HEAD.replace("arch: amd64", "arch: x86_64"), "not a Debian architecture"),
+        (HEAD.replace("platform: {os: debian, codename: bookworm, arch: amd64}\n", ""), "needs 'platform'"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_bad_top_level(project: Project, head: str, expected: str) -> None:
+    assert expected in _load(project, "", head=head)
+
+
+def test_symlink_escaping_base_is_refused(project: Project, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret")
+    os.symlink(outside, project.root / "payloads/link.txt")
+    message = _load(project, "files:\n  - src: payloads/link.txt\n    dest: x\n")
+    assert "escapes" in message
+
+
+def test_symlink_inside_tree_is_refused(project: Project) -> None:
+    os.symlink("deploy.yaml", project.root / "payloads/app/alias.yaml")
+    message = _load(project, "files:\n  - src: payloads/app/\n    dest: app\n")
+    assert "alias.yaml is a symbolic link" in message
+
+
+def test_two_files_entries_same_destination(project: Project) -> None:
+    body = "files:\n  - src: payloads/notes.txt\n    dest: n.txt\n  - src: payloads/app/deploy.yaml\n    dest: N.txt\n"
+    assert "appears twice" in _load(project, body)
+
+
+def test_manifest_outside_manifests_folder_resolves_from_its_own_folder(project: Project) -> None:
+    path = project.root / "payloads" / "m.yaml"
+    path.write_text(HEAD + "files:\n  - src: notes.txt\n    dest: notes.txt\n")
+    assert load_manifest(path).base == project.root / "payloads"
+
+
+def test_unreadable_and_huge(project: Project, tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read"):
+        load_manifest(tmp_path / "missing.yaml")
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"#" * (1024 * 1024 + 1))
+    with pytest.raises(ManifestError, match="larger than"):
+        load_manifest(huge)

@@ -1,0 +1,137 @@
+"""Keys and SSHSIG signatures, cross-checked with the real OpenSSH ssh-keygen."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bundler import signing
+from bundler.errors import KeyFileError, SignatureError, UntrustedKeyError
+
+from .conftest import Keys, need
+
+
+def _allowed_signers(tmp_path: Path, keys: Keys) -> Path:
+    path = tmp_path / "allowed_signers"
+    path.write_text(f"airbundle {keys.pub.openssh_line()}\n")
+    return path
+
+
+def _ssh_verify(tmp_path: Path, keys: Keys, message: bytes, sig: bytes, namespace: str = "airbundle"):
+    sig_path = tmp_path / "msg.sig"
+    sig_path.write_bytes(sig)
+    return subprocess.run(
+        [need("ssh-keygen"), "-Y", "verify", "-f", _allowed_signers(tmp_path, keys), "-I", "airbundle",
+         "-n", namespace, "-s", sig_path],
+        input=message, capture_output=True,
+    )
+
+
+def test_fingerprint_matches_ssh_keygen(keys: Keys) -> None:
+    out = subprocess.run([need("ssh-keygen"), "-l", "-f", keys.pub_path], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == keys.pub.describe()
+    assert keys.pub.fingerprint.startswith("SHA256:")
+
+
+def test_ssh_keygen_accepts_our_signature(tmp_path: Path, keys: Keys) -> None:
+    message = b'{"hello": "site"}\n'
+    sig = signing.sign(keys.key, message)
+    ok = _ssh_verify(tmp_path, keys, message, sig)
+    assert ok.returncode == 0, ok.stderr
+    assert b"Good \"airbundle\" signature" in ok.stdout + ok.stderr
+    changed = _ssh_verify(tmp_path, keys, message.replace(b"site", b"sitf"), sig)
+    assert changed.returncode != 0
+    other_ns = _ssh_verify(tmp_path, keys, message, sig, namespace="file")
+    assert other_ns.returncode != 0
+
+
+def test_we_accept_ssh_keygen_signature(tmp_path: Path) -> None:
+    """Interop the other way: a key and signature made by OpenSSH itself."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run([need("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", key], check=True)
+    data = tmp_path / "lock.json"
+    data.write_bytes(b"payload bytes\n")
+    subprocess.run([need("ssh-keygen"), "-q", "-Y", "sign", "-n", "airbundle", "-f", key, data], check=True)
+    trusted = signing.parse_public_keys(key.with_suffix(".pub").read_text(), "id.pub")
+    signer = signing.verify(data.read_bytes(), Path(f"{data}.sig").read_bytes(), trusted)
+    assert signer.comment == "ops"
+    # An OpenSSH-format private key loads too, and signs what ssh-keygen verifies.
+    loaded = signing.load_private_key(key.read_bytes(), str(key))
+    assert loaded.public.raw == trusted[0].raw
+
+
+def test_verify_rejects_changed_message(keys: Keys) -> None:
+    sig = signing.sign(keys.key, b"abc")
+    assert signing.verify(b"abc", sig, [keys.pub]) == keys.pub
+    with pytest.raises(SignatureError, match="does not match"):
+        signing.verify(b"abd", sig, [keys.pub])
+
+
+def test_untrusted_key_names_fingerprint(keys: Keys, other_keys: Keys) -> None:
+    sig = signing.sign(other_keys.key, b"abc")
+    with pytest.raises(UntrustedKeyError) as info:
+        signing.verify(b"abc", sig, [keys.pub])
+    assert info.value.fingerprint == other_keys.pub.fingerprint
+    assert other_keys.pub.fingerprint in str(info.value)
+
+
+def test_wrong_namespace_refused(keys: Keys) -> None:
+    sig = signing.sign(keys.key, b"abc", namespace="git")
+    with pytest.raises(SignatureError, match="namespace"):
+        signing.verify(b"abc", sig, [keys.pub])
+
+
+def _reblob(sig: bytes, mutate) -> bytes:
+    lines = sig.strip().splitlines()
+    blob = bytearray(base64.b64decode(b"".join(lines[1:-1])))
+    mutate(blob)
+    return b"\n".join([lines[0], base64.b64encode(bytes(blob)), lines[-1]]) + b"\n"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: s[: len(s) // 2], "armored"),
+        (lambda s: s.replace(b"SSH SIGNATURE-----\n", b"SSH SIGNATURE-----\n!!!", 1), "malformed"),
+        (lambda s: _reblob(s, lambda b: b.__setitem__(slice(6, 10), struct.pack(">I", 2))), "version 2"),
+        (lambda s: _reblob(s, lambda b: b.__delitem__(slice(-10, None))), "malformed"),
+        (lambda s: b"", "armored"),
+        (lambda s: b"x" * (signing.MAX_SIGNATURE_BYTES + 1), "far smaller"),
+    ],
+    ids=["truncated", "not-base64", "version-2", "short-blob", "empty", "huge"],
+)
+def test_malformed_signatures_refused(keys: Keys, damage, message: str) -> None:
+    sig = damage(signing.sign(keys.key, b"abc"))
+    with pytest.raises(SignatureError, match=message):
+        signing.verify(b"abc", sig, [keys.pub])
+
+
+def test_encrypted_key(keys: Keys) -> None:
+    pem = keys.key.to_pem(b"s3cret")
+    assert b"ENCRYPTED" in pem
+    assert signing.load_private_key(pem, "k.key", b"s3cret").public.raw == keys.pub.raw
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        signing.load_private_key(pem, "k.key", b"nope")
+    with pytest.raises(KeyFileError, match="--passphrase-env"):
+        signing.load_private_key(pem, "k.key")
+
+
+def test_bad_key_files() -> None:
+    with pytest.raises(KeyFileError, match="not a PEM private key"):
+        signing.load_private_key(b"hello", "k.key")
+    with pytest.raises(KeyFileError, match="k.pub:2: unsupported key type ssh-rsa"):
+        signing.parse_public_keys("# c\nssh-rsa AAAAB3Nza x\n", "k.pub")
+    with pytest.raises(KeyFileError, match="holds no public key"):
+        signing.parse_public_keys("\n# only comments\n", "k.pub")
+    with pytest.raises(KeyFileError, match="k.pub:1: malformed"):
+        signing.parse_public_keys("ssh-ed25519 !!!\n", "k.pub")
+
+
+def test_allowed_signers_format_is_read(keys: Keys, other_keys: Keys) -> None:
+    text = f'airbundle namespaces="airbundle" {keys.pub.openssh_line()}\n{other_keys.pub.openssh_line()}\n'
+    assert [k.raw for k in signing.parse_public_keys(text, "as")] == [keys.pub.raw, other_keys.pub.raw]
