@@ -258,7 +258,7 @@ class TarReader:
         while True:
             block = self._block("a member header")
             if block == b"\0" * BLOCK:
-                self.ended = True
+                self._check_end()
                 return None
             try:
                 info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
@@ -268,7 +268,7 @@ class TarReader:
                     "the bundle is damaged or not a tar archive"
                 ) from exc
             name = pax.get("path", info.name)
-            if info.size < 0 or info.size > self.size:
+            if info.size < 0:
                 raise _unsafe(name, f"impossible size {info.size}")
             if info.type == tarfile.XHDTYPE:
                 if pax:
@@ -301,6 +301,17 @@ class TarReader:
             )
         self.pos = end + (-size % BLOCK)
         return member
+
+    def _check_end(self) -> None:
+        """After the first zero block: a second one, then only zero padding."""
+        self._block("the end-of-archive marker")
+        rest = self.size - self.pos
+        if rest > RECORD:
+            raise IntegrityError(f"{rest} bytes follow the end-of-archive marker; the bundle is refused")
+        self.f.seek(self.pos)  # type: ignore[attr-defined]
+        if self.f.read(rest).strip(b"\0"):  # type: ignore[attr-defined]
+            raise IntegrityError("data follows the end-of-archive marker; the bundle is refused")
+        self.ended = True
 
     def _data(self, size: int, name: str) -> bytes:
         if self.pos + size > self.size:

@@ -233,8 +233,9 @@ def cache_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def built(project: Project, keys: Keys, cache_dir: Path, tmp_path: Path) -> Path:
     """A good bundle built from the demo project."""
-    result = run_cli("build", project.manifest, "-o", tmp_path / "out", "--key", keys.key_path,
-                     "--cache", cache_dir)
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir
+    )
     assert result.exit_code == 0, result.stderr
     return Path(result.stdout.strip().splitlines()[-1])
 

@@ -151,8 +151,9 @@ def test_cache_entry_touched_but_intact_is_kept(origin: Origin, cache_dir: Path)
 def test_two_builds_share_one_download(origin: Origin, cache_dir: Path) -> None:
     url = origin.add("/rke", DATA)
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(_fetcher(cache_dir).fetch(url, SHA)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(_fetcher(cache_dir).fetch(url, SHA))) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:

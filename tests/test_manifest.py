@@ -29,8 +29,12 @@ def test_demo_manifest_loads(project: Project) -> None:
     assert [b.name for b in m.binaries] == ["rke"]
     assert m.binaries[0].mode == "0755"
     members = [p.member for f in m.files for p in f.files]
-    assert members == ["files/app/config/values.yaml", "files/app/deploy.yaml", "files/app/tool.sh",
-                       "files/notes.txt"]
+    assert members == [
+        "files/app/config/values.yaml",
+        "files/app/deploy.yaml",
+        "files/app/tool.sh",
+        "files/notes.txt",
+    ]
     modes = {p.member: p.mode for f in m.files for p in f.files}
     assert modes["files/app/tool.sh"] == "0755" and modes["files/notes.txt"] == "0644"
     assert [s.name for s in m.steps] == ["storage", "services"]
@@ -50,26 +54,53 @@ def _load(project: Project, body: str, head: str = HEAD) -> str:
     "body, line, expected",
     [
         ("colour: blue\n", 6, "unknown key 'colour'"),
-        ("files:\n  - src: payloads/notes.txt\n    dest: n\n    owner: root\n", 9, "unknown key 'files[0].owner'"),
+        (
+            "files:\n  - src: payloads/notes.txt\n    dest: n\n    owner: root\n",
+            9,
+            "unknown key 'files[0].owner'",
+        ),
         ("steps: {name: x}\n", 6, "steps: must be a list"),
         ("name: other\n", 6, "duplicate key 'name' (first at line 3)"),
         ("steps:\n  - name: Bad Name\n    script: scripts/storage.sh\n", 7, "not a valid step name"),
         ("steps:\n  - name: a\n    script: scripts/nope.sh\n", 8, "does not exist"),
         ("steps:\n  - name: a\n    script: ../../etc/passwd\n", 8, "escapes the manifest's folder"),
         ("steps:\n  - name: a\n    script: /etc/passwd\n", 8, "must be a relative path"),
-        ("steps:\n  - name: a\n    script: scripts/storage.sh\n  - name: a\n    script: scripts/services.sh\n",
-         9, "'a' appears twice (first at line 7)"),
+        (
+            "steps:\n  - name: a\n    script: scripts/storage.sh\n  - name: a\n    script: scripts/services.sh\n",
+            9,
+            "'a' appears twice (first at line 7)",
+        ),
         ("images:\n  - ref: rancher/rancher:v2.7.9\n", 7, "not supported yet"),
         ("debs:\n  packages: [docker-ce]\n", 7, "not supported yet"),
-        ("binaries:\n  - name: rke\n    url: ftp://x/rke\n    sha256: " + SHA + "\n    dest: /usr/local/bin/rke\n",
-         8, "must be an http(s) URL"),
-        ("binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: abc\n    dest: /usr/local/bin/rke\n",
-         9, "not a valid sha256"),
-        ("binaries:\n  - name: rke\n    url: http://x/rke\n    dest: /usr/local/bin/rke\n", 7, "needs 'sha256'"),
-        ("binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: " + SHA + "\n    dest: bin/rke\n",
-         10, "must be an absolute file path"),
-        ("binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: " + SHA
-         + "\n    dest: /usr/bin/rke\n    mode: 0755\n", 11, "must be a string; quote it"),
+        (
+            "binaries:\n  - name: rke\n    url: ftp://x/rke\n    sha256: "
+            + SHA
+            + "\n    dest: /usr/local/bin/rke\n",
+            8,
+            "must be an http(s) URL",
+        ),
+        (
+            "binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: abc\n    dest: /usr/local/bin/rke\n",
+            9,
+            "not a valid sha256",
+        ),
+        (
+            "binaries:\n  - name: rke\n    url: http://x/rke\n    dest: /usr/local/bin/rke\n",
+            7,
+            "needs 'sha256'",
+        ),
+        (
+            "binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: " + SHA + "\n    dest: bin/rke\n",
+            10,
+            "must be an absolute file path",
+        ),
+        (
+            "binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: "
+            + SHA
+            + "\n    dest: /usr/bin/rke\n    mode: 0755\n",
+            11,
+            "must be a string; quote it",
+        ),
         ("files:\n  - src: payloads/notes.txt\n    dest: ../x\n", 8, "'..' segment"),
         ("x: !!python/object/apply:os.system ['touch /tmp/pwned']\n", 6, "!!python"),
         ("x: [unclosed\n", 7, "invalid YAML"),
@@ -85,7 +116,7 @@ def test_bad_manifests_name_file_and_line(project: Project, body: str, line: int
 @pytest.mark.parametrize(
     "head, expected",
     [
-        (HEAD.replace('"1.0.0"', "1.10"), "version: must be a string; quote it: \"1.1\""),
+        (HEAD.replace('"1.0.0"', "1.10"), 'version: must be a string; quote it: "1.1"'),
         (HEAD.replace("name: demo", "name: Demo_App"), "not a valid bundle name"),
         (HEAD.replace("airbundle/v1", "airbundle/v2"), "must be 'airbundle/v1'"),
         (HEAD.replace("kind: Bundle", "kind: Bunch"), "must be 'Bundle'"),

@@ -25,15 +25,28 @@ def _ssh_verify(tmp_path: Path, keys: Keys, message: bytes, sig: bytes, namespac
     sig_path = tmp_path / "msg.sig"
     sig_path.write_bytes(sig)
     return subprocess.run(
-        [need("ssh-keygen"), "-Y", "verify", "-f", _allowed_signers(tmp_path, keys), "-I", "airbundle",
-         "-n", namespace, "-s", sig_path],
-        input=message, capture_output=True,
+        [
+            need("ssh-keygen"),
+            "-Y",
+            "verify",
+            "-f",
+            _allowed_signers(tmp_path, keys),
+            "-I",
+            "airbundle",
+            "-n",
+            namespace,
+            "-s",
+            sig_path,
+        ],
+        input=message,
+        capture_output=True,
     )
 
 
 def test_fingerprint_matches_ssh_keygen(keys: Keys) -> None:
-    out = subprocess.run([need("ssh-keygen"), "-l", "-f", keys.pub_path], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [need("ssh-keygen"), "-l", "-f", keys.pub_path], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == keys.pub.describe()
     assert keys.pub.fingerprint.startswith("SHA256:")
 
@@ -43,7 +56,7 @@ def test_ssh_keygen_accepts_our_signature(tmp_path: Path, keys: Keys) -> None:
     sig = signing.sign(keys.key, message)
     ok = _ssh_verify(tmp_path, keys, message, sig)
     assert ok.returncode == 0, ok.stderr
-    assert b"Good \"airbundle\" signature" in ok.stdout + ok.stderr
+    assert b'Good "airbundle" signature' in ok.stdout + ok.stderr
     changed = _ssh_verify(tmp_path, keys, message.replace(b"site", b"sitf"), sig)
     assert changed.returncode != 0
     other_ns = _ssh_verify(tmp_path, keys, message, sig, namespace="file")
@@ -124,11 +137,11 @@ def test_encrypted_key(keys: Keys) -> None:
 def test_bad_key_files() -> None:
     with pytest.raises(KeyFileError, match="not a PEM private key"):
         signing.load_private_key(b"hello", "k.key")
-    with pytest.raises(KeyFileError, match="k.pub:2: unsupported key type ssh-rsa"):
+    with pytest.raises(KeyFileError, match=r"k\.pub:2: unsupported key type ssh-rsa"):
         signing.parse_public_keys("# c\nssh-rsa AAAAB3Nza x\n", "k.pub")
     with pytest.raises(KeyFileError, match="holds no public key"):
         signing.parse_public_keys("\n# only comments\n", "k.pub")
-    with pytest.raises(KeyFileError, match="k.pub:1: malformed"):
+    with pytest.raises(KeyFileError, match=r"k\.pub:1: malformed"):
         signing.parse_public_keys("ssh-ed25519 !!!\n", "k.pub")
 
 

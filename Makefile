@@ -1,0 +1,46 @@
+# airbundle — the two commands a newcomer needs are `make demo` and `make test`.
+# Both install what they need first (Debian packages as root, the package in .venv).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Debian packages the tests and the demo drive for real (see ../shared/TESTBED.md).
+DEB_PACKAGES := python3 python3-venv openssh-client tar coreutils sed diffutils
+PYTEST_ARGS ?=
+
+.PHONY: all install debs test lint fix demo bench clean
+
+all: test
+
+debs:
+	@tools/ensure-debs.sh $(DEB_PACKAGES)
+
+$(BIN)/.installed: setup.cfg pyproject.toml | debs
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: debs $(BIN)/.installed
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check bundler tests bench tools
+	$(BIN)/ruff format --check bundler tests bench tools
+
+fix: install
+	$(BIN)/ruff check --fix bundler tests bench tools
+	$(BIN)/ruff format bundler tests bench tools
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" tools/demo.sh
+
+bench: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/verify_bench.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/build_bench.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,199 @@
+"""The CLI contract: help with examples, exit codes per error class, keygen, inspect, docs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler.cli import cli
+
+from .conftest import Keys, Project, need, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("command", [None, *sorted(cli.commands)])
+def test_every_command_has_help_with_an_example(command: str | None) -> None:
+    result = run_cli(*([command] if command else []), "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout
+    assert "airbundle " in result.stdout.split("Example:")[1]
+
+
+def test_version() -> None:
+    from bundler import __version__
+
+    assert run_cli("--version").stdout.strip() == f"airbundle, version {__version__}"
+
+
+def test_console_script_and_module_run() -> None:
+    for argv in (["airbundle", "--help"], [sys.executable, "-m", "bundler", "--help"]):
+        run = subprocess.run(argv, capture_output=True, text=True)
+        assert run.returncode == 0 and "keygen" in run.stdout
+
+
+def test_keygen(tmp_path: Path) -> None:
+    result = run_cli("keygen", "--out", tmp_path / "site", "--comment", "release-2026")
+    assert result.exit_code == 0, result.stderr
+    key, pub = tmp_path / "site.key", tmp_path / "site.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert pub.read_text().startswith("ssh-ed25519 AAAA") and pub.read_text().endswith(" release-2026\n")
+    ssh = subprocess.run([need("ssh-keygen"), "-l", "-f", pub], capture_output=True, text=True, check=True)
+    assert result.stdout == ssh.stdout
+    again = run_cli("keygen", "--out", tmp_path / "site")
+    assert again.exit_code == 2 and "exists; pass --force" in again.stderr
+    assert run_cli("keygen", "--out", tmp_path / "site", "--force").exit_code == 0
+
+
+def test_encrypted_key_flow(project: Project, tmp_path: Path, cache_dir: Path) -> None:
+    env = {"RELEASE_PASS": "correct horse"}
+    assert (
+        run_cli("keygen", "--out", tmp_path / "enc", "--passphrase-env", "RELEASE_PASS", env=env).exit_code
+        == 0
+    )
+    assert b"ENCRYPTED PRIVATE KEY" in (tmp_path / "enc.key").read_bytes()
+    args = [
+        "build",
+        project.manifest,
+        "-o",
+        tmp_path / "out",
+        "--key",
+        tmp_path / "enc.key",
+        "--cache",
+        cache_dir,
+    ]
+    missing = run_cli(*args)
+    assert missing.exit_code == 2 and "--passphrase-env" in missing.stderr
+    wrong = run_cli(*args, "--passphrase-env", "RELEASE_PASS", env={"RELEASE_PASS": "battery staple"})
+    assert wrong.exit_code == 2 and "wrong passphrase" in wrong.stderr and "enc.key" in wrong.stderr
+    unset = run_cli(*args, "--passphrase-env", "NOPE_NOT_SET")
+    assert unset.exit_code == 2 and "NOPE_NOT_SET is not set" in unset.stderr
+    ok = run_cli(*args, "--passphrase-env", "RELEASE_PASS", env=env)
+    assert ok.exit_code == 0, ok.stderr
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_build_prints_bundle_path_last(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir
+    )
+    assert result.exit_code == 0
+    assert result.stdout == f"{tmp_path / 'o' / 'demo-1.0.0.tar'}\n"
+    assert "built demo 1.0.0: 8 members" in result.stderr
+
+
+def test_cache_env_variable(project: Project, keys: Keys, tmp_path: Path) -> None:
+    env = {"AIRBUNDLE_CACHE": str(tmp_path / "envcache")}
+    result = run_cli("build", project.manifest, "-o", tmp_path / "o", "--key", keys.key_path, env=env)
+    assert result.exit_code == 0, result.stderr
+    assert list((tmp_path / "envcache" / "sha256").rglob("*"))
+
+
+def test_inspect(built: Path, keys: Keys) -> None:
+    text = run_cli("inspect", built)
+    assert text.exit_code == 0
+    assert "demo 1.0.0  for debian bookworm amd64" in text.stdout
+    assert f"{keys.pub.fingerprint} (not checked" in text.stdout
+    assert "-> /usr/local/bin/rke (0755)" in text.stdout
+    assert "1. storage" in text.stdout and "2. services" in text.stdout
+    facts = json.loads(run_cli("inspect", built, "--json", "--pubkey", keys.pub_path).stdout)
+    assert facts["signature_checked"] is True and facts["signer"] == keys.pub.fingerprint
+    assert [b["dest"] for b in facts["binaries"]] == ["/usr/local/bin/rke"]
+    assert [s["name"] for s in facts["steps"]] == ["storage", "services"]
+    assert facts["files"][0] == {"src": "payloads/app/", "dest": "app", "count": 3, "size": 49}
+    assert facts["payload_bytes"] == sum(facts["bytes_by_kind"].values())
+
+
+def test_inspect_reads_only_the_head(built: Path, tmp_path: Path) -> None:
+    """inspect needs only lock.json and its signature: a bundle cut after them still inspects."""
+    with tarfile.open(built) as tar:
+        cut = tar.getmember("install.sh").offset
+    head = tmp_path / "head.tar"
+    head.write_bytes(built.read_bytes()[:cut])
+    assert run_cli("inspect", head).exit_code == 0
+
+
+def test_inspect_with_wrong_key_is_exit_3(built: Path, other_keys: Keys) -> None:
+    result = run_cli("inspect", built, "--pubkey", other_keys.pub_path)
+    assert result.exit_code == 3
+
+
+def test_install_is_not_pretending(built: Path, keys: Keys, tmp_path: Path) -> None:
+    inventory = tmp_path / "cluster.yml"
+    inventory.write_text("nodes: []\n")
+    result = run_cli("install", built, "--pubkey", keys.pub_path, "--inventory", inventory)
+    assert result.exit_code == 6 and "nothing was installed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["build", "missing.yaml", "-o", "x", "--key", "k"], 2),  # click usage: file missing
+        (["verify"], 2),
+        (["frobnicate"], 2),
+    ],
+)
+def test_usage_errors_are_exit_2(args: list[str], code: int) -> None:
+    assert run_cli(*args).exit_code == code
+
+
+def test_bad_manifest_is_exit_2_and_writes_nothing(project: Project, keys: Keys, tmp_path: Path) -> None:
+    bad = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: x\nversion: '1'\nbogus: 1\n", "b.yaml"
+    )
+    out = tmp_path / "o"
+    result = run_cli("build", bad, "-o", out, "--key", keys.key_path, "--cache", tmp_path / "c")
+    assert result.exit_code == 2
+    assert re.search(r"b\.yaml:\d+: unknown key 'bogus'", result.stderr)
+    assert not out.exists()
+
+
+def test_bad_key_file_is_exit_2(project: Project, tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    key.write_text("not a key\n")
+    result = run_cli("build", project.manifest, "-o", tmp_path / "o", "--key", key)
+    assert result.exit_code == 2 and "k.key" in result.stderr
+    pub = tmp_path / "k.pub"
+    pub.write_text("ssh-rsa AAAA foo\n")
+    assert run_cli("verify", key, "--pubkey", pub).exit_code == 2
+
+
+def test_readme_stock_tool_recipe(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """The README's bare-host recipe (tar, ssh-keygen, sed, sha256sum) runs as written."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- stock-verify -->")[1].split("```sh\n")[1].split("```")[0]
+    work = tmp_path / "site"
+    work.mkdir()
+    env = {**os.environ, "BUNDLE": str(built), "PUB": str(keys.pub_path)}
+    good = subprocess.run(["sh", "-eu", "-c", block], cwd=work, env=env, capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert 'Good "airbundle" signature' in good.stdout + good.stderr
+    assert "bundle OK" in good.stdout
+    # The same recipe refuses a bundle with one changed payload byte.
+    data = bytearray(built.read_bytes())
+    data[data.index(b"rke stand-in") + 3] ^= 1
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    work2 = tmp_path / "site2"
+    work2.mkdir()
+    refused = subprocess.run(
+        ["sh", "-eu", "-c", block], cwd=work2, env={**env, "BUNDLE": str(bad)}, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "bundle OK" not in refused.stdout
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    assert "make demo" in first_block and "make test" in first_block
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
