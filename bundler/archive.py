@@ -2,7 +2,7 @@
 
 Writing: members go out in the order given, with fixed mtime, uid/gid 0, no
 user names and normalized modes, so equal inputs give equal bytes. File data
-moves with the kernel's copy path (``copy_file_range``, then ``sendfile``),
+moves with the kernel's copy path (``sendfile``, then ``copy_file_range``),
 while a second thread hashes the same byte stream for the ``.sha256`` file.
 
 Reading: our own header parser accepts only what our writer emits (regular
@@ -98,22 +98,28 @@ def _segments(entries: list[Entry], mtime: int) -> Iterator[bytes | Entry]:
 
 
 def _copy_file(src_fd: int, dst_fd: int, size: int, path: Path, progress: Progress) -> None:
-    """Copy ``size`` bytes with the kernel's copy path, falling back step by step."""
+    """Copy ``size`` bytes inside the kernel, falling back step by step.
+
+    ``sendfile`` first: on ext4 it measured about twice as fast as
+    ``copy_file_range`` (which cannot reflink into a tar anyway, since member
+    data sits at 512-byte, not block, offsets); ``copy_file_range`` next for
+    systems whose sendfile refuses files; plain read/write last.
+    """
     done = 0
-    method = "copy_file_range"
+    methods = ["sendfile", "copy_file_range", "rw"]
     while done < size:
         want = min(size - done, 1 << 30)
         try:
-            if method == "copy_file_range":
-                n = os.copy_file_range(src_fd, dst_fd, want)
-            elif method == "sendfile":
+            if methods[0] == "sendfile":
                 n = os.sendfile(dst_fd, src_fd, None, want)
+            elif methods[0] == "copy_file_range":
+                n = os.copy_file_range(src_fd, dst_fd, want)
             else:
                 n = os.write(dst_fd, os.read(src_fd, min(want, CHUNK)))
         except OSError as exc:
-            # EXDEV/EINVAL/ENOSYS/EOPNOTSUPP: this pair of filesystems can't do it; try the next.
-            if exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and method != "rw":
-                method = "sendfile" if method == "copy_file_range" else "rw"
+            # EINVAL/ENOSYS/EXDEV/EOPNOTSUPP: this pair of files can't do it; try the next way.
+            if exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and len(methods) > 1:
+                methods.pop(0)
                 continue
             raise
         if n == 0:
@@ -149,11 +155,15 @@ def _hash_stream(segments: list[bytes | Entry], out: dict[str, object]) -> None:
         out["error"] = exc
 
 
-def write_tar(fd: int, entries: list[Entry], mtime: int = 0, progress: Progress = _no_progress) -> str:
+def write_tar(
+    fd: int, entries: list[Entry], mtime: int = 0, progress: Progress = _no_progress, fsync: bool = False
+) -> str:
     """Write ``entries`` as a deterministic tar to ``fd``; return the archive's SHA-256.
 
-    The caller owns ``fd`` (temp file, fsync, rename). A source file that
-    changes size during the copy raises ``IntegrityError``.
+    The caller owns ``fd`` (temp file, rename). With ``fsync`` the data is
+    flushed to disk while the digest thread may still be hashing, so the two
+    overlap. A source file that changes size during the copy raises
+    ``IntegrityError``.
     """
     segments = list(_segments(entries, mtime))
     result: dict[str, object] = {}
@@ -172,6 +182,8 @@ def write_tar(fd: int, entries: list[Entry], mtime: int = 0, progress: Progress 
                 _copy_file(src, fd, seg.size, seg.source, progress)
             finally:
                 os.close(src)
+        if fsync:
+            os.fsync(fd)
     finally:
         hasher.join()
     if "error" in result:

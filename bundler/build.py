@@ -172,9 +172,8 @@ def build_bundle(
     progress = (lambda n: on_write(n, total)) if on_write else (lambda n: None)
     fd, tmp = tempfile.mkstemp(dir=outdir, prefix=f".{final.name}.", suffix=".partial")
     try:
-        digest = archive.write_tar(fd, entries, mtime=lock.source_date_epoch, progress=progress)
         os.fchmod(fd, 0o644)
-        os.fsync(fd)
+        digest = archive.write_tar(fd, entries, mtime=lock.source_date_epoch, progress=progress, fsync=True)
         os.close(fd)
         fd = -1
         os.replace(tmp, final)

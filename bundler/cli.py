@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from bundler import __version__, archive, signing
-from bundler.build import build_bundle
 from bundler.cache import atomic_write, default_root
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, KeyFileError
 
@@ -47,6 +45,8 @@ def _bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
     if not _show_progress():
         yield lambda _n: None
         return
+    from tqdm import tqdm  # only on a terminal: keeps start-up fast for scripts
+
     with tqdm(
         total=total,
         desc=desc,
@@ -162,6 +162,10 @@ def build(
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist
       sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
     """
+    from tqdm import tqdm
+
+    from bundler.build import build_bundle  # imports requests: only the build needs it
+
     key = signing.load_private_key(
         _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
     )

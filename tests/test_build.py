@@ -141,7 +141,7 @@ def test_source_changing_during_build_is_caught(tmp_path: Path) -> None:
     os.close(fd)
 
 
-@pytest.mark.parametrize("failing", ["copy_file_range", "both"])
+@pytest.mark.parametrize("failing", ["sendfile", "both"])
 def test_copy_falls_back_when_kernel_path_is_refused(
     built: Path,
     project: Project,
@@ -151,14 +151,14 @@ def test_copy_falls_back_when_kernel_path_is_refused(
     monkeypatch: pytest.MonkeyPatch,
     failing: str,
 ) -> None:
-    """Some filesystem pairs refuse copy_file_range (EXDEV) or sendfile: bytes stay identical."""
+    """Some file pairs refuse sendfile (EINVAL) or copy_file_range (EXDEV): bytes stay identical."""
 
     def refuse(*_a: object) -> int:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
+        raise OSError(errno.EINVAL, "Invalid argument")
 
-    monkeypatch.setattr(os, "copy_file_range", refuse)
+    monkeypatch.setattr(os, "sendfile", refuse)
     if failing == "both":
-        monkeypatch.setattr(os, "sendfile", lambda *_a: (_ for _ in ()).throw(OSError(errno.EINVAL, "nope")))
+        monkeypatch.setattr(os, "copy_file_range", lambda *_a: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
     result = build.build_bundle(project.manifest, tmp_path / "fallback", keys.key, cache_dir)
     assert result.path.read_bytes() == built.read_bytes()
 

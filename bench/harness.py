@@ -1,0 +1,97 @@
+"""A small A/B timing harness for the benchmarks: whole processes, alternated, medians.
+
+Each command runs as a child process; wall time comes from ``perf_counter`` and
+peak memory from the child's own ``ru_maxrss`` (``os.wait4``). Runs alternate
+A, B, A, B … after one warm-up each, and the ratio is taken pair by pair so
+that drift in machine speed cancels out.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TIME = "/usr/bin/time"  # GNU time (Debian package 'time')
+
+
+@dataclass
+class Run:
+    wall: float
+    peak_mib: float
+
+
+def run_once(argv: list[str], env: dict[str, str] | None = None) -> Run:
+    # Peak memory comes from GNU time (%M), which forks the command from its own
+    # small process: a child forked or vfork'ed from this Python process would
+    # report this process's memory high-water mark as its own.
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.perf_counter()
+        proc = subprocess.run([TIME, "-f", "%M", "-o", report.name, *argv], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()}")
+        peak_kib = int(report.read().split()[-1])
+    return Run(wall, peak_kib / 1024)
+
+
+def compare(name_a: str, argv_a: list[str], name_b: str, argv_b: list[str], runs: int = 5,
+            env: dict[str, str] | None = None,
+            before: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """Print both commands' median wall time and peak memory and the median A/B ratio.
+
+    ``before`` runs (untimed) before every run, e.g. to remove the previous output.
+    """
+
+    def timed(argv: list[str]) -> Run:
+        before()
+        return run_once(argv, env)
+
+    timed(argv_a)
+    timed(argv_b)
+    a_runs, b_runs, ratios = [], [], []
+    for _ in range(runs):
+        a = timed(argv_a)
+        b = timed(argv_b)
+        a_runs.append(a)
+        b_runs.append(b)
+        ratios.append(a.wall / b.wall)
+    for name, rs in ((name_a, a_runs), (name_b, b_runs)):
+        walls = [r.wall for r in rs]
+        print(f"  {name:<34} wall median {statistics.median(walls):6.2f}s "
+              f"(min {min(walls):.2f}, max {max(walls):.2f})  peak RSS {max(r.peak_mib for r in rs):6.1f} MiB")
+    ratio = statistics.median(ratios)
+    peak_a = max(r.peak_mib for r in a_runs)
+    print(f"  ratio {name_a} / {name_b}: {ratio:.2f}x (median of {runs} pairs; "
+          f"min {min(ratios):.2f}, max {max(ratios):.2f})")
+    return ratio, peak_a
+
+
+def make_payload(folder: str, sizes_mib: list[int]) -> None:
+    """Files of incompressible bytes; a 64 MiB random block is reused with a per-file prefix."""
+    os.makedirs(folder, exist_ok=True)
+    block = os.urandom(64 << 20)
+    for i, size in enumerate(sizes_mib):
+        path = os.path.join(folder, f"part-{i:02d}.bin")
+        if os.path.exists(path) and os.path.getsize(path) == size << 20:
+            continue
+        with open(path + ".tmp", "wb") as f:
+            left = size << 20
+            n = 0
+            while left:
+                chunk = block[: min(left, len(block))]
+                f.write(f"{i:07d}:{n:07d}:".encode() + chunk[16:])  # 16-byte prefix: every file differs
+                left -= len(chunk)
+                n += 1
+        os.replace(path + ".tmp", path)
+
+
+def verdict(ratio: float, target: float, peak: float, peak_target: float) -> str:
+    ok = ratio <= target and peak <= peak_target
+    return (f"  target: ratio <= {target}x and peak RSS <= {peak_target:.0f} MiB -> "
+            f"{'MET' if ok else 'NOT MET'} (ratio {ratio:.2f}x, peak {peak:.1f} MiB)")
