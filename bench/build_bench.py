@@ -21,7 +21,7 @@ import textwrap
 import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import compare, make_payload, verdict  # noqa: E402
+from harness import compare, make_payload, verdict
 
 MIX = [512, 384, 320, 256, 224, 160, 96, 48]  # MiB; the first one is served as a pinned binary
 
@@ -50,7 +50,8 @@ def main() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     manifest = os.path.join(root, "manifests", "bench.yaml")
     with open(manifest, "w") as f:
-        f.write(textwrap.dedent(f"""\
+        f.write(
+            textwrap.dedent(f"""\
             apiVersion: airbundle/v1
             kind: Bundle
             name: bench
@@ -64,7 +65,8 @@ def main() -> None:
             files:
               - src: payloads/blobs/
                 dest: blobs
-            """))
+            """)
+        )
     key = os.path.join(root, "bench")
     if not os.path.exists(key + ".key"):
         subprocess.run(["airbundle", "keygen", "--out", key], check=True, capture_output=True)
@@ -75,8 +77,10 @@ def main() -> None:
     tar_out = os.path.join(root, "tar-out.tar")
     tar = [shutil.which("tar") or "tar", "-cf", tar_out, "-C", root, "upstream", "payloads"]
     total = sum(sizes)
-    print(f"build benchmark: {total} MiB of inputs ({len(sizes)} files, 1 pinned binary), warm cache, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"build benchmark: {total} MiB of inputs ({len(sizes)} files, 1 pinned binary), warm cache, "
+        f"{os.cpu_count()} CPUs"
+    )
     bundle = os.path.join(out, "bench-1.0.0.tar")
 
     def clear_outputs() -> None:
@@ -87,13 +91,19 @@ def main() -> None:
                 os.unlink(path)
         subprocess.run(["sync"], check=True)
 
-    ratio, peak = compare("airbundle build (warm cache)", build, "tar -cf", tar, runs=args.runs,
-                          before=clear_outputs)
+    ratio, peak = compare(
+        "airbundle build (warm cache)", build, "tar -cf", tar, runs=args.runs, before=clear_outputs
+    )
     print(verdict(ratio, 0.5, peak, 100))
     print("reference: tar -cf followed by sync of its output (airbundle fsyncs its bundle):")
-    compare("airbundle build (warm cache)", build, "tar -cf && sync FILE",
-            ["sh", "-c", f'"$0" "$@" && sync "{tar_out}"', *tar], runs=max(1, args.runs // 2),
-            before=clear_outputs)
+    compare(
+        "airbundle build (warm cache)",
+        build,
+        "tar -cf && sync FILE",
+        ["sh", "-c", f'"$0" "$@" && sync "{tar_out}"', *tar],
+        runs=max(1, args.runs // 2),
+        before=clear_outputs,
+    )
     server.shutdown()
 
 

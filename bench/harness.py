@@ -31,8 +31,12 @@ def run_once(argv: list[str], env: dict[str, str] | None = None) -> Run:
     # report this process's memory high-water mark as its own.
     with tempfile.NamedTemporaryFile("r") as report:
         start = time.perf_counter()
-        proc = subprocess.run([TIME, "-f", "%M", "-o", report.name, *argv], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.run(
+            [TIME, "-f", "%M", "-o", report.name, *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"bench: {' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()}")
@@ -40,9 +44,15 @@ def run_once(argv: list[str], env: dict[str, str] | None = None) -> Run:
     return Run(wall, peak_kib / 1024)
 
 
-def compare(name_a: str, argv_a: list[str], name_b: str, argv_b: list[str], runs: int = 5,
-            env: dict[str, str] | None = None,
-            before: Callable[[], None] = lambda: None) -> tuple[float, float]:
+def compare(
+    name_a: str,
+    argv_a: list[str],
+    name_b: str,
+    argv_b: list[str],
+    runs: int = 5,
+    env: dict[str, str] | None = None,
+    before: Callable[[], None] = lambda: None,
+) -> tuple[float, float]:
     """Print both commands' median wall time and peak memory and the median A/B ratio.
 
     ``before`` runs (untimed) before every run, e.g. to remove the previous output.
@@ -63,12 +73,16 @@ def compare(name_a: str, argv_a: list[str], name_b: str, argv_b: list[str], runs
         ratios.append(a.wall / b.wall)
     for name, rs in ((name_a, a_runs), (name_b, b_runs)):
         walls = [r.wall for r in rs]
-        print(f"  {name:<34} wall median {statistics.median(walls):6.2f}s "
-              f"(min {min(walls):.2f}, max {max(walls):.2f})  peak RSS {max(r.peak_mib for r in rs):6.1f} MiB")
+        print(
+            f"  {name:<34} wall median {statistics.median(walls):6.2f}s "
+            f"(min {min(walls):.2f}, max {max(walls):.2f})  peak RSS {max(r.peak_mib for r in rs):6.1f} MiB"
+        )
     ratio = statistics.median(ratios)
     peak_a = max(r.peak_mib for r in a_runs)
-    print(f"  ratio {name_a} / {name_b}: {ratio:.2f}x (median of {runs} pairs; "
-          f"min {min(ratios):.2f}, max {max(ratios):.2f})")
+    print(
+        f"  ratio {name_a} / {name_b}: {ratio:.2f}x (median of {runs} pairs; "
+        f"min {min(ratios):.2f}, max {max(ratios):.2f})"
+    )
     return ratio, peak_a
 
 
@@ -93,5 +107,7 @@ def make_payload(folder: str, sizes_mib: list[int]) -> None:
 
 def verdict(ratio: float, target: float, peak: float, peak_target: float) -> str:
     ok = ratio <= target and peak <= peak_target
-    return (f"  target: ratio <= {target}x and peak RSS <= {peak_target:.0f} MiB -> "
-            f"{'MET' if ok else 'NOT MET'} (ratio {ratio:.2f}x, peak {peak:.1f} MiB)")
+    return (
+        f"  target: ratio <= {target}x and peak RSS <= {peak_target:.0f} MiB -> "
+        f"{'MET' if ok else 'NOT MET'} (ratio {ratio:.2f}x, peak {peak:.1f} MiB)"
+    )

@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import compare, make_payload, verdict  # noqa: E402
+from harness import compare, make_payload, verdict
 
 # A bundle-like mix of member sizes (MiB), the way image layers and binaries come.
 MIX = [512, 384, 320, 256, 224, 160, 96, 48]
@@ -35,7 +35,8 @@ def main() -> None:
     os.makedirs(os.path.join(root, "manifests"), exist_ok=True)
     make_payload(os.path.join(root, "payloads", "blobs"), sizes)
     with open(os.path.join(root, "manifests", "bench.yaml"), "w") as f:
-        f.write(textwrap.dedent("""\
+        f.write(
+            textwrap.dedent("""\
             apiVersion: airbundle/v1
             kind: Bundle
             name: bench
@@ -44,22 +45,38 @@ def main() -> None:
             files:
               - src: payloads/blobs/
                 dest: blobs
-            """))
+            """)
+        )
     key = os.path.join(root, "bench")
     if not os.path.exists(key + ".key"):
         subprocess.run(["airbundle", "keygen", "--out", key], check=True, capture_output=True)
     out = os.path.join(root, "dist")
     bundle = subprocess.run(
-        ["airbundle", "build", os.path.join(root, "manifests", "bench.yaml"), "--key", key + ".key",
-         "-o", out, "--cache", os.path.join(root, "cache")],
-        check=True, capture_output=True, text=True,
+        [
+            "airbundle",
+            "build",
+            os.path.join(root, "manifests", "bench.yaml"),
+            "--key",
+            key + ".key",
+            "-o",
+            out,
+            "--cache",
+            os.path.join(root, "cache"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     size = os.path.getsize(bundle)
-    print(f"verify benchmark: {bundle} ({size / 2**20:.0f} MiB, {len(sizes)} payload members), "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"verify benchmark: {bundle} ({size / 2**20:.0f} MiB, {len(sizes)} payload members), "
+        f"{os.cpu_count()} CPUs"
+    )
     ratio, peak = compare(
-        "airbundle verify", ["airbundle", "verify", bundle, "--pubkey", key + ".pub"],
-        "openssl dgst -sha256", [shutil.which("openssl") or "openssl", "dgst", "-sha256", bundle],
+        "airbundle verify",
+        ["airbundle", "verify", bundle, "--pubkey", key + ".pub"],
+        "openssl dgst -sha256",
+        [shutil.which("openssl") or "openssl", "dgst", "-sha256", bundle],
         runs=args.runs,
     )
     print(verdict(ratio, 0.6, peak, 100))

@@ -158,7 +158,9 @@ def test_copy_falls_back_when_kernel_path_is_refused(
 
     monkeypatch.setattr(os, "sendfile", refuse)
     if failing == "both":
-        monkeypatch.setattr(os, "copy_file_range", lambda *_a: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
+        monkeypatch.setattr(
+            os, "copy_file_range", lambda *_a: (_ for _ in ()).throw(OSError(errno.EXDEV, "x"))
+        )
     result = build.build_bundle(project.manifest, tmp_path / "fallback", keys.key, cache_dir)
     assert result.path.read_bytes() == built.read_bytes()
 
