@@ -1,0 +1,93 @@
+"""The layering rules of DESIGN.md, checked on the source: imports point down only,
+each outside library has one owner module, and nothing below the CLIs prints or exits."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "bundler"
+
+# Lower number = lower layer. A module may import bundler modules of a lower rank only.
+RANK = {
+    "bundler": 0,
+    "bundler.errors": 0,
+    "bundler.lock": 1,
+    "bundler.signing": 1,
+    "bundler.archive": 2,
+    "bundler.cache": 3,
+    "bundler.manifest": 3,
+    "bundler.fetch": 4,
+    "bundler.build": 5,
+    "bundler.cli": 6,
+    "bundler.__main__": 7,
+    "bundler.installer": 0,
+}
+OWNERS = {
+    "yaml": {"bundler.manifest"},
+    "requests": {"bundler.fetch"},
+    "urllib3": {"bundler.fetch"},
+    "cryptography": {"bundler.signing"},
+    "click": {"bundler.cli"},
+    "tqdm": {"bundler.cli"},
+    "docker": {"bundler.images"},
+}
+CLIS = {"bundler.cli", "bundler.__main__"}
+SITE_FORBIDDEN = {"bundler.manifest", "bundler.cache", "bundler.fetch", "bundler.build", "bundler.cli"}
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        name = ".".join(rel.parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def imports(tree: ast.Module) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            if node.module == "bundler":  # from bundler import archive, signing
+                found |= {f"bundler.{a.name}" for a in node.names if a.name != "__version__"}
+    return found
+
+
+MODULES = modules()
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_point_down(name: str) -> None:
+    rank = RANK.get(name, RANK.get(name.rsplit(".", 1)[0], 99))
+    for imported in imports(MODULES[name]):
+        if imported.startswith("bundler") and imported != name:
+            assert RANK.get(imported, 99) < rank or imported == "bundler.errors" or imported == "bundler", (
+                f"{name} imports {imported}, which is not below it"
+            )
+        top = imported.split(".")[0]
+        if top in OWNERS:
+            assert name in OWNERS[top], f"{name} imports {top}; only {OWNERS[top]} may"
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(MODULES) if n.startswith("bundler.installer")])
+def test_installer_stays_site_safe(name: str) -> None:
+    assert not imports(MODULES[name]) & (SITE_FORBIDDEN | set(OWNERS) - {"cryptography"})
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(MODULES) if n not in CLIS])
+def test_nothing_below_the_clis_prints_or_exits(name: str) -> None:
+    for node in ast.walk(MODULES[name]):
+        if isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            assert func not in ("print", "sys.exit", "exit", "click.echo", "os._exit"), f"{name} calls {func}"
+
+
+def test_every_module_has_a_docstring() -> None:
+    missing = [name for name, tree in MODULES.items() if not ast.get_docstring(tree)]
+    assert missing == []
