@@ -11,8 +11,10 @@ import hashlib
 import http.server
 import os
 import shutil
+import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from bundler.cli import main
 @dataclass
 class Route:
     data: bytes
-    behaviour: str = "ok"  # ok | drop_once | wrong | flaky | norange | notfound
+    behaviour: str = "ok"  # ok | drop_once | wrong | flaky | norange | notfound | slow
     retry_after: str | None = None
     hits: int = 0
     ranges: list[str | None] = field(default_factory=list)
@@ -85,7 +87,14 @@ class Origin:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                self.wfile.write(body)
+                if route.behaviour == "slow":  # ~1 s per transfer, so two clients overlap
+                    step = max(1, len(body) // 20)
+                    for i in range(0, len(body), step):
+                        self.wfile.write(body[i : i + step])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                else:
+                    self.wfile.write(body)
                 route.served += len(body)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -238,6 +247,10 @@ def built(project: Project, keys: Keys, cache_dir: Path, tmp_path: Path) -> Path
     )
     assert result.exit_code == 0, result.stderr
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+# The console script of the environment running the tests (not whatever is on PATH).
+AIRBUNDLE = str(Path(sys.executable).with_name("airbundle"))
 
 
 def need(tool: str) -> str:

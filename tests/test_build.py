@@ -16,7 +16,7 @@ import pytest
 from bundler import archive, build
 from bundler.errors import IntegrityError
 
-from .conftest import RKE_BYTES, Keys, Project, run_cli
+from .conftest import AIRBUNDLE, RKE_BYTES, Keys, Project, run_cli
 
 
 def _build(
@@ -181,3 +181,21 @@ def test_install_sh_refuses_to_pretend(built: Path, tmp_path: Path) -> None:
     run = subprocess.run(["sh", tmp_path / "install.sh"], capture_output=True, text=True)
     assert run.returncode == 6
     assert "not included yet" in run.stderr
+
+
+def test_two_build_processes_share_one_cache(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
+    """Two real airbundle processes at once: one downloads, the other waits on the cache lock."""
+    project.origin.routes["/rke_linux-amd64"].behaviour = "slow"
+    procs = [
+        subprocess.Popen(
+            [AIRBUNDLE, "build", str(project.manifest), "-o", str(tmp_path / f"out{i}"),
+             "--key", str(keys.key_path), "--cache", str(cache_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    a, b = (Path(out.strip()) for out, _ in outputs)
+    assert a.read_bytes() == b.read_bytes()
+    assert project.origin.routes["/rke_linux-amd64"].hits == 1

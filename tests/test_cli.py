@@ -15,7 +15,7 @@ import pytest
 
 from bundler.cli import cli
 
-from .conftest import Keys, Project, need, run_cli
+from .conftest import AIRBUNDLE, Keys, Project, need, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def test_version() -> None:
 
 
 def test_console_script_and_module_run() -> None:
-    for argv in (["airbundle", "--help"], [sys.executable, "-m", "bundler", "--help"]):
+    for argv in ([AIRBUNDLE, "--help"], [sys.executable, "-m", "bundler", "--help"]):
         run = subprocess.run(argv, capture_output=True, text=True)
         assert run.returncode == 0 and "keygen" in run.stdout
 

@@ -356,3 +356,24 @@ def test_data_after_end_of_archive(built: Path, keys: Keys, tmp_path: Path) -> N
 def test_lock_parses_identically_everywhere(built: Path) -> None:
     lock = dict((ti.name, d) for ti, d in read_items(built))["lock.json"]
     assert Lock.from_bytes(lock).to_bytes() == lock
+
+
+def test_oversized_pax_header_refused(built: Path, keys: Keys, tmp_path: Path) -> None:
+    items = read_items(built)
+    ti, data = info("files/big-pax", b"x")
+    ti.pax_headers = {"comment": "x" * 100_000}
+    items.insert(3, (ti, data))
+    result = verify(write_items(tmp_path / "pax.tar", items), keys)
+    assert result.exit_code == 4 and "PAX header" in result.stderr
+
+
+def test_long_member_names_round_trip(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
+    """Names over ustar's 100 bytes travel in PAX records that the reader accepts."""
+    deep = project.root / "payloads" / "app" / ("long-folder-name-" * 5) / ("file-name-" * 8)
+    deep.parent.mkdir(parents=True)
+    deep.write_text("deep\n")
+    result = run_cli("build", project.manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    bundle = Path(result.stdout.strip())
+    assert any(len(ti.name) > 100 for ti, _ in read_items(bundle))
+    assert verify(bundle, keys).exit_code == 0
