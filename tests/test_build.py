@@ -183,14 +183,27 @@ def test_install_sh_refuses_to_pretend(built: Path, tmp_path: Path) -> None:
     assert "not included yet" in run.stderr
 
 
-def test_two_build_processes_share_one_cache(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
+def test_two_build_processes_share_one_cache(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
     """Two real airbundle processes at once: one downloads, the other waits on the cache lock."""
     project.origin.routes["/rke_linux-amd64"].behaviour = "slow"
     procs = [
         subprocess.Popen(
-            [AIRBUNDLE, "build", str(project.manifest), "-o", str(tmp_path / f"out{i}"),
-             "--key", str(keys.key_path), "--cache", str(cache_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                AIRBUNDLE,
+                "build",
+                str(project.manifest),
+                "-o",
+                str(tmp_path / f"out{i}"),
+                "--key",
+                str(keys.key_path),
+                "--cache",
+                str(cache_dir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]

@@ -372,7 +372,9 @@ def test_long_member_names_round_trip(project: Project, keys: Keys, tmp_path: Pa
     deep = project.root / "payloads" / "app" / ("long-folder-name-" * 5) / ("file-name-" * 8)
     deep.parent.mkdir(parents=True)
     deep.write_text("deep\n")
-    result = run_cli("build", project.manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir)
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir
+    )
     assert result.exit_code == 0, result.stderr
     bundle = Path(result.stdout.strip())
     assert any(len(ti.name) > 100 for ti, _ in read_items(bundle))
