@@ -62,57 +62,80 @@ def installer_payload() -> bytes:
     return resources.files("bundler.installer").joinpath("install.sh").read_bytes()
 
 
-def _plan(manifest: Manifest, cache: Cache, fetched: dict[str, Path]) -> tuple[list[archive.Entry], Lock]:
+# DESIGN.md order after install.sh: installer/, debs/, bin/, images/, files/, scripts/;
+# sorted within each group so the bundle does not depend on manifest order.
+_GROUPS = {"installer": 1, "debs": 2, "bin": 3, "images": 4, "files": 5, "scripts": 6}
+_KINDS = {"bin": "binary", "files": "file", "scripts": "script"}
+
+
+def _bundle_order(entry: archive.Entry) -> tuple[int, str]:
+    return _GROUPS.get(entry.path.split("/", 1)[0], 9), entry.path
+
+
+def _digests(
+    cache: Cache, entries: list[archive.Entry], jobs: int, on_hash: Callable[[int, int], None] | None
+) -> dict[str, str]:
+    """SHA-256 of each local file entry (stat-cached; cold ones hashed in parallel)."""
+    local = [e for e in entries if e.source is not None]
+    total = sum(e.size for e in local)
+
+    progress = (lambda n: on_hash(n, total)) if on_hash else None
+
+    def digest(entry: archive.Entry) -> str:
+        assert entry.source is not None
+        sha, size = cache.file_digest(entry.source, progress)
+        if size != entry.size:
+            raise InputError(f"{entry.source} changed while the build read it; build again")
+        return sha
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(zip((e.path for e in local), pool.map(digest, local)))
+
+
+def _plan(
+    manifest: Manifest,
+    cache: Cache,
+    fetched: dict[str, Path],
+    jobs: int = 1,
+    on_hash: Callable[[int, int], None] | None = None,
+) -> tuple[list[archive.Entry], Lock]:
     """The members in bundle order and the lock that lists them."""
     installer = installer_payload()
     entries = [archive.Entry(INSTALL_SH, "0755", len(installer), data=installer)]
+    known = {INSTALL_SH: hashlib.sha256(installer).hexdigest()}
     binaries = []
     for spec in manifest.binaries:
         path = fetched[spec.sha256]
         size = path.stat().st_size
         member = f"bin/{spec.name}"
-        entries.append(archive.Entry(member, spec.mode, size, source=path))
         binaries.append(Binary(spec.name, member, spec.dest, spec.mode, spec.url, spec.sha256, size))
+        entries.append(archive.Entry(member, spec.mode, size, source=path))
+        known[member] = spec.sha256  # the cache verified it against the pin
     filesets = []
     for fspec in manifest.files:
-        total = 0
-        for pf in fspec.files:
-            size = pf.source.stat().st_size
-            entries.append(archive.Entry(pf.member, pf.mode, size, source=pf.source))
-            total += size
-        filesets.append(FileSet(fspec.src, fspec.dest, len(fspec.files), total))
-    steps = []
+        sizes = [pf.source.stat().st_size for pf in fspec.files]
+        filesets.append(FileSet(fspec.src, fspec.dest, len(sizes), sum(sizes)))
+        entries += [
+            archive.Entry(pf.member, pf.mode, n, source=pf.source) for pf, n in zip(fspec.files, sizes)
+        ]
+    scripts = []
     for i, step in enumerate(manifest.steps, start=1):
         member = f"scripts/{i:02d}-{step.name}{step.source.suffix}"
+        scripts.append((step.name, member))
         entries.append(archive.Entry(member, "0755", step.source.stat().st_size, source=step.source))
-        steps.append(Step(step.name, member, ""))
-    # DESIGN.md order: install.sh, installer/, debs/, bin/, images/, files/, scripts/;
-    # sorted within each group so the bundle does not depend on manifest order.
-    group = {"installer": 1, "debs": 2, "bin": 3, "images": 4, "files": 5, "scripts": 6}
-    head, rest = entries[:1], entries[1:]
-    rest.sort(key=lambda e: (group.get(e.path.split("/", 1)[0], 9), e.path))
-    entries = head + rest
+    entries = entries[:1] + sorted(entries[1:], key=_bundle_order)
+
     seen: dict[str, str] = {}
-    members = []
     for entry in entries:
         key = fold(entry.path)
         if key in seen:
             raise InputError(f"{manifest.path}: two entries both ship as {entry.path!r}; rename one")
         seen[key] = entry.path
-        if entry.data is not None:
-            sha = hashlib.sha256(entry.data).hexdigest()
-        elif entry.path.startswith("bin/"):
-            sha = next(b.sha256 for b in binaries if b.path == entry.path)
-        else:
-            assert entry.source is not None
-            sha, size = cache.file_digest(entry.source)
-            if size != entry.size:
-                raise InputError(f"{entry.source} changed while the build read it; build again")
-        kind = {"bin": "binary", "files": "file", "scripts": "script"}.get(
-            entry.path.split("/", 1)[0], "installer"
-        )
-        members.append(Member(entry.path, entry.size, sha, kind, entry.mode))
-    by_path = {m.path: m for m in members}
+    shas = {**_digests(cache, [e for e in entries if e.path not in known], jobs, on_hash), **known}
+    members = tuple(
+        Member(e.path, e.size, shas[e.path], _KINDS.get(e.path.split("/", 1)[0], "installer"), e.mode)
+        for e in entries
+    )
     lock = Lock(
         name=manifest.name,
         version=manifest.version,
@@ -124,10 +147,10 @@ def _plan(manifest: Manifest, cache: Cache, fetched: dict[str, Path]) -> tuple[l
         builder=f"airbundle {__version__}",
         manifest_sha256=manifest.sha256,
         source_date_epoch=source_date_epoch(),
-        members=tuple(members),
+        members=members,
         binaries=tuple(binaries),
         files=tuple(filesets),
-        steps=tuple(Step(s.name, s.script, by_path[s.script].sha256) for s in steps),
+        steps=tuple(Step(name, member, shas[member]) for name, member in scripts),
     )
     return entries, lock
 
@@ -141,12 +164,14 @@ def build_bundle(
     policy: FetchPolicy | None = None,
     on_fetch: FetchProgress = _no_fetch_progress,
     on_write: Callable[[int, int], None] | None = None,
+    on_hash: Callable[[int, int], None] | None = None,
 ) -> BuildResult:
     """Build ``OUTDIR/NAME-VERSION.tar`` (and ``.tar.sha256``) from a manifest.
 
     Args:
         on_fetch: ``(url, done, total)`` while downloading.
         on_write: ``(bytes just written, bytes to write)`` while writing the tar.
+        on_hash: ``(bytes just hashed, bytes to hash)`` while hashing changed payload files.
 
     Raises:
         ManifestError / InputError: a bad manifest or input (exit 2).
@@ -159,7 +184,7 @@ def build_bundle(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
         fetched = {sha: fut.result() for sha, fut in futures.items()}
-    entries, lock = _plan(manifest, cache, fetched)
+    entries, lock = _plan(manifest, cache, fetched, jobs, on_hash)
     lock_bytes = lock.to_bytes()
     sig = signing.sign(key, lock_bytes)
     entries[:0] = [

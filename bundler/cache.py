@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -31,8 +31,8 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "airbundle"
 
 
-def hash_file(path: Path) -> tuple[str, int]:
-    """(sha256 hex, size) of a file, read in 1 MiB chunks."""
+def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """(sha256 hex, size) of a file, read in 1 MiB chunks; ``progress(n)`` per chunk."""
     digest = hashlib.sha256()
     size = 0
     buf = memoryview(bytearray(CHUNK))
@@ -40,6 +40,8 @@ def hash_file(path: Path) -> tuple[str, int]:
         while n := f.readinto(buf):
             digest.update(buf[:n])
             size += n
+            if progress:
+                progress(n)
     return digest.hexdigest(), size
 
 
@@ -142,8 +144,8 @@ class Cache:
         finally:
             os.close(fd)
 
-    def file_digest(self, path: Path) -> tuple[str, int]:
-        """(sha256, size) of a local file, re-hashed only when its stat changed."""
+    def file_digest(self, path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+        """(sha256, size) of a local file, re-hashed (reporting ``progress``) only when its stat changed."""
         real = path.resolve()
         st = real.stat()
         key = hashlib.sha256(os.fsencode(real)).hexdigest()
@@ -154,7 +156,7 @@ class Cache:
                 return str(record["sha256"]), int(record["size"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        sha, size = hash_file(real)
+        sha, size = hash_file(real, progress)
         if _stamp(real.stat()) == _stamp(st):  # unchanged while we read it
             record = {"path": str(real), "stamp": _stamp(st), "sha256": sha, "size": size}
             atomic_write(index, json.dumps(record).encode())

@@ -12,8 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +38,36 @@ def _show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-@contextmanager
-def _bar(total: int, desc: str) -> Iterator[Callable[[int], None]]:
-    """A byte progress bar on a terminal; a no-op otherwise."""
-    if not _show_progress():
-        yield lambda _n: None
-        return
-    from tqdm import tqdm  # only on a terminal: keeps start-up fast for scripts
+class _Bars:
+    """Byte progress bars by key, opened on first report (so skipped stages show
+    nothing), only on a terminal; safe to call from worker threads. tqdm is
+    imported only then, which keeps start-up fast for scripts."""
 
-    with tqdm(
-        total=total,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        colour=None if os.environ.get("NO_COLOR") else "green",
-        leave=False,
-    ) as bar:
-        yield bar.update
+    def __init__(self) -> None:
+        self._bars: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, desc: str, total: int | None) -> Any:
+        if not _show_progress():
+            return None
+        with self._lock:
+            if key not in self._bars:
+                from tqdm import tqdm
+
+                self._bars[key] = tqdm(
+                    total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+                )
+            return self._bars[key]
+
+    def advance(self, key: str, n: int, total: int | None) -> None:
+        """Move bar ``key`` (titled ``key``) on by ``n`` bytes."""
+        bar = self.get(key, key, total)
+        if bar is not None:
+            bar.update(n)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
 
 
 def _passphrase(var: str | None) -> bytes | None:
@@ -162,55 +173,33 @@ def build(
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist
       sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
     """
-    from tqdm import tqdm
-
     from bundler.build import build_bundle  # imports requests: only the build needs it
 
     key = signing.load_private_key(
         _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
     )
-    bars: dict[str, Any] = {}
+    bars = _Bars()
 
     def on_fetch(url: str, done: int, total: int | None) -> None:
-        if not _show_progress():
-            return
-        bar = bars.get(url)
-        if bar is None:
-            bar = bars[url] = tqdm(
-                total=total,
-                desc=url.rsplit("/", 1)[-1][:30],
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                leave=False,
-            )
-        bar.update(done - bar.n)
-
-    write_bar: list[Any] = []
-
-    def on_write(n: int, total: int) -> None:
-        if not _show_progress():
-            return
-        if not write_bar:
-            write_bar.append(
-                tqdm(
-                    total=total,
-                    desc="writing bundle",
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    leave=False,
-                )
-            )
-        write_bar[0].update(n)
+        bar = bars.get(url, url.rsplit("/", 1)[-1][:30], total)
+        if bar is not None and not bar.disable:
+            bar.update(done - bar.n)
+            if total is not None and done >= total:
+                bar.close()  # done: clear it rather than leave a stale line
 
     try:
         result = build_bundle(
-            manifest, outdir, key, cache_dir or default_root(), jobs, on_fetch=on_fetch, on_write=on_write
+            manifest,
+            outdir,
+            key,
+            cache_dir or default_root(),
+            jobs,
+            on_fetch=on_fetch,
+            on_hash=lambda n, total: bars.advance("hashing files", n, total),
+            on_write=lambda n, total: bars.advance("writing bundle", n, total),
         )
     finally:
-        for bar in [*bars.values(), *write_bar]:
-            bar.close()
+        bars.close()
     lock = result.lock
     click.echo(
         f"built {lock.name} {lock.version}: {len(lock.members)} members, "
@@ -257,8 +246,13 @@ def verify(bundle: Path, pubkey: Path, as_json: bool, jobs: int | None) -> None:
     trusted = _pubkeys(pubkey)
     try:
         lock, _, _ = archive.read_lock(bundle, trusted)
-        with _bar(lock.payload_size, "verifying") as progress:
-            report = archive.verify_bundle(bundle, trusted, jobs=jobs, progress=progress)
+        bars = _Bars()
+        try:
+            report = archive.verify_bundle(
+                bundle, trusted, jobs=jobs, progress=lambda n: bars.advance("verifying", n, lock.payload_size)
+            )
+        finally:
+            bars.close()
     except BundlerError as exc:
         if as_json:
             click.echo(json.dumps({"bundle": str(bundle), **_error_json(exc)}, indent=2))
