@@ -8,6 +8,7 @@ that drift in machine speed cancels out.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -111,3 +112,40 @@ def verdict(ratio: float, target: float, peak: float, peak_target: float) -> str
         f"  target: ratio <= {target}x and peak RSS <= {peak_target:.0f} MiB -> "
         f"{'MET' if ok else 'NOT MET'} (ratio {ratio:.2f}x, peak {peak:.1f} MiB)"
     )
+
+
+# A bundle-like mix of member sizes (MiB), the way image layers and binaries come.
+MIX = [512, 384, 320, 256, 224, 160, 96, 48]
+
+
+def setup(doc: str, name: str) -> tuple[argparse.Namespace, list[int], str]:
+    """Parse the common options; return (args, member sizes scaled to --mib, work folder)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", default=os.environ.get("BENCH_DIR", "/tmp/airbundle-bench"))
+    parser.add_argument("--mib", type=int, default=2000, help="approximate payload size in MiB")
+    args = parser.parse_args()
+    scale = args.mib / sum(MIX)
+    root = os.path.join(args.dir, name)
+    os.makedirs(os.path.join(root, "manifests"), exist_ok=True)
+    return args, [max(1, round(s * scale)) for s in MIX], root
+
+
+def ensure_key(root: str) -> str:
+    """A signing key for the benchmark bundles; returns its PREFIX."""
+    prefix = os.path.join(root, "bench")
+    if not os.path.exists(prefix + ".key"):
+        subprocess.run(["airbundle", "keygen", "--out", prefix], check=True, capture_output=True)
+    return prefix
+
+
+MANIFEST_HEAD = """\
+apiVersion: airbundle/v1
+kind: Bundle
+name: bench
+version: "1.0.0"
+platform: {os: debian, codename: bookworm, arch: amd64}
+files:
+  - src: payloads/blobs/
+    dest: blobs
+"""

@@ -8,48 +8,21 @@ Usage: python bench/verify_bench.py [--runs N] [--dir DIR] [--mib TOTAL]
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import compare, make_payload, verdict
-
-# A bundle-like mix of member sizes (MiB), the way image layers and binaries come.
-MIX = [512, 384, 320, 256, 224, 160, 96, 48]
+from harness import MANIFEST_HEAD, compare, ensure_key, make_payload, setup, verdict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dir", default=os.environ.get("BENCH_DIR", "/tmp/airbundle-bench"))
-    parser.add_argument("--mib", type=int, default=2000, help="approximate bundle size in MiB")
-    args = parser.parse_args()
-    scale = args.mib / sum(MIX)
-    sizes = [max(1, round(s * scale)) for s in MIX]
-
-    root = os.path.join(args.dir, "verify")
-    os.makedirs(os.path.join(root, "manifests"), exist_ok=True)
+    args, sizes, root = setup(__doc__, "verify")
     make_payload(os.path.join(root, "payloads", "blobs"), sizes)
     with open(os.path.join(root, "manifests", "bench.yaml"), "w") as f:
-        f.write(
-            textwrap.dedent("""\
-            apiVersion: airbundle/v1
-            kind: Bundle
-            name: bench
-            version: "1.0.0"
-            platform: {os: debian, codename: bookworm, arch: amd64}
-            files:
-              - src: payloads/blobs/
-                dest: blobs
-            """)
-        )
-    key = os.path.join(root, "bench")
-    if not os.path.exists(key + ".key"):
-        subprocess.run(["airbundle", "keygen", "--out", key], check=True, capture_output=True)
+        f.write(MANIFEST_HEAD)
+    key = ensure_key(root)
     out = os.path.join(root, "dist")
     bundle = subprocess.run(
         [
