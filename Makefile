@@ -30,6 +30,7 @@ test: install
 lint: install
 	$(BIN)/ruff check bundler tests bench tools
 	$(BIN)/ruff format --check bundler tests bench tools
+	$(BIN)/mypy bundler
 
 fix: install
 	$(BIN)/ruff check --fix bundler tests bench tools

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from bundler import lock as lockmod
 from bundler import signing
@@ -129,8 +130,8 @@ def _copy_file(src_fd: int, dst_fd: int, size: int, path: Path, progress: Progre
         progress(n)
 
 
-def _hash_stream(segments: list[bytes | Entry], out: dict[str, object]) -> None:
-    """SHA-256 of the archive bytes, read from the sources (runs in a thread)."""
+def _hash_stream(segments: list[bytes | Entry], out: dict[str, object], stop: threading.Event) -> None:
+    """SHA-256 of the archive bytes, read from the sources (runs in a thread until ``stop``)."""
     try:
         digest = hashlib.sha256()
         buf = bytearray(CHUNK)
@@ -143,7 +144,7 @@ def _hash_stream(segments: list[bytes | Entry], out: dict[str, object]) -> None:
             fd = os.open(seg.source, os.O_RDONLY)
             try:
                 offset = 0
-                while offset < seg.size:
+                while offset < seg.size and not stop.is_set():
                     n = os.preadv(fd, [view[: min(CHUNK, seg.size - offset)]], offset)
                     if n == 0:
                         break
@@ -168,7 +169,8 @@ def write_tar(
     """
     segments = list(_segments(entries, mtime))
     result: dict[str, object] = {}
-    hasher = threading.Thread(target=_hash_stream, args=(segments, result), daemon=True)
+    stop = threading.Event()
+    hasher = threading.Thread(target=_hash_stream, args=(segments, result, stop), daemon=True)
     hasher.start()
     try:
         for seg in segments:
@@ -185,10 +187,14 @@ def write_tar(
                 os.close(src)
         if fsync:
             os.fsync(fd)
+    except BaseException:
+        stop.set()  # the write failed: no digest is wanted
+        raise
     finally:
         hasher.join()
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
+    error = result.get("error")
+    if isinstance(error, BaseException):
+        raise error
     return str(result["sha256"])
 
 
@@ -243,15 +249,15 @@ class TarReader:
     skipped by seeking, so scanning a large bundle costs a few reads.
     """
 
-    def __init__(self, fileobj: object, size: int) -> None:
+    def __init__(self, fileobj: BinaryIO, size: int) -> None:
         self.f = fileobj
         self.size = size
         self.pos = 0
         self.ended = False
 
     def _block(self, what: str) -> bytes:
-        self.f.seek(self.pos)  # type: ignore[attr-defined]
-        block = self.f.read(BLOCK)  # type: ignore[attr-defined]
+        self.f.seek(self.pos)
+        block = self.f.read(BLOCK)
         if len(block) < BLOCK:
             raise IntegrityError(f"bundle is truncated: it ends inside {what}")
         self.pos += BLOCK
@@ -323,16 +329,16 @@ class TarReader:
         rest = self.size - self.pos
         if rest > RECORD:
             raise IntegrityError(f"{rest} bytes follow the end-of-archive marker; the bundle is refused")
-        self.f.seek(self.pos)  # type: ignore[attr-defined]
-        if self.f.read(rest).strip(b"\0"):  # type: ignore[attr-defined]
+        self.f.seek(self.pos)
+        if self.f.read(rest).strip(b"\0"):
             raise IntegrityError("data follows the end-of-archive marker; the bundle is refused")
         self.ended = True
 
     def _data(self, size: int, name: str) -> bytes:
         if self.pos + size > self.size:
             raise IntegrityError(f"bundle is truncated inside member {name!r}", member=name)
-        self.f.seek(self.pos)  # type: ignore[attr-defined]
-        return bytes(self.f.read(size))  # type: ignore[attr-defined]
+        self.f.seek(self.pos)
+        return bytes(self.f.read(size))
 
     def read(self, member: TarMember, limit: int) -> bytes:
         """A small member's bytes, refusing more than ``limit``."""
@@ -341,8 +347,8 @@ class TarReader:
                 f"member {member.name!r} is {member.size} bytes, over the {limit}-byte limit",
                 member=member.name,
             )
-        self.f.seek(member.offset)  # type: ignore[attr-defined]
-        return bytes(self.f.read(member.size))  # type: ignore[attr-defined]
+        self.f.seek(member.offset)
+        return bytes(self.f.read(member.size))
 
 
 # ---------------------------------------------------------------- verifying
@@ -379,7 +385,7 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-def read_head(f: object, size: int) -> Head:
+def read_head(f: BinaryIO, size: int) -> Head:
     """Read ``lock.json`` and ``lock.json.sig``, which must be the first two members.
 
     Raises:

@@ -106,14 +106,14 @@ class Manifest:
 # ---------------------------------------------------------------- YAML with line numbers
 
 
-class _LineDict(dict):  # type: ignore[type-arg]
+class _LineDict(dict[Any, Any]):
     """A mapping that remembers the line of itself and of each value."""
 
     line = 0
     lines: dict[Any, int]
 
 
-class _LineList(list):  # type: ignore[type-arg]
+class _LineList(list[Any]):
     line = 0
     lines: list[int]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from bundler.errors import KeyFileError, SignatureError, UntrustedKeyError
 
 try:  # cryptography is a build-host dependency; the site may not have it.
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
@@ -143,6 +143,17 @@ def _require_cryptography() -> None:
         raise RuntimeError("the 'cryptography' package is required for this operation")
 
 
+def _is_encrypted(pem: bytes, openssh: bool) -> bool:
+    if not openssh:
+        return b"ENCRYPTED" in pem[:200]
+    # An OpenSSH key names its KDF inside the base64 body: "none" or "bcrypt".
+    body = b"".join(line for line in pem.splitlines() if not line.startswith(b"-----"))
+    try:
+        return b"bcrypt" in base64.b64decode(body)[:100]
+    except binascii.Error:
+        return False
+
+
 def load_private_key(pem: bytes, source: str, passphrase: bytes | None = None) -> PrivateKey:
     """Load a PKCS#8 (or OpenSSH) Ed25519 private key.
 
@@ -156,12 +167,18 @@ def load_private_key(pem: bytes, source: str, passphrase: bytes | None = None) -
             the passphrase is wrong.
     """
     _require_cryptography()
-    encrypted = b"ENCRYPTED" in pem[:200] or b"bcrypt" in pem
+    openssh = pem.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    key: object
     try:
-        if pem.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+        if openssh:
             key = serialization.load_ssh_private_key(pem, passphrase)
         else:
             key = serialization.load_pem_private_key(pem, passphrase)
+    except UnsupportedAlgorithm as exc:
+        raise KeyFileError(
+            f"{source}: cannot open this key here ({exc}); install the 'bcrypt' package for "
+            "passphrase-protected OpenSSH keys, or use a key made by 'airbundle keygen'"
+        ) from exc
     except TypeError as exc:
         if passphrase is None:
             raise KeyFileError(
@@ -170,7 +187,7 @@ def load_private_key(pem: bytes, source: str, passphrase: bytes | None = None) -
             ) from exc
         raise KeyFileError(f"{source}: the key is not encrypted; drop --passphrase-env") from exc
     except ValueError as exc:
-        if encrypted and passphrase is not None:
+        if passphrase is not None and _is_encrypted(pem, openssh):
             raise KeyFileError(f"{source}: wrong passphrase for this key") from exc
         raise KeyFileError(
             f"{source}: not a PEM private key ({exc}); make one with 'airbundle keygen'"

@@ -148,3 +148,17 @@ def test_bad_key_files() -> None:
 def test_allowed_signers_format_is_read(keys: Keys, other_keys: Keys) -> None:
     text = f'airbundle namespaces="airbundle" {keys.pub.openssh_line()}\n{other_keys.pub.openssh_line()}\n'
     assert [k.raw for k in signing.parse_public_keys(text, "as")] == [keys.pub.raw, other_keys.pub.raw]
+
+
+def test_encrypted_openssh_key(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run([need("ssh-keygen"), "-q", "-t", "ed25519", "-N", "pw12345", "-f", key], check=True)
+    try:
+        import bcrypt  # noqa: F401  (cryptography needs it for OpenSSH's KDF)
+    except ImportError:
+        with pytest.raises(KeyFileError, match="install the 'bcrypt' package"):
+            signing.load_private_key(key.read_bytes(), "id", b"pw12345")
+        return
+    assert signing.load_private_key(key.read_bytes(), "id", b"pw12345")
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        signing.load_private_key(key.read_bytes(), "id", b"nope")
