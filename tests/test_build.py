@@ -212,3 +212,27 @@ def test_two_build_processes_share_one_cache(
     a, b = (Path(out.strip()) for out, _ in outputs)
     assert a.read_bytes() == b.read_bytes()
     assert project.origin.routes["/rke_linux-amd64"].hits == 1
+
+
+def test_ssh_keygen_verifies_the_bundles_lock(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Real OpenSSH accepts lock.json.sig over lock.json as built, and refuses a changed byte."""
+    subprocess.run(["tar", "-xf", built, "-C", tmp_path, "lock.json", "lock.json.sig"], check=True)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"airbundle {keys.pub_path.read_text()}")
+    cmd = [
+        "ssh-keygen",
+        "-Y",
+        "verify",
+        "-f",
+        signers,
+        "-I",
+        "airbundle",
+        "-n",
+        "airbundle",
+        "-s",
+        tmp_path / "lock.json.sig",
+    ]
+    lock = (tmp_path / "lock.json").read_bytes()
+    assert subprocess.run(cmd, input=lock, capture_output=True).returncode == 0
+    changed = lock.replace(b'"format": 1', b'"format": 2')
+    assert subprocess.run(cmd, input=changed, capture_output=True).returncode != 0

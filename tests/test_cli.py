@@ -197,3 +197,15 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "make demo" in first_block and "make test" in first_block
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_unexpected_error_is_exit_1_with_traceback(built: Path, keys: Keys) -> None:
+    code = (
+        "import bundler.archive as a, bundler.cli as c\n"
+        "def boom(*args, **kw): raise RuntimeError('a bug')\n"
+        "a.read_lock = boom\n"
+        f"c.main(['verify', {str(built)!r}, '--pubkey', {str(keys.pub_path)!r}])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "Traceback" in run.stderr and "RuntimeError: a bug" in run.stderr
