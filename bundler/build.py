@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from bundler import __version__, archive, signing
+from bundler import __version__, archive, images, oci, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
 from bundler.errors import InputError
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
@@ -65,7 +65,7 @@ def installer_payload() -> bytes:
 # DESIGN.md order after install.sh: installer/, debs/, bin/, images/, files/, scripts/;
 # sorted within each group so the bundle does not depend on manifest order.
 _GROUPS = {"installer": 1, "debs": 2, "bin": 3, "images": 4, "files": 5, "scripts": 6}
-_KINDS = {"bin": "binary", "files": "file", "scripts": "script"}
+_KINDS = {"bin": "binary", "files": "file", "scripts": "script", "images": "image"}
 
 
 def _bundle_order(entry: archive.Entry) -> tuple[int, str]:
@@ -92,17 +92,80 @@ def _digests(
         return dict(zip((e.path for e in local), pool.map(digest, local)))
 
 
+# Debian architecture names → the OCI/Go names image configs use.
+_OCI_ARCH = {
+    "amd64": "amd64",
+    "arm64": "arm64",
+    "armhf": "arm",
+    "i386": "386",
+    "ppc64el": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def _collect_images(manifest: Manifest, cache: Cache) -> images.Collected:
+    """Every image the manifest names, in manifest order, each once, all for its platform."""
+    out = images.Collected()
+    by_tag: dict[str, oci.Image] = {}
+    want = f"linux/{_OCI_ARCH[manifest.platform.arch]}"
+    for spec in manifest.images:
+        if spec.source == "archive":
+            assert spec.archive is not None
+            got = images.from_archive(cache, spec.archive)
+        else:
+            assert spec.ref is not None
+            got = images.from_daemon(cache, spec.ref)
+        for image in got.images:
+            if image.platform.split("/")[:2] != want.split("/"):
+                raise InputError(
+                    f"{spec.where}: image {image.ref} is for {image.platform}, but the bundle is for {want}"
+                )
+            clash = next((by_tag[t] for t in image.tags if t in by_tag), None)
+            if clash is not None:
+                if clash.manifest == image.manifest:
+                    continue  # the same image named twice
+                raise InputError(
+                    f"{spec.where}: tag {image.tags[0]} names two different images ({clash.config}, "
+                    f"{image.config}); keep one"
+                )
+            by_tag.update((t, image) for t in image.tags)
+            out.images.append(image)
+        out.blobs.update(got.blobs)
+    return out
+
+
+def _image_entries(collected: images.Collected) -> tuple[list[archive.Entry], dict[str, str]]:
+    """The ``images/`` members: each blob once, then the layout files; and the blob digests."""
+    entries = []
+    known = {}
+    for digest, path in sorted(collected.blobs.items()):
+        member = f"images/{oci.blob_path(digest)}"
+        entries.append(archive.Entry(member, "0644", path.stat().st_size, source=path))
+        known[member] = digest.removeprefix("sha256:")
+    sizes = {d: p.stat().st_size for d, p in collected.blobs.items()}
+    for name, data in oci.layout_files(collected.images, sizes).items():
+        entries.append(archive.Entry(f"images/{name}", "0644", len(data), data=data))
+    return entries, known
+
+
 def _plan(
     manifest: Manifest,
     cache: Cache,
     fetched: dict[str, Path],
     jobs: int = 1,
     on_hash: Callable[[int, int], None] | None = None,
+    collected: images.Collected | None = None,
 ) -> tuple[list[archive.Entry], Lock]:
     """The members in bundle order and the lock that lists them."""
     installer = installer_payload()
     entries = [archive.Entry(INSTALL_SH, "0755", len(installer), data=installer)]
-    known = {INSTALL_SH: hashlib.sha256(installer).hexdigest()}
+    known: dict[str, str] = {}
+    collected = collected or images.Collected()
+    if collected.images:
+        image_entries, image_shas = _image_entries(collected)
+        entries += image_entries
+        known.update(image_shas)
     binaries = []
     for spec in manifest.binaries:
         path = fetched[spec.sha256]
@@ -131,6 +194,7 @@ def _plan(
         if key in seen:
             raise InputError(f"{manifest.path}: two entries both ship as {entry.path!r}; rename one")
         seen[key] = entry.path
+    known.update((e.path, hashlib.sha256(e.data).hexdigest()) for e in entries if e.data is not None)
     shas = {**_digests(cache, [e for e in entries if e.path not in known], jobs, on_hash), **known}
     members = tuple(
         Member(e.path, e.size, shas[e.path], _KINDS.get(e.path.split("/", 1)[0], "installer"), e.mode)
@@ -151,6 +215,7 @@ def _plan(
         binaries=tuple(binaries),
         files=tuple(filesets),
         steps=tuple(Step(name, member, shas[member]) for name, member in scripts),
+        images=tuple(collected.images),
     )
     return entries, lock
 
@@ -184,7 +249,8 @@ def build_bundle(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
         fetched = {sha: fut.result() for sha, fut in futures.items()}
-    entries, lock = _plan(manifest, cache, fetched, jobs, on_hash)
+    collected = _collect_images(manifest, cache)
+    entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected)
     lock_bytes = lock.to_bytes()
     sig = signing.sign(key, lock_bytes)
     entries[:0] = [

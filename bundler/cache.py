@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -129,6 +129,39 @@ class Cache:
         fsync_dir(dest.parent)
         self._record(sha256, dest)
         return dest
+
+    def put(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> tuple[str, int, Path]:
+        """Store a stream under its digest: (sha256, size, path). Nothing is kept on failure.
+
+        Raises:
+            ValueError: the stream exceeds ``max_bytes``.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise ValueError(f"more than {max_bytes} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            sha = digest.hexdigest()
+            if self.get(sha) is not None:  # already stored: keep the existing entry
+                os.unlink(tmp)
+                return sha, size, self.path(sha)
+            return sha, size, self.commit(sha, Path(tmp))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_bytes(self, data: bytes) -> Path:
+        """Store small bytes under their digest; returns the entry's path."""
+        return self.put([data])[2]
 
     def partial(self, sha256: str) -> Path:
         """A stable name for an unfinished download of ``sha256`` (used under ``lock``)."""

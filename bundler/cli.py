@@ -324,7 +324,19 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
         ],
         "files": [{"src": f.src, "dest": f.dest, "count": f.count, "size": f.size} for f in lock.files],
         "steps": [{"name": s.name, "script": s.script} for s in lock.steps],
-        "images": list(lock.images),
+        "images": [
+            {
+                "ref": im.ref,
+                "tags": list(im.tags),
+                "config": im.config,
+                "manifest": im.manifest,
+                "platform": im.platform,
+                "source": im.source,
+                "layers": len(im.layers),
+                "size": im.size,
+            }
+            for im in lock.images
+        ],
         "debs": list(lock.debs),
     }
     if as_json:
@@ -350,6 +362,15 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
         lines.append("  files:")
         lines += [
             f"    {f.dest:<20} {_human(f.size):>10}  {f.count} file(s) from {f.src}" for f in lock.files
+        ]
+    if lock.images:
+        lines.append(
+            f"  images:   (layers shared between images are stored once: {_human(sizes.get('image', 0))})"
+        )
+        lines += [
+            f"    {', '.join(im.tags) or im.ref:<28} {_human(im.size):>10}  {im.config[7:19]}  {im.platform}"
+            f"  ({len(im.layers)} layers, {im.source})"
+            for im in lock.images
         ]
     if lock.steps:
         lines.append("  steps:")

@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bundler import oci
 from bundler.errors import IntegrityError
 
 FORMAT = 1
@@ -117,7 +118,7 @@ class Lock:
     binaries: tuple[Binary, ...] = ()
     files: tuple[FileSet, ...] = ()
     steps: tuple[Step, ...] = ()
-    images: tuple[dict[str, Any], ...] = field(default=())
+    images: tuple[oci.Image, ...] = ()
     debs: tuple[dict[str, Any], ...] = field(default=())
 
     @property
@@ -146,7 +147,7 @@ class Lock:
             "binaries": [asdict(b) for b in self.binaries],
             "files": [asdict(f) for f in self.files],
             "steps": [asdict(s) for s in self.steps],
-            "images": [dict(i) for i in self.images],
+            "images": [asdict(i) for i in self.images],
             "debs": [dict(d) for d in self.debs],
         }
 
@@ -227,6 +228,12 @@ class _Fields:
             raise LockError(f"{LOCK_NAME}: {self.where}.{key} is negative")
         return int(value)
 
+    def digest(self, key: str) -> str:
+        value = self.get(key, str)
+        if not value.startswith("sha256:") or not _SHA256.fullmatch(value[7:]):
+            raise LockError(f"{LOCK_NAME}: {self.where}.{key} is not a sha256:<64 hex> digest")
+        return str(value)
+
     def path(self, key: str) -> str:
         value = self.get(key, str)
         problem = check_member_path(value)
@@ -285,8 +292,33 @@ def _parse(doc: Any) -> Lock:
     for i, raw in enumerate(top.items("steps")):
         f = _Fields(raw, f"steps[{i}]")
         steps.append(Step(f.get("name", str), f.path("script"), f.sha("sha256")))
-    for ref in [b.path for b in binaries] + [s.script for s in steps]:
-        if ref not in seen.values():
+    images = []
+    for i, raw in enumerate(top.items("images")):
+        f = _Fields(raw, f"images[{i}]")
+        layers = []
+        for j, layer in enumerate(f.get("layers", list)):
+            lf = _Fields(layer, f"images[{i}].layers[{j}]")
+            layers.append(oci.Layer(lf.digest("digest"), lf.size("size"), lf.get("media_type", str)))
+        tags = f.get("tags", list)
+        if not all(isinstance(t, str) for t in tags):
+            raise LockError(f"{LOCK_NAME}: images[{i}].tags must be strings")
+        images.append(
+            oci.Image(
+                ref=f.get("ref", str),
+                tags=tuple(tags),
+                source=f.get("source", str),
+                manifest=f.digest("manifest"),
+                media_type=f.get("media_type", str),
+                config=f.digest("config"),
+                platform=f.get("platform", str),
+                layers=tuple(layers),
+            )
+        )
+    blob_refs = [f"images/{oci.blob_path(d)}" for im in images for d in (im.manifest, im.config)]
+    blob_refs += [f"images/{oci.blob_path(la.digest)}" for im in images for la in im.layers]
+    listed = set(seen.values())
+    for ref in [b.path for b in binaries] + [s.script for s in steps] + blob_refs:
+        if ref not in listed:
             raise LockError(f"{LOCK_NAME}: {ref!r} is used but not listed as a member")
     platform = top.get("platform", dict)
     if not all(isinstance(v, str) for v in platform.values()):
@@ -302,6 +334,6 @@ def _parse(doc: Any) -> Lock:
         binaries=tuple(binaries),
         files=tuple(files),
         steps=tuple(steps),
-        images=tuple(top.items("images")),
+        images=tuple(images),
         debs=tuple(top.items("debs")),
     )

@@ -25,6 +25,7 @@ import yaml
 
 from bundler.errors import ManifestError
 from bundler.lock import check_member_path
+from bundler.oci import ImageFormatError, Reference, parse_reference
 
 API_VERSION = "airbundle/v1"
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -35,9 +36,9 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}")
 ARCHES = ("amd64", "arm64", "armhf", "i386", "ppc64el", "s390x", "riscv64")
 MODES = ("0644", "0755")
 NOT_YET = {
-    "images": "container images arrive with the images support (issue 3)",
     "debs": "Debian packages arrive with the apt support (issue 4)",
 }
+IMAGE_SOURCES = ("daemon", "registry")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,19 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """An ``images`` entry: a reference (from a registry or the local engine) or a vendor archive."""
+
+    source: str  # registry | daemon | archive
+    ref: Reference | None = None
+    archive: Path | None = None
+    where: str = ""  # FILE:LINE, for messages
+
+    def describe(self) -> str:
+        return str(self.archive) if self.archive else f"{self.ref} (from {self.source})"
+
+
+@dataclass(frozen=True)
 class StepSpec:
     """A staged script, run in manifest order on the control node."""
 
@@ -100,6 +114,7 @@ class Manifest:
     binaries: tuple[BinarySpec, ...]
     files: tuple[FileSpec, ...]
     steps: tuple[StepSpec, ...]
+    images: tuple[ImageSpec, ...] = ()
     description: str = ""
 
 
@@ -364,6 +379,35 @@ def load_manifest(path: Path) -> Manifest:
         files.append(FileSpec(raw, dest, _expand_files(sec, raw, src, dest)))
     _unique(where, [(p.member, line) for f, (_, line) in zip(files, top.items("files")) for p in f.files])
 
+    images: list[ImageSpec] = []
+    for i, (item, line) in enumerate(top.items("images")):
+        sec = _Section(item, where, f"images[{i}]", line, ("ref", "from", "archive"))
+        if ("ref" in sec.data) == ("archive" in sec.data):
+            raise ManifestError(f"{sec.at()}: images[{i}] needs exactly one of 'ref' or 'archive'")
+        if "archive" in sec.data:
+            if "from" in sec.data:
+                raise sec.fail("from", "goes with 'ref', not with 'archive'")
+            _, path = _local_path(sec, "archive", base)
+            images.append(ImageSpec("archive", archive=path, where=sec.at()))
+            continue
+        source = sec.get("from", str, default="registry", required=False)
+        if source not in IMAGE_SOURCES:
+            raise sec.fail("from", f"{source!r} must be one of {', '.join(IMAGE_SOURCES)}")
+        if source == "registry":
+            raise sec.fail(
+                "ref",
+                "registry pulls are not supported yet; use 'from: daemon' (the local engine) or "
+                "'archive:' (a docker save file) for now",
+            )
+        try:
+            ref = parse_reference(sec.get("ref", str))
+        except ImageFormatError as exc:
+            raise sec.fail("ref", str(exc)) from None
+        if ref.tag is None:
+            raise sec.fail("ref", f"{ref} needs a tag to be saved from the local engine")
+        images.append(ImageSpec(source, ref=ref, where=sec.at("ref")))
+    _unique(where, [(str(im.ref or im.archive), int(im.where.rsplit(":", 1)[1])) for im in images])
+
     steps: list[StepSpec] = []
     for i, (item, line) in enumerate(top.items("steps")):
         sec = _Section(item, where, f"steps[{i}]", line, ("name", "script"))
@@ -383,6 +427,7 @@ def load_manifest(path: Path) -> Manifest:
         binaries=tuple(binaries),
         files=tuple(files),
         steps=tuple(steps),
+        images=tuple(images),
         description=top.get("description", str, default="", required=False),
     )
 

@@ -258,3 +258,42 @@ def need(tool: str) -> str:
     if path is None:
         pytest.fail(f"{tool} is not installed; run 'make install' (it installs the test tools)")
     return path
+
+
+@dataclass
+class SourceEngine:
+    """A Docker engine holding test/base:1 and three images built FROM it."""
+
+    engine: object
+    outputs: dict[str, str]
+    vendor_tar: Path
+    vendor_tgz: Path
+
+
+@pytest.fixture(scope="session")
+def source_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourceEngine]:
+    import gzip
+
+    from .engines import Engine, make_images, save
+
+    engine = Engine("src")
+    try:
+        work = tmp_path_factory.mktemp("images")
+        outputs = make_images(engine, work)
+        vendor_tar = save(engine, "test/vendor:1", work / "vendor.tar")
+        vendor_tgz = work / "vendor.tar.gz"
+        vendor_tgz.write_bytes(gzip.compress(vendor_tar.read_bytes(), mtime=0))
+        yield SourceEngine(engine, outputs, vendor_tar, vendor_tgz)
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def fresh_engine() -> Iterator[object]:
+    from .engines import Engine
+
+    engine = Engine("fresh")
+    try:
+        yield engine
+    finally:
+        engine.stop()

@@ -1,0 +1,122 @@
+"""Real Docker engines for the tests (TESTBED.md): one dockerd per engine, on a unix socket.
+
+Each engine has its own data root under a short /tmp path (socket paths are
+limited to 107 bytes), no iptables and no bridge, so several can run at once
+and ``docker run --network none`` works. Tiny images are made from the host's
+static busybox, with no registry access at all.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+
+class Engine:
+    """A dockerd started for the tests, stopped by ``stop``."""
+
+    def __init__(self, name: str) -> None:
+        dockerd = shutil.which("dockerd")
+        if dockerd is None:
+            pytest.fail("dockerd is not installed; run 'make install' (it installs docker.io)")
+        self.root = Path(tempfile.mkdtemp(prefix=f"ab-{name}-", dir="/tmp"))
+        self.sock = self.root / "docker.sock"
+        self.log = open(self.root / "dockerd.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                dockerd,
+                "--data-root",
+                str(self.root / "data"),
+                "--exec-root",
+                str(self.root / "exec"),
+                "-H",
+                f"unix://{self.sock}",
+                "--pidfile",
+                str(self.root / "pid"),
+                "--iptables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.host = f"unix://{self.sock}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client = docker.DockerClient(base_url=self.host, timeout=300)
+                self.client.ping()
+                break
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    log = (self.root / "dockerd.log").read_text(errors="replace")[-2000:]
+                    pytest.fail(f"dockerd did not start:\n{log}")
+                time.sleep(0.2)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DOCKER_HOST": self.host}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def busybox_rootfs() -> bytes:
+    """A tar of a root filesystem holding only a static busybox and /bin/sh."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox is not installed; run 'make install' (it installs busybox-static)")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tar.gettarinfo(busybox, "bin/busybox")
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mtime = 0
+        with open(busybox, "rb") as f:
+            tar.addfile(info, f)
+        link = tarfile.TarInfo("bin/sh")
+        link.type, link.linkname, link.mode = tarfile.SYMTYPE, "busybox", 0o777
+        tar.addfile(link)
+    return out.getvalue()
+
+
+def make_images(engine: Engine, workdir: Path) -> dict[str, str]:
+    """test/base:1 and three images FROM it, each adding one file; returns tag -> expected output."""
+    engine.client.api.import_image_from_data(busybox_rootfs(), repository="test/base", tag="1")
+    outputs = {}
+    for name in ("app-a", "app-b", "vendor"):
+        ctx = workdir / name
+        ctx.mkdir(parents=True)
+        (ctx / "msg.txt").write_text(f"hello from {name}\n" + "x" * 5000 * (1 + len(name)))
+        (ctx / "Dockerfile").write_text(
+            'FROM test/base:1\nCOPY msg.txt /msg.txt\nCMD ["/bin/sh", "-c", "head -n 1 /msg.txt"]\n'
+        )
+        tag = f"test/{name}:1"
+        engine.client.images.build(path=str(ctx), tag=tag, rm=True, network_mode="none")
+        outputs[tag] = f"hello from {name}\n"
+    return outputs
+
+
+def save(engine: Engine, tag: str, path: Path) -> Path:
+    """``docker save`` of one image to ``path``."""
+    with open(path, "wb") as f:
+        for chunk in engine.client.images.get(tag).save(named=tag):
+            f.write(chunk)
+    return path

@@ -1,0 +1,246 @@
+"""Images from a real local Docker engine and from vendor archives, loaded into a fresh engine."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler import archive, images, oci
+from bundler.cache import Cache
+
+from .conftest import Keys, Project, SourceEngine, run_cli
+
+
+def _manifest(project: Project, body: str, arch: str = "amd64", name: str = "img.yaml") -> Path:
+    return project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: imgs\nversion: '1.0'\n"
+        f"platform: {{os: debian, codename: bookworm, arch: {arch}}}\n" + body,
+        name,
+    )
+
+
+def _build(project: Project, keys: Keys, manifest: Path, out: Path, cache: Path, engine: SourceEngine):
+    return run_cli(
+        "build", manifest, "-o", out, "--key", keys.key_path, "--cache", cache, env=engine.engine.env
+    )  # type: ignore[attr-defined]
+
+
+IMAGES_BODY = """\
+images:
+  - ref: test/app-a:1
+    from: daemon
+  - ref: test/app-b:1
+    from: daemon
+  - archive: payloads/vendor.tar.gz
+"""
+
+
+@pytest.fixture
+def image_bundle(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine: SourceEngine
+) -> Path:
+    shutil.copy(source_engine.vendor_tgz, project.root / "payloads" / "vendor.tar.gz")
+    result = _build(
+        project, keys, _manifest(project, IMAGES_BODY), tmp_path / "out", cache_dir, source_engine
+    )
+    assert result.exit_code == 0, result.stderr
+    return Path(result.stdout.strip())
+
+
+def test_bundle_images_load_into_a_fresh_engine(
+    image_bundle: Path, keys: Keys, source_engine: SourceEngine, fresh_engine, tmp_path: Path
+) -> None:
+    report = archive.verify_bundle(image_bundle, [keys.pub])
+    assert report.problems == []
+    lock = report.lock
+    assert [im.tags for im in lock.images] == [("test/app-a:1",), ("test/app-b:1",), ("test/vendor:1",)]
+    src = source_engine.engine.client  # type: ignore[attr-defined]
+    for image in lock.images:
+        assert image.config == src.images.get(image.tags[0]).id  # the image ID is preserved
+        assert image.platform == "linux/amd64" and image.source in ("daemon", "archive")
+    # The base layer is shared by all three images and stored once.
+    base = lock.images[0].layers[0].digest
+    assert all(im.layers[0].digest == base for im in lock.images)
+    members = [m.path for m in lock.members]
+    assert members.count(f"images/{oci.blob_path(base)}") == 1
+    assert {m.kind for m in lock.members if m.path.startswith("images/")} == {"image"}
+
+    # A tar of images/ loads with `docker load` into an engine that never saw these images.
+    with tarfile.open(image_bundle) as tar:
+        tar.extractall(tmp_path / "x", members=[m for m in tar.getmembers() if m.name.startswith("images/")])
+    load_tar = tmp_path / "images.tar"
+    with tarfile.open(load_tar, "w") as tar:
+        for path in sorted((tmp_path / "x" / "images").rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(tmp_path / "x" / "images")), recursive=False)
+    fresh = fresh_engine.client
+    assert fresh.images.list() == []
+    with open(load_tar, "rb") as f:
+        fresh.images.load(f)
+    for image in lock.images:
+        loaded = fresh.images.get(image.tags[0])
+        assert loaded.id == image.config
+        out = fresh.containers.run(image.tags[0], network_mode="none", remove=True)
+        assert out.decode() == source_engine.outputs[image.tags[0]]
+
+    # skopeo reads the same folder as an OCI layout.
+    layout = tmp_path / "x" / "images"
+    inspect = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{layout}:docker.io/test/app-a:1"],
+        capture_output=True,
+        check=True,
+    )
+    assert oci.sha256_digest(inspect.stdout) == lock.images[0].manifest
+
+
+def test_image_bundles_are_deterministic(
+    image_bundle: Path, project: Project, keys: Keys, tmp_path: Path, source_engine: SourceEngine
+) -> None:
+    again = _build(
+        project,
+        keys,
+        project.root / "manifests" / "img.yaml",
+        tmp_path / "again",
+        tmp_path / "other-cache",
+        source_engine,
+    )
+    assert again.exit_code == 0, again.stderr
+    assert Path(again.stdout.strip()).read_bytes() == image_bundle.read_bytes()
+
+
+def test_inspect_lists_images(image_bundle: Path) -> None:
+    text = run_cli("inspect", image_bundle).stdout
+    assert "images:" in text and "test/app-a:1" in text and "linux/amd64" in text
+    facts = json.loads(run_cli("inspect", image_bundle, "--json").stdout)
+    assert [im["tags"] for im in facts["images"]] == [["test/app-a:1"], ["test/app-b:1"], ["test/vendor:1"]]
+    assert all(im["config"].startswith("sha256:") and im["size"] > 0 for im in facts["images"])
+
+
+@pytest.mark.parametrize("which", ["vendor_tar", "vendor_tgz"])
+def test_vendor_archives_plain_and_gzipped(source_engine: SourceEngine, cache_dir: Path, which: str) -> None:
+    got = images.from_archive(Cache(cache_dir), getattr(source_engine, which))
+    (image,) = got.images
+    assert image.tags == ("test/vendor:1",)
+    assert image.config == source_engine.engine.client.images.get("test/vendor:1").id  # type: ignore[attr-defined]
+    assert set(got.blobs) == {image.manifest, image.config, *(la.digest for la in image.layers)}
+    for digest, path in got.blobs.items():
+        assert oci.sha256_digest(path.read_bytes()) == digest
+
+
+def test_oci_layout_archive_round_trips(image_bundle: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """The bundle's own images/ folder, tarred, is an OCI archive that ingests again to the same images."""
+    lock = archive.read_lock(image_bundle)[0]
+    oci_tar = tmp_path / "oci.tar"
+    with tarfile.open(image_bundle) as src, tarfile.open(oci_tar, "w") as dst:
+        for member in src.getmembers():
+            if member.name.startswith("images/") and member.name != "images/manifest.json":
+                data = src.extractfile(member).read()  # type: ignore[union-attr]
+                member.name = member.name.removeprefix("images/")
+                dst.addfile(member, io.BytesIO(data))
+    got = images.from_archive(Cache(cache_dir), oci_tar)
+    assert [(im.manifest, im.config, im.tags) for im in got.images] == [
+        (im.manifest, im.config, im.tags) for im in lock.images
+    ]
+
+
+def _hostile(tmp_path: Path, name: str, *, link: str | None = None, data: bytes = b"x") -> Path:
+    path = tmp_path / "hostile.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo(name)
+        if link is not None:
+            info.type, info.linkname = tarfile.SYMTYPE, link
+        else:
+            info.size = len(data)
+        tar.addfile(info, io.BytesIO(data) if link is None else None)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "../../etc/cron.d/x"}, "unsafe member name"),
+        ({"name": "/etc/passwd"}, "unsafe member name"),
+        ({"name": "abc/layer.tar", "link": "../../../etc/shadow"}, "points outside the archive"),
+        ({"name": "README"}, "neither manifest.json nor index.json"),
+        ({"name": "manifest.json", "data": b"{not json"}, "not valid JSON"),
+        (
+            {"name": "manifest.json", "data": b'[{"Config": "c.json", "Layers": [], "RepoTags": []}]'},
+            "'c.json' is not in the archive",
+        ),
+    ],
+)
+def test_bad_vendor_archives(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, kwargs: dict, message: str
+) -> None:
+    shutil.copy(_hostile(tmp_path, **kwargs), project.root / "payloads" / "v.tar")
+    manifest = _manifest(project, "images:\n  - archive: payloads/v.tar\n")
+    result = run_cli("build", manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir)
+    assert result.exit_code == 2, result.stderr
+    assert "payloads/v.tar" in result.stderr and message in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_zstd_archive_refused(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
+    (project.root / "payloads" / "v.tar.zst").write_bytes(oci.ZSTD_MAGIC + b"\0" * 100)
+    manifest = _manifest(project, "images:\n  - archive: payloads/v.tar.zst\n")
+    result = run_cli("build", manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir)
+    assert result.exit_code == 2 and "zstd" in result.stderr
+
+
+def test_image_missing_from_engine_is_exit_5(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine: SourceEngine
+) -> None:
+    manifest = _manifest(project, "images:\n  - ref: test/nope:9\n    from: daemon\n")
+    result = _build(project, keys, manifest, tmp_path / "o", cache_dir, source_engine)
+    assert result.exit_code == 5 and "test/nope:9 is not in the local Docker engine" in result.stderr
+
+
+def test_unreachable_engine_is_exit_5(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
+    manifest = _manifest(project, "images:\n  - ref: test/app-a:1\n    from: daemon\n")
+    result = run_cli(
+        "build",
+        manifest,
+        "-o",
+        tmp_path / "o",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+        env={"DOCKER_HOST": f"unix://{tmp_path}/no.sock"},
+    )
+    assert result.exit_code == 5 and "Docker engine" in result.stderr
+
+
+def test_wrong_platform_is_refused(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine: SourceEngine
+) -> None:
+    manifest = _manifest(project, "images:\n  - ref: test/app-a:1\n    from: daemon\n", arch="arm64")
+    result = _build(project, keys, manifest, tmp_path / "o", cache_dir, source_engine)
+    assert result.exit_code == 2 and "is for linux/amd64, but the bundle is for linux/arm64" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            "images:\n  - ref: test/a:1\n    archive: payloads/notes.txt\n",
+            "exactly one of 'ref' or 'archive'",
+        ),
+        ("images:\n  - ref: Test/A:1\n    from: daemon\n", "not an image reference"),
+        ("images:\n  - ref: test/a:1\n    from: ftp\n", "must be one of daemon, registry"),
+        ("images:\n  - ref: rancher/rancher:v2.7.9\n", "registry pulls are not supported yet"),
+        ("images:\n  - archive: payloads/nope.tar\n", "does not exist"),
+    ],
+)
+def test_bad_image_entries(project: Project, body: str, message: str) -> None:
+    from bundler.errors import ManifestError
+    from bundler.manifest import load_manifest
+
+    with pytest.raises(ManifestError, match=message.replace("(", r"\(")) as info:
+        load_manifest(_manifest(project, body))
+    assert ":7:" in str(info.value) or ":8:" in str(info.value)
