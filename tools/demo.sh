@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole airbundle journey, offline: keygen → build → verify → inspect, then the
-# same checks with stock tools, a tamper attempt, and a rebuild that is byte-identical.
-# Run it with `make demo` (which installs airbundle into .venv first).
+# same checks with stock tools, a tamper attempt, a rebuild that is byte-identical,
+# and the bundle's images loaded into a fresh Docker engine.
+# Run it with `make demo` (which installs airbundle and its test tools first; needs root
+# to start the demo's own Docker engines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,10 +29,49 @@ then
     exit 1
 fi
 
+PIDS=()
+ENGINES=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for dir in "${ENGINES[@]}"; do rm -rf "$dir"; done
+}
+trap cleanup EXIT
+
+# start_engine NAME: a private dockerd on a unix socket (short path: sockets are limited
+# to 107 bytes), no iptables and no bridge; prints its DOCKER_HOST.
+start_engine() {
+    local dir
+    dir=$(mktemp -d "/tmp/ab-demo-$1-XXXX")
+    ENGINES+=("$dir")
+    dockerd --data-root "$dir/data" --exec-root "$dir/exec" -H "unix://$dir/docker.sock" \
+        --pidfile "$dir/pid" --iptables=false --ip-masq=false --bridge=none >"$dir/log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 150); do
+        DOCKER_HOST="unix://$dir/docker.sock" docker info >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    DOCKER_HOST="unix://$dir/docker.sock" docker info >/dev/null || { cat "$dir/log" >&2; exit 1; }
+    ENGINE_HOST="unix://$dir/docker.sock"
+}
+
 step "a stand-in upstream on 127.0.0.1:$PORT serves the pinned rke binary"
 python3 -m http.server --bind 127.0.0.1 "$PORT" --directory tools/demo-upstream >"$OUT/upstream.log" 2>&1 &
-UPSTREAM=$!
-trap 'kill $UPSTREAM 2>/dev/null || true' EXIT
+PIDS+=($!)
+
+step "a local Docker engine with two demo images built FROM one busybox base"
+start_engine build
+export DOCKER_HOST=$ENGINE_HOST
+mkdir -p "$OUT/rootfs/bin" && cp "$(command -v busybox)" "$OUT/rootfs/bin/" && ln -sf busybox "$OUT/rootfs/bin/sh"
+tar -C "$OUT/rootfs" -c . | docker import - demo/base:1 >/dev/null
+for app in web worker; do
+    mkdir -p "$OUT/ctx-$app"
+    echo "demo $app: ready" >"$OUT/ctx-$app/msg.txt"
+    printf 'FROM demo/base:1\nCOPY msg.txt /msg.txt\nCMD ["/bin/sh", "-c", "cat /msg.txt"]\n' >"$OUT/ctx-$app/Dockerfile"
+    DOCKER_BUILDKIT=0 docker build -q --network none -t "demo/$app:1" "$OUT/ctx-$app" >"$OUT/build-$app.log" 2>&1 \
+        || { cat "$OUT/build-$app.log" >&2; exit 1; }
+done
+docker images --format '{{.Repository}}:{{.Tag}}  {{.ID}}' | grep '^demo/'
 for _ in $(seq 50); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break
     sleep 0.1
@@ -73,5 +114,15 @@ step "a rebuild from the same manifest and cache is byte-identical"
 AGAIN=$(airbundle build manifests/demo.yaml --key "$OUT/release.key" -o "$OUT/again" --cache "$OUT/cache" 2>/dev/null)
 sha256sum "$BUNDLE" "$AGAIN"
 cmp "$BUNDLE" "$AGAIN" && echo "identical"
+
+step "the bundle's images load into a fresh Docker engine (what the installer will do on each worker)"
+start_engine fresh
+export DOCKER_HOST=$ENGINE_HOST
+mkdir -p "$OUT/unpacked"
+tar -C "$OUT/unpacked" -xf "$BUNDLE" --wildcards 'images/*'
+tar -C "$OUT/unpacked/images" -c . | docker load
+for app in web worker; do
+    docker run --rm --network none "demo/$app:1"
+done
 
 step "done: the bundle is $BUNDLE"
