@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from bundler import __version__, archive, images, oci, signing
+from bundler import __version__, archive, images, oci, registry, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
 from bundler.errors import InputError
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
@@ -104,18 +104,24 @@ _OCI_ARCH = {
 }
 
 
-def _collect_images(manifest: Manifest, cache: Cache) -> images.Collected:
+def _collect_images(
+    manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress
+) -> images.Collected:
     """Every image the manifest names, in manifest order, each once, all for its platform."""
     out = images.Collected()
     by_tag: dict[str, oci.Image] = {}
-    want = f"linux/{_OCI_ARCH[manifest.platform.arch]}"
+    want = f"linux/{_OCI_ARCH[manifest.platform.arch]}" + ("/v7" if manifest.platform.arch == "armhf" else "")
+    credentials = registry.Credentials() if any(s.source == "registry" for s in manifest.images) else None
     for spec in manifest.images:
         if spec.source == "archive":
             assert spec.archive is not None
-            got = images.from_archive(cache, spec.archive)
+            got = images.from_archive(fetcher.cache, spec.archive)
+        elif spec.source == "daemon":
+            assert spec.ref is not None
+            got = images.from_daemon(fetcher.cache, spec.ref)
         else:
             assert spec.ref is not None
-            got = images.from_daemon(cache, spec.ref)
+            got = registry.pull(fetcher, spec.ref, want, spec.insecure, jobs, on_fetch, credentials)
         for image in got.images:
             if image.platform.split("/")[:2] != want.split("/"):
                 raise InputError(
@@ -249,7 +255,7 @@ def build_bundle(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
         fetched = {sha: fut.result() for sha, fut in futures.items()}
-    collected = _collect_images(manifest, cache)
+    collected = _collect_images(manifest, fetcher, jobs, on_fetch)
     entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected)
     lock_bytes = lock.to_bytes()
     sig = signing.sign(key, lock_bytes)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import requests
 import urllib3
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # (url, bytes done, bytes expected or None); called often, from worker threads.
 FetchProgress = Callable[[str, int, "int | None"], None]
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_T = TypeVar("_T")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -67,6 +69,32 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+class Auth(Protocol):
+    """Credentials for one server: headers to send, and what to do on a 401."""
+
+    def headers(self) -> dict[str, str]:
+        """Headers for the next request (e.g. ``Authorization``)."""
+        ...
+
+    def challenge(self, www_authenticate: str) -> bool:
+        """React to a 401 (get or renew a token); True when a retry may now succeed."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A small, fully read HTTP response."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    url: str
+
+
+class _GaveUp(FetchError):
+    """Transient failures outlasted the retries (the partial download is kept)."""
 
 
 class _Retry(Exception):
@@ -127,7 +155,12 @@ class Fetcher:
         self.session.headers["User-Agent"] = f"airbundle/{__version__}"
 
     def fetch(
-        self, url: str, sha256: str, progress: FetchProgress = _no_progress, max_bytes: int | None = None
+        self,
+        url: str,
+        sha256: str,
+        progress: FetchProgress = _no_progress,
+        max_bytes: int | None = None,
+        auth: Auth | None = None,
     ) -> Path:
         """The cached file for ``sha256``, downloading ``url`` when it is not cached.
 
@@ -142,26 +175,95 @@ class Fetcher:
             hit = self.cache.get(sha256)  # another build may have fetched it meanwhile
             if hit:
                 return hit
-            return self._download(url, sha256, progress, max_bytes or self.policy.max_bytes)
+            return self._download(url, sha256, progress, max_bytes or self.policy.max_bytes, auth)
 
-    def _download(self, url: str, sha256: str, progress: FetchProgress, max_bytes: int) -> Path:
+    def _retrying(self, url: str, attempt_once: Callable[[], _T]) -> _T:
+        """Run ``attempt_once`` until it returns, retrying ``_Retry`` with backoff."""
         policy = self.policy
-        part = _Partial(self.cache.partial(sha256))
         for attempt in range(1, policy.attempts + 1):
             try:
-                self._attempt(url, part, progress, max_bytes)
-                break
+                return attempt_once()
             except _Retry as exc:
                 if attempt == policy.attempts:
-                    raise FetchError(f"{url}: giving up after {attempt} attempts: {exc}") from exc
+                    raise _GaveUp(f"{url}: giving up after {attempt} attempts: {exc}") from exc
                 delay = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff)
                 if exc.delay is not None:
                     delay = min(exc.delay, policy.max_retry_after)
-                log.warning("%s: %s; retry %d of %d in %.1fs", url, exc, attempt, policy.attempts - 1, delay)
+                if delay:
+                    log.warning(
+                        "%s: %s; retry %d of %d in %.1fs", url, exc, attempt, policy.attempts - 1, delay
+                    )
                 policy.sleep(delay)
-            except FetchError:
-                part.discard()
-                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        auth: Auth | None = None,
+        max_bytes: int = 4 * 1024 * 1024,
+    ) -> Reply:
+        """A small GET (manifests, tokens), fully read; 2xx and 4xx come back, 5xx/429 are retried.
+
+        Raises:
+            FetchError: connection failures past the retries, or a body over ``max_bytes``.
+        """
+        return self._retrying(url, lambda: self._get_once(url, headers or {}, auth, max_bytes))
+
+    def _get_once(self, url: str, headers: dict[str, str], auth: Auth | None, max_bytes: int) -> Reply:
+        resp = self._send(url, {**headers, **(auth.headers() if auth else {})})
+        with resp:
+            self._check_status(url, resp, auth, passthrough=True)
+            body = b""
+            try:
+                for chunk in _body(resp):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise FetchError(f"{url}: response exceeds {max_bytes} bytes")
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise _Retry(f"connection lost: {exc}") from exc
+            return Reply(resp.status_code, dict(resp.headers), body, resp.url)
+
+    def _send(self, url: str, headers: dict[str, str]) -> requests.Response:
+        policy = self.policy
+        try:
+            # requests drops Authorization when a redirect leads to another host.
+            return self.session.get(
+                url, headers=headers, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Retry(f"cannot connect: {exc}") from exc
+        except requests.RequestException as exc:
+            raise FetchError(f"{url}: {exc}") from exc
+
+    @staticmethod
+    def _check_status(
+        url: str, resp: requests.Response, auth: Auth | None, passthrough: bool = False
+    ) -> None:
+        """Raise for statuses to retry or give up on; 4xx other than 401 pass when ``passthrough``."""
+        if resp.status_code in _RETRY_STATUS:
+            raise _Retry(f"HTTP {resp.status_code}", _retry_after(resp.headers.get("Retry-After")))
+        if resp.status_code == 401:
+            if auth is not None and auth.challenge(resp.headers.get("WWW-Authenticate", "")):
+                raise _Retry("unauthorized; retrying with new credentials", 0.0)
+            raise FetchError(
+                f"{url}: HTTP 401 unauthorized; log in with 'docker login' or check the credentials "
+                "in $DOCKER_CONFIG/config.json (~/.docker/config.json)"
+            )
+        if passthrough and 400 <= resp.status_code < 500:
+            return
+
+    def _download(
+        self, url: str, sha256: str, progress: FetchProgress, max_bytes: int, auth: Auth | None
+    ) -> Path:
+        part = _Partial(self.cache.partial(sha256))
+        try:
+            self._retrying(url, lambda: self._attempt(url, part, progress, max_bytes, auth))
+        except _GaveUp:
+            raise  # keep the partial file: the next build resumes it
+        except FetchError:
+            part.discard()
+            raise
         actual = part.digest.hexdigest()
         if actual != sha256:
             part.discard()
@@ -175,25 +277,20 @@ class Fetcher:
             part.meta.unlink()
         return self.cache.commit(sha256, part.path)
 
-    def _attempt(self, url: str, part: _Partial, progress: FetchProgress, max_bytes: int) -> None:
+    def _attempt(
+        self, url: str, part: _Partial, progress: FetchProgress, max_bytes: int, auth: Auth | None
+    ) -> None:
         """One GET that appends to ``part``; returns only when the body is complete."""
-        policy = self.policy
         headers = {"Accept-Encoding": "identity"}  # hash the bytes as served, not decoded
         if part.size:
             headers["Range"] = f"bytes={part.size}-"
             if part.validator:
                 headers["If-Range"] = part.validator
-        try:
-            resp = self.session.get(
-                url, headers=headers, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Retry(f"cannot connect: {exc}") from exc
-        except requests.RequestException as exc:
-            raise FetchError(f"{url}: {exc}") from exc
+        if auth is not None:
+            headers.update(auth.headers())
+        resp = self._send(url, headers)
         with resp:
-            if resp.status_code in _RETRY_STATUS:
-                raise _Retry(f"HTTP {resp.status_code}", _retry_after(resp.headers.get("Retry-After")))
+            self._check_status(url, resp, auth)
             if resp.status_code == 416:  # our partial is bad or the file changed: start over
                 part.reset()
                 raise _Retry("HTTP 416 on resume; restarting from the first byte", 0.0)

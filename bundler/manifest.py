@@ -86,6 +86,7 @@ class ImageSpec:
     source: str  # registry | daemon | archive
     ref: Reference | None = None
     archive: Path | None = None
+    insecure: bool = False  # plain http to a non-loopback registry
     where: str = ""  # FILE:LINE, for messages
 
     def describe(self) -> str:
@@ -381,31 +382,29 @@ def load_manifest(path: Path) -> Manifest:
 
     images: list[ImageSpec] = []
     for i, (item, line) in enumerate(top.items("images")):
-        sec = _Section(item, where, f"images[{i}]", line, ("ref", "from", "archive"))
+        sec = _Section(item, where, f"images[{i}]", line, ("ref", "from", "archive", "insecure"))
         if ("ref" in sec.data) == ("archive" in sec.data):
             raise ManifestError(f"{sec.at()}: images[{i}] needs exactly one of 'ref' or 'archive'")
         if "archive" in sec.data:
-            if "from" in sec.data:
-                raise sec.fail("from", "goes with 'ref', not with 'archive'")
+            for key in ("from", "insecure"):
+                if key in sec.data:
+                    raise sec.fail(key, "goes with 'ref', not with 'archive'")
             _, path = _local_path(sec, "archive", base)
             images.append(ImageSpec("archive", archive=path, where=sec.at()))
             continue
         source = sec.get("from", str, default="registry", required=False)
         if source not in IMAGE_SOURCES:
             raise sec.fail("from", f"{source!r} must be one of {', '.join(IMAGE_SOURCES)}")
-        if source == "registry":
-            raise sec.fail(
-                "ref",
-                "registry pulls are not supported yet; use 'from: daemon' (the local engine) or "
-                "'archive:' (a docker save file) for now",
-            )
+        insecure = sec.get("insecure", bool, default=False, required=False)
+        if insecure and source != "registry":
+            raise sec.fail("insecure", "applies to registry pulls only")
         try:
             ref = parse_reference(sec.get("ref", str))
         except ImageFormatError as exc:
             raise sec.fail("ref", str(exc)) from None
-        if ref.tag is None:
+        if ref.tag is None and source == "daemon":
             raise sec.fail("ref", f"{ref} needs a tag to be saved from the local engine")
-        images.append(ImageSpec(source, ref=ref, where=sec.at("ref")))
+        images.append(ImageSpec(source, ref=ref, insecure=insecure, where=sec.at("ref")))
     _unique(where, [(str(im.ref or im.archive), int(im.where.rsplit(":", 1)[1])) for im in images])
 
     steps: list[StepSpec] = []

@@ -160,3 +160,12 @@ def test_two_builds_share_one_download(origin: Origin, cache_dir: Path) -> None:
         t.join()
     assert len(results) == 2 and results[0] == results[1]
     assert origin.routes["/rke"].hits == 1
+
+
+def test_giving_up_keeps_the_partial_for_the_next_build(origin: Origin, cache_dir: Path) -> None:
+    url = origin.add("/rke", DATA, behaviour="drop_once")
+    with pytest.raises(FetchError, match="giving up after 1 attempts"):
+        _fetcher(cache_dir, attempts=1).fetch(url, SHA)
+    assert Cache(cache_dir).partial(SHA).stat().st_size == len(DATA) // 2
+    assert _fetcher(cache_dir).fetch(url, SHA).read_bytes() == DATA
+    assert origin.routes["/rke"].served == len(DATA)

@@ -22,9 +22,10 @@ RANK = {
     "bundler.manifest": 4,
     "bundler.fetch": 5,
     "bundler.images": 5,
-    "bundler.build": 6,
-    "bundler.cli": 7,
-    "bundler.__main__": 8,
+    "bundler.registry": 6,
+    "bundler.build": 7,
+    "bundler.cli": 8,
+    "bundler.__main__": 9,
     "bundler.installer": 0,
 }
 OWNERS = {

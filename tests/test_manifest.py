@@ -70,7 +70,6 @@ def _load(project: Project, body: str, head: str = HEAD) -> str:
             9,
             "'a' appears twice (first at line 7)",
         ),
-        ("images:\n  - ref: rancher/rancher:v2.7.9\n", 7, "not supported yet"),
         ("debs:\n  packages: [docker-ce]\n", 7, "not supported yet"),
         (
             "binaries:\n  - name: rke\n    url: ftp://x/rke\n    sha256: "
