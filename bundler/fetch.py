@@ -243,7 +243,7 @@ class Fetcher:
         """Raise for statuses to retry or give up on; 4xx other than 401 pass when ``passthrough``."""
         if resp.status_code in _RETRY_STATUS:
             raise _Retry(f"HTTP {resp.status_code}", _retry_after(resp.headers.get("Retry-After")))
-        if resp.status_code == 401:
+        if resp.status_code == 401 and (auth is not None or not passthrough):
             if auth is not None and auth.challenge(resp.headers.get("WWW-Authenticate", "")):
                 raise _Retry("unauthorized; retrying with new credentials", 0.0)
             raise FetchError(

@@ -297,3 +297,34 @@ def fresh_engine() -> Iterator[object]:
         yield engine
     finally:
         engine.stop()
+
+
+@dataclass
+class Registries:
+    """Loopback registries holding the source engine's images (see tests/registries.py)."""
+
+    open: object
+    basic: object
+    token: object
+    multi: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def registries(source_engine: SourceEngine) -> Iterator[Registries]:
+    from .registries import Registry, make_multiplatform
+
+    started = []
+    try:
+        for mode in ("open", "basic", "token"):
+            started.append(Registry(mode))
+        open_, basic, token = started
+        host = source_engine.engine.host  # type: ignore[attr-defined]
+        for tag in ("test/app-a:1", "test/app-b:1"):
+            open_.push_from_engine(host, tag)
+        basic.push_from_engine(host, "test/app-b:1")
+        token.push_from_engine(host, "test/app-a:1")
+        multi = make_multiplatform(open_, "test/app-a:1", "test/multi")
+        yield Registries(open_, basic, token, multi)
+    finally:
+        for reg in started:
+            reg.stop()
