@@ -104,6 +104,19 @@ _OCI_ARCH = {
 }
 
 
+def _refuse_zstd(where: str, image: oci.Image, blobs: dict[str, Path]) -> None:
+    """Refuse zstd layers (by media type or by their bytes) unless the manifest allows them."""
+    for layer in image.layers:
+        with open(blobs[layer.digest], "rb") as f:
+            zstd = f.read(4).startswith(oci.ZSTD_MAGIC)
+        if zstd or layer.media_type.endswith("+zstd"):
+            raise InputError(
+                f"{where}: image {image.ref}: layer {layer.digest} is zstd-compressed, which Docker 20.10 "
+                "and older cannot load; use a gzip variant, or set 'zstd: true' on this image if every "
+                "target engine reads zstd (Docker 23+, containerd 1.5+)"
+            )
+
+
 def _collect_images(
     manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress
 ) -> images.Collected:
@@ -123,7 +136,9 @@ def _collect_images(
             assert spec.ref is not None
             got = registry.pull(fetcher, spec.ref, want, spec.insecure, jobs, on_fetch, credentials)
         for image in got.images:
-            if image.platform.split("/")[:2] != want.split("/"):
+            if not spec.zstd:
+                _refuse_zstd(spec.where, image, got.blobs)
+            if image.platform.split("/")[:2] != want.split("/")[:2]:
                 raise InputError(
                     f"{spec.where}: image {image.ref} is for {image.platform}, but the bundle is for {want}"
                 )

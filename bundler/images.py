@@ -175,16 +175,6 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _check_layer(archive: _Archive, layer: oci.Layer, image: str) -> None:
-    if layer.media_type.endswith("+zstd") or archive.head(layer.digest.removeprefix("sha256:")).startswith(
-        oci.ZSTD_MAGIC
-    ):
-        raise ArchiveError(
-            f"{archive.where}: image {image}: layer {layer.digest} is zstd-compressed, which "
-            "Docker 20.10 and older cannot load; save the image with gzip or uncompressed layers"
-        )
-
-
 def _saved_images(archive: _Archive, manifest: bytes, source: str, out: Collected) -> None:
     """Images listed in a ``docker save`` ``manifest.json``."""
     try:
@@ -210,7 +200,6 @@ def _saved_images(archive: _Archive, manifest: bytes, source: str, out: Collecte
             sha, size = archive.resolve(path, f"layer of {label}")
             media = oci.layer_media_type(archive.head(sha))
             layer = oci.Layer("sha256:" + sha, size, media)
-            _check_layer(archive, layer, label)
             if media == oci.OCI_LAYER and layer.digest != diff_id:
                 raise ArchiveError(
                     f"{archive.where}: image {label}: layer {path!r} hashes to {layer.digest}, "
@@ -257,8 +246,6 @@ def _oci_images(archive: _Archive, index: bytes, source: str, out: Collected) ->
                 raise ArchiveError(
                     f"{archive.where}: blob {blob} does not match its digest; the archive is corrupt"
                 )
-        for layer in layers:
-            _check_layer(archive, layer, digest)
         name = notes.get("io.containerd.image.name") or notes.get("org.opencontainers.image.ref.name")
         tags: tuple[str, ...] = ()
         if isinstance(name, str):

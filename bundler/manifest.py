@@ -87,6 +87,7 @@ class ImageSpec:
     ref: Reference | None = None
     archive: Path | None = None
     insecure: bool = False  # plain http to a non-loopback registry
+    zstd: bool = False  # the target engines read zstd layers
     where: str = ""  # FILE:LINE, for messages
 
     def describe(self) -> str:
@@ -382,7 +383,8 @@ def load_manifest(path: Path) -> Manifest:
 
     images: list[ImageSpec] = []
     for i, (item, line) in enumerate(top.items("images")):
-        sec = _Section(item, where, f"images[{i}]", line, ("ref", "from", "archive", "insecure"))
+        sec = _Section(item, where, f"images[{i}]", line, ("ref", "from", "archive", "insecure", "zstd"))
+        zstd = sec.get("zstd", bool, default=False, required=False)
         if ("ref" in sec.data) == ("archive" in sec.data):
             raise ManifestError(f"{sec.at()}: images[{i}] needs exactly one of 'ref' or 'archive'")
         if "archive" in sec.data:
@@ -390,7 +392,7 @@ def load_manifest(path: Path) -> Manifest:
                 if key in sec.data:
                     raise sec.fail(key, "goes with 'ref', not with 'archive'")
             _, path = _local_path(sec, "archive", base)
-            images.append(ImageSpec("archive", archive=path, where=sec.at()))
+            images.append(ImageSpec("archive", archive=path, zstd=zstd, where=sec.at()))
             continue
         source = sec.get("from", str, default="registry", required=False)
         if source not in IMAGE_SOURCES:
@@ -404,7 +406,7 @@ def load_manifest(path: Path) -> Manifest:
             raise sec.fail("ref", str(exc)) from None
         if ref.tag is None and source == "daemon":
             raise sec.fail("ref", f"{ref} needs a tag to be saved from the local engine")
-        images.append(ImageSpec(source, ref=ref, insecure=insecure, where=sec.at("ref")))
+        images.append(ImageSpec(source, ref=ref, insecure=insecure, zstd=zstd, where=sec.at("ref")))
     _unique(where, [(str(im.ref or im.archive), int(im.where.rsplit(":", 1)[1])) for im in images])
 
     steps: list[StepSpec] = []

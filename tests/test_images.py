@@ -133,20 +133,95 @@ def test_vendor_archives_plain_and_gzipped(source_engine: SourceEngine, cache_di
         assert oci.sha256_digest(path.read_bytes()) == digest
 
 
-def test_oci_layout_archive_round_trips(image_bundle: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """The bundle's own images/ folder, tarred, is an OCI archive that ingests again to the same images."""
-    lock = archive.read_lock(image_bundle)[0]
-    oci_tar = tmp_path / "oci.tar"
-    with tarfile.open(image_bundle) as src, tarfile.open(oci_tar, "w") as dst:
+def _layout_tar(bundle: Path, out: Path, with_docker_manifest: bool) -> Path:
+    """The bundle's images/ folder as an archive: OCI only, or Docker 25's dual layout."""
+    with tarfile.open(bundle) as src, tarfile.open(out, "w") as dst:
         for member in src.getmembers():
-            if member.name.startswith("images/") and member.name != "images/manifest.json":
+            if member.name.startswith("images/") and (
+                with_docker_manifest or member.name != "images/manifest.json"
+            ):
                 data = src.extractfile(member).read()  # type: ignore[union-attr]
                 member.name = member.name.removeprefix("images/")
                 dst.addfile(member, io.BytesIO(data))
-    got = images.from_archive(Cache(cache_dir), oci_tar)
-    assert [(im.manifest, im.config, im.tags) for im in got.images] == [
-        (im.manifest, im.config, im.tags) for im in lock.images
-    ]
+    return out
+
+
+@pytest.mark.parametrize("dual", [False, True], ids=["oci-archive", "docker25-save-layout"])
+def test_layout_archives_round_trip(image_bundle: Path, cache_dir: Path, tmp_path: Path, dual: bool) -> None:
+    """images/ tarred is an OCI archive (or, with manifest.json, Docker 25's save layout) that ingests again."""
+    lock = archive.read_lock(image_bundle)[0]
+    got = images.from_archive(Cache(cache_dir), _layout_tar(image_bundle, tmp_path / "l.tar", dual))
+    assert [(im.config, im.tags) for im in got.images] == [(im.config, im.tags) for im in lock.images]
+    assert [im.layers for im in got.images] == [im.layers for im in lock.images]
+
+
+def test_zstd_layers_need_the_manifests_consent(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    layer = oci.ZSTD_MAGIC + b"pretend zstd frame" * 10
+    layer_digest = oci.sha256_digest(layer)
+    config = json.dumps(
+        {
+            "os": "linux",
+            "architecture": "amd64",
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+        }
+    ).encode()
+    manifest = oci.canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "config": {"mediaType": oci.OCI_CONFIG, "digest": oci.sha256_digest(config), "size": len(config)},
+            "layers": [{"mediaType": oci.OCI_LAYER_ZSTD, "digest": layer_digest, "size": len(layer)}],
+        }
+    )
+    index = oci.canonical(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": oci.OCI_MANIFEST,
+                    "digest": oci.sha256_digest(manifest),
+                    "size": len(manifest),
+                    "annotations": {"io.containerd.image.name": "docker.io/test/zstd:1"},
+                }
+            ],
+        }
+    )
+    path = project.root / "payloads" / "z.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in [
+            ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            ("index.json", index),
+            *((oci.blob_path(oci.sha256_digest(d)), d) for d in (layer, config, manifest)),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    refused = run_cli(
+        "build",
+        _manifest(project, "images:\n  - archive: payloads/z.tar\n"),
+        "-o",
+        tmp_path / "o",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+    )
+    assert refused.exit_code == 2 and "zstd-compressed" in refused.stderr and "zstd: true" in refused.stderr
+    allowed = run_cli(
+        "build",
+        _manifest(project, "images:\n  - archive: payloads/z.tar\n    zstd: true\n"),
+        "-o",
+        tmp_path / "o",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+    )
+    assert allowed.exit_code == 0, allowed.stderr
+    (image,) = archive.read_lock(Path(allowed.stdout.strip()))[0].images
+    assert image.layers[0].media_type == oci.OCI_LAYER_ZSTD
 
 
 def _hostile(tmp_path: Path, name: str, *, link: str | None = None, data: bytes = b"x") -> Path:
