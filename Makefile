@@ -43,6 +43,7 @@ demo: install
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/verify_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/build_bench.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/images_bench.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache *.egg-info
