@@ -132,7 +132,8 @@ def main() -> None:
         met = "MET" if image_bytes <= unique * 1.01 else "NOT MET"
         print(
             f"  bundle images/ bytes {image_bytes / 2**20:8.1f} MiB;"
-            f" unique layer bytes {unique / 2**20:8.1f} MiB; ratio {image_bytes / unique:.4f} (target <= 1.01) -> {met}"
+            f" unique layer bytes {unique / 2**20:8.1f} MiB;"
+            f" ratio {image_bytes / unique:.4f} (target <= 1.01) -> {met}"
         )
         print(
             f"  skopeo docker-archive files total {skopeo_bytes / 2**20:8.1f} MiB "
