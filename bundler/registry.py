@@ -48,8 +48,10 @@ def _no_progress(_url: str, _done: int, _total: int | None) -> None:
 
 def is_loopback(domain: str) -> bool:
     """True for ``localhost`` and 127.0.0.0/8 or ::1 addresses (with or without a port)."""
-    host = domain.rsplit(":", 1)[0] if domain.count(":") == 1 else domain
-    host = host.strip("[]")
+    if domain.startswith("["):  # [::1]:5000
+        host = domain[1 : domain.find("]")]
+    else:
+        host = domain.rsplit(":", 1)[0] if domain.count(":") == 1 else domain
     if host == "localhost":
         return True
     try:
@@ -99,7 +101,11 @@ class Credentials:
                     return "<token>", str(entry["identitytoken"])
                 if entry.get("auth"):
                     try:
-                        user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
+                        user, sep, secret = (
+                            base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+                        )
+                        if not sep:
+                            raise ValueError("no colon")
                     except (ValueError, UnicodeDecodeError) as exc:
                         raise FetchError(
                             f"{self.path}: auths[{key!r}].auth is not base64 of user:password"

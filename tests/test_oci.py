@@ -125,3 +125,51 @@ def test_lock_round_trips_images_and_requires_their_blobs() -> None:
     missing = Lock(**{**base.__dict__, "members": base.members + blobs[:2], "images": (image,)})
     with pytest.raises(LockError, match="is used but not listed"):
         Lock.from_bytes(missing.to_bytes())
+
+
+@pytest.mark.parametrize(
+    "domain, insecure, url",
+    [
+        ("docker.io", False, "https://registry-1.docker.io"),
+        ("quay.io", False, "https://quay.io"),
+        ("registry.site:5000", True, "http://registry.site:5000"),
+        ("127.0.0.1:5000", False, "http://127.0.0.1:5000"),
+        ("127.8.9.10:443", False, "http://127.8.9.10:443"),
+        ("localhost:5000", False, "http://localhost:5000"),
+        ("[::1]:5000", False, "http://[::1]:5000"),
+        ("10.0.0.1:5000", False, "https://10.0.0.1:5000"),
+    ],
+)
+def test_registry_endpoints(domain: str, insecure: bool, url: str) -> None:
+    from bundler.registry import base_url
+
+    assert base_url(domain, insecure) == url
+
+
+def test_docker_config_credentials(tmp_path) -> None:
+    import base64
+
+    from bundler.errors import FetchError
+    from bundler.registry import Credentials
+
+    auth = base64.b64encode(b"hub-user:hub-pass").decode()
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://index.docker.io/v1/": {"auth": auth},
+                    "quay.io": {"identitytoken": "tok"},
+                    "bad.example": {"auth": "!!!"},
+                },
+            }
+        )
+    )
+    creds = Credentials(tmp_path)
+    assert creds.lookup("docker.io") == ("hub-user", "hub-pass")
+    assert creds.lookup("quay.io") == ("<token>", "tok")
+    assert creds.lookup("ghcr.io") is None
+    with pytest.raises(FetchError, match="not base64"):
+        creds.lookup("bad.example")
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(FetchError, match="cannot read Docker's credentials file"):
+        Credentials(tmp_path)
