@@ -180,7 +180,7 @@ class Lock:
         if len(data) > MAX_LOCK_BYTES:
             raise LockError(f"{LOCK_NAME} is {len(data)} bytes, over the {MAX_LOCK_BYTES} limit")
         try:
-            doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+            doc = json.loads(data.decode("utf-8"), object_pairs_hook=oci.no_duplicate_keys)
         except (UnicodeDecodeError, ValueError) as exc:
             raise LockError(f"{LOCK_NAME} is not valid JSON: {exc}") from exc
         return _parse(doc)
@@ -188,15 +188,6 @@ class Lock:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 class _Fields:

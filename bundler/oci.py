@@ -120,22 +120,23 @@ def parse_reference(text: str) -> Reference:
     return Reference(domain, path, tag, digest)
 
 
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook refusing duplicate keys (which JSON parsers resolve differently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def load_json(data: bytes, what: str) -> Any:
     """Parse a small JSON document, refusing huge ones and duplicate keys."""
     if len(data) > MAX_JSON_BYTES:
         raise ImageFormatError(f"{what} is {len(data)} bytes; refusing to parse")
-
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise ImageFormatError(f"{what}: duplicate key {key!r}")
-            out[key] = value
-        return out
-
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=no_dupes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ImageFormatError(f"{what} is not valid JSON: {exc}") from exc
 
 
