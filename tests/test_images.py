@@ -89,6 +89,19 @@ def test_bundle_images_load_into_a_fresh_engine(
         out = fresh.containers.run(image.tags[0], network_mode="none", remove=True)
         assert out.decode() == source_engine.outputs[image.tags[0]]
 
+    # containerd imports the same tar through index.json (the engine's own containerd).
+    ctr = [
+        "ctr",
+        "--address",
+        str(fresh_engine.root / "exec/containerd/containerd.sock"),
+        "-n",
+        "airbundle-test",
+    ]
+    subprocess.run([*ctr, "images", "import", load_tar], check=True, capture_output=True)
+    listed = subprocess.run([*ctr, "images", "ls"], check=True, capture_output=True, text=True).stdout
+    for image in lock.images:
+        assert f"docker.io/{image.tags[0]}" in listed and image.manifest in listed
+
     # skopeo reads the same folder as an OCI layout.
     layout = tmp_path / "x" / "images"
     inspect = subprocess.run(
