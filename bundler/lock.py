@@ -105,6 +105,20 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Deb:
+    """A Debian package in ``debs/``: where it came from and why it is there."""
+
+    name: str
+    version: str
+    arch: str
+    path: str
+    sha256: str
+    size: int
+    url: str
+    reason: str  # "requested" or the package that depends on it
+
+
+@dataclass(frozen=True)
 class Lock:
     """The parsed ``lock.json``."""
 
@@ -119,7 +133,8 @@ class Lock:
     files: tuple[FileSet, ...] = ()
     steps: tuple[Step, ...] = ()
     images: tuple[oci.Image, ...] = ()
-    debs: tuple[dict[str, Any], ...] = field(default=())
+    debs: tuple[Deb, ...] = ()
+    apt_sources: tuple[dict[str, Any], ...] = field(default=())
 
     @property
     def payload_size(self) -> int:
@@ -148,7 +163,8 @@ class Lock:
             "files": [asdict(f) for f in self.files],
             "steps": [asdict(s) for s in self.steps],
             "images": [asdict(i) for i in self.images],
-            "debs": [dict(d) for d in self.debs],
+            "debs": [asdict(d) for d in self.debs],
+            "apt_sources": [dict(a) for a in self.apt_sources],
         }
 
     def to_bytes(self) -> bytes:
@@ -307,6 +323,22 @@ def _parse(doc: Any) -> Lock:
         )
     blob_refs = [f"images/{oci.blob_path(d)}" for im in images for d in (im.manifest, im.config)]
     blob_refs += [f"images/{oci.blob_path(la.digest)}" for im in images for la in im.layers]
+    debs = []
+    for i, raw in enumerate(top.items("debs")):
+        f = _Fields(raw, f"debs[{i}]")
+        debs.append(
+            Deb(
+                name=f.get("name", str),
+                version=f.get("version", str),
+                arch=f.get("arch", str),
+                path=f.path("path"),
+                sha256=f.sha("sha256"),
+                size=f.size("size"),
+                url=f.get("url", str),
+                reason=f.get("reason", str),
+            )
+        )
+    blob_refs += [d.path for d in debs]
     listed = set(seen.values())
     for ref in [b.path for b in binaries] + [s.script for s in steps] + blob_refs:
         if ref not in listed:
@@ -326,5 +358,6 @@ def _parse(doc: Any) -> Lock:
         files=tuple(files),
         steps=tuple(steps),
         images=tuple(images),
-        debs=tuple(top.items("debs")),
+        debs=tuple(debs),
+        apt_sources=tuple(top.items("apt_sources")),
     )

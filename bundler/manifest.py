@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from bundler.debs import Source
 from bundler.errors import ManifestError
 from bundler.lock import check_member_path
 from bundler.oci import ImageFormatError, Reference, parse_reference
@@ -35,9 +36,8 @@ ITEM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 ARCHES = ("amd64", "arm64", "armhf", "i386", "ppc64el", "s390x", "riscv64")
 MODES = ("0644", "0755")
-NOT_YET = {
-    "debs": "Debian packages arrive with the apt support (issue 4)",
-}
+NOT_YET: dict[str, str] = {}
+PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]+(?:=[0-9A-Za-z.+~:-]+)?")
 IMAGE_SOURCES = ("daemon", "registry")
 
 
@@ -95,6 +95,16 @@ class ImageSpec:
 
 
 @dataclass(frozen=True)
+class DebsSpec:
+    """The ``debs`` section: apt sources, the packages to install and those assumed present."""
+
+    sources: tuple[Source, ...]
+    packages: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    baseline: str = "required"  # required: Priority: required packages are assumed present; none
+
+
+@dataclass(frozen=True)
 class StepSpec:
     """A staged script, run in manifest order on the control node."""
 
@@ -117,6 +127,7 @@ class Manifest:
     files: tuple[FileSpec, ...]
     steps: tuple[StepSpec, ...]
     images: tuple[ImageSpec, ...] = ()
+    debs: DebsSpec | None = None
     description: str = ""
 
 
@@ -409,6 +420,8 @@ def load_manifest(path: Path) -> Manifest:
         images.append(ImageSpec(source, ref=ref, insecure=insecure, zstd=zstd, where=sec.at("ref")))
     _unique(where, [(str(im.ref or im.archive), int(im.where.rsplit(":", 1)[1])) for im in images])
 
+    debs = _debs_section(top, where, base) if "debs" in top.data else None
+
     steps: list[StepSpec] = []
     for i, (item, line) in enumerate(top.items("steps")):
         sec = _Section(item, where, f"steps[{i}]", line, ("name", "script"))
@@ -429,8 +442,58 @@ def load_manifest(path: Path) -> Manifest:
         files=tuple(files),
         steps=tuple(steps),
         images=tuple(images),
+        debs=debs,
         description=top.get("description", str, default="", required=False),
     )
+
+
+def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
+    sec = _Section(
+        top.get("debs", dict), where, "debs", top.line, ("sources", "packages", "exclude", "baseline")
+    )
+    sources = []
+    for i, (item, line) in enumerate(sec.items("sources")):
+        src = _Section(
+            item,
+            where,
+            f"debs.sources[{i}]",
+            line,
+            ("url", "suite", "components", "keyring", "flat", "trusted"),
+        )
+        url = src.get("url", str)
+        if not url.startswith(("http://", "https://")):
+            raise src.fail("url", f"{url!r} must be an http(s) URL")
+        flat = src.get("flat", bool, default=False, required=False)
+        trusted = src.get("trusted", bool, default=False, required=False)
+        suite = src.get("suite", str, default="./" if flat else None, required=not flat)
+        components = src.get("components", list, default=[], required=not flat)
+        if not flat and not components:
+            raise src.fail("components", "name at least one component (e.g. [main])")
+        if not all(isinstance(c, str) and ITEM_NAME_RE.fullmatch(c) for c in components):
+            raise src.fail("components", "must be a list of component names")
+        keyring = None
+        if "keyring" in src.data:
+            _, keyring = _local_path(src, "keyring", base)
+        elif not trusted:
+            raise ManifestError(
+                f"{src.at()}: debs.sources[{i}] needs 'keyring' (the repository's public key, e.g. "
+                "payloads/keys/NAME.gpg), or 'trusted: true' to skip the signature check"
+            )
+        sources.append(Source(url, suite, tuple(components), keyring, trusted, flat))
+    if not sources:
+        raise ManifestError(f"{sec.at()}: debs needs at least one source")
+    packages = sec.get("packages", list)
+    exclude = sec.get("exclude", list, default=[], required=False)
+    for key, names in (("packages", packages), ("exclude", exclude)):
+        for name in names:
+            if not isinstance(name, str) or not PACKAGE_RE.fullmatch(name):
+                raise sec.fail(key, f"{name!r} is not a package name (or name=version)")
+    if not packages:
+        raise sec.fail("packages", "name at least one package")
+    baseline = sec.get("baseline", str, default="required", required=False)
+    if baseline not in ("required", "none"):
+        raise sec.fail("baseline", "must be 'required' (Priority: required packages are present) or 'none'")
+    return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline)
 
 
 def _unique(where: str, names: list[tuple[str, int]]) -> None:
