@@ -7,7 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo drive for real (see ../shared/TESTBED.md).
 DEB_PACKAGES := python3 python3-venv openssh-client tar coreutils sed diffutils openssl time \
-                docker.io busybox-static skopeo
+                docker.io busybox-static skopeo docker-registry containerd \
+                dpkg-dev apt-utils gpg gpgv
 PYTEST_ARGS ?=
 
 .PHONY: all install debs test lint fix demo bench clean

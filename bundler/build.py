@@ -22,12 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from bundler import __version__, archive, images, oci, registry, signing
+from bundler import __version__, aptsource, archive, debs, images, oci, registry, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
-from bundler.errors import InputError
+from bundler.errors import FetchError, InputError
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
-from bundler.lock import INSTALL_SH, LOCK_NAME, SIG_NAME, Binary, FileSet, Lock, Member, Step, fold
+from bundler.lock import INSTALL_SH, LOCK_NAME, SIG_NAME, Binary, Deb, FileSet, Lock, Member, Step, fold
 from bundler.manifest import Manifest, load_manifest
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def installer_payload() -> bytes:
 # DESIGN.md order after install.sh: installer/, debs/, bin/, images/, files/, scripts/;
 # sorted within each group so the bundle does not depend on manifest order.
 _GROUPS = {"installer": 1, "debs": 2, "bin": 3, "images": 4, "files": 5, "scripts": 6}
-_KINDS = {"bin": "binary", "files": "file", "scripts": "script", "images": "image"}
+_KINDS = {"bin": "binary", "files": "file", "scripts": "script", "images": "image", "debs": "deb"}
 
 
 def _bundle_order(entry: archive.Entry) -> tuple[int, str]:
@@ -156,6 +157,71 @@ def _collect_images(
     return out
 
 
+def _collect_debs(
+    manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress
+) -> tuple[debs.Resolution, dict[str, Path]]:
+    """Resolve the ``debs`` section against its sources and download the closure."""
+    spec = manifest.debs
+    assert spec is not None
+    arch = manifest.platform.arch
+    packages: list[debs.Package] = []
+    for source in spec.sources:
+        packages += aptsource.load(fetcher, source, arch)
+    resolver = debs.Resolver(packages, arch, exclude=spec.exclude)
+    if spec.baseline == "required":
+        resolver.present |= resolver.required_baseline()
+    try:
+        resolution = resolver.resolve(spec.packages)
+    except debs.ResolveError as exc:
+        raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        paths = list(pool.map(lambda p: aptsource.download(fetcher, p, on_fetch), resolution.packages))
+    return resolution, {pkg.name: path for pkg, path in zip(resolution.packages, paths)}
+
+
+def _deb_entries(
+    manifest: Manifest, resolution: debs.Resolution, paths: dict[str, Path]
+) -> tuple[list[archive.Entry], dict[str, str], list[Deb]]:
+    """The ``debs/`` members (the .deb files, then the flat repository's indexes) and lock records."""
+    entries, known, records = [], {}, []
+    for pkg in resolution.packages:
+        member = f"debs/{pkg.deb_name}"
+        entries.append(archive.Entry(member, "0644", pkg.size, source=paths[pkg.name]))
+        known[member] = pkg.sha256
+        records.append(
+            Deb(
+                pkg.name,
+                pkg.version,
+                pkg.arch,
+                member,
+                pkg.sha256,
+                pkg.size,
+                pkg.url,
+                resolution.reasons[pkg.name],
+            )
+        )
+    for name, data in debs.flat_repository(resolution.packages, manifest.platform.arch).items():
+        entries.append(archive.Entry(f"debs/{name}", "0644", len(data), data=data))
+    return entries, known, records
+
+
+def _apt_sources(manifest: Manifest) -> tuple[dict[str, Any], ...]:
+    """What the lock records of each apt source, including whether its signature was skipped."""
+    if manifest.debs is None:
+        return ()
+    return tuple(
+        {
+            "url": s.url,
+            "suite": s.suite,
+            "components": list(s.components),
+            "flat": s.flat,
+            "trusted": s.trusted,
+            "keyring_sha256": hashlib.sha256(s.keyring.read_bytes()).hexdigest() if s.keyring else None,
+        }
+        for s in manifest.debs.sources
+    )
+
+
 def _image_entries(collected: images.Collected) -> tuple[list[archive.Entry], dict[str, str]]:
     """The ``images/`` members: each blob once, then the layout files; and the blob digests."""
     entries = []
@@ -177,11 +243,17 @@ def _plan(
     jobs: int = 1,
     on_hash: Callable[[int, int], None] | None = None,
     collected: images.Collected | None = None,
+    packages: tuple[debs.Resolution, dict[str, Path]] | None = None,
 ) -> tuple[list[archive.Entry], Lock]:
     """The members in bundle order and the lock that lists them."""
     installer = installer_payload()
     entries = [archive.Entry(INSTALL_SH, "0755", len(installer), data=installer)]
     known: dict[str, str] = {}
+    deb_records: list[Deb] = []
+    if packages is not None:
+        deb_entries, deb_shas, deb_records = _deb_entries(manifest, *packages)
+        entries += deb_entries
+        known.update(deb_shas)
     collected = collected or images.Collected()
     if collected.images:
         image_entries, image_shas = _image_entries(collected)
@@ -237,6 +309,8 @@ def _plan(
         files=tuple(filesets),
         steps=tuple(Step(name, member, shas[member]) for name, member in scripts),
         images=tuple(collected.images),
+        debs=tuple(deb_records),
+        apt_sources=_apt_sources(manifest),
     )
     return entries, lock
 
@@ -270,8 +344,9 @@ def build_bundle(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
         fetched = {sha: fut.result() for sha, fut in futures.items()}
+    packages = _collect_debs(manifest, fetcher, jobs, on_fetch) if manifest.debs else None
     collected = _collect_images(manifest, fetcher, jobs, on_fetch)
-    entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected)
+    entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages)
     lock_bytes = lock.to_bytes()
     sig = signing.sign(key, lock_bytes)
     entries[:0] = [

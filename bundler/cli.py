@@ -111,7 +111,10 @@ def cli(verbose: int) -> None:
       airbundle inspect dist/demo-1.0.0.tar
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="airbundle: %(levelname)s: %(message)s")
+    # force: rebind to this invocation's stderr (matters when main() runs more than once in a process).
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="airbundle: %(levelname)s: %(message)s", force=True
+    )
 
 
 @cli.command()
@@ -201,6 +204,8 @@ def build(
     finally:
         bars.close()
     lock = result.lock
+    if lock.debs:
+        click.echo("\n".join(_deb_table(lock)), err=True)
     click.echo(
         f"built {lock.name} {lock.version}: {len(lock.members)} members, "
         f"{_human(result.path.stat().st_size)}, signed by {key.public.fingerprint}",
@@ -208,6 +213,18 @@ def build(
     )
     click.echo(f"sha256 {result.sha256}", err=True)
     click.echo(str(result.path))
+
+
+def _deb_table(lock: Any) -> list[str]:
+    """The resolved packages, one line each: name, version, arch, size and why it is there."""
+    width = max(len(d.name) for d in lock.debs)
+    vwidth = max(len(d.version) for d in lock.debs)
+    lines = [f"  {'package':<{width}}  {'version':<{vwidth}}  arch   {'size':>10}  needed by"]
+    lines += [
+        f"  {d.name:<{width}}  {d.version:<{vwidth}}  {d.arch:<5}  {_human(d.size):>10}  ({d.reason})"
+        for d in lock.debs
+    ]
+    return lines
 
 
 def _error_json(exc: BundlerError) -> dict[str, Any]:
@@ -337,7 +354,19 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
             }
             for im in lock.images
         ],
-        "debs": list(lock.debs),
+        "debs": [
+            {
+                "name": d.name,
+                "version": d.version,
+                "arch": d.arch,
+                "size": d.size,
+                "sha256": d.sha256,
+                "url": d.url,
+                "needed_by": d.reason,
+            }
+            for d in lock.debs
+        ],
+        "apt_sources": list(lock.apt_sources),
     }
     if as_json:
         click.echo(json.dumps(facts, indent=2))
@@ -372,6 +401,9 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
             f"  ({len(im.layers)} layers, {im.source})"
             for im in lock.images
         ]
+    if lock.debs:
+        lines.append(f"  debs:     ({len(lock.debs)} packages, a flat apt repository in debs/)")
+        lines += ["  " + line for line in _deb_table(lock)]
     if lock.steps:
         lines.append("  steps:")
         lines += [f"    {i}. {s.name:<17} {s.script}" for i, s in enumerate(lock.steps, 1)]

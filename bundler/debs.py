@@ -209,26 +209,42 @@ class Resolver:
         """Names of ``Priority: required`` packages: what a minimal target already has."""
         return {name for name, pkgs in self.by_name.items() if any(p.priority == "required" for p in pkgs)}
 
+    @staticmethod
+    def _arch_ok(pkg: Package, rel: dict[str, Any]) -> bool:
+        # "name:any" is met only by a package that declares "Multi-Arch: allowed" (Debian policy 7.1).
+        return rel.get("archqual") != "any" or pkg.multi_arch == "allowed"
+
     def _candidates(self, rel: dict[str, Any]) -> list[Package]:
         """Real packages (newest first), then providers, that satisfy one relation."""
-        out = [p for p in self.by_name.get(rel["name"], []) if _satisfies(p.version, rel.get("version"))]
+        out = [
+            p
+            for p in self.by_name.get(rel["name"], [])
+            if _satisfies(p.version, rel.get("version")) and self._arch_ok(p, rel)
+        ]
         for pkg, provided in self.providers.get(rel["name"], []):
-            if rel.get("version") is None or (provided is not None and _satisfies(provided, rel["version"])):
+            if self._provides(provided, rel) and self._arch_ok(pkg, rel):
                 out.append(pkg)
         return out
+
+    @staticmethod
+    def _provides(provided: str | None, rel: dict[str, Any]) -> bool:
+        """Whether a ``Provides`` entry (versioned or not) meets ``rel``: unversioned meets only unversioned."""
+        return rel.get("version") is None or (provided is not None and _satisfies(provided, rel["version"]))
 
     def _satisfied(self, rel: dict[str, Any]) -> bool:
         if rel["name"] in self.present:
             return True
         chosen = self.chosen.get(rel["name"])
-        if chosen is not None and _satisfies(chosen.version, rel.get("version")):
+        if (
+            chosen is not None
+            and _satisfies(chosen.version, rel.get("version"))
+            and self._arch_ok(chosen, rel)
+        ):
             return True
-        for pkg, provided in self.providers.get(rel["name"], []):
-            if self.chosen.get(pkg.name) is pkg and (
-                rel.get("version") is None or (provided is not None and _satisfies(provided, rel["version"]))
-            ):
-                return True
-        return False
+        return any(
+            self.chosen.get(pkg.name) is pkg and self._provides(provided, rel)
+            for pkg, provided in self.providers.get(rel["name"], [])
+        )
 
     def _applies(self, rel: dict[str, Any]) -> bool:
         arches = rel.get("arch")

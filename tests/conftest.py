@@ -328,3 +328,35 @@ def registries(source_engine: SourceEngine) -> Iterator[Registries]:
     finally:
         for reg in started:
             reg.stop()
+
+
+@dataclass
+class AptRepos:
+    """A signed apt repository (dists layout) and a flat one, served on loopback."""
+
+    root: Path
+    flat: Path
+    url: str
+    flat_url: str
+    keyring: Path
+    armored_keyring: Path
+    other_keyring: Path
+    key: object
+
+
+@pytest.fixture(scope="session")
+def apt_repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepos]:
+    from .aptrepo import Served, build_repo
+
+    work = tmp_path_factory.mktemp("apt")
+    repo, key, other = build_repo(work)
+    served, flat = Served(repo), Served(work / "flat")
+    try:
+        yield AptRepos(
+            repo, work / "flat", served.url, flat.url, key.keyring, key.armored, other.keyring, key
+        )
+    finally:
+        served.close()
+        flat.close()
+        key.close()
+        other.close()

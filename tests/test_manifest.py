@@ -71,8 +71,11 @@ def _load(project: Project, body: str, head: str = HEAD) -> str:
             "'a' appears twice (first at line 7)",
         ),
         ("debs:\n  packages: [docker-ce]\n", 7, "debs needs at least one source"),
-        ("debs:\n  sources:\n    - url: http://x/\n      suite: s\n      components: [main]\n  packages: [a]\n", 8,
-         "needs 'keyring'"),
+        (
+            "debs:\n  sources:\n    - url: http://x/\n      suite: s\n      components: [main]\n  packages: [a]\n",
+            8,
+            "needs 'keyring'",
+        ),
         (
             "binaries:\n  - name: rke\n    url: ftp://x/rke\n    sha256: "
             + SHA

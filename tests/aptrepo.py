@@ -1,0 +1,212 @@
+"""Real apt repositories for the tests (TESTBED.md): tiny .debs made with dpkg-deb, indexed with
+dpkg-scanpackages and apt-ftparchive, InRelease clearsigned by a gpg key made here, served
+over loopback HTTP."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+# name, version, arch, extra control fields. The set exercises the resolver: alternatives with a
+# virtual first choice, versioned and epoch/tilde constraints, versioned Provides, Pre-Depends,
+# :any on an arch-all Multi-Arch: allowed package (and on a foreign one, which cannot meet it), a cycle, a required baseline package, and an
+# unresolvable chain.
+PACKAGES = [
+    (
+        "app",
+        "1.0",
+        "amd64",
+        {
+            "Pre-Depends": "prelib",
+            "Depends": "libfoo (>= 2.0), mail-transport-agent | postfix, config-tool:any, libbar (>= 3.0~),"
+            " libfoo-api (>= 3), base-files",
+        },
+    ),
+    ("libfoo", "1.5", "amd64", {}),
+    ("libfoo", "2.1", "amd64", {}),
+    ("libfoo", "1:0.5", "amd64", {}),  # the epoch makes this the newest
+    ("libbar", "3.0~rc1", "amd64", {}),
+    ("libbar", "3.0", "amd64", {}),
+    ("old-user", "1.0", "amd64", {"Depends": "libbar (<< 3.0)"}),
+    ("tiny-mta", "0.9", "amd64", {"Provides": "mail-transport-agent"}),
+    ("newlib", "2.0", "amd64", {"Provides": "libfoo-api (= 3)"}),
+    ("config-tool", "1.2", "all", {"Multi-Arch": "allowed"}),
+    ("foreign-tool", "1.0", "all", {"Multi-Arch": "foreign"}),
+    ("wants-any", "1.0", "amd64", {"Depends": "foreign-tool:any"}),
+    ("prelib", "1.0", "amd64", {}),
+    ("cyc-a", "1.0", "amd64", {"Depends": "cyc-b"}),
+    ("cyc-b", "1.0", "amd64", {"Depends": "cyc-a"}),
+    ("base-files", "12.4", "amd64", {"Priority": "required"}),
+    ("broken", "1.0", "amd64", {"Depends": "missing-lib (>= 1)"}),
+    ("armonly", "1.0", "arm64", {}),
+]
+# What apt installs for `app cyc-a` on a target that has base-files.
+CLOSURE = {
+    "app": "1.0",
+    "prelib": "1.0",
+    "libfoo": "1:0.5",
+    "tiny-mta": "0.9",
+    "config-tool": "1.2",
+    "libbar": "3.0",
+    "newlib": "2.0",
+    "cyc-a": "1.0",
+    "cyc-b": "1.0",
+}
+
+
+def make_deb(workdir: Path, name: str, version: str, arch: str, fields: dict[str, str]) -> Path:
+    root = workdir / f"{name}-{version.replace(':', '_')}-{arch}"
+    (root / "DEBIAN").mkdir(parents=True)
+    doc = root / "usr" / "share" / "doc" / name
+    doc.mkdir(parents=True)
+    (doc / "README").write_text(f"{name} {version}\n")
+    control = {
+        "Package": name,
+        "Version": version,
+        "Architecture": arch,
+        "Maintainer": "Test <t@example.invalid>",
+        "Description": f"test package {name}",
+        "Priority": "optional",
+        **fields,
+    }
+    (root / "DEBIAN" / "control").write_text("".join(f"{k}: {v}\n" for k, v in control.items()))
+    out = workdir / f"{name}_{version.split(':')[-1]}_{arch}.deb"
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)], check=True, capture_output=True
+    )
+    return out
+
+
+class GpgKey:
+    """A signing key in its own gpg home, exported as a binary keyring for the manifest."""
+
+    def __init__(self, home: Path, name: str) -> None:
+        self.home = home
+        home.mkdir(mode=0o700, parents=True)
+        gpg = ["gpg", "--batch", "--homedir", str(home), "--passphrase", "", "--pinentry-mode", "loopback"]
+        subprocess.run(
+            [*gpg, "--quick-gen-key", name, "ed25519", "sign", "never"], check=True, capture_output=True
+        )
+        self.gpg = gpg
+        self.keyring = home.parent / f"{home.name}.gpg"
+        exported = subprocess.run(
+            ["gpg", "--homedir", str(home), "--export"], check=True, capture_output=True
+        ).stdout
+        self.keyring.write_bytes(exported)
+        self.armored = home.parent / f"{home.name}.asc"
+        self.armored.write_bytes(
+            subprocess.run(
+                ["gpg", "--homedir", str(home), "--armor", "--export"], check=True, capture_output=True
+            ).stdout
+        )
+
+    def clearsign(self, src: Path, dest: Path) -> None:
+        subprocess.run(
+            [*self.gpg, "--yes", "--clearsign", "-o", str(dest), str(src)], check=True, capture_output=True
+        )
+
+    def close(self) -> None:
+        subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"], capture_output=True)
+
+
+def index_repo(repo: Path, key: GpgKey, valid_until: str | None = None) -> None:
+    """Packages, Packages.gz, Release and InRelease for repo/dists/stable/main (amd64 + arm64)."""
+    for arch in ("amd64", "arm64"):
+        folder = repo / "dists" / "stable" / "main" / f"binary-{arch}"
+        folder.mkdir(parents=True, exist_ok=True)
+        packages = subprocess.run(
+            ["dpkg-scanpackages", "--multiversion", "--arch", arch, "pool"],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        ).stdout
+        (folder / "Packages").write_bytes(packages)
+        (folder / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
+    dist = repo / "dists" / "stable"
+    release = subprocess.run(
+        [
+            "apt-ftparchive",
+            "-o",
+            "APT::FTPArchive::Release::Suite=stable",
+            "-o",
+            "APT::FTPArchive::Release::Codename=stable",
+            "-o",
+            "APT::FTPArchive::Release::Architectures=amd64 arm64",
+            "-o",
+            "APT::FTPArchive::Release::Components=main",
+            "release",
+            ".",
+        ],
+        cwd=dist,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    if valid_until:
+        release = release.replace("\nDate:", f"\nValid-Until: {valid_until}\nDate:", 1)
+    (dist / "Release").write_text(release)
+    key.clearsign(dist / "Release", dist / "InRelease")
+
+
+def index_flat(repo: Path, key: GpgKey) -> None:
+    """A flat repository (deb URL ./): Packages and a signed InRelease at its root."""
+    packages = subprocess.run(
+        ["dpkg-scanpackages", "--arch", "amd64", "."], cwd=repo, check=True, capture_output=True
+    ).stdout
+    (repo / "Packages").write_bytes(packages)
+    release = subprocess.run(
+        ["apt-ftparchive", "release", "."], cwd=repo, check=True, capture_output=True
+    ).stdout
+    (repo / "Release").write_bytes(release)
+    key.clearsign(repo / "Release", repo / "InRelease")
+
+
+class Served:
+    """A folder served over HTTP on 127.0.0.1."""
+
+    def __init__(self, folder: Path) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class AptRepo:
+    root: Path
+    url: str
+    key: GpgKey
+    other_key: GpgKey
+
+
+def build_repo(workdir: Path) -> tuple[Path, GpgKey, GpgKey]:
+    """The test repository (signed) and a second, unrelated key."""
+    key = GpgKey(workdir / "gnupg", "Test Repo")
+    other = GpgKey(workdir / "gnupg-other", "Someone Else")
+    repo = workdir / "repo"
+    pool = repo / "pool" / "main"
+    pool.mkdir(parents=True)
+    debs = workdir / "debs-src"
+    debs.mkdir()
+    for name, version, arch, fields in PACKAGES:
+        shutil.move(str(make_deb(debs, name, version, arch, fields)), pool)
+    index_repo(repo, key)
+    flat = workdir / "flat"
+    flat.mkdir()
+    shutil.copy(next(pool.glob("prelib_*.deb")), flat)
+    index_flat(flat, key)
+    return repo, key, other
