@@ -228,7 +228,7 @@ class Resolver:
 
     @staticmethod
     def _provides(provided: str | None, rel: dict[str, Any]) -> bool:
-        """Whether a ``Provides`` entry meets ``rel`` (an unversioned one meets only unversioned relations)."""
+        """Whether a ``Provides`` entry meets ``rel`` (unversioned ones meet unversioned relations only)."""
         return rel.get("version") is None or (provided is not None and _satisfies(provided, rel["version"]))
 
     def _satisfied(self, rel: dict[str, Any]) -> bool:
