@@ -473,6 +473,14 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
             raise src.fail("components", "must be a list of component names")
         keyring = None
         if "keyring" in src.data:
+            raw = src.get("keyring", str)
+            if not raw.startswith("/") and not (base / raw).exists():
+                raise src.fail(
+                    "keyring",
+                    f"{raw!r} does not exist; put the repository's public key there (armored or binary), "
+                    f"e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}' for Docker's repository, and check "
+                    "its fingerprint against the publisher's (README: 'Keys of apt repositories')",
+                )
             _, keyring = _local_path(src, "keyring", base)
         elif not trusted:
             raise ManifestError(

@@ -243,3 +243,19 @@ def test_unresolvable_request_is_exit_5_with_the_chain(
     result = _build(keys, _manifest(project, apt_repos, "[broken]"), tmp_path / "out", cache_dir)
     assert result.exit_code == 5
     assert "broken → missing-lib (>= 1) → not found in any source" in result.stderr
+
+
+def test_real_docker_manifest_says_how_to_get_the_key(keys: Keys, tmp_path: Path) -> None:
+    """manifests/docker-ce-jammy.yaml names Docker's repository; its key is not on this machine."""
+    root = Path(__file__).resolve().parent.parent
+    manifest = root / "manifests" / "docker-ce-jammy.yaml"
+    assert not (root / "payloads" / "keys" / "docker.gpg").exists()
+    result = run_cli(
+        "build", manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", tmp_path / "c"
+    )
+    assert result.exit_code == 2
+    assert "payloads/keys/docker.gpg' does not exist" in result.stderr
+    assert (
+        "curl -fsSL https://download.docker.com/linux/ubuntu/gpg -o payloads/keys/docker.gpg" in result.stderr
+    )
+    assert not (tmp_path / "o").exists()
