@@ -157,10 +157,8 @@ def _collect_images(
     return out
 
 
-def _collect_debs(
-    manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress
-) -> tuple[debs.Resolution, dict[str, Path]]:
-    """Resolve the ``debs`` section against its sources and download the closure."""
+def _resolve_debs(manifest: Manifest, fetcher: Fetcher) -> debs.Resolution:
+    """Resolve the ``debs`` section against its (verified) sources; downloads indexes only."""
     spec = manifest.debs
     assert spec is not None
     arch = manifest.platform.arch
@@ -171,9 +169,16 @@ def _collect_debs(
     if spec.baseline == "required":
         resolver.present |= resolver.required_baseline()
     try:
-        resolution = resolver.resolve(spec.packages)
+        return resolver.resolve(spec.packages)
     except debs.ResolveError as exc:
         raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
+
+
+def _collect_debs(
+    manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress
+) -> tuple[debs.Resolution, dict[str, Path]]:
+    """Resolve the ``debs`` section and download the closure into the cache."""
+    resolution = _resolve_debs(manifest, fetcher)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         paths = list(pool.map(lambda p: aptsource.download(fetcher, p, on_fetch), resolution.packages))
     return resolution, {pkg.name: path for pkg, path in zip(resolution.packages, paths)}
@@ -313,6 +318,68 @@ def _plan(
         apt_sources=_apt_sources(manifest),
     )
     return entries, lock
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One thing a build would bundle: what, how big (None: the server does not say), from where."""
+
+    kind: str  # binary | deb | image | file | script
+    name: str
+    size: int | None
+    source: str
+    cached: bool  # already in the cache (or local): nothing to download
+
+
+def plan_bundle(manifest_path: Path, cache_root: Path, policy: FetchPolicy | None = None) -> list[PlanItem]:
+    """What ``build_bundle`` would fetch and bundle, without downloading any payload.
+
+    Apt indexes and image manifests are fetched (and verified) to know the
+    closure and the sizes; ``.deb`` files, binaries and layers are not.
+
+    Raises:
+        ManifestError / InputError (exit 2), FetchError (exit 5): as a build would.
+    """
+    manifest = load_manifest(manifest_path)
+    cache = Cache(cache_root)
+    fetcher = Fetcher(cache, policy)
+    items = []
+    for b in manifest.binaries:
+        hit = cache.get(b.sha256)
+        size = hit.stat().st_size if hit else fetcher.content_length(b.url)
+        items.append(PlanItem("binary", b.name, size, b.url, hit is not None))
+    if manifest.debs:
+        for pkg in _resolve_debs(manifest, fetcher).packages:
+            cached = cache.get(pkg.sha256) is not None
+            items.append(PlanItem("deb", f"{pkg.name} {pkg.version} {pkg.arch}", pkg.size, pkg.url, cached))
+    want = f"linux/{_OCI_ARCH[manifest.platform.arch]}"
+    credentials = registry.Credentials() if any(s.source == "registry" for s in manifest.images) else None
+    for spec in manifest.images:
+        if spec.source == "archive":
+            assert spec.archive is not None
+            size = spec.archive.stat().st_size
+            items.append(PlanItem("image", spec.archive.name, size, str(spec.archive), True))
+        elif spec.source == "daemon":
+            assert spec.ref is not None
+            items.append(
+                PlanItem("image", spec.ref.familiar, images.daemon_size(spec.ref), "local engine", False)
+            )
+        else:
+            assert spec.ref is not None
+            found = registry.resolve(fetcher, spec.ref, want, spec.insecure, credentials)
+            blobs = [found.config, *(la.digest for la in found.layers)]
+            cached = all(cache.get(b.removeprefix("sha256:")) is not None for b in blobs)
+            items.append(
+                PlanItem("image", str(spec.ref), sum(la.size for la in found.layers), found.api, cached)
+            )
+    for fspec in manifest.files:
+        items += [
+            PlanItem("file", pf.member, pf.source.stat().st_size, str(pf.source), True) for pf in fspec.files
+        ]
+    items += [
+        PlanItem("script", s.name, s.source.stat().st_size, str(s.source), True) for s in manifest.steps
+    ]
+    return items
 
 
 def build_bundle(

@@ -148,8 +148,10 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
 
 @cli.command()
 @click.argument("manifest", type=_EXISTING_FILE)
-@click.option("-o", "--out", "outdir", required=True, type=_PATH, help="Folder for the bundle.")
-@click.option("--key", "key_path", required=True, type=_EXISTING_FILE, help="Signing key (PREFIX.key).")
+@click.option("-o", "--out", "outdir", type=_PATH, help="Folder for the bundle; required unless --dry-run.")
+@click.option(
+    "--key", "key_path", type=_EXISTING_FILE, help="Signing key (PREFIX.key); required unless --dry-run."
+)
 @click.option("--passphrase-env", metavar="VAR", help="The key's passphrase is in $VAR.")
 @click.option(
     "--cache", "cache_dir", type=_PATH, help="Cache folder [$AIRBUNDLE_CACHE or ~/.cache/airbundle]."
@@ -157,13 +159,19 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
 @click.option(
     "--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads."
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be fetched and bundled, with sizes; write nothing."
+)
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 def build(
     manifest: Path,
-    outdir: Path,
-    key_path: Path,
+    outdir: Path | None,
+    key_path: Path | None,
     passphrase_env: str | None,
     cache_dir: Path | None,
     jobs: int,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
@@ -175,9 +183,15 @@ def build(
     Example:
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist
       sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
+      airbundle build manifests/fmp-rke.yaml --dry-run
     """
-    from bundler.build import build_bundle  # imports requests: only the build needs it
+    from bundler.build import build_bundle, plan_bundle  # imports requests: only the build needs it
 
+    if dry_run:
+        _print_plan(plan_bundle(manifest, cache_dir or default_root()), as_json)
+        return
+    if key_path is None or outdir is None:
+        raise click.UsageError("--key and -o/--out are required (or pass --dry-run)")
     key = signing.load_private_key(
         _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
     )
@@ -213,6 +227,26 @@ def build(
     )
     click.echo(f"sha256 {result.sha256}", err=True)
     click.echo(str(result.path))
+
+
+def _print_plan(items: list[Any], as_json: bool) -> None:
+    """The dry-run plan: one line per item, then totals (or JSON)."""
+    if as_json:
+        click.echo(json.dumps([vars(i) for i in items], indent=2))
+        return
+    width = max((len(i.name) for i in items), default=4)
+    for item in items:
+        size = _human(item.size) if item.size is not None else "?"
+        state = "cached" if item.cached else "fetch"
+        click.echo(f"{item.kind:<7} {item.name:<{width}}  {size:>10}  {state:<6}  {item.source}")
+    fetch = [i for i in items if not i.cached]
+    known = sum(i.size or 0 for i in fetch)
+    unknown = sum(1 for i in fetch if i.size is None)
+    total = _human(sum(i.size or 0 for i in items))
+    click.echo(
+        f"{len(items)} items, {total} in all; to fetch: {len(fetch)} items, {_human(known)}"
+        + (f" (+{unknown} of unknown size)" if unknown else "")
+    )
 
 
 def _deb_table(lock: Any) -> list[str]:

@@ -196,6 +196,15 @@ class Fetcher:
                 policy.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def content_length(self, url: str) -> int | None:
+        """The size a server announces for ``url`` (HEAD), or None when it does not say or fails."""
+        try:
+            resp = self.session.head(url, allow_redirects=True, timeout=(self.policy.connect_timeout, 30))
+        except requests.RequestException:
+            return None
+        length = resp.headers.get("Content-Length", "")
+        return int(length) if resp.status_code == 200 and length.isdigit() else None
+
     def get(
         self,
         url: str,

@@ -316,6 +316,23 @@ def from_archive(cache: Cache, path: Path) -> Collected:
         raise ArchiveError(f"{path}: cannot read the archive: {exc.strerror}") from exc
 
 
+def daemon_size(ref: oci.Reference) -> int:
+    """What the local engine says ``ref`` occupies (for ``build --dry-run``).
+
+    Raises:
+        FetchError: the engine is unreachable or does not have the image (exit 5).
+    """
+    import docker
+
+    try:
+        image = docker.from_env(timeout=60).images.get(ref.familiar)
+    except docker.errors.ImageNotFound as exc:
+        raise FetchError(f"image {ref.familiar} is not in the local Docker engine") from exc
+    except docker.errors.DockerException as exc:
+        raise FetchError(f"image {ref.familiar}: the local Docker engine failed: {exc}") from exc
+    return int(image.attrs.get("Size") or 0)
+
+
 def from_daemon(cache: Cache, ref: oci.Reference) -> Collected:
     """One image saved from the local Docker engine (``DOCKER_HOST`` or the default socket).
 

@@ -24,6 +24,7 @@ import re
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -235,16 +236,28 @@ def _choose(index: bytes, want: str, where: str) -> str:
     return oci.check_digest(sorted(candidates)[0][1], f"{where}: index entry")
 
 
-def pull(
+@dataclass(frozen=True)
+class Resolved:
+    """An image's platform manifest, as fetched and verified, and how to reach its blobs."""
+
+    ref: oci.Reference
+    api: str
+    auth: RegistryAuth
+    body: bytes
+    digest: str
+    media_type: str
+    config: str
+    layers: tuple[oci.Layer, ...]
+
+
+def resolve(
     fetcher: Fetcher,
     ref: oci.Reference,
     platform: str,
     insecure: bool = False,
-    jobs: int = 4,
-    progress: FetchProgress = _no_progress,
     credentials: Credentials | None = None,
-) -> Collected:
-    """Pull one image for ``platform`` into the cache.
+) -> Resolved:
+    """Fetch and verify the manifest of ``ref`` for ``platform`` (through a list/index if needed).
 
     Raises:
         FetchError: unreachable registry, refused credentials, unknown tag or
@@ -276,6 +289,32 @@ def pull(
         media_type, config, layers = oci.parse_manifest(body, f"{where}: manifest {digest}")
     except oci.ImageFormatError as exc:
         raise FetchError(str(exc)) from exc
+    return Resolved(ref, api, auth, body, digest, media_type, config, tuple(layers))
+
+
+def pull(
+    fetcher: Fetcher,
+    ref: oci.Reference,
+    platform: str,
+    insecure: bool = False,
+    jobs: int = 4,
+    progress: FetchProgress = _no_progress,
+    credentials: Credentials | None = None,
+) -> Collected:
+    """Pull one image for ``platform`` into the cache (``resolve``, then the blobs in parallel).
+
+    Raises:
+        FetchError: as ``resolve``, or a blob that does not match its digest (exit 5).
+    """
+    found = resolve(fetcher, ref, platform, insecure, credentials)
+    where, api, auth = str(ref), found.api, found.auth
+    body, digest, media_type, config, layers = (
+        found.body,
+        found.digest,
+        found.media_type,
+        found.config,
+        found.layers,
+    )
     cache = fetcher.cache
     out = Collected()
     out.blobs[digest] = cache.put_bytes(body)

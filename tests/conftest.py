@@ -49,6 +49,12 @@ class Origin:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def do_HEAD(self) -> None:
+                route = origin.routes.get(self.path)
+                self.send_response(404 if route is None else 200)
+                self.send_header("Content-Length", "0" if route is None else str(len(route.data)))
+                self.end_headers()
+
             def do_GET(self) -> None:
                 route = origin.routes.get(self.path)
                 if route is None or route.behaviour == "notfound":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -259,3 +260,52 @@ def test_real_docker_manifest_says_how_to_get_the_key(keys: Keys, tmp_path: Path
         "curl -fsSL https://download.docker.com/linux/ubuntu/gpg -o payloads/keys/docker.gpg" in result.stderr
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_plans_without_downloading(
+    project: Project,
+    keys: Keys,
+    tmp_path: Path,
+    cache_dir: Path,
+    apt_repos: AptRepos,
+    registries,
+    source_engine,
+) -> None:
+    """--dry-run lists packages, images and binaries with sizes, downloads no payload, writes no bundle."""
+    manifest = _manifest(project, apt_repos, extra="")
+    text = manifest.read_text()
+    host = registries.open.host
+    binary = project.origin.routes["/rke_linux-amd64"]
+    text += (
+        f"images:\n  - ref: {host}/test/app-a:1\nbinaries:\n  - name: rke\n"
+        f"    url: {project.origin.base}/rke_linux-amd64\n"
+        f"    sha256: {__import__('hashlib').sha256(binary.data).hexdigest()}\n    dest: /usr/local/bin/rke\n"
+    )
+    manifest.write_text(text)
+    result = run_cli(
+        "build",
+        manifest,
+        "--dry-run",
+        "--cache",
+        cache_dir,
+        "--json",
+        env={"DOCKER_CONFIG": str(tmp_path / "nodc")},
+    )
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    kinds = {i["kind"] for i in plan}
+    assert kinds == {"binary", "deb", "image"}
+    debs_planned = {i["name"].split()[0] for i in plan if i["kind"] == "deb"}
+    assert debs_planned == set(CLOSURE)
+    assert all(i["size"] and not i["cached"] for i in plan)
+    assert next(i for i in plan if i["kind"] == "binary")["size"] == len(binary.data)
+    assert binary.served == 0  # a HEAD, no download
+    cached = list((cache_dir / "sha256").rglob("*.deb")) + [
+        p for p in (cache_dir / "sha256").rglob("*") if p.is_file() and p.stat().st_size == len(binary.data)
+    ]
+    assert cached == []
+    text_plan = run_cli(
+        "build", manifest, "--dry-run", "--cache", cache_dir, env={"DOCKER_CONFIG": str(tmp_path)}
+    )
+    assert text_plan.exit_code == 0 and "to fetch:" in text_plan.stdout
+    assert run_cli("build", manifest, "--cache", cache_dir).exit_code == 2  # no --key/-o without --dry-run
