@@ -205,7 +205,9 @@ def _deb_entries(
                 resolution.reasons[pkg.name],
             )
         )
-    for name, data in debs.flat_repository(resolution.packages, manifest.platform.arch).items():
+    for name, data in debs.flat_repository(
+        resolution.packages, manifest.platform.arch, source_date_epoch()
+    ).items():
         entries.append(archive.Entry(f"debs/{name}", "0644", len(data), data=data))
     return entries, known, records
 

@@ -251,8 +251,8 @@ def _print_plan(items: list[Any], as_json: bool) -> None:
 
 def _deb_table(lock: Any) -> list[str]:
     """The resolved packages, one line each: name, version, arch, size and why it is there."""
-    width = max(len(d.name) for d in lock.debs)
-    vwidth = max(len(d.version) for d in lock.debs)
+    width = max(len("package"), *(len(d.name) for d in lock.debs))
+    vwidth = max(len("version"), *(len(d.version) for d in lock.debs))
     lines = [f"  {'package':<{width}}  {'version':<{vwidth}}  arch   {'size':>10}  needed by"]
     lines += [
         f"  {d.name:<{width}}  {d.version:<{vwidth}}  {d.arch:<5}  {_human(d.size):>10}  ({d.reason})"

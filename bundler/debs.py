@@ -20,6 +20,7 @@ Fetching sources and checking their signatures happen in ``bundler.aptsource``.
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import hashlib
 import io
@@ -303,8 +304,12 @@ def _stanza(pkg: Package) -> str:
     return para.dump().rstrip("\n") + "\n"
 
 
-def flat_repository(packages: list[Package], arch: str) -> dict[str, bytes]:
-    """``Packages``, ``Packages.gz`` and ``Release`` of a flat repository holding ``packages``."""
+def flat_repository(packages: list[Package], arch: str, date: int = 0) -> dict[str, bytes]:
+    """``Packages``, ``Packages.gz`` and ``Release`` of a flat repository holding ``packages``.
+
+    ``date`` (seconds since the epoch: the build's SOURCE_DATE_EPOCH) stamps ``Release``,
+    which apt expects to carry a ``Date``; no clock is read, so the output is deterministic.
+    """
     text = "\n".join(_stanza(pkg) for pkg in packages).encode()
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
@@ -315,6 +320,7 @@ def flat_repository(packages: list[Package], arch: str) -> dict[str, bytes]:
         "Label: airbundle",
         "Suite: bundle",
         "Codename: bundle",
+        f"Date: {email.utils.formatdate(date, usegmt=True)}",
         f"Architectures: {arch} all",
         "Components: .",
         "Description: packages carried by an airbundle bundle",

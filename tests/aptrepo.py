@@ -210,3 +210,32 @@ def build_repo(workdir: Path) -> tuple[Path, GpgKey, GpgKey]:
     shutil.copy(next(pool.glob("prelib_*.deb")), flat)
     index_flat(flat, key)
     return repo, key, other
+
+
+DEMO_PACKAGES = [
+    ("demo-agent", "1.0", "amd64", {"Depends": "demo-lib (>= 1.1), mail-transport-agent | demo-mta"}),
+    ("demo-lib", "1.0", "amd64", {}),
+    ("demo-lib", "1.2", "amd64", {}),
+    ("demo-mta", "0.9", "amd64", {"Provides": "mail-transport-agent"}),
+    ("demo-unused", "1.0", "amd64", {}),
+]
+
+
+def main(out: Path) -> None:
+    """A small signed repository for `make demo`: OUT/repo (serve it) and OUT/repo-key.gpg."""
+    key = GpgKey(out / "gnupg", "airbundle demo repository")
+    try:
+        pool = out / "repo" / "pool" / "main"
+        pool.mkdir(parents=True)
+        for name, version, arch, fields in DEMO_PACKAGES:
+            shutil.move(str(make_deb(out, name, version, arch, fields)), pool)
+        index_repo(out / "repo", key)
+        shutil.copy(key.keyring, out / "repo-key.gpg")
+    finally:
+        key.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(Path(sys.argv[1]))

@@ -9,25 +9,29 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=demo-out
 PORT=18731
+APT_PORT=18732
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 step() {
     if [ -n "${NO_COLOR:-}" ] || [ ! -t 1 ]; then printf '\n== %s\n' "$*"; else printf '\n\033[1m== %s\033[0m\n' "$*"; fi
 }
 
-if python3 - "$PORT" <<'PY'
+for port in "$PORT" "$APT_PORT"; do
+    if python3 - "$port" <<'PY'
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does: TIME_WAIT is no conflict
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
     sys.exit(0)
 sys.exit(1)
 PY
-then
-    echo "demo: 127.0.0.1:$PORT is busy; stop whatever listens there and run 'make demo' again" >&2
-    exit 1
-fi
+    then
+        echo "demo: 127.0.0.1:$port is busy; stop whatever listens there and run 'make demo' again" >&2
+        exit 1
+    fi
+done
 
 PIDS=()
 ENGINES=()
@@ -58,6 +62,12 @@ start_engine() {
 step "a stand-in upstream on 127.0.0.1:$PORT serves the pinned rke binary"
 python3 -m http.server --bind 127.0.0.1 "$PORT" --directory tools/demo-upstream >"$OUT/upstream.log" 2>&1 &
 PIDS+=($!)
+
+step "a stand-in apt repository on 127.0.0.1:$APT_PORT (tiny .debs, InRelease signed by a demo key)"
+python3 -m tests.aptrepo "$OUT/apt"
+python3 -m http.server --bind 127.0.0.1 "$APT_PORT" --directory "$OUT/apt/repo" >"$OUT/apt.log" 2>&1 &
+PIDS+=($!)
+ls "$OUT/apt/repo/pool/main"
 
 step "a local Docker engine with two demo images built FROM one busybox base"
 start_engine build
@@ -115,10 +125,21 @@ AGAIN=$(airbundle build manifests/demo.yaml --key "$OUT/release.key" -o "$OUT/ag
 sha256sum "$BUNDLE" "$AGAIN"
 cmp "$BUNDLE" "$AGAIN" && echo "identical"
 
+mkdir -p "$OUT/unpacked"
+step "apt installs the bundled packages with no network (a simulation against an empty target)"
+APT="$OUT/aptsim"
+mkdir -p "$APT/state/lists/partial" "$APT/cache/archives/partial" && : >"$APT/status"
+tar -C "$OUT/unpacked" -xf "$BUNDLE" --wildcards 'debs/*'
+echo "deb [trusted=yes] file:$ROOT/$OUT/unpacked/debs ./" >"$APT/sources.list"
+APT_OPTS=(-o "Dir::Etc::SourceList=$ROOT/$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null
+          -o "Dir::State=$ROOT/$APT/state" -o "Dir::Cache=$ROOT/$APT/cache"
+          -o "Dir::State::status=$ROOT/$APT/status" -o Debug::NoLocking=1)
+apt-get "${APT_OPTS[@]}" update >/dev/null
+apt-get "${APT_OPTS[@]}" -s install demo-agent | grep '^Inst'
+
 step "the bundle's images load into a fresh Docker engine (what the installer will do on each worker)"
 start_engine fresh
 export DOCKER_HOST=$ENGINE_HOST
-mkdir -p "$OUT/unpacked"
 tar -C "$OUT/unpacked" -xf "$BUNDLE" --wildcards 'images/*'
 tar -C "$OUT/unpacked/images" -c . | docker load
 for app in web worker; do
