@@ -1,7 +1,7 @@
 """Content-addressed cache of fetched bytes, and a digest index of local files.
 
 Entries live at ``ROOT/sha256/ab/<hex>`` and are only ever created by
-rename from a fsynced temp file, so a reader sees a whole entry or none, and
+rename from a complete temp file, so a reader sees a whole entry or none, and
 two builds can share one cache. Each entry has a stat record beside it;
 when the entry's stat no longer matches (it was written to, truncated,
 replaced), it is hashed again and evicted if its bytes are wrong, so a
@@ -45,9 +45,22 @@ def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tupl
     return digest.hexdigest(), size
 
 
-def _stamp(st: os.stat_result) -> list[int]:
-    # ctime cannot be set by user tools, so a rewrite that restores mtime still shows.
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_BOOT_ID = _boot_id()
+
+
+def _stamp(st: os.stat_result) -> list[int | str]:
+    # ctime cannot be set by user tools, so a rewrite that restores mtime still shows. The boot
+    # ID makes every record stale after a reboot: entries are not fsynced (fast), so after a
+    # power loss each one is hashed again before it is trusted.
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _BOOT_ID]
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,21 +72,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` at ``path`` via temp file, fsync and rename."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` at ``path`` via temp file and rename (with fsyncs unless ``durable`` is off).
+
+    Non-durable writes are still atomic (a reader sees old or new, never half); they
+    suit hints that are rebuilt when lost, such as the cache's stat records.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 class Cache:
@@ -82,6 +101,7 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / "tmp"
+        self._buckets: set[Path] = set()
         for sub in ("sha256", "tmp", "index"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -118,15 +138,21 @@ class Cache:
                 p.unlink()
 
     def _record(self, sha256: str, path: Path) -> None:
-        atomic_write(self._stat_path(sha256), json.dumps(_stamp(path.stat())).encode())
+        # A hint: when it is lost (crash), the entry is simply hashed again.
+        atomic_write(self._stat_path(sha256), json.dumps(_stamp(path.stat())).encode(), durable=False)
 
     def commit(self, sha256: str, src: Path) -> Path:
-        """Move a verified, fsynced temp file into the store under its digest."""
+        """Move a verified temp file into the store under its digest.
+
+        Nothing is fsynced: the rename makes the entry appear whole or not at
+        all, and after a reboot every entry is re-hashed before use (``_stamp``).
+        """
         dest = self.path(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in self._buckets:  # 256 bucket folders: make each once per process
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._buckets.add(dest.parent)
         os.chmod(src, 0o644)
         os.replace(src, dest)
-        fsync_dir(dest.parent)
         self._record(sha256, dest)
         return dest
 
@@ -147,8 +173,6 @@ class Cache:
                         raise ValueError(f"more than {max_bytes} bytes")
                     digest.update(chunk)
                     f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
             sha = digest.hexdigest()
             if self.get(sha) is not None:  # already stored: keep the existing entry
                 os.unlink(tmp)
@@ -192,5 +216,5 @@ class Cache:
         sha, size = hash_file(real, progress)
         if _stamp(real.stat()) == _stamp(st):  # unchanged while we read it
             record = {"path": str(real), "stamp": _stamp(st), "sha256": sha, "size": size}
-            atomic_write(index, json.dumps(record).encode())
+            atomic_write(index, json.dumps(record).encode(), durable=False)
         return sha, size

@@ -17,7 +17,6 @@ import email.utils
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -122,10 +121,11 @@ class _Partial:
             with contextlib.suppress(OSError, ValueError):
                 self.validator = json.loads(self.meta.read_text()).get("validator")
 
-    def reset(self) -> None:
+    def reset(self, truncate: bool = True) -> None:
         self.digest = hashlib.sha256()
         self.size = 0
-        self.path.write_bytes(b"")
+        if truncate:
+            self.path.write_bytes(b"")
 
     def remember(self, validator: str | None) -> None:
         self.validator = validator
@@ -280,8 +280,6 @@ class Fetcher:
                 f"{url}: sha256 mismatch: expected {sha256}, got {actual} "
                 "(the pin in the manifest or the upstream file is wrong; nothing was cached)"
             )
-        with open(part.path, "rb+") as f:
-            os.fsync(f.fileno())
         with contextlib.suppress(FileNotFoundError):
             part.meta.unlink()
         return self.cache.commit(sha256, part.path)
@@ -315,14 +313,14 @@ class Fetcher:
             else:
                 if part.size:
                     log.info("%s: server ignored the range; restarting from the first byte", url)
-                part.reset()
+                part.reset(truncate=False)  # the "wb" open below truncates
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
             if total is not None and total > max_bytes:
                 raise FetchError(f"{url}: {total} bytes exceeds the {max_bytes}-byte ceiling")
-            part.remember(resp.headers.get("ETag") or resp.headers.get("Last-Modified"))
+            part.validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
             try:
-                with open(part.path, "ab") as f:
+                with open(part.path, "ab" if part.size else "wb") as f:
                     for chunk in _body(resp):
                         if part.size + len(chunk) > max_bytes:
                             raise FetchError(f"{url}: body exceeds the {max_bytes}-byte ceiling")
@@ -331,6 +329,8 @@ class Fetcher:
                         part.size += len(chunk)
                         progress(url, part.size, total)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                part.remember(part.validator)  # only an interrupted transfer needs it, for If-Range
                 raise _Retry(f"connection lost after {part.size} bytes: {exc}") from exc
             if total is not None and part.size != total:
+                part.remember(part.validator)
                 raise _Retry(f"connection closed after {part.size} of {total} bytes")
