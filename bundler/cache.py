@@ -1,7 +1,7 @@
 """Content-addressed cache of fetched bytes, and a digest index of local files.
 
 Entries live at ``ROOT/sha256/ab/<hex>`` and are only ever created by
-rename from a complete temp file, so a reader sees a whole entry or none, and
+rename from a fsynced temp file, so a reader sees a whole entry or none, and
 two builds can share one cache. Each entry has a stat record beside it;
 when the entry's stat no longer matches (it was written to, truncated,
 replaced), it is hashed again and evicted if its bytes are wrong, so a
@@ -45,22 +45,9 @@ def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tupl
     return digest.hexdigest(), size
 
 
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-_BOOT_ID = _boot_id()
-
-
-def _stamp(st: os.stat_result) -> list[int | str]:
-    # ctime cannot be set by user tools, so a rewrite that restores mtime still shows. The boot
-    # ID makes every record stale after a reboot: entries are not fsynced (fast), so after a
-    # power loss each one is hashed again before it is trusted.
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _BOOT_ID]
+def _stamp(st: os.stat_result) -> list[int]:
+    # ctime cannot be set by user tools, so a rewrite that restores mtime still shows.
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def fsync_dir(path: Path) -> None:
@@ -142,10 +129,10 @@ class Cache:
         atomic_write(self._stat_path(sha256), json.dumps(_stamp(path.stat())).encode(), durable=False)
 
     def commit(self, sha256: str, src: Path) -> Path:
-        """Move a verified temp file into the store under its digest.
+        """Move a verified, fsynced temp file into the store under its digest.
 
-        Nothing is fsynced: the rename makes the entry appear whole or not at
-        all, and after a reboot every entry is re-hashed before use (``_stamp``).
+        The rename makes the entry appear whole or not at all; it is not itself
+        fsynced: after a crash a lost entry is simply fetched again.
         """
         dest = self.path(sha256)
         if dest.parent not in self._buckets:  # 256 bucket folders: make each once per process
@@ -173,6 +160,8 @@ class Cache:
                         raise ValueError(f"more than {max_bytes} bytes")
                     digest.update(chunk)
                     f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
             sha = digest.hexdigest()
             if self.get(sha) is not None:  # already stored: keep the existing entry
                 os.unlink(tmp)

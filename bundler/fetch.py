@@ -17,6 +17,7 @@ import email.utils
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -280,6 +281,8 @@ class Fetcher:
                 f"{url}: sha256 mismatch: expected {sha256}, got {actual} "
                 "(the pin in the manifest or the upstream file is wrong; nothing was cached)"
             )
+        with open(part.path, "rb+") as f:
+            os.fsync(f.fileno())
         with contextlib.suppress(FileNotFoundError):
             part.meta.unlink()
         return self.cache.commit(sha256, part.path)
