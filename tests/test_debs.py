@@ -309,3 +309,38 @@ def test_dry_run_plans_without_downloading(
     )
     assert text_plan.exit_code == 0 and "to fetch:" in text_plan.stdout
     assert run_cli("build", manifest, "--cache", cache_dir).exit_code == 2  # no --key/-o without --dry-run
+
+
+def test_release_with_detached_signature(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos: AptRepos, repo_copy
+) -> None:
+    """Release + Release.gpg (no InRelease) is checked too; and the bundle is reproducible."""
+    root, url = repo_copy
+    dist = root / "dists/stable"
+    (dist / "InRelease").unlink()
+    key = apt_repos.key
+    subprocess.run(
+        [
+            *key.gpg,
+            "--yes",
+            "--armor",
+            "--detach-sign",
+            "-o",
+            str(dist / "Release.gpg"),  # type: ignore[attr-defined]
+            str(dist / "Release"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    manifest = _manifest(project, apt_repos, "[old-user]", _source(url))
+    first = _build(keys, manifest, tmp_path / "a", cache_dir)
+    assert first.exit_code == 0, first.stderr
+    assert {d.name: d.version for d in archive.read_lock(Path(first.stdout.strip()))[0].debs} == {
+        "old-user": "1.0",
+        "libbar": "3.0~rc1",
+    }
+    second = _build(keys, manifest, tmp_path / "b", tmp_path / "cache2")
+    assert Path(first.stdout.strip()).read_bytes() == Path(second.stdout.strip()).read_bytes()
+    (dist / "Release.gpg").write_bytes((dist / "Release.gpg").read_bytes().replace(b"A", b"B", 3))
+    refused = _build(keys, manifest, tmp_path / "c", tmp_path / "cache3")
+    assert refused.exit_code == 5 and "signature check failed" in refused.stderr
