@@ -88,7 +88,7 @@ class Reference:
         """The short form Docker shows (``busybox:latest``, ``rancher/rancher:v2.7.9``)."""
         path = self.path
         if self.domain == DEFAULT_DOMAIN:
-            path = path.removeprefix("library/")
+            path = path[len("library/") :] if path.startswith("library/") else path
             name = path
         else:
             name = self.name
@@ -287,7 +287,7 @@ def parse_manifest(data: bytes, what: str) -> tuple[str, str, list[Layer]]:
 
 def blob_path(digest: str) -> str:
     """Where a blob lives inside ``images/``."""
-    return "blobs/sha256/" + digest.removeprefix("sha256:")
+    return "blobs/sha256/" + digest.split(":", 1)[-1]
 
 
 def layout_files(images: list[Image], manifest_sizes: dict[str, int]) -> dict[str, bytes]:

@@ -379,3 +379,23 @@ def test_long_member_names_round_trip(project: Project, keys: Keys, tmp_path: Pa
     bundle = Path(result.stdout.strip())
     assert any(len(ti.name) > 100 for ti, _ in read_items(bundle))
     assert verify(bundle, keys).exit_code == 0
+
+
+def test_ssh_keygen_checks_signatures_where_cryptography_is_missing(
+    built: Path, keys: Keys, other_keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a site without cryptography, stock ssh-keygen does the Ed25519 check; trust rules are the same."""
+    from bundler import archive as archive_mod
+
+    monkeypatch.setattr(signing, "HAVE_CRYPTOGRAPHY", False)
+    monkeypatch.setattr(signing, "_cryptography_check", None)  # any use of it would now fail loudly
+    assert archive_mod.verify_bundle(built, [keys.pub]).problems == []
+    items = read_items(built)
+    lock = dict((ti.name, d) for ti, d in items)["lock.json"]
+    edited = write_items(
+        tmp_path / "e.tar", replace(items, "lock.json", lock.replace(b'"1.0.0"', b'"9.0.0"'))
+    )
+    with pytest.raises(signing.SignatureError, match="does not match"):
+        archive_mod.verify_bundle(edited, [keys.pub])
+    with pytest.raises(signing.UntrustedKeyError):
+        archive_mod.verify_bundle(built, [other_keys.pub])
