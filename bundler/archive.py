@@ -11,7 +11,10 @@ files, PAX ``path``/``size`` records) and refuses links, devices, absolute or
 ``verify_bundle`` checks the signature over the raw ``lock.json`` bytes first,
 then every member's size and SHA-256, hashing members in parallel threads.
 
-Extraction to disk and the site's install logic are not handled here.
+Extracting: ``extract_bundle`` verifies first, then writes exactly the lock's
+members into a fresh folder, renamed into place when complete.
+
+The site's install logic (nodes, phases, journal) is not handled here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -31,7 +35,7 @@ from typing import BinaryIO
 
 from bundler import lock as lockmod
 from bundler import signing
-from bundler.errors import IntegrityError, SignatureError
+from bundler.errors import InstallError, IntegrityError, SignatureError
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default record size; we pad the archive to it like tar does
@@ -200,7 +204,7 @@ def write_tar(
     return str(result["sha256"])
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -576,3 +580,112 @@ def read_lock(
     else:
         signer = None
     return lockmod.Lock.from_bytes(head.lock_bytes), signer, head.sig_bytes
+
+
+# ---------------------------------------------------------------- extracting
+
+FREE_SPACE_MARGIN = 64 * 1024 * 1024
+
+
+def _extract_member(fd: int, member: TarMember, root: str, want: lockmod.Member) -> None:
+    """Write one verified member under ``root``, re-hashing it on the way (no links followed)."""
+    parent = root
+    for part in member.name.split("/")[:-1]:
+        parent = os.path.join(parent, part)
+        try:
+            os.mkdir(parent, 0o755)
+        except FileExistsError:
+            pass  # made for an earlier member: we create only folders, never links
+    out = os.open(
+        os.path.join(root, member.name),
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+        int(want.mode, 8),
+    )
+    try:
+        digest = hashlib.sha256()
+        buf = memoryview(bytearray(CHUNK))
+        done = 0
+        while done < member.size:
+            n = os.preadv(fd, [buf[: min(CHUNK, member.size - done)]], member.offset + done)
+            if n == 0:
+                raise IntegrityError(f"bundle is truncated inside member {member.name!r}", member=member.name)
+            digest.update(buf[:n])
+            _write_all(out, buf[:n])
+            done += n
+        os.fchmod(out, int(want.mode, 8))
+    finally:
+        os.close(out)
+    if digest.hexdigest() != want.sha256:
+        raise IntegrityError(
+            f"member {member.name!r} changed since it was verified (sha256 {digest.hexdigest()}); "
+            "is something writing to the bundle?",
+            member=member.name,
+        )
+
+
+def extract_bundle(
+    path: Path, trusted: list[signing.PublicKey], workdir: Path, progress: Progress = _no_progress
+) -> tuple[Path, VerifyReport]:
+    """Verify a bundle, then unpack exactly the members its lock lists into ``workdir/NAME-VERSION``.
+
+    Verification comes first and must be clean. Extraction goes into a fresh
+    private folder next to the target, creating only folders and regular files
+    (``O_EXCL | O_NOFOLLOW``, modes from the lock), hashing every byte again;
+    the folder is renamed into place only when all members are written, and
+    removed on any failure, so nothing is left half-unpacked.
+
+    Raises:
+        SignatureError (exit 3), IntegrityError (exit 4): the bundle is not trusted.
+        InstallError (exit 6): not enough free space under ``workdir``.
+    """
+    report = verify_bundle(path, trusted, progress=progress)
+    if report.problems:
+        first = report.problems[0]
+        raise IntegrityError(
+            f"{path}: {len(report.problems)} member(s) failed; first: {first}", member=first.member
+        )
+    lock = report.lock
+    workdir.mkdir(parents=True, exist_ok=True)
+    vfs = os.statvfs(workdir)
+    free = vfs.f_bavail * vfs.f_frsize
+    need = lock.payload_size + FREE_SPACE_MARGIN
+    if free < need:
+        raise InstallError(
+            f"{workdir}: {free // 2**20} MiB free, unpacking needs {need // 2**20} MiB; "
+            "free some space or choose another --workdir"
+        )
+    final = workdir / f"{lock.name}-{lock.version}"
+    staging = tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(workdir))  # 0700, fresh, ours alone
+    try:
+        expected = {m.path: m for m in lock.members}
+        with open(path, "rb", buffering=0) as f:
+            head = read_head(f, os.fstat(f.fileno()).st_size)
+            for name, data in (
+                (lockmod.LOCK_NAME, head.lock_bytes),
+                (lockmod.SIG_NAME, head.sig_bytes or b""),
+            ):
+                with open(os.path.join(staging, name), "wb") as out:
+                    out.write(data)
+            while True:
+                member = head.reader.next()
+                if member is None:
+                    break
+                want = expected.pop(member.name, None)
+                if want is None:
+                    raise IntegrityError(f"member {member.name!r} is not in lock.json", member=member.name)
+                _extract_member(f.fileno(), member, staging, want)
+        if expected:
+            missing = sorted(expected)[0]
+            raise IntegrityError(f"member {missing!r} vanished since verification", member=missing)
+        os.chmod(staging, 0o755)  # noqa: S103 - the unpacked bundle is readable, like /usr
+        if final.exists():
+            old = tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=str(workdir))
+            os.rename(final, os.path.join(old, "x"))
+            os.rename(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final, report
