@@ -58,9 +58,34 @@ def source_date_epoch() -> int:
     return int(raw)
 
 
+# The installer that travels in every bundle: bundle member -> file of this package. Only the
+# site-safe core (standard library, 3.7+; cryptography optional) goes along.
+INSTALLER_FILES = {
+    "installer/run.py": "installer/run.py",
+    "installer/bundler/__init__.py": "__init__.py",
+    "installer/bundler/errors.py": "errors.py",
+    "installer/bundler/oci.py": "oci.py",
+    "installer/bundler/lock.py": "lock.py",
+    "installer/bundler/signing.py": "signing.py",
+    "installer/bundler/archive.py": "archive.py",
+    "installer/bundler/installer/__init__.py": "installer/__init__.py",
+    "installer/bundler/installer/main.py": "installer/main.py",
+}
+
+
 def installer_payload() -> bytes:
     """The ``install.sh`` that travels in every bundle."""
     return resources.files("bundler.installer").joinpath("install.sh").read_bytes()
+
+
+def installer_entries() -> list[archive.Entry]:
+    """``install.sh`` and the installer package, as bundle members."""
+    root = resources.files("bundler")
+    entries = [archive.Entry(INSTALL_SH, "0755", len(installer_payload()), data=installer_payload())]
+    for member, source in INSTALLER_FILES.items():
+        data = root.joinpath(source).read_bytes()
+        entries.append(archive.Entry(member, "0644", len(data), data=data))
+    return entries
 
 
 # DESIGN.md order after install.sh: installer/, debs/, bin/, images/, files/, scripts/;
@@ -253,8 +278,7 @@ def _plan(
     packages: tuple[debs.Resolution, dict[str, Path]] | None = None,
 ) -> tuple[list[archive.Entry], Lock]:
     """The members in bundle order and the lock that lists them."""
-    installer = installer_payload()
-    entries = [archive.Entry(INSTALL_SH, "0755", len(installer), data=installer)]
+    entries = installer_entries()
     known: dict[str, str] = {}
     deb_records: list[Deb] = []
     if packages is not None:
@@ -286,7 +310,7 @@ def _plan(
         member = f"scripts/{i:02d}-{step.name}{step.source.suffix}"
         scripts.append((step.name, member))
         entries.append(archive.Entry(member, "0755", step.source.stat().st_size, source=step.source))
-    entries = entries[:1] + sorted(entries[1:], key=_bundle_order)
+    entries = entries[:1] + sorted(entries[1:], key=_bundle_order)  # install.sh stays third (after lock, sig)
 
     seen: dict[str, str] = {}
     for entry in entries:

@@ -20,7 +20,7 @@ import click
 
 from bundler import __version__, archive, signing
 from bundler.cache import atomic_write, default_root
-from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, KeyFileError
+from bundler.errors import BundlerError, InputError, IntegrityError, KeyFileError
 
 _PATH = click.Path(path_type=Path)
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -444,12 +444,13 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("bundle", type=_EXISTING_FILE)
 @click.option("--pubkey", required=True, type=_EXISTING_FILE, help="Trusted public key.")
 @click.option("--inventory", required=True, type=_EXISTING_FILE, help="RKE cluster.yml.")
 @click.option("--values", type=_EXISTING_FILE, help="Site variables for the steps.")
-@click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
+@click.option("--workdir", type=_PATH, help="Where to unpack [/var/lib/airbundle].")
+@click.option("--dry-run", is_flag=True, help="Verify and show the plan, change nothing.")
 @click.option("--resume", is_flag=True, help="Continue a previous install.")
 @click.option("--only", metavar="PHASE", help="Run one phase.")
 def install(
@@ -457,20 +458,30 @@ def install(
     pubkey: Path,
     inventory: Path,
     values: Path | None,
+    workdir: Path | None,
     dry_run: bool,
     resume: bool,
     only: str | None,
 ) -> None:
-    """Install a bundle on the site (not included yet: exits 6).
+    """Install a bundle on the site: the same code that the bundle's install.sh runs.
+
+    Verifies the signature and every member, then unpacks exactly the lock's
+    members into the work folder. The install phases after that are not
+    included yet: it says so and exits 6 without touching any node.
 
     \b
     Example:
-      airbundle install dist/fmp-rke-23.12.1.tar --pubkey release.pub --inventory cluster.yml
+      airbundle install dist/fmp-rke-23.12.1.tar --pubkey release.pub --inventory cluster.yml --dry-run
     """
-    raise InstallError(
-        f"{bundle}: the site installer is not included in airbundle {__version__} yet; "
-        "nothing was installed (use 'airbundle verify' to check the bundle)"
-    )
+    from bundler.installer.main import run
+
+    argv = ["--bundle", str(bundle), "--pubkey", str(pubkey), "--inventory", str(inventory)]
+    argv += ["--values", str(values)] if values else []
+    argv += ["--workdir", str(workdir)] if workdir else []
+    argv += ["--dry-run"] * dry_run + ["--resume"] * resume + (["--only", only] if only else [])
+    code = run(argv)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:

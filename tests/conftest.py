@@ -236,6 +236,8 @@ def run_cli(*args: str | Path, env: dict[str, str] | None = None) -> Result:
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        sys.stdout.flush()  # print() output (the site installer's) is buffered until here
+        sys.stderr.flush()
         stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
     return Result(code, stdout, stderr)
 

@@ -39,6 +39,7 @@ def test_build_verify_round_trip(built: Path, keys: Keys) -> None:
     names = [m.path for m in report.lock.members]
     assert names == [
         "install.sh",
+        *sorted(build.INSTALLER_FILES),
         "bin/rke",
         "files/app/config/values.yaml",
         "files/app/deploy.yaml",
@@ -176,11 +177,11 @@ def test_corrupted_cache_entry_is_never_bundled(
     assert project.origin.routes["/rke_linux-amd64"].hits == 2
 
 
-def test_install_sh_refuses_to_pretend(built: Path, tmp_path: Path) -> None:
+def test_install_sh_needs_its_pubkey(built: Path, tmp_path: Path) -> None:
     subprocess.run(["tar", "-xf", built, "-C", tmp_path, "install.sh"], check=True)
     run = subprocess.run(["sh", tmp_path / "install.sh"], capture_output=True, text=True)
-    assert run.returncode == 6
-    assert "not included yet" in run.stderr
+    assert run.returncode == 2
+    assert "--pubkey PUB is required" in run.stderr
 
 
 def test_two_build_processes_share_one_cache(

@@ -88,7 +88,9 @@ def test_build_prints_bundle_path_last(project: Project, keys: Keys, tmp_path: P
     )
     assert result.exit_code == 0
     assert result.stdout == f"{tmp_path / 'o' / 'demo-1.0.0.tar'}\n"
-    assert "built demo 1.0.0: 8 members" in result.stderr
+    from bundler.build import INSTALLER_FILES
+
+    assert f"built demo 1.0.0: {8 + len(INSTALLER_FILES)} members" in result.stderr
 
 
 def test_cache_env_variable(project: Project, keys: Keys, tmp_path: Path) -> None:
@@ -127,11 +129,24 @@ def test_inspect_with_wrong_key_is_exit_3(built: Path, other_keys: Keys) -> None
     assert result.exit_code == 3
 
 
-def test_install_is_not_pretending(built: Path, keys: Keys, tmp_path: Path) -> None:
+def test_install_verifies_unpacks_and_does_not_pretend(built: Path, keys: Keys, tmp_path: Path) -> None:
     inventory = tmp_path / "cluster.yml"
     inventory.write_text("nodes: []\n")
-    result = run_cli("install", built, "--pubkey", keys.pub_path, "--inventory", inventory)
-    assert result.exit_code == 6 and "nothing was installed" in result.stderr
+    args = [
+        "install",
+        built,
+        "--pubkey",
+        keys.pub_path,
+        "--inventory",
+        inventory,
+        "--workdir",
+        tmp_path / "w",
+    ]
+    result = run_cli(*args)
+    assert result.exit_code == 6 and "no node was touched" in result.stderr
+    assert (tmp_path / "w" / "demo-1.0.0" / "bin" / "rke").is_file()
+    plan = run_cli(*args, "--dry-run")
+    assert plan.exit_code == 0 and "preflight" in plan.stdout and "/usr/local/bin/rke" in plan.stdout
 
 
 @pytest.mark.parametrize(
