@@ -70,6 +70,34 @@ INSTALLER_FILES = {
     "installer/bundler/archive.py": "archive.py",
     "installer/bundler/installer/__init__.py": "installer/__init__.py",
     "installer/bundler/installer/main.py": "installer/main.py",
+    "installer/bundler/installer/inventory.py": "installer/inventory.py",
+    "installer/bundler/installer/journal.py": "installer/journal.py",
+    "installer/bundler/installer/plan.py": "installer/plan.py",
+    **{
+        f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
+        for name in ["__init__.py", "yaml/LICENSE"]
+        + [
+            f"yaml/{m}.py"
+            for m in (
+                "__init__",
+                "composer",
+                "constructor",
+                "dumper",
+                "emitter",
+                "error",
+                "events",
+                "loader",
+                "nodes",
+                "parser",
+                "reader",
+                "representer",
+                "resolver",
+                "scanner",
+                "serializer",
+                "tokens",
+            )
+        ]
+    },
 }
 
 
@@ -342,6 +370,7 @@ def _plan(
         images=tuple(collected.images),
         debs=tuple(deb_records),
         apt_sources=_apt_sources(manifest),
+        min_workers=manifest.min_workers,
     )
     return entries, lock
 

@@ -135,6 +135,7 @@ class Lock:
     images: tuple[oci.Image, ...] = ()
     debs: tuple[Deb, ...] = ()
     apt_sources: tuple[dict[str, Any], ...] = field(default=())
+    min_workers: int = 0  # the installer warns when the inventory has fewer workers
 
     @property
     def payload_size(self) -> int:
@@ -165,6 +166,7 @@ class Lock:
             "images": [asdict(i) for i in self.images],
             "debs": [asdict(d) for d in self.debs],
             "apt_sources": [dict(a) for a in self.apt_sources],
+            "min_workers": self.min_workers,
         }
 
     def to_bytes(self) -> bytes:
@@ -360,4 +362,5 @@ def _parse(doc: Any) -> Lock:
         images=tuple(images),
         debs=tuple(debs),
         apt_sources=tuple(top.items("apt_sources")),
+        min_workers=top.size("min_workers") if "min_workers" in top.obj else 0,
     )

@@ -129,6 +129,7 @@ class Manifest:
     images: tuple[ImageSpec, ...] = ()
     debs: DebsSpec | None = None
     description: str = ""
+    min_workers: int = 0
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -444,6 +445,7 @@ def load_manifest(path: Path) -> Manifest:
         images=tuple(images),
         debs=debs,
         description=top.get("description", str, default="", required=False),
+        min_workers=_min_workers(top),
     )
 
 
@@ -502,6 +504,13 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
     if baseline not in ("required", "none"):
         raise sec.fail("baseline", "must be 'required' (Priority: required packages are present) or 'none'")
     return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline)
+
+
+def _min_workers(top: _Section) -> int:
+    value = top.get("min_workers", int, default=0, required=False)
+    if value < 0:
+        raise top.fail("min_workers", "must be 0 or more")
+    return int(value)
 
 
 def _unique(where: str, names: list[tuple[str, int]]) -> None:

@@ -368,3 +368,17 @@ def apt_repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepos]:
         flat.close()
         key.close()
         other.close()
+
+
+CLUSTER_YML = """\
+# An RKE cluster.yml: three control-plane/etcd nodes and three workers, on loopback addresses.
+nodes:
+  - {address: 127.0.0.11, user: root, role: [controlplane, etcd]}
+  - {address: 127.0.0.12, user: root, role: [controlplane, etcd]}
+  - {address: 127.0.0.13, user: root, role: [controlplane, etcd]}
+  - {address: 127.0.0.21, user: root, role: [worker], port: 2222, hostname_override: worker-1}
+  - {address: 127.0.0.22, user: root, role: [worker]}
+  - {address: 127.0.0.23, user: root, role: [worker]}
+services:
+  etcd: {snapshot: true}
+"""

@@ -15,7 +15,7 @@ import pytest
 
 from bundler.cli import cli
 
-from .conftest import AIRBUNDLE, Keys, Project, need, run_cli
+from .conftest import AIRBUNDLE, CLUSTER_YML, Keys, Project, need, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ def test_inspect_with_wrong_key_is_exit_3(built: Path, other_keys: Keys) -> None
 
 def test_install_verifies_unpacks_and_does_not_pretend(built: Path, keys: Keys, tmp_path: Path) -> None:
     inventory = tmp_path / "cluster.yml"
-    inventory.write_text("nodes: []\n")
+    inventory.write_text(CLUSTER_YML)
     args = [
         "install",
         built,

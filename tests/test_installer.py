@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Keys
+from .conftest import CLUSTER_YML, Keys
 from .test_verify import info, read_items, replace, write_items
 
 SITE_PATH = "/usr/bin:/bin"  # python3 is Debian's /usr/bin/python3: no venv, no cryptography with -S
@@ -22,7 +23,7 @@ def _site(bundle: Path, tmp_path: Path) -> Path:
     site.mkdir(exist_ok=True)
     shutil.copy(bundle, site / bundle.name)
     subprocess.run(["tar", "-xf", bundle.name, "install.sh"], cwd=site, check=True)
-    (site / "cluster.yml").write_text("nodes: []\n")
+    (site / "cluster.yml").write_text(CLUSTER_YML)
     return site
 
 
@@ -57,7 +58,10 @@ def test_install_sh_verifies_and_unpacks_with_stock_tools(built: Path, keys: Key
     site = _site(built, tmp_path)
     dry = _install(site, keys, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "members verified; the plan:" in dry.stdout and "/usr/local/bin/rke" in dry.stdout
+    assert (
+        "members verified" in dry.stdout and "the plan:" in dry.stdout and "/usr/local/bin/rke" in dry.stdout
+    )
+    assert "nodes: 127.0.0.11 (controlplane/etcd)" in dry.stdout and "worker-1 (worker)" in dry.stdout
     assert not (site / "work").exists()  # a dry run changes nothing
     run = _install(site, keys)
     assert run.returncode == 6, run.stderr
@@ -71,7 +75,7 @@ def test_install_sh_verifies_and_unpacks_with_stock_tools(built: Path, keys: Key
         }
     again = _install(site, keys)  # unpacking again replaces the folder whole
     assert again.returncode == 6 and (unpacked / "bin" / "rke").is_file()
-    assert [p.name for p in (site / "work").iterdir()] == ["demo-1.0.0"]
+    assert sorted(p.name for p in (site / "work").iterdir()) == ["demo-1.0.0", "state.json", "state.lock"]
 
 
 def test_install_sh_refuses_another_key(built: Path, other_keys: Keys, tmp_path: Path) -> None:
@@ -91,7 +95,7 @@ def test_tampered_installer_never_runs(built: Path, keys: Keys, tmp_path: Path) 
     site = _site(bad, tmp_path)
     run = _install(site, keys)
     assert run.returncode == 4 and "installer files do not match lock.json" in run.stderr
-    assert not Path("/tmp/airbundle-pwned").exists() and not (site / "work").exists()
+    assert not Path("/tmp/airbundle-pwned").exists() and not (site / "work").exists()  # python never ran
 
 
 @pytest.mark.parametrize(
@@ -117,5 +121,106 @@ def test_tampered_or_hostile_bundles_unpack_nothing(
     site = _site(write_items(tmp_path / "demo-1.0.0.tar", items), tmp_path)
     run = _install(site, keys)
     assert run.returncode == 4, run.stderr
-    assert not (site / "work").exists() or not any((site / "work").iterdir())
+    # Only the journal's lock file may exist: nothing unpacked, no state recorded.
+    assert not (site / "work").exists() or {p.name for p in (site / "work").iterdir()} <= {"state.lock"}
     assert not Path("/tmp/airbundle-escape").exists()
+
+
+# ---------------------------------------------------------------- inventory, plan, journal
+
+
+def test_inventory_reads_rke_cluster_yml(tmp_path: Path) -> None:
+    from bundler.installer.inventory import load_inventory
+
+    path = tmp_path / "cluster.yml"
+    path.write_text(CLUSTER_YML)
+    nodes = load_inventory(path)
+    assert [n.name for n in nodes][3] == "worker-1" and nodes[3].port == 2222
+    assert nodes[0].roles == ("controlplane", "etcd") and nodes[0].user == "root"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nodes: []\n", "no 'nodes:' list"),
+        ("nodes:\n  - {user: root, role: [worker]}\n", "nodes[0] needs an address"),
+        ("nodes:\n  - {address: 10.0.0.1, role: [worker]}\n", "node 10.0.0.1 needs a user"),
+        ("nodes:\n  - {address: a, user: u, role: [master]}\n", "node a: role must list some of"),
+        ("nodes:\n  - {address: a, user: u, role: worker, port: 70000}\n", "port 70000 is not a TCP port"),
+        (
+            "nodes:\n  - {address: a, user: u, role: [worker]}\n  - {address: a, user: u, role: [etcd]}\n",
+            "node a: listed twice",
+        ),
+        ("nodes: [\n", "cluster.yml:2: not a valid inventory"),
+        ("x: !!python/object/apply:os.system ['id']\n", "not a valid inventory"),
+    ],
+)
+def test_bad_inventories(tmp_path: Path, text: str, message: str) -> None:
+    from bundler.errors import InputError
+    from bundler.installer.inventory import load_inventory
+
+    path = tmp_path / "cluster.yml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_inventory(path)
+
+
+def test_values_become_environment_strings(tmp_path: Path) -> None:
+    from bundler.errors import InputError
+    from bundler.installer.inventory import load_values
+
+    path = tmp_path / "site.yaml"
+    path.write_text("CEPH_MONITORS: [10.0.0.1, 10.0.0.2]\nREPLICAS: 3\nEMPTY:\n")
+    assert load_values(path) == {"CEPH_MONITORS": "10.0.0.1 10.0.0.2", "REPLICAS": "3", "EMPTY": ""}
+    path.write_text("bad-name: 1\n")
+    with pytest.raises(InputError, match="not a variable name"):
+        load_values(path)
+
+
+@pytest.mark.parametrize("members, quorum, tolerated", [(1, 1, 0), (3, 2, 1), (4, 3, 1), (5, 3, 2)])
+def test_etcd_quorum(members: int, quorum: int, tolerated: int) -> None:
+    from bundler.installer.plan import etcd_quorum
+
+    assert etcd_quorum(members) == (quorum, tolerated)
+
+
+def test_topology_warnings() -> None:
+    from bundler.installer.inventory import Node
+    from bundler.installer.plan import topology_warnings
+
+    good = [Node(f"10.0.0.{i}", "u", ("controlplane", "etcd")) for i in range(3)]
+    good += [Node(f"10.0.1.{i}", "u", ("worker",)) for i in range(4)]
+    assert topology_warnings(good, min_workers=4) == []
+    even = [*good[:3], Node("10.0.0.9", "u", ("etcd",)), *good[3:]]
+    assert (
+        "4 etcd nodes (even): quorum 3, tolerates 1 failure(s), no better than 3"
+        in topology_warnings(even)[0]
+    )
+    small = [Node("a", "u", ("controlplane", "etcd", "worker"))]
+    warnings = topology_warnings(small, min_workers=4)
+    assert "1 etcd node(s): quorum 1, tolerates 0" in warnings[0]
+    assert any("share a" in w for w in warnings) and any(
+        "fewer than the bundle's min_workers (4)" in w for w in warnings
+    )
+
+
+def test_journal_versions_and_single_installer(tmp_path: Path) -> None:
+    from bundler.errors import InstallError, TrustError
+    from bundler.installer.journal import Journal, version_key
+
+    assert version_key("23.9") < version_key("23.12") < version_key("23.12.1")
+    with Journal(tmp_path) as journal:
+        assert journal.check_version("fmp-rke", "23.12.1") is None
+        journal.begin("fmp-rke", "23.12.1", "a" * 64)
+        journal.mark_done("images", "worker-1", "sha256:x")
+        with pytest.raises(InstallError, match="another airbundle install is running"), Journal(tmp_path):
+            pass
+    with Journal(tmp_path) as journal:
+        assert journal.is_done("images", "worker-1", "sha256:x")
+        assert journal.check_version("fmp-rke", "23.12.1") == "23.12.1"
+        with pytest.raises(TrustError) as info:
+            journal.check_version("fmp-rke", "23.9")
+        assert info.value.exit_code == 3 and "--allow-downgrade" in str(info.value)
+        assert journal.check_version("fmp-rke", "23.9", allow_downgrade=True) == "23.12.1"
+        journal.begin("fmp-rke", "23.12.2", "b" * 64)  # another bundle: its work starts afresh
+        assert not journal.is_done("images", "worker-1", "sha256:x")

@@ -12,13 +12,16 @@ yet: it says so and exits 6 without touching any node.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
 from bundler import __version__, archive, signing
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError
+from bundler.installer.inventory import Node, load_inventory, load_values
+from bundler.installer.journal import Journal
+from bundler.installer.plan import PHASES, describe, topology_warnings
 
-PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
 DEFAULT_WORKDIR = "/var/lib/airbundle"
 EPILOG = """example:
   tar -xf fmp-rke-23.12.1.tar install.sh
@@ -46,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="verify and show the plan; change nothing")
     p.add_argument("--resume", action="store_true", help="continue a previous install")
     p.add_argument("--only", choices=PHASES, help="run one phase")
+    p.add_argument("--allow-downgrade", action="store_true", help="install over a newer installed version")
     p.add_argument("--version", action="version", version=f"airbundle installer {__version__}")
     return p
 
@@ -58,48 +62,27 @@ def _read_keys(path: Path) -> list[signing.PublicKey]:
     return signing.parse_public_keys(text, str(path))
 
 
-def _plan(lock: object) -> list[str]:
-    """What the phases would do with this bundle (shown by --dry-run)."""
-    from bundler.lock import Lock
-
-    assert isinstance(lock, Lock)
-    tags = ", ".join(t for i in lock.images for t in i.tags)
-    cluster = "rke up" if any(b.name == "rke" for b in lock.binaries) else "skipped (no rke in the bundle)"
-    return [
-        f"  preflight  every node: reachable, OS {lock.platform.get('os')} {lock.platform.get('codename')}"
-        f" {lock.platform.get('arch')}, free space, ports, clock",
-        f"  packages   {len(lock.debs)} Debian packages from the bundled repository",
-        f"  binaries   {', '.join(b.dest for b in lock.binaries) or 'none'}",
-        f"  images     {len(lock.images)} images to the workers: {tags}",
-        f"  cluster    {cluster}",
-        f"  steps      {', '.join(s.name for s in lock.steps) or 'none'}",
-    ]
-
-
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and install; returns the exit code (errors are printed, never raised)."""
     args = parser().parse_args(argv)
     try:
         trusted = _read_keys(args.pubkey)
-        if not args.inventory.is_file():
-            raise InputError(f"{args.inventory}: no such inventory file")
+        nodes = load_inventory(args.inventory)
+        load_values(args.values)  # checked now, so a bad file stops the install before anything runs
         if args.dry_run:
-            report = archive.verify_bundle(args.bundle, trusted)
-            if report.problems:
-                first = report.problems[0]
-                raise IntegrityError(f"{args.bundle}: {first}", member=first.member)
-            lock = report.lock
+            return _dry_run(args, trusted, nodes)
+        with Journal(args.workdir) as journal:
+            lock, _, _ = archive.read_lock(args.bundle, trusted)
+            installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
+            final, report = archive.extract_bundle(args.bundle, trusted, args.workdir)
+            lock_sha = hashlib.sha256((final / "lock.json").read_bytes()).hexdigest()
+            journal.begin(lock.name, lock.version, lock_sha)
             print(
-                f"{lock.name} {lock.version}: signature by {report.signer.fingerprint} and "
-                f"{len(lock.members)} members verified; the plan:"
+                f"{lock.name} {lock.version}: verified (signed by {report.signer.fingerprint}) "
+                f"and unpacked to {final}" + (f"; {installed} was installed before" if installed else "")
             )
-            print("\n".join(_plan(lock)))
-            return 0
-        final, report = archive.extract_bundle(args.bundle, trusted, args.workdir)
-        print(
-            f"{report.lock.name} {report.lock.version}: verified (signed by {report.signer.fingerprint}) "
-            f"and unpacked to {final}"
-        )
+            for warning in topology_warnings(nodes, lock.min_workers):
+                print(f"warning: {warning}", file=sys.stderr)
         raise InstallError(
             "the install phases (" + ", ".join(PHASES) + ") are not included in this installer yet; "
             f"the bundle is verified and unpacked at {final}, and no node was touched"
@@ -107,6 +90,25 @@ def run(argv: list[str] | None = None) -> int:
     except BundlerError as exc:
         print(f"airbundle install: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
+    report = archive.verify_bundle(args.bundle, trusted)
+    if report.problems:
+        first = report.problems[0]
+        raise IntegrityError(f"{args.bundle}: {first}", member=first.member)
+    lock = report.lock
+    installed = Journal.read(args.workdir)["installed"].get(lock.name, {}).get("version")
+    print(
+        f"{lock.name} {lock.version}: signature by {report.signer.fingerprint} and "
+        f"{len(lock.members)} members verified; installed now: {installed or 'nothing'}"
+    )
+    print("nodes: " + ", ".join(f"{n.name} ({'/'.join(n.roles)})" for n in nodes))
+    for warning in topology_warnings(nodes, lock.min_workers):
+        print(f"warning: {warning}")
+    print("the plan:")
+    print("\n".join("  " + line for line in describe(lock, nodes)))
+    return 0
 
 
 def main() -> None:

@@ -1,0 +1,127 @@
+"""The site's inventory (Rancher RKE ``cluster.yml``) and ``--values`` files, read safely.
+
+Only what the installer needs is taken from ``cluster.yml``: each node's
+``address``, ``user``, ``role`` list, ``port``, ``ssh_key_path`` and
+``hostname_override``; everything else in the file is left for ``rke up``.
+Parsing uses the PyYAML the installer carries (``safe_load``: no Python
+tags). Errors name the file, the node and what to fix (exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bundler.errors import InputError
+from bundler.installer._vendor import yaml
+
+ROLES = ("controlplane", "etcd", "worker")
+MAX_INVENTORY_BYTES = 1024 * 1024
+_VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the cluster as the inventory describes it."""
+
+    address: str
+    user: str
+    roles: tuple[str, ...]
+    port: int = 22
+    ssh_key_path: str | None = None
+    hostname_override: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.hostname_override or self.address
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+
+def _load(path: Path, what: str) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise InputError(f"{path}: larger than {MAX_INVENTORY_BYTES} bytes; is this the {what}?")
+    try:
+        return yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{line}: not a valid {what}: {getattr(exc, 'problem', None) or exc}") from exc
+
+
+def load_inventory(path: Path) -> list[Node]:
+    """The nodes of an RKE ``cluster.yml``.
+
+    Raises:
+        InputError: unreadable, no nodes, a node without address/user/role, an
+            unknown role, a bad port, or the same address and port twice.
+    """
+    doc = _load(path, "inventory (RKE cluster.yml)")
+    raw_nodes = doc.get("nodes") if isinstance(doc, dict) else None
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise InputError(f"{path}: no 'nodes:' list; the inventory is an RKE cluster.yml with nodes")
+    nodes = []
+    seen: set[tuple[str, int]] = set()
+    for i, raw in enumerate(raw_nodes):
+        where = f"{path}: nodes[{i}]"
+        if not isinstance(raw, dict):
+            raise InputError(f"{where} is not a mapping")
+        address, user, role = raw.get("address"), raw.get("user"), raw.get("role")
+        if not isinstance(address, str) or not address:
+            raise InputError(f"{where} needs an address")
+        where = f"{path}: node {address}"
+        if not isinstance(user, str) or not user:
+            raise InputError(f"{where} needs a user (the SSH login)")
+        roles = role if isinstance(role, list) else [role]
+        if not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
+            raise InputError(f"{where}: role must list some of {', '.join(ROLES)}; got {role!r}")
+        port = raw.get("port", 22)
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            port = -1
+        if not 0 < port < 65536:
+            raise InputError(f"{where}: port {raw.get('port')!r} is not a TCP port")
+        if (address, port) in seen:
+            raise InputError(f"{where}: listed twice")
+        seen.add((address, port))
+        key, host = raw.get("ssh_key_path"), raw.get("hostname_override")
+        nodes.append(
+            Node(
+                address,
+                user,
+                tuple(str(r) for r in roles),
+                port,
+                key if isinstance(key, str) else None,
+                host if isinstance(host, str) else None,
+            )
+        )
+    return nodes
+
+
+def load_values(path: Path | None) -> dict[str, str]:
+    """Site variables for the staged steps: a flat mapping of NAME: value (exported as env)."""
+    if path is None:
+        return {}
+    doc = _load(path, "values file")
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: the values file must be a mapping of NAME: value")
+    out = {}
+    for key, value in doc.items():
+        if not isinstance(key, str) or not _VALUE_NAME.fullmatch(key):
+            raise InputError(f"{path}: {key!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if isinstance(value, (dict, list)):
+            value = " ".join(str(v) for v in value) if isinstance(value, list) else None
+            if value is None:
+                raise InputError(f"{path}: {key} must be a string, a number or a list")
+        out[key] = "" if value is None else str(value)
+    return out

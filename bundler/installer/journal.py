@@ -1,0 +1,105 @@
+"""The install journal: ``state.json`` in the work folder, one installer at a time.
+
+It records which bundle (name, version, lock digest) is installed and, per
+phase, node and item, what completed, so a re-run skips finished work and
+``--resume`` continues at the first incomplete item. Writes are atomic
+(temp file, fsync, rename); an exclusive ``flock`` on ``state.lock`` keeps a
+second installer out. An older version than the installed one is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bundler.errors import InstallError, TrustError
+
+FORMAT = 1
+
+
+def version_key(version: str) -> tuple[tuple[int, Any], ...]:
+    """Natural ordering of bundle versions: 23.9 < 23.12 < 23.12.1; letters sort before digits."""
+    return tuple(
+        (1, int(tok)) if tok.isdigit() else (0, tok) for tok in re.findall(r"\d+|[A-Za-z]+", version)
+    )
+
+
+class Journal:
+    """``with Journal(folder) as j:`` holds the lock for the whole install."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / "state.json"
+        self._lock_fd = -1
+        self.state: dict[str, Any] = {"format": FORMAT, "installed": {}, "done": {}}
+
+    def __enter__(self) -> Journal:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.folder / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise InstallError(
+                f"another airbundle install is running (it holds {self.folder / 'state.lock'}); "
+                "wait for it to finish"
+            ) from None
+        self.state = self.read(self.folder)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._lock_fd)
+
+    @staticmethod
+    def read(folder: Path) -> dict[str, Any]:
+        """The journal's content (empty when there is none); raises ``InstallError`` when unreadable."""
+        path = folder / "state.json"
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {"format": FORMAT, "installed": {}, "done": {}}
+        except (OSError, ValueError) as exc:
+            raise InstallError(
+                f"{path}: the install journal is unreadable ({exc}); move it away to start over"
+            ) from exc
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise InstallError(f"{path}: unknown journal format; move it away to start over")
+        return state
+
+    def save(self) -> None:
+        fd, tmp = tempfile.mkstemp(dir=str(self.folder), prefix=".state.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.state, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def check_version(self, name: str, version: str, allow_downgrade: bool = False) -> str | None:
+        """The installed version of ``name`` (None when new); refuses a downgrade (exit 3)."""
+        installed = self.state["installed"].get(name, {}).get("version")
+        if installed and version_key(version) < version_key(installed) and not allow_downgrade:
+            raise TrustError(
+                f"{name} {installed} is installed; refusing the older {version} "
+                "(pass --allow-downgrade if that is intended)"
+            )
+        return str(installed) if installed else None
+
+    def begin(self, name: str, version: str, lock_sha256: str) -> None:
+        """Start (or continue) installing this bundle; work done for another bundle is forgotten."""
+        current = self.state["installed"].get(name, {})
+        if current.get("lock_sha256") != lock_sha256:
+            self.state["done"] = {}
+        self.state["installed"][name] = {"version": version, "lock_sha256": lock_sha256, "complete": False}
+        self.save()
+
+    def is_done(self, phase: str, node: str, item: str) -> bool:
+        return bool(self.state["done"].get(f"{phase}/{node}/{item}"))
+
+    def mark_done(self, phase: str, node: str, item: str) -> None:
+        self.state["done"][f"{phase}/{node}/{item}"] = True
+        self.save()

@@ -1,0 +1,75 @@
+"""What an install would do, as pure data: topology warnings and the per-node plan.
+
+No I/O here: it takes the lock and the inventory's nodes and returns text and
+objects that ``--dry-run`` prints and the phases follow.
+"""
+
+from __future__ import annotations
+
+from bundler.installer.inventory import Node
+from bundler.lock import Lock
+
+PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
+
+
+def etcd_quorum(members: int) -> tuple[int, int]:
+    """(quorum, failures tolerated) of an etcd cluster: 3 → (2, 1), 5 → (3, 2)."""
+    quorum = members // 2 + 1
+    return quorum, max(0, members - quorum)
+
+
+def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
+    """What the cluster documents warn about: etcd count, shared roles, too few workers."""
+    out = []
+    etcd = [n for n in nodes if n.has("etcd")]
+    quorum, tolerated = etcd_quorum(len(etcd))
+    if not etcd:
+        out.append("no node has the etcd role: rke cannot build a cluster")
+    elif len(etcd) < 3:
+        out.append(
+            f"{len(etcd)} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
+            "a fault-tolerant cluster needs at least 3"
+        )
+    elif len(etcd) % 2 == 0:
+        less = etcd_quorum(len(etcd) - 1)
+        out.append(
+            f"{len(etcd)} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
+            f"no better than {len(etcd) - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
+        )
+    if not any(n.has("controlplane") for n in nodes):
+        out.append("no node has the controlplane role: rke cannot build a cluster")
+    shared = [n.name for n in nodes if n.has("controlplane") and n.has("worker")]
+    if shared:
+        out.append(
+            f"controlplane and worker roles share {', '.join(shared)}: fine for a demo, not for production"
+        )
+    workers = [n for n in nodes if n.has("worker")]
+    if min_workers and len(workers) < min_workers:
+        out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({min_workers})")
+    return out
+
+
+def image_targets(nodes: list[Node]) -> list[Node]:
+    """The nodes that receive the bundle's images: the workers (all nodes when none is a worker)."""
+    workers = [n for n in nodes if n.has("worker")]
+    return workers or list(nodes)
+
+
+def describe(lock: Lock, nodes: list[Node]) -> list[str]:
+    """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
+    plat = lock.platform
+    tags = ", ".join(t for i in lock.images for t in i.tags) or "none"
+    rke = any(b.name == "rke" for b in lock.binaries)
+    every = ", ".join(n.name for n in nodes)
+    targets = ", ".join(n.name for n in image_targets(nodes))
+    lines = [
+        f"preflight  on {every}: reachable over SSH, sudo, {plat.get('os')} {plat.get('codename')} "
+        f"{plat.get('arch')}, swap off, free space, ports by role, clock",
+        f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
+        f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
+        f"images     on {targets}: {len(lock.images)} images ({tags}), only those missing, in parallel",
+        "cluster    "
+        + ("rke up --config <inventory> on this node" if rke else "skipped (no rke in the bundle)"),
+        "steps      on this node, in order: " + (", ".join(s.name for s in lock.steps) or "none"),
+    ]
+    return lines
