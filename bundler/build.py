@@ -73,6 +73,8 @@ INSTALLER_FILES = {
     "installer/bundler/installer/inventory.py": "installer/inventory.py",
     "installer/bundler/installer/journal.py": "installer/journal.py",
     "installer/bundler/installer/plan.py": "installer/plan.py",
+    "installer/bundler/installer/remote.py": "installer/remote.py",
+    "installer/bundler/installer/apply.py": "installer/apply.py",
     **{
         f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
         for name in ["__init__.py", "yaml/LICENSE"]

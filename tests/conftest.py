@@ -382,3 +382,19 @@ nodes:
 services:
   etcd: {snapshot: true}
 """
+
+
+@pytest.fixture(scope="session")
+def ssh_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, list[object]]]:
+    """Three loopback nodes (sshd + Docker engine each): cp-1 (control plane), worker-1, worker-2."""
+    from .nodes import Client, Node
+
+    client = Client(tmp_path_factory.mktemp("ssh-client"))
+    nodes: list[Node] = []
+    try:
+        for address, name in (("127.0.0.31", "cp-1"), ("127.0.0.32", "worker-1"), ("127.0.0.33", "worker-2")):
+            nodes.append(Node(address, name, client))
+        yield client, nodes
+    finally:
+        for node in nodes:
+            node.stop()

@@ -224,3 +224,80 @@ def test_journal_versions_and_single_installer(tmp_path: Path) -> None:
         assert journal.check_version("fmp-rke", "23.9", allow_downgrade=True) == "23.12.1"
         journal.begin("fmp-rke", "23.12.2", "b" * 64)  # another bundle: its work starts afresh
         assert not journal.is_done("images", "worker-1", "sha256:x")
+
+
+# ---------------------------------------------------------------- images over SSH to real nodes
+
+
+@pytest.fixture
+def image_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster):
+    """A bundle with two images (sharing their base), unpacked on a site with three nodes."""
+    from .conftest import run_cli
+    from .nodes import cluster_yml
+
+    client, nodes = ssh_cluster
+    for node in nodes:  # each test starts from engines that have nothing
+        for image in node.engine.client.images.list():
+            node.engine.client.images.remove(image.id, force=True)
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: imgs\nversion: '1.0'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        "images:\n  - ref: test/app-a:1\n    from: daemon\n  - ref: test/app-b:1\n    from: daemon\n",
+        "imgs.yaml",
+    )
+    built = run_cli(
+        "build",
+        manifest,
+        "-o",
+        tmp_path / "out",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+        env=source_engine.engine.env,
+    )
+    assert built.exit_code == 0, built.stderr
+    site = _site(Path(built.stdout.strip()), tmp_path)
+    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    return site, client, nodes
+
+
+def _images(site: Path, keys: Keys, client) -> subprocess.CompletedProcess[str]:
+    return _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+
+
+def test_images_go_to_every_worker_and_are_not_sent_twice(image_site, keys: Keys, source_engine) -> None:
+    site, client, nodes = image_site
+    first = _images(site, keys, client)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "worker-1             ok: 2 loaded, 0 already present" in first.stdout
+    src = source_engine.engine.client
+    for node in nodes:
+        ids = {i.id for i in node.engine.client.images.list()}
+        want = {src.images.get("test/app-a:1").id, src.images.get("test/app-b:1").id}
+        if node.name.startswith("worker"):
+            assert want <= ids
+            out = node.engine.client.containers.run("test/app-a:1", network_mode="none", remove=True)
+            assert out.decode() == source_engine.outputs["test/app-a:1"]
+        else:
+            assert ids == set()  # the control plane node is no image target
+    again = _images(site, keys, client)
+    assert again.returncode == 0 and "worker-2             ok: 0 loaded, 2 already present" in again.stdout
+
+
+def test_a_dead_node_does_not_stop_the_others(image_site, keys: Keys) -> None:
+    site, client, nodes = image_site
+    dead = nodes[2]
+    dead.kill_sshd()
+    try:
+        run = _images(site, keys, client)
+        assert run.returncode == 6
+        assert "worker-2             FAILED: worker-2: unreachable over SSH" in run.stdout
+        assert "images: failed on worker-2" in run.stderr
+        assert len(nodes[1].engine.client.images.list()) >= 2  # worker-1 finished
+    finally:
+        dead.start()
+    resumed = _images(site, keys, client)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "worker-1             ok: 0 loaded, 2 already present" in resumed.stdout
+    assert "worker-2             ok: 2 loaded, 0 already present" in resumed.stdout

@@ -33,8 +33,10 @@ RANK = {
     "bundler.installer.inventory": 3,
     "bundler.installer.journal": 1,
     "bundler.installer.plan": 4,
-    "bundler.installer.main": 5,
-    "bundler.installer.run": 6,
+    "bundler.installer.remote": 4,
+    "bundler.installer.apply": 5,
+    "bundler.installer.main": 6,
+    "bundler.installer.run": 7,
 }
 OWNERS = {
     "yaml": {"bundler.manifest"},

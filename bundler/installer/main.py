@@ -18,9 +18,11 @@ from pathlib import Path
 
 from bundler import __version__, archive, signing
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError
+from bundler.installer.apply import NodeResult, images_phase
 from bundler.installer.inventory import Node, load_inventory, load_values
 from bundler.installer.journal import Journal
-from bundler.installer.plan import PHASES, describe, topology_warnings
+from bundler.installer.plan import PHASES, describe, image_targets, topology_warnings
+from bundler.installer.remote import SshOptions
 
 DEFAULT_WORKDIR = "/var/lib/airbundle"
 EPILOG = """example:
@@ -50,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a previous install")
     p.add_argument("--only", choices=PHASES, help="run one phase")
     p.add_argument("--allow-downgrade", action="store_true", help="install over a newer installed version")
+    p.add_argument("--ssh-config", type=Path, help="ssh_config for reaching the nodes [~/.ssh/config]")
     p.add_argument("--version", action="version", version=f"airbundle installer {__version__}")
     return p
 
@@ -83,13 +86,34 @@ def run(argv: list[str] | None = None) -> int:
             )
             for warning in topology_warnings(nodes, lock.min_workers):
                 print(f"warning: {warning}", file=sys.stderr)
+            if args.only == "images":
+                return _report(
+                    "images",
+                    images_phase(
+                        report.lock, final, image_targets(nodes), SshOptions(args.ssh_config), journal
+                    ),
+                )
         raise InstallError(
-            "the install phases (" + ", ".join(PHASES) + ") are not included in this installer yet; "
-            f"the bundle is verified and unpacked at {final}, and no node was touched"
+            "the full install is not included in this installer yet (of its phases only "
+            "'--only images' runs); the bundle is verified and unpacked at "
+            f"{final}, and no node was touched"
         )
     except BundlerError as exc:
         print(f"airbundle install: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _report(phase: str, results: list[NodeResult]) -> int:
+    """One line per node; exit 6 naming the nodes that failed."""
+    for r in results:
+        if r.error:
+            print(f"  {r.node.name:<20} FAILED: {r.error}")
+        else:
+            print(f"  {r.node.name:<20} ok: {len(r.done)} loaded, {len(r.skipped)} already present")
+    failed = [r.node.name for r in results if r.error]
+    if failed:
+        raise InstallError(f"{phase}: failed on {', '.join(failed)}; fix them and run again with --resume")
+    return 0
 
 
 def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:

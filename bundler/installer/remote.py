@@ -1,0 +1,119 @@
+"""Commands on the cluster's nodes through the system OpenSSH client (the installer's only ssh user).
+
+Every call uses ``BatchMode`` (never a password prompt), a connect timeout
+and keep-alives; host keys are checked as the operator's ssh config says
+(``--ssh-config``, else ``~/.ssh/config`` and ``known_hosts``). Data goes to a
+node through ssh's stdin as a stream, never through a temporary copy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable
+
+from bundler.errors import InstallError
+from bundler.installer.inventory import Node
+
+
+class RemoteError(InstallError):
+    """A command on a node failed, or the node could not be reached; names the node."""
+
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(f"{node.name}: {message}")
+        self.node = node
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to reach the nodes."""
+
+    config: Path | None = None
+    connect_timeout: int = 10
+
+
+def ssh_argv(node: Node, opts: SshOptions, command: str) -> list[str]:
+    argv = ["ssh"]
+    if opts.config is not None:
+        argv += ["-F", str(opts.config)]
+    argv += [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={opts.connect_timeout}",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-p",
+        str(node.port),
+    ]
+    if node.ssh_key_path:
+        argv += ["-i", node.ssh_key_path]
+    return [*argv, f"{node.user}@{node.address}", command]
+
+
+def _failure(node: Node, command: str, code: int, stderr: bytes) -> RemoteError:
+    detail = stderr.decode(errors="replace").strip().splitlines()
+    tail = " / ".join(detail[-3:]) or f"exit code {code}"
+    if code == 255:
+        return RemoteError(node, f"unreachable over SSH ({tail})")
+    return RemoteError(node, f"'{command.split()[0]}' failed with exit code {code}: {tail}")
+
+
+def run(node: Node, opts: SshOptions, command: str, timeout: float = 600) -> str:
+    """Run ``command`` on ``node``; its stdout, or ``RemoteError``."""
+    try:
+        done = subprocess.run(
+            ssh_argv(node, opts, command), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
+    if done.returncode != 0:
+        raise _failure(node, command, done.returncode, done.stderr)
+    return done.stdout.decode(errors="replace")
+
+
+def stream(
+    node: Node, opts: SshOptions, command: str, write: Callable[[IO[bytes]], None], timeout: float = 3600
+) -> str:
+    """Run ``command`` on ``node`` with ``write(stdin)`` feeding it; its stdout, or ``RemoteError``."""
+    proc = subprocess.Popen(
+        ssh_argv(node, opts, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out: list[bytes] = []
+    err: list[bytes] = []
+    # Drain stdout and stderr while writing, so a chatty command cannot block the pipe.
+    readers = [
+        threading.Thread(target=lambda f=f, sink=sink: sink.append(f.read()), daemon=True)
+        for f, sink in ((proc.stdout, out), (proc.stderr, err))
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        write(proc.stdin)
+    except BrokenPipeError:
+        pass  # the remote side stopped reading; its exit code and stderr tell why
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
+    for reader in readers:
+        reader.join()
+    if code != 0:
+        raise _failure(node, command, code, b"".join(err))
+    return b"".join(out).decode(errors="replace")
+
+
+def lines(text: str) -> Iterator[str]:
+    return (line.strip() for line in text.splitlines() if line.strip())

@@ -1,0 +1,114 @@
+"""Simulated cluster nodes for the tests (TESTBED.md): one sshd and one Docker engine per node.
+
+Each node has its own loopback address (127.0.0.x), its own sshd on port 2222 with
+its own host key, and its own dockerd; sshd's ``SetEnv`` points ``docker`` at that
+node's engine, so ``ssh node docker load`` reaches the right engine. A shared
+client key and an ``ssh_config`` (known hosts pinned, BatchMode) are what the
+installer gets, like an operator's ``~/.ssh/config``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .engines import Engine
+
+SSH_PORT = 2222
+
+
+class Client:
+    """The operator's SSH identity and config for reaching the nodes."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.key = folder / "id_ed25519"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator", "-f", str(self.key)], check=True
+        )
+        self.known_hosts = folder / "known_hosts"
+        self.known_hosts.write_text("")
+        self.config = folder / "ssh_config"
+        self.config.write_text(
+            f"Host 127.*\n  IdentityFile {self.key}\n  UserKnownHostsFile {self.known_hosts}\n"
+            "  StrictHostKeyChecking yes\n  IdentitiesOnly yes\n  LogLevel ERROR\n"
+        )
+
+
+class Node:
+    """One node: sshd on ADDRESS:2222 (root, key only) and its own Docker engine."""
+
+    def __init__(self, address: str, name: str, client: Client, docker: bool = True) -> None:
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not Path(sshd).exists():
+            pytest.fail("sshd is not installed; run 'make install' (it installs openssh-server)")
+        self.address, self.name = address, name
+        self.root = Path(tempfile.mkdtemp(prefix=f"ab-{name}-", dir="/tmp"))
+        self.engine = Engine(f"{name}-d") if docker else None
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+        hostkey = self.root / "hostkey"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
+        shutil.copy(client.key.with_suffix(".pub"), self.root / "authorized_keys")
+        env = f"NODE_NAME={name}" + (f" DOCKER_HOST={self.engine.host}" if self.engine else "")
+        (self.root / "sshd_config").write_text(
+            f"ListenAddress {address}:{SSH_PORT}\nHostKey {hostkey}\n"
+            f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+            f"PasswordAuthentication no\nStrictModes no\nPidFile {self.root / 'sshd.pid'}\nSetEnv {env}\n"
+            "UsePAM no\n"
+        )
+        pub = hostkey.with_suffix(".pub").read_text().split()
+        with open(client.known_hosts, "a") as f:
+            f.write(f"[{address}]:{SSH_PORT} {pub[0]} {pub[1]}\n")
+        self.start()
+
+    def start(self) -> None:
+        subprocess.run(
+            ["/usr/sbin/sshd", "-f", str(self.root / "sshd_config"), "-E", str(self.root / "sshd.log")],
+            check=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.address, SSH_PORT), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail(f"sshd on {self.address} did not start: {(self.root / 'sshd.log').read_text()}")
+
+    def kill_sshd(self) -> None:
+        """A node failure: its sshd stops answering."""
+        pid = (self.root / "sshd.pid").read_text().strip()
+        subprocess.run(["kill", pid], check=False)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.address, SSH_PORT), 0.2).close()
+                time.sleep(0.05)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        if (self.root / "sshd.pid").exists():
+            self.kill_sshd()
+        if self.engine:
+            self.engine.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def cluster_yml(nodes: list[Node], workers: set[str]) -> str:
+    """An RKE cluster.yml for the test nodes: the named ones are workers, the others control plane."""
+    lines = ["nodes:"]
+    for node in nodes:
+        role = "[worker]" if node.name in workers else "[controlplane, etcd]"
+        lines.append(
+            f"  - {{address: {node.address}, port: {SSH_PORT}, user: root, role: {role}, "
+            f"hostname_override: {node.name}}}"
+        )
+    return "\n".join(lines) + "\n"
