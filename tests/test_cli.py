@@ -143,7 +143,9 @@ def test_install_verifies_unpacks_and_does_not_pretend(built: Path, keys: Keys, 
         tmp_path / "w",
     ]
     result = run_cli(*args)
-    assert result.exit_code == 6 and "no node was touched" in result.stderr
+    # The inventory's nodes do not exist here: preflight stops the install, having changed nothing.
+    assert result.exit_code == 6 and "preflight: failed on 127.0.0.11" in result.stderr
+    assert "unreachable over SSH" in result.stdout
     assert (tmp_path / "w" / "demo-1.0.0" / "bin" / "rke").is_file()
     plan = run_cli(*args, "--dry-run")
     assert plan.exit_code == 0 and "preflight" in plan.stdout and "/usr/local/bin/rke" in plan.stdout

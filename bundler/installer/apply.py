@@ -1,4 +1,10 @@
-"""The install phases that act on nodes, recorded in the journal (``images`` so far).
+"""The install phases: preflight, binaries and images on the nodes, steps on this node.
+
+``preflight`` asks every node (in parallel, changing nothing) for its
+architecture, OS codename, clock, sudo, Docker and free space, and fails the
+install before anything changes when one does not fit. ``binaries`` writes each
+binary beside its destination, re-checks its SHA-256 on the node and renames it
+into place. ``steps`` runs the staged scripts here, in order, each logged.
 
 ``images`` asks each target node's Docker engine which locked image IDs it
 already has, streams only the missing images over SSH into ``docker load`` (a
@@ -12,12 +18,16 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
+import shlex
+import shutil
+import subprocess
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from bundler import oci
 from bundler.errors import InstallError
@@ -101,3 +111,170 @@ def images_phase(
         return list(
             pool.map(lambda n: _images_on(n, lock, bundle_dir / "images", opts, journal, guard), targets)
         )
+
+
+# ---------------------------------------------------------------- preflight
+
+_UNAME_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "armhf",
+    "i686": "i386",
+    "ppc64le": "ppc64el",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+MAX_CLOCK_SKEW = 5  # seconds; etcd and TLS need clocks that agree
+PREFLIGHT_SCRIPT = (
+    'uname -m; . /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-unknown}"; date +%s; '
+    "command -v docker >/dev/null 2>&1 && echo docker || echo no-docker; "
+    "df -Pk /var/lib 2>/dev/null | awk 'NR==2 {print $4}'; "
+    "swapon --noheadings --show=NAME 2>/dev/null | wc -l; "
+    'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then echo root-ok; else echo no-sudo; fi'
+)
+
+
+def _preflight_on(
+    node: Node, lock: Lock, opts: remote.SshOptions, needs_docker: bool, now: float
+) -> NodeResult:
+    result = NodeResult(node)
+    try:
+        fields = list(remote.lines(remote.run(node, opts, PREFLIGHT_SCRIPT, timeout=60)))
+        if len(fields) < 7:
+            raise InstallError(f"{node.name}: unexpected preflight answer: {fields}")
+        machine, codename, clock, docker, free_kib, swaps, sudo = fields[:7]
+        problems = []
+        want_arch = lock.platform.get("arch")
+        if _UNAME_ARCH.get(machine, machine) != want_arch:
+            problems.append(f"architecture {machine}, the bundle is for {want_arch}")
+        if codename != lock.platform.get("codename"):
+            problems.append(f"OS codename {codename}, the bundle is for {lock.platform.get('codename')}")
+        if abs(int(clock) - now) > MAX_CLOCK_SKEW:
+            problems.append(
+                f"clock is {int(clock) - now:+.0f} s off this node's (more than {MAX_CLOCK_SKEW} s)"
+            )
+        if sudo != "root-ok":
+            problems.append(f"{node.user} cannot use sudo without a password")
+        if needs_docker and docker != "docker" and not any(d.name == "docker-ce" for d in lock.debs):
+            problems.append("no docker, and the bundle does not carry docker-ce")
+        need_kib = sum(i.size for i in lock.images) * 2 // 1024  # docker load unpacks beside the layers
+        if needs_docker and free_kib.isdigit() and int(free_kib) < need_kib:
+            problems.append(
+                f"{int(free_kib) // 1024} MiB free under /var/lib, images need {need_kib // 1024} MiB"
+            )
+        if swaps.isdigit() and int(swaps) > 0:
+            result.skipped.append("swap is on (kubelet wants it off; rke sets fail_swap_on)")
+        if problems:
+            result.error = "; ".join(problems)
+        else:
+            result.done.append(f"{machine} {codename}")
+    except (InstallError, ValueError) as exc:
+        result.error = str(exc)
+    return result
+
+
+def preflight_phase(
+    lock: Lock, nodes: list[Node], image_nodes: list[Node], opts: remote.SshOptions, now: float
+) -> list[NodeResult]:
+    """Check every node before anything changes; a result per node (no node is touched)."""
+    targets = {n.name for n in image_nodes}
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return list(pool.map(lambda n: _preflight_on(n, lock, opts, n.name in targets, now), nodes))
+
+
+# ---------------------------------------------------------------- binaries
+
+
+def _sudo(node: Node) -> str:
+    return "" if node.user == "root" else "sudo -n "
+
+
+def _copy_from(source: Path) -> Callable[[IO[bytes]], None]:
+    def write(out: IO[bytes]) -> None:
+        with open(source, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    return write
+
+
+def _binaries_on(node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions) -> NodeResult:
+    result = NodeResult(node)
+    try:
+        for binary in lock.binaries:
+            dest = shlex.quote(binary.dest)
+            have = remote.run(node, opts, f"{_sudo(node)}sha256sum {dest} 2>/dev/null || true").split()
+            if have and have[0] == binary.sha256:
+                result.skipped.append(binary.dest)
+                continue
+            folder = shlex.quote(posixpath.dirname(binary.dest) or "/")
+            # Written beside its destination, checked, then renamed: never half a binary at dest.
+            script = (
+                f"set -e; mkdir -p {folder}; t=$(mktemp {folder}/.airbundle.XXXXXX); "
+                "trap 'rm -f \"$t\"' EXIT; "
+                f'cat > "$t"; echo \'{binary.sha256}  \'"$t" | sha256sum -c --quiet; '
+                f'chmod {binary.mode} "$t"; mv "$t" {dest}; trap - EXIT'
+            )
+            remote.stream(
+                node, opts, f"{_sudo(node)}sh -c {shlex.quote(script)}", _copy_from(bundle_dir / binary.path)
+            )
+            result.done.append(binary.dest)
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
+
+
+def binaries_phase(
+    lock: Lock, bundle_dir: Path, nodes: list[Node], opts: remote.SshOptions
+) -> list[NodeResult]:
+    """Install every binary at its destination on every node, checksum re-checked on the node."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return list(pool.map(lambda n: _binaries_on(n, lock, bundle_dir, opts), nodes))
+
+
+# ---------------------------------------------------------------- steps (on this node)
+
+
+def run_steps(
+    lock: Lock,
+    bundle_dir: Path,
+    logs: Path,
+    env: dict[str, str],
+    journal: Journal,
+    echo: Callable[[str], None],
+) -> list[str]:
+    """Run the staged scripts in order here; skip those the journal has; stop at the first failure.
+
+    Returns:
+        The names of the steps run now.
+
+    Raises:
+        InstallError: a step failed (names the step and its log; exit 6).
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    ran = []
+    for index, step in enumerate(lock.steps, start=1):
+        if journal.is_done("steps", "local", step.name):
+            echo(f"step {step.name}: done before, skipped")
+            continue
+        script = bundle_dir / step.script
+        log_path = logs / f"{index:02d}-{step.name}.log"
+        with open(script, "rb") as f:
+            argv = [str(script)] if f.read(2) == b"#!" else ["sh", str(script)]
+        echo(f"step {step.name}: {step.script} (log: {log_path})")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv, cwd=str(bundle_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                echo("  | " + line.decode(errors="replace").rstrip("\n"))
+            code = proc.wait()
+        if code != 0:
+            raise InstallError(
+                f"step {step.name} failed with exit code {code}; see {log_path}; "
+                "fix it and run again with --resume to continue from this step"
+            )
+        journal.mark_done("steps", "local", step.name)
+        ran.append(step.name)
+    return ran

@@ -94,7 +94,17 @@ class Journal:
         current = self.state["installed"].get(name, {})
         if current.get("lock_sha256") != lock_sha256:
             self.state["done"] = {}
-        self.state["installed"][name] = {"version": version, "lock_sha256": lock_sha256, "complete": False}
+        complete = bool(current.get("complete")) and current.get("lock_sha256") == lock_sha256
+        self.state["installed"][name] = {"version": version, "lock_sha256": lock_sha256, "complete": complete}
+        self.save()
+
+    def is_complete(self, name: str, lock_sha256: str) -> bool:
+        """Whether exactly this bundle finished installing before."""
+        entry = self.state["installed"].get(name, {})
+        return bool(entry.get("complete")) and entry.get("lock_sha256") == lock_sha256
+
+    def complete(self, name: str) -> None:
+        self.state["installed"][name]["complete"] = True
         self.save()
 
     def is_done(self, phase: str, node: str, item: str) -> bool:

@@ -2,23 +2,25 @@
 
 It runs on the isolated site with python3 3.7+ and the standard library only
 (argparse, not click), importing just the site-safe core carried in the
-bundle (errors, oci, lock, signing, archive). This stage verifies the bundle
-(signature, then every member), refuses anything else, and unpacks exactly
-the lock's members into ``--workdir``. The install phases that follow
-(preflight, packages, binaries, images, cluster, steps) are not included
-yet: it says so and exits 6 without touching any node.
+bundle (errors, oci, lock, signing, archive). It verifies the bundle
+(signature, then every member), unpacks exactly the lock's members into
+``--workdir``, then runs the phases in order under the journal: preflight,
+packages, binaries, images, cluster, steps. The packages and cluster (rke up)
+phases are not included yet: a bundle that needs them stops there, exit 6.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
+import time
 from pathlib import Path
 
 from bundler import __version__, archive, signing
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError
-from bundler.installer.apply import NodeResult, images_phase
+from bundler.installer.apply import NodeResult, binaries_phase, images_phase, preflight_phase, run_steps
 from bundler.installer.inventory import Node, load_inventory, load_values
 from bundler.installer.journal import Journal
 from bundler.installer.plan import PHASES, describe, image_targets, topology_warnings
@@ -71,49 +73,90 @@ def run(argv: list[str] | None = None) -> int:
     try:
         trusted = _read_keys(args.pubkey)
         nodes = load_inventory(args.inventory)
-        load_values(args.values)  # checked now, so a bad file stops the install before anything runs
+        values = load_values(args.values)  # checked now: a bad file stops the install before anything runs
         if args.dry_run:
             return _dry_run(args, trusted, nodes)
         with Journal(args.workdir) as journal:
-            lock, _, _ = archive.read_lock(args.bundle, trusted)
-            installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
-            final, report = archive.extract_bundle(args.bundle, trusted, args.workdir)
-            lock_sha = hashlib.sha256((final / "lock.json").read_bytes()).hexdigest()
-            journal.begin(lock.name, lock.version, lock_sha)
-            print(
-                f"{lock.name} {lock.version}: verified (signed by {report.signer.fingerprint}) "
-                f"and unpacked to {final}" + (f"; {installed} was installed before" if installed else "")
-            )
-            for warning in topology_warnings(nodes, lock.min_workers):
-                print(f"warning: {warning}", file=sys.stderr)
-            if args.only == "images":
-                return _report(
-                    "images",
-                    images_phase(
-                        report.lock, final, image_targets(nodes), SshOptions(args.ssh_config), journal
-                    ),
-                )
-        raise InstallError(
-            "the full install is not included in this installer yet (of its phases only "
-            "'--only images' runs); the bundle is verified and unpacked at "
-            f"{final}, and no node was touched"
-        )
+            return _install(args, trusted, nodes, values, journal)
     except BundlerError as exc:
         print(f"airbundle install: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def _report(phase: str, results: list[NodeResult]) -> int:
-    """One line per node; exit 6 naming the nodes that failed."""
+def _install(
+    args: argparse.Namespace,
+    trusted: list[signing.PublicKey],
+    nodes: list[Node],
+    values: dict[str, str],
+    journal: Journal,
+) -> int:
+    lock, _, _ = archive.read_lock(args.bundle, trusted)
+    installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
+    final, report = archive.extract_bundle(args.bundle, trusted, args.workdir)
+    lock = report.lock
+    lock_sha = hashlib.sha256((final / "lock.json").read_bytes()).hexdigest()
+    if journal.is_complete(lock.name, lock_sha) and not args.only:
+        print(f"{lock.name} {lock.version} is already installed (verified again); nothing to do")
+        return 0
+    journal.begin(lock.name, lock.version, lock_sha)
+    print(
+        f"{lock.name} {lock.version}: verified (signed by {report.signer.fingerprint}), unpacked to {final}"
+        + (f"; {installed} was installed before" if installed and installed != lock.version else "")
+    )
+    for warning in topology_warnings(nodes, lock.min_workers):
+        print(f"warning: {warning}", file=sys.stderr)
+    opts = SshOptions(args.ssh_config)
+    targets = image_targets(nodes)
+    for phase in [args.only] if args.only else PHASES:
+        print(f"== {phase}")
+        if phase == "preflight":
+            _report(phase, preflight_phase(lock, nodes, targets if lock.images else [], opts, time.time()))
+        elif phase == "packages":
+            if lock.debs:
+                raise InstallError(
+                    "the packages phase is not included in this installer yet; the bundle carries "
+                    f"{len(lock.debs)} packages, so the install stops here (nothing was changed)"
+                )
+            print("  no packages in the bundle")
+        elif phase == "binaries":
+            _report(phase, binaries_phase(lock, final, nodes, opts))
+        elif phase == "images":
+            _report(phase, images_phase(lock, final, targets, opts, journal))
+        elif phase == "cluster":
+            if any(b.name == "rke" for b in lock.binaries):
+                raise InstallError(
+                    "the cluster phase (rke up) is not included in this installer yet; the install stops here"
+                )
+            print("  no rke in the bundle: skipped")
+        elif phase == "steps":
+            env = {**os.environ, **values, "BUNDLE_DIR": str(final)}
+            kubeconfig = args.workdir / "kube_config_cluster.yml"
+            if kubeconfig.exists():
+                env["KUBECONFIG"] = str(kubeconfig)
+            ran = run_steps(lock, final, args.workdir / "logs", env, journal, print)
+            print(f"  {len(ran)} step(s) ran")
+    if not args.only:
+        journal.complete(lock.name)
+        print(f"{lock.name} {lock.version} is installed")
+    return 0
+
+
+def _report(phase: str, results: list[NodeResult]) -> None:
+    """One line per node; raises ``InstallError`` (exit 6) naming the nodes that failed."""
     for r in results:
         if r.error:
             print(f"  {r.node.name:<20} FAILED: {r.error}")
-        else:
+        elif phase == "images":
             print(f"  {r.node.name:<20} ok: {len(r.done)} loaded, {len(r.skipped)} already present")
+        else:
+            notes = "; ".join(r.skipped)
+            print(
+                f"  {r.node.name:<20} ok: {', '.join(r.done) or 'nothing to do'}"
+                + (f" (note: {notes})" if notes else "")
+            )
     failed = [r.node.name for r in results if r.error]
     if failed:
         raise InstallError(f"{phase}: failed on {', '.join(failed)}; fix them and run again with --resume")
-    return 0
 
 
 def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
