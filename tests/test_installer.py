@@ -310,12 +310,18 @@ STEP_MONITORS = (
     '#!/bin/sh\n[ -n "${CEPH_MONITORS:-}" ] || { echo "CEPH_MONITORS is not set" >&2; exit 3; }\n'
     'echo "monitors $CEPH_MONITORS" >> "$OUT_FILE"\n'
 )
-STEP_DEPLOY = '#!/bin/sh\necho deploy >> "$OUT_FILE"\necho "deployed on $(hostname)"\n'
+STEP_DEPLOY = '#!/bin/sh\necho "deploy with $KUBECONFIG" >> "$OUT_FILE"\necho "deployed on $(hostname)"\n'
+# Rancher's rke cannot run here (no real cluster): a stand-in takes its place, answering `up --config`.
+RKE_STANDIN = (
+    b'#!/bin/sh\n[ "$1" = up ] && [ "$2" = --config ] || { echo "usage: rke up --config FILE" >&2; exit 2; }\n'
+    b'echo "rke stand-in: cluster up from $3"\n'
+    b'echo "apiVersion: v1" > "$(dirname "$3")/kube_config_cluster.yml"\n'
+)
 
 
 @pytest.fixture
 def full_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster):
-    from .conftest import RKE_BYTES, run_cli
+    from .conftest import run_cli
     from .nodes import cluster_yml
 
     client, nodes = ssh_cluster
@@ -326,12 +332,12 @@ def full_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engin
         script = project.root / "scripts" / f"{name}.sh"
         script.write_text(body)
         script.chmod(0o755)
-    dest = tmp_path / "node-bin" / "tool"
-    url = project.origin.base + "/rke_linux-amd64"
+    dest = tmp_path / "node-bin" / "rke"
+    url = project.origin.add("/rke-standin", RKE_STANDIN)
     manifest = project.write_manifest(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: full\nversion: '2.0'\n"
         "platform: {os: debian, codename: bookworm, arch: amd64}\n"
-        f"binaries:\n  - name: tool\n    url: {url}\n    sha256: {__import__('hashlib').sha256(RKE_BYTES).hexdigest()}\n"
+        f"binaries:\n  - name: rke\n    url: {url}\n    sha256: {__import__('hashlib').sha256(RKE_STANDIN).hexdigest()}\n"
         f"    dest: {dest}\n    mode: '0755'\n"
         "images:\n  - ref: test/app-a:1\n    from: daemon\n  - ref: test/app-b:1\n    from: daemon\n"
         "steps:\n  - {name: prepare, script: scripts/prepare.sh}\n  - {name: monitors, script: scripts/monitors.sh}\n"
@@ -369,7 +375,8 @@ def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, so
     assert "step monitors failed with exit code 3" in first.stderr and "02-monitors.log" in first.stderr
     assert out_file.read_text().startswith("prepare in ") and "deploy" not in out_file.read_text()
     assert "CEPH_MONITORS is not set" in (site / "work" / "logs" / "02-monitors.log").read_text()
-    assert dest.stat().st_mode & 0o777 == 0o755 and dest.read_bytes()[:9] == b"#!/bin/sh"
+    assert dest.stat().st_mode & 0o777 == 0o755 and dest.read_bytes() == RKE_STANDIN
+    assert "rke stand-in: cluster up from" in first.stdout
     src = source_engine.engine.client
     for node in nodes[1:]:
         assert {src.images.get(t).id for t in ("test/app-a:1", "test/app-b:1")} <= {
@@ -381,7 +388,12 @@ def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, so
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "step prepare: done before, skipped" in resumed.stdout
     assert "0 loaded, 2 already present" in resumed.stdout  # no image sent again
-    assert out_file.read_text().splitlines()[1:] == ["monitors 10.0.0.1 10.0.0.2", "deploy"]
+    kubeconfig = site / "work" / "kube_config_cluster.yml"
+    assert out_file.read_text().splitlines()[1:] == [
+        "monitors 10.0.0.1 10.0.0.2",
+        f"deploy with {kubeconfig}",
+    ]
+    assert "rke up: done before, skipped" in resumed.stdout  # rke ran in the first run, once
     assert "full 2.0 is installed" in resumed.stdout
 
     again = _full(site, keys, client)

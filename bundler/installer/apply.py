@@ -278,3 +278,44 @@ def run_steps(
         journal.mark_done("steps", "local", step.name)
         ran.append(step.name)
     return ran
+
+
+# ---------------------------------------------------------------- cluster (rke up, on this node)
+
+
+def rke_up(
+    rke: Path, inventory: Path, workdir: Path, env: dict[str, str], echo: Callable[[str], None]
+) -> Path:
+    """``rke up --config`` with the bundle's own rke (verified), here; returns the kubeconfig it wrote.
+
+    The inventory is copied into ``workdir`` first, so rke keeps its state file
+    (``cluster.rkestate``) and ``kube_config_cluster.yml`` there, beside the journal.
+
+    Raises:
+        InstallError: rke failed or wrote no kubeconfig (exit 6; the log is named).
+    """
+    config = workdir / "cluster.yml"
+    if inventory.resolve() != config.resolve():
+        shutil.copyfile(inventory, config)
+    log_path = workdir / "logs" / "rke-up.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"rke up --config {config} (log: {log_path})")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(rke), "up", "--config", str(config)],
+            cwd=str(workdir),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            echo("  | " + line.decode(errors="replace").rstrip("\n"))
+        code = proc.wait()
+    kubeconfig = workdir / "kube_config_cluster.yml"
+    if code != 0:
+        raise InstallError(f"cluster: rke up failed with exit code {code}; see {log_path}")
+    if not kubeconfig.exists():
+        raise InstallError(f"cluster: rke up wrote no {kubeconfig}; see {log_path}")
+    return kubeconfig

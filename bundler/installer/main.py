@@ -5,8 +5,8 @@ It runs on the isolated site with python3 3.7+ and the standard library only
 bundle (errors, oci, lock, signing, archive). It verifies the bundle
 (signature, then every member), unpacks exactly the lock's members into
 ``--workdir``, then runs the phases in order under the journal: preflight,
-packages, binaries, images, cluster, steps. The packages and cluster (rke up)
-phases are not included yet: a bundle that needs them stops there, exit 6.
+packages, binaries, images, cluster (``rke up`` with the bundle's rke), steps.
+The packages phase is not included yet: a bundle with packages stops there, exit 6.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from pathlib import Path
 
 from bundler import __version__, archive, signing
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError
-from bundler.installer.apply import NodeResult, binaries_phase, images_phase, preflight_phase, run_steps
+from bundler.installer.apply import (
+    NodeResult,
+    binaries_phase,
+    images_phase,
+    preflight_phase,
+    rke_up,
+    run_steps,
+)
 from bundler.installer.inventory import Node, load_inventory, load_values
 from bundler.installer.journal import Journal
 from bundler.installer.plan import PHASES, describe, image_targets, topology_warnings
@@ -123,11 +130,15 @@ def _install(
         elif phase == "images":
             _report(phase, images_phase(lock, final, targets, opts, journal))
         elif phase == "cluster":
-            if any(b.name == "rke" for b in lock.binaries):
-                raise InstallError(
-                    "the cluster phase (rke up) is not included in this installer yet; the install stops here"
-                )
-            print("  no rke in the bundle: skipped")
+            rke = next((b for b in lock.binaries if b.name == "rke"), None)
+            if rke is None:
+                print("  no rke in the bundle: skipped")
+            elif journal.is_done("cluster", "local", "rke-up"):
+                print("  rke up: done before, skipped")
+            else:
+                kubeconfig = rke_up(final / rke.path, args.inventory, args.workdir, dict(os.environ), print)
+                journal.mark_done("cluster", "local", "rke-up")
+                print(f"  kubeconfig: {kubeconfig}")
         elif phase == "steps":
             env = {**os.environ, **values, "BUNDLE_DIR": str(final)}
             kubeconfig = args.workdir / "kube_config_cluster.yml"
