@@ -398,3 +398,60 @@ def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, so
 
     again = _full(site, keys, client)
     assert again.returncode == 0 and "already installed (verified again); nothing to do" in again.stdout
+
+
+def test_packages_install_from_the_bundle_only(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
+) -> None:
+    """apt on each node installs the locked closure from the shipped repository, into a private root."""
+    from .aptrepo import CLOSURE
+    from .conftest import run_cli
+    from .nodes import cluster_yml
+
+    client, nodes = ssh_cluster
+    shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: pkgs\nversion: '1.0'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        f"debs:\n  sources:\n    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n"
+        "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a]\n  exclude: [base-files]\n",
+        "pkgs.yaml",
+    )
+    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
+    assert built.exit_code == 0, built.stderr
+    site = _site(Path(built.stdout.strip()), tmp_path)
+    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    roots = tmp_path / "roots"
+    for node in nodes:  # each private root starts as a target that has base-files, as a real node does
+        status = roots / node.name / "var/lib/dpkg/status"
+        status.parent.mkdir(parents=True)
+        status.write_text(
+            "Package: base-files\nStatus: install ok installed\nPriority: required\nVersion: 12.4\n"
+            "Architecture: amd64\nMaintainer: T <t@example.invalid>\nDescription: base\n"
+        )
+    run = _install(
+        site,
+        keys,
+        "--ssh-config",
+        str(client.config),
+        "--only",
+        "packages",
+        "--apt-root",
+        f"{roots}/{{node}}",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    for node in nodes:
+        listed = subprocess.run(
+            [
+                "dpkg-query",
+                f"--admindir={roots / node.name}/var/lib/dpkg",
+                "-W",
+                "-f=${Package} ${Version} ${Status}\n",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        installed = {ln.split()[0]: ln.split()[1] for ln in listed.stdout.splitlines() if "installed" in ln}
+        assert installed == {**CLOSURE, "base-files": "12.4"}
+        assert (roots / node.name / "usr/share/doc/libfoo/README").read_text() == "libfoo 1:0.5\n"

@@ -319,3 +319,92 @@ def rke_up(
     if not kubeconfig.exists():
         raise InstallError(f"cluster: rke up wrote no {kubeconfig}; see {log_path}")
     return kubeconfig
+
+
+# ---------------------------------------------------------------- packages
+
+
+def _debs_tar(lock: Lock, bundle_dir: Path, out: IO[bytes]) -> None:
+    """The bundle's flat apt repository plus a SHA256SUMS of its .debs, as a tar stream."""
+    sums = "".join(f"{d.sha256}  {posixpath.basename(d.path)}\n" for d in lock.debs).encode()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("SHA256SUMS")
+        info.size = len(sums)
+        tar.addfile(info, io.BytesIO(sums))
+        for path in sorted((bundle_dir / "debs").iterdir()):
+            tar.add(str(path), arcname=path.name, recursive=False)
+
+
+def _packages_script(repo: str, packages: list[str], root: str | None) -> str:
+    """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists)."""
+    q = shlex.quote
+    opts = [
+        f"-o Dir::Etc::SourceList={q(repo + '.list')}",
+        "-o Dir::Etc::SourceParts=/dev/null",
+        f"-o Dir::State::Lists={q(repo + '.lists')}",
+        "-o DPkg::Lock::Timeout=120",
+        "-o Acquire::Languages=none",
+        "-o APT::Get::AllowUnauthenticated=false",
+    ]
+    prepare = ""
+    if root:  # a private root instead of the node's system (tests, image builds)
+        opts += [
+            f"-o Dir::State={q(root + '/var/lib/apt')}",
+            f"-o Dir::Cache={q(root + '/var/cache/apt')}",
+            f"-o Dir::State::status={q(root + '/var/lib/dpkg/status')}",
+            f"-o DPkg::Options::=--root={q(root)}",
+            f"-o DPkg::Options::=--admindir={q(root + '/var/lib/dpkg')}",
+            "-o DPkg::Options::=--force-script-chrootless",
+            "-o DPkg::Options::=--force-not-root",
+            "-o Debug::NoLocking=1",
+        ]
+        prepare = (
+            f"mkdir -p {q(root)}/var/lib/dpkg/updates {q(root)}/var/lib/dpkg/info "
+            f"{q(root)}/var/lib/apt/lists/partial {q(root)}/var/cache/apt/archives/partial; "
+            f"touch {q(root)}/var/lib/dpkg/status; "
+        )
+    apt = "DEBIAN_FRONTEND=noninteractive apt-get -qq " + " ".join(opts)
+    # The repository was verified on the control node and its .debs again here (SHA256SUMS),
+    # which is why apt may take it as trusted.
+    return (
+        f"set -e; {prepare}mkdir -p {q(repo + '.lists')}/partial; "
+        f"cd {q(repo)} && sha256sum -c --quiet SHA256SUMS; "
+        f"echo 'deb [trusted=yes] file:{repo} ./' > {q(repo + '.list')}; "
+        f"{apt} update; {apt} -y --no-install-recommends install {' '.join(q(p) for p in packages)}"
+    )
+
+
+def _packages_on(
+    node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions, root_pattern: str | None
+) -> NodeResult:
+    result = NodeResult(node)
+    repo = f"/var/lib/airbundle/debs/{lock.name}-{lock.version}"
+    root = root_pattern.replace("{node}", node.name) if root_pattern else None
+    if root:
+        repo = root + repo
+    requested = [f"{d.name}={d.version}" for d in lock.debs if d.reason == "requested"]
+    try:
+        remote.stream(
+            node,
+            opts,
+            f"{_sudo(node)}sh -c {shlex.quote(f'mkdir -p {repo} && tar -x -C {repo}')}",
+            lambda out: _debs_tar(lock, bundle_dir, out),
+        )
+        remote.run(
+            node,
+            opts,
+            f"{_sudo(node)}sh -c {shlex.quote(_packages_script(repo, requested, root))}",
+            timeout=3600,
+        )
+        result.done = requested
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
+
+
+def packages_phase(
+    lock: Lock, bundle_dir: Path, nodes: list[Node], opts: remote.SshOptions, root_pattern: str | None = None
+) -> list[NodeResult]:
+    """Install the bundle's requested packages on every node with apt, from the bundled repository only."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return list(pool.map(lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern), nodes))

@@ -5,8 +5,8 @@ It runs on the isolated site with python3 3.7+ and the standard library only
 bundle (errors, oci, lock, signing, archive). It verifies the bundle
 (signature, then every member), unpacks exactly the lock's members into
 ``--workdir``, then runs the phases in order under the journal: preflight,
-packages, binaries, images, cluster (``rke up`` with the bundle's rke), steps.
-The packages phase is not included yet: a bundle with packages stops there, exit 6.
+packages (apt from the bundled repository only), binaries, images, cluster
+(``rke up`` with the bundle's rke), steps.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from bundler.installer.apply import (
     NodeResult,
     binaries_phase,
     images_phase,
+    packages_phase,
     preflight_phase,
     rke_up,
     run_steps,
@@ -62,6 +63,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=PHASES, help="run one phase")
     p.add_argument("--allow-downgrade", action="store_true", help="install over a newer installed version")
     p.add_argument("--ssh-config", type=Path, help="ssh_config for reaching the nodes [~/.ssh/config]")
+    p.add_argument(
+        "--apt-root",
+        metavar="DIR",
+        help="install packages under DIR ({node} = node name) instead "
+        "of the nodes' own systems (tests, image builds)",
+    )
     p.add_argument("--version", action="version", version=f"airbundle installer {__version__}")
     return p
 
@@ -119,12 +126,10 @@ def _install(
         if phase == "preflight":
             _report(phase, preflight_phase(lock, nodes, targets if lock.images else [], opts, time.time()))
         elif phase == "packages":
-            if lock.debs:
-                raise InstallError(
-                    "the packages phase is not included in this installer yet; the bundle carries "
-                    f"{len(lock.debs)} packages, so the install stops here (nothing was changed)"
-                )
-            print("  no packages in the bundle")
+            if not lock.debs:
+                print("  no packages in the bundle")
+            else:
+                _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root))
         elif phase == "binaries":
             _report(phase, binaries_phase(lock, final, nodes, opts))
         elif phase == "images":
