@@ -455,3 +455,47 @@ def test_packages_install_from_the_bundle_only(
         installed = {ln.split()[0]: ln.split()[1] for ln in listed.stdout.splitlines() if "installed" in ln}
         assert installed == {**CLOSURE, "base-files": "12.4"}
         assert (roots / node.name / "usr/share/doc/libfoo/README").read_text() == "libfoo 1:0.5\n"
+
+
+def test_preflight_refuses_before_anything_changes(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster
+) -> None:
+    """Wrong OS codename and a busy Kubernetes port: preflight fails on every node, nothing is changed."""
+    import socket
+
+    from .conftest import run_cli
+    from .nodes import cluster_yml
+
+    client, nodes = ssh_cluster
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: jammy-only\nversion: '1.0'\n"
+        "platform: {os: ubuntu, codename: jammy, arch: amd64}\n"
+        "steps:\n  - {name: storage, script: scripts/storage.sh}\n",
+        "jammy.yaml",
+    )
+    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
+    assert built.exit_code == 0, built.stderr
+    site = _site(Path(built.stdout.strip()), tmp_path)
+    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    with socket.socket() as busy:  # the nodes share this host's ports: 2380 (etcd) is now taken
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 2380))
+        busy.listen()
+        run = _install(site, keys, "--ssh-config", str(client.config))
+    assert run.returncode == 6
+    assert "cp-1                 FAILED: OS codename bookworm, the bundle is for jammy" in run.stdout
+    assert "ports already in use: 2380 (etcd)" in run.stdout
+    assert (
+        "worker-1             FAILED: OS codename bookworm" in run.stdout
+        and "2380" not in run.stdout.split("worker-1")[1].splitlines()[0]
+    )
+    assert "preflight: failed on cp-1, worker-1, worker-2" in run.stderr
+    assert not (site / "work" / "logs").exists()  # no step ran
+
+
+def test_busy_ports_by_role() -> None:
+    from bundler.installer.apply import busy_ports
+    from bundler.installer.inventory import Node
+
+    node = Node("a", "u", ("controlplane", "worker"))
+    assert busy_ports(node, {22, 6443, 31000, 2379}) == ["6443 (controlplane)", "31000 (worker)"]

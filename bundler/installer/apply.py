@@ -130,8 +130,26 @@ PREFLIGHT_SCRIPT = (
     "command -v docker >/dev/null 2>&1 && echo docker || echo no-docker; "
     "df -Pk /var/lib 2>/dev/null | awk 'NR==2 {print $4}'; "
     "swapon --noheadings --show=NAME 2>/dev/null | wc -l; "
-    'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then echo root-ok; else echo no-sudo; fi'
+    'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then echo root-ok; else echo no-sudo; fi; '
+    "(ss -Htln 2>/dev/null || netstat -tln 2>/dev/null | tail -n +3) | awk '{print $4}' | sed 's/.*://' "
+    "| sort -un | tr '\\n' ' '; echo"
 )
+# Ports Kubernetes (RKE) needs free on a node, by role.
+ROLE_PORTS: dict[str, list[int | tuple[int, int]]] = {
+    "controlplane": [6443, 10251, 10252],
+    "etcd": [2379, 2380],
+    "worker": [10250, (30000, 32767)],
+}
+
+
+def busy_ports(node: Node, listening: set[int]) -> list[str]:
+    """The ports this node's roles need that something already listens on."""
+    busy = []
+    for role in node.roles:
+        for port in ROLE_PORTS.get(role, []):
+            low, high = port if isinstance(port, tuple) else (port, port)
+            busy += [f"{p} ({role})" for p in sorted(listening) if low <= p <= high]
+    return busy
 
 
 def _preflight_on(
@@ -143,6 +161,7 @@ def _preflight_on(
         if len(fields) < 7:
             raise InstallError(f"{node.name}: unexpected preflight answer: {fields}")
         machine, codename, clock, docker, free_kib, swaps, sudo = fields[:7]
+        listening = {int(p) for p in (fields[7] if len(fields) > 7 else "").split() if p.isdigit()}
         problems = []
         want_arch = lock.platform.get("arch")
         if _UNAME_ARCH.get(machine, machine) != want_arch:
@@ -163,7 +182,12 @@ def _preflight_on(
                 f"{int(free_kib) // 1024} MiB free under /var/lib, images need {need_kib // 1024} MiB"
             )
         if swaps.isdigit() and int(swaps) > 0:
-            result.skipped.append("swap is on (kubelet wants it off; rke sets fail_swap_on)")
+            problems.append(
+                "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
+            )
+        busy = busy_ports(node, listening)
+        if busy:
+            problems.append(f"ports already in use: {', '.join(busy)}")
         if problems:
             result.error = "; ".join(problems)
         else:
