@@ -334,6 +334,7 @@ def load_manifest(path: Path) -> Manifest:
             "version",
             "description",
             "platform",
+            "min_workers",
             "debs",
             "binaries",
             "images",

@@ -1,4 +1,4 @@
 #!/bin/sh
-# Demo staged step: runs on the control node after the cluster is up.
+# Demo staged step: runs on the control node after the cluster is up, with the site's values.
 set -eu
-echo "demo step: hello from ${NODE_NAME:-the control node}"
+echo "demo step: ${GREETING:-hello} (bundle at ${BUNDLE_DIR:-?}, kubeconfig ${KUBECONFIG:-none})"

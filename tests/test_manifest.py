@@ -165,3 +165,34 @@ def test_unreadable_and_huge(project: Project, tmp_path: Path) -> None:
     huge.write_bytes(b"#" * (1024 * 1024 + 1))
     with pytest.raises(ManifestError, match="larger than"):
         load_manifest(huge)
+
+
+def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> None:
+    """manifests/fmp-rke.yaml: stops on the missing vendor inputs; with stand-ins it loads in the documented order."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    with pytest.raises(ManifestError, match=r"payloads/(vendor|keys)/"):
+        load_manifest(root / "manifests" / "fmp-rke.yaml")
+    copy = tmp_path / "proj"
+    shutil.copytree(root / "manifests", copy / "manifests")
+    shutil.copytree(root / "scripts", copy / "scripts")
+    (copy / "payloads" / "keys").mkdir(parents=True)
+    for key in ("docker.gpg", "ubuntu-archive-keyring.gpg"):
+        (copy / "payloads" / "keys" / key).write_bytes(b"stand-in key")
+    (copy / "payloads" / "vendor" / "fmp_k8s").mkdir(parents=True)
+    (copy / "payloads" / "vendor" / "fmp_k8s" / "fmp_k8s_storage_inst.sh").write_text("echo storage\n")
+    (copy / "payloads" / "vendor" / "fmp_v23.12.tgz").write_bytes(b"stand-in archive")
+    m = load_manifest(copy / "manifests" / "fmp-rke.yaml")
+    assert [s.name for s in m.steps] == [
+        "create-rbds",
+        "storage",
+        "set-monitors",
+        "volumes",
+        "config-map",
+        "services",
+        "deployments",
+    ]
+    assert m.min_workers == 4 and m.platform.codename == "jammy"
+    assert m.debs is not None and m.debs.packages == ("docker-ce", "docker-ce-cli", "containerd.io")
+    assert [b.dest for b in m.binaries] == ["/usr/local/bin/rke"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole airbundle journey, offline: keygen → build → verify → inspect, then the
 # same checks with stock tools, a tamper attempt, a rebuild that is byte-identical,
-# and the bundle's images loaded into a fresh Docker engine.
+# the bundle's images loaded into a fresh Docker engine, and the whole install by install.sh
+# on three loopback nodes.
 # Run it with `make demo` (which installs airbundle and its test tools first; needs root
 # to start the demo's own Docker engines).
 set -euo pipefail
@@ -145,5 +146,8 @@ tar -C "$OUT/unpacked/images" -c . | docker load
 for app in web worker; do
     docker run --rm --network none "demo/$app:1"
 done
+
+step "install.sh installs the bundle on three loopback nodes (sshd + Docker engine each)"
+python3 tools/demo_install.py "$BUNDLE" "$OUT/release.pub" "$ROOT/$OUT"
 
 step "done: the bundle is $BUNDLE"

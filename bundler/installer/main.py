@@ -195,4 +195,7 @@ def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: 
 
 
 def main() -> None:
+    # Line-buffered: the report interleaves with warnings on stderr in the order they happen.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     sys.exit(run())

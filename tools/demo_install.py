@@ -1,0 +1,75 @@
+"""`make demo`, last act: install the demo bundle with its own install.sh on three loopback nodes.
+
+Starts three nodes on this machine (each its own sshd on 127.0.0.4x:2222 and its own Docker
+engine, as the tests do), writes an RKE cluster.yml and an ssh_config for them, runs
+`sh install.sh` from a site folder holding only the bundle, the public key and those files,
+shows each node's result, then stops the nodes. Packages go into private roots under
+demo-out/ (--apt-root) and the binary to /opt/airbundle-demo (removed afterwards), because
+the demo's "nodes" share this machine's filesystem.
+
+Usage: python tools/demo_install.py BUNDLE PUBKEY OUTDIR
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.nodes import Client, Node, cluster_yml
+
+
+def main(bundle: Path, pub: Path, out: Path) -> int:
+    site = out / "site-install"
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
+    client = Client(out / "ssh")
+    nodes: list[Node] = []
+    try:
+        for address, name in (("127.0.0.41", "cp-1"), ("127.0.0.42", "worker-1"), ("127.0.0.43", "worker-2")):
+            nodes.append(Node(address, name, client))
+        shutil.copy(bundle, site / bundle.name)
+        shutil.copy(pub, site / "release.pub")
+        subprocess.run(["tar", "-xf", bundle.name, "install.sh"], cwd=site, check=True)
+        (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+        (site / "site.yaml").write_text("GREETING: hello from the site values\n")
+        roots = out / "node-roots"
+        for node in nodes:  # each node's package root starts like a minimal system
+            (roots / node.name / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+            (roots / node.name / "var/lib/dpkg/status").touch()
+        argv = [
+            "sh",
+            "install.sh",
+            "--pubkey",
+            "release.pub",
+            "--inventory",
+            "cluster.yml",
+            "--values",
+            "site.yaml",
+            "--workdir",
+            str(site / "work"),
+            "--ssh-config",
+            str(client.config),
+            "--apt-root",
+            f"{roots}/{{node}}",
+        ]
+        print("$ " + " ".join(argv), flush=True)
+        code = subprocess.run(argv, cwd=site, env={**os.environ, "PATH": "/usr/bin:/bin"}).returncode
+        print(f"install.sh exit code: {code}")
+        for node in nodes[1:]:
+            tags = sorted(t for image in node.engine.client.images.list() for t in image.tags)
+            print(f"{node.name}: images {', '.join(tags) or 'none'}")
+        print("again (nothing to do):", flush=True)
+        again = subprocess.run(argv, cwd=site, env={**os.environ, "PATH": "/usr/bin:/bin"}).returncode
+        return code or again
+    finally:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree("/opt/airbundle-demo", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
