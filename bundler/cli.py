@@ -453,6 +453,9 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Verify and show the plan, change nothing.")
 @click.option("--resume", is_flag=True, help="Continue a previous install.")
 @click.option("--only", metavar="PHASE", help="Run one phase.")
+@click.option("--allow-downgrade", is_flag=True, help="Install over a newer installed version.")
+@click.option("--ssh-config", type=_EXISTING_FILE, help="ssh_config for reaching the nodes.")
+@click.option("--apt-root", metavar="DIR", help="Install packages under DIR ({node} = node name).")
 def install(
     bundle: Path,
     pubkey: Path,
@@ -462,12 +465,15 @@ def install(
     dry_run: bool,
     resume: bool,
     only: str | None,
+    allow_downgrade: bool,
+    ssh_config: Path | None,
+    apt_root: str | None,
 ) -> None:
     """Install a bundle on the site: the same code that the bundle's install.sh runs.
 
-    Verifies the signature and every member, then unpacks exactly the lock's
-    members into the work folder. The install phases after that are not
-    included yet: it says so and exits 6 without touching any node.
+    Verifies the signature and every member, unpacks exactly the lock's members
+    into the work folder, then runs the phases on the inventory's nodes:
+    preflight, packages, binaries, images, cluster (rke up), steps; resumable.
 
     \b
     Example:
@@ -479,6 +485,10 @@ def install(
     argv += ["--values", str(values)] if values else []
     argv += ["--workdir", str(workdir)] if workdir else []
     argv += ["--dry-run"] * dry_run + ["--resume"] * resume + (["--only", only] if only else [])
+    argv += ["--allow-downgrade"] * allow_downgrade + (
+        ["--ssh-config", str(ssh_config)] if ssh_config else []
+    )
+    argv += ["--apt-root", apt_root] if apt_root else []
     code = run(argv)
     if code:
         raise click.exceptions.Exit(code)

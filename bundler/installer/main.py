@@ -129,9 +129,9 @@ def _install(
             if not lock.debs:
                 print("  no packages in the bundle")
             else:
-                _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root))
+                _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root), journal)
         elif phase == "binaries":
-            _report(phase, binaries_phase(lock, final, nodes, opts))
+            _report(phase, binaries_phase(lock, final, nodes, opts), journal)
         elif phase == "images":
             _report(phase, images_phase(lock, final, targets, opts, journal))
         elif phase == "cluster":
@@ -157,8 +157,8 @@ def _install(
     return 0
 
 
-def _report(phase: str, results: list[NodeResult]) -> None:
-    """One line per node; raises ``InstallError`` (exit 6) naming the nodes that failed."""
+def _report(phase: str, results: list[NodeResult], journal: Journal | None = None) -> None:
+    """One line per node (recorded in the journal when given); raises ``InstallError`` naming failed nodes."""
     for r in results:
         if r.error:
             print(f"  {r.node.name:<20} FAILED: {r.error}")
@@ -170,6 +170,8 @@ def _report(phase: str, results: list[NodeResult]) -> None:
                 f"  {r.node.name:<20} ok: {', '.join(r.done) or 'nothing to do'}"
                 + (f" (note: {notes})" if notes else "")
             )
+        if journal is not None and not r.error:
+            journal.mark_done(phase, r.node.name, "ok")
     failed = [r.node.name for r in results if r.error]
     if failed:
         raise InstallError(f"{phase}: failed on {', '.join(failed)}; fix them and run again with --resume")
