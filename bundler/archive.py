@@ -466,19 +466,25 @@ def _ssh_keygen_check(sig: signing.SshSig, message: bytes, armored: bytes) -> bo
     return run.returncode == 0
 
 
+def _member_chunks(fd: int, member: TarMember, buf: memoryview) -> Iterator[memoryview]:
+    """A member's data as successive views of ``buf`` (each valid until the next one)."""
+    done = 0
+    while done < member.size:
+        n = os.preadv(fd, [buf[: min(len(buf), member.size - done)]], member.offset + done)
+        if n == 0:
+            raise IntegrityError(f"bundle is truncated inside member {member.name!r}", member=member.name)
+        yield buf[:n]
+        done += n
+
+
 def _hash_member(fd: int, member: TarMember, progress: Progress, local: threading.local) -> str:
     buf = getattr(local, "buf", None)
     if buf is None:
-        buf = local.buf = memoryview(bytearray(CHUNK))
+        buf = local.buf = memoryview(bytearray(CHUNK))  # one buffer per hashing thread
     digest = hashlib.sha256()
-    done = 0
-    while done < member.size:
-        n = os.preadv(fd, [buf[: min(CHUNK, member.size - done)]], member.offset + done)
-        if n == 0:
-            raise IntegrityError(f"bundle is truncated inside member {member.name!r}", member=member.name)
-        digest.update(buf[:n])
-        done += n
-        progress(n)
+    for chunk in _member_chunks(fd, member, buf):
+        digest.update(chunk)
+        progress(len(chunk))
     return digest.hexdigest()
 
 
@@ -603,15 +609,9 @@ def _extract_member(fd: int, member: TarMember, root: str, want: lockmod.Member)
     )
     try:
         digest = hashlib.sha256()
-        buf = memoryview(bytearray(CHUNK))
-        done = 0
-        while done < member.size:
-            n = os.preadv(fd, [buf[: min(CHUNK, member.size - done)]], member.offset + done)
-            if n == 0:
-                raise IntegrityError(f"bundle is truncated inside member {member.name!r}", member=member.name)
-            digest.update(buf[:n])
-            _write_all(out, buf[:n])
-            done += n
+        for chunk in _member_chunks(fd, member, memoryview(bytearray(CHUNK))):
+            digest.update(chunk)
+            _write_all(out, chunk)
         os.fchmod(out, int(want.mode, 8))
     finally:
         os.close(out)

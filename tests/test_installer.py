@@ -229,36 +229,40 @@ def test_journal_versions_and_single_installer(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- images over SSH to real nodes
 
 
-@pytest.fixture
-def image_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster):
-    """A bundle with two images (sharing their base), unpacked on a site with three nodes."""
+def _empty_engines(nodes) -> None:
+    """Each test starts from node engines that hold no image."""
+    for node in nodes:
+        for image in node.engine.client.images.list():
+            node.engine.client.images.remove(image.id, force=True)
+
+
+def _node_site(manifest: Path, keys: Keys, tmp_path: Path, cache_dir: Path, nodes, env=None) -> Path:
+    """Build ``manifest`` and lay out a site for it whose inventory is the test nodes."""
     from .conftest import run_cli
     from .nodes import cluster_yml
 
+    built = run_cli(
+        "build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir, env=env
+    )
+    assert built.exit_code == 0, built.stderr
+    site = _site(Path(built.stdout.strip()), tmp_path)
+    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    return site
+
+
+@pytest.fixture
+def image_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster):
+    """A bundle with two images (sharing their base), unpacked on a site with three nodes."""
+
     client, nodes = ssh_cluster
-    for node in nodes:  # each test starts from engines that have nothing
-        for image in node.engine.client.images.list():
-            node.engine.client.images.remove(image.id, force=True)
+    _empty_engines(nodes)
     manifest = project.write_manifest(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: imgs\nversion: '1.0'\n"
         "platform: {os: debian, codename: bookworm, arch: amd64}\n"
         "images:\n  - ref: test/app-a:1\n    from: daemon\n  - ref: test/app-b:1\n    from: daemon\n",
         "imgs.yaml",
     )
-    built = run_cli(
-        "build",
-        manifest,
-        "-o",
-        tmp_path / "out",
-        "--key",
-        keys.key_path,
-        "--cache",
-        cache_dir,
-        env=source_engine.engine.env,
-    )
-    assert built.exit_code == 0, built.stderr
-    site = _site(Path(built.stdout.strip()), tmp_path)
-    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes, env=source_engine.engine.env)
     return site, client, nodes
 
 
@@ -321,13 +325,9 @@ RKE_STANDIN = (
 
 @pytest.fixture
 def full_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster):
-    from .conftest import run_cli
-    from .nodes import cluster_yml
 
     client, nodes = ssh_cluster
-    for node in nodes:
-        for image in node.engine.client.images.list():
-            node.engine.client.images.remove(image.id, force=True)
+    _empty_engines(nodes)
     for name, body in (("prepare", STEP_PREPARE), ("monitors", STEP_MONITORS), ("deploy", STEP_DEPLOY)):
         script = project.root / "scripts" / f"{name}.sh"
         script.write_text(body)
@@ -344,20 +344,7 @@ def full_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engin
         "  - {name: deploy, script: scripts/deploy.sh}\n",
         "full.yaml",
     )
-    built = run_cli(
-        "build",
-        manifest,
-        "-o",
-        tmp_path / "out",
-        "--key",
-        keys.key_path,
-        "--cache",
-        cache_dir,
-        env=source_engine.engine.env,
-    )
-    assert built.exit_code == 0, built.stderr
-    site = _site(Path(built.stdout.strip()), tmp_path)
-    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes, env=source_engine.engine.env)
     out_file = tmp_path / "steps.out"
     (site / "site.yaml").write_text(f"OUT_FILE: {out_file}\n")
     return site, client, nodes, dest, out_file
@@ -405,8 +392,6 @@ def test_packages_install_from_the_bundle_only(
 ) -> None:
     """apt on each node installs the locked closure from the shipped repository, into a private root."""
     from .aptrepo import CLOSURE
-    from .conftest import run_cli
-    from .nodes import cluster_yml
 
     client, nodes = ssh_cluster
     shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
@@ -417,10 +402,7 @@ def test_packages_install_from_the_bundle_only(
         "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a]\n  exclude: [base-files]\n",
         "pkgs.yaml",
     )
-    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
-    assert built.exit_code == 0, built.stderr
-    site = _site(Path(built.stdout.strip()), tmp_path)
-    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
     roots = tmp_path / "roots"
     for node in nodes:  # each private root starts as a target that has base-files, as a real node does
         status = roots / node.name / "var/lib/dpkg/status"
@@ -463,9 +445,6 @@ def test_preflight_refuses_before_anything_changes(
     """Wrong OS codename and a busy Kubernetes port: preflight fails on every node, nothing is changed."""
     import socket
 
-    from .conftest import run_cli
-    from .nodes import cluster_yml
-
     client, nodes = ssh_cluster
     manifest = project.write_manifest(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: jammy-only\nversion: '1.0'\n"
@@ -473,10 +452,7 @@ def test_preflight_refuses_before_anything_changes(
         "steps:\n  - {name: storage, script: scripts/storage.sh}\n",
         "jammy.yaml",
     )
-    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
-    assert built.exit_code == 0, built.stderr
-    site = _site(Path(built.stdout.strip()), tmp_path)
-    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
     with socket.socket() as busy:  # the nodes share this host's ports: 2380 (etcd) is now taken
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", 2380))
