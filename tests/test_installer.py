@@ -475,3 +475,17 @@ def test_busy_ports_by_role() -> None:
 
     node = Node("a", "u", ("controlplane", "worker"))
     assert busy_ports(node, {22, 6443, 31000, 2379}) == ["6443 (controlplane)", "31000 (worker)"]
+
+
+def test_a14_preseeded_symlink_at_the_unpack_path(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """A symlink planted where the bundle unpacks is replaced, never followed (security matrix A14)."""
+    site = _site(built, tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("untouched\n")
+    (site / "work").mkdir()
+    os.symlink(victim, site / "work" / "demo-1.0.0")
+    _install(site, keys)  # preflight fails later (no such nodes); the unpack comes first
+    unpacked = site / "work" / "demo-1.0.0"
+    assert not unpacked.is_symlink() and (unpacked / "bin" / "rke").is_file()
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
