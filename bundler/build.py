@@ -373,6 +373,7 @@ def _plan(
         debs=tuple(deb_records),
         apt_sources=_apt_sources(manifest),
         min_workers=manifest.min_workers,
+        image_roles=manifest.image_roles,
     )
     return entries, lock
 

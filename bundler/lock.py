@@ -136,6 +136,7 @@ class Lock:
     debs: tuple[Deb, ...] = ()
     apt_sources: tuple[dict[str, Any], ...] = field(default=())
     min_workers: int = 0  # the installer warns when the inventory has fewer workers
+    image_roles: tuple[str, ...] = ("worker",)  # node roles that receive the images
 
     @property
     def payload_size(self) -> int:
@@ -167,6 +168,7 @@ class Lock:
             "debs": [asdict(d) for d in self.debs],
             "apt_sources": [dict(a) for a in self.apt_sources],
             "min_workers": self.min_workers,
+            "image_roles": list(self.image_roles),
         }
 
     def to_bytes(self) -> bytes:
@@ -252,6 +254,13 @@ class _Fields:
 
     def items(self, key: str) -> list[Any]:
         return list(self.get(key, list)) if key in self.obj else []
+
+
+def _image_roles(top: _Fields) -> tuple[str, ...]:
+    roles = top.items("image_roles") if "image_roles" in top.obj else ["worker"]
+    if not roles or not all(r in ("controlplane", "etcd", "worker") for r in roles):
+        raise LockError(f"{LOCK_NAME}: image_roles must list some of controlplane, etcd, worker")
+    return tuple(roles)
 
 
 def _parse(doc: Any) -> Lock:
@@ -363,4 +372,5 @@ def _parse(doc: Any) -> Lock:
         debs=tuple(debs),
         apt_sources=tuple(top.items("apt_sources")),
         min_workers=top.size("min_workers") if "min_workers" in top.obj else 0,
+        image_roles=_image_roles(top),
     )

@@ -130,6 +130,7 @@ class Manifest:
     debs: DebsSpec | None = None
     description: str = ""
     min_workers: int = 0
+    image_roles: tuple[str, ...] = ("worker",)
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -335,6 +336,7 @@ def load_manifest(path: Path) -> Manifest:
             "description",
             "platform",
             "min_workers",
+            "image_roles",
             "debs",
             "binaries",
             "images",
@@ -447,6 +449,7 @@ def load_manifest(path: Path) -> Manifest:
         debs=debs,
         description=top.get("description", str, default="", required=False),
         min_workers=_min_workers(top),
+        image_roles=_image_roles(top),
     )
 
 
@@ -505,6 +508,14 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
     if baseline not in ("required", "none"):
         raise sec.fail("baseline", "must be 'required' (Priority: required packages are present) or 'none'")
     return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline)
+
+
+def _image_roles(top: _Section) -> tuple[str, ...]:
+    roles = top.get("image_roles", list, default=["worker"], required=False)
+    allowed = ("controlplane", "etcd", "worker")
+    if not roles or not all(r in allowed for r in roles):
+        raise top.fail("image_roles", f"must list some of {', '.join(allowed)}")
+    return tuple(roles)
 
 
 def _min_workers(top: _Section) -> int:

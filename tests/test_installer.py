@@ -489,3 +489,17 @@ def test_a14_preseeded_symlink_at_the_unpack_path(built: Path, keys: Keys, tmp_p
     unpacked = site / "work" / "demo-1.0.0"
     assert not unpacked.is_symlink() and (unpacked / "bin" / "rke").is_file()
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+
+
+def test_image_targets_follow_the_manifests_roles() -> None:
+    from bundler.installer.inventory import Node
+    from bundler.installer.plan import image_targets
+
+    nodes = [
+        Node("cp", "u", ("controlplane", "etcd")),
+        Node("w1", "u", ("worker",)),
+        Node("e", "u", ("etcd",)),
+    ]
+    assert [n.address for n in image_targets(nodes)] == ["w1"]
+    assert [n.address for n in image_targets(nodes, ("worker", "controlplane"))] == ["cp", "w1"]
+    assert [n.address for n in image_targets(nodes[:1])] == ["cp"]  # no worker at all: every node

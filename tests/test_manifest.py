@@ -108,6 +108,7 @@ def _load(project: Project, body: str, head: str = HEAD) -> str:
         ("files:\n  - src: payloads/notes.txt\n    dest: ../x\n", 8, "'..' segment"),
         ("x: !!python/object/apply:os.system ['touch /tmp/pwned']\n", 6, "!!python"),
         ("x: [unclosed\n", 7, "invalid YAML"),
+        ("image_roles: [master]\n", 6, "image_roles: must list some of controlplane, etcd, worker"),
     ],
 )
 def test_bad_manifests_name_file_and_line(project: Project, body: str, line: int, expected: str) -> None:
@@ -193,6 +194,6 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
         "services",
         "deployments",
     ]
-    assert m.min_workers == 4 and m.platform.codename == "jammy"
+    assert m.min_workers == 4 and m.platform.codename == "jammy" and m.image_roles == ("worker",)
     assert m.debs is not None and m.debs.packages == ("docker-ce", "docker-ce-cli", "containerd.io")
     assert [b.dest for b in m.binaries] == ["/usr/local/bin/rke"]

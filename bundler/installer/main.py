@@ -120,7 +120,7 @@ def _install(
     for warning in topology_warnings(nodes, lock.min_workers):
         print(f"warning: {warning}", file=sys.stderr)
     opts = SshOptions(args.ssh_config)
-    targets = image_targets(nodes)
+    targets = image_targets(nodes, lock.image_roles)
     for phase in [args.only] if args.only else PHASES:
         print(f"== {phase}")
         if phase == "preflight":

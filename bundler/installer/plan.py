@@ -49,10 +49,11 @@ def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
     return out
 
 
-def image_targets(nodes: list[Node]) -> list[Node]:
-    """The nodes that receive the bundle's images: the workers (all nodes when none is a worker)."""
-    workers = [n for n in nodes if n.has("worker")]
-    return workers or list(nodes)
+def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> list[Node]:
+    """The nodes that receive the bundle's images: those with one of ``roles`` (the manifest's
+    ``image_roles``, workers by default), or every node when none has such a role."""
+    targets = [n for n in nodes if any(n.has(r) for r in roles)]
+    return targets or list(nodes)
 
 
 def describe(lock: Lock, nodes: list[Node]) -> list[str]:
@@ -61,7 +62,7 @@ def describe(lock: Lock, nodes: list[Node]) -> list[str]:
     tags = ", ".join(t for i in lock.images for t in i.tags) or "none"
     rke = any(b.name == "rke" for b in lock.binaries)
     every = ", ".join(n.name for n in nodes)
-    targets = ", ".join(n.name for n in image_targets(nodes))
+    targets = ", ".join(n.name for n in image_targets(nodes, lock.image_roles))
     lines = [
         f"preflight  on {every}: reachable over SSH, sudo, {plat.get('os')} {plat.get('codename')} "
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
