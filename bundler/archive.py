@@ -27,6 +27,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from typing import BinaryIO
 
 from bundler import lock as lockmod
 from bundler import signing
-from bundler.errors import InstallError, IntegrityError, SignatureError
+from bundler.errors import ExpiredError, InstallError, IntegrityError, SignatureError
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default record size; we pad the archive to it like tar does
@@ -415,7 +416,19 @@ def read_head(f: BinaryIO, size: int) -> Head:
     return Head(lock_bytes, None, reader)
 
 
-def check_signature(head: Head, trusted: list[signing.PublicKey]) -> signing.PublicKey:
+def check_expiry(lock: lockmod.Lock, now: float, allow_expired: bool = False) -> None:
+    """Refuse a bundle whose signed expiry has passed (exit 3), unless told to accept it."""
+    if lock.expires and now > lock.expires and not allow_expired:
+        raise ExpiredError(
+            f"{lock.name} {lock.version} expired at {signing.utc_text(lock.expires)} (host clock "
+            f"{signing.utc_text(now)}); ask the publisher for a current bundle, check the clock, or pass "
+            "--allow-expired to accept it anyway"
+        )
+
+
+def check_signature(
+    head: Head, trusted: list[signing.PublicKey], now: float | None = None
+) -> signing.PublicKey:
     """Verify ``lock.json.sig`` over the raw lock bytes; raises ``SignatureError``."""
     if head.sig_bytes is None:
         raise SignatureError(
@@ -423,7 +436,9 @@ def check_signature(head: Head, trusted: list[signing.PublicKey]) -> signing.Pub
             "an unsigned bundle is never trusted"
         )
     checker = None if signing.HAVE_CRYPTOGRAPHY else _ssh_keygen_check
-    return signing.verify(head.lock_bytes, head.sig_bytes, trusted, checker=checker)
+    return signing.verify(
+        head.lock_bytes, head.sig_bytes, trusted, checker=checker, now=time.time() if now is None else now
+    )
 
 
 def _ssh_keygen_check(sig: signing.SshSig, message: bytes, armored: bytes) -> bool:
@@ -493,6 +508,7 @@ def verify_bundle(
     trusted: list[signing.PublicKey],
     jobs: int | None = None,
     progress: Progress = _no_progress,
+    allow_expired: bool = False,
 ) -> VerifyReport:
     """Check a bundle's signature, then every member, without writing anything.
 
@@ -514,8 +530,10 @@ def verify_bundle(
         # Readahead for a cold cache: the threads each read their members front to back.
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         head = read_head(f, size)
-        signer = check_signature(head, trusted)
+        now = time.time()
+        signer = check_signature(head, trusted, now)
         lock = lockmod.Lock.from_bytes(head.lock_bytes)
+        check_expiry(lock, now, allow_expired)
         report = VerifyReport(lock=lock, signer=signer)
         expected = {m.path: m for m in lock.members}
         found: dict[str, TarMember] = {}
@@ -624,7 +642,11 @@ def _extract_member(fd: int, member: TarMember, root: str, want: lockmod.Member)
 
 
 def extract_bundle(
-    path: Path, trusted: list[signing.PublicKey], workdir: Path, progress: Progress = _no_progress
+    path: Path,
+    trusted: list[signing.PublicKey],
+    workdir: Path,
+    progress: Progress = _no_progress,
+    allow_expired: bool = False,
 ) -> tuple[Path, VerifyReport]:
     """Verify a bundle, then unpack exactly the members its lock lists into ``workdir/NAME-VERSION``.
 
@@ -638,7 +660,7 @@ def extract_bundle(
         SignatureError (exit 3), IntegrityError (exit 4): the bundle is not trusted.
         InstallError (exit 6): not enough free space under ``workdir``.
     """
-    report = verify_bundle(path, trusted, progress=progress)
+    report = verify_bundle(path, trusted, progress=progress, allow_expired=allow_expired)
     if report.problems:
         first = report.problems[0]
         raise IntegrityError(

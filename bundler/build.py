@@ -13,10 +13,13 @@ Printing, progress bars and exit codes belong to the CLI.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,6 +104,27 @@ INSTALLER_FILES = {
         ]
     },
 }
+
+
+_DURATION = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_expiry(text: str, base: int) -> int:
+    """``--expires``: a duration after ``base`` (``180d``, ``12w``, ``36h``) or a UTC date (``2027-06-30``).
+
+    Raises:
+        InputError: neither form.
+    """
+    text = text.strip()
+    if text[:-1].isdigit() and text[-1:] in _DURATION:
+        return base + int(text[:-1]) * _DURATION[text[-1]]
+    try:
+        day = datetime.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        raise InputError(
+            f"--expires {text!r}: give a duration like 180d, 12w, 36h or a date like 2027-06-30"
+        ) from None
+    return int(day.timestamp())
 
 
 def installer_payload() -> bytes:
@@ -450,6 +474,7 @@ def build_bundle(
     on_fetch: FetchProgress = _no_fetch_progress,
     on_write: Callable[[int, int], None] | None = None,
     on_hash: Callable[[int, int], None] | None = None,
+    expires: str | None = None,
 ) -> BuildResult:
     """Build ``OUTDIR/NAME-VERSION.tar`` (and ``.tar.sha256``) from a manifest.
 
@@ -457,6 +482,8 @@ def build_bundle(
         on_fetch: ``(url, done, total)`` while downloading.
         on_write: ``(bytes just written, bytes to write)`` while writing the tar.
         on_hash: ``(bytes just hashed, bytes to hash)`` while hashing changed payload files.
+        expires: ``--expires``; relative durations count from SOURCE_DATE_EPOCH when it is
+            set (so the build stays reproducible), else from now.
 
     Raises:
         ManifestError / InputError: a bad manifest or input (exit 2).
@@ -472,6 +499,9 @@ def build_bundle(
     packages = _collect_debs(manifest, fetcher, jobs, on_fetch) if manifest.debs else None
     collected = _collect_images(manifest, fetcher, jobs, on_fetch)
     entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages)
+    if expires:
+        base = source_date_epoch() or int(time.time())
+        lock = dataclasses.replace(lock, expires=parse_expiry(expires, base))
     lock_bytes = lock.to_bytes()
     sig = signing.sign(key, lock_bytes)
     entries[:0] = [

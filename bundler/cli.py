@@ -163,6 +163,9 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
     "--dry-run", is_flag=True, help="Print what would be fetched and bundled, with sizes; write nothing."
 )
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@click.option(
+    "--expires", metavar="WHEN", help="Sites refuse the bundle after WHEN: 180d, 12w, 36h or 2027-06-30."
+)
 def build(
     manifest: Path,
     outdir: Path | None,
@@ -172,6 +175,7 @@ def build(
     jobs: int,
     dry_run: bool,
     as_json: bool,
+    expires: str | None,
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
@@ -214,6 +218,7 @@ def build(
             on_fetch=on_fetch,
             on_hash=lambda n, total: bars.advance("hashing files", n, total),
             on_write=lambda n, total: bars.advance("writing bundle", n, total),
+            expires=expires,
         )
     finally:
         bars.close()
@@ -276,13 +281,18 @@ def _error_json(exc: BundlerError) -> dict[str, Any]:
 @click.argument("bundle", type=_EXISTING_FILE)
 @click.option(
     "--pubkey",
+    "pubkeys",
     required=True,
+    multiple=True,
     type=_EXISTING_FILE,
-    help="Trusted public key(s): a .pub file or an allowed_signers file.",
+    help="Trusted key(s): a .pub or allowed_signers file (valid-after/valid-before honoured); repeatable.",
 )
+@click.option("--allow-expired", is_flag=True, help="Accept a bundle past its signed expiry.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Hashing threads [CPU count].")
-def verify(bundle: Path, pubkey: Path, as_json: bool, jobs: int | None) -> None:
+def verify(
+    bundle: Path, pubkeys: tuple[Path, ...], allow_expired: bool, as_json: bool, jobs: int | None
+) -> None:
     """Check a bundle's signature and every member's size and SHA-256.
 
     Reads the bundle once without extracting or writing anything: first the
@@ -294,13 +304,17 @@ def verify(bundle: Path, pubkey: Path, as_json: bool, jobs: int | None) -> None:
       airbundle verify dist/fmp-rke-23.12.1.tar --pubkey keys/release.pub
       airbundle verify dist/fmp-rke-23.12.1.tar --pubkey keys/release.pub --json
     """
-    trusted = _pubkeys(pubkey)
+    trusted = [key for path in pubkeys for key in _pubkeys(path)]
     try:
         lock, _, _ = archive.read_lock(bundle, trusted)
         bars = _Bars()
         try:
             report = archive.verify_bundle(
-                bundle, trusted, jobs=jobs, progress=lambda n: bars.advance("verifying", n, lock.payload_size)
+                bundle,
+                trusted,
+                jobs=jobs,
+                progress=lambda n: bars.advance("verifying", n, lock.payload_size),
+                allow_expired=allow_expired,
             )
         finally:
             bars.close()
@@ -366,6 +380,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
         "signer": signer.fingerprint if signer else None,
         "signature_checked": trusted is not None,
         "manifest_sha256": lock.manifest_sha256,
+        "expires": lock.expires or None,
         "members": len(lock.members),
         "payload_bytes": lock.payload_size,
         "bytes_by_kind": dict(sorted(sizes.items())),
@@ -415,6 +430,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
         f"{lock.name} {lock.version}  for {plat.get('os')} {plat.get('codename')} {plat.get('arch')}",
         f"  signer:   {signed}",
         f"  builder:  {lock.builder}",
+        f"  expires:  {signing.utc_text(lock.expires) if lock.expires else 'never'}",
         f"  payload:  {len(lock.members)} members, {_human(lock.payload_size)} "
         f"({', '.join(f'{k} {_human(v)}' for k, v in sorted(sizes.items()))})",
     ]
@@ -446,8 +462,16 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("bundle", type=_EXISTING_FILE)
-@click.option("--pubkey", required=True, type=_EXISTING_FILE, help="Trusted public key.")
+@click.option(
+    "--pubkey",
+    "pubkeys",
+    required=True,
+    multiple=True,
+    type=_EXISTING_FILE,
+    help="Trusted public key(s); repeatable.",
+)
 @click.option("--inventory", required=True, type=_EXISTING_FILE, help="RKE cluster.yml.")
+@click.option("--allow-expired", is_flag=True, help="Accept a bundle past its signed expiry.")
 @click.option("--values", type=_EXISTING_FILE, help="Site variables for the steps.")
 @click.option("--workdir", type=_PATH, help="Where to unpack [/var/lib/airbundle].")
 @click.option("--dry-run", is_flag=True, help="Verify and show the plan, change nothing.")
@@ -458,8 +482,9 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
 @click.option("--apt-root", metavar="DIR", help="Install packages under DIR ({node} = node name).")
 def install(
     bundle: Path,
-    pubkey: Path,
+    pubkeys: tuple[Path, ...],
     inventory: Path,
+    allow_expired: bool,
     values: Path | None,
     workdir: Path | None,
     dry_run: bool,
@@ -481,7 +506,8 @@ def install(
     """
     from bundler.installer.main import run
 
-    argv = ["--bundle", str(bundle), "--pubkey", str(pubkey), "--inventory", str(inventory)]
+    argv = ["--bundle", str(bundle), "--inventory", str(inventory)]
+    argv += [arg for key in pubkeys for arg in ("--pubkey", str(key))] + ["--allow-expired"] * allow_expired
     argv += ["--values", str(values)] if values else []
     argv += ["--workdir", str(workdir)] if workdir else []
     argv += ["--dry-run"] * dry_run + ["--resume"] * resume + (["--only", only] if only else [])

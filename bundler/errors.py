@@ -55,6 +55,10 @@ class UntrustedKeyError(SignatureError):
         self.fingerprint = fingerprint
 
 
+class ExpiredError(TrustError):
+    """The bundle's signed expiry has passed (or the host clock is wrong)."""
+
+
 class IntegrityError(BundlerError):
     """Size or digest mismatch, missing/extra/duplicate/unsafe member, truncation (exit 4)."""
 

@@ -137,6 +137,7 @@ class Lock:
     apt_sources: tuple[dict[str, Any], ...] = field(default=())
     min_workers: int = 0  # the installer warns when the inventory has fewer workers
     image_roles: tuple[str, ...] = ("worker",)  # node roles that receive the images
+    expires: int = 0  # epoch seconds after which sites refuse the bundle; 0 = never
 
     @property
     def payload_size(self) -> int:
@@ -169,6 +170,7 @@ class Lock:
             "apt_sources": [dict(a) for a in self.apt_sources],
             "min_workers": self.min_workers,
             "image_roles": list(self.image_roles),
+            "expires": self.expires,
         }
 
     def to_bytes(self) -> bytes:
@@ -373,4 +375,5 @@ def _parse(doc: Any) -> Lock:
         apt_sources=tuple(top.items("apt_sources")),
         min_workers=top.size("min_workers") if "min_workers" in top.obj else 0,
         image_roles=_image_roles(top),
+        expires=top.size("expires") if "expires" in top.obj else 0,
     )

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import datetime
 import hashlib
+import re
 import struct
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -77,6 +81,10 @@ class PublicKey:
 
     raw: bytes  # the 32-byte Ed25519 point
     comment: str = ""
+    # From allowed_signers options: the key's validity window (epoch seconds) and namespaces.
+    valid_after: int | None = None
+    valid_before: int | None = None
+    namespaces: tuple[str, ...] | None = None
 
     @property
     def blob(self) -> bytes:
@@ -222,12 +230,43 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
         try:
             blob = base64.b64decode(fields[at + 1], validate=True)
             comment = " ".join(fields[at + 2 :])
-            keys.append(PublicKey.from_blob(blob, comment))
+            key = PublicKey.from_blob(blob, comment)
         except (IndexError, ValueError, binascii.Error) as exc:
             raise KeyFileError(f"{source}:{lineno}: malformed ssh-ed25519 key ({exc})") from exc
+        options = " ".join(fields[1:at]) if at >= 2 else ""
+        keys.append(_with_options(key, options, f"{source}:{lineno}"))
     if not keys:
         raise KeyFileError(f"{source}: holds no public key")
     return keys
+
+
+_OPTION = re.compile(r'(namespaces|valid-after|valid-before)="([^"]*)"')
+
+
+def _ssh_time(value: str, where: str) -> int:
+    """An allowed_signers time (YYYYMMDD[HHMM[SS]], UTC with a trailing Z, else local) as epoch seconds."""
+    utc = value.endswith("Z")
+    digits = value[:-1] if utc else value
+    formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+    if not digits.isdigit() or len(digits) not in formats:
+        raise KeyFileError(f"{where}: time {value!r} is not YYYYMMDD[HHMM[SS]][Z]")
+    moment = datetime.datetime.strptime(digits, formats[len(digits)])
+    if utc:
+        return int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
+    return int(time.mktime(moment.timetuple()))
+
+
+def _with_options(key: PublicKey, options: str, where: str) -> PublicKey:
+    """Apply allowed_signers options (namespaces, valid-after, valid-before) to a key."""
+    if "cert-authority" in options:
+        raise KeyFileError(f"{where}: cert-authority keys are not supported; list the signing key itself")
+    found = dict(_OPTION.findall(options))
+    return dataclasses.replace(
+        key,
+        valid_after=_ssh_time(found["valid-after"], where) if "valid-after" in found else None,
+        valid_before=_ssh_time(found["valid-before"], where) if "valid-before" in found else None,
+        namespaces=tuple(found["namespaces"].split(",")) if "namespaces" in found else None,
+    )
 
 
 def _signed_data(message: bytes, namespace: str, hash_alg: str, reserved: bytes = b"") -> bytes:
@@ -314,6 +353,10 @@ HAVE_CRYPTOGRAPHY = Ed25519PrivateKey is not None
 Checker = Callable[["SshSig", bytes, bytes], bool]
 
 
+def utc_text(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _cryptography_check(sig: SshSig, message: bytes, _armored: bytes) -> bool:
     _require_cryptography()
     data = _signed_data(message, sig.namespace, sig.hash_alg, sig.reserved)
@@ -330,10 +373,13 @@ def verify(
     trusted: list[PublicKey],
     namespace: str = NAMESPACE,
     checker: Checker | None = None,
+    now: float | None = None,
 ) -> PublicKey:
     """Check an SSHSIG over ``message`` against the trusted keys.
 
-    ``checker`` does the Ed25519 arithmetic; by default ``cryptography``. A site
+    ``now`` (epoch seconds) is checked against the trusted key's validity window
+    from allowed_signers, if it has one. ``checker`` does the Ed25519
+    arithmetic; by default ``cryptography``. A site
     without it passes one that asks stock ``ssh-keygen -Y verify`` (see
     ``archive.check_signature``); parsing, namespace and trust stay here either way.
 
@@ -357,8 +403,26 @@ def verify(
             "(they were changed after signing)"
         )
     for key in trusted:
-        if key.raw == sig.public_key.raw:
-            return key
+        if key.raw != sig.public_key.raw:
+            continue
+        if key.namespaces is not None and namespace not in key.namespaces:
+            raise UntrustedKeyError(
+                f"signed by {key.fingerprint}, which the allowed signers limit to {','.join(key.namespaces)}",
+                fingerprint=key.fingerprint,
+            )
+        if now is not None and key.valid_after is not None and now < key.valid_after:
+            raise UntrustedKeyError(
+                f"signed by {key.fingerprint}, which is trusted only from {utc_text(key.valid_after)} "
+                f"(host clock {utc_text(now)})",
+                fingerprint=key.fingerprint,
+            )
+        if now is not None and key.valid_before is not None and now >= key.valid_before:
+            raise UntrustedKeyError(
+                f"signed by {key.fingerprint}, which is trusted only until {utc_text(key.valid_before)} "
+                f"(host clock {utc_text(now)}); use the publisher's new key",
+                fingerprint=key.fingerprint,
+            )
+        return key
     trusted_fps = ", ".join(k.fingerprint for k in trusted)
     raise UntrustedKeyError(
         f"signed by {sig.public_key.fingerprint}, which is not a trusted key ({trusted_fps})",

@@ -503,3 +503,40 @@ def test_image_targets_follow_the_manifests_roles() -> None:
     assert [n.address for n in image_targets(nodes)] == ["w1"]
     assert [n.address for n in image_targets(nodes, ("worker", "controlplane"))] == ["cp", "w1"]
     assert [n.address for n in image_targets(nodes[:1])] == ["cp"]  # no worker at all: every node
+
+
+def test_install_sh_expiry_and_several_keys(
+    project, keys: Keys, other_keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    from .conftest import run_cli
+
+    result = run_cli(
+        "build",
+        project.manifest,
+        "-o",
+        tmp_path / "out",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+        "--expires",
+        "1d",
+        env={"SOURCE_DATE_EPOCH": "1"},
+    )
+    assert result.exit_code == 0, result.stderr
+    site = _site(Path(result.stdout.strip()), tmp_path)
+    env = {**os.environ, "PATH": SITE_PATH}
+    base = ["sh", "install.sh", "--inventory", "cluster.yml", "--workdir", str(site / "work"), "--dry-run"]
+    expired = subprocess.run(
+        [*base, "--pubkey", str(keys.pub_path)], cwd=site, env=env, capture_output=True, text=True
+    )
+    assert expired.returncode == 3 and "expired at 1970-01-02" in expired.stderr
+    both = subprocess.run(
+        [*base, "--pubkey", str(other_keys.pub_path), "--pubkey", str(keys.pub_path), "--allow-expired"],
+        cwd=site,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert both.returncode == 0, both.stderr
+    assert "members verified" in both.stdout

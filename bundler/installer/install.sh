@@ -11,21 +11,22 @@ die() { code=$1; shift; echo "install.sh: $*" >&2; exit "$code"; }
 
 here=$(cd "$(dirname "$0")" && pwd)
 bundle=""
-pub=""
+pubs=""
 prev=""
 for arg in "$@"; do
     case "$prev" in
         --bundle) bundle=$arg ;;
-        --pubkey) pub=$arg ;;
+        --pubkey) pubs="$pubs
+$arg" ;;
     esac
     case "$arg" in
         --bundle=*) bundle=${arg#--bundle=} ;;
-        --pubkey=*) pub=${arg#--pubkey=} ;;
+        --pubkey=*) pubs="$pubs
+${arg#--pubkey=}" ;;
     esac
     prev=$arg
 done
-[ -n "$pub" ] || die 2 "--pubkey PUB is required (the publisher's key, received out of band)"
-[ -r "$pub" ] || die 2 "$pub: cannot read the public key"
+[ -n "$pubs" ] || die 2 "--pubkey PUB is required (the publisher's key, received out of band)"
 if [ -z "$bundle" ]; then
     # The bundle this script was taken from: the one .tar beside it whose first member is lock.json.
     for candidate in "$here"/*.tar; do
@@ -47,12 +48,18 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
 tar -xf "$bundle" -C "$work" lock.json lock.json.sig 2>/dev/null \
     || die 4 "$bundle: lock.json or lock.json.sig is missing; this is not a signed airbundle bundle"
-# allowed_signers: each key line of PUB under the principal "airbundle".
-sed -n 's/^[^#]*\(ssh-ed25519 [A-Za-z0-9+\/=]*\).*$/airbundle \1/p' "$pub" >"$work/allowed_signers"
-[ -s "$work/allowed_signers" ] || die 2 "$pub holds no ssh-ed25519 key"
+# allowed_signers: each key line of every PUB under the principal "airbundle" (the installer
+# itself then applies valid-after/valid-before and namespaces).
+: >"$work/allowed_signers"
+printf '%s\n' "$pubs" | while IFS= read -r pub; do
+    [ -n "$pub" ] || continue
+    [ -r "$pub" ] || die 2 "$pub: cannot read the public key"
+    sed -n 's/^[^#]*\(ssh-ed25519 [A-Za-z0-9+\/=]*\).*$/airbundle \1/p' "$pub" >>"$work/allowed_signers"
+done
+[ -s "$work/allowed_signers" ] || die 2 "--pubkey holds no ssh-ed25519 key"
 ssh-keygen -Y verify -f "$work/allowed_signers" -I airbundle -n airbundle -s "$work/lock.json.sig" \
     <"$work/lock.json" >/dev/null 2>"$work/verify.log" \
-    || die 3 "$bundle: the signature does not verify with $pub: $(cat "$work/verify.log")"
+    || die 3 "$bundle: the signature does not verify with the given --pubkey: $(cat "$work/verify.log")"
 sed -n '/^    {"kind": "installer"/s/.*"path": "\([^"]*\)", "sha256": "\([0-9a-f]*\)".*/\2  \1/p' \
     "$work/lock.json" >"$work/installer.sha256"
 # shellcheck disable=SC2046 # installer paths have no spaces (the lock's path rules)

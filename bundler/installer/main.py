@@ -51,8 +51,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bundle", required=True, type=Path, help="the bundle .tar (install.sh finds it)")
     p.add_argument(
-        "--pubkey", required=True, type=Path, help="the publisher's public key (.pub or allowed_signers)"
+        "--pubkey",
+        required=True,
+        type=Path,
+        action="append",
+        help="the publisher's public key (.pub or allowed_signers); repeatable",
     )
+    p.add_argument("--allow-expired", action="store_true", help="accept a bundle past its signed expiry")
     p.add_argument("--inventory", required=True, type=Path, help="RKE cluster.yml naming the nodes")
     p.add_argument("--values", type=Path, help="site variables (YAML) for the staged steps")
     p.add_argument(
@@ -73,12 +78,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_keys(path: Path) -> list[signing.PublicKey]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the public key: {exc.strerror}") from exc
-    return signing.parse_public_keys(text, str(path))
+def _read_keys(paths: list[Path]) -> list[signing.PublicKey]:
+    keys = []
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read the public key: {exc.strerror}") from exc
+        keys += signing.parse_public_keys(text, str(path))
+    return keys
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -106,7 +114,9 @@ def _install(
 ) -> int:
     lock, _, _ = archive.read_lock(args.bundle, trusted)
     installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
-    final, report = archive.extract_bundle(args.bundle, trusted, args.workdir)
+    final, report = archive.extract_bundle(
+        args.bundle, trusted, args.workdir, allow_expired=args.allow_expired
+    )
     lock = report.lock
     lock_sha = hashlib.sha256((final / "lock.json").read_bytes()).hexdigest()
     if journal.is_complete(lock.name, lock_sha) and not args.only:
@@ -178,7 +188,7 @@ def _report(phase: str, results: list[NodeResult], journal: Journal | None = Non
 
 
 def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
-    report = archive.verify_bundle(args.bundle, trusted)
+    report = archive.verify_bundle(args.bundle, trusted, allow_expired=args.allow_expired)
     if report.problems:
         first = report.problems[0]
         raise IntegrityError(f"{args.bundle}: {first}", member=first.member)
