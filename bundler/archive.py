@@ -584,6 +584,18 @@ def verify_bundle(
     return report
 
 
+def read_member(path: Path, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
+    """One small member's bytes (None when absent), found by scanning headers; not verified."""
+    with open(path, "rb", buffering=0) as f:
+        reader = TarReader(f, os.fstat(f.fileno()).st_size)
+        while True:
+            member = reader.next()
+            if member is None:
+                return None
+            if member.name == name:
+                return reader.read(member, limit)
+
+
 def read_lock(
     path: Path, trusted: list[signing.PublicKey] | None = None
 ) -> tuple[lockmod.Lock, signing.PublicKey | None, bytes | None]:

@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bundler import __version__, aptsource, archive, debs, images, oci, registry, signing
+from bundler import __version__, aptsource, archive, debs, images, oci, registry, sbom, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
 from bundler.errors import FetchError, InputError
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
@@ -399,7 +399,11 @@ def _plan(
         min_workers=manifest.min_workers,
         image_roles=manifest.image_roles,
     )
-    return entries, lock
+    # The SBOM describes what the lock lists, and is then listed by the lock itself.
+    bom = sbom.make_sbom(lock)
+    entries.append(archive.Entry(sbom.SBOM_NAME, "0644", len(bom), data=bom))
+    bom_member = Member(sbom.SBOM_NAME, len(bom), hashlib.sha256(bom).hexdigest(), "sbom", "0644")
+    return entries, dataclasses.replace(lock, members=(*lock.members, bom_member))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ traceback (exit 1).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -356,7 +357,8 @@ def verify(
 @click.argument("bundle", type=_EXISTING_FILE)
 @click.option("--pubkey", type=_EXISTING_FILE, help="Also check the signature against this key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lock's facts as JSON.")
-def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
+@click.option("--sbom", "show_sbom", is_flag=True, help="Print the bundle's CycloneDX SBOM (sbom.cdx.json).")
+def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -> None:
     """Show what a bundle holds, from its lock, without reading the payload.
 
     The signer shown is the one the signature names; pass --pubkey to check it
@@ -366,9 +368,19 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool) -> None:
     Example:
       airbundle inspect dist/fmp-rke-23.12.1.tar
       airbundle inspect dist/fmp-rke-23.12.1.tar --json | jq '.binaries[].dest'
+      airbundle inspect dist/fmp-rke-23.12.1.tar --sbom > fmp-rke.cdx.json
     """
     trusted = _pubkeys(pubkey) if pubkey else None
     lock, signer, _ = archive.read_lock(bundle, trusted)
+    if show_sbom:
+        entry = next((m for m in lock.members if m.kind == "sbom"), None)
+        data = archive.read_member(bundle, entry.path) if entry else None
+        if entry is None or data is None:
+            raise IntegrityError(f"{bundle}: carries no SBOM (built by an airbundle without SBOM support?)")
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise IntegrityError(f"{bundle}: {entry.path} does not match lock.json", member=entry.path)
+        click.echo(data.decode("utf-8"), nl=False)
+        return
     sizes: dict[str, int] = {}
     for m in lock.members:
         sizes[m.kind] = sizes.get(m.kind, 0) + m.size

@@ -25,7 +25,7 @@ LOCK_NAME = "lock.json"
 SIG_NAME = "lock.json.sig"
 INSTALL_SH = "install.sh"
 MAX_LOCK_BYTES = 16 * 1024 * 1024  # a lock of 100k members is ~15 MB; refuse more unparsed
-MEMBER_KINDS = ("installer", "binary", "file", "script", "image", "deb")
+MEMBER_KINDS = ("installer", "binary", "file", "script", "image", "deb", "sbom")
 MODES = ("0644", "0755")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

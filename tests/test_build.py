@@ -47,6 +47,7 @@ def test_build_verify_round_trip(built: Path, keys: Keys) -> None:
         "files/notes.txt",
         "scripts/01-storage.sh",
         "scripts/02-services.sh",
+        "sbom.cdx.json",
     ]
     assert report.members == len(names)
 
@@ -237,3 +238,17 @@ def test_ssh_keygen_verifies_the_bundles_lock(built: Path, keys: Keys, tmp_path:
     assert subprocess.run(cmd, input=lock, capture_output=True).returncode == 0
     changed = lock.replace(b'"format": 1', b'"format": 2')
     assert subprocess.run(cmd, input=changed, capture_output=True).returncode != 0
+
+
+def test_sbom_lists_binaries_and_files(built: Path) -> None:
+    import json
+
+    from .conftest import run_cli
+
+    bom = json.loads(run_cli("inspect", built, "--sbom").stdout)
+    lock = archive.read_lock(built)[0]
+    binary = next(c for c in bom["components"] if c["name"] == "rke")
+    assert binary["hashes"][0]["content"] == lock.binaries[0].sha256
+    assert binary["externalReferences"][0]["url"].endswith("/rke_linux-amd64")
+    files = {c["name"] for c in bom["components"] if c["type"] == "file"}
+    assert {"files/notes.txt", "scripts/01-storage.sh"} <= files

@@ -90,7 +90,7 @@ def test_build_prints_bundle_path_last(project: Project, keys: Keys, tmp_path: P
     assert result.stdout == f"{tmp_path / 'o' / 'demo-1.0.0.tar'}\n"
     from bundler.build import INSTALLER_FILES
 
-    assert f"built demo 1.0.0: {8 + len(INSTALLER_FILES)} members" in result.stderr
+    assert f"built demo 1.0.0: {9 + len(INSTALLER_FILES)} members" in result.stderr
 
 
 def test_cache_env_variable(project: Project, keys: Keys, tmp_path: Path) -> None:

@@ -344,3 +344,13 @@ def test_release_with_detached_signature(
     (dist / "Release.gpg").write_bytes((dist / "Release.gpg").read_bytes().replace(b"A", b"B", 3))
     refused = _build(keys, manifest, tmp_path / "c", tmp_path / "cache3")
     assert refused.exit_code == 5 and "signature check failed" in refused.stderr
+
+
+def test_sbom_lists_the_packages(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos: AptRepos
+) -> None:
+    result = _build(keys, _manifest(project, apt_repos), tmp_path / "out", cache_dir)
+    bom = json.loads(run_cli("inspect", Path(result.stdout.strip()), "--sbom").stdout)
+    purls = {c["purl"] for c in bom["components"] if c["type"] == "library"}
+    assert "pkg:deb/debian/libfoo@1:0.5?arch=amd64" in purls
+    assert len(purls) == len(CLOSURE)

@@ -334,3 +334,17 @@ def test_bad_image_entries(project: Project, body: str, message: str) -> None:
     with pytest.raises(ManifestError, match=message.replace("(", r"\(")) as info:
         load_manifest(_manifest(project, body))
     assert re.search(r"img\.yaml:[789]:", str(info.value))
+
+
+def test_sbom_lists_the_images(image_bundle: Path) -> None:
+    """inspect --sbom prints the CycloneDX document the bundle carries, covered by the lock."""
+    result = run_cli("inspect", image_bundle, "--sbom")
+    assert result.exit_code == 0, result.stderr
+    bom = json.loads(result.stdout)
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
+    lock = archive.read_lock(image_bundle)[0]
+    purls = {c.get("purl", "") for c in bom["components"]}
+    for image in lock.images:
+        assert any(p.startswith("pkg:oci/") and f"@{image.manifest}" in p for p in purls), purls
+    assert bom["metadata"]["component"]["name"] == "imgs"
+    assert "sbom.cdx.json" in {m.path for m in lock.members}

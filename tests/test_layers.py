@@ -19,6 +19,7 @@ RANK = {
     "bundler.signing": 1,
     "bundler.lock": 2,
     "bundler.archive": 3,
+    "bundler.sbom": 3,
     "bundler.cache": 4,
     "bundler.manifest": 4,
     "bundler.fetch": 5,
@@ -47,6 +48,8 @@ OWNERS = {
     "tqdm": {"bundler.cli"},
     "docker": {"bundler.images"},
     "debian": {"bundler.debs"},
+    "cyclonedx": {"bundler.sbom"},
+    "packageurl": {"bundler.sbom"},
 }
 CLIS = {"bundler.cli", "bundler.__main__", "bundler.installer.main", "bundler.installer.run"}
 SITE_FORBIDDEN = {"bundler.manifest", "bundler.cache", "bundler.fetch", "bundler.build", "bundler.cli"}

@@ -82,7 +82,7 @@ def test_good_bundle_verifies_and_writes_nothing(built: Path, keys: Keys, tmp_pa
 def test_json_report(built: Path, keys: Keys) -> None:
     report = json.loads(verify(built, keys, "--json").stdout)
     assert report["ok"] is True and report["problems"] == []
-    assert report["signer"] == keys.pub.fingerprint and report["members"] == 8 + len(INSTALLER_FILES)
+    assert report["signer"] == keys.pub.fingerprint and report["members"] == 9 + len(INSTALLER_FILES)
 
 
 # ---------------------------------------------------------------- trust (exit 3)
