@@ -19,9 +19,13 @@ The site's install logic (nodes, phases, journal) is not handled here.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import errno
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -214,6 +218,65 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 # ---------------------------------------------------------------- reading
 
 
+class Source:
+    """A bundle's bytes for reading: one file, or its parts in order, seen as one.
+
+    ``pread`` reads at an offset without moving anything (safe from threads);
+    ``seek``/``read`` give ``TarReader`` a file-like view.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.fds: list[int] = []
+        self.starts: list[int] = []
+        self.size = 0
+        try:
+            for path in paths:
+                fd = os.open(path, os.O_RDONLY)
+                self.fds.append(fd)
+                self.starts.append(self.size)
+                self.size += os.fstat(fd).st_size
+                # Readahead for a cold cache: readers go through each member front to back.
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except BaseException:
+            self.close()
+            raise
+        self.pos = 0
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def pread(self, buf: memoryview, offset: int) -> int:
+        """Read into ``buf`` at ``offset`` (within one part: callers loop); 0 at the end."""
+        if offset >= self.size:
+            return 0
+        i = bisect.bisect_right(self.starts, offset) - 1
+        end = self.starts[i + 1] if i + 1 < len(self.starts) else self.size
+        return os.preadv(self.fds[i], [buf[: min(len(buf), end - offset)]], offset - self.starts[i])
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        buf = memoryview(bytearray(min(max(n, 0), CHUNK) or 1))
+        while len(out) < n:
+            got = self.pread(buf[: min(len(buf), n - len(out))], self.pos)
+            if got == 0:
+                break
+            out += buf[:got]
+            self.pos += got
+        return bytes(out)
+
+
 @dataclass(frozen=True)
 class TarMember:
     """A member header as read from the archive."""
@@ -256,7 +319,7 @@ class TarReader:
     skipped by seeking, so scanning a large bundle costs a few reads.
     """
 
-    def __init__(self, fileobj: BinaryIO, size: int) -> None:
+    def __init__(self, fileobj: Source | BinaryIO, size: int) -> None:
         self.f = fileobj
         self.size = size
         self.pos = 0
@@ -392,7 +455,7 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-def read_head(f: BinaryIO, size: int) -> Head:
+def read_head(f: Source | BinaryIO, size: int) -> Head:
     """Read ``lock.json`` and ``lock.json.sig``, which must be the first two members.
 
     Raises:
@@ -481,23 +544,23 @@ def _ssh_keygen_check(sig: signing.SshSig, message: bytes, armored: bytes) -> bo
     return run.returncode == 0
 
 
-def _member_chunks(fd: int, member: TarMember, buf: memoryview) -> Iterator[memoryview]:
+def _member_chunks(src: Source, member: TarMember, buf: memoryview) -> Iterator[memoryview]:
     """A member's data as successive views of ``buf`` (each valid until the next one)."""
     done = 0
     while done < member.size:
-        n = os.preadv(fd, [buf[: min(len(buf), member.size - done)]], member.offset + done)
+        n = src.pread(buf[: min(len(buf), member.size - done)], member.offset + done)
         if n == 0:
             raise IntegrityError(f"bundle is truncated inside member {member.name!r}", member=member.name)
         yield buf[:n]
         done += n
 
 
-def _hash_member(fd: int, member: TarMember, progress: Progress, local: threading.local) -> str:
+def _hash_member(src: Source, member: TarMember, progress: Progress, local: threading.local) -> str:
     buf = getattr(local, "buf", None)
     if buf is None:
         buf = local.buf = memoryview(bytearray(CHUNK))  # one buffer per hashing thread
     digest = hashlib.sha256()
-    for chunk in _member_chunks(fd, member, buf):
+    for chunk in _member_chunks(src, member, buf):
         digest.update(chunk)
         progress(len(chunk))
     return digest.hexdigest()
@@ -525,10 +588,8 @@ def verify_bundle(
         IntegrityError: the archive cannot be read as a bundle (exit 4).
         LockError: the signed lock is malformed (exit 4).
     """
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        # Readahead for a cold cache: the threads each read their members front to back.
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    with open_source(path, trusted) as f:
+        size = f.size
         head = read_head(f, size)
         now = time.time()
         signer = check_signature(head, trusted, now)
@@ -573,7 +634,7 @@ def verify_bundle(
         local = threading.local()
         workers = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            digests = list(pool.map(lambda m: _hash_member(f.fileno(), m, progress, local), todo))
+            digests = list(pool.map(lambda m: _hash_member(f, m, progress, local), todo))
         for member, digest in zip(todo, digests):
             report.members += 1
             report.bytes += member.size
@@ -586,8 +647,8 @@ def verify_bundle(
 
 def read_member(path: Path, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
     """One small member's bytes (None when absent), found by scanning headers; not verified."""
-    with open(path, "rb", buffering=0) as f:
-        reader = TarReader(f, os.fstat(f.fileno()).st_size)
+    with open_source(path) as f:
+        reader = TarReader(f, f.size)
         while True:
             member = reader.next()
             if member is None:
@@ -607,8 +668,8 @@ def read_lock(
     Returns:
         (lock, signer key or None when unsigned, signature bytes or None).
     """
-    with open(path, "rb", buffering=0) as f:
-        head = read_head(f, os.fstat(f.fileno()).st_size)
+    with open_source(path, trusted) as f:
+        head = read_head(f, f.size)
     if trusted is not None:
         signer: signing.PublicKey | None = check_signature(head, trusted)
     elif head.sig_bytes is not None:
@@ -623,7 +684,7 @@ def read_lock(
 FREE_SPACE_MARGIN = 64 * 1024 * 1024
 
 
-def _extract_member(fd: int, member: TarMember, root: str, want: lockmod.Member) -> None:
+def _extract_member(src: Source, member: TarMember, root: str, want: lockmod.Member) -> None:
     """Write one verified member under ``root``, re-hashing it on the way (no links followed)."""
     parent = root
     for part in member.name.split("/")[:-1]:
@@ -639,7 +700,7 @@ def _extract_member(fd: int, member: TarMember, root: str, want: lockmod.Member)
     )
     try:
         digest = hashlib.sha256()
-        for chunk in _member_chunks(fd, member, memoryview(bytearray(CHUNK))):
+        for chunk in _member_chunks(src, member, memoryview(bytearray(CHUNK))):
             digest.update(chunk)
             _write_all(out, chunk)
         os.fchmod(out, int(want.mode, 8))
@@ -692,8 +753,8 @@ def extract_bundle(
     staging = tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(workdir))  # 0700, fresh, ours alone
     try:
         expected = {m.path: m for m in lock.members}
-        with open(path, "rb", buffering=0) as f:
-            head = read_head(f, os.fstat(f.fileno()).st_size)
+        with open_source(path, trusted) as f:
+            head = read_head(f, f.size)
             for name, data in (
                 (lockmod.LOCK_NAME, head.lock_bytes),
                 (lockmod.SIG_NAME, head.sig_bytes or b""),
@@ -707,7 +768,7 @@ def extract_bundle(
                 want = expected.pop(member.name, None)
                 if want is None:
                     raise IntegrityError(f"member {member.name!r} is not in lock.json", member=member.name)
-                _extract_member(f.fileno(), member, staging, want)
+                _extract_member(f, member, staging, want)
         if expected:
             missing = sorted(expected)[0]
             raise IntegrityError(f"member {missing!r} vanished since verification", member=missing)
@@ -723,3 +784,198 @@ def extract_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final, report
+
+
+# ---------------------------------------------------------------- media-sized parts
+
+PARTS_SUFFIX = ".parts.json"
+MAX_PARTS_BYTES = 1024 * 1024
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.tar\.\d{3,}")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One media-sized piece of a bundle."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+def parts_file(path: Path) -> Path | None:
+    """The ``NAME-VERSION.parts.json`` that ``path`` is (or belongs to, for ``NAME-VERSION.tar.NNN``)."""
+    if path.name.endswith(PARTS_SUFFIX):
+        return path
+    match = re.fullmatch(r"(.+)\.tar\.\d{3,}", path.name)
+    return path.with_name(match.group(1) + PARTS_SUFFIX) if match else None
+
+
+def _hash_part(path: Path) -> str:
+    digest = hashlib.sha256()
+    buf = memoryview(bytearray(CHUNK))
+    with open(path, "rb", buffering=0) as f:
+        while True:  # no walrus: this module also runs on the site's python3 3.7
+            n = f.readinto(buf)
+            if not n:
+                break
+            digest.update(buf[:n])
+    return digest.hexdigest()
+
+
+def load_parts(path: Path, trusted: list[signing.PublicKey] | None = None) -> tuple[list[Part], str]:
+    """The parts a ``.parts.json`` lists, checked: signature (when ``trusted``), presence, size, SHA-256.
+
+    Returns:
+        (parts in order, SHA-256 of the whole bundle).
+
+    Raises:
+        SignatureError (exit 3): the parts file is unsigned or not by a trusted key.
+        IntegrityError (exit 4): naming the part that is missing, short, long or changed.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IntegrityError(f"{path}: cannot read the parts file: {exc.strerror}") from exc
+    if len(data) > MAX_PARTS_BYTES:
+        raise IntegrityError(f"{path}: too large for a parts file")
+    if trusted is not None:
+        sig = path.with_name(path.name + ".sig")
+        if not sig.exists():
+            raise SignatureError(f"{sig} is missing; unsigned parts are never trusted")
+        checker = None if signing.HAVE_CRYPTOGRAPHY else _ssh_keygen_check
+        signing.verify(data, sig.read_bytes(), trusted, checker=checker, now=time.time())
+    try:
+        doc = json.loads(data)
+        parts = [Part(str(p["name"]), int(p["size"]), str(p["sha256"])) for p in doc["parts"]]
+        whole = str(doc["sha256"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{path}: not a parts file ({exc})") from exc
+    for part in parts:
+        if not _PART_NAME.fullmatch(part.name):
+            raise IntegrityError(f"{path}: unsafe part name {part.name!r}", member=part.name)
+        where = path.parent / part.name
+        if not where.exists():
+            raise IntegrityError(f"part {part.name} is missing (looked in {path.parent})", member=part.name)
+        if where.stat().st_size != part.size:
+            raise IntegrityError(
+                f"part {part.name} is {where.stat().st_size} bytes, {path.name} says {part.size}; "
+                "copy it again",
+                member=part.name,
+            )
+    if trusted is not None:
+        with ThreadPoolExecutor() as pool:
+            digests = list(pool.map(lambda p: _hash_part(path.parent / p.name), parts))
+        for part, digest in zip(parts, digests):
+            if digest != part.sha256:
+                raise IntegrityError(
+                    f"part {part.name} is damaged (sha256 {digest}, {path.name} says {part.sha256}); "
+                    "copy it again",
+                    member=part.name,
+                )
+    return parts, whole
+
+
+def open_source(path: Path, trusted: list[signing.PublicKey] | None = None) -> Source:
+    """A ``Source`` for a bundle file, or for the parts its ``.parts.json`` (or any part) names."""
+    index = parts_file(path)
+    if index is None:
+        return Source([path])
+    parts, _ = load_parts(index, trusted)
+    return Source([index.parent / p.name for p in parts])
+
+
+def split_bundle(path: Path, part_size: int, key: signing.PrivateKey) -> Path:
+    """Cut a written bundle into ``NAME-VERSION.tar.000`` … plus a signed ``.parts.json``.
+
+    The parts are written with the kernel's copy path, fsynced, and listed with their
+    sizes and SHA-256s and the whole bundle's SHA-256; ``.parts.json.sig`` signs that
+    file; ``NAME-VERSION.parts.sha256`` is the same list for ``sha256sum -c``. The
+    whole ``.tar`` and its ``.sha256`` are removed afterwards.
+    """
+    size = path.stat().st_size
+    whole = _hash_part(path)
+    parts = []
+    with open(path, "rb", buffering=0) as src:
+        for i, offset in enumerate(range(0, size, part_size)):
+            name = f"{path.name}.{i:03d}"
+            count = min(part_size, size - offset)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".partial")
+            try:
+                done = 0
+                while done < count:
+                    done += os.sendfile(fd, src.fileno(), offset + done, count - done)
+                os.fchmod(fd, 0o644)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.parent / name)
+            parts.append(name)
+    with ThreadPoolExecutor() as pool:
+        digests = list(pool.map(lambda n: _hash_part(path.parent / n), parts))
+    doc = {
+        "format": 1,
+        "bundle": path.name,
+        "size": size,
+        "sha256": whole,
+        "parts": [
+            {"name": n, "size": (path.parent / n).stat().st_size, "sha256": d} for n, d in zip(parts, digests)
+        ],
+    }
+    data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    index = path.with_name(path.name[: -len(".tar")] + PARTS_SUFFIX)
+    _atomic(index, data)
+    _atomic(index.with_name(index.name + ".sig"), signing.sign(key, data))
+    sums = "".join(f"{d}  {n}\n" for n, d in zip(parts, digests)).encode()
+    _atomic(path.with_name(path.name[: -len(".tar")] + ".parts.sha256"), sums)
+    os.unlink(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path.with_name(path.name + ".sha256"))
+    return index
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fchmod(f.fileno(), 0o644)
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
+    """Write the whole bundle from its checked parts to ``out`` (temp, fsync, rename); its SHA-256.
+
+    The parts are never modified or removed.
+
+    Raises:
+        SignatureError, IntegrityError: as ``load_parts``, or the joined bytes differ from
+            the whole bundle's SHA-256 the parts file gives.
+    """
+    parts, whole = load_parts(index, trusted)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    digest = hashlib.sha256()
+    try:
+        buf = memoryview(bytearray(CHUNK))
+        for part in parts:
+            with open(index.parent / part.name, "rb", buffering=0) as f:
+                while True:
+                    n = f.readinto(buf)
+                    if not n:
+                        break
+                    digest.update(buf[:n])
+                    _write_all(fd, buf[:n])
+        if digest.hexdigest() != whole:
+            raise IntegrityError(f"{index.name}: the joined parts hash to {digest.hexdigest()}, not {whole}")
+        os.fchmod(fd, 0o644)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, out)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return whole

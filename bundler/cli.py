@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -167,6 +168,7 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
 @click.option(
     "--expires", metavar="WHEN", help="Sites refuse the bundle after WHEN: 180d, 12w, 36h or 2027-06-30."
 )
+@click.option("--split", metavar="SIZE", help="Cut the bundle into parts of SIZE (e.g. 4G, 4400M) for media.")
 def build(
     manifest: Path,
     outdir: Path | None,
@@ -177,6 +179,7 @@ def build(
     dry_run: bool,
     as_json: bool,
     expires: str | None,
+    split: str | None,
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
@@ -189,8 +192,11 @@ def build(
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist
       sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
       airbundle build manifests/fmp-rke.yaml --dry-run
+      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dvd --split 4400M
     """
     from bundler.build import build_bundle, plan_bundle  # imports requests: only the build needs it
+
+    part_size = _parse_size(split) if split else None
 
     if dry_run:
         _print_plan(plan_bundle(manifest, cache_dir or default_root()), as_json)
@@ -232,6 +238,14 @@ def build(
         err=True,
     )
     click.echo(f"sha256 {result.sha256}", err=True)
+    if part_size:
+        index = archive.split_bundle(result.path, part_size, key)
+        count = len(archive.load_parts(index)[0])
+        click.echo(
+            f"split into {count} parts of at most {_human(part_size)}; {index.name} lists them", err=True
+        )
+        click.echo(str(index))
+        return
     click.echo(str(result.path))
 
 
@@ -265,6 +279,20 @@ def _deb_table(lock: Any) -> list[str]:
         for d in lock.debs
     ]
     return lines
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _parse_size(text: str) -> int:
+    """``4G``, ``4400M``, ``512K`` or bytes; at least 64 KiB."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise click.BadParameter(f"{text!r}: give a size like 4G, 4400M or 512K", param_hint="--split")
+    size = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    if size < 64 * 1024:
+        raise click.BadParameter("parts must be at least 64K", param_hint="--split")
+    return size
 
 
 def _error_json(exc: BundlerError) -> dict[str, Any]:
@@ -530,6 +558,35 @@ def install(
     code = run(argv)
     if code:
         raise click.exceptions.Exit(code)
+
+
+@cli.command()
+@click.argument("parts", type=_EXISTING_FILE)
+@click.option(
+    "--pubkey",
+    "pubkeys",
+    required=True,
+    multiple=True,
+    type=_EXISTING_FILE,
+    help="Trusted public key(s); repeatable.",
+)
+@click.option("-o", "--out", "out", required=True, type=_PATH, help="The whole bundle to write.")
+def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
+    """Join a bundle's parts into one .tar, checking every part first; the parts stay as they are.
+
+    PARTS is the NAME-VERSION.parts.json (or any of its parts).
+
+    \b
+    Example:
+      airbundle join /media/dvd/fmp-rke-23.12.1.parts.json --pubkey release.pub -o fmp-rke-23.12.1.tar
+    """
+    index = archive.parts_file(parts)
+    if index is None:
+        raise InputError(f"{parts}: not a .parts.json or a NAME-VERSION.tar.NNN part")
+    trusted = [key for path in pubkeys for key in _pubkeys(path)]
+    digest = archive.join_parts(index, trusted, out)
+    click.echo(f"sha256 {digest}", err=True)
+    click.echo(str(out))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,3 +111,13 @@ def test_nothing_below_the_clis_prints_or_exits(name: str) -> None:
 def test_every_module_has_a_docstring() -> None:
     missing = [name for name, tree in MODULES.items() if not ast.get_docstring(tree)]
     assert missing == []
+
+
+def test_the_carried_installer_parses_as_python_37() -> None:
+    """Everything install.sh runs on the site must at least parse on python3 3.7 (no walrus etc.)."""
+    from bundler.build import INSTALLER_FILES
+
+    for source in INSTALLER_FILES.values():
+        if source.endswith(".py"):
+            path = PKG / source
+            ast.parse(path.read_text(), str(path), feature_version=(3, 7))

@@ -1,0 +1,78 @@
+"""Media-sized parts: --split, verify naming the bad or missing part, join, sha256sum -c."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import Keys, Project, run_cli
+
+
+@pytest.fixture
+def split(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, built: Path) -> tuple[Path, Path]:
+    """The demo bundle cut into 64 KiB parts, and the same bundle built whole for comparison."""
+    result = run_cli(
+        "build",
+        project.manifest,
+        "-o",
+        tmp_path / "parts",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+        "--split",
+        "64K",
+    )
+    assert result.exit_code == 0, result.stderr
+    return Path(result.stdout.strip()), built
+
+
+def test_split_verify_inspect_join(split: tuple[Path, Path], keys: Keys, tmp_path: Path) -> None:
+    index, whole = split
+    folder = index.parent
+    parts = sorted(p.name for p in folder.glob("demo-1.0.0.tar.[0-9]*"))
+    assert len(parts) >= 3 and not (folder / "demo-1.0.0.tar").exists()
+    doc = json.loads(index.read_text())
+    assert [p["name"] for p in doc["parts"]] == parts
+    assert (
+        doc["sha256"]
+        == subprocess.run(["sha256sum", whole], capture_output=True, text=True).stdout.split()[0]
+    )
+    subprocess.run(
+        ["sha256sum", "-c", "demo-1.0.0.parts.sha256"], cwd=folder, check=True, capture_output=True
+    )
+    for target in (index, folder / parts[1]):  # the parts file, or any part, names the set
+        result = run_cli("verify", target, "--pubkey", keys.pub_path)
+        assert result.exit_code == 0, result.stderr
+    assert "demo 1.0.0" in run_cli("inspect", index).stdout
+    joined = tmp_path / "joined.tar"
+    result = run_cli("join", index, "--pubkey", keys.pub_path, "-o", joined)
+    assert result.exit_code == 0, result.stderr
+    assert joined.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in folder.glob("demo-1.0.0.tar.[0-9]*")) == parts  # parts kept
+
+
+def test_damaged_or_missing_part_is_named(split: tuple[Path, Path], keys: Keys, other_keys: Keys) -> None:
+    index, _ = split
+    middle = sorted(index.parent.glob("demo-1.0.0.tar.[0-9]*"))[1]
+    data = bytearray(middle.read_bytes())
+    data[len(data) // 2] ^= 1
+    middle.write_bytes(bytes(data))
+    damaged = run_cli("verify", index, "--pubkey", keys.pub_path)
+    assert damaged.exit_code == 4 and f"part {middle.name} is damaged" in damaged.stderr
+    middle.unlink()
+    missing = run_cli("verify", index, "--pubkey", keys.pub_path)
+    assert missing.exit_code == 4 and f"part {middle.name} is missing" in missing.stderr
+    untrusted = run_cli("verify", index, "--pubkey", other_keys.pub_path)
+    assert untrusted.exit_code == 3
+
+
+def test_split_size_is_checked(project: Project, keys: Keys, tmp_path: Path) -> None:
+    for bad in ("lots", "1K"):
+        result = run_cli(
+            "build", project.manifest, "-o", tmp_path / "x", "--key", keys.key_path, "--split", bad
+        )
+        assert result.exit_code == 2 and "--split" in result.stderr
