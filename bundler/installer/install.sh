@@ -28,7 +28,13 @@ ${arg#--pubkey=}" ;;
 done
 [ -n "$pubs" ] || die 2 "--pubkey PUB is required (the publisher's key, received out of band)"
 if [ -z "$bundle" ]; then
-    # The bundle this script was taken from: the one .tar beside it whose first member is lock.json.
+    # The bundle this script was taken from: the one .tar beside it whose first member is
+    # lock.json, or the one set of parts (NAME-VERSION.parts.json) beside it.
+    for candidate in "$here"/*.parts.json; do
+        [ -f "$candidate" ] || continue
+        [ -z "$bundle" ] || die 2 "several bundles beside install.sh; name one with --bundle FILE"
+        bundle=$candidate
+    done
     for candidate in "$here"/*.tar; do
         [ -f "$candidate" ] || continue
         first=$(tar -tf "$candidate" 2>/dev/null | head -n 1) || true
@@ -46,7 +52,22 @@ done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
-tar -xf "$bundle" -C "$work" lock.json lock.json.sig 2>/dev/null \
+# A bundle in media-sized parts is read as one stream: its parts in order (NAME-VERSION.tar.NNN).
+case "$bundle" in
+    *.parts.json) parts_glob="${bundle%.parts.json}.tar.[0-9][0-9][0-9]*" ;;
+    *.tar.[0-9][0-9][0-9]*) parts_glob="${bundle%.tar.*}.tar.[0-9][0-9][0-9]*" ;;
+    *) parts_glob="" ;;
+esac
+untar() {  # untar DIR MEMBER...: extract members from the bundle, whole or in parts
+    dir=$1; shift
+    if [ -n "$parts_glob" ]; then
+        # shellcheck disable=SC2086 # the glob must expand to the parts, in order
+        cat $parts_glob | tar -xf - -C "$dir" "$@"
+    else
+        tar -xf "$bundle" -C "$dir" "$@"
+    fi
+}
+untar "$work" lock.json lock.json.sig 2>/dev/null \
     || die 4 "$bundle: lock.json or lock.json.sig is missing; this is not a signed airbundle bundle"
 # allowed_signers: each key line of every PUB under the principal "airbundle" (the installer
 # itself then applies valid-after/valid-before and namespaces).
@@ -63,7 +84,7 @@ ssh-keygen -Y verify -f "$work/allowed_signers" -I airbundle -n airbundle -s "$w
 sed -n '/^    {"kind": "installer"/s/.*"path": "\([^"]*\)", "sha256": "\([0-9a-f]*\)".*/\2  \1/p' \
     "$work/lock.json" >"$work/installer.sha256"
 # shellcheck disable=SC2046 # installer paths have no spaces (the lock's path rules)
-tar -xf "$bundle" -C "$work" $(sed 's/^[0-9a-f]*  //' "$work/installer.sha256") \
+untar "$work" $(sed 's/^[0-9a-f]*  //' "$work/installer.sha256") \
     || die 4 "$bundle: installer members are missing"
 (cd "$work" && sha256sum -c --quiet installer.sha256 >/dev/null 2>&1) \
     || die 4 "$bundle: the installer files do not match lock.json; do not install this bundle"
