@@ -40,7 +40,7 @@ from typing import BinaryIO
 
 from bundler import lock as lockmod
 from bundler import signing
-from bundler.errors import ExpiredError, InstallError, IntegrityError, SignatureError
+from bundler.errors import ExpiredError, InstallError, IntegrityError, SignatureError, TrustError
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default record size; we pad the archive to it like tar does
@@ -714,14 +714,40 @@ def _extract_member(src: Source, member: TarMember, root: str, want: lockmod.Mem
         )
 
 
+def _inherit(lock: lockmod.Lock, base_dir: Path | None, staging: str) -> None:
+    """Copy a delta's inherited members from its base's unpacked folder, each checked by SHA-256."""
+    if base_dir is None:
+        raise TrustError(
+            f"{lock.name} {lock.version} is a delta on {lock.base.get('name')} "
+            f"{lock.base.get('version')}, which must be installed here first"
+        )
+    base_lock = lockmod.Lock.from_bytes((base_dir / lockmod.LOCK_NAME).read_bytes())
+    where = {m.sha256: m.path for m in (*base_lock.members, *base_lock.inherited)}
+    for member in lock.inherited:
+        if member.sha256 not in where:
+            raise IntegrityError(
+                f"the base at {base_dir} lacks {member.path} ({member.sha256})", member=member.path
+            )
+        with Source([base_dir / where[member.sha256]]) as src:
+            if src.size != member.size:
+                raise IntegrityError(
+                    f"{base_dir / where[member.sha256]} changed since it was installed", member=member.path
+                )
+            _extract_member(src, TarMember(member.path, member.size, int(member.mode, 8), 0), staging, member)
+
+
 def extract_bundle(
     path: Path,
     trusted: list[signing.PublicKey],
     workdir: Path,
     progress: Progress = _no_progress,
     allow_expired: bool = False,
+    inherit_from: Path | None = None,
 ) -> tuple[Path, VerifyReport]:
     """Verify a bundle, then unpack exactly the members its lock lists into ``workdir/NAME-VERSION``.
+
+    A delta bundle's inherited members are copied from ``inherit_from`` (its base's
+    unpacked folder), each checked against the new lock's SHA-256 before it is used.
 
     Verification comes first and must be clean. Extraction goes into a fresh
     private folder next to the target, creating only folders and regular files
@@ -772,6 +798,8 @@ def extract_bundle(
         if expected:
             missing = sorted(expected)[0]
             raise IntegrityError(f"member {missing!r} vanished since verification", member=missing)
+        if lock.inherited:
+            _inherit(lock, inherit_from, staging)
         os.chmod(staging, 0o755)  # noqa: S103 - the unpacked bundle is readable, like /usr
         if final.exists():
             old = tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=str(workdir))

@@ -29,7 +29,7 @@ from typing import Any
 
 from bundler import __version__, aptsource, archive, debs, images, oci, registry, sbom, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
-from bundler.errors import FetchError, InputError
+from bundler.errors import BundlerError, FetchError, InputError
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
 from bundler.lock import INSTALL_SH, LOCK_NAME, SIG_NAME, Binary, Deb, FileSet, Lock, Member, Step, fold
 from bundler.manifest import Manifest, load_manifest
@@ -406,6 +406,35 @@ def _plan(
     return entries, dataclasses.replace(lock, members=(*lock.members, bom_member))
 
 
+_INHERITABLE = ("image", "deb", "binary")  # what a delta may leave out: the big, content-addressed parts
+
+
+def _delta(
+    entries: list[archive.Entry], lock: Lock, base: Path, key: signing.PrivateKey
+) -> tuple[list[archive.Entry], Lock]:
+    """Leave out every blob, package and binary whose digest the base bundle already carries."""
+    try:
+        with archive.open_source(base) as f:
+            head = archive.read_head(f, f.size)
+        archive.check_signature(head, [key.public])
+    except BundlerError as exc:
+        raise InputError(f"--base {base}: not a bundle signed with this key ({exc})") from exc
+    old = Lock.from_bytes(head.lock_bytes)
+    have = {m.sha256 for m in (*old.members, *old.inherited)}
+    inherited = tuple(m for m in lock.members if m.kind in _INHERITABLE and m.sha256 in have)
+    gone = {m.path for m in inherited}
+    return [e for e in entries if e.path not in gone], dataclasses.replace(
+        lock,
+        members=tuple(m for m in lock.members if m.path not in gone),
+        inherited=inherited,
+        base={
+            "name": old.name,
+            "version": old.version,
+            "lock_sha256": hashlib.sha256(head.lock_bytes).hexdigest(),
+        },
+    )
+
+
 @dataclass(frozen=True)
 class PlanItem:
     """One thing a build would bundle: what, how big (None: the server does not say), from where."""
@@ -479,6 +508,7 @@ def build_bundle(
     on_write: Callable[[int, int], None] | None = None,
     on_hash: Callable[[int, int], None] | None = None,
     expires: str | None = None,
+    base: Path | None = None,
 ) -> BuildResult:
     """Build ``OUTDIR/NAME-VERSION.tar`` (and ``.tar.sha256``) from a manifest.
 
@@ -488,6 +518,9 @@ def build_bundle(
         on_hash: ``(bytes just hashed, bytes to hash)`` while hashing changed payload files.
         expires: ``--expires``; relative durations count from SOURCE_DATE_EPOCH when it is
             set (so the build stays reproducible), else from now.
+        base: ``--base``: an earlier bundle (signed with the same key) whose blobs,
+            packages and binaries this one leaves out; the site takes them from its
+            installed copy.
 
     Raises:
         ManifestError / InputError: a bad manifest or input (exit 2).
@@ -504,8 +537,10 @@ def build_bundle(
     collected = _collect_images(manifest, fetcher, jobs, on_fetch)
     entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages)
     if expires:
-        base = source_date_epoch() or int(time.time())
-        lock = dataclasses.replace(lock, expires=parse_expiry(expires, base))
+        start = source_date_epoch() or int(time.time())
+        lock = dataclasses.replace(lock, expires=parse_expiry(expires, start))
+    if base is not None:
+        entries, lock = _delta(entries, lock, base, key)
     lock_bytes = lock.to_bytes()
     sig = signing.sign(key, lock_bytes)
     entries[:0] = [

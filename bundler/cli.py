@@ -169,6 +169,9 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
     "--expires", metavar="WHEN", help="Sites refuse the bundle after WHEN: 180d, 12w, 36h or 2027-06-30."
 )
 @click.option("--split", metavar="SIZE", help="Cut the bundle into parts of SIZE (e.g. 4G, 4400M) for media.")
+@click.option(
+    "--base", "base", type=_EXISTING_FILE, help="Build a delta: leave out what this earlier bundle carries."
+)
 def build(
     manifest: Path,
     outdir: Path | None,
@@ -180,6 +183,7 @@ def build(
     as_json: bool,
     expires: str | None,
     split: str | None,
+    base: Path | None,
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
@@ -193,6 +197,7 @@ def build(
       sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
       airbundle build manifests/fmp-rke.yaml --dry-run
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dvd --split 4400M
+      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --base dist/fmp-rke-23.12.0.tar
     """
     from bundler.build import build_bundle, plan_bundle  # imports requests: only the build needs it
 
@@ -226,6 +231,7 @@ def build(
             on_hash=lambda n, total: bars.advance("hashing files", n, total),
             on_write=lambda n, total: bars.advance("writing bundle", n, total),
             expires=expires,
+            base=base,
         )
     finally:
         bars.close()

@@ -138,6 +138,9 @@ class Lock:
     min_workers: int = 0  # the installer warns when the inventory has fewer workers
     image_roles: tuple[str, ...] = ("worker",)  # node roles that receive the images
     expires: int = 0  # epoch seconds after which sites refuse the bundle; 0 = never
+    # A delta bundle: the bundle it builds on, and the members it takes from that one's unpacked copy.
+    base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
+    inherited: tuple[Member, ...] = ()
 
     @property
     def payload_size(self) -> int:
@@ -171,6 +174,8 @@ class Lock:
             "min_workers": self.min_workers,
             "image_roles": list(self.image_roles),
             "expires": self.expires,
+            "base": dict(self.base),
+            "inherited": [asdict(m) for m in self.inherited],
         }
 
     def to_bytes(self) -> bytes:
@@ -352,7 +357,21 @@ def _parse(doc: Any) -> Lock:
             )
         )
     blob_refs += [d.path for d in debs]
-    listed = set(seen.values())
+    inherited = []
+    for i, raw in enumerate(top.items("inherited")):
+        f = _Fields(raw, f"inherited[{i}]")
+        member = Member(
+            f.path("path"), f.size("size"), f.sha("sha256"), f.get("kind", str), f.get("mode", str)
+        )
+        if member.kind not in MEMBER_KINDS or member.mode not in MODES:
+            raise LockError(f"{LOCK_NAME}: inherited[{i}] has unknown kind or mode")
+        if fold(member.path) in seen:
+            raise LockError(f"{LOCK_NAME}: {member.path!r} is both carried and inherited")
+        inherited.append(member)
+    base = top.get("base", dict) if "base" in top.obj else {}
+    if inherited and not all(isinstance(base.get(k), str) for k in ("name", "version", "lock_sha256")):
+        raise LockError(f"{LOCK_NAME}: inherited members need a base (name, version, lock_sha256)")
+    listed = set(seen.values()) | {m.path for m in inherited}
     for ref in [b.path for b in binaries] + [s.script for s in steps] + blob_refs:
         if ref not in listed:
             raise LockError(f"{LOCK_NAME}: {ref!r} is used but not listed as a member")
@@ -376,4 +395,6 @@ def _parse(doc: Any) -> Lock:
         min_workers=top.size("min_workers") if "min_workers" in top.obj else 0,
         image_roles=_image_roles(top),
         expires=top.size("expires") if "expires" in top.obj else 0,
+        base={str(k): str(v) for k, v in base.items()},
+        inherited=tuple(inherited),
     )

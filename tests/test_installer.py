@@ -540,3 +540,94 @@ def test_install_sh_expiry_and_several_keys(
     )
     assert both.returncode == 0, both.stderr
     assert "members verified" in both.stdout
+
+
+# ---------------------------------------------------------------- delta bundles
+
+
+def test_delta_bundle_builds_on_the_installed_base(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster
+) -> None:
+    from bundler import archive
+
+    from .conftest import run_cli
+
+    client, nodes = ssh_cluster
+    _empty_engines(nodes)
+    head = "apiVersion: airbundle/v1\nkind: Bundle\nname: app\nplatform: {os: debian, codename: bookworm, arch: amd64}\n"
+    images = "images:\n  - ref: test/app-a:1\n    from: daemon\n  - ref: test/app-b:1\n    from: daemon\n"
+    v1 = project.write_manifest(head + "version: '1.0'\n" + images, "v1.yaml")
+    v2 = project.write_manifest(
+        head + "version: '2.0'\n" + images + "  - ref: test/vendor:1\n    from: daemon\n", "v2.yaml"
+    )
+    env = source_engine.engine.env
+    site = _node_site(v1, keys, tmp_path, cache_dir, nodes, env=env)
+    first = _install(site, keys, "--ssh-config", str(client.config))
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    base = next(site.glob("app-1.0.tar"))
+    full = run_cli(
+        "build", v2, "-o", tmp_path / "full", "--key", keys.key_path, "--cache", cache_dir, env=env
+    )
+    delta = run_cli(
+        "build",
+        v2,
+        "-o",
+        tmp_path / "delta",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+        "--base",
+        base,
+        env=env,
+    )
+    assert full.exit_code == 0 and delta.exit_code == 0, delta.stderr
+    full_tar, delta_tar = Path(full.stdout.strip()), Path(delta.stdout.strip())
+    lock = archive.read_lock(delta_tar)[0]
+    assert lock.base["name"] == "app" and lock.base["version"] == "1.0"
+    inherited = sum(m.size for m in lock.inherited)
+    assert inherited > 0 and delta_tar.stat().st_size < full_tar.stat().st_size - inherited + 64 * 1024
+    assert run_cli("verify", delta_tar, "--pubkey", keys.pub_path).exit_code == 0
+
+    # On the site that has 1.0: installs, and the new image reaches every worker.
+    shutil.copy(delta_tar, site / delta_tar.name)
+    run = _install_bundle(site, keys, client, delta_tar.name)
+    assert run.returncode == 0, run.stdout + run.stderr
+    vendor_id = source_engine.engine.client.images.get("test/vendor:1").id
+    for node in nodes[1:]:
+        assert vendor_id in {i.id for i in node.engine.client.images.list()}
+    assert "1 loaded, 2 already present" in run.stdout
+
+    # On a site that never had 1.0: refused, naming the base it needs.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(delta_tar, bare / delta_tar.name)
+    shutil.copy(site / "install.sh", bare / "install.sh")
+    shutil.copy(site / "cluster.yml", bare / "cluster.yml")
+    refused = _install_bundle(bare, keys, client, delta_tar.name)
+    assert refused.returncode == 3 and "is a delta bundle on app 1.0" in refused.stderr
+
+
+def _install_bundle(site: Path, keys: Keys, client, bundle: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": SITE_PATH}
+    return subprocess.run(
+        [
+            "sh",
+            "install.sh",
+            "--bundle",
+            bundle,
+            "--pubkey",
+            str(keys.pub_path),
+            "--inventory",
+            "cluster.yml",
+            "--workdir",
+            str(site / "work"),
+            "--ssh-config",
+            str(client.config),
+        ],
+        cwd=site,
+        env=env,
+        capture_output=True,
+        text=True,
+    )

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bundler import __version__, archive, signing
-from bundler.errors import BundlerError, InputError, InstallError, IntegrityError
+from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, TrustError
 from bundler.installer.apply import (
     NodeResult,
     binaries_phase,
@@ -33,6 +33,7 @@ from bundler.installer.inventory import Node, load_inventory, load_values
 from bundler.installer.journal import Journal
 from bundler.installer.plan import PHASES, describe, image_targets, topology_warnings
 from bundler.installer.remote import SshOptions
+from bundler.lock import Lock
 
 DEFAULT_WORKDIR = "/var/lib/airbundle"
 EPILOG = """example:
@@ -115,7 +116,11 @@ def _install(
     lock, _, _ = archive.read_lock(args.bundle, trusted)
     installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
     final, report = archive.extract_bundle(
-        args.bundle, trusted, args.workdir, allow_expired=args.allow_expired
+        args.bundle,
+        trusted,
+        args.workdir,
+        allow_expired=args.allow_expired,
+        inherit_from=_base_dir(lock, args.workdir, journal) if lock.base else None,
     )
     lock = report.lock
     lock_sha = hashlib.sha256((final / "lock.json").read_bytes()).hexdigest()
@@ -165,6 +170,25 @@ def _install(
         journal.complete(lock.name)
         print(f"{lock.name} {lock.version} is installed")
     return 0
+
+
+def _base_dir(lock: Lock, workdir: Path, journal: Journal) -> Path:
+    """The unpacked base a delta bundle needs: installed here (journal) and intact; else exit 3."""
+    base = lock.base
+    need = f"{base['name']} {base['version']} (lock sha256 {base['lock_sha256'][:16]}…)"
+    entry = journal.state["installed"].get(base["name"], {})
+    folder = workdir / f"{base['name']}-{base['version']}"
+    intact = (folder / "lock.json").is_file() and hashlib.sha256(
+        (folder / "lock.json").read_bytes()
+    ).hexdigest() == base["lock_sha256"]
+    # The base is installed when the journal names it, or names a later version built on it
+    # (a second delta on the same base) while its folder is still here.
+    if not intact or not entry:
+        raise TrustError(
+            f"{lock.name} {lock.version} is a delta bundle on {need}; install that bundle here first "
+            f"(its unpacked copy is looked for at {folder})"
+        )
+    return folder
 
 
 def _report(phase: str, results: list[NodeResult], journal: Journal | None = None) -> None:
