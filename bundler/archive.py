@@ -262,6 +262,13 @@ class Source:
         end = self.starts[i + 1] if i + 1 < len(self.starts) else self.size
         return os.preadv(self.fds[i], [buf[: min(len(buf), end - offset)]], offset - self.starts[i])
 
+    def part_of(self, offset: int) -> str:
+        """`` (in part NAME)`` for a bundle in parts, else an empty string."""
+        if len(self.paths) < 2:
+            return ""
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        return f" (in part {self.paths[i].name})"
+
     def seek(self, pos: int) -> None:
         self.pos = pos
 
@@ -600,7 +607,10 @@ def verify_bundle(
         found: dict[str, TarMember] = {}
         folded: dict[str, str] = {}
         while True:
-            member = head.reader.next()
+            try:
+                member = head.reader.next()
+            except IntegrityError as exc:  # name the part a damaged header sits in
+                raise IntegrityError(f"{exc}{f.part_of(head.reader.pos)}", member=exc.member) from exc
             if member is None:
                 break
             key = lockmod.fold(member.name)
@@ -640,7 +650,11 @@ def verify_bundle(
             report.bytes += member.size
             want_sha = expected[member.name].sha256
             if digest != want_sha:
-                report.problems.append(Problem(member.name, f"sha256 {digest}, lock.json says {want_sha}"))
+                report.problems.append(
+                    Problem(
+                        member.name, f"sha256 {digest}, lock.json says {want_sha}{f.part_of(member.offset)}"
+                    )
+                )
     report.problems.sort(key=lambda p: p.member)
     return report
 
@@ -850,8 +864,12 @@ def _hash_part(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_parts(path: Path, trusted: list[signing.PublicKey] | None = None) -> tuple[list[Part], str]:
-    """The parts a ``.parts.json`` lists, checked: signature (when ``trusted``), presence, size, SHA-256.
+def load_parts(
+    path: Path, trusted: list[signing.PublicKey] | None = None, hash_parts: bool = False
+) -> tuple[list[Part], str]:
+    """The parts a ``.parts.json`` lists, checked: signature (when ``trusted``), presence and size,
+    and each part's SHA-256 when ``hash_parts`` (``join`` does; ``verify`` instead checks every
+    member in one pass and names the part that holds a bad one).
 
     Returns:
         (parts in order, SHA-256 of the whole bundle).
@@ -890,7 +908,7 @@ def load_parts(path: Path, trusted: list[signing.PublicKey] | None = None) -> tu
                 "copy it again",
                 member=part.name,
             )
-    if trusted is not None:
+    if hash_parts:
         with ThreadPoolExecutor() as pool:
             digests = list(pool.map(lambda p: _hash_part(path.parent / p.name), parts))
         for part, digest in zip(parts, digests):
@@ -980,7 +998,7 @@ def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
         SignatureError, IntegrityError: as ``load_parts``, or the joined bytes differ from
             the whole bundle's SHA-256 the parts file gives.
     """
-    parts, whole = load_parts(index, trusted)
+    parts, whole = load_parts(index, trusted, hash_parts=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
     digest = hashlib.sha256()
     try:

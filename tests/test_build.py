@@ -252,3 +252,7 @@ def test_sbom_lists_binaries_and_files(built: Path) -> None:
     assert binary["externalReferences"][0]["url"].endswith("/rke_linux-amd64")
     files = {c["name"] for c in bom["components"] if c["type"] == "file"}
     assert {"files/notes.txt", "scripts/01-storage.sh"} <= files
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom)) is None

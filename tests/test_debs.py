@@ -354,3 +354,7 @@ def test_sbom_lists_the_packages(
     purls = {c["purl"] for c in bom["components"] if c["type"] == "library"}
     assert "pkg:deb/debian/libfoo@1:0.5?arch=amd64" in purls
     assert len(purls) == len(CLOSURE)
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom)) is None

@@ -348,3 +348,7 @@ def test_sbom_lists_the_images(image_bundle: Path) -> None:
         assert any(p.startswith("pkg:oci/") and f"@{image.manifest}" in p for p in purls), purls
     assert bom["metadata"]["component"]["name"] == "imgs"
     assert "sbom.cdx.json" in {m.path for m in lock.members}
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(result.stdout) is None

@@ -546,19 +546,34 @@ def test_install_sh_expiry_and_several_keys(
 
 
 def test_delta_bundle_builds_on_the_installed_base(
-    project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster, apt_repos
 ) -> None:
+    """v2 = v1 with one changed image and one new package, shipped as a delta against v1."""
     from bundler import archive
 
     from .conftest import run_cli
 
     client, nodes = ssh_cluster
     _empty_engines(nodes)
+    src = source_engine.engine.client
+    ctx = tmp_path / "app-b-2"
+    ctx.mkdir()
+    (ctx / "msg.txt").write_text("hello from app-b, version 2\n")
+    (ctx / "Dockerfile").write_text('FROM test/base:1\nCOPY msg.txt /msg.txt\nCMD ["cat", "/msg.txt"]\n')
+    src.images.build(path=str(ctx), tag="test/app-b:2", rm=True, network_mode="none")
+    shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
     head = "apiVersion: airbundle/v1\nkind: Bundle\nname: app\nplatform: {os: debian, codename: bookworm, arch: amd64}\n"
-    images = "images:\n  - ref: test/app-a:1\n    from: daemon\n  - ref: test/app-b:1\n    from: daemon\n"
-    v1 = project.write_manifest(head + "version: '1.0'\n" + images, "v1.yaml")
+    v1 = project.write_manifest(
+        head
+        + "version: '1.0'\nimages:\n  - {ref: 'test/app-a:1', from: daemon}\n  - {ref: 'test/app-b:1', from: daemon}\n",
+        "v1.yaml",
+    )
     v2 = project.write_manifest(
-        head + "version: '2.0'\n" + images + "  - ref: test/vendor:1\n    from: daemon\n", "v2.yaml"
+        head
+        + "version: '2.0'\nimages:\n  - {ref: 'test/app-a:1', from: daemon}\n  - {ref: 'test/app-b:2', from: daemon}\n"
+        f"debs:\n  sources:\n    - {{url: '{apt_repos.url}', suite: stable, components: [main], keyring: payloads/repo.gpg}}\n"
+        "  packages: [prelib]\n",
+        "v2.yaml",
     )
     env = source_engine.engine.env
     site = _node_site(v1, keys, tmp_path, cache_dir, nodes, env=env)
@@ -587,17 +602,29 @@ def test_delta_bundle_builds_on_the_installed_base(
     lock = archive.read_lock(delta_tar)[0]
     assert lock.base["name"] == "app" and lock.base["version"] == "1.0"
     inherited = sum(m.size for m in lock.inherited)
+    print(
+        f"\ndelta {delta_tar.stat().st_size} bytes vs full {full_tar.stat().st_size} bytes; "
+        f"{len(lock.inherited)} members ({inherited} bytes) inherited from app 1.0"
+    )
+    # Smaller by what 1.0 already carried (the tar's own headers and padding aside).
     assert inherited > 0 and delta_tar.stat().st_size < full_tar.stat().st_size - inherited + 64 * 1024
+    carried = {m.path for m in lock.members}
+    assert any(p.startswith("debs/prelib_") for p in carried)  # the new package travels
     assert run_cli("verify", delta_tar, "--pubkey", keys.pub_path).exit_code == 0
 
-    # On the site that has 1.0: installs, and the new image reaches every worker.
+    # On the site that has 1.0: installs, and the changed image reaches every worker.
     shutil.copy(delta_tar, site / delta_tar.name)
-    run = _install_bundle(site, keys, client, delta_tar.name)
+    roots = tmp_path / "roots"
+    for node in nodes:
+        (roots / node.name / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+        (roots / node.name / "var/lib/dpkg/status").touch()
+    run = _install_bundle(site, keys, client, delta_tar.name, "--apt-root", f"{roots}/{{node}}")
     assert run.returncode == 0, run.stdout + run.stderr
-    vendor_id = source_engine.engine.client.images.get("test/vendor:1").id
+    app_b2 = src.images.get("test/app-b:2").id
     for node in nodes[1:]:
-        assert vendor_id in {i.id for i in node.engine.client.images.list()}
-    assert "1 loaded, 2 already present" in run.stdout
+        assert app_b2 in {i.id for i in node.engine.client.images.list()}
+        assert (roots / node.name / "usr/share/doc/prelib/README").is_file()
+    assert "1 loaded, 1 already present" in run.stdout
 
     # On a site that never had 1.0: refused, naming the base it needs.
     bare = tmp_path / "bare"
@@ -609,7 +636,9 @@ def test_delta_bundle_builds_on_the_installed_base(
     assert refused.returncode == 3 and "is a delta bundle on app 1.0" in refused.stderr
 
 
-def _install_bundle(site: Path, keys: Keys, client, bundle: str) -> subprocess.CompletedProcess[str]:
+def _install_bundle(
+    site: Path, keys: Keys, client, bundle: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": SITE_PATH}
     return subprocess.run(
         [
@@ -625,9 +654,50 @@ def _install_bundle(site: Path, keys: Keys, client, bundle: str) -> subprocess.C
             str(site / "work"),
             "--ssh-config",
             str(client.config),
+            *extra,
         ],
         cwd=site,
         env=env,
         capture_output=True,
         text=True,
     )
+
+
+def test_install_straight_from_parts_on_nodes(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine, ssh_cluster
+) -> None:
+    """A bundle in media-sized parts installs on the nodes with no join (install.sh reads them as one)."""
+    from .conftest import run_cli
+    from .nodes import cluster_yml
+
+    client, nodes = ssh_cluster
+    _empty_engines(nodes)
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: parted\nversion: '1.0'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        "images:\n  - ref: test/app-a:1\n    from: daemon\n",
+        "parted.yaml",
+    )
+    result = run_cli(
+        "build",
+        manifest,
+        "-o",
+        tmp_path / "media",
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache_dir,
+        "--split",
+        "256K",
+        env=source_engine.engine.env,
+    )
+    assert result.exit_code == 0, result.stderr
+    media = tmp_path / "media"
+    assert len(list(media.glob("parted-1.0.tar.[0-9]*"))) >= 3
+    subprocess.run(["tar", "--occurrence", "-xf", "parted-1.0.tar.000", "install.sh"], cwd=media, check=True)
+    (media / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    run = _install(media, keys, "--ssh-config", str(client.config))
+    assert run.returncode == 0, run.stdout + run.stderr
+    app_a = source_engine.engine.client.images.get("test/app-a:1").id
+    for node in nodes[1:]:
+        assert app_a in {i.id for i in node.engine.client.images.list()}

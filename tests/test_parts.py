@@ -62,7 +62,9 @@ def test_damaged_or_missing_part_is_named(split: tuple[Path, Path], keys: Keys, 
     data[len(data) // 2] ^= 1
     middle.write_bytes(bytes(data))
     damaged = run_cli("verify", index, "--pubkey", keys.pub_path)
-    assert damaged.exit_code == 4 and f"part {middle.name} is damaged" in damaged.stderr
+    assert damaged.exit_code == 4 and f"(in part {middle.name})" in damaged.stderr
+    joined = run_cli("join", index, "--pubkey", keys.pub_path, "-o", index.parent / "j.tar")
+    assert joined.exit_code == 4 and f"part {middle.name} is damaged" in joined.stderr
     middle.unlink()
     missing = run_cli("verify", index, "--pubkey", keys.pub_path)
     assert missing.exit_code == 4 and f"part {middle.name} is missing" in missing.stderr
