@@ -209,6 +209,30 @@ def write_tar(
     return str(result["sha256"])
 
 
+@contextlib.contextmanager
+def atomic_output(path: Path, fsync: bool = True) -> Iterator[int]:
+    """A file descriptor that becomes ``path`` (mode 0644) only if the block completes.
+
+    The data goes to a temporary file beside ``path``, is fsynced, then renamed over
+    it; on any error the temporary file is removed and ``path`` is left as it was.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        os.fchmod(fd, 0o644)
+        yield fd
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -945,16 +969,10 @@ def split_bundle(path: Path, part_size: int, key: signing.PrivateKey) -> Path:
         for i, offset in enumerate(range(0, size, part_size)):
             name = f"{path.name}.{i:03d}"
             count = min(part_size, size - offset)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".partial")
-            try:
+            with atomic_output(path.parent / name) as fd:
                 done = 0
                 while done < count:
                     done += os.sendfile(fd, src.fileno(), offset + done, count - done)
-                os.fchmod(fd, 0o644)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path.parent / name)
             parts.append(name)
     with ThreadPoolExecutor() as pool:
         digests = list(pool.map(lambda n: _hash_part(path.parent / n), parts))
@@ -980,13 +998,8 @@ def split_bundle(path: Path, part_size: int, key: signing.PrivateKey) -> Path:
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fchmod(f.fileno(), 0o644)
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_output(path) as fd:
+        _write_all(fd, data)
 
 
 def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
@@ -999,10 +1012,9 @@ def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
             the whole bundle's SHA-256 the parts file gives.
     """
     parts, whole = load_parts(index, trusted, hash_parts=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
     digest = hashlib.sha256()
-    try:
-        buf = memoryview(bytearray(CHUNK))
+    buf = memoryview(bytearray(CHUNK))
+    with atomic_output(out) as fd:
         for part in parts:
             with open(index.parent / part.name, "rb", buffering=0) as f:
                 while True:
@@ -1013,15 +1025,4 @@ def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
                     _write_all(fd, buf[:n])
         if digest.hexdigest() != whole:
             raise IntegrityError(f"{index.name}: the joined parts hash to {digest.hexdigest()}, not {whole}")
-        os.fchmod(fd, 0o644)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, out)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return whole

@@ -12,13 +12,11 @@ Printing, progress bars and exit codes belong to the CLI.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -551,19 +549,9 @@ def build_bundle(
     final = outdir / f"{manifest.name}-{manifest.version}.tar"
     total = sum(e.size for e in entries)
     progress = (lambda n: on_write(n, total)) if on_write else (lambda n: None)
-    fd, tmp = tempfile.mkstemp(dir=outdir, prefix=f".{final.name}.", suffix=".partial")
-    try:
-        os.fchmod(fd, 0o644)
+    # write_tar fsyncs while its digest thread finishes, so atomic_output need not again.
+    with archive.atomic_output(final, fsync=False) as fd:
         digest = archive.write_tar(fd, entries, mtime=lock.source_date_epoch, progress=progress, fsync=True)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, final)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     fsync_dir(outdir)
     sha_path = outdir / f"{final.name}.sha256"
     atomic_write(sha_path, f"{digest}  {final.name}\n".encode())

@@ -72,6 +72,20 @@ class _Bars:
             bar.close()
 
 
+_pubkeys_option = click.option(
+    "--pubkey",
+    "pubkeys",
+    required=True,
+    multiple=True,
+    type=_EXISTING_FILE,
+    help="Trusted key(s): a .pub or allowed_signers file (valid-after/valid-before honoured); repeatable.",
+)
+
+
+def _trusted(paths: tuple[Path, ...]) -> list[signing.PublicKey]:
+    return [key for path in paths for key in _pubkeys(path)]
+
+
 def _passphrase(var: str | None) -> bytes | None:
     if var is None:
         return None
@@ -314,14 +328,7 @@ def _error_json(exc: BundlerError) -> dict[str, Any]:
 
 @cli.command()
 @click.argument("bundle", type=_EXISTING_FILE)
-@click.option(
-    "--pubkey",
-    "pubkeys",
-    required=True,
-    multiple=True,
-    type=_EXISTING_FILE,
-    help="Trusted key(s): a .pub or allowed_signers file (valid-after/valid-before honoured); repeatable.",
-)
+@_pubkeys_option
 @click.option("--allow-expired", is_flag=True, help="Accept a bundle past its signed expiry.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), help="Hashing threads [CPU count].")
@@ -339,7 +346,7 @@ def verify(
       airbundle verify dist/fmp-rke-23.12.1.tar --pubkey keys/release.pub
       airbundle verify dist/fmp-rke-23.12.1.tar --pubkey keys/release.pub --json
     """
-    trusted = [key for path in pubkeys for key in _pubkeys(path)]
+    trusted = _trusted(pubkeys)
     try:
         lock, _, _ = archive.read_lock(bundle, trusted)
         bars = _Bars()
@@ -508,14 +515,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("bundle", type=_EXISTING_FILE)
-@click.option(
-    "--pubkey",
-    "pubkeys",
-    required=True,
-    multiple=True,
-    type=_EXISTING_FILE,
-    help="Trusted public key(s); repeatable.",
-)
+@_pubkeys_option
 @click.option("--inventory", required=True, type=_EXISTING_FILE, help="RKE cluster.yml.")
 @click.option("--allow-expired", is_flag=True, help="Accept a bundle past its signed expiry.")
 @click.option("--values", type=_EXISTING_FILE, help="Site variables for the steps.")
@@ -568,14 +568,7 @@ def install(
 
 @cli.command()
 @click.argument("parts", type=_EXISTING_FILE)
-@click.option(
-    "--pubkey",
-    "pubkeys",
-    required=True,
-    multiple=True,
-    type=_EXISTING_FILE,
-    help="Trusted public key(s); repeatable.",
-)
+@_pubkeys_option
 @click.option("-o", "--out", "out", required=True, type=_PATH, help="The whole bundle to write.")
 def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     """Join a bundle's parts into one .tar, checking every part first; the parts stay as they are.
@@ -589,7 +582,7 @@ def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     index = archive.parts_file(parts)
     if index is None:
         raise InputError(f"{parts}: not a .parts.json or a NAME-VERSION.tar.NNN part")
-    trusted = [key for path in pubkeys for key in _pubkeys(path)]
+    trusted = _trusted(pubkeys)
     digest = archive.join_parts(index, trusted, out)
     click.echo(f"sha256 {digest}", err=True)
     click.echo(str(out))
