@@ -76,6 +76,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/plan.py": "installer/plan.py",
     "installer/bundler/installer/remote.py": "installer/remote.py",
     "installer/bundler/installer/apply.py": "installer/apply.py",
+    "installer/bundler/installer/push.py": "installer/push.py",
     **{
         f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
         for name in ["__init__.py", "yaml/LICENSE"]

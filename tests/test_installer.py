@@ -701,3 +701,31 @@ def test_install_straight_from_parts_on_nodes(
     app_a = source_engine.engine.client.images.get("test/app-a:1").id
     for node in nodes[1:]:
         assert app_a in {i.id for i in node.engine.client.images.list()}
+
+
+def test_images_through_a_site_registry(image_site, keys: Keys, source_engine) -> None:
+    """--images-mode registry: pushed once into the site registry, pulled by digest on each worker."""
+    from .registries import Registry
+
+    site, client, nodes = image_site
+    registry = Registry("open")
+    try:
+        args = ("--only", "images", "--ssh-config", str(client.config), "--images-mode", "registry")
+        refused = _install(site, keys, *args)
+        assert refused.returncode == 2 and "--registry HOST:PORT" in refused.stderr
+        first = _install(site, keys, *args, "--registry", registry.host)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "5 blobs sent" in first.stdout and "1 mounted, 0 already there" in first.stdout  # shared base
+        src = source_engine.engine.client
+        want = {src.images.get("test/app-a:1").id, src.images.get("test/app-b:1").id}
+        for node in nodes:
+            ids = {i.id for i in node.engine.client.images.list()}
+            assert (want <= ids) if node.name.startswith("worker") else not ids
+        out = nodes[1].engine.client.containers.run("test/app-b:1", network_mode="none", remove=True)
+        assert out.decode() == source_engine.outputs["test/app-b:1"]
+        again = _install(site, keys, *args, "--registry", registry.host)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert ": 0 blobs sent (0 bytes)" in again.stdout
+        assert "ok: 0 loaded, 2 already present" in again.stdout
+    finally:
+        registry.stop()

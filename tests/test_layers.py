@@ -35,6 +35,7 @@ RANK = {
     "bundler.installer.journal": 1,
     "bundler.installer.plan": 4,
     "bundler.installer.remote": 4,
+    "bundler.installer.push": 4,
     "bundler.installer.apply": 5,
     "bundler.installer.main": 6,
     "bundler.installer.run": 7,

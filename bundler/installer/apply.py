@@ -432,3 +432,48 @@ def packages_phase(
     """Install the bundle's requested packages on every node with apt, from the bundled repository only."""
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
         return list(pool.map(lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern), nodes))
+
+
+# ---------------------------------------------------------------- images through a site registry
+
+
+def _pull_on(node: Node, report_images: list[str], lock: Lock, opts: remote.SshOptions) -> NodeResult:
+    result = NodeResult(node)
+    try:
+        present = set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
+        for image, pulled in zip(lock.images, report_images):
+            if image.config in present:
+                result.skipped.append(pulled)
+            else:
+                remote.run(node, opts, f"docker pull --quiet {shlex.quote(pulled)}", timeout=3600)
+                result.done.append(pulled)
+            found = remote.run(
+                node, opts, f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(pulled)}"
+            )
+            if found.strip() != image.config:
+                raise InstallError(f"{node.name}: {pulled} is {found.strip()}, the lock says {image.config}")
+            for tag in image.tags:
+                remote.run(node, opts, f"docker tag {image.config} {shlex.quote(tag)}")
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
+
+
+def registry_images_phase(
+    lock: Lock,
+    bundle_dir: Path,
+    targets: list[Node],
+    opts: remote.SshOptions,
+    address: str,
+    echo: Callable[[str], None],
+) -> list[NodeResult]:
+    """Push the images into the site registry at ``address``, then have every target pull each by digest."""
+    from bundler.installer.push import push_images
+
+    report = push_images(lock, bundle_dir / "images", address)
+    echo(
+        f"  registry {address}: {report.blobs_sent} blobs sent ({report.bytes_sent} bytes), "
+        f"{report.blobs_mounted} mounted, {report.blobs_present} already there"
+    )
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        return list(pool.map(lambda n: _pull_on(n, report.images, lock, opts), targets))

@@ -26,6 +26,7 @@ from bundler.installer.apply import (
     images_phase,
     packages_phase,
     preflight_phase,
+    registry_images_phase,
     rke_up,
     run_steps,
 )
@@ -69,6 +70,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=PHASES, help="run one phase")
     p.add_argument("--allow-downgrade", action="store_true", help="install over a newer installed version")
     p.add_argument("--ssh-config", type=Path, help="ssh_config for reaching the nodes [~/.ssh/config]")
+    p.add_argument(
+        "--images-mode",
+        choices=("ssh-load", "registry"),
+        default="ssh-load",
+        help="how images reach the nodes: streamed to each over SSH, or pushed once to a "
+        "site registry the nodes pull from [ssh-load]",
+    )
+    p.add_argument("--registry", metavar="HOST:PORT", help="the site registry for --images-mode registry")
     p.add_argument(
         "--apt-root",
         metavar="DIR",
@@ -147,6 +156,10 @@ def _install(
                 _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root), journal)
         elif phase == "binaries":
             _report(phase, binaries_phase(lock, final, nodes, opts), journal)
+        elif phase == "images" and args.images_mode == "registry":
+            if not args.registry:
+                raise InputError("--images-mode registry needs --registry HOST:PORT (the site registry)")
+            _report(phase, registry_images_phase(lock, final, targets, opts, args.registry, print))
         elif phase == "images":
             _report(phase, images_phase(lock, final, targets, opts, journal))
         elif phase == "cluster":
