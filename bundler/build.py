@@ -397,6 +397,8 @@ def _plan(
         apt_sources=_apt_sources(manifest),
         min_workers=manifest.min_workers,
         image_roles=manifest.image_roles,
+        images_mode=manifest.images_mode,
+        registry=manifest.registry,
     )
     # The SBOM describes what the lock lists, and is then listed by the lock itself.
     bom = sbom.make_sbom(lock)

@@ -469,6 +469,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             for d in lock.debs
         ],
         "apt_sources": list(lock.apt_sources),
+        "install": {"images_mode": lock.images_mode, "registry": lock.registry or None},
     }
     if as_json:
         click.echo(json.dumps(facts, indent=2))
@@ -496,6 +497,12 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             f"    {f.dest:<20} {_human(f.size):>10}  {f.count} file(s) from {f.src}" for f in lock.files
         ]
     if lock.images:
+        route = (
+            f"pushed to the site registry {lock.registry or '(--registry)'}"
+            if lock.images_mode == "registry"
+            else "ssh-load"
+        )
+        lines.append(f"  install:  images by default {route}")
         lines.append(
             f"  images:   (layers shared between images are stored once: {_human(sizes.get('image', 0))})"
         )
@@ -526,6 +533,12 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
 @click.option("--allow-downgrade", is_flag=True, help="Install over a newer installed version.")
 @click.option("--ssh-config", type=_EXISTING_FILE, help="ssh_config for reaching the nodes.")
 @click.option("--apt-root", metavar="DIR", help="Install packages under DIR ({node} = node name).")
+@click.option(
+    "--images-mode",
+    type=click.Choice(["ssh-load", "registry"]),
+    help="Images over SSH into docker load, or via a site registry [manifest, else ssh-load].",
+)
+@click.option("--registry", metavar="HOST:PORT", help="The site registry for --images-mode registry.")
 def install(
     bundle: Path,
     pubkeys: tuple[Path, ...],
@@ -539,6 +552,8 @@ def install(
     allow_downgrade: bool,
     ssh_config: Path | None,
     apt_root: str | None,
+    images_mode: str | None,
+    registry: str | None,
 ) -> None:
     """Install a bundle on the site: the same code that the bundle's install.sh runs.
 
@@ -561,6 +576,9 @@ def install(
         ["--ssh-config", str(ssh_config)] if ssh_config else []
     )
     argv += ["--apt-root", apt_root] if apt_root else []
+    argv += (["--images-mode", images_mode] if images_mode else []) + (
+        ["--registry", registry] if registry else []
+    )
     code = run(argv)
     if code:
         raise click.exceptions.Exit(code)

@@ -22,6 +22,8 @@ from bundler.errors import IntegrityError
 
 FORMAT = 1
 LOCK_NAME = "lock.json"
+IMAGES_MODES = ("ssh-load", "registry")  # how the installer ships images to the nodes
+REGISTRY_RE = re.compile(r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}")  # a site registry, HOST:PORT
 SIG_NAME = "lock.json.sig"
 INSTALL_SH = "install.sh"
 MAX_LOCK_BYTES = 16 * 1024 * 1024  # a lock of 100k members is ~15 MB; refuse more unparsed
@@ -138,6 +140,8 @@ class Lock:
     min_workers: int = 0  # the installer warns when the inventory has fewer workers
     image_roles: tuple[str, ...] = ("worker",)  # node roles that receive the images
     expires: int = 0  # epoch seconds after which sites refuse the bundle; 0 = never
+    images_mode: str = "ssh-load"  # the installer's default for --images-mode
+    registry: str = ""  # the installer's default for --registry
     # A delta bundle: the bundle it builds on, and the members it takes from that one's unpacked copy.
     base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
     inherited: tuple[Member, ...] = ()
@@ -174,6 +178,7 @@ class Lock:
             "min_workers": self.min_workers,
             "image_roles": list(self.image_roles),
             "expires": self.expires,
+            "install": {"images_mode": self.images_mode, "registry": self.registry},
             "base": dict(self.base),
             "inherited": [asdict(m) for m in self.inherited],
         }
@@ -268,6 +273,17 @@ def _image_roles(top: _Fields) -> tuple[str, ...]:
     if not roles or not all(r in ("controlplane", "etcd", "worker") for r in roles):
         raise LockError(f"{LOCK_NAME}: image_roles must list some of controlplane, etcd, worker")
     return tuple(roles)
+
+
+def _install(top: _Fields) -> dict[str, str]:
+    install = top.get("install", dict) if "install" in top.obj else {}
+    mode = install.get("images_mode", "ssh-load")
+    registry = install.get("registry", "")
+    if mode not in IMAGES_MODES:
+        raise LockError(f"{LOCK_NAME}: install.images_mode must be one of {', '.join(IMAGES_MODES)}")
+    if not isinstance(registry, str) or (registry and not REGISTRY_RE.fullmatch(registry)):
+        raise LockError(f"{LOCK_NAME}: install.registry must be HOST:PORT")
+    return {"images_mode": mode, "registry": registry}
 
 
 def _parse(doc: Any) -> Lock:
@@ -395,6 +411,7 @@ def _parse(doc: Any) -> Lock:
         min_workers=top.size("min_workers") if "min_workers" in top.obj else 0,
         image_roles=_image_roles(top),
         expires=top.size("expires") if "expires" in top.obj else 0,
+        **_install(top),
         base={str(k): str(v) for k, v in base.items()},
         inherited=tuple(inherited),
     )

@@ -25,7 +25,7 @@ import yaml
 
 from bundler.debs import Source
 from bundler.errors import ManifestError
-from bundler.lock import check_member_path
+from bundler.lock import IMAGES_MODES, REGISTRY_RE, check_member_path
 from bundler.oci import ImageFormatError, Reference, parse_reference
 
 API_VERSION = "airbundle/v1"
@@ -131,6 +131,8 @@ class Manifest:
     description: str = ""
     min_workers: int = 0
     image_roles: tuple[str, ...] = ("worker",)
+    images_mode: str = "ssh-load"  # how the installer ships images: ssh-load or registry
+    registry: str = ""  # HOST:PORT of the site registry for the registry mode
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -337,6 +339,7 @@ def load_manifest(path: Path) -> Manifest:
             "platform",
             "min_workers",
             "image_roles",
+            "install",
             "debs",
             "binaries",
             "images",
@@ -450,6 +453,7 @@ def load_manifest(path: Path) -> Manifest:
         description=top.get("description", str, default="", required=False),
         min_workers=_min_workers(top),
         image_roles=_image_roles(top),
+        **_install_section(top, where),
     )
 
 
@@ -508,6 +512,20 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
     if baseline not in ("required", "none"):
         raise sec.fail("baseline", "must be 'required' (Priority: required packages are present) or 'none'")
     return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline)
+
+
+def _install_section(top: _Section, where: str) -> dict[str, str]:
+    """``install: {images_mode, registry}``: the installer's defaults, which its options override."""
+    if "install" not in top.data:
+        return {}
+    sec = _Section(top.get("install", dict), where, "install", top.line, ("images_mode", "registry"))
+    mode = sec.get("images_mode", str, default="ssh-load", required=False)
+    if mode not in IMAGES_MODES:
+        raise sec.fail("images_mode", f"must be one of {', '.join(IMAGES_MODES)}")
+    registry = sec.get("registry", str, default="", required=False)
+    if registry and not REGISTRY_RE.fullmatch(registry):
+        raise sec.fail("registry", f"{registry!r} is not HOST:PORT (e.g. 10.0.0.5:5000)")
+    return {"images_mode": mode, "registry": registry}
 
 
 def _image_roles(top: _Section) -> tuple[str, ...]:

@@ -729,3 +729,31 @@ def test_images_through_a_site_registry(image_site, keys: Keys, source_engine) -
         assert "ok: 0 loaded, 2 already present" in again.stdout
     finally:
         registry.stop()
+
+
+def test_images_mode_from_the_manifest_and_the_options(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """install.images_mode/registry travel in the signed lock; the installer's options override them."""
+    import json
+
+    from .conftest import run_cli
+
+    text = project.manifest.read_text() + "install:\n  images_mode: registry\n  registry: 127.0.0.1:5000\n"
+    manifest = project.write_manifest(text, "reg.yaml")
+    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
+    assert built.exit_code == 0, built.stderr
+    bundle = Path(built.stdout.strip().splitlines()[-1])
+    facts = json.loads(run_cli("inspect", bundle, "--json").stdout)
+    assert facts["install"] == {"images_mode": "registry", "registry": "127.0.0.1:5000"}
+    site = _site(bundle, tmp_path)
+    plan = _install(site, keys, "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "pushed once to 127.0.0.1:5000 and pulled by digest" in plan.stdout
+    plan = _install(site, keys, "--dry-run", "--images-mode", "ssh-load")
+    assert plan.returncode == 0 and "over SSH into docker load" in plan.stdout
+    plan = _install(site, keys, "--dry-run", "--registry", "127.0.0.9:443")
+    assert "pushed once to 127.0.0.9:443" in plan.stdout
+    bad = _install(site, keys, "--registry", "https://127.0.0.9")
+    assert bad.returncode == 2 and "--registry 'https://127.0.0.9' is not HOST:PORT" in bad.stderr
+    assert not (site / "work").exists() or not any((site / "work").glob("demo-*"))  # nothing unpacked

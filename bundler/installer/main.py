@@ -34,7 +34,7 @@ from bundler.installer.inventory import Node, load_inventory, load_values
 from bundler.installer.journal import Journal
 from bundler.installer.plan import PHASES, describe, image_targets, topology_warnings
 from bundler.installer.remote import SshOptions
-from bundler.lock import Lock
+from bundler.lock import IMAGES_MODES, REGISTRY_RE, Lock
 
 DEFAULT_WORKDIR = "/var/lib/airbundle"
 EPILOG = """example:
@@ -72,12 +72,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-config", type=Path, help="ssh_config for reaching the nodes [~/.ssh/config]")
     p.add_argument(
         "--images-mode",
-        choices=("ssh-load", "registry"),
-        default="ssh-load",
+        choices=IMAGES_MODES,
         help="how images reach the nodes: streamed to each over SSH, or pushed once to a "
-        "site registry the nodes pull from [ssh-load]",
+        "site registry the nodes pull from [the manifest's install.images_mode, else ssh-load]",
     )
-    p.add_argument("--registry", metavar="HOST:PORT", help="the site registry for --images-mode registry")
+    p.add_argument(
+        "--registry",
+        metavar="HOST:PORT",
+        help="the site registry for --images-mode registry [the manifest's install.registry]",
+    )
     p.add_argument(
         "--apt-root",
         metavar="DIR",
@@ -123,6 +126,7 @@ def _install(
     journal: Journal,
 ) -> int:
     lock, _, _ = archive.read_lock(args.bundle, trusted)
+    mode, registry = _images_route(args, lock)  # a bad choice stops before anything is unpacked
     installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
     final, report = archive.extract_bundle(
         args.bundle,
@@ -156,10 +160,8 @@ def _install(
                 _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root), journal)
         elif phase == "binaries":
             _report(phase, binaries_phase(lock, final, nodes, opts), journal)
-        elif phase == "images" and args.images_mode == "registry":
-            if not args.registry:
-                raise InputError("--images-mode registry needs --registry HOST:PORT (the site registry)")
-            _report(phase, registry_images_phase(lock, final, targets, opts, args.registry, print))
+        elif phase == "images" and mode == "registry":
+            _report(phase, registry_images_phase(lock, final, targets, opts, registry, print))
         elif phase == "images":
             _report(phase, images_phase(lock, final, targets, opts, journal))
         elif phase == "cluster":
@@ -224,6 +226,20 @@ def _report(phase: str, results: list[NodeResult], journal: Journal | None = Non
         raise InstallError(f"{phase}: failed on {', '.join(failed)}; fix them and run again with --resume")
 
 
+def _images_route(args: argparse.Namespace, lock: Lock) -> tuple[str, str]:
+    """The images mode and site registry: the options, else the manifest's ``install`` defaults."""
+    mode = args.images_mode or lock.images_mode
+    registry = args.registry or lock.registry
+    if mode == "registry" and not registry:
+        raise InputError(
+            "--images-mode registry needs --registry HOST:PORT (the site registry), "
+            "or install.registry in the manifest"
+        )
+    if registry and not REGISTRY_RE.fullmatch(registry):
+        raise InputError(f"--registry {registry!r} is not HOST:PORT (e.g. 10.0.0.5:5000)")
+    return mode, registry
+
+
 def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
     report = archive.verify_bundle(args.bundle, trusted, allow_expired=args.allow_expired)
     if report.problems:
@@ -239,7 +255,7 @@ def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: 
     for warning in topology_warnings(nodes, lock.min_workers):
         print(f"warning: {warning}")
     print("the plan:")
-    print("\n".join("  " + line for line in describe(lock, nodes)))
+    print("\n".join("  " + line for line in describe(lock, nodes, *_images_route(args, lock))))
     return 0
 
 

@@ -56,7 +56,7 @@ def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> li
     return targets or list(nodes)
 
 
-def describe(lock: Lock, nodes: list[Node]) -> list[str]:
+def describe(lock: Lock, nodes: list[Node], mode: str = "ssh-load", registry: str = "") -> list[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
     tags = ", ".join(t for i in lock.images for t in i.tags) or "none"
@@ -68,7 +68,12 @@ def describe(lock: Lock, nodes: list[Node]) -> list[str]:
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
         f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
         f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
-        f"images     on {targets}: {len(lock.images)} images ({tags}), only those missing, in parallel",
+        f"images     on {targets}: {len(lock.images)} images ({tags}), only those missing, in parallel, "
+        + (
+            f"pushed once to {registry} and pulled by digest"
+            if mode == "registry"
+            else "over SSH into docker load"
+        ),
         "cluster    "
         + ("rke up --config <inventory> on this node" if rke else "skipped (no rke in the bundle)"),
         "steps      on this node, in order: " + (", ".join(s.name for s in lock.steps) or "none"),
