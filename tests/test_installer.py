@@ -274,7 +274,10 @@ def test_images_go_to_every_worker_and_are_not_sent_twice(image_site, keys: Keys
     site, client, nodes = image_site
     first = _images(site, keys, client)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "worker-1             ok: 2 loaded, 0 already present" in first.stdout
+    assert "worker-1             ok: 2 loaded, 0 already present, " in first.stdout
+    sent = [int(n) for n in re.findall(r"present, (\d+) bytes sent", first.stdout)]
+    blobs = sum(p.stat().st_size for p in (site / "work/imgs-1.0/images").rglob("*") if p.is_file())
+    assert len(sent) == 2 and all(blobs < n < blobs + 64 * 1024 for n in sent)  # each blob once, + tar headers
     src = source_engine.engine.client
     for node in nodes:
         ids = {i.id for i in node.engine.client.images.list()}
@@ -286,7 +289,7 @@ def test_images_go_to_every_worker_and_are_not_sent_twice(image_site, keys: Keys
         else:
             assert ids == set()  # the control plane node is no image target
     again = _images(site, keys, client)
-    assert again.returncode == 0 and "worker-2             ok: 0 loaded, 2 already present" in again.stdout
+    assert again.returncode == 0 and "worker-2             ok: 0 loaded, 2 already present\n" in again.stdout
 
 
 def test_a_dead_node_does_not_stop_the_others(image_site, keys: Keys) -> None:

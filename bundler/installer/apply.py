@@ -45,6 +45,18 @@ class NodeResult:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
+    sent: int = 0  # bytes this node was sent (image streams)
+
+
+class _Counter:
+    """A write-only file that counts what passes through it to ``out``."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out, self.count = out, 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        return self.out.write(data)
 
 
 def _docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> None:
@@ -82,9 +94,14 @@ def _images_on(
         missing = [i for i in lock.images if i.config not in present]
         result.skipped = [t for i in lock.images if i.config in present for t in i.tags]
         if missing:
-            remote.stream(
-                node, opts, "docker load --quiet", lambda out: _docker_load_tar(missing, images_dir, out)
-            )
+            counted: list[_Counter] = []
+
+            def send(out: IO[bytes]) -> None:
+                counted.append(_Counter(out))
+                _docker_load_tar(missing, images_dir, counted[0])  # type: ignore[arg-type]
+
+            remote.stream(node, opts, "docker load --quiet", send)
+            result.sent = counted[0].count
         for image in lock.images:
             for tag in image.tags:
                 found = remote.run(

@@ -212,7 +212,8 @@ def _report(phase: str, results: list[NodeResult], journal: Journal | None = Non
         if r.error:
             print(f"  {r.node.name:<20} FAILED: {r.error}")
         elif phase == "images":
-            print(f"  {r.node.name:<20} ok: {len(r.done)} loaded, {len(r.skipped)} already present")
+            sent = f", {r.sent} bytes sent" if r.sent else ""
+            print(f"  {r.node.name:<20} ok: {len(r.done)} loaded, {len(r.skipped)} already present{sent}")
         else:
             notes = "; ".join(r.skipped)
             print(
