@@ -277,7 +277,9 @@ def test_images_go_to_every_worker_and_are_not_sent_twice(image_site, keys: Keys
     assert "worker-1             ok: 2 loaded, 0 already present, " in first.stdout
     sent = [int(n) for n in re.findall(r"present, (\d+) bytes sent", first.stdout)]
     blobs = sum(p.stat().st_size for p in (site / "work/imgs-1.0/images").rglob("*") if p.is_file())
-    assert len(sent) == 2 and all(blobs < n < blobs + 64 * 1024 for n in sent)  # each blob once, + tar headers
+    assert len(sent) == 2 and all(
+        blobs < n < blobs + 64 * 1024 for n in sent
+    )  # each blob once, + tar headers
     src = source_engine.engine.client
     for node in nodes:
         ids = {i.id for i in node.engine.client.images.list()}
