@@ -728,9 +728,17 @@ def test_images_through_a_site_registry(image_site, keys: Keys, source_engine) -
             assert (want <= ids) if node.name.startswith("worker") else not ids
         out = nodes[1].engine.client.containers.run("test/app-b:1", network_mode="none", remove=True)
         assert out.decode() == source_engine.outputs["test/app-b:1"]
+        log = registry.root / "registry.log"  # the registry's own access log counts the uploads
+
+        def uploads(text: str) -> int:
+            return len(re.findall(r'"PUT /v2/\S+/blobs/uploads/\S+ HTTP/1.1" 201', text))
+
+        assert uploads(log.read_text()) == 5
+        seen = len(log.read_text())
         again = _install(site, keys, *args, "--registry", registry.host)
         assert again.returncode == 0, again.stdout + again.stderr
         assert ": 0 blobs sent (0 bytes)" in again.stdout
+        assert uploads(log.read_text()[seen:]) == 0 and "blobs/uploads" not in log.read_text()[seen:]
         assert "ok: 0 loaded, 2 already present" in again.stdout
     finally:
         registry.stop()
