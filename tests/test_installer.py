@@ -710,7 +710,7 @@ def test_install_straight_from_parts_on_nodes(
 
 def test_images_through_a_site_registry(image_site, keys: Keys, source_engine) -> None:
     """--images-mode registry: pushed once into the site registry, pulled by digest on each worker."""
-    from .registries import Registry
+    from .registries import Registry, free_port
 
     site, client, nodes = image_site
     registry = Registry("open")
@@ -718,6 +718,16 @@ def test_images_through_a_site_registry(image_site, keys: Keys, source_engine) -
         args = ("--only", "images", "--ssh-config", str(client.config), "--images-mode", "registry")
         refused = _install(site, keys, *args)
         assert refused.returncode == 2 and "--registry HOST:PORT" in refused.stderr
+        closed = f"127.0.0.1:{free_port()}"
+        down = _install(site, keys, *args, "--registry", closed)
+        assert down.returncode == 6 and f"registry {closed}: GET /v2/ failed" in down.stderr
+        assert "check that the site registry is running" in down.stderr
+        locked = Registry("basic")
+        try:
+            auth = _install(site, keys, *args, "--registry", locked.host)
+            assert auth.returncode == 6 and f"registry {locked.host} asks for credentials" in auth.stderr
+        finally:
+            locked.stop()
         first = _install(site, keys, *args, "--registry", registry.host)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "5 blobs sent" in first.stdout and "1 mounted, 0 already there" in first.stdout  # shared base

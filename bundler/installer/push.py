@@ -54,7 +54,10 @@ class _Registry:
             data = resp.read()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         except OSError as exc:
-            raise InstallError(f"registry {self.address}: {method} {path} failed: {exc}") from exc
+            raise InstallError(
+                f"registry {self.address}: {method} {path} failed: {exc}; check that the site registry "
+                "is running and reachable from this node (--registry HOST:PORT)"
+            ) from exc
         finally:
             conn.close()
 
@@ -78,6 +81,16 @@ def push_images(lock: Lock, images_dir: Path, address: str) -> PushReport:
         InstallError: the registry refused a request or is unreachable (exit 6).
     """
     reg = _Registry(address)
+    # One cheap request first, so an unreachable or auth-only registry is named before any upload.
+    status, _, body = reg.request("GET", "/v2/")
+    if status == 401:
+        raise InstallError(
+            f"registry {address} asks for credentials; this installer pushes to open registries only"
+        )
+    if status != 200:
+        raise InstallError(
+            f"registry {address}: GET /v2/ answered HTTP {status}: not a Docker registry API v2?"
+        )
     report = PushReport()
     pushed: dict[str, str] = {}  # digest -> repository it is already in (for mounts)
     for image in lock.images:
