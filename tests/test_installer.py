@@ -644,28 +644,7 @@ def test_delta_bundle_builds_on_the_installed_base(
 def _install_bundle(
     site: Path, keys: Keys, client, bundle: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": SITE_PATH}
-    return subprocess.run(
-        [
-            "sh",
-            "install.sh",
-            "--bundle",
-            bundle,
-            "--pubkey",
-            str(keys.pub_path),
-            "--inventory",
-            "cluster.yml",
-            "--workdir",
-            str(site / "work"),
-            "--ssh-config",
-            str(client.config),
-            *extra,
-        ],
-        cwd=site,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    return _install(site, keys, "--bundle", bundle, "--ssh-config", str(client.config), *extra)
 
 
 def test_install_straight_from_parts_on_nodes(

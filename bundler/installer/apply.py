@@ -59,8 +59,10 @@ class _Counter:
         return self.out.write(data)
 
 
-def _docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> None:
-    """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``."""
+def _docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> int:
+    """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``;
+    returns the bytes written."""
+    counter = _Counter(out)
     manifest = json.dumps(
         [
             {
@@ -71,7 +73,7 @@ def _docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) 
             for i in images
         ]
     ).encode()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # stream mode only writes
         info = tarfile.TarInfo("manifest.json")
         info.size = len(manifest)
         tar.addfile(info, io.BytesIO(manifest))
@@ -83,6 +85,22 @@ def _docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) 
                 seen.add(digest)
                 path = images_dir / oci.blob_path(digest)
                 tar.add(str(path), arcname=oci.blob_path(digest), recursive=False)
+    return counter.count
+
+
+def _present_ids(node: Node, opts: remote.SshOptions) -> set[str]:
+    """The image IDs the node's engine holds."""
+    return set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
+
+
+def _ensure_tags(node: Node, opts: remote.SshOptions, image: oci.Image) -> None:
+    """Point each of ``image``'s tags at its locked ID, where the node's engine has them elsewhere."""
+    for tag in image.tags:
+        found = remote.run(
+            node, opts, f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(tag)} || true"
+        ).strip()
+        if found != image.config:
+            remote.run(node, opts, f"docker tag {image.config} {shlex.quote(tag)}")
 
 
 def _images_on(
@@ -90,25 +108,17 @@ def _images_on(
 ) -> NodeResult:
     result = NodeResult(node)
     try:
-        present = set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
+        present = _present_ids(node, opts)
         missing = [i for i in lock.images if i.config not in present]
         result.skipped = [t for i in lock.images if i.config in present for t in i.tags]
         if missing:
-            counted: list[_Counter] = []
 
             def send(out: IO[bytes]) -> None:
-                counted.append(_Counter(out))
-                _docker_load_tar(missing, images_dir, counted[0])  # type: ignore[arg-type]
+                result.sent = _docker_load_tar(missing, images_dir, out)
 
             remote.stream(node, opts, "docker load --quiet", send)
-            result.sent = counted[0].count
         for image in lock.images:
-            for tag in image.tags:
-                found = remote.run(
-                    node, opts, f"docker image inspect --format '{{{{.Id}}}}' {tag} || true"
-                ).strip()
-                if found != image.config:
-                    remote.run(node, opts, f"docker tag {image.config} {tag}")
+            _ensure_tags(node, opts, image)
             with lock_:
                 journal.mark_done("images", node.name, image.config)
         result.done = [t for i in missing for t in i.tags]
@@ -457,7 +467,7 @@ def packages_phase(
 def _pull_on(node: Node, report_images: list[str], lock: Lock, opts: remote.SshOptions) -> NodeResult:
     result = NodeResult(node)
     try:
-        present = set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
+        present = _present_ids(node, opts)
         for image, pulled in zip(lock.images, report_images):
             if image.config in present:
                 result.skipped.append(pulled)
@@ -469,8 +479,7 @@ def _pull_on(node: Node, report_images: list[str], lock: Lock, opts: remote.SshO
             )
             if found.strip() != image.config:
                 raise InstallError(f"{node.name}: {pulled} is {found.strip()}, the lock says {image.config}")
-            for tag in image.tags:
-                remote.run(node, opts, f"docker tag {image.config} {shlex.quote(tag)}")
+            _ensure_tags(node, opts, image)
     except InstallError as exc:
         result.error = str(exc)
     return result

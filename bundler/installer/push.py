@@ -22,8 +22,6 @@ from bundler import oci
 from bundler.errors import InstallError
 from bundler.lock import Lock
 
-CHUNK = 1 << 20
-
 
 @dataclass
 class PushReport:
@@ -111,11 +109,11 @@ def push_images(lock: Lock, images_dir: Path, address: str) -> PushReport:
             report.blobs_sent += 1
             pushed[digest] = repo
         manifest = (images_dir / oci.blob_path(image.manifest)).read_bytes()
-        for target in [t for t in [tag] if t] or [image.manifest]:
-            status, _, body = reg.request(
-                "PUT", f"/v2/{repo}/manifests/{target}", manifest, {"Content-Type": image.media_type}
-            )
-            reg.check(status, (201,), f"putting the manifest of {repo}:{target}", body)
+        target = tag or image.manifest  # an untagged image is put under its digest
+        status, _, body = reg.request(
+            "PUT", f"/v2/{repo}/manifests/{target}", manifest, {"Content-Type": image.media_type}
+        )
+        reg.check(status, (201,), f"putting the manifest of {repo}:{target}", body)
         report.images.append(f"{address}/{repo}@{image.manifest}")
     return report
 
