@@ -954,6 +954,17 @@ def open_source(path: Path, trusted: list[signing.PublicKey] | None = None) -> S
     return Source([index.parent / p.name for p in parts])
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``4G``, ``4400M``, ``512K``, ``64KiB`` or bytes, as bytes; ``ValueError`` when it is none of these."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r}: give a size like 4G, 4400M or 512K")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
 def split_bundle(path: Path, part_size: int, key: signing.PrivateKey) -> Path:
     """Cut a written bundle into ``NAME-VERSION.tar.000`` … plus a signed ``.parts.json``.
 

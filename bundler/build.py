@@ -77,6 +77,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/remote.py": "installer/remote.py",
     "installer/bundler/installer/apply.py": "installer/apply.py",
     "installer/bundler/installer/push.py": "installer/push.py",
+    "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
     **{
         f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
         for name in ["__init__.py", "yaml/LICENSE"]
@@ -399,7 +400,13 @@ def _plan(
         image_roles=manifest.image_roles,
         images_mode=manifest.images_mode,
         registry=manifest.registry,
+        registry_image=manifest.registry_image,
     )
+    if lock.registry_image and lock.find_image(lock.registry_image) is None:
+        raise InputError(
+            f"{manifest.path}: install.registry_image {lock.registry_image} is not one of the bundle's "
+            "images; add it under images: (e.g. registry:2 from a registry, the engine or an archive)"
+        )
     # The SBOM describes what the lock lists, and is then listed by the lock itself.
     bom = sbom.make_sbom(lock)
     entries.append(archive.Entry(sbom.SBOM_NAME, "0644", len(bom), data=bom))

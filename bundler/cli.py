@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from pathlib import Path
@@ -301,15 +300,12 @@ def _deb_table(lock: Any) -> list[str]:
     return lines
 
 
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
 def _parse_size(text: str) -> int:
     """``4G``, ``4400M``, ``512K`` or bytes; at least 64 KiB."""
-    match = re.fullmatch(r"(\d+)([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
-    if not match:
-        raise click.BadParameter(f"{text!r}: give a size like 4G, 4400M or 512K", param_hint="--split")
-    size = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    try:
+        size = archive.parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--split") from None
     if size < 64 * 1024:
         raise click.BadParameter("parts must be at least 64K", param_hint="--split")
     return size
@@ -469,7 +465,11 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             for d in lock.debs
         ],
         "apt_sources": list(lock.apt_sources),
-        "install": {"images_mode": lock.images_mode, "registry": lock.registry or None},
+        "install": {
+            "images_mode": lock.images_mode,
+            "registry": lock.registry or None,
+            "registry_image": lock.registry_image or None,
+        },
     }
     if as_json:
         click.echo(json.dumps(facts, indent=2))
@@ -503,6 +503,8 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             else "ssh-load"
         )
         lines.append(f"  install:  images by default {route}")
+        if lock.registry_image:
+            lines.append(f"            site registry image (--registry-node): {lock.registry_image}")
         lines.append(
             f"  images:   (layers shared between images are stored once: {_human(sizes.get('image', 0))})"
         )

@@ -142,9 +142,25 @@ class Lock:
     expires: int = 0  # epoch seconds after which sites refuse the bundle; 0 = never
     images_mode: str = "ssh-load"  # the installer's default for --images-mode
     registry: str = ""  # the installer's default for --registry
+    registry_image: str = ""  # the locked image (a ref) the installer runs as the site registry
     # A delta bundle: the bundle it builds on, and the members it takes from that one's unpacked copy.
     base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
     inherited: tuple[Member, ...] = ()
+
+    def find_image(self, ref: str) -> oci.Image | None:
+        """The locked image ``ref`` names (by its reference or one of its tags, normalized), if any."""
+        try:
+            want = oci.parse_reference(ref)
+        except oci.ImageFormatError:
+            return None
+        for image in self.images:
+            for name in (image.ref, *image.tags):
+                try:
+                    if oci.parse_reference(name) == want:
+                        return image
+                except oci.ImageFormatError:
+                    continue  # an untagged image's ref is its digest
+        return None
 
     @property
     def payload_size(self) -> int:
@@ -178,7 +194,11 @@ class Lock:
             "min_workers": self.min_workers,
             "image_roles": list(self.image_roles),
             "expires": self.expires,
-            "install": {"images_mode": self.images_mode, "registry": self.registry},
+            "install": {
+                "images_mode": self.images_mode,
+                "registry": self.registry,
+                "registry_image": self.registry_image,
+            },
             "base": dict(self.base),
             "inherited": [asdict(m) for m in self.inherited],
         }
@@ -283,7 +303,10 @@ def _install(top: _Fields) -> dict[str, str]:
         raise LockError(f"{LOCK_NAME}: install.images_mode must be one of {', '.join(IMAGES_MODES)}")
     if not isinstance(registry, str) or (registry and not REGISTRY_RE.fullmatch(registry)):
         raise LockError(f"{LOCK_NAME}: install.registry must be HOST:PORT")
-    return {"images_mode": mode, "registry": registry}
+    image = install.get("registry_image", "")
+    if not isinstance(image, str):
+        raise LockError(f"{LOCK_NAME}: install.registry_image must be an image reference")
+    return {"images_mode": mode, "registry": registry, "registry_image": image}
 
 
 def _parse(doc: Any) -> Lock:

@@ -133,6 +133,7 @@ class Manifest:
     image_roles: tuple[str, ...] = ("worker",)
     images_mode: str = "ssh-load"  # how the installer ships images: ssh-load or registry
     registry: str = ""  # HOST:PORT of the site registry for the registry mode
+    registry_image: str = ""  # an images: entry the installer can run as the site registry
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -515,17 +516,25 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
 
 
 def _install_section(top: _Section, where: str) -> dict[str, str]:
-    """``install: {images_mode, registry}``: the installer's defaults, which its options override."""
+    """``install: {images_mode, registry, registry_image}``: the installer's defaults (its options win)."""
     if "install" not in top.data:
         return {}
-    sec = _Section(top.get("install", dict), where, "install", top.line, ("images_mode", "registry"))
+    sec = _Section(
+        top.get("install", dict), where, "install", top.line, ("images_mode", "registry", "registry_image")
+    )
     mode = sec.get("images_mode", str, default="ssh-load", required=False)
     if mode not in IMAGES_MODES:
         raise sec.fail("images_mode", f"must be one of {', '.join(IMAGES_MODES)}")
     registry = sec.get("registry", str, default="", required=False)
     if registry and not REGISTRY_RE.fullmatch(registry):
         raise sec.fail("registry", f"{registry!r} is not HOST:PORT (e.g. 10.0.0.5:5000)")
-    return {"images_mode": mode, "registry": registry}
+    image = sec.get("registry_image", str, default="", required=False)
+    if image:
+        try:
+            image = str(parse_reference(image))
+        except ImageFormatError as exc:
+            raise sec.fail("registry_image", str(exc)) from None
+    return {"images_mode": mode, "registry": registry, "registry_image": image}
 
 
 def _image_roles(top: _Section) -> tuple[str, ...]:

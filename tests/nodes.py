@@ -5,6 +5,12 @@ its own host key, and its own dockerd; sshd's ``SetEnv`` points ``docker`` at th
 node's engine, so ``ssh node docker load`` reaches the right engine. A shared
 client key and an ``ssh_config`` (known hosts pinned, BatchMode) are what the
 installer gets, like an operator's ``~/.ssh/config``.
+
+A node's sshd and dockerd share a mount namespace in which ``/etc/docker/certs.d``
+is the node's own folder (``Node.certs``), so a registry CA written there over
+SSH is trusted by that node's engine only. ``SiteNet`` is a network namespace
+joined to the host by a veth pair: a node inside it has a non-loopback address,
+which Docker treats as a registry whose TLS certificate it must verify.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class Client:
         self.known_hosts.write_text("")
         self.config = folder / "ssh_config"
         self.config.write_text(
-            f"Host 127.*\n  IdentityFile {self.key}\n  UserKnownHostsFile {self.known_hosts}\n"
+            f"Host 127.* 10.254.*\n  IdentityFile {self.key}\n  UserKnownHostsFile {self.known_hosts}\n"
             "  StrictHostKeyChecking yes\n  IdentitiesOnly yes\n  LogLevel ERROR\n"
         )
 
@@ -45,18 +51,25 @@ class Client:
 class Node:
     """One node: sshd on ADDRESS:2222 (root, key only) and its own Docker engine."""
 
-    def __init__(self, address: str, name: str, client: Client, docker: bool = True) -> None:
+    def __init__(
+        self, address: str, name: str, client: Client, docker: bool = True, netns: str | None = None
+    ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
             pytest.fail("sshd is not installed; run 'make install' (it installs openssh-server)")
         self.address, self.name = address, name
         self.root = Path(tempfile.mkdtemp(prefix=f"ab-{name}-", dir="/tmp"))
-        self.engine = Engine(f"{name}-d") if docker else None
+        self.certs = self.root / "certs.d"
+        self.netns = netns
+        self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
         hostkey = self.root / "hostkey"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
         shutil.copy(client.key.with_suffix(".pub"), self.root / "authorized_keys")
-        env = f"NODE_NAME={name}" + (f" DOCKER_HOST={self.engine.host}" if self.engine else "")
+        # Its own docker client config too: a ``docker login`` on one node is not seen by the others.
+        env = f"NODE_NAME={name} DOCKER_CONFIG={self.root / 'docker-config'}" + (
+            f" DOCKER_HOST={self.engine.host}" if self.engine else ""
+        )
         (self.root / "sshd_config").write_text(
             f"ListenAddress {address}:{SSH_PORT}\nHostKey {hostkey}\n"
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
@@ -69,8 +82,20 @@ class Node:
         self.start()
 
     def start(self) -> None:
+        enter: list[str] = []
+        if self.engine is not None:  # into the engine's namespaces: its certs.d, its network
+            enter = ["nsenter", "-t", str(self.engine.proc.pid), "-m", *(["-n"] if self.netns else [])]
+        elif self.netns:
+            enter = ["nsenter", f"--net=/run/netns/{self.netns}"]
         subprocess.run(
-            ["/usr/sbin/sshd", "-f", str(self.root / "sshd_config"), "-E", str(self.root / "sshd.log")],
+            [
+                *enter,
+                "/usr/sbin/sshd",
+                "-f",
+                str(self.root / "sshd_config"),
+                "-E",
+                str(self.root / "sshd.log"),
+            ],
             check=True,
         )
         deadline = time.monotonic() + 10
@@ -112,3 +137,31 @@ def cluster_yml(nodes: list[Node], workers: set[str]) -> str:
             f"hostname_override: {node.name}}}"
         )
     return "\n".join(lines) + "\n"
+
+
+class SiteNet:
+    """A network namespace joined to the host by a veth pair: host side .1, namespace side .2 of a /30."""
+
+    def __init__(self, name: str = "ab-site", subnet: str = "10.254.73") -> None:
+        self.name, self.host_address, self.address = name, f"{subnet}.1", f"{subnet}.2"
+        self.link = f"{name[:10]}0"
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)  # a leftover of a killed run
+        subprocess.run(["ip", "link", "del", self.link], capture_output=True)
+        for command in (
+            f"ip netns add {name}",
+            f"ip link add {self.link} type veth peer name {name[:10]}1",
+            f"ip link set {name[:10]}1 netns {name}",
+            f"ip addr add {self.host_address}/30 dev {self.link}",
+            f"ip link set {self.link} up",
+            f"ip -n {name} addr add {self.address}/30 dev {name[:10]}1",
+            f"ip -n {name} link set {name[:10]}1 up",
+            f"ip -n {name} link set lo up",
+        ):
+            done = subprocess.run(command.split(), capture_output=True, text=True)
+            if done.returncode != 0:
+                self.stop()
+                pytest.fail(f"{command}: {done.stderr.strip()} (network namespaces need root)")
+
+    def stop(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.link], capture_output=True)

@@ -27,8 +27,10 @@ def _site(bundle: Path, tmp_path: Path) -> Path:
     return site
 
 
-def _install(site: Path, keys: Keys, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": SITE_PATH}
+def _install(
+    site: Path, keys: Keys, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {}), "PATH": SITE_PATH}
     return subprocess.run(
         [
             "sh",
@@ -746,16 +748,43 @@ def test_images_mode_from_the_manifest_and_the_options(
     built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
     assert built.exit_code == 0, built.stderr
     bundle = Path(built.stdout.strip().splitlines()[-1])
+    for image, message in (
+        ("registry:2", "install.registry_image docker.io/library/registry:2 is not one of the bundle's images"),
+        ("Registry:2", "install.registry_image: 'Registry:2' is not an image reference"),
+    ):
+        wrong = project.write_manifest(text + f"  registry_image: {image}\n", "wrong.yaml")
+        refused = run_cli("build", wrong, "-o", tmp_path / "no", "--key", keys.key_path, "--cache", cache_dir)
+        assert refused.exit_code == 2 and message in refused.stderr, refused.stderr
     facts = json.loads(run_cli("inspect", bundle, "--json").stdout)
-    assert facts["install"] == {"images_mode": "registry", "registry": "127.0.0.1:5000"}
+    assert facts["install"] == {
+        "images_mode": "registry",
+        "registry": "127.0.0.1:5000",
+        "registry_image": None,
+    }
     site = _site(bundle, tmp_path)
     plan = _install(site, keys, "--dry-run")
     assert plan.returncode == 0, plan.stderr
-    assert "pushed once to 127.0.0.1:5000 and pulled by digest" in plan.stdout
+    assert (
+        "pushed once to the site registry at 127.0.0.1:5000 (TLS trusted via this node's CAs)" in plan.stdout
+    )
     plan = _install(site, keys, "--dry-run", "--images-mode", "ssh-load")
     assert plan.returncode == 0 and "over SSH into docker load" in plan.stdout
     plan = _install(site, keys, "--dry-run", "--registry", "127.0.0.9:443")
-    assert "pushed once to 127.0.0.9:443" in plan.stdout
+    assert "pushed once to the site registry at 127.0.0.9:443" in plan.stdout
+    for extra, message in (
+        (("--registry-node", "127.0.0.11"), "needs a registry image in the bundle"),
+        (
+            ("--registry-node", "cp-9"),
+            "--registry-node cp-9: no such node in cluster.yml (nodes: 127.0.0.11,",
+        ),
+        (("--registry-node", "x", "--registry", "127.0.0.9:443"), "not both"),
+        (("--registry-cert", "cluster.yml"), "--registry-cert and --registry-key go together"),
+        (("--registry-ca", "nope.crt"), "--registry-ca nope.crt: no such file"),
+        (("--registry-user", "u"), "needs the password in AIRBUNDLE_REGISTRY_PASSWORD"),
+        (("--registry-chunk", "lots"), "--registry-chunk 'lots': give a size like"),
+    ):
+        bad = _install(site, keys, "--dry-run", *extra)
+        assert bad.returncode == 2 and message in bad.stderr, (extra, bad.stderr)
     bad = _install(site, keys, "--registry", "https://127.0.0.9")
     assert bad.returncode == 2 and "--registry 'https://127.0.0.9' is not HOST:PORT" in bad.stderr
     assert not (site / "work").exists() or not any((site / "work").glob("demo-*"))  # nothing unpacked

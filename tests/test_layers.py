@@ -37,8 +37,9 @@ RANK = {
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,
     "bundler.installer.apply": 5,
-    "bundler.installer.main": 6,
-    "bundler.installer.run": 7,
+    "bundler.installer.siteregistry": 6,
+    "bundler.installer.main": 7,
+    "bundler.installer.run": 8,
 }
 OWNERS = {
     "yaml": {"bundler.manifest"},

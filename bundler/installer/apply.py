@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import shlex
 import shutil
@@ -32,8 +33,9 @@ from typing import IO, Callable
 from bundler import oci
 from bundler.errors import InstallError
 from bundler.installer import remote
-from bundler.installer.inventory import Node
+from bundler.installer.inventory import Node, with_private_registries
 from bundler.installer.journal import Journal
+from bundler.installer.plan import Route
 from bundler.lock import Lock
 
 
@@ -59,7 +61,7 @@ class _Counter:
         return self.out.write(data)
 
 
-def _docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> int:
+def docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> int:
     """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``;
     returns the bytes written."""
     counter = _Counter(out)
@@ -88,12 +90,29 @@ def _docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) 
     return counter.count
 
 
-def _present_ids(node: Node, opts: remote.SshOptions) -> set[str]:
+def present_ids(node: Node, opts: remote.SshOptions) -> set[str]:
     """The image IDs the node's engine holds."""
     return set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
 
 
-def _ensure_tags(node: Node, opts: remote.SshOptions, image: oci.Image) -> None:
+def load_missing(
+    node: Node, images: list[oci.Image], images_dir: Path, opts: remote.SshOptions
+) -> tuple[list[oci.Image], int]:
+    """``docker load`` on ``node`` those of ``images`` its engine lacks; (those loaded, bytes sent)."""
+    present = present_ids(node, opts)
+    missing = [i for i in images if i.config not in present]
+    sent = 0
+    if missing:
+
+        def send(out: IO[bytes]) -> None:
+            nonlocal sent
+            sent = docker_load_tar(missing, images_dir, out)
+
+        remote.stream(node, opts, "docker load --quiet", send)
+    return missing, sent
+
+
+def ensure_tags(node: Node, opts: remote.SshOptions, image: oci.Image) -> None:
     """Point each of ``image``'s tags at its locked ID, where the node's engine has them elsewhere."""
     for tag in image.tags:
         found = remote.run(
@@ -108,17 +127,10 @@ def _images_on(
 ) -> NodeResult:
     result = NodeResult(node)
     try:
-        present = _present_ids(node, opts)
-        missing = [i for i in lock.images if i.config not in present]
-        result.skipped = [t for i in lock.images if i.config in present for t in i.tags]
-        if missing:
-
-            def send(out: IO[bytes]) -> None:
-                result.sent = _docker_load_tar(missing, images_dir, out)
-
-            remote.stream(node, opts, "docker load --quiet", send)
+        missing, result.sent = load_missing(node, list(lock.images), images_dir, opts)
+        result.skipped = [t for i in lock.images if i not in missing for t in i.tags]
         for image in lock.images:
-            _ensure_tags(node, opts, image)
+            ensure_tags(node, opts, image)
             with lock_:
                 journal.mark_done("images", node.name, image.config)
         result.done = [t for i in missing for t in i.tags]
@@ -179,8 +191,33 @@ def busy_ports(node: Node, listening: set[int]) -> list[str]:
     return busy
 
 
+def _registry_problems(
+    node: Node, opts: remote.SshOptions, route: Route, lock: Lock, listening: set[int]
+) -> list[str]:
+    """What stops ``node`` hosting the site registry: its port taken by another program, too little disk."""
+    q = shlex.quote
+    # The nearest existing folder of the data path tells the free space of the disk it will be on.
+    script = (
+        "docker inspect --format '{{.State.Running}}' airbundle-registry 2>/dev/null || echo none; "
+        f'd={q(route.data)}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
+        "df -Pk \"$d\" | awk 'NR==2 {print $4}'"
+    )
+    ours, free_kib = [*remote.lines(remote.run(node, opts, script, timeout=60)), "", ""][:2]
+    problems = []
+    port = int(route.address.rsplit(":", 1)[1])
+    if port in listening and ours != "true":
+        problems.append(f"port {port} (site registry) is in use by another program")
+    need_kib = sum(m.size for m in lock.members if m.kind == "image") // 1024  # each blob stored once
+    if free_kib.isdigit() and int(free_kib) < need_kib:
+        problems.append(
+            f"{int(free_kib) // 1024} MiB free for the site registry's {route.data}, "
+            f"its images need {need_kib // 1024} MiB"
+        )
+    return problems
+
+
 def _preflight_on(
-    node: Node, lock: Lock, opts: remote.SshOptions, needs_docker: bool, now: float
+    node: Node, lock: Lock, opts: remote.SshOptions, needs_docker: bool, now: float, registry: Route | None
 ) -> NodeResult:
     result = NodeResult(node)
     try:
@@ -215,6 +252,8 @@ def _preflight_on(
         busy = busy_ports(node, listening)
         if busy:
             problems.append(f"ports already in use: {', '.join(busy)}")
+        if registry is not None and registry.node == node:
+            problems += _registry_problems(node, opts, registry, lock, listening)
         if problems:
             result.error = "; ".join(problems)
         else:
@@ -225,18 +264,28 @@ def _preflight_on(
 
 
 def preflight_phase(
-    lock: Lock, nodes: list[Node], image_nodes: list[Node], opts: remote.SshOptions, now: float
+    lock: Lock,
+    nodes: list[Node],
+    image_nodes: list[Node],
+    opts: remote.SshOptions,
+    now: float,
+    registry: Route | None = None,
 ) -> list[NodeResult]:
-    """Check every node before anything changes; a result per node (no node is touched)."""
+    """Check every node before anything changes (and the node that will host the site registry:
+    its port and disk); a result per node (no node is touched)."""
     targets = {n.name for n in image_nodes}
+    if registry is not None and registry.node is not None:
+        targets.add(registry.node.name)  # it runs the registry's container
+    else:
+        registry = None
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        return list(pool.map(lambda n: _preflight_on(n, lock, opts, n.name in targets, now), nodes))
+        return list(pool.map(lambda n: _preflight_on(n, lock, opts, n.name in targets, now, registry), nodes))
 
 
 # ---------------------------------------------------------------- binaries
 
 
-def _sudo(node: Node) -> str:
+def sudo_prefix(node: Node) -> str:
     return "" if node.user == "root" else "sudo -n "
 
 
@@ -253,7 +302,7 @@ def _binaries_on(node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptio
     try:
         for binary in lock.binaries:
             dest = shlex.quote(binary.dest)
-            have = remote.run(node, opts, f"{_sudo(node)}sha256sum {dest} 2>/dev/null || true").split()
+            have = remote.run(node, opts, f"{sudo_prefix(node)}sha256sum {dest} 2>/dev/null || true").split()
             if have and have[0] == binary.sha256:
                 result.skipped.append(binary.dest)
                 continue
@@ -266,7 +315,10 @@ def _binaries_on(node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptio
                 f'chmod {binary.mode} "$t"; mv "$t" {dest}; trap - EXIT'
             )
             remote.stream(
-                node, opts, f"{_sudo(node)}sh -c {shlex.quote(script)}", _copy_from(bundle_dir / binary.path)
+                node,
+                opts,
+                f"{sudo_prefix(node)}sh -c {shlex.quote(script)}",
+                _copy_from(bundle_dir / binary.path),
             )
             result.done.append(binary.dest)
     except InstallError as exc:
@@ -335,18 +387,31 @@ def run_steps(
 
 
 def rke_up(
-    rke: Path, inventory: Path, workdir: Path, env: dict[str, str], echo: Callable[[str], None]
+    rke: Path,
+    inventory: Path,
+    workdir: Path,
+    env: dict[str, str],
+    echo: Callable[[str], None],
+    registries: list[dict[str, object]] | None = None,
 ) -> Path:
     """``rke up --config`` with the bundle's own rke (verified), here; returns the kubeconfig it wrote.
 
     The inventory is copied into ``workdir`` first, so rke keeps its state file
     (``cluster.rkestate``) and ``kube_config_cluster.yml`` there, beside the journal.
+    ``registries`` go into that copy's ``private_registries`` (the site registry of
+    the registry route), which is then 0600: it may hold the registry's password.
 
     Raises:
         InstallError: rke failed or wrote no kubeconfig (exit 6; the log is named).
     """
     config = workdir / "cluster.yml"
-    if inventory.resolve() != config.resolve():
+    if registries:
+        text = with_private_registries(inventory.read_text(), registries)
+        fd = os.open(str(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(config, 0o600)
+    elif inventory.resolve() != config.resolve():
         shutil.copyfile(inventory, config)
     log_path = workdir / "logs" / "rke-up.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -438,13 +503,13 @@ def _packages_on(
         remote.stream(
             node,
             opts,
-            f"{_sudo(node)}sh -c {shlex.quote(f'mkdir -p {repo} && tar -x -C {repo}')}",
+            f"{sudo_prefix(node)}sh -c {shlex.quote(f'mkdir -p {repo} && tar -x -C {repo}')}",
             lambda out: _debs_tar(lock, bundle_dir, out),
         )
         remote.run(
             node,
             opts,
-            f"{_sudo(node)}sh -c {shlex.quote(_packages_script(repo, requested, root))}",
+            f"{sudo_prefix(node)}sh -c {shlex.quote(_packages_script(repo, requested, root))}",
             timeout=3600,
         )
         result.done = requested
@@ -459,47 +524,3 @@ def packages_phase(
     """Install the bundle's requested packages on every node with apt, from the bundled repository only."""
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
         return list(pool.map(lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern), nodes))
-
-
-# ---------------------------------------------------------------- images through a site registry
-
-
-def _pull_on(node: Node, report_images: list[str], lock: Lock, opts: remote.SshOptions) -> NodeResult:
-    result = NodeResult(node)
-    try:
-        present = _present_ids(node, opts)
-        for image, pulled in zip(lock.images, report_images):
-            if image.config in present:
-                result.skipped.append(pulled)
-            else:
-                remote.run(node, opts, f"docker pull --quiet {shlex.quote(pulled)}", timeout=3600)
-                result.done.append(pulled)
-            found = remote.run(
-                node, opts, f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(pulled)}"
-            )
-            if found.strip() != image.config:
-                raise InstallError(f"{node.name}: {pulled} is {found.strip()}, the lock says {image.config}")
-            _ensure_tags(node, opts, image)
-    except InstallError as exc:
-        result.error = str(exc)
-    return result
-
-
-def registry_images_phase(
-    lock: Lock,
-    bundle_dir: Path,
-    targets: list[Node],
-    opts: remote.SshOptions,
-    address: str,
-    echo: Callable[[str], None],
-) -> list[NodeResult]:
-    """Push the images into the site registry at ``address``, then have every target pull each by digest."""
-    from bundler.installer.push import push_images
-
-    report = push_images(lock, bundle_dir / "images", address)
-    echo(
-        f"  registry {address}: {report.blobs_sent} blobs sent ({report.bytes_sent} bytes), "
-        f"{report.blobs_mounted} mounted, {report.blobs_present} already there"
-    )
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-        return list(pool.map(lambda n: _pull_on(n, report.images, lock, opts), targets))

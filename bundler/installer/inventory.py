@@ -125,3 +125,22 @@ def load_values(path: Path | None) -> dict[str, str]:
                 raise InputError(f"{path}: {key} must be a string, a number or a list")
         out[key] = "" if value is None else str(value)
     return out
+
+
+def with_private_registries(text: str, entries: list[dict[str, object]]) -> str:
+    """``cluster.yml`` text with ``entries`` in its ``private_registries`` (same ``url`` replaced).
+
+    Only the default flag is exclusive: an entry marked ``is_default`` clears the
+    flag of the others, as RKE takes a single default registry.
+    """
+    if not entries:
+        return text
+    doc = yaml.safe_load(text) or {}
+    urls = {e["url"] for e in entries}
+    kept = [
+        r for r in doc.get("private_registries") or [] if isinstance(r, dict) and r.get("url") not in urls
+    ]
+    if any(e.get("is_default") for e in entries):
+        kept = [{**r, "is_default": False} if r.get("is_default") else r for r in kept]
+    doc["private_registries"] = kept + list(entries)
+    return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))

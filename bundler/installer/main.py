@@ -20,28 +20,36 @@ from pathlib import Path
 
 from bundler import __version__, archive, signing
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, TrustError
+from bundler.installer import siteregistry
 from bundler.installer.apply import (
     NodeResult,
     binaries_phase,
     images_phase,
     packages_phase,
     preflight_phase,
-    registry_images_phase,
     rke_up,
     run_steps,
 )
 from bundler.installer.inventory import Node, load_inventory, load_values
 from bundler.installer.journal import Journal
-from bundler.installer.plan import PHASES, describe, image_targets, topology_warnings
+from bundler.installer.plan import PHASES, Route, describe, image_targets, topology_warnings
 from bundler.installer.remote import SshOptions
 from bundler.lock import IMAGES_MODES, REGISTRY_RE, Lock
 
 DEFAULT_WORKDIR = "/var/lib/airbundle"
-EPILOG = """example:
+DEFAULT_REGISTRY_DATA = siteregistry.DEFAULT_DATA
+EPILOG = """examples:
   tar -xf fmp-rke-23.12.1.tar install.sh
   sh install.sh --pubkey release.pub --inventory cluster.yml --values site.yaml
   sh install.sh --pubkey release.pub --inventory cluster.yml --dry-run
+
+  # images through a registry the installer runs on node cp-1 (TLS from a CA it makes):
+  sh install.sh --pubkey release.pub --inventory cluster.yml --registry-node cp-1
+  # ... or through the site's own registry, with its CA and credentials:
+  AIRBUNDLE_REGISTRY_PASSWORD=... sh install.sh --pubkey release.pub --inventory cluster.yml \\
+      --registry 10.0.0.5:5000 --registry-ca site-ca.crt --registry-user pusher
 """
+PASSWORD_ENV = "AIRBUNDLE_REGISTRY_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 
 
 def parser() -> argparse.ArgumentParser:
@@ -76,10 +84,49 @@ def parser() -> argparse.ArgumentParser:
         help="how images reach the nodes: streamed to each over SSH, or pushed once to a "
         "site registry the nodes pull from [the manifest's install.images_mode, else ssh-load]",
     )
-    p.add_argument(
+    reg = p.add_argument_group("images through a site registry (--images-mode registry)")
+    reg.add_argument(
         "--registry",
         metavar="HOST:PORT",
-        help="the site registry for --images-mode registry [the manifest's install.registry]",
+        help="an existing site registry [the manifest's install.registry]",
+    )
+    reg.add_argument(
+        "--registry-node",
+        metavar="NAME",
+        help="run the registry on this inventory node, from the bundle's install.registry_image",
+    )
+    reg.add_argument("--registry-port", type=int, default=5000, help="its port, with --registry-node [5000]")
+    reg.add_argument(
+        "--registry-data",
+        metavar="DIR",
+        default=DEFAULT_REGISTRY_DATA,
+        help=f"its data folder on that node [{DEFAULT_REGISTRY_DATA}]",
+    )
+    reg.add_argument(
+        "--registry-ca",
+        type=Path,
+        metavar="FILE",
+        help="the CA the registry's certificate chains to: trusted for the push and written to "
+        "/etc/docker/certs.d/HOST:PORT/ca.crt on every node",
+    )
+    reg.add_argument(
+        "--registry-cert",
+        type=Path,
+        metavar="FILE",
+        help="a site certificate for the registry --registry-node runs (with --registry-key); "
+        "else the installer makes a site CA with openssl, kept in WORKDIR/registry-tls",
+    )
+    reg.add_argument("--registry-key", type=Path, metavar="FILE", help="the key of --registry-cert")
+    reg.add_argument(
+        "--registry-user",
+        metavar="USER",
+        help=f"log in to the registry as USER (push and the nodes' pulls); password from {PASSWORD_ENV}",
+    )
+    reg.add_argument(
+        "--registry-chunk",
+        metavar="SIZE",
+        help="upload blobs larger than SIZE (e.g. 64M) in chunks, for registries behind proxies "
+        "that cap request bodies [one request per blob]",
     )
     p.add_argument(
         "--apt-root",
@@ -126,7 +173,7 @@ def _install(
     journal: Journal,
 ) -> int:
     lock, _, _ = archive.read_lock(args.bundle, trusted)
-    mode, registry = _images_route(args, lock)  # a bad choice stops before anything is unpacked
+    route = _images_route(args, lock, nodes)  # a bad choice stops before anything is unpacked
     installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
     final, report = archive.extract_bundle(
         args.bundle,
@@ -152,7 +199,9 @@ def _install(
     for phase in [args.only] if args.only else PHASES:
         print(f"== {phase}")
         if phase == "preflight":
-            _report(phase, preflight_phase(lock, nodes, targets if lock.images else [], opts, time.time()))
+            _report(
+                phase, preflight_phase(lock, nodes, targets if lock.images else [], opts, time.time(), route)
+            )
         elif phase == "packages":
             if not lock.debs:
                 print("  no packages in the bundle")
@@ -160,8 +209,9 @@ def _install(
                 _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root), journal)
         elif phase == "binaries":
             _report(phase, binaries_phase(lock, final, nodes, opts), journal)
-        elif phase == "images" and mode == "registry":
-            _report(phase, registry_images_phase(lock, final, targets, opts, registry, print))
+        elif phase == "images" and route.mode == "registry" and lock.images:
+            tls = args.workdir / "registry-tls"
+            _report(phase, siteregistry.images_phase(lock, final, targets, opts, route, tls, print))
         elif phase == "images":
             _report(phase, images_phase(lock, final, targets, opts, journal))
         elif phase == "cluster":
@@ -171,7 +221,10 @@ def _install(
             elif journal.is_done("cluster", "local", "rke-up"):
                 print("  rke up: done before, skipped")
             else:
-                kubeconfig = rke_up(final / rke.path, args.inventory, args.workdir, dict(os.environ), print)
+                registries = [_private_registry(route)] if route.mode == "registry" else []
+                kubeconfig = rke_up(
+                    final / rke.path, args.inventory, args.workdir, dict(os.environ), print, registries
+                )
                 journal.mark_done("cluster", "local", "rke-up")
                 print(f"  kubeconfig: {kubeconfig}")
         elif phase == "steps":
@@ -227,18 +280,76 @@ def _report(phase: str, results: list[NodeResult], journal: Journal | None = Non
         raise InstallError(f"{phase}: failed on {', '.join(failed)}; fix them and run again with --resume")
 
 
-def _images_route(args: argparse.Namespace, lock: Lock) -> tuple[str, str]:
-    """The images mode and site registry: the options, else the manifest's ``install`` defaults."""
-    mode = args.images_mode or lock.images_mode
+def _images_route(args: argparse.Namespace, lock: Lock, nodes: list[Node]) -> Route:
+    """How images reach the nodes: the options, else the manifest's ``install`` defaults; checked whole."""
+    explicit = args.registry or args.registry_node
+    mode = args.images_mode or ("registry" if explicit else lock.images_mode)
+    if args.registry and args.registry_node:
+        raise InputError("give --registry HOST:PORT (an existing registry) or --registry-node NAME, not both")
+    for flag, path in (("--registry-ca", args.registry_ca), ("--registry-cert", args.registry_cert),
+                       ("--registry-key", args.registry_key)):  # fmt: skip
+        if path is not None and not path.is_file():
+            raise InputError(f"{flag} {path}: no such file")
+    if bool(args.registry_cert) != bool(args.registry_key):
+        raise InputError("--registry-cert and --registry-key go together")
+    password = os.environ.get(PASSWORD_ENV, "")
+    if args.registry_user and not password:
+        raise InputError(f"--registry-user {args.registry_user} needs the password in {PASSWORD_ENV}")
+    chunk = 0
+    if args.registry_chunk:
+        try:
+            chunk = archive.parse_size(args.registry_chunk)
+        except ValueError as exc:
+            raise InputError(f"--registry-chunk {exc}") from None
+    if mode != "registry":
+        return Route()
+    if args.registry_node:
+        node = next((n for n in nodes if args.registry_node in (n.name, n.address)), None)
+        if node is None:
+            raise InputError(
+                f"--registry-node {args.registry_node}: no such node in {args.inventory} "
+                f"(nodes: {', '.join(n.name for n in nodes)})"
+            )
+        if not (lock.registry_image and lock.find_image(lock.registry_image)):
+            raise InputError(
+                "--registry-node needs a registry image in the bundle: list one under images: and name "
+                "it in the manifest's install.registry_image (e.g. registry:2); or give an existing site "
+                "registry with --registry HOST:PORT"
+            )
+        if not 0 < args.registry_port < 65536:
+            raise InputError(f"--registry-port {args.registry_port} is not a TCP port")
+        return Route(
+            "registry", f"{node.address}:{args.registry_port}", node, args.registry_data,
+            args.registry_ca, args.registry_cert, args.registry_key, "", "", chunk,
+        )  # fmt: skip
     registry = args.registry or lock.registry
-    if mode == "registry" and not registry:
+    if not registry:
         raise InputError(
-            "--images-mode registry needs --registry HOST:PORT (the site registry), "
-            "or install.registry in the manifest"
+            "--images-mode registry needs --registry HOST:PORT (the site registry), --registry-node NAME "
+            "(a node to run one on), or install.registry in the manifest"
         )
-    if registry and not REGISTRY_RE.fullmatch(registry):
+    if not REGISTRY_RE.fullmatch(registry):
         raise InputError(f"--registry {registry!r} is not HOST:PORT (e.g. 10.0.0.5:5000)")
-    return mode, registry
+    return Route(
+        "registry",
+        registry,
+        None,
+        "",
+        args.registry_ca,
+        None,
+        None,
+        args.registry_user or "",
+        password,
+        chunk,
+    )
+
+
+def _private_registry(route: Route) -> dict[str, object]:
+    """The RKE ``private_registries`` entry for the route's registry (the default for system images)."""
+    entry: dict[str, object] = {"url": route.address, "is_default": True}
+    if route.user:
+        entry.update(user=route.user, password=route.password)
+    return entry
 
 
 def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
@@ -256,7 +367,7 @@ def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: 
     for warning in topology_warnings(nodes, lock.min_workers):
         print(f"warning: {warning}")
     print("the plan:")
-    print("\n".join("  " + line for line in describe(lock, nodes, *_images_route(args, lock))))
+    print("\n".join("  " + line for line in describe(lock, nodes, _images_route(args, lock, nodes))))
     return 0
 
 

@@ -6,10 +6,47 @@ objects that ``--dry-run`` prints and the phases follow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from bundler.installer.inventory import Node
 from bundler.lock import Lock
 
 PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How images reach the nodes: ``ssh-load``, or ``registry`` (where it is, how to trust and log in)."""
+
+    mode: str = "ssh-load"
+    address: str = ""  # HOST:PORT of the site registry
+    node: Node | None = None  # the node the installer runs the registry on (--registry-node)
+    data: str = ""  # the registry's data folder on that node
+    ca: Path | None = None  # the CA the nodes' Docker must trust for ``address``
+    cert: Path | None = None  # a site certificate and key for the registry the installer runs
+    key: Path | None = None
+    user: str = ""  # credentials for an existing registry
+    password: str = field(default="", repr=False)
+    chunk: int = 0  # upload blobs above this size in chunks
+
+    def describe(self) -> str:
+        if self.mode != "registry":
+            return "over SSH into docker load"
+        where = (
+            f"a registry the installer runs on {self.node.name} ({self.data})"
+            if self.node
+            else "the site registry"
+        )
+        tls = (
+            "its own site CA"
+            if self.node and not self.cert
+            else (str(self.ca) if self.ca else "this node's CAs")
+        )
+        return (
+            f"pushed once to {where} at {self.address} (TLS trusted via {tls}"
+            f"{', as ' + self.user if self.user else ''}) and pulled by digest"
+        )
 
 
 def etcd_quorum(members: int) -> tuple[int, int]:
@@ -56,7 +93,7 @@ def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> li
     return targets or list(nodes)
 
 
-def describe(lock: Lock, nodes: list[Node], mode: str = "ssh-load", registry: str = "") -> list[str]:
+def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
     tags = ", ".join(t for i in lock.images for t in i.tags) or "none"
@@ -69,13 +106,14 @@ def describe(lock: Lock, nodes: list[Node], mode: str = "ssh-load", registry: st
         f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
         f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
         f"images     on {targets}: {len(lock.images)} images ({tags}), only those missing, in parallel, "
-        + (
-            f"pushed once to {registry} and pulled by digest"
-            if mode == "registry"
-            else "over SSH into docker load"
-        ),
+        + route.describe(),
         "cluster    "
-        + ("rke up --config <inventory> on this node" if rke else "skipped (no rke in the bundle)"),
+        + (
+            "rke up --config <inventory> on this node"
+            + (f", with private_registries: {route.address} (default)" if route.mode == "registry" else "")
+            if rke
+            else "skipped (no rke in the bundle)"
+        ),
         "steps      on this node, in order: " + (", ".join(s.name for s in lock.steps) or "none"),
     ]
     return lines

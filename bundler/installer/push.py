@@ -2,25 +2,48 @@
 
 Every blob is first asked for (``HEAD``) and skipped when the registry has
 it; a blob already pushed under another repository in this run is mounted
-rather than sent again; the rest go up in one monolithic ``PUT`` streamed from
-the unpacked ``images/`` folder. Manifests are put under their tags. So a
-re-run, or a delta bundle, sends only what is new. Runs on the site with
-python3 3.7+ (``http.client``, no requests).
+rather than sent again; the rest go up streamed from the unpacked
+``images/`` folder, in one monolithic ``PUT`` or, above ``Access.chunk``
+bytes, in ``PATCH`` chunks (for registries behind proxies that cap request
+bodies). Manifests are put under their tags. So a re-run, or a delta bundle,
+sends only what is new. Runs on the site with python3 3.7+ (``http.client``
+and ``ssl``, no requests).
 
-Registries without TLS are reached over plain HTTP; TLS and credentials for
-a site registry are not handled here yet.
+HTTPS is tried first, verified against ``Access.ca`` (else the system's CAs);
+a registry that answers in plain HTTP is then spoken to in plain HTTP unless a
+CA was given. Credentials are sent as the registry asks: Basic, or a Bearer
+token from the realm its challenge names. This module does not start
+registries or touch nodes (see ``siteregistry``).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
+import re
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from bundler import oci
 from bundler.errors import InstallError
 from bundler.lock import Lock
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class Access:
+    """How to reach a site registry."""
+
+    address: str  # HOST:PORT
+    ca: Path | None = None  # the CA its certificate chains to (else the system's CAs)
+    user: str = ""
+    password: str = ""
+    chunk: int = 0  # blobs above this many bytes go up in PATCH chunks of this size; 0 = one PUT
 
 
 @dataclass
@@ -31,33 +54,155 @@ class PushReport:
     blobs_mounted: int = 0
     blobs_present: int = 0
     bytes_sent: int = 0
+    chunks: int = 0  # PATCH requests of chunked uploads
+    scheme: str = "https"
     images: list[str] = field(default_factory=list)  # REGISTRY/REPO@DIGEST of each image
 
 
-class _Registry:
-    def __init__(self, address: str) -> None:
-        self.address = address
+class _Slice:
+    """``size`` bytes of an open file from its current position, as a readable body."""
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: object = None,
-        headers: dict[str, str] | None = None,
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+
+class Client:
+    """One site registry: scheme found by ``connect``, then requests that answer its auth challenges."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self.address = access.address
+        self.scheme = "https"
+        self.context = ssl.create_default_context(cafile=str(access.ca) if access.ca else None)
+        self.auth = ""  # the Authorization header the registry last accepted
+        self.tokens: dict[str, str] = {}  # Bearer scope -> token
+
+    def connect(self) -> None:
+        """One ``GET /v2/`` (TLS first): a registry down, untrusted or locked is named before uploads."""
+        try:
+            status, headers, _ = self._send("GET", "/v2/")
+        except ssl.SSLCertVerificationError as exc:
+            raise InstallError(
+                f"registry {self.address}: its TLS certificate is not trusted here ({exc.verify_message}); "
+                "give the CA that signed it with --registry-ca FILE"
+            ) from None
+        except ssl.SSLError as exc:
+            if self.access.ca is not None:
+                raise InstallError(
+                    f"registry {self.address}: TLS failed ({exc.reason}) though --registry-ca was given; "
+                    "is it serving HTTPS on that port?"
+                ) from None
+            self.scheme = "http"  # it speaks plain HTTP (the TLS hello got a plain answer)
+            status, headers, _ = self._send("GET", "/v2/")
+        if status == 401:
+            status, headers, _ = self._authorize("GET", "/v2/", None, {}, headers)
+        if status != 200:
+            raise InstallError(
+                f"registry {self.address}: GET /v2/ answered HTTP {status}: not a Docker registry API v2?"
+            )
+
+    def _send(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(self.address, timeout=300)
+        conn: http.client.HTTPConnection
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.address, timeout=300, context=self.context)
+        else:
+            conn = http.client.HTTPConnection(self.address, timeout=300)
         try:
             conn.request(method, path, body=body, headers=headers or {})  # type: ignore[arg-type]
             resp = conn.getresponse()
             data = resp.read()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+        except ssl.SSLError:
+            raise  # connect() tells a plain-HTTP registry from an untrusted one
         except OSError as exc:
             raise InstallError(
                 f"registry {self.address}: {method} {path} failed: {exc}; check that the site registry "
-                "is running and reachable from this node (--registry HOST:PORT)"
+                "is running and reachable from this node"
             ) from exc
         finally:
             conn.close()
+
+    def request(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send a request with the credentials the registry asked for; answers a 401 challenge once."""
+        headers = dict(headers or {})
+        if self.auth:
+            headers["Authorization"] = self.auth
+        try:
+            status, answer, data = self._send(method, path, body, headers)
+        except ssl.SSLError as exc:
+            raise InstallError(f"registry {self.address}: {method} {path}: TLS failed: {exc}") from None
+        if status == 401:
+            if hasattr(body, "seek"):
+                body.seek(0)
+            return self._authorize(method, path, body, headers, answer)
+        return status, answer, data
+
+    def _authorize(
+        self, method: str, path: str, body: object, headers: dict[str, str], answer: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        challenge = answer.get("www-authenticate", "")
+        if not self.access.user:
+            raise InstallError(
+                f"registry {self.address} asks for credentials; give --registry-user and the password "
+                "in AIRBUNDLE_REGISTRY_PASSWORD"
+            )
+        basic = base64.b64encode(f"{self.access.user}:{self.access.password}".encode()).decode()
+        if challenge.lower().startswith("bearer"):
+            params = dict(_CHALLENGE_PARAM.findall(challenge))
+            scope = params.get("scope", "")
+            if scope not in self.tokens:
+                self.tokens[scope] = self._token(params, basic)
+            self.auth = f"Bearer {self.tokens[scope]}"
+        else:
+            self.auth = f"Basic {basic}"
+        status, answer, data = self._send(method, path, body, {**headers, "Authorization": self.auth})
+        if status == 401:
+            raise InstallError(
+                f"registry {self.address} refused the credentials of {self.access.user!r} "
+                f"({method} {path}); check --registry-user and AIRBUNDLE_REGISTRY_PASSWORD"
+            )
+        return status, answer, data
+
+    def _token(self, params: dict[str, str], basic: str) -> str:
+        realm = urllib.parse.urlsplit(params.get("realm", ""))
+        if realm.scheme not in ("http", "https") or not realm.netloc:
+            raise InstallError(
+                f"registry {self.address}: its token realm {params.get('realm')!r} is not a URL"
+            )
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+        conn: http.client.HTTPConnection
+        if realm.scheme == "https":
+            conn = http.client.HTTPSConnection(realm.netloc, timeout=60, context=self.context)
+        else:
+            conn = http.client.HTTPConnection(realm.netloc, timeout=60)
+        try:
+            conn.request("GET", f"{realm.path}?{query}", headers={"Authorization": f"Basic {basic}"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except OSError as exc:
+            raise InstallError(
+                f"registry {self.address}: its token server {realm.netloc} failed: {exc}"
+            ) from exc
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise InstallError(
+                f"registry {self.address}: its token server refused the credentials of "
+                f"{self.access.user!r} (HTTP {resp.status}); check --registry-user and "
+                "AIRBUNDLE_REGISTRY_PASSWORD"
+            )
+        doc = json.loads(data.decode())
+        return str(doc.get("token") or doc.get("access_token") or "")
 
     def check(self, status: int, want: tuple[int, ...], what: str, body: bytes) -> None:
         if status not in want:
@@ -72,24 +217,15 @@ def repository(image: oci.Image) -> tuple[str, str | None]:
     return ref.path, ref.tag
 
 
-def push_images(lock: Lock, images_dir: Path, address: str) -> PushReport:
-    """Push every locked image into the registry at ``address`` (``HOST:PORT``).
+def push_images(lock: Lock, images_dir: Path, access: Access) -> PushReport:
+    """Push every locked image into the registry ``access`` names.
 
     Raises:
-        InstallError: the registry refused a request or is unreachable (exit 6).
+        InstallError: the registry refused a request, is unreachable or untrusted (exit 6).
     """
-    reg = _Registry(address)
-    # One cheap request first, so an unreachable or auth-only registry is named before any upload.
-    status, _, body = reg.request("GET", "/v2/")
-    if status == 401:
-        raise InstallError(
-            f"registry {address} asks for credentials; this installer pushes to open registries only"
-        )
-    if status != 200:
-        raise InstallError(
-            f"registry {address}: GET /v2/ answered HTTP {status}: not a Docker registry API v2?"
-        )
-    report = PushReport()
+    reg = Client(access)
+    reg.connect()
+    report = PushReport(scheme=reg.scheme)
     pushed: dict[str, str] = {}  # digest -> repository it is already in (for mounts)
     for image in lock.images:
         repo, tag = repository(image)
@@ -105,7 +241,7 @@ def push_images(lock: Lock, images_dir: Path, address: str) -> PushReport:
                 if status == 201:
                     report.blobs_mounted += 1
                     continue
-            report.bytes_sent += _upload(reg, repo, digest, images_dir / oci.blob_path(digest))
+            report.bytes_sent += _upload(reg, repo, digest, images_dir / oci.blob_path(digest), report)
             report.blobs_sent += 1
             pushed[digest] = repo
         manifest = (images_dir / oci.blob_path(image.manifest)).read_bytes()
@@ -114,20 +250,46 @@ def push_images(lock: Lock, images_dir: Path, address: str) -> PushReport:
             "PUT", f"/v2/{repo}/manifests/{target}", manifest, {"Content-Type": image.media_type}
         )
         reg.check(status, (201,), f"putting the manifest of {repo}:{target}", body)
-        report.images.append(f"{address}/{repo}@{image.manifest}")
+        report.images.append(f"{access.address}/{repo}@{image.manifest}")
     return report
 
 
-def _upload(reg: _Registry, repo: str, digest: str, path: Path) -> int:
+def _target(location: str, extra: list[tuple[str, str]] = []) -> str:  # noqa: B006 - never mutated
+    """The path and query of an upload ``Location`` (absolute or not), with ``extra`` query items."""
+    parts = urllib.parse.urlsplit(location)
+    query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), *extra])
+    return f"{parts.path}?{query}" if query else parts.path
+
+
+def _upload(reg: Client, repo: str, digest: str, path: Path, report: PushReport) -> int:
     status, headers, body = reg.request("POST", f"/v2/{repo}/blobs/uploads/")
     reg.check(status, (202,), f"starting an upload to {repo}", body)
-    location = urllib.parse.urlsplit(headers.get("location", ""))
-    query = [*urllib.parse.parse_qsl(location.query), ("digest", digest)]
-    target = f"{location.path}?{urllib.parse.urlencode(query)}"
+    location = headers.get("location", "")
     size = path.stat().st_size
+    octets = {"Content-Type": "application/octet-stream"}
     with open(path, "rb") as f:
-        status, _, body = reg.request(
-            "PUT", target, f, {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        )
+        if reg.access.chunk and size > reg.access.chunk:
+            for start in range(0, size, reg.access.chunk):
+                length = min(reg.access.chunk, size - start)
+                status, headers, body = reg.request(
+                    "PATCH",
+                    _target(location),
+                    _Slice(f, length),
+                    {
+                        **octets,
+                        "Content-Length": str(length),
+                        "Content-Range": f"{start}-{start + length - 1}",
+                    },
+                )
+                reg.check(status, (202,), f"uploading bytes {start}- of {digest} to {repo}", body)
+                location = headers.get("location", location)
+                report.chunks += 1
+            status, _, body = reg.request(
+                "PUT", _target(location, [("digest", digest)]), b"", {**octets, "Content-Length": "0"}
+            )
+        else:
+            status, _, body = reg.request(
+                "PUT", _target(location, [("digest", digest)]), f, {**octets, "Content-Length": str(size)}
+            )
     reg.check(status, (201,), f"uploading {digest} to {repo}", body)
     return size

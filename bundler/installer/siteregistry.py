@@ -1,0 +1,343 @@
+"""The site registry for ``--images-mode registry``: its TLS, its container, and the nodes' trust in it.
+
+``ensure_tls`` makes, once and with the stock ``openssl``, a site CA and a
+certificate for the registry's address in the installer's work folder (or takes
+the operator's site certificate). ``start_on`` loads the bundle's registry image
+on the chosen node over SSH when missing, puts the certificate and key in the
+registry's data folder there, and runs the registry container (host network,
+``--restart always``) unless one with the same image, address and certificate
+already runs; then waits until it answers. ``trust_on`` writes the CA to a
+node's ``/etc/docker/certs.d/HOST:PORT/ca.crt`` (Docker reads it at each pull);
+``login_on`` runs ``docker login`` there, the password on stdin.
+
+``images_phase`` is the whole registry route of the images phase: start,
+trust, log in, push (``push``), then every target pulls each image by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable
+
+from bundler import oci
+from bundler.errors import InstallError
+from bundler.installer import remote
+from bundler.installer.apply import NodeResult, ensure_tags, load_missing, present_ids, sudo_prefix
+from bundler.installer.inventory import Node
+from bundler.installer.plan import Route
+from bundler.installer.push import Access, Client, push_images
+from bundler.lock import Lock
+
+CONTAINER = "airbundle-registry"
+DEFAULT_DATA = "/var/lib/airbundle/registry"
+CERTS_D = "/etc/docker/certs.d"
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Tls:
+    """The registry's certificate and key (PEM files here), and the CA the nodes must trust."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def _openssl(args: list[str], cwd: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise InstallError(
+            "making the site registry's certificate needs openssl on this node; install it, or give "
+            "a site certificate with --registry-cert and --registry-key"
+        )
+    done = subprocess.run([openssl, *args], cwd=str(cwd), capture_output=True)
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise InstallError(f"openssl {args[0]} failed in {cwd}: {' '.join(detail)}")
+
+
+def subject_alt_name(host: str) -> str:
+    """The ``subjectAltName`` for a registry host: an IP entry for an address, else a DNS name."""
+    try:
+        ipaddress.ip_address(host)
+        return f"IP:{host}"
+    except ValueError:
+        return f"DNS:{host}"
+
+
+def ensure_tls(folder: Path, address: str) -> Tls:
+    """The installer's own site CA and a certificate for ``address``, made once under ``folder``.
+
+    The CA is kept (so nodes trusting it keep trusting re-issued certificates);
+    a certificate is made per ``HOST:PORT``. Keys are 0600, the folder 0700;
+    files appear under their final names only when complete.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    stem = address.replace(":", "_")
+    cert, key = folder / f"{stem}.crt", folder / f"{stem}.key"
+    if ca.is_file() and cert.is_file() and key.is_file():
+        return Tls(cert, key, ca)
+    host = address.rsplit(":", 1)[0]
+    work = Path(tempfile.mkdtemp(prefix=".tls-", dir=str(folder)))
+    try:
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        if not (ca.is_file() and ca_key.is_file()):
+            _openssl(
+                ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-sha256",
+                 "-subj", "/CN=airbundle site registry CA",
+                 "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                work,
+            )  # fmt: skip
+            os.chmod(work / "ca.key", 0o600)
+            os.replace(work / "ca.key", ca_key)
+            os.replace(work / "ca.crt", ca)
+        (work / "ext.cnf").write_text(
+            f"subjectAltName={subject_alt_name(host)}\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        )
+        _openssl(["req", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={host}"], work)
+        _openssl(
+            ["x509", "-req", "-in", "tls.csr", "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-days", "825", "-sha256", "-extfile", "ext.cnf", "-out", "tls.crt"],
+            work,
+        )  # fmt: skip
+        os.chmod(work / "tls.key", 0o600)
+        os.replace(work / "tls.key", key)
+        os.replace(work / "tls.crt", cert)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Tls(cert, key, ca)
+
+
+def _certs_tar(tls: Tls, out: IO[bytes]) -> None:
+    with tarfile.open(fileobj=out, mode="w|") as tar:
+        for path, name, mode in ((tls.cert, "tls.crt", 0o644), (tls.key, "tls.key", 0o600)):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _bytes(data: bytes) -> Callable[[IO[bytes]], None]:
+    def write(out: IO[bytes]) -> None:
+        out.write(data)
+
+    return write
+
+
+def _listen_address(address: str) -> str:
+    """Where the registry binds: the node's address when it is an IP, else every address."""
+    host, port = address.rsplit(":", 1)
+    return address if subject_alt_name(host).startswith("IP:") else f":{port}"
+
+
+def start_on(
+    node: Node,
+    image: oci.Image,
+    images_dir: Path,
+    address: str,
+    data: str,
+    tls: Tls,
+    opts: remote.SshOptions,
+    echo: Callable[[str], None],
+) -> None:
+    """Run the site registry on ``node`` from the bundle's ``image``, serving TLS on ``address``.
+
+    Raises:
+        InstallError: the node failed a step, or the registry did not answer in time (its log is quoted).
+    """
+    loaded, sent = load_missing(node, [image], images_dir, opts)
+    q = shlex.quote
+    remote.stream(
+        node,
+        opts,
+        f"{sudo_prefix(node)}sh -c "
+        + q(f"mkdir -p {q(data)}/storage {q(data)}/certs && tar -x -C {q(data)}/certs"),
+        lambda out: _certs_tar(tls, out),
+    )
+    label = hashlib.sha256(f"{image.config} {address} {data}".encode() + tls.cert.read_bytes()).hexdigest()[
+        :16
+    ]
+    state = remote.run(
+        node,
+        opts,
+        "docker inspect --format "
+        + shlex.quote('{{.State.Running}} {{index .Config.Labels "airbundle.registry"}}')
+        + f" {CONTAINER} 2>/dev/null || true",
+    ).split()
+    if state == ["true", label]:
+        echo(f"  registry on {node.name}: already running at {address}")
+    else:
+        run = [
+            "docker", "run", "--detach", "--name", CONTAINER, "--restart", "always", "--network", "host",
+            "--label", f"airbundle.registry={label}",
+            "--env", f"REGISTRY_HTTP_ADDR={_listen_address(address)}",
+            "--env", "REGISTRY_HTTP_TLS_CERTIFICATE=/certs/tls.crt",
+            "--env", "REGISTRY_HTTP_TLS_KEY=/certs/tls.key",
+            "--env", "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=/var/lib/registry",
+            "--volume", f"{data}/storage:/var/lib/registry",
+            "--volume", f"{data}/certs:/certs:ro",
+            image.config,
+        ]  # fmt: skip
+        command = " ".join(shlex.quote(a) for a in run)  # shlex.join is 3.8+
+        remote.run(node, opts, f"docker rm --force {CONTAINER} >/dev/null 2>&1; {command} >/dev/null")
+        how = f"image loaded ({sent} bytes sent)" if loaded else "image was present"
+        echo(f"  registry on {node.name}: started at {address} ({how}; data in {data})")
+    _wait(node, Access(address, ca=tls.ca), opts)
+
+
+def _wait(node: Node, access: Access, opts: remote.SshOptions) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            Client(access).connect()
+            return
+        except InstallError as exc:
+            if time.monotonic() > deadline:
+                log = remote.run(node, opts, f"docker logs --tail 5 {CONTAINER} 2>&1 || true").strip()
+                raise InstallError(
+                    f"{node.name}: the site registry did not answer at {access.address} within "
+                    f"{START_TIMEOUT:.0f} s ({exc}); its last log lines: {log[-800:] or '(none)'}"
+                ) from None
+            time.sleep(0.5)
+
+
+def trust_on(node: Node, address: str, ca: Path, opts: remote.SshOptions) -> bool:
+    """Make ``node``'s Docker trust ``ca`` for ``address``; False when it already did."""
+    data = ca.read_bytes()
+    folder = f"{CERTS_D}/{address}"
+    path = shlex.quote(f"{folder}/ca.crt")
+    have = remote.run(node, opts, f"sha256sum {path} 2>/dev/null || true").split()
+    if have and have[0] == hashlib.sha256(data).hexdigest():
+        return False
+    script = (
+        f"set -e; mkdir -p {shlex.quote(folder)}; t=$(mktemp {shlex.quote(folder)}/.ca.XXXXXX); "
+        f'cat > "$t"; chmod 0644 "$t"; mv "$t" {path}'
+    )
+    remote.stream(node, opts, f"{sudo_prefix(node)}sh -c {shlex.quote(script)}", _bytes(data))
+    return True
+
+
+def login_on(node: Node, access: Access, opts: remote.SshOptions) -> None:
+    """``docker login`` on ``node`` to the registry, the password on stdin (never in a command line)."""
+    remote.stream(
+        node,
+        opts,
+        f"docker login --username {shlex.quote(access.user)} --password-stdin {shlex.quote(access.address)}",
+        _bytes(access.password.encode()),
+    )
+
+
+_UNTRUSTED = ("x509:", "certificate signed by unknown authority", "certificate is not trusted")
+
+
+def _pull_on(
+    node: Node, pulls: list[str], images: list[oci.Image], route: Route, opts: remote.SshOptions
+) -> NodeResult:
+    """Pull every image by digest on ``node``; a present one too, which checks the node reaches and trusts
+    the registry (Docker then fetches only the manifest)."""
+    result = NodeResult(node)
+    try:
+        present = present_ids(node, opts)
+        for image, pulled in zip(images, pulls):
+            try:
+                remote.run(node, opts, f"docker pull --quiet {shlex.quote(pulled)}", timeout=3600)
+            except remote.RemoteError as exc:
+                if any(mark in str(exc) for mark in _UNTRUSTED):
+                    raise InstallError(
+                        f"{node.name}: Docker there does not trust the TLS certificate of {route.address}, "
+                        f"so it cannot pull {pulled}; put the site CA at {CERTS_D}/{route.address}/ca.crt on "
+                        f"{node.name} (the installer does it when given --registry-ca FILE, or when it runs "
+                        f"the registry itself with --registry-node) ({exc})"
+                    ) from None
+                raise
+            (result.skipped if image.config in present else result.done).append(pulled)
+            found = remote.run(
+                node, opts, f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(pulled)}"
+            )
+            if found.strip() != image.config:
+                raise InstallError(f"{node.name}: {pulled} is {found.strip()}, the lock says {image.config}")
+            ensure_tags(node, opts, image)
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
+
+
+def _each(nodes: list[Node], work: Callable[[Node], NodeResult]) -> list[NodeResult]:
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return list(pool.map(work, nodes))
+
+
+def images_phase(
+    lock: Lock,
+    bundle_dir: Path,
+    targets: list[Node],
+    opts: remote.SshOptions,
+    route: Route,
+    tls_folder: Path,
+    echo: Callable[[str], None],
+) -> list[NodeResult]:
+    """The registry route: start the registry (``--registry-node``), make every target trust it
+    (and log in), push the images once, then have every target pull each by digest.
+
+    Raises:
+        InstallError: the registry could not be started or pushed to (exit 6); a node's own
+        failure is in its result instead.
+    """
+    images_dir = bundle_dir / "images"
+    ca = route.ca
+    if route.node is not None:
+        image = lock.find_image(lock.registry_image)
+        assert image is not None  # main checked it before unpacking
+        if route.cert and route.key:
+            tls = Tls(route.cert, route.key, route.ca or route.cert)
+        else:
+            tls = ensure_tls(tls_folder, route.address)
+        ca = tls.ca
+        start_on(route.node, image, images_dir, route.address, route.data, tls, opts, echo)
+    access = Access(route.address, ca, route.user, route.password, route.chunk)
+    trusted: list[str] = []
+
+    def prepare(node: Node) -> NodeResult:
+        result = NodeResult(node)
+        try:
+            if ca is not None and trust_on(node, route.address, ca, opts):
+                trusted.append(node.name)
+            if route.user:
+                login_on(node, access, opts)
+        except InstallError as exc:
+            result.error = str(exc)
+        return result
+
+    # The registry's own node trusts it too: an operator may pull from there.
+    every = [*targets, route.node] if route.node is not None and route.node not in targets else targets
+    failed = [r for r in _each(every, prepare) if r.error]
+    if trusted:
+        echo(f"  CA for {route.address} written to {CERTS_D} on {', '.join(sorted(trusted))}")
+    report = push_images(lock, images_dir, access)
+    echo(
+        f"  registry {route.address}: {report.blobs_sent} blobs sent ({report.bytes_sent} bytes"
+        + (f", {report.chunks} chunks" if report.chunks else "")
+        + f"), {report.blobs_mounted} mounted, {report.blobs_present} already there"
+        + ("" if report.scheme == "https" else " (plain HTTP: no TLS)")
+    )
+    bad = {r.node.name for r in failed}
+    return failed + _each(
+        [n for n in targets if n.name not in bad],
+        lambda n: _pull_on(n, report.images, list(lock.images), route, opts),
+    )
