@@ -541,6 +541,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
     help="Images over SSH into docker load, or via a site registry [manifest, else ssh-load].",
 )
 @click.option("--registry", metavar="HOST:PORT", help="The site registry for --images-mode registry.")
+@click.argument("installer_options", nargs=-1, type=click.UNPROCESSED)
 def install(
     bundle: Path,
     pubkeys: tuple[Path, ...],
@@ -556,16 +557,21 @@ def install(
     apt_root: str | None,
     images_mode: str | None,
     registry: str | None,
+    installer_options: tuple[str, ...],
 ) -> None:
     """Install a bundle on the site: the same code that the bundle's install.sh runs.
 
     Verifies the signature and every member, unpacks exactly the lock's members
     into the work folder, then runs the phases on the inventory's nodes:
     preflight, packages, binaries, images, cluster (rke up), steps; resumable.
+    The installer's other options (--registry-node, --registry-ca, --registry-user,
+    --registry-chunk, ...; see sh install.sh --help) pass through as they are.
 
     \b
-    Example:
+    Examples:
       airbundle install dist/fmp-rke-23.12.1.tar --pubkey release.pub --inventory cluster.yml --dry-run
+      airbundle install dist/fmp-rke-23.12.1.tar --pubkey release.pub --inventory cluster.yml \\
+          --registry-node cp-1
     """
     from bundler.installer.main import run
 
@@ -581,6 +587,7 @@ def install(
     argv += (["--images-mode", images_mode] if images_mode else []) + (
         ["--registry", registry] if registry else []
     )
+    argv += list(installer_options)
     code = run(argv)
     if code:
         raise click.exceptions.Exit(code)

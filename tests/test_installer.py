@@ -749,7 +749,10 @@ def test_images_mode_from_the_manifest_and_the_options(
     assert built.exit_code == 0, built.stderr
     bundle = Path(built.stdout.strip().splitlines()[-1])
     for image, message in (
-        ("registry:2", "install.registry_image docker.io/library/registry:2 is not one of the bundle's images"),
+        (
+            "registry:2",
+            "install.registry_image docker.io/library/registry:2 is not one of the bundle's images",
+        ),
         ("Registry:2", "install.registry_image: 'Registry:2' is not an image reference"),
     ):
         wrong = project.write_manifest(text + f"  registry_image: {image}\n", "wrong.yaml")

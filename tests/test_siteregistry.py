@@ -48,6 +48,8 @@ def reg_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engine
     from .nodes import cluster_yml
 
     client, nodes = ssh_cluster
+    for container in reg_node.engine.client.containers.list(all=True):  # a registry an earlier test ran
+        container.remove(force=True)
     _empty_engines([*nodes, reg_node])
     for node in nodes:
         shutil.rmtree(node.certs / ADDRESS, ignore_errors=True)
@@ -187,7 +189,7 @@ def test_an_existing_registry_with_credentials(image_site, keys: Keys, source_en
             assert registry.host in (node.root / "docker-config" / "config.json").read_text()  # docker login
         if registry.token_server is not None:
             scopes = {r.get("scope") for r in registry.token_server.requests}
-            assert "repository:test/app-a:pull,push" in scopes
+            assert {"repository:test/app-a:pull,push", "repository:test/app-a:push,pull"} & scopes, scopes
     finally:
         registry.stop()
 
@@ -217,3 +219,29 @@ def test_rke_gets_the_site_registry(tmp_path: Path) -> None:
     assert seen["private_registries"] == [{"url": "mirror.example:5000", "is_default": False}, entry]
     assert (work / "cluster.yml").stat().st_mode & 0o777 == 0o600
     assert with_private_registries("nodes: []\n", []) == "nodes: []\n"
+
+
+def test_registry_on_a_node_with_a_site_certificate(reg_site, reg_node, keys: Keys, tmp_path) -> None:
+    """The operator's own certificate: the registry serves it, the nodes trust its CA; a restart keeps the data."""
+    from .registries import site_certificate
+
+    site, client, nodes = reg_site
+    ca, cert, key = site_certificate(tmp_path, ADDRESS.split(":")[0])
+    data = tmp_path / "reg-data"
+    args = ["--ssh-config", str(client.config), "--only", "images", "--registry-node", "reg-1"]
+    args += ["--registry-data", str(data)]
+    own = _install(site, keys, *args)  # first with the installer's own CA
+    assert own.returncode == 0, own.stdout + own.stderr
+    args += ["--registry-cert", str(cert), "--registry-key", str(key), "--registry-ca", str(ca)]
+    plan = _install(site, keys, *args, "--dry-run")
+    assert f"(TLS trusted via {ca})" in plan.stdout
+    swapped = _install(site, keys, *args)
+    assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+    assert (
+        f"registry on reg-1: started at {ADDRESS} (image was present" in swapped.stdout
+    )  # a new certificate
+    assert f"CA for {ADDRESS} written to /etc/docker/certs.d on reg-1, worker-1, worker-2" in swapped.stdout
+    assert " 0 blobs sent (0 bytes)" in swapped.stdout  # the data folder outlived the old container
+    assert requests.get(f"https://{ADDRESS}/v2/", verify=str(ca), timeout=10).status_code == 200
+    for node in nodes[1:]:
+        assert (node.certs / ADDRESS / "ca.crt").read_bytes() == ca.read_bytes()
