@@ -246,32 +246,42 @@ def login_on(node: Node, access: Access, opts: remote.SshOptions) -> None:
 _UNTRUSTED = ("x509:", "certificate signed by unknown authority", "certificate is not trusted")
 
 
+PULLS_PER_NODE = 4  # concurrent pulls on one node: Docker fetches and unpacks their layers side by side
+
+
+def _pull(node: Node, pulled: str, route: Route, opts: remote.SshOptions) -> None:
+    try:
+        remote.run(node, opts, f"docker pull --quiet {shlex.quote(pulled)}", timeout=3600)
+    except remote.RemoteError as exc:
+        if any(mark in str(exc) for mark in _UNTRUSTED):
+            raise InstallError(
+                f"{node.name}: Docker there does not trust the TLS certificate of {route.address}, "
+                f"so it cannot pull {pulled}; put the site CA at {CERTS_D}/{route.address}/ca.crt on "
+                f"{node.name} (the installer does it when given --registry-ca FILE, or when it runs "
+                f"the registry itself with --registry-node) ({exc})"
+            ) from None
+        raise
+
+
 def _pull_on(
     node: Node, pulls: list[str], images: list[oci.Image], route: Route, opts: remote.SshOptions
 ) -> NodeResult:
-    """Pull every image by digest on ``node``; a present one too, which checks the node reaches and trusts
-    the registry (Docker then fetches only the manifest)."""
+    """Pull every image by digest on ``node`` (a few at once), then check each one's ID against the lock.
+
+    A present image is pulled too: that checks the node reaches and trusts the registry (Docker then
+    fetches only the manifest)."""
     result = NodeResult(node)
     try:
         present = present_ids(node, opts)
-        for image, pulled in zip(images, pulls):
-            try:
-                remote.run(node, opts, f"docker pull --quiet {shlex.quote(pulled)}", timeout=3600)
-            except remote.RemoteError as exc:
-                if any(mark in str(exc) for mark in _UNTRUSTED):
-                    raise InstallError(
-                        f"{node.name}: Docker there does not trust the TLS certificate of {route.address}, "
-                        f"so it cannot pull {pulled}; put the site CA at {CERTS_D}/{route.address}/ca.crt on "
-                        f"{node.name} (the installer does it when given --registry-ca FILE, or when it runs "
-                        f"the registry itself with --registry-node) ({exc})"
-                    ) from None
-                raise
+        with ThreadPoolExecutor(max_workers=max(1, min(PULLS_PER_NODE, len(pulls)))) as pool:
+            list(pool.map(lambda pulled: _pull(node, pulled, route, opts), pulls))
+        found = remote.run(
+            node, opts, "docker image inspect --format '{{.Id}}' " + " ".join(shlex.quote(p) for p in pulls)
+        ).split()
+        for image, pulled, got in zip(images, pulls, found):
+            if got != image.config:
+                raise InstallError(f"{node.name}: {pulled} is {got}, the lock says {image.config}")
             (result.skipped if image.config in present else result.done).append(pulled)
-            found = remote.run(
-                node, opts, f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(pulled)}"
-            )
-            if found.strip() != image.config:
-                raise InstallError(f"{node.name}: {pulled} is {found.strip()}, the lock says {image.config}")
             ensure_tags(node, opts, image)
     except InstallError as exc:
         result.error = str(exc)
