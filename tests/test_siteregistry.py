@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,19 @@ def test_registry_on_a_node_with_its_own_ca(reg_site, reg_node, keys: Keys, sour
     busy = _install(site, keys, *args, "--registry-port", "2222", "--only", "preflight")
     assert busy.returncode == 6 and re.search(
         r"reg-1 +FAILED: .*port 2222 \(site registry\) is in use", busy.stdout
+    )
+    # A data folder on a 1 MiB disk (a tmpfs only reg-1 sees), for ~20 MiB of images.
+    small = tmp_path / "small"
+    small.mkdir()
+    enter = ["nsenter", "-t", str(reg_node.engine.proc.pid), "-m"]
+    subprocess.run([*enter, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    full = _install(site, keys, *args[:-1], str(small / "registry"), "--only", "preflight")
+    assert full.returncode == 6
+    need = rf"reg-1 +FAILED: 1 MiB free for the site registry's {small}/registry, its images need \d\d MiB"
+    assert re.search(need, full.stdout), full.stdout
+    ca_alone = _install(site, keys, *args, "--registry-ca", str(site / "cluster.yml"), "--dry-run")
+    assert (
+        ca_alone.returncode == 2 and "--registry-ca with --registry-node is the CA of your" in ca_alone.stderr
     )
 
     first = _install(site, keys, *args, "--only", "images", "--registry-chunk", "4M")

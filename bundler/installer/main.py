@@ -316,6 +316,11 @@ def _images_route(args: argparse.Namespace, lock: Lock, nodes: list[Node]) -> Ro
                 "it in the manifest's install.registry_image (e.g. registry:2); or give an existing site "
                 "registry with --registry HOST:PORT"
             )
+        if args.registry_ca and not args.registry_cert:
+            raise InputError(
+                "--registry-ca with --registry-node is the CA of your --registry-cert; without a "
+                "certificate the installer makes and uses its own CA"
+            )
         if not 0 < args.registry_port < 65536:
             raise InputError(f"--registry-port {args.registry_port} is not a TCP port")
         return Route(
