@@ -72,6 +72,31 @@ class _Slice:
         return data
 
 
+def _exchange(
+    scheme: str,
+    netloc: str,
+    context: ssl.SSLContext,
+    method: str,
+    path: str,
+    body: object,
+    headers: dict[str, str],
+    timeout: float = 300,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP(S) request on a fresh connection: (status, lower-cased headers, body); raises ``OSError``."""
+    conn: http.client.HTTPConnection
+    if scheme == "https":
+        conn = http.client.HTTPSConnection(netloc, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(netloc, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers)  # type: ignore[arg-type]
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
 class Client:
     """One site registry: scheme found by ``connect``, then requests that answer its auth challenges."""
 
@@ -110,16 +135,8 @@ class Client:
     def _send(
         self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        conn: http.client.HTTPConnection
-        if self.scheme == "https":
-            conn = http.client.HTTPSConnection(self.address, timeout=300, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(self.address, timeout=300)
         try:
-            conn.request(method, path, body=body, headers=headers or {})  # type: ignore[arg-type]
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            return _exchange(self.scheme, self.address, self.context, method, path, body, headers or {})
         except ssl.SSLError:
             raise  # connect() tells a plain-HTTP registry from an untrusted one
         except OSError as exc:
@@ -127,8 +144,6 @@ class Client:
                 f"registry {self.address}: {method} {path} failed: {exc}; check that the site registry "
                 "is running and reachable from this node"
             ) from exc
-        finally:
-            conn.close()
 
     def request(
         self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
@@ -180,25 +195,19 @@ class Client:
                 f"registry {self.address}: its token realm {params.get('realm')!r} is not a URL"
             )
         query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
-        conn: http.client.HTTPConnection
-        if realm.scheme == "https":
-            conn = http.client.HTTPSConnection(realm.netloc, timeout=60, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(realm.netloc, timeout=60)
         try:
-            conn.request("GET", f"{realm.path}?{query}", headers={"Authorization": f"Basic {basic}"})
-            resp = conn.getresponse()
-            data = resp.read()
+            status, _, data = _exchange(
+                realm.scheme, realm.netloc, self.context, "GET", f"{realm.path}?{query}", None,
+                {"Authorization": f"Basic {basic}"}, timeout=60,
+            )  # fmt: skip
         except OSError as exc:
             raise InstallError(
                 f"registry {self.address}: its token server {realm.netloc} failed: {exc}"
             ) from exc
-        finally:
-            conn.close()
-        if resp.status != 200:
+        if status != 200:
             raise InstallError(
                 f"registry {self.address}: its token server refused the credentials of "
-                f"{self.access.user!r} (HTTP {resp.status}); check --registry-user and "
+                f"{self.access.user!r} (HTTP {status}); check --registry-user and "
                 "AIRBUNDLE_REGISTRY_PASSWORD"
             )
         doc = json.loads(data.decode())
