@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import compare, ensure_key
+from harness import build_command, compare, ensure_key
 
 from tests.aptrepo import GpgKey, Served, index_repo, make_deb
 
@@ -77,19 +77,7 @@ def main() -> None:
         )
         sign = ensure_key(str(work))
         cache, out, apt = work / "cache", work / "dist", work / "apt"
-        build = [
-            "airbundle",
-            "build",
-            str(manifest),
-            "--key",
-            sign + ".key",
-            "-o",
-            str(out),
-            "--cache",
-            str(cache),
-            "--jobs",
-            "4",
-        ]
+        build = build_command(manifest, sign, out, cache)
         opts = [
             f"-o=Dir::Etc::SourceList={apt}/sources.list",
             "-o=Dir::Etc::SourceParts=/dev/null",

@@ -139,6 +139,12 @@ def ensure_key(root: str) -> str:
     return prefix
 
 
+def build_command(manifest: object, key: str, out: object, cache: object, jobs: int = 4) -> list[str]:
+    """``airbundle build`` of ``manifest``, signed with the key at PREFIX ``key``, into ``out``."""
+    return ["airbundle", "build", str(manifest), "--key", key + ".key", "-o", str(out), "--cache", str(cache),
+            "--jobs", str(jobs)]  # fmt: skip
+
+
 MANIFEST_HEAD = """\
 apiVersion: airbundle/v1
 kind: Bundle

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import compare, ensure_key, verdict
+from harness import build_command, compare, ensure_key, verdict
 
 from tests.engines import Engine, busybox_rootfs
 from tests.registries import Registry
@@ -78,19 +78,7 @@ def main() -> None:
         )
         key = ensure_key(str(work))
         cache, out, skopeo_out = work / "cache", work / "dist", work / "skopeo"
-        build = [
-            "airbundle",
-            "build",
-            str(manifest),
-            "--key",
-            key + ".key",
-            "-o",
-            str(out),
-            "--cache",
-            str(cache),
-            "--jobs",
-            "4",
-        ]
+        build = build_command(manifest, key, out, cache)
         copies = " && ".join(
             f"skopeo copy --quiet --src-tls-verify=false docker://{registry.host}/{tag} "
             f"docker-archive:{skopeo_out}/{tag.replace('/', '_').replace(':', '-')}.tar:{tag}"
