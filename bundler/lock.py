@@ -147,6 +147,12 @@ class Lock:
     base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
     inherited: tuple[Member, ...] = ()
 
+    @property
+    def workloads(self) -> tuple[oci.Image, ...]:
+        """The images the nodes get: all but ``registry_image``, which only the registry's node runs."""
+        tool = self.find_image(self.registry_image) if self.registry_image else None
+        return tuple(i for i in self.images if i != tool)
+
     def find_image(self, ref: str) -> oci.Image | None:
         """The locked image ``ref`` names (by its reference or one of its tags, normalized), if any."""
         try:

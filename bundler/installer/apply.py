@@ -127,9 +127,9 @@ def _images_on(
 ) -> NodeResult:
     result = NodeResult(node)
     try:
-        missing, result.sent = load_missing(node, list(lock.images), images_dir, opts)
-        result.skipped = [t for i in lock.images if i not in missing for t in i.tags]
-        for image in lock.images:
+        missing, result.sent = load_missing(node, list(lock.workloads), images_dir, opts)
+        result.skipped = [t for i in lock.workloads if i not in missing for t in i.tags]
+        for image in lock.workloads:
             ensure_tags(node, opts, image)
             with lock_:
                 journal.mark_done("images", node.name, image.config)
@@ -143,7 +143,7 @@ def images_phase(
     lock: Lock, bundle_dir: Path, targets: list[Node], opts: remote.SshOptions, journal: Journal
 ) -> list[NodeResult]:
     """Load the bundle's images on every target node, in parallel; a result per node."""
-    if not lock.images:
+    if not lock.workloads:
         return [NodeResult(n) for n in targets]
     guard = threading.Lock()
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
@@ -240,7 +240,7 @@ def _preflight_on(
             problems.append(f"{node.user} cannot use sudo without a password")
         if needs_docker and docker != "docker" and not any(d.name == "docker-ce" for d in lock.debs):
             problems.append("no docker, and the bundle does not carry docker-ce")
-        need_kib = sum(i.size for i in lock.images) * 2 // 1024  # docker load unpacks beside the layers
+        need_kib = sum(i.size for i in lock.workloads) * 2 // 1024  # docker load unpacks beside the layers
         if needs_docker and free_kib.isdigit() and int(free_kib) < need_kib:
             problems.append(
                 f"{int(free_kib) // 1024} MiB free under /var/lib, images need {need_kib // 1024} MiB"

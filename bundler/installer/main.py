@@ -200,7 +200,8 @@ def _install(
         print(f"== {phase}")
         if phase == "preflight":
             _report(
-                phase, preflight_phase(lock, nodes, targets if lock.images else [], opts, time.time(), route)
+                phase,
+                preflight_phase(lock, nodes, targets if lock.workloads else [], opts, time.time(), route),
             )
         elif phase == "packages":
             if not lock.debs:
@@ -209,7 +210,7 @@ def _install(
                 _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root), journal)
         elif phase == "binaries":
             _report(phase, binaries_phase(lock, final, nodes, opts), journal)
-        elif phase == "images" and route.mode == "registry" and lock.images:
+        elif phase == "images" and route.mode == "registry" and lock.workloads:
             tls = args.workdir / "registry-tls"
             _report(phase, siteregistry.images_phase(lock, final, targets, opts, route, tls, print))
         elif phase == "images":

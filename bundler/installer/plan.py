@@ -96,7 +96,7 @@ def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> li
 def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
-    tags = ", ".join(t for i in lock.images for t in i.tags) or "none"
+    tags = ", ".join(t for i in lock.workloads for t in i.tags) or "none"
     rke = any(b.name == "rke" for b in lock.binaries)
     every = ", ".join(n.name for n in nodes)
     targets = ", ".join(n.name for n in image_targets(nodes, lock.image_roles))
@@ -105,7 +105,7 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
         f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
         f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
-        f"images     on {targets}: {len(lock.images)} images ({tags}), only those missing, in parallel, "
+        f"images     on {targets}: {len(lock.workloads)} images ({tags}), only those missing, in parallel, "
         + route.describe(),
         "cluster    "
         + (

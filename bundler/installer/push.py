@@ -30,7 +30,6 @@ from typing import IO
 
 from bundler import oci
 from bundler.errors import InstallError
-from bundler.lock import Lock
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -226,8 +225,8 @@ def repository(image: oci.Image) -> tuple[str, str | None]:
     return ref.path, ref.tag
 
 
-def push_images(lock: Lock, images_dir: Path, access: Access) -> PushReport:
-    """Push every locked image into the registry ``access`` names.
+def push_images(images: list[oci.Image], images_dir: Path, access: Access) -> PushReport:
+    """Push ``images`` (from the lock, their blobs in ``images_dir``) into the registry ``access`` names.
 
     Raises:
         InstallError: the registry refused a request, is unreachable or untrusted (exit 6).
@@ -236,7 +235,7 @@ def push_images(lock: Lock, images_dir: Path, access: Access) -> PushReport:
     reg.connect()
     report = PushReport(scheme=reg.scheme)
     pushed: dict[str, str] = {}  # digest -> repository it is already in (for mounts)
-    for image in lock.images:
+    for image in images:
         repo, tag = repository(image)
         for digest in [image.config, *(layer.digest for layer in image.layers)]:
             status, _, body = reg.request("HEAD", f"/v2/{repo}/blobs/{digest}")

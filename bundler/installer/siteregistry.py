@@ -339,7 +339,7 @@ def images_phase(
     failed = [r for r in _each(every, prepare) if r.error]
     if trusted:
         echo(f"  CA for {route.address} written to {CERTS_D} on {', '.join(sorted(trusted))}")
-    report = push_images(lock, images_dir, access)
+    report = push_images(list(lock.workloads), images_dir, access)
     echo(
         f"  registry {route.address}: {report.blobs_sent} blobs sent ({report.bytes_sent} bytes"
         + (f", {report.chunks} chunks" if report.chunks else "")
@@ -349,5 +349,5 @@ def images_phase(
     bad = {r.node.name for r in failed}
     return failed + _each(
         [n for n in targets if n.name not in bad],
-        lambda n: _pull_on(n, report.images, list(lock.images), route, opts),
+        lambda n: _pull_on(n, report.images, list(lock.workloads), route, opts),
     )
