@@ -730,7 +730,7 @@ def test_images_through_a_site_registry(image_site, keys: Keys, source_engine) -
         assert again.returncode == 0, again.stdout + again.stderr
         assert ": 0 blobs sent (0 bytes)" in again.stdout
         assert uploads(log.read_text()[seen:]) == 0 and "blobs/uploads" not in log.read_text()[seen:]
-        assert "ok: 0 loaded, 2 already present" in again.stdout
+        assert "ok: 0 pulled, 2 already present" in again.stdout
     finally:
         registry.stop()
 

@@ -147,7 +147,7 @@ def test_registry_on_a_node_with_its_own_ca(reg_site, reg_node, keys: Keys, sour
     assert ": 0 blobs sent (0 bytes), 0 mounted, 6 already there" in again.stdout  # the shared base twice
     assert (
         "CA for" not in again.stdout
-        and "worker-2             ok: 0 loaded, 2 already present" in again.stdout
+        and "worker-2             ok: 0 pulled, 2 already present" in again.stdout
     )
     later = _registry_log(reg_node)[seen:]
     assert _uploads(later) == 0 and "blobs/uploads" not in later
@@ -165,7 +165,7 @@ def test_registry_on_a_node_with_its_own_ca(reg_site, reg_node, keys: Keys, sour
     assert "--registry-ca FILE" in untrusted.stderr
     lacking = _install(site, keys, *existing, env={"SSL_CERT_FILE": str(ca)})
     assert lacking.returncode == 6, lacking.stdout + lacking.stderr
-    assert "worker-1             ok: 0 loaded, 2 already present" in lacking.stdout
+    assert "worker-1             ok: 0 pulled, 2 already present" in lacking.stdout
     assert (
         f"worker-2             FAILED: worker-2: Docker there does not trust the TLS certificate of {ADDRESS}"
         in lacking.stdout
@@ -175,7 +175,7 @@ def test_registry_on_a_node_with_its_own_ca(reg_site, reg_node, keys: Keys, sour
     fixed = _install(site, keys, *existing, "--registry-ca", str(ca))
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"CA for {ADDRESS} written to /etc/docker/certs.d on worker-2\n" in fixed.stdout
-    assert "worker-2             ok: 2 loaded, 0 already present" in fixed.stdout
+    assert "worker-2             ok: 2 pulled, 0 already present" in fixed.stdout
     assert want <= {i.id for i in nodes[2].engine.client.images.list()}
 
 

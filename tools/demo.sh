@@ -70,7 +70,7 @@ python3 -m http.server --bind 127.0.0.1 "$APT_PORT" --directory "$OUT/apt/repo" 
 PIDS+=($!)
 ls "$OUT/apt/repo/pool/main"
 
-step "a local Docker engine with two demo images built FROM one busybox base"
+step "a local Docker engine with two demo images built FROM one busybox base, and a registry image"
 start_engine build
 export DOCKER_HOST=$ENGINE_HOST
 mkdir -p "$OUT/rootfs/bin" && cp "$(command -v busybox)" "$OUT/rootfs/bin/" && ln -sf busybox "$OUT/rootfs/bin/sh"
@@ -82,6 +82,10 @@ for app in web worker; do
     DOCKER_BUILDKIT=0 docker build -q --network none -t "demo/$app:1" "$OUT/ctx-$app" >"$OUT/build-$app.log" 2>&1 \
         || { cat "$OUT/build-$app.log" >&2; exit 1; }
 done
+# The registry the installer can run on a node (--registry-node): Debian's build of the CNCF
+# distribution registry packed as an image, standing in for registry:2 (nothing can be pulled here).
+python3 -c "import docker, types; from tests.engines import registry_image as r
+r(types.SimpleNamespace(client=docker.from_env()), 'demo/registry:2')" >/dev/null
 docker images --format '{{.Repository}}:{{.Tag}}  {{.ID}}' | grep '^demo/'
 for _ in $(seq 50); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break

@@ -3,7 +3,8 @@
 Starts three nodes on this machine (each its own sshd on 127.0.0.4x:2222 and its own Docker
 engine, as the tests do), writes an RKE cluster.yml and an ssh_config for them, runs
 `sh install.sh` from a site folder holding only the bundle, the public key and those files,
-shows each node's result, then stops the nodes. Packages go into private roots under
+shows each node's result, runs the images phase again through a site registry the installer
+runs on cp-1 (TLS from its own CA), then stops the nodes. Packages go into private roots under
 demo-out/ (--apt-root) and the binary to /opt/airbundle-demo (removed afterwards), because
 the demo's "nodes" share this machine's filesystem.
 
@@ -64,7 +65,21 @@ def main(bundle: Path, pub: Path, out: Path) -> int:
             print(f"{node.name}: images {', '.join(tags) or 'none'}")
         print("again (nothing to do):", flush=True)
         again = subprocess.run(argv, cwd=site, env={**os.environ, "PATH": "/usr/bin:/bin"}).returncode
-        return code or again
+        # The registry route: the workers start empty, a registry runs on cp-1 (TLS from a CA the
+        # installer makes), the images are pushed to it once and every worker pulls them by digest.
+        for node in nodes[1:]:
+            for image in node.engine.client.images.list():
+                node.engine.client.images.remove(image.id, force=True)
+        registry = [*argv, "--only", "images", "--registry-node", "cp-1"]
+        registry += ["--registry-data", str(out / "registry-data")]
+        print("$ " + " ".join(registry), flush=True)
+        routed = subprocess.run(registry, cwd=site, env={**os.environ, "PATH": "/usr/bin:/bin"}).returncode
+        for node in nodes[1:]:
+            digests = sorted(
+                d for image in node.engine.client.images.list() for d in image.attrs["RepoDigests"]
+            )
+            print(f"{node.name}: pulled {', '.join(digests) or 'nothing'}")
+        return code or again or routed
     finally:
         for node in nodes:
             node.stop()

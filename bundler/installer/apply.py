@@ -48,6 +48,7 @@ class NodeResult:
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
     sent: int = 0  # bytes this node was sent (image streams)
+    verb: str = "loaded"  # how images reached it: loaded (ssh-load) or pulled (registry)
 
 
 class _Counter:

@@ -267,7 +267,7 @@ def _report(phase: str, results: list[NodeResult], journal: Journal | None = Non
             print(f"  {r.node.name:<20} FAILED: {r.error}")
         elif phase == "images":
             sent = f", {r.sent} bytes sent" if r.sent else ""
-            print(f"  {r.node.name:<20} ok: {len(r.done)} loaded, {len(r.skipped)} already present{sent}")
+            print(f"  {r.node.name:<20} ok: {len(r.done)} {r.verb}, {len(r.skipped)} already present{sent}")
         else:
             notes = "; ".join(r.skipped)
             print(

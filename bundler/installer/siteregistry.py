@@ -196,7 +196,7 @@ def start_on(
         ]  # fmt: skip
         command = " ".join(shlex.quote(a) for a in run)  # shlex.join is 3.8+
         remote.run(node, opts, f"docker rm --force {CONTAINER} >/dev/null 2>&1; {command} >/dev/null")
-        how = f"image loaded ({sent} bytes sent)" if loaded else "image was present"
+        how = f"image loaded, {sent} bytes sent" if loaded else "image was present"
         echo(f"  registry on {node.name}: started at {address} ({how}; data in {data})")
     _wait(node, Access(address, ca=tls.ca), opts)
 
@@ -270,7 +270,7 @@ def _pull_on(
 
     A present image is pulled too: that checks the node reaches and trusts the registry (Docker then
     fetches only the manifest)."""
-    result = NodeResult(node)
+    result = NodeResult(node, verb="pulled")
     try:
         present = present_ids(node, opts)
         with ThreadPoolExecutor(max_workers=max(1, min(PULLS_PER_NODE, len(pulls)))) as pool:
