@@ -170,9 +170,9 @@ def start_on(
         + q(f"mkdir -p {q(data)}/storage {q(data)}/certs && tar -x -C {q(data)}/certs"),
         lambda out: _certs_tar(tls, out),
     )
-    label = hashlib.sha256(f"{image.config} {address} {data}".encode() + tls.cert.read_bytes()).hexdigest()[
-        :16
-    ]
+    # The running registry is kept only when it runs this image, address, data folder and certificate.
+    config = f"{image.config} {address} {data}".encode() + tls.cert.read_bytes()
+    label = hashlib.sha256(config).hexdigest()[:16]
     state = remote.run(
         node,
         opts,
