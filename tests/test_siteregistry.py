@@ -24,6 +24,7 @@ from .test_installer import _empty_engines, _install, _node_site
 
 ADDRESS = "10.254.73.2:5000"
 image_site = test_installer.image_site  # the fixture: two images on the three loopback nodes
+full_site = test_installer.full_site  # the fixture: images, rke (a stand-in), steps
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +212,26 @@ def test_an_existing_registry_with_credentials(image_site, keys: Keys, source_en
             assert {"repository:test/app-a:pull,push", "repository:test/app-a:push,pull"} & scopes, scopes
     finally:
         registry.stop()
+
+
+def test_the_cluster_phase_gives_rke_the_registry(full_site, keys: Keys) -> None:
+    """In the registry mode the cluster phase runs rke with private_registries naming the site registry."""
+    import yaml
+
+    site, client, _, _, _ = full_site
+    env = {"AIRBUNDLE_REGISTRY_PASSWORD": "s3cret"}
+    args = ("--ssh-config", str(client.config), "--only", "cluster", "--registry", "10.254.73.9:5443")
+    plan = _install(site, keys, *args, "--registry-user", "puller", "--dry-run", env=env)
+    assert "with private_registries: 10.254.73.9:5443 (default)" in plan.stdout
+    done = _install(site, keys, *args, "--registry-user", "puller", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = site / "work" / "cluster.yml"
+    assert f"rke stand-in: cluster up from {config}" in done.stdout
+    entries = yaml.safe_load(config.read_text())["private_registries"]
+    assert entries == [
+        {"url": "10.254.73.9:5443", "is_default": True, "user": "puller", "password": "s3cret"}
+    ]
+    assert config.stat().st_mode & 0o777 == 0o600 and "s3cret" not in done.stdout + done.stderr
 
 
 def test_rke_gets_the_site_registry(tmp_path: Path) -> None:
