@@ -145,6 +145,21 @@ def build_command(manifest: object, key: str, out: object, cache: object, jobs: 
             "--jobs", str(jobs)]  # fmt: skip
 
 
+def build_bundle(manifest: object, key: str, out: object, cache: object, *extra: str) -> str:
+    """Build as ``build_command`` says (plus ``extra`` options); the bundle path airbundle prints."""
+    argv = [*build_command(manifest, key, out, cache), *extra]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+
+
+def payload_project(root: str, sizes: list[int]) -> tuple[str, str]:
+    """Payload files of ``sizes`` MiB under ``root``, a manifest for them, a key: (manifest, key PREFIX)."""
+    make_payload(os.path.join(root, "payloads", "blobs"), sizes)
+    manifest = os.path.join(root, "manifests", "bench.yaml")
+    with open(manifest, "w") as f:
+        f.write(MANIFEST_HEAD)
+    return manifest, ensure_key(root)
+
+
 MANIFEST_HEAD = """\
 apiVersion: airbundle/v1
 kind: Bundle

@@ -11,30 +11,18 @@ Usage: python bench/parts_bench.py [--runs N]
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import MANIFEST_HEAD, compare, ensure_key, make_payload, setup
+from harness import build_bundle, compare, payload_project, setup
 
 
 def main() -> None:
     args, sizes, root = setup(__doc__, "parts")
-    make_payload(os.path.join(root, "payloads", "blobs"), sizes)
-    manifest = os.path.join(root, "manifests", "bench.yaml")
-    with open(manifest, "w") as f:
-        f.write(MANIFEST_HEAD)
-    key = ensure_key(root)
-    common = ["airbundle", "build", manifest, "--key", key + ".key", "--cache", os.path.join(root, "cache")]
-    whole = subprocess.run(
-        [*common, "-o", os.path.join(root, "whole")], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    parts = subprocess.run(
-        [*common, "-o", os.path.join(root, "parts"), "--split", "512M"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    manifest, key = payload_project(root, sizes)
+    cache = os.path.join(root, "cache")
+    whole = build_bundle(manifest, key, os.path.join(root, "whole"), cache)
+    parts = build_bundle(manifest, key, os.path.join(root, "parts"), cache, "--split", "512M")
     count = len([n for n in os.listdir(os.path.dirname(parts)) if ".tar." in n and n[-1].isdigit()])
     print(
         f"parts benchmark: {os.path.getsize(whole) / 2**20:.0f} MiB bundle, {count} parts of 512 MiB, "

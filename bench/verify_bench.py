@@ -10,36 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import MANIFEST_HEAD, compare, ensure_key, make_payload, setup, verdict
+from harness import build_bundle, compare, payload_project, setup, verdict
 
 
 def main() -> None:
     args, sizes, root = setup(__doc__, "verify")
-    make_payload(os.path.join(root, "payloads", "blobs"), sizes)
-    with open(os.path.join(root, "manifests", "bench.yaml"), "w") as f:
-        f.write(MANIFEST_HEAD)
-    key = ensure_key(root)
-    out = os.path.join(root, "dist")
-    bundle = subprocess.run(
-        [
-            "airbundle",
-            "build",
-            os.path.join(root, "manifests", "bench.yaml"),
-            "--key",
-            key + ".key",
-            "-o",
-            out,
-            "--cache",
-            os.path.join(root, "cache"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    manifest, key = payload_project(root, sizes)
+    bundle = build_bundle(manifest, key, os.path.join(root, "dist"), os.path.join(root, "cache"))
     size = os.path.getsize(bundle)
     print(
         f"verify benchmark: {bundle} ({size / 2**20:.0f} MiB, {len(sizes)} payload members), "

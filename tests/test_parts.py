@@ -82,9 +82,9 @@ def test_split_size_is_checked(project: Project, keys: Keys, tmp_path: Path) -> 
 
 def test_install_sh_reads_the_parts(split: tuple[Path, Path], keys: Keys, tmp_path: Path) -> None:
     """install.sh taken from the first part runs on the parts as one stream (Debian python3, -I -S)."""
-    import os
 
     from .conftest import CLUSTER_YML
+    from .test_installer import _install
 
     index, _ = split
     site = index.parent
@@ -92,24 +92,9 @@ def test_install_sh_reads_the_parts(split: tuple[Path, Path], keys: Keys, tmp_pa
     # lock.json, its signature and install.sh lead the first part; --occurrence stops tar there.
     subprocess.run(["tar", "--occurrence", "-xf", str(first), "install.sh"], cwd=site, check=True)
     (site / "cluster.yml").write_text(CLUSTER_YML)
-    run = subprocess.run(
-        [
-            "sh",
-            "install.sh",
-            "--pubkey",
-            str(keys.pub_path),
-            "--inventory",
-            "cluster.yml",
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        cwd=site,
-        env={**os.environ, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-    )
+    run = _install(site, keys)
     assert "verified (signed by" in run.stdout, run.stderr
-    assert (tmp_path / "work" / "demo-1.0.0" / "bin" / "rke").is_file()
+    assert (site / "work" / "demo-1.0.0" / "bin" / "rke").is_file()
     assert (
         run.returncode == 6 and "preflight: failed" in run.stderr
     )  # the inventory's nodes do not exist here
