@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo drive for real (see ../shared/TESTBED.md).
 DEB_PACKAGES := python3 python3-venv openssh-client openssh-server tar coreutils sed diffutils openssl time \
+                iproute2 util-linux \
                 docker.io busybox-static skopeo docker-registry containerd \
                 dpkg-dev apt-utils gpg gpgv
 PYTEST_ARGS ?=
