@@ -285,3 +285,38 @@ def test_registry_on_a_node_with_a_site_certificate(reg_site, reg_node, keys: Ke
     assert requests.get(f"https://{ADDRESS}/v2/", verify=str(ca), timeout=10).status_code == 200
     for node in nodes[1:]:
         assert (node.certs / ADDRESS / "ca.crt").read_bytes() == ca.read_bytes()
+
+
+def test_the_installers_certificate_is_renewed_near_its_end(tmp_path: Path) -> None:
+    """ensure_tls keeps a good certificate, and makes a new one (same CA) when it nears its end."""
+    from bundler.installer.siteregistry import ensure_tls
+
+    folder = tmp_path / "tls"
+    first = ensure_tls(folder, "10.0.0.5:5000")
+    kept = ensure_tls(folder, "10.0.0.5:5000")
+    assert kept == first and kept.cert.read_bytes() == first.cert.read_bytes()
+    ca = first.ca.read_bytes()
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-text", "-in", str(first.cert)], capture_output=True, text=True
+    )
+    assert "IP Address:10.0.0.5" in text.stdout and "TLS Web Server Authentication" in text.stdout
+    # Re-sign the certificate for 2 days only: inside the renewal window.
+    csr = tmp_path / "short.csr"
+    subprocess.run(
+        ["openssl", "req", "-new", "-key", str(first.key), "-subj", "/CN=10.0.0.5", "-out", str(csr)],
+        check=True,
+    )
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(first.ca), "-CAkey", str(folder / "ca.key"),
+         "-CAcreateserial", "-days", "2", "-out", str(first.cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    short = first.cert.read_bytes()
+    renewed = ensure_tls(folder, "10.0.0.5:5000")
+    assert renewed.cert.read_bytes() != short and renewed.ca.read_bytes() == ca
+    check = ["openssl", "x509", "-checkend", str(300 * 24 * 3600), "-noout", "-in", str(renewed.cert)]
+    assert subprocess.run(check, capture_output=True).returncode == 0
+    assert (
+        oct(folder.stat().st_mode & 0o777) == "0o700"
+        and oct((folder / "ca.key").stat().st_mode & 0o777) == "0o600"
+    )

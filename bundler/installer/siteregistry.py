@@ -77,19 +77,34 @@ def subject_alt_name(host: str) -> str:
         return f"DNS:{host}"
 
 
+RENEW_BEFORE = 30 * 24 * 3600  # seconds: a certificate closer than this to its end is made anew
+
+
+def _still_good(cert: Path, ca: Path) -> bool:
+    """Whether ``cert`` chains to ``ca`` and stays valid for ``RENEW_BEFORE`` more seconds."""
+    if shutil.which("openssl") is None:
+        return True  # nothing here can check it (or make another); keep what an earlier run made
+    for args in (["verify", "-CAfile", str(ca), str(cert)],
+                 ["x509", "-checkend", str(RENEW_BEFORE), "-noout", "-in", str(cert)]):  # fmt: skip
+        if subprocess.run(["openssl", *args], capture_output=True).returncode != 0:
+            return False
+    return True
+
+
 def ensure_tls(folder: Path, address: str) -> Tls:
     """The installer's own site CA and a certificate for ``address``, made once under ``folder``.
 
     The CA is kept (so nodes trusting it keep trusting re-issued certificates);
-    a certificate is made per ``HOST:PORT``. Keys are 0600, the folder 0700;
-    files appear under their final names only when complete.
+    a certificate is made per ``HOST:PORT``, and made again when it nears its end
+    (``RENEW_BEFORE``) or no longer chains to the CA. Keys are 0600, the folder
+    0700; files appear under their final names only when complete.
     """
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     ca, ca_key = folder / "ca.crt", folder / "ca.key"
     stem = address.replace(":", "_")
     cert, key = folder / f"{stem}.crt", folder / f"{stem}.key"
-    if ca.is_file() and cert.is_file() and key.is_file():
+    if ca.is_file() and cert.is_file() and key.is_file() and _still_good(cert, ca):
         return Tls(cert, key, ca)
     host = address.rsplit(":", 1)[0]
     work = Path(tempfile.mkdtemp(prefix=".tls-", dir=str(folder)))
