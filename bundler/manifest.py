@@ -531,7 +531,7 @@ def _install_section(top: _Section, where: str) -> dict[str, str]:
     image = sec.get("registry_image", str, default="", required=False)
     if image:
         try:
-            image = str(parse_reference(image))
+            parse_reference(image)  # kept as written; lock.find_image normalizes when it matches
         except ImageFormatError as exc:
             raise sec.fail("registry_image", str(exc)) from None
     return {"images_mode": mode, "registry": registry, "registry_image": image}

@@ -751,7 +751,7 @@ def test_images_mode_from_the_manifest_and_the_options(
     for image, message in (
         (
             "registry:2",
-            "install.registry_image docker.io/library/registry:2 is not one of the bundle's images",
+            "install.registry_image registry:2 is not one of the bundle's images",
         ),
         ("Registry:2", "install.registry_image: 'Registry:2' is not an image reference"),
     ):
