@@ -59,16 +59,39 @@ class PushReport:
 
 
 class _Slice:
-    """``size`` bytes of an open file from its current position, as a readable body."""
+    """``size`` bytes of an open file from its current position, as a readable (and rewindable) body."""
 
     def __init__(self, f: IO[bytes], size: int) -> None:
-        self.f, self.left = f, size
+        self.f, self.size, self.left, self.start = f, size, size, f.tell()
+
+    def seek(self, offset: int) -> None:
+        self.f.seek(self.start + offset)
+        self.left = self.size - offset
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
         data = self.f.read(n)
         self.left -= len(data)
         return data
+
+
+def _connection(
+    scheme: str, netloc: str, context: ssl.SSLContext, timeout: float = 300
+) -> http.client.HTTPConnection:
+    if scheme == "https":
+        return http.client.HTTPSConnection(netloc, timeout=timeout, context=context)
+    return http.client.HTTPConnection(netloc, timeout=timeout)
+
+
+def _rewind(body: object) -> bool:
+    """Whether ``body`` can be sent again (rewound when it is a file)."""
+    if body is None or isinstance(body, bytes):
+        return True
+    seek = getattr(body, "seek", None)
+    if seek is None:
+        return False
+    seek(0)
+    return True
 
 
 def _exchange(
@@ -82,11 +105,7 @@ def _exchange(
     timeout: float = 300,
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP(S) request on a fresh connection: (status, lower-cased headers, body); raises ``OSError``."""
-    conn: http.client.HTTPConnection
-    if scheme == "https":
-        conn = http.client.HTTPSConnection(netloc, timeout=timeout, context=context)
-    else:
-        conn = http.client.HTTPConnection(netloc, timeout=timeout)
+    conn = _connection(scheme, netloc, context, timeout)
     try:
         conn.request(method, path, body=body, headers=headers)  # type: ignore[arg-type]
         resp = conn.getresponse()
@@ -106,6 +125,14 @@ class Client:
         self.context = ssl.create_default_context(cafile=str(access.ca) if access.ca else None)
         self.auth = ""  # the Authorization header the registry last accepted
         self.tokens: dict[str, str] = {}  # Bearer scope -> token
+        # One kept-alive connection for every request: a TLS handshake per blob request would
+        # cost more than the request itself on a LAN.
+        self.conn: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def connect(self) -> None:
         """One ``GET /v2/`` (TLS first): a registry down, untrusted or locked is named before uploads."""
@@ -134,15 +161,27 @@ class Client:
     def _send(
         self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        try:
-            return _exchange(self.scheme, self.address, self.context, method, path, body, headers or {})
-        except ssl.SSLError:
-            raise  # connect() tells a plain-HTTP registry from an untrusted one
-        except OSError as exc:
-            raise InstallError(
-                f"registry {self.address}: {method} {path} failed: {exc}; check that the site registry "
-                "is running and reachable from this node"
-            ) from exc
+        while True:
+            fresh = self.conn is None
+            if self.conn is None:
+                self.conn = _connection(self.scheme, self.address, self.context)
+            try:
+                self.conn.request(method, path, body=body, headers=headers or {})  # type: ignore[arg-type]
+                resp = self.conn.getresponse()
+                data = resp.read()
+                if resp.will_close:
+                    self.close()
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if not fresh and _rewind(body):
+                    continue  # the registry closed the kept-alive connection meanwhile: a new one
+                if isinstance(exc, ssl.SSLError):
+                    raise  # connect() tells a plain-HTTP registry from an untrusted one
+                raise InstallError(
+                    f"registry {self.address}: {method} {path} failed: {exc}; check that the site "
+                    "registry is running and reachable from this node"
+                ) from exc
 
     def request(
         self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
@@ -156,8 +195,7 @@ class Client:
         except ssl.SSLError as exc:
             raise InstallError(f"registry {self.address}: {method} {path}: TLS failed: {exc}") from None
         if status == 401:
-            if hasattr(body, "seek"):
-                body.seek(0)
+            _rewind(body)
             return self._authorize(method, path, body, headers, answer)
         return status, answer, data
 
@@ -232,6 +270,13 @@ def push_images(images: list[oci.Image], images_dir: Path, access: Access) -> Pu
         InstallError: the registry refused a request, is unreachable or untrusted (exit 6).
     """
     reg = Client(access)
+    try:
+        return _push(reg, images, images_dir, access)
+    finally:
+        reg.close()
+
+
+def _push(reg: Client, images: list[oci.Image], images_dir: Path, access: Access) -> PushReport:
     reg.connect()
     report = PushReport(scheme=reg.scheme)
     pushed: dict[str, str] = {}  # digest -> repository it is already in (for mounts)

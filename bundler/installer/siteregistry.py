@@ -176,15 +176,6 @@ def start_on(
     Raises:
         InstallError: the node failed a step, or the registry did not answer in time (its log is quoted).
     """
-    loaded, sent = load_missing(node, [image], images_dir, opts)
-    q = shlex.quote
-    remote.stream(
-        node,
-        opts,
-        f"{sudo_prefix(node)}sh -c "
-        + q(f"mkdir -p {q(data)}/storage {q(data)}/certs && tar -x -C {q(data)}/certs"),
-        lambda out: _certs_tar(tls, out),
-    )
     # The running registry is kept only when it runs this image, address, data folder and certificate.
     config = f"{image.config} {address} {data}".encode() + tls.cert.read_bytes()
     label = hashlib.sha256(config).hexdigest()[:16]
@@ -198,6 +189,15 @@ def start_on(
     if state == ["true", label]:
         echo(f"  registry on {node.name}: already running at {address}")
     else:
+        loaded, sent = load_missing(node, [image], images_dir, opts)
+        q = shlex.quote
+        remote.stream(
+            node,
+            opts,
+            f"{sudo_prefix(node)}sh -c "
+            + q(f"mkdir -p {q(data)}/storage {q(data)}/certs && tar -x -C {q(data)}/certs"),
+            lambda out: _certs_tar(tls, out),
+        )
         run = [
             "docker", "run", "--detach", "--name", CONTAINER, "--restart", "always", "--network", "host",
             "--label", f"airbundle.registry={label}",
@@ -219,8 +219,9 @@ def start_on(
 def _wait(node: Node, access: Access, opts: remote.SshOptions) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
+        client = Client(access)
         try:
-            Client(access).connect()
+            client.connect()
             return
         except InstallError as exc:
             if time.monotonic() > deadline:
@@ -230,6 +231,8 @@ def _wait(node: Node, access: Access, opts: remote.SshOptions) -> None:
                     f"{START_TIMEOUT:.0f} s ({exc}); its last log lines: {log[-800:] or '(none)'}"
                 ) from None
             time.sleep(0.5)
+        finally:
+            client.close()
 
 
 def trust_on(node: Node, address: str, ca: Path, opts: remote.SshOptions) -> bool:
