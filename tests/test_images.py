@@ -211,27 +211,22 @@ def test_zstd_layers_need_the_manifests_consent(
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    refused = run_cli(
-        "build",
-        _manifest(project, "images:\n  - archive: payloads/z.tar\n"),
-        "-o",
-        tmp_path / "o",
-        "--key",
-        keys.key_path,
-        "--cache",
-        cache_dir,
-    )
+
+    def build(images: str):
+        return run_cli(
+            "build",
+            _manifest(project, images),
+            "-o",
+            tmp_path / "o",
+            "--key",
+            keys.key_path,
+            "--cache",
+            cache_dir,
+        )
+
+    refused = build("images:\n  - archive: payloads/z.tar\n")
     assert refused.exit_code == 2 and "zstd-compressed" in refused.stderr and "zstd: true" in refused.stderr
-    allowed = run_cli(
-        "build",
-        _manifest(project, "images:\n  - archive: payloads/z.tar\n    zstd: true\n"),
-        "-o",
-        tmp_path / "o",
-        "--key",
-        keys.key_path,
-        "--cache",
-        cache_dir,
-    )
+    allowed = build("images:\n  - archive: payloads/z.tar\n    zstd: true\n")
     assert allowed.exit_code == 0, allowed.stderr
     (image,) = archive.read_lock(Path(allowed.stdout.strip()))[0].images
     assert image.layers[0].media_type == oci.OCI_LAYER_ZSTD
