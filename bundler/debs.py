@@ -105,14 +105,6 @@ def compare_versions(a: str, b: str) -> int:
     return int(version_compare(a, b))
 
 
-def valid_version(text: str) -> bool:
-    try:
-        Version(text)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_release(text: str) -> dict[str, Any]:
     """A ``Release`` file: its fields, and ``sha256`` as {path: (size, hex)}."""
     release = deb822.Release(text)
