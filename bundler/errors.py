@@ -79,3 +79,32 @@ class InstallError(BundlerError):
     """Install failure on the site: preflight, node or step (exit 6)."""
 
     exit_code = EXIT_INSTALL
+
+
+# What to do about an OSError, by errno (numbers from Linux's errno.h: this module imports nothing).
+_OS_ADVICE = {
+    28: "no space left on that filesystem: free some space or choose another folder",  # ENOSPC
+    122: "disk quota exceeded: free some space or choose another folder",  # EDQUOT
+    13: "permission denied: check the file's and its folders' permissions",  # EACCES
+    1: "operation not permitted: check the file's owner and permissions",  # EPERM
+    21: "a folder is where a file is expected: move it away",  # EISDIR
+    20: "a file is where a folder is expected: move it away",  # ENOTDIR
+    2: "no such file or folder",  # ENOENT
+    30: "the filesystem is read-only: choose another folder",  # EROFS
+    5: "input/output error: the disk or medium is failing; copy the file again",  # EIO
+    40: "too many levels of symbolic links",  # ELOOP
+}
+
+
+def from_os_error(exc: OSError, doing: str, kind: type[BundlerError], path: object = None) -> BundlerError:
+    """``exc`` as a ``kind`` error (its exit code) naming the path, what was being done and what to do.
+
+    ``doing`` is a short phrase such as "writing the bundle". Both CLIs use this one mapping
+    for environment failures (disk full, permissions, a folder where a file belongs), so no
+    traceback reaches the user for something the machine caused.
+    """
+    where = path if path is not None else (exc.filename if exc.filename is not None else "?")
+    advice = _OS_ADVICE.get(exc.errno or 0, exc.strerror or str(exc))
+    error = kind(f"{where}: {doing} failed: {advice}")
+    error.__cause__ = exc
+    return error
