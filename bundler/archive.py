@@ -38,29 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from bundler import files, signing, trust
 from bundler import lock as lockmod
-from bundler import signing
-from bundler.errors import ExpiredError, InstallError, IntegrityError, SignatureError, TrustError
+from bundler.errors import InstallError, IntegrityError, SignatureError, TrustError, from_os_error
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default record size; we pad the archive to it like tar does
 CHUNK = 1 << 20
-MAX_PAX_BYTES = 64 * 1024  # our writer emits at most a long path and a size
-_SPECIAL_BITS = 0o7000  # setuid, setgid, sticky
-_TYPE_NAMES = {
-    tarfile.SYMTYPE: "symbolic link",
-    tarfile.LNKTYPE: "hard link",
-    tarfile.CHRTYPE: "character device",
-    tarfile.BLKTYPE: "block device",
-    tarfile.FIFOTYPE: "FIFO",
-    tarfile.DIRTYPE: "directory",
-    tarfile.CONTTYPE: "contiguous file",
-    tarfile.GNUTYPE_LONGNAME: "GNU long name",
-    tarfile.GNUTYPE_LONGLINK: "GNU long link",
-    tarfile.GNUTYPE_SPARSE: "GNU sparse file",
-    tarfile.XGLTYPE: "PAX global header",
-}
-
 Progress = Callable[[int], None]
 
 
@@ -245,18 +229,22 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 class Source:
     """A bundle's bytes for reading: one file, or its parts in order, seen as one.
 
+    Every file is opened once, here (regular files only: a FIFO or a folder is refused
+    rather than waited on), and all reads go through these descriptors, so renaming
+    another file over the bundle's path afterwards changes nothing that is read.
     ``pread`` reads at an offset without moving anything (safe from threads);
     ``seek``/``read`` give ``TarReader`` a file-like view.
     """
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], parts: list[Part] | None = None) -> None:
         self.paths = paths
+        self.parts = parts  # with their signed SHA-256s, for a bundle in parts
         self.fds: list[int] = []
         self.starts: list[int] = []
         self.size = 0
         try:
             for path in paths:
-                fd = os.open(path, os.O_RDONLY)
+                fd = files.open_regular(path, "bundle" if parts is None else "bundle part")
                 self.fds.append(fd)
                 self.starts.append(self.size)
                 self.size += os.fstat(fd).st_size
@@ -293,6 +281,22 @@ class Source:
         i = max(0, bisect.bisect_right(self.starts, offset) - 1)
         return f" (in part {self.paths[i].name})"
 
+    def damaged_parts(self, offset: int, size: int) -> str:
+        """For a bundle in parts: `` (in part NAME)`` naming the part(s) that hold bad bytes of a range.
+
+        A member may span parts; each spanned part is hashed and compared with the SHA-256
+        the signed parts file gives, so the part that is really damaged is named, not the
+        one where the member starts. Called only after a mismatch, so its cost is no concern.
+        """
+        if len(self.paths) < 2 or self.parts is None:
+            return ""
+        first = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        last = max(0, bisect.bisect_right(self.starts, offset + max(size, 1) - 1) - 1)
+        spanned = list(range(first, last + 1))
+        bad = [i for i in spanned if _hash_fd(self.fds[i]) != self.parts[i].sha256]
+        names = ", ".join(self.paths[i].name for i in bad or spanned)
+        return f" (in part {names})" if len(bad or spanned) == 1 else f" (in parts {names})"
+
     def seek(self, pos: int) -> None:
         self.pos = pos
 
@@ -310,7 +314,7 @@ class Source:
 
 @dataclass(frozen=True)
 class TarMember:
-    """A member header as read from the archive."""
+    """A member header as read from the archive (and accepted by ``trust.check_header``)."""
 
     name: str
     size: int
@@ -318,12 +322,8 @@ class TarMember:
     offset: int  # where its data starts
 
 
-def _unsafe(name: str, why: str) -> IntegrityError:
-    return IntegrityError(f"unsafe member {name!r}: {why}; the bundle is refused", member=name)
-
-
 def _parse_pax(data: bytes, name: str) -> dict[str, str]:
-    """Parse PAX extended-header records (``"%d %s=%s\\n"``)."""
+    """Parse PAX extended-header records (``"%d %s=%s\\n"``); a record given twice is refused."""
     records: dict[str, str] = {}
     pos = 0
     while pos < len(data):
@@ -336,9 +336,12 @@ def _parse_pax(data: bytes, name: str) -> dict[str, str]:
             length = 0
         record = data[pos : pos + length]
         if space < 0 or length <= space - pos or not record.endswith(b"\n") or b"=" not in record:
-            raise _unsafe(name, "malformed PAX header")
+            raise trust.unsafe(name, "malformed PAX header")
         key, _, value = record[space - pos + 1 : -1].partition(b"=")
-        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        text = key.decode("utf-8", "replace")
+        if text in records:
+            raise trust.unsafe(name, f"PAX record {text!r} given twice")
+        records[text] = value.decode("utf-8", "surrogateescape")
         pos += length
     return records
 
@@ -346,8 +349,9 @@ def _parse_pax(data: bytes, name: str) -> dict[str, str]:
 class TarReader:
     """Reads our tar subset from a seekable binary file, one header at a time.
 
-    Headers are checked (checksum, type, name, mode) as they are read; data is
-    skipped by seeking, so scanning a large bundle costs a few reads.
+    Each header is decoded here and judged by ``trust.check_header`` (format, type,
+    name, mode, PAX records) before it is returned; data is skipped by seeking, so
+    scanning a large bundle costs a few reads.
     """
 
     def __init__(self, fileobj: Source | BinaryIO, size: int) -> None:
@@ -388,40 +392,34 @@ class TarReader:
                     "the bundle is damaged or not a tar archive"
                 ) from exc
             name = pax.get("path", info.name)
-            if info.size < 0:
-                raise _unsafe(name, f"impossible size {info.size}")
             if info.type == tarfile.XHDTYPE:
                 if pax:
-                    raise _unsafe(name, "two PAX headers in a row")
-                if info.size > MAX_PAX_BYTES:
-                    raise _unsafe(name, f"a {info.size}-byte PAX header (limit {MAX_PAX_BYTES})")
-                data = self._data(info.size, name)
-                pax = _parse_pax(data, name)
+                    raise trust.unsafe(name, "two PAX headers in a row")
+                magic = block[257:265]
+                trust.check_pax(name, info.size, {}, magic)  # before its bytes are read
+                pax = _parse_pax(self._data(info.size, name), name)  # its records: see check_header
                 self.pos += info.size + (-info.size % BLOCK)
                 continue
             break
-        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            raise _unsafe(name, f"a {_TYPE_NAMES.get(info.type, 'type ' + repr(info.type))}")
-        size = info.size
-        if "size" in pax:
-            try:
-                size = int(pax["size"])
-            except ValueError:
-                raise _unsafe(name, "malformed PAX size") from None
-        problem = lockmod.check_member_path(name)
-        if problem:
-            raise _unsafe(name, f"name {problem}")
-        if info.mode & _SPECIAL_BITS or info.mode & 0o022:
-            raise _unsafe(name, f"mode {info.mode:04o} (setuid/setgid/sticky or group/world-writable)")
-        member = TarMember(name=name, size=size, mode=info.mode, offset=self.pos)
-        end = self.pos + size
+        size = trust.pax_size(name, pax)
+        header = trust.Header(
+            name=name,
+            type=info.type,
+            size=info.size if size is None else size,
+            mode=info.mode,
+            magic=block[257:265],
+            pax=pax,
+        )
+        trust.check_header(header)
+        member = TarMember(name=name, size=header.size, mode=info.mode, offset=self.pos)
+        end = self.pos + header.size
         if end > self.size:
             raise IntegrityError(
                 f"bundle is truncated inside member {name!r} "
-                f"({self.size - self.pos} of {size} bytes present)",
+                f"({self.size - self.pos} of {header.size} bytes present)",
                 member=name,
             )
-        self.pos = end + (-size % BLOCK)
+        self.pos = end + (-header.size % BLOCK)
         return member
 
     def _check_end(self) -> None:
@@ -454,16 +452,7 @@ class TarReader:
 
 # ---------------------------------------------------------------- verifying
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One integrity finding, naming the member."""
-
-    member: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.member}: {self.problem}"
+Problem = trust.Problem  # one finding, naming the member (the trust module owns it)
 
 
 @dataclass
@@ -477,7 +466,7 @@ class Head:
 
 @dataclass
 class VerifyReport:
-    """What ``verify_bundle`` found."""
+    """What ``verify_bundle`` (or an extraction) found."""
 
     lock: lockmod.Lock
     signer: signing.PublicKey
@@ -510,29 +499,9 @@ def read_head(f: Source | BinaryIO, size: int) -> Head:
     return Head(lock_bytes, None, reader)
 
 
-def check_expiry(lock: lockmod.Lock, now: float, allow_expired: bool = False) -> None:
-    """Refuse a bundle whose signed expiry has passed (exit 3), unless told to accept it."""
-    if lock.expires and now > lock.expires and not allow_expired:
-        raise ExpiredError(
-            f"{lock.name} {lock.version} expired at {signing.utc_text(lock.expires)} (host clock "
-            f"{signing.utc_text(now)}); ask the publisher for a current bundle, check the clock, or pass "
-            "--allow-expired to accept it anyway"
-        )
-
-
-def check_signature(
-    head: Head, trusted: list[signing.PublicKey], now: float | None = None
-) -> signing.PublicKey:
-    """Verify ``lock.json.sig`` over the raw lock bytes; raises ``SignatureError``."""
-    if head.sig_bytes is None:
-        raise SignatureError(
-            f"{lockmod.SIG_NAME} is missing (it must be the second member); "
-            "an unsigned bundle is never trusted"
-        )
-    checker = None if signing.HAVE_CRYPTOGRAPHY else _ssh_keygen_check
-    return signing.verify(
-        head.lock_bytes, head.sig_bytes, trusted, checker=checker, now=time.time() if now is None else now
-    )
+def checker() -> signing.Checker | None:
+    """The Ed25519 check this host can do: ``cryptography`` (None: the default), else stock ssh-keygen."""
+    return None if signing.HAVE_CRYPTOGRAPHY else _ssh_keygen_check
 
 
 def _ssh_keygen_check(sig: signing.SshSig, message: bytes, armored: bytes) -> bool:
@@ -586,15 +555,185 @@ def _member_chunks(src: Source, member: TarMember, buf: memoryview) -> Iterator[
         done += n
 
 
-def _hash_member(src: Source, member: TarMember, progress: Progress, local: threading.local) -> str:
-    buf = getattr(local, "buf", None)
-    if buf is None:
-        buf = local.buf = memoryview(bytearray(CHUNK))  # one buffer per hashing thread
+def _hash_fd(fd: int) -> str:
     digest = hashlib.sha256()
-    for chunk in _member_chunks(src, member, buf):
-        digest.update(chunk)
-        progress(len(chunk))
-    return digest.hexdigest()
+    buf = memoryview(bytearray(CHUNK))
+    offset = 0
+    while True:
+        n = os.preadv(fd, [buf], offset)
+        if not n:
+            return digest.hexdigest()
+        digest.update(buf[:n])
+        offset += n
+
+
+class Bundle:
+    """One bundle opened once: its head read once, decided once, its members read once.
+
+    ``with Bundle(path, trusted) as b:`` opens the file (or the parts its signed
+    ``.parts.json`` names) and reads ``lock.json`` and ``lock.json.sig``; ``decide``
+    hands those exact bytes to ``trust.decide``; ``verify`` and ``extract`` then read
+    the members through the same descriptors and judge them with ``trust.Audit``
+    against the decided lock.
+    """
+
+    def __init__(self, path: Path, trusted: list[signing.PublicKey] | None = None) -> None:
+        self.path = path
+        self.src = open_source(path, trusted)
+        try:
+            self.head = read_head(self.src, self.src.size)
+        except BaseException:
+            self.src.close()
+            raise
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.src.close()
+
+    def decide(self, facts: trust.SiteFacts) -> trust.Decision:
+        """The trust decision on this bundle's head (see ``trust.decide``)."""
+        return trust.decide(self.head.lock_bytes, self.head.sig_bytes, facts, checker())
+
+    def audit(self, decision: trust.Decision) -> tuple[list[TarMember], list[Problem]]:
+        """Every member header after the head, judged against the lock: (members to hash, problems)."""
+        audit = trust.Audit(decision.lock)
+        todo = []
+        reader = self.head.reader
+        while True:
+            try:
+                member = reader.next()
+            except IntegrityError as exc:  # name the part a damaged header sits in
+                raise IntegrityError(f"{exc}{self.src.part_of(reader.pos)}", member=exc.member) from exc
+            if member is None:
+                break
+            if audit.add(member.name, member.size, member.mode):
+                todo.append(member)
+        return todo, audit.finish()
+
+    def _each(
+        self, todo: list[TarMember], jobs: int | None, work: Callable[[TarMember, memoryview], str]
+    ) -> list[str]:
+        """Run ``work`` on every member, largest first, in up to ``jobs`` threads (one buffer each)."""
+        local = threading.local()
+
+        def run(member: TarMember) -> str:
+            buf = getattr(local, "buf", None)
+            if buf is None:
+                buf = local.buf = memoryview(bytearray(CHUNK))
+            return work(member, buf)
+
+        workers = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(run, todo))
+
+    def _digest_problems(
+        self, audit_lock: lockmod.Lock, todo: list[TarMember], digests: list[str]
+    ) -> list[Problem]:
+        want = {m.path: m.sha256 for m in audit_lock.members}
+        out = []
+        for member, digest in zip(todo, digests):
+            if digest != want[member.name]:
+                where = self.src.damaged_parts(member.offset, member.size)
+                out.append(
+                    Problem(member.name, f"sha256 {digest}, lock.json says {want[member.name]}{where}")
+                )
+        return out
+
+    def verify(
+        self, decision: trust.Decision, jobs: int | None = None, progress: Progress = _no_progress
+    ) -> VerifyReport:
+        """Check every member's size, mode and SHA-256 against the decided lock; writes nothing."""
+        todo, problems = self.audit(decision)
+        todo.sort(key=lambda m: -m.size)
+
+        def digest(member: TarMember, buf: memoryview) -> str:
+            sha = hashlib.sha256()
+            for chunk in _member_chunks(self.src, member, buf):
+                sha.update(chunk)
+                progress(len(chunk))
+            return sha.hexdigest()
+
+        digests = self._each(todo, jobs, digest)
+        report = VerifyReport(decision.lock, decision.signer, len(todo), sum(m.size for m in todo))
+        report.problems = problems + self._digest_problems(decision.lock, todo, digests)
+        report.problems.sort(key=lambda p: p.member)
+        return report
+
+    def extract(
+        self,
+        decision: trust.Decision,
+        workdir: Path,
+        progress: Progress = _no_progress,
+        inherit_from: Path | None = None,
+        jobs: int | None = None,
+    ) -> tuple[Path, VerifyReport]:
+        """Unpack exactly the decided lock's members into ``workdir/NAME-VERSION``, in one read.
+
+        The member headers are audited first (nothing is written when one is refused).
+        Then every member's bytes are read once, hashed and written together into a fresh
+        private folder beside the target (only folders and regular files, ``O_EXCL |
+        O_NOFOLLOW``, modes from the lock); the folder is renamed into place only when
+        every digest matched, and removed on any failure, so nothing is left half-unpacked.
+        ``lock.json`` is written from the bytes the decision was made on.
+
+        Raises:
+            IntegrityError (exit 4): a member refused, missing, extra or not matching the lock.
+            TrustError (exit 3): a delta whose base is not here.
+            InstallError (exit 6): not enough free space, or the work folder cannot be written.
+        """
+        lock = decision.lock
+        todo, problems = self.audit(decision)
+        if problems:
+            raise IntegrityError(
+                f"{self.path}: {len(problems)} member(s) failed; first: {problems[0]}",
+                member=problems[0].member,
+            )
+        final = workdir / f"{lock.name}-{lock.version}"
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            _check_space(workdir, lock.payload_size + FREE_SPACE_MARGIN)
+            staging = tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(workdir))  # 0700, fresh, ours alone
+        except OSError as exc:
+            raise from_os_error(exc, "preparing the work folder", InstallError, workdir) from None
+        try:
+            for name, data in (
+                (lockmod.LOCK_NAME, decision.lock_bytes),
+                (lockmod.SIG_NAME, self.head.sig_bytes or b""),
+            ):
+                _write_new(os.path.join(staging, name), data, 0o644)
+            _make_folders(staging, [m.name for m in todo])
+            want = {m.path: m for m in lock.members}
+            todo.sort(key=lambda m: -m.size)
+            digests = self._each(
+                todo, jobs, lambda m, buf: _extract_member(self.src, m, staging, want[m.name], buf, progress)
+            )
+            problems = self._digest_problems(lock, todo, digests)
+            if problems:
+                raise IntegrityError(
+                    f"{self.path}: {len(problems)} member(s) failed; first: {problems[0]}",
+                    member=problems[0].member,
+                )
+            if lock.inherited:
+                _inherit(lock, inherit_from, staging)
+            os.chmod(staging, 0o755)  # noqa: S103 - the unpacked bundle is readable, like /usr
+            _replace_folder(staging, final, workdir)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise from_os_error(
+                exc, f"unpacking into {final}", InstallError, exc.filename or staging
+            ) from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        report = VerifyReport(lock, decision.signer, len(todo), sum(m.size for m in todo))
+        return final, report
+
+
+def facts(trusted: list[signing.PublicKey], allow_expired: bool = False) -> trust.SiteFacts:
+    """The facts for a decision that installs nothing: the keys and this host's clock."""
+    return trust.SiteFacts(tuple(trusted), time.time(), allow_expired)
 
 
 def verify_bundle(
@@ -606,81 +745,21 @@ def verify_bundle(
 ) -> VerifyReport:
     """Check a bundle's signature, then every member, without writing anything.
 
-    Order: the signature over the raw ``lock.json`` bytes (nothing else is
-    trusted before it), then the member list against the lock (missing,
-    extra, duplicate, unsafe, wrong size, truncated), then each member's
+    Order: the trust decision on the raw ``lock.json`` bytes (nothing else is
+    trusted before it), then the member headers against the lock (missing,
+    extra, duplicate, unsafe, wrong size or mode, truncated), then each member's
     SHA-256, hashed in up to ``jobs`` threads, largest first.
 
     Returns:
         A report; ``report.problems`` is empty when the bundle is intact.
 
     Raises:
-        SignatureError / UntrustedKeyError: trust refused (exit 3).
+        SignatureError / UntrustedKeyError / ExpiredError: trust refused (exit 3).
         IntegrityError: the archive cannot be read as a bundle (exit 4).
         LockError: the signed lock is malformed (exit 4).
     """
-    with open_source(path, trusted) as f:
-        size = f.size
-        head = read_head(f, size)
-        now = time.time()
-        signer = check_signature(head, trusted, now)
-        lock = lockmod.Lock.from_bytes(head.lock_bytes)
-        check_expiry(lock, now, allow_expired)
-        report = VerifyReport(lock=lock, signer=signer)
-        expected = {m.path: m for m in lock.members}
-        found: dict[str, TarMember] = {}
-        folded: dict[str, str] = {}
-        while True:
-            try:
-                member = head.reader.next()
-            except IntegrityError as exc:  # name the part a damaged header sits in
-                raise IntegrityError(f"{exc}{f.part_of(head.reader.pos)}", member=exc.member) from exc
-            if member is None:
-                break
-            key = lockmod.fold(member.name)
-            if member.name in found or key in folded:
-                raise IntegrityError(
-                    f"member {member.name!r} appears twice (or collides with "
-                    f"{folded.get(key, member.name)!r}); the bundle is refused",
-                    member=member.name,
-                )
-            found[member.name] = member
-            folded[key] = member.name
-            want = expected.get(member.name)
-            if want is None:
-                report.problems.append(Problem(member.name, "extra member: not listed in lock.json"))
-            elif member.size != want.size:
-                report.problems.append(
-                    Problem(member.name, f"size {member.size}, lock.json says {want.size}")
-                )
-            elif member.mode & 0o777 != int(want.mode, 8):
-                report.problems.append(
-                    Problem(member.name, f"mode {member.mode & 0o777:04o}, lock.json says {want.mode}")
-                )
-        for name in expected:
-            if name not in found:
-                report.problems.append(Problem(name, "missing: listed in lock.json but not in the bundle"))
-        bad = {p.member for p in report.problems}
-        todo = sorted(
-            (m for m in found.values() if m.name in expected and m.name not in bad),
-            key=lambda m: -m.size,
-        )
-        local = threading.local()
-        workers = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            digests = list(pool.map(lambda m: _hash_member(f, m, progress, local), todo))
-        for member, digest in zip(todo, digests):
-            report.members += 1
-            report.bytes += member.size
-            want_sha = expected[member.name].sha256
-            if digest != want_sha:
-                report.problems.append(
-                    Problem(
-                        member.name, f"sha256 {digest}, lock.json says {want_sha}{f.part_of(member.offset)}"
-                    )
-                )
-    report.problems.sort(key=lambda p: p.member)
-    return report
+    with Bundle(path, trusted) as bundle:
+        return bundle.verify(bundle.decide(facts(trusted, allow_expired)), jobs, progress)
 
 
 def read_member(path: Path, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
@@ -700,20 +779,18 @@ def read_lock(
 ) -> tuple[lockmod.Lock, signing.PublicKey | None, bytes | None]:
     """Read a bundle's lock without touching the payload.
 
-    With ``trusted`` keys the signature is checked (raising on failure);
+    With ``trusted`` keys the whole trust decision is made (raising on refusal);
     without them the signer named in the signature is returned unverified.
 
     Returns:
         (lock, signer key or None when unsigned, signature bytes or None).
     """
-    with open_source(path, trusted) as f:
-        head = read_head(f, f.size)
-    if trusted is not None:
-        signer: signing.PublicKey | None = check_signature(head, trusted)
-    elif head.sig_bytes is not None:
-        signer = signing.parse_signature(head.sig_bytes).public_key
-    else:
-        signer = None
+    with Bundle(path, trusted) as bundle:
+        head = bundle.head
+        if trusted is not None:
+            decision = bundle.decide(facts(trusted, allow_expired=True))
+            return decision.lock, decision.signer, head.sig_bytes
+    signer = signing.parse_signature(head.sig_bytes).public_key if head.sig_bytes is not None else None
     return lockmod.Lock.from_bytes(head.lock_bytes), signer, head.sig_bytes
 
 
@@ -722,15 +799,40 @@ def read_lock(
 FREE_SPACE_MARGIN = 64 * 1024 * 1024
 
 
-def _extract_member(src: Source, member: TarMember, root: str, want: lockmod.Member) -> None:
-    """Write one verified member under ``root``, re-hashing it on the way (no links followed)."""
-    parent = root
-    for part in member.name.split("/")[:-1]:
-        parent = os.path.join(parent, part)
-        try:
-            os.mkdir(parent, 0o755)
-        except FileExistsError:
-            pass  # made for an earlier member: we create only folders, never links
+def _check_space(folder: Path, need: int) -> None:
+    vfs = os.statvfs(folder)
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < need:
+        raise InstallError(
+            f"{folder}: {free // 2**20} MiB free, unpacking needs {need // 2**20} MiB; "
+            "free some space or choose another --workdir"
+        )
+
+
+def _write_new(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _make_folders(root: str, names: list[str]) -> None:
+    """Every folder the members need, made fresh under ``root`` (never through a link: all are new)."""
+    folders = sorted(
+        {"/".join(parts[:i]) for parts in (n.split("/") for n in names) for i in range(1, len(parts))}
+    )
+    for folder in folders:
+        # Anything already there was made by this function in our private folder (a delta's
+        # inherited members join the carried ones); the lock has no file at a folder's path.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.join(root, folder), 0o755)
+
+
+def _extract_member(
+    src: Source, member: TarMember, root: str, want: lockmod.Member, buf: memoryview, progress: Progress
+) -> str:
+    """Write one member under ``root`` while hashing the same bytes; returns their SHA-256."""
     out = os.open(
         os.path.join(root, member.name),
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
@@ -738,18 +840,14 @@ def _extract_member(src: Source, member: TarMember, root: str, want: lockmod.Mem
     )
     try:
         digest = hashlib.sha256()
-        for chunk in _member_chunks(src, member, memoryview(bytearray(CHUNK))):
+        for chunk in _member_chunks(src, member, buf):
             digest.update(chunk)
             _write_all(out, chunk)
+            progress(len(chunk))
         os.fchmod(out, int(want.mode, 8))
     finally:
         os.close(out)
-    if digest.hexdigest() != want.sha256:
-        raise IntegrityError(
-            f"member {member.name!r} changed since it was verified (sha256 {digest.hexdigest()}); "
-            "is something writing to the bundle?",
-            member=member.name,
-        )
+    return digest.hexdigest()
 
 
 def _inherit(lock: lockmod.Lock, base_dir: Path | None, staging: str) -> None:
@@ -759,8 +857,12 @@ def _inherit(lock: lockmod.Lock, base_dir: Path | None, staging: str) -> None:
             f"{lock.name} {lock.version} is a delta on {lock.base.get('name')} "
             f"{lock.base.get('version')}, which must be installed here first"
         )
-    base_lock = lockmod.Lock.from_bytes((base_dir / lockmod.LOCK_NAME).read_bytes())
+    base_lock = lockmod.Lock.from_bytes(
+        files.read_capped(base_dir / lockmod.LOCK_NAME, "base lock", lockmod.MAX_LOCK_BYTES, IntegrityError)
+    )
     where = {m.sha256: m.path for m in (*base_lock.members, *base_lock.inherited)}
+    _make_folders(staging, [m.path for m in lock.inherited])
+    buf = memoryview(bytearray(CHUNK))
     for member in lock.inherited:
         if member.sha256 not in where:
             raise IntegrityError(
@@ -771,7 +873,24 @@ def _inherit(lock: lockmod.Lock, base_dir: Path | None, staging: str) -> None:
                 raise IntegrityError(
                     f"{base_dir / where[member.sha256]} changed since it was installed", member=member.path
                 )
-            _extract_member(src, TarMember(member.path, member.size, int(member.mode, 8), 0), staging, member)
+            tar_member = TarMember(member.path, member.size, int(member.mode, 8), 0)
+            digest = _extract_member(src, tar_member, staging, member, buf, _no_progress)
+        if digest != member.sha256:
+            raise IntegrityError(
+                f"{base_dir / where[member.sha256]} changed since it was installed (sha256 {digest})",
+                member=member.path,
+            )
+
+
+def _replace_folder(staging: str, final: Path, workdir: Path) -> None:
+    """Rename ``staging`` to ``final``; an older ``final`` is moved aside first, then removed."""
+    if final.exists() or final.is_symlink():
+        old = tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=str(workdir))
+        os.rename(final, os.path.join(old, "x"))
+        os.rename(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, final)
 
 
 def extract_bundle(
@@ -782,74 +901,15 @@ def extract_bundle(
     allow_expired: bool = False,
     inherit_from: Path | None = None,
 ) -> tuple[Path, VerifyReport]:
-    """Verify a bundle, then unpack exactly the members its lock lists into ``workdir/NAME-VERSION``.
+    """Decide on a bundle, then unpack exactly its lock's members into ``workdir/NAME-VERSION``.
 
     A delta bundle's inherited members are copied from ``inherit_from`` (its base's
     unpacked folder), each checked against the new lock's SHA-256 before it is used.
-
-    Verification comes first and must be clean. Extraction goes into a fresh
-    private folder next to the target, creating only folders and regular files
-    (``O_EXCL | O_NOFOLLOW``, modes from the lock), hashing every byte again;
-    the folder is renamed into place only when all members are written, and
-    removed on any failure, so nothing is left half-unpacked.
-
-    Raises:
-        SignatureError (exit 3), IntegrityError (exit 4): the bundle is not trusted.
-        InstallError (exit 6): not enough free space under ``workdir``.
+    See ``Bundle.extract``; the installer uses ``Bundle`` directly to decide with its journal.
     """
-    report = verify_bundle(path, trusted, progress=progress, allow_expired=allow_expired)
-    if report.problems:
-        first = report.problems[0]
-        raise IntegrityError(
-            f"{path}: {len(report.problems)} member(s) failed; first: {first}", member=first.member
-        )
-    lock = report.lock
-    workdir.mkdir(parents=True, exist_ok=True)
-    vfs = os.statvfs(workdir)
-    free = vfs.f_bavail * vfs.f_frsize
-    need = lock.payload_size + FREE_SPACE_MARGIN
-    if free < need:
-        raise InstallError(
-            f"{workdir}: {free // 2**20} MiB free, unpacking needs {need // 2**20} MiB; "
-            "free some space or choose another --workdir"
-        )
-    final = workdir / f"{lock.name}-{lock.version}"
-    staging = tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(workdir))  # 0700, fresh, ours alone
-    try:
-        expected = {m.path: m for m in lock.members}
-        with open_source(path, trusted) as f:
-            head = read_head(f, f.size)
-            for name, data in (
-                (lockmod.LOCK_NAME, head.lock_bytes),
-                (lockmod.SIG_NAME, head.sig_bytes or b""),
-            ):
-                with open(os.path.join(staging, name), "wb") as out:
-                    out.write(data)
-            while True:
-                member = head.reader.next()
-                if member is None:
-                    break
-                want = expected.pop(member.name, None)
-                if want is None:
-                    raise IntegrityError(f"member {member.name!r} is not in lock.json", member=member.name)
-                _extract_member(f, member, staging, want)
-        if expected:
-            missing = sorted(expected)[0]
-            raise IntegrityError(f"member {missing!r} vanished since verification", member=missing)
-        if lock.inherited:
-            _inherit(lock, inherit_from, staging)
-        os.chmod(staging, 0o755)  # noqa: S103 - the unpacked bundle is readable, like /usr
-        if final.exists():
-            old = tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=str(workdir))
-            os.rename(final, os.path.join(old, "x"))
-            os.rename(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final, report
+    with Bundle(path, trusted) as bundle:
+        decision = bundle.decide(facts(trusted, allow_expired))
+        return bundle.extract(decision, workdir, progress, inherit_from)
 
 
 # ---------------------------------------------------------------- media-sized parts
@@ -902,18 +962,13 @@ def load_parts(
         SignatureError (exit 3): the parts file is unsigned or not by a trusted key.
         IntegrityError (exit 4): naming the part that is missing, short, long or changed.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IntegrityError(f"{path}: cannot read the parts file: {exc.strerror}") from exc
-    if len(data) > MAX_PARTS_BYTES:
-        raise IntegrityError(f"{path}: too large for a parts file")
+    data = files.read_capped(path, "parts file", MAX_PARTS_BYTES, IntegrityError)
     if trusted is not None:
         sig = path.with_name(path.name + ".sig")
         if not sig.exists():
             raise SignatureError(f"{sig} is missing; unsigned parts are never trusted")
-        checker = None if signing.HAVE_CRYPTOGRAPHY else _ssh_keygen_check
-        signing.verify(data, sig.read_bytes(), trusted, checker=checker, now=time.time())
+        sig_bytes = files.read_capped(sig, "signature", signing.MAX_SIGNATURE_BYTES, SignatureError)
+        signing.verify(data, sig_bytes, trusted, checker=checker(), now=time.time())
     try:
         doc = json.loads(data)
         parts = [Part(str(p["name"]), int(p["size"]), str(p["sha256"])) for p in doc["parts"]]
@@ -951,7 +1006,7 @@ def open_source(path: Path, trusted: list[signing.PublicKey] | None = None) -> S
     if index is None:
         return Source([path])
     parts, _ = load_parts(index, trusted)
-    return Source([index.parent / p.name for p in parts])
+    return Source([index.parent / p.name for p in parts], parts)
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}

@@ -69,6 +69,8 @@ INSTALLER_FILES = {
     "installer/bundler/lock.py": "lock.py",
     "installer/bundler/signing.py": "signing.py",
     "installer/bundler/archive.py": "archive.py",
+    "installer/bundler/files.py": "files.py",
+    "installer/bundler/trust.py": "trust.py",
     "installer/bundler/installer/__init__.py": "installer/__init__.py",
     "installer/bundler/installer/main.py": "installer/main.py",
     "installer/bundler/installer/inventory.py": "installer/inventory.py",
@@ -422,12 +424,12 @@ def _delta(
 ) -> tuple[list[archive.Entry], Lock]:
     """Leave out every blob, package and binary whose digest the base bundle already carries."""
     try:
-        with archive.open_source(base) as f:
-            head = archive.read_head(f, f.size)
-        archive.check_signature(head, [key.public])
+        # The base's own expiry does not matter here: only that this key signed it.
+        with archive.Bundle(base, [key.public]) as bundle:
+            decision = bundle.decide(archive.facts([key.public], allow_expired=True))
     except BundlerError as exc:
         raise InputError(f"--base {base}: not a bundle signed with this key ({exc})") from exc
-    old = Lock.from_bytes(head.lock_bytes)
+    old = decision.lock
     have = {m.sha256 for m in (*old.members, *old.inherited)}
     inherited = tuple(m for m in lock.members if m.kind in _INHERITABLE and m.sha256 in have)
     gone = {m.path for m in inherited}
@@ -438,7 +440,7 @@ def _delta(
         base={
             "name": old.name,
             "version": old.version,
-            "lock_sha256": hashlib.sha256(head.lock_bytes).hexdigest(),
+            "lock_sha256": decision.lock_sha256,
         },
     )
 

@@ -21,7 +21,15 @@ import click
 
 from bundler import __version__, archive, signing
 from bundler.cache import atomic_write, default_root
-from bundler.errors import BundlerError, InputError, IntegrityError, KeyFileError
+from bundler.errors import (
+    BundlerError,
+    FetchError,
+    InputError,
+    InstallError,
+    IntegrityError,
+    KeyFileError,
+    from_os_error,
+)
 
 _PATH = click.Path(path_type=Path)
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -344,18 +352,14 @@ def verify(
     """
     trusted = _trusted(pubkeys)
     try:
-        lock, _, _ = archive.read_lock(bundle, trusted)
-        bars = _Bars()
-        try:
-            report = archive.verify_bundle(
-                bundle,
-                trusted,
-                jobs=jobs,
-                progress=lambda n: bars.advance("verifying", n, lock.payload_size),
-                allow_expired=allow_expired,
-            )
-        finally:
-            bars.close()
+        with archive.Bundle(bundle, trusted) as opened:
+            decision = opened.decide(archive.facts(trusted, allow_expired))
+            total = decision.lock.payload_size  # once: a sum over every member, not per update
+            bars = _Bars()
+            try:
+                report = opened.verify(decision, jobs, lambda n: bars.advance("verifying", n, total))
+            finally:
+                bars.close()
     except BundlerError as exc:
         if as_json:
             click.echo(json.dumps({"bundle": str(bundle), **_error_json(exc)}, indent=2))
@@ -615,6 +619,15 @@ def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     click.echo(str(out))
 
 
+# Which exit code an environment failure gets, by command: building (5), installing (6), else input (2).
+_OS_ERROR_KIND: dict[str, type[BundlerError]] = {"build": FetchError, "install": InstallError}
+
+
+def _command(argv: list[str] | None) -> str:
+    """The subcommand named in ``argv`` (the first word that is not an option), for messages."""
+    return next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), "airbundle")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn its outcome into an exit status."""
     try:
@@ -630,6 +643,10 @@ def main(argv: list[str] | None = None) -> None:
     except BundlerError as exc:
         click.echo(f"airbundle: error: {exc}", err=True)
         code = exc.exit_code
+    except OSError as exc:  # the machine, not a bug: disk full, permissions, a folder in the way
+        error = from_os_error(exc, _command(argv), _OS_ERROR_KIND.get(_command(argv), InputError))
+        click.echo(f"airbundle: error: {error}", err=True)
+        code = error.exit_code
     except KeyboardInterrupt:
         click.echo("airbundle: interrupted", err=True)
         code = 130

@@ -225,7 +225,7 @@ def test_unexpected_error_is_exit_1_with_traceback(built: Path, keys: Keys) -> N
     code = (
         "import bundler.archive as a, bundler.cli as c\n"
         "def boom(*args, **kw): raise RuntimeError('a bug')\n"
-        "a.read_lock = boom\n"
+        "a.Bundle.verify = boom\n"
         f"c.main(['verify', {str(built)!r}, '--pubkey', {str(keys.pub_path)!r}])\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -11,13 +11,15 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "bundler"
 
 # Lower number = lower layer. A module may import bundler modules of a lower rank only.
-RANK = {
+RANK: dict[str, float] = {
     "bundler": 0,
     "bundler.errors": 0,
     "bundler.oci": 1,
     "bundler.debs": 1,
     "bundler.signing": 1,
     "bundler.lock": 2,
+    "bundler.files": 1,
+    "bundler.trust": 2.5,
     "bundler.archive": 3,
     "bundler.sbom": 3,
     "bundler.cache": 4,
@@ -123,3 +125,18 @@ def test_the_carried_installer_parses_as_python_37() -> None:
         if source.endswith(".py"):
             path = PKG / source
             ast.parse(path.read_text(), str(path), feature_version=(3, 7))
+
+
+# Modules that decide on data alone: no file, process, network or clock access (DESIGN.md).
+PURE = {"bundler.trust", "bundler.lock", "bundler.oci", "bundler.installer.plan"}
+IO_MODULES = {"os", "io", "subprocess", "socket", "shutil", "tempfile", "fcntl", "http", "urllib", "time"}
+
+
+@pytest.mark.parametrize("name", sorted(PURE))
+def test_pure_modules_do_no_io(name: str) -> None:
+    """The trust decision and the install plan are data in, data out: the clock, too, comes in as data."""
+    tree = MODULES[name]
+    assert not {i.split(".")[0] for i in imports(tree)} & IO_MODULES, f"{name} imports an I/O module"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            assert ast.unparse(node.func) not in ("open", "input", "exec", "eval"), f"{name} calls it"

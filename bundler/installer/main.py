@@ -17,9 +17,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from bundler import __version__, archive, signing
-from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, TrustError
+from bundler import __version__, archive, files, signing, trust
+from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
 from bundler.installer import siteregistry
 from bundler.installer.apply import (
     NodeResult,
@@ -34,7 +35,7 @@ from bundler.installer.inventory import Node, load_inventory, load_values
 from bundler.installer.journal import Journal
 from bundler.installer.plan import PHASES, Route, describe, image_targets, topology_warnings
 from bundler.installer.remote import SshOptions
-from bundler.lock import IMAGES_MODES, REGISTRY_RE, Lock
+from bundler.lock import IMAGES_MODES, MAX_LOCK_BYTES, REGISTRY_RE, Lock
 
 DEFAULT_WORKDIR = "/var/lib/airbundle"
 DEFAULT_REGISTRY_DATA = siteregistry.DEFAULT_DATA
@@ -141,10 +142,7 @@ def parser() -> argparse.ArgumentParser:
 def _read_keys(paths: list[Path]) -> list[signing.PublicKey]:
     keys = []
     for path in paths:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the public key: {exc.strerror}") from exc
+        text = files.read_capped(path, "public key", 1 << 20).decode("utf-8", "replace")
         keys += signing.parse_public_keys(text, str(path))
     return keys
 
@@ -160,6 +158,10 @@ def run(argv: list[str] | None = None) -> int:
             return _dry_run(args, trusted, nodes)
         with Journal(args.workdir) as journal:
             return _install(args, trusted, nodes, values, journal)
+    except OSError as exc:  # the machine, not the bundle: disk full, permissions, a folder in the way
+        error = from_os_error(exc, "installing", InstallError)
+        print(f"airbundle install: error: {error}", file=sys.stderr)
+        return error.exit_code
     except BundlerError as exc:
         print(f"airbundle install: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -172,22 +174,19 @@ def _install(
     values: dict[str, str],
     journal: Journal,
 ) -> int:
-    lock, _, _ = archive.read_lock(args.bundle, trusted)
-    route = _images_route(args, lock, nodes)  # a bad choice stops before anything is unpacked
-    installed = journal.check_version(lock.name, lock.version, args.allow_downgrade)
-    final, report = archive.extract_bundle(
-        args.bundle,
-        trusted,
-        args.workdir,
-        allow_expired=args.allow_expired,
-        inherit_from=_base_dir(lock, args.workdir, journal) if lock.base else None,
-    )
-    lock = report.lock
-    lock_sha = hashlib.sha256((final / "lock.json").read_bytes()).hexdigest()
-    if journal.is_complete(lock.name, lock_sha) and not args.only:
+    # One open, one read of the head, one decision, one read of every member: the bytes the
+    # decision was made on are the bytes unpacked (a file swapped in meanwhile is never read).
+    with archive.Bundle(args.bundle, trusted) as bundle:
+        decision = bundle.decide(_site_facts(args, trusted, journal.state))
+        lock = decision.lock
+        route = _images_route(args, lock, nodes)  # a bad choice stops before anything is unpacked
+        base = args.workdir / decision.base_folder if decision.base_folder else None
+        final, report = bundle.extract(decision, args.workdir, inherit_from=base)
+    installed = decision.installed
+    if journal.is_complete(lock.name, decision.lock_sha256) and not args.only:
         print(f"{lock.name} {lock.version} is already installed (verified again); nothing to do")
         return 0
-    journal.begin(lock.name, lock.version, lock_sha)
+    journal.begin(lock.name, lock.version, decision.lock_sha256)
     print(
         f"{lock.name} {lock.version}: verified (signed by {report.signer.fingerprint}), unpacked to {final}"
         + (f"; {installed} was installed before" if installed and installed != lock.version else "")
@@ -241,23 +240,35 @@ def _install(
     return 0
 
 
-def _base_dir(lock: Lock, workdir: Path, journal: Journal) -> Path:
-    """The unpacked base a delta bundle needs: installed here (journal) and intact; else exit 3."""
-    base = lock.base
-    need = f"{base['name']} {base['version']} (lock sha256 {base['lock_sha256'][:16]}…)"
-    entry = journal.state["installed"].get(base["name"], {})
-    folder = workdir / f"{base['name']}-{base['version']}"
-    intact = (folder / "lock.json").is_file() and hashlib.sha256(
-        (folder / "lock.json").read_bytes()
-    ).hexdigest() == base["lock_sha256"]
-    # The base is installed when the journal names it, or names a later version built on it
-    # (a second delta on the same base) while its folder is still here.
-    if not intact or not entry:
-        raise TrustError(
-            f"{lock.name} {lock.version} is a delta bundle on {need}; install that bundle here first "
-            f"(its unpacked copy is looked for at {folder})"
-        )
-    return folder
+def _site_facts(
+    args: argparse.Namespace, trusted: list[signing.PublicKey], state: dict[str, Any]
+) -> trust.SiteFacts:
+    """What this site knows for the trust decision: keys, clock, the journal, the unpacked bundles.
+
+    ``unpacked`` maps each ``NAME-VERSION`` folder of an installed name to the SHA-256 of its
+    ``lock.json``, so that a delta's base is checked by the decision itself.
+    """
+    installed = {
+        str(n): str(e.get("version", "")) for n, e in state["installed"].items() if isinstance(e, dict)
+    }
+    unpacked = {}
+    if args.workdir.is_dir():
+        for folder in args.workdir.iterdir():
+            if not any(folder.name.startswith(f"{name}-") for name in installed):
+                continue
+            lock_file = folder / "lock.json"
+            if folder.is_dir() and not folder.is_symlink() and lock_file.is_file():
+                data = files.read_capped(lock_file, "installed lock", MAX_LOCK_BYTES, InstallError)
+                unpacked[folder.name] = hashlib.sha256(data).hexdigest()
+    return trust.SiteFacts(
+        tuple(trusted),
+        time.time(),
+        allow_expired=args.allow_expired,
+        installing=True,
+        installed=installed,
+        allow_downgrade=args.allow_downgrade,
+        unpacked=unpacked,
+    )
 
 
 def _report(phase: str, results: list[NodeResult], journal: Journal | None = None) -> None:
@@ -359,12 +370,14 @@ def _private_registry(route: Route) -> dict[str, object]:
 
 
 def _dry_run(args: argparse.Namespace, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
-    report = archive.verify_bundle(args.bundle, trusted, allow_expired=args.allow_expired)
+    with archive.Bundle(args.bundle, trusted) as bundle:
+        decision = bundle.decide(_site_facts(args, trusted, Journal.read(args.workdir)))
+        report = bundle.verify(decision)
     if report.problems:
         first = report.problems[0]
         raise IntegrityError(f"{args.bundle}: {first}", member=first.member)
     lock = report.lock
-    installed = Journal.read(args.workdir)["installed"].get(lock.name, {}).get("version")
+    installed = decision.installed
     print(
         f"{lock.name} {lock.version}: signature by {report.signer.fingerprint} and "
         f"{len(lock.members)} members verified; installed now: {installed or 'nothing'}"

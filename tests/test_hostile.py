@@ -1,0 +1,212 @@
+"""Hostile bundles and hostile machines against the readers: verify, inspect, join and extraction.
+
+Each test plays one finding of the attacker's review (its docstring says the attack) on a
+real bundle and checks the contract's exit code, that the message names the member, part
+or file at fault, and that nothing was written outside the work folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler import archive
+from bundler.errors import IntegrityError
+
+from .conftest import Keys, Project, run_cli
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def _pax_block(records: bytes, name: str = "././@PaxHeader") -> bytes:
+    """A raw PAX extended header carrying ``records`` verbatim (tarfile would not write bad ones)."""
+    header = tarfile.TarInfo(name)
+    header.type = tarfile.XHDTYPE
+    header.size = len(records)
+    return header.tobuf(tarfile.USTAR_FORMAT) + records + b"\0" * (-len(records) % 512)
+
+
+def _record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n"
+    n = len(body) + 1
+    n = len(body) + len(str(n))
+    return f"{n}{body}".encode()
+
+
+def _splice(bundle: Path, out: Path, before: str, raw: bytes) -> Path:
+    """``bundle`` with ``raw`` bytes inserted just before member ``before``'s header."""
+    data = bundle.read_bytes()
+    with tarfile.open(bundle) as tar:
+        offset = next(m.offset for m in tar.getmembers() if m.name == before)
+    out.write_bytes(data[:offset] + raw + data[offset:])
+    return out
+
+
+def test_gnu_sparse_records_are_refused(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Attack: PAX ``GNU.sparse.*`` records on a listed member. GNU tar then extracts a different
+    (sparse-expanded) file than the bytes a reader that ignores them hashes, so a "verified"
+    bundle would unpack into other files. Only ``path`` and ``size`` records are accepted."""
+    records = _record("GNU.sparse.major", "1") + _record("GNU.sparse.minor", "0")
+    hostile = _splice(built, tmp_path / "sparse.tar", "install.sh", _pax_block(records))
+    for command in (["verify", hostile, "--pubkey", keys.pub_path], ["inspect", hostile, "--sbom"]):
+        result = run_cli(*command)
+        assert result.exit_code == 4, result.stderr
+        assert "unsafe member 'install.sh': PAX record 'GNU.sparse.major'" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["-1000000", "+512", "0x10"])
+def test_a_malformed_pax_size_is_refused_at_once(built: Path, keys: Keys, tmp_path: Path, value: str) -> None:
+    """Attack: a negative PAX size made the header scan walk backwards forever (``inspect --sbom``
+    never returned). Only plain decimal sizes are read; the refusal comes at once."""
+    hostile = _splice(built, tmp_path / "neg.tar", "installer/run.py", _pax_block(_record("size", value)))
+    for command in (["inspect", hostile, "--sbom"], ["verify", hostile, "--pubkey", keys.pub_path]):
+        run = subprocess.run(
+            [sys.executable, "-m", "bundler", *map(str, command)], capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 4, run.stderr
+        assert f"unsafe member 'installer/run.py': malformed PAX size '{value}'" in run.stderr
+
+
+def test_a_gnu_format_header_is_refused(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Attack: a GNU-magic header, whose bytes 345..500 GNU tar reads as times but Python's tarfile
+    as a name prefix: the two would unpack the member under different names."""
+    with tarfile.open(built) as tar:
+        member = next(m for m in tar.getmembers() if m.name == "installer/run.py")
+    raw = bytearray(built.read_bytes())
+    header = member.offset
+    raw[header + 257 : header + 265] = b"ustar  \0"
+    raw[header + 148 : header + 156] = b"        "
+    raw[header + 148 : header + 156] = b"%06o\0 " % sum(raw[header : header + 512])
+    hostile = tmp_path / "gnu.tar"
+    hostile.write_bytes(bytes(raw))
+    result = run_cli("verify", hostile, "--pubkey", keys.pub_path)
+    assert result.exit_code == 4 and "'installer/run.py': not a POSIX ustar header" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_folder_given_as_a_bundle_is_refused(keys: Keys, tmp_path: Path, kind: str) -> None:
+    """A FIFO given as the bundle used to block ``verify`` forever; a folder gave a traceback."""
+    target = tmp_path / "bundle.tar"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    for command in (["verify", target, "--pubkey", keys.pub_path], ["inspect", target]):
+        run = subprocess.run(
+            [sys.executable, "-m", "bundler", *map(str, command)], capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 2, run.stderr
+        assert str(target) in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_bytes_decided_on_are_the_bytes_unpacked(
+    project: Project, keys: Keys, built: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Attack: the version was checked on a first read of the bundle and unpacked from a second;
+    renaming an older, validly signed bundle over the path between them installed it.
+    Now the file is opened once: whatever is renamed over the path later is never read."""
+    older = tmp_path / "older"
+    project.manifest.write_text(project.manifest.read_text().replace('version: "1.0.0"', 'version: "0.9.0"'))
+    made = run_cli("build", project.manifest, "-o", older, "--key", keys.key_path, "--cache", cache_dir)
+    assert made.exit_code == 0, made.stderr
+    site = tmp_path / "site.tar"
+    shutil.copy(built, site)
+    work = tmp_path / "work"
+    with archive.Bundle(site, [keys.pub]) as bundle:
+        decision = bundle.decide(archive.facts([keys.pub]))
+        os.replace(older / "demo-0.9.0.tar", site)  # the swap
+        final, _ = bundle.extract(decision, work)
+    assert final.name == "demo-1.0.0"
+    assert (final / "lock.json").read_bytes() == decision.lock_bytes
+    assert b'"version": "1.0.0"' in decision.lock_bytes
+
+
+def test_bytes_changed_in_place_after_the_audit_unpack_nothing(
+    built: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """Attack: rewrite a member's bytes in the same file (same inode) after its headers were
+    audited. Every byte is hashed as it is written, so the unpack fails naming the member and
+    leaves no folder, final or temporary, behind."""
+    site = tmp_path / "site.tar"
+    shutil.copy(built, site)
+    with tarfile.open(site) as tar:
+        target = next(m for m in tar.getmembers() if m.name == "installer/run.py")
+    work = tmp_path / "work"
+    with archive.Bundle(site, [keys.pub]) as bundle:
+        decision = bundle.decide(archive.facts([keys.pub]))
+        with open(site, "r+b") as f:
+            f.seek(target.offset_data)
+            f.write(b"import os; os.system('touch /tmp/pwned')  #")
+        with pytest.raises(IntegrityError, match=r"installer/run\.py: sha256 [0-9a-f]{64}, lock\.json says"):
+            bundle.extract(decision, work)
+    assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_a_damaged_byte_is_named_in_the_part_that_holds_it(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """A member spanning parts used to be reported in the part where it starts; the signed
+    per-part SHA-256s now say which part holds the damage."""
+    big = project.root / "payloads" / "big.bin"
+    big.write_bytes(os.urandom(300_000))
+    text = project.manifest.read_text()
+    if "files:" in text:
+        text = text.replace("files:\n", "files:\n  - src: payloads/big.bin\n    dest: big.bin\n", 1)
+    else:
+        text += "files:\n  - src: payloads/big.bin\n    dest: big.bin\n"
+    project.manifest.write_text(text)
+    made = run_cli(
+        "build", project.manifest, "-o", tmp_path / "p", "--key", keys.key_path, "--cache", cache_dir,
+        "--split", "64K",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    index = Path(made.stdout.strip())
+    with archive.open_source(index) as src:
+        starts, paths = src.starts, src.paths
+        reader = archive.TarReader(src, src.size)
+        member = next(m for m in iter(reader.next, None) if m.name == "files/big.bin")
+    first = max(i for i, s in enumerate(starts) if s <= member.offset)
+    later = first + 2  # a part the member spans, not the one it starts in
+    assert starts[later] < member.offset + member.size
+    part = paths[later]
+    data = bytearray(part.read_bytes())
+    data[100] ^= 0xFF
+    part.write_bytes(bytes(data))
+    result = run_cli("verify", index, "--pubkey", keys.pub_path)
+    assert result.exit_code == 4
+    assert "files/big.bin: sha256" in result.stderr and f"(in part {part.name})" in result.stderr
+
+
+def test_an_unwritable_work_folder_is_an_install_error_not_a_traceback(
+    built: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """A file where the work folder should be: exit 6 naming it, no traceback, nothing written."""
+    from .conftest import CLUSTER_YML
+
+    (tmp_path / "cluster.yml").write_text(CLUSTER_YML)
+    blocker = tmp_path / "work"
+    blocker.write_text("not a folder")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bundler",
+            "install",
+            str(built),
+            "--pubkey",
+            str(keys.pub_path),
+            "--inventory",
+            str(tmp_path / "cluster.yml"),
+            "--workdir",
+            str(blocker / "sub"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+    )
+    assert run.returncode == 6, run.stderr
+    assert "Traceback" not in run.stderr and str(blocker) in run.stderr
+    assert blocker.read_text() == "not a folder"
