@@ -615,18 +615,30 @@ class Bundle:
     def _each(
         self, todo: list[TarMember], jobs: int | None, work: Callable[[TarMember, memoryview], str]
     ) -> list[str]:
-        """Run ``work`` on every member, largest first, in up to ``jobs`` threads (one buffer each)."""
+        """Run ``work`` on every member in order, in up to ``jobs`` threads (one buffer each).
+
+        Members go to the threads in batches of about ``CHUNK`` bytes (at least one member),
+        so that a bundle of many tiny files does not pay a thread hand-off per member.
+        """
         local = threading.local()
 
-        def run(member: TarMember) -> str:
+        def run(batch: list[TarMember]) -> list[str]:
             buf = getattr(local, "buf", None)
             if buf is None:
                 buf = local.buf = memoryview(bytearray(CHUNK))
-            return work(member, buf)
+            return [work(member, buf) for member in batch]
 
-        workers = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+        batches: list[list[TarMember]] = []
+        weight = CHUNK
+        for member in todo:
+            if weight >= CHUNK:
+                batches.append([])
+                weight = 0
+            batches[-1].append(member)
+            weight += member.size + BLOCK
+        workers = max(1, min(jobs or os.cpu_count() or 1, len(batches) or 1))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(run, todo))
+            return [digest for done in pool.map(run, batches) for digest in done]
 
     def _digest_problems(
         self, audit_lock: lockmod.Lock, todo: list[TarMember], digests: list[str]
