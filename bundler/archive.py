@@ -592,6 +592,29 @@ class Bundle:
     def __exit__(self, *exc: object) -> None:
         self.src.close()
 
+    def unverified(self) -> tuple[lockmod.Lock, signing.PublicKey | None]:
+        """The lock as it stands and the signer its signature names, neither checked (for ``inspect``)."""
+        sig = self.head.sig_bytes
+        return lockmod.Lock.from_bytes(self.head.lock_bytes), (
+            signing.parse_signature(sig).public_key if sig is not None else None
+        )
+
+    def member(self, want: lockmod.Member, limit: int = 64 * 1024 * 1024) -> bytes:
+        """One small member's bytes, found by scanning the headers after the head and checked
+        against ``want`` (its SHA-256 in the lock); raises ``IntegrityError`` when absent or changed."""
+        reader = self.head.reader
+        while True:
+            member = reader.next()
+            if member is None:
+                raise IntegrityError(f"{self.path}: {want.path} is missing", member=want.path)
+            if member.name == want.path:
+                data = reader.read(member, limit)
+                if hashlib.sha256(data).hexdigest() != want.sha256:
+                    raise IntegrityError(
+                        f"{self.path}: {want.path} does not match lock.json", member=want.path
+                    )
+                return data
+
     def decide(self, facts: trust.SiteFacts) -> trust.Decision:
         """The trust decision on this bundle's head (see ``trust.decide``)."""
         return trust.decide(self.head.lock_bytes, self.head.sig_bytes, facts, checker())
@@ -774,36 +797,24 @@ def verify_bundle(
         return bundle.verify(bundle.decide(facts(trusted, allow_expired)), jobs, progress)
 
 
-def read_member(path: Path, name: str, limit: int = 64 * 1024 * 1024) -> bytes | None:
-    """One small member's bytes (None when absent), found by scanning headers; not verified."""
-    with open_source(path) as f:
-        reader = TarReader(f, f.size)
-        while True:
-            member = reader.next()
-            if member is None:
-                return None
-            if member.name == name:
-                return reader.read(member, limit)
-
-
 def read_lock(
     path: Path, trusted: list[signing.PublicKey] | None = None
 ) -> tuple[lockmod.Lock, signing.PublicKey | None, bytes | None]:
     """Read a bundle's lock without touching the payload.
 
-    With ``trusted`` keys the whole trust decision is made (raising on refusal);
-    without them the signer named in the signature is returned unverified.
+    With ``trusted`` keys the whole trust decision is made (raising on refusal; an
+    expired bundle is still shown); without them the signer the signature names is
+    returned unverified.
 
     Returns:
         (lock, signer key or None when unsigned, signature bytes or None).
     """
     with Bundle(path, trusted) as bundle:
-        head = bundle.head
         if trusted is not None:
             decision = bundle.decide(facts(trusted, allow_expired=True))
-            return decision.lock, decision.signer, head.sig_bytes
-    signer = signing.parse_signature(head.sig_bytes).public_key if head.sig_bytes is not None else None
-    return lockmod.Lock.from_bytes(head.lock_bytes), signer, head.sig_bytes
+            return decision.lock, decision.signer, bundle.head.sig_bytes
+        lock, signer = bundle.unverified()
+        return lock, signer, bundle.head.sig_bytes
 
 
 # ---------------------------------------------------------------- extracting

@@ -8,7 +8,6 @@ traceback (exit 1).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -412,16 +411,20 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
       airbundle inspect dist/fmp-rke-23.12.1.tar --sbom > fmp-rke.cdx.json
     """
     trusted = _pubkeys(pubkey) if pubkey else None
-    lock, signer, _ = archive.read_lock(bundle, trusted)
-    if show_sbom:
-        entry = next((m for m in lock.members if m.kind == "sbom"), None)
-        data = archive.read_member(bundle, entry.path) if entry else None
-        if entry is None or data is None:
-            raise IntegrityError(f"{bundle}: carries no SBOM (built by an airbundle without SBOM support?)")
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise IntegrityError(f"{bundle}: {entry.path} does not match lock.json", member=entry.path)
-        click.echo(data.decode("utf-8"), nl=False)
-        return
+    with archive.Bundle(bundle, trusted) as opened:
+        if trusted is not None:
+            decision = opened.decide(archive.facts(trusted, allow_expired=True))
+            lock, signer = decision.lock, decision.signer
+        else:
+            lock, signer = opened.unverified()
+        if show_sbom:
+            entry = next((m for m in lock.members if m.kind == "sbom"), None)
+            if entry is None:
+                raise IntegrityError(
+                    f"{bundle}: carries no SBOM (built by an airbundle without SBOM support?)"
+                )
+            click.echo(opened.member(entry).decode("utf-8"), nl=False)
+            return
     sizes: dict[str, int] = {}
     for m in lock.members:
         sizes[m.kind] = sizes.get(m.kind, 0) + m.size
