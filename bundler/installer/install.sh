@@ -117,6 +117,10 @@ if [ -n "$index" ]; then
         case "${part#"$base".tar.}" in *[!0-9]*) die 4 "$index: unsafe part name $part" ;; esac
         [ -f "$folder/$part" ] || die 4 "part $part is missing (looked in $folder)"
     done <"$work/parts"
+    # Each part as signed (one more read of the parts; it binds the stream to this parts file).
+    sed -n 's/^  {"name": "\([^"]*\)", "sha256": "\([0-9a-f]\{64\}\)".*$/\2  \1/p' "$index" >"$work/parts.sha256"
+    (cd "$folder" && sha256sum -c --quiet "$work/parts.sha256" >"$work/sums.log" 2>&1) \
+        || die 4 "$index: a part does not match it ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); copy it again"
 fi
 bundle_tar() {  # bundle_tar TAR-OPTIONS...: GNU tar over the bundle's bytes
     if [ -n "$index" ]; then
