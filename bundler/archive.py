@@ -1065,16 +1065,17 @@ def split_bundle(path: Path, part_size: int, key: signing.PrivateKey) -> Path:
             parts.append(name)
     with ThreadPoolExecutor() as pool:
         digests = list(pool.map(lambda n: _hash_part(path.parent / n), parts))
-    doc = {
-        "format": 1,
-        "bundle": path.name,
-        "size": size,
-        "sha256": whole,
-        "parts": [
-            {"name": n, "size": (path.parent / n).stat().st_size, "sha256": d} for n, d in zip(parts, digests)
-        ],
-    }
-    data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    # One part object per line, "name" first: install.sh reads the names with sed.
+    rows = ",\n".join(
+        "  " + json.dumps({"name": n, "sha256": d, "size": (path.parent / n).stat().st_size}, sort_keys=True)
+        for n, d in zip(parts, digests)
+    )
+    head = {"bundle": path.name, "format": 1}
+    data = (
+        "{\n"
+        + "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items())
+        + f' "parts": [\n{rows}\n ],\n "sha256": {json.dumps(whole)},\n "size": {size}\n}}\n'
+    ).encode()
     index = path.with_name(path.name[: -len(".tar")] + PARTS_SUFFIX)
     _atomic(index, data)
     _atomic(index.with_name(index.name + ".sig"), signing.sign(key, data))

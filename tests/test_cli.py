@@ -195,7 +195,9 @@ def test_readme_stock_tool_recipe(built: Path, keys: Keys, tmp_path: Path) -> No
     block = readme.split("<!-- stock-verify -->")[1].split("```sh\n")[1].split("```")[0]
     work = tmp_path / "site"
     work.mkdir()
-    env = {**os.environ, "BUNDLE": str(built), "PUB": str(keys.pub_path)}
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"airbundle {keys.pub.openssh_line()}\n")
+    env = {**os.environ, "BUNDLE": str(built), "SIGNERS": str(signers)}
     good = subprocess.run(["sh", "-eu", "-c", block], cwd=work, env=env, capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert 'Good "airbundle" signature' in good.stdout + good.stderr

@@ -1,10 +1,18 @@
 #!/bin/sh
-# airbundle site installer.
-#   tar -xf BUNDLE.tar install.sh && sh install.sh --pubkey PUB --inventory cluster.yml [--values site.yaml]
-# Before any code from the bundle runs, this script checks with stock tools that lock.json is
-# signed by PUB (ssh-keygen -Y verify) and that the installer files match their SHA-256 in the
-# lock (sha256sum); then it runs that installer with python3 in isolated mode (no site-packages,
-# no pip, no network), which verifies every other member before unpacking anything.
+# airbundle site installer. The README's first command checks this file with stock tools and
+# runs that checked copy:
+#   sh "$dir/install.sh" --bundle BUNDLE --pubkey allowed_signers --inventory cluster.yml
+# It checks everything again itself before any code from the bundle runs (defence in depth):
+#   - the bundle's bytes: one .tar, or exactly the parts its signed NAME-VERSION.parts.json names,
+#     in that order (the parts file's signature checked first);
+#   - the listing: regular files only, no name twice, lock.json and lock.json.sig first;
+#   - lock.json's signature, with ssh-keygen -Y verify and the --pubkey files' own options
+#     (valid-after, valid-before, namespaces; cert-authority is refused);
+#   - install.sh and every installer file, extracted (first occurrence only) into a fresh private
+#     folder and checked there with sha256sum -c against the lock.
+# Then it runs those very copies with python3 in isolated mode (no site-packages, no pip, no
+# network); that installer verifies every other member before unpacking anything.
+# Exit codes: 2 usage or key file, 3 trust refused, 4 integrity (a bad or hostile bundle).
 set -eu
 
 die() { code=$1; shift; echo "install.sh: $*" >&2; exit "$code"; }
@@ -46,50 +54,116 @@ if [ -z "$bundle" ]; then
     [ -n "$bundle" ] || die 2 "no bundle beside install.sh; name it with --bundle FILE"
     set -- --bundle "$bundle" "$@"
 fi
-for tool in tar ssh-keygen sha256sum sed python3; do
+for tool in tar ssh-keygen sha256sum sed grep sort uniq cut find python3; do
     command -v "$tool" >/dev/null 2>&1 || die 6 "$tool is required on this node"
 done
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
-# A bundle in media-sized parts is read as one stream: its parts in order (NAME-VERSION.tar.NNN).
+umask 077
+work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")  # a fresh folder only root can read
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+# --- the operator's keys: every key line of every --pubkey file as an allowed_signers line for
+# the principal "airbundle", keeping its valid-after, valid-before and namespaces, so that stock
+# ssh-keygen applies them before any code from the bundle runs.
+#   ssh-ed25519 KEY [comment]                        -> airbundle ssh-ed25519 KEY
+#   PRINCIPALS [OPTIONS] ssh-ed25519 KEY [comment]   -> airbundle [OPTIONS] ssh-ed25519 KEY
+add_signers() {
+    [ -f "$1" ] && [ -r "$1" ] || die 2 "$1: cannot read the public key"
+    n=0
+    while IFS= read -r line || [ -n "$line" ]; do
+        n=$((n + 1))
+        line=$(printf '%s\n' "$line" | tr '\t\r' '  ' | sed 's/^ *//')
+        case "$line" in "" | "#"*) continue ;; esac
+        out=$(printf '%s\n' "$line" | sed -n \
+            -e 's/^\(ssh-ed25519  *[A-Za-z0-9+\/=][A-Za-z0-9+\/=]*\)\( .*\)\{0,1\}$/airbundle \1/p' -e t \
+            -e 's/^[^ ]*  *\([^ ]*  *\)\{0,1\}\(ssh-ed25519  *[A-Za-z0-9+\/=][A-Za-z0-9+\/=]*\)\( .*\)\{0,1\}$/airbundle \1\2/p')
+        case "$out" in
+            "") die 2 "$1:$n: no ssh-ed25519 key (airbundle keys are ssh-ed25519; make one with 'airbundle keygen')" ;;
+            *cert-authority*) die 2 "$1:$n: cert-authority keys are not supported; list the signing key itself" ;;
+        esac
+        printf '%s\n' "$out" >>"$work/allowed_signers"
+    done <"$1"
+}
+while IFS= read -r pub; do
+    [ -z "$pub" ] || add_signers "$pub"
+done <<EOF
+$pubs
+EOF
+[ -s "$work/allowed_signers" ] || die 2 "--pubkey holds no ssh-ed25519 key"
+signed() {  # signed FILE SIG: SIG is a signature over FILE by an allowed key, now, in namespace airbundle
+    ssh-keygen -Y verify -f "$work/allowed_signers" -I airbundle -n airbundle -s "$2" \
+        <"$1" >/dev/null 2>"$work/verify.log"
+}
+
+# --- the bundle's bytes: the file, or the parts its signed parts file names, in its order (never
+# whatever else matches NAME.tar.NNN beside them).
 case "$bundle" in
-    *.parts.json) parts_glob="${bundle%.parts.json}.tar.[0-9][0-9][0-9]*" ;;
-    *.tar.[0-9][0-9][0-9]*) parts_glob="${bundle%.tar.*}.tar.[0-9][0-9][0-9]*" ;;
-    *) parts_glob="" ;;
+    *.parts.json) index=$bundle ;;
+    *.tar.[0-9][0-9][0-9]*) index="${bundle%.tar.*}.parts.json" ;;
+    *) index="" ;;
 esac
-untar() {  # untar DIR MEMBER...: extract members from the bundle, whole or in parts
-    dir=$1; shift
-    if [ -n "$parts_glob" ]; then
-        # shellcheck disable=SC2086 # the glob must expand to the parts, in order
-        cat $parts_glob | tar -xf - -C "$dir" "$@"
+if [ -n "$index" ]; then
+    [ -f "$index" ] || die 4 "$index is missing; the parts of a bundle are read only as their signed parts file lists them"
+    [ -f "$index.sig" ] || die 3 "$index.sig is missing; unsigned parts are never trusted"
+    signed "$index" "$index.sig" \
+        || die 3 "$index: the signature does not verify with the given --pubkey: $(cat "$work/verify.log")"
+    folder=$(dirname "$index")
+    base=$(basename "$index" .parts.json)
+    sed -n 's/^  {"name": "\([^"]*\)".*$/\1/p' "$index" >"$work/parts"
+    [ -s "$work/parts" ] || die 4 "$index lists no parts"
+    while IFS= read -r part; do
+        case "$part" in "$base".tar.[0-9][0-9][0-9]*) ;; *) die 4 "$index: unsafe part name $part" ;; esac
+        case "${part#"$base".tar.}" in *[!0-9]*) die 4 "$index: unsafe part name $part" ;; esac
+        [ -f "$folder/$part" ] || die 4 "part $part is missing (looked in $folder)"
+    done <"$work/parts"
+    # Each part as signed (one more read of the parts; it binds the stream to this parts file).
+    sed -n 's/^  {"name": "\([^"]*\)", "sha256": "\([0-9a-f]\{64\}\)".*$/\2  \1/p' "$index" >"$work/parts.sha256"
+    (cd "$folder" && sha256sum -c --quiet "$work/parts.sha256" >"$work/sums.log" 2>&1) \
+        || die 4 "$index: a part does not match it ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); copy it again"
+fi
+bundle_tar() {  # bundle_tar TAR-OPTIONS...: GNU tar over the bundle's bytes
+    if [ -n "$index" ]; then
+        while IFS= read -r part; do cat "$folder/$part"; done <"$work/parts" | tar -f - "$@"
     else
-        tar -xf "$bundle" -C "$dir" "$@"
+        tar -f "$bundle" "$@"
     fi
 }
-untar "$work" lock.json lock.json.sig 2>/dev/null \
-    || die 4 "$bundle: lock.json or lock.json.sig is missing; this is not a signed airbundle bundle"
-# allowed_signers: each key line of every PUB under the principal "airbundle" (the installer
-# itself then applies valid-after/valid-before and namespaces).
-: >"$work/allowed_signers"
-printf '%s\n' "$pubs" | while IFS= read -r pub; do
-    [ -n "$pub" ] || continue
-    [ -r "$pub" ] || die 2 "$pub: cannot read the public key"
-    sed -n 's/^[^#]*\(ssh-ed25519 [A-Za-z0-9+\/=]*\).*$/airbundle \1/p' "$pub" >>"$work/allowed_signers"
-done
-[ -s "$work/allowed_signers" ] || die 2 "--pubkey holds no ssh-ed25519 key"
-ssh-keygen -Y verify -f "$work/allowed_signers" -I airbundle -n airbundle -s "$work/lock.json.sig" \
-    <"$work/lock.json" >/dev/null 2>"$work/verify.log" \
+
+# --- the listing: regular files only, each name once, lock.json and lock.json.sig first.
+bundle_tar --numeric-owner -tv >"$work/listing" 2>"$work/tar.log" \
+    || die 4 "$bundle: not a readable tar: $(cat "$work/tar.log")"
+odd=$(grep -v '^-' "$work/listing" | head -n 1)
+[ -z "$odd" ] || die 4 "$bundle: a member is not a regular file: $odd"
+sed 's/^[^ ]* [^ ]*  *[^ ]* [^ ]* [^ ]* //; s|^\(\./\)*||' "$work/listing" >"$work/names"
+twice=$(sort "$work/names" | uniq -d | head -n 1)
+[ -z "$twice" ] || die 4 "$bundle: $twice is in the bundle more than once; do not install this bundle"
+[ "$(sed -n 1p "$work/names")" = lock.json ] \
+    || die 4 "$bundle: the first member is not lock.json; this is not an airbundle bundle"
+[ "$(sed -n 2p "$work/names")" = lock.json.sig ] \
+    || die 3 "$bundle: lock.json.sig is missing after lock.json; unsigned bundles are never trusted"
+
+# --- the signature over lock.json (the first and only copy).
+bundle_tar -x --occurrence=1 -C "$work" lock.json lock.json.sig 2>"$work/tar.log" \
+    || die 4 "$bundle: cannot read lock.json: $(cat "$work/tar.log")"
+signed "$work/lock.json" "$work/lock.json.sig" \
     || die 3 "$bundle: the signature does not verify with the given --pubkey: $(cat "$work/verify.log")"
+
+# --- install.sh and the installer: extracted into a fresh folder, checked there, run from there.
 sed -n '/^    {"kind": "installer"/s/.*"path": "\([^"]*\)", "sha256": "\([0-9a-f]*\)".*/\2  \1/p' \
     "$work/lock.json" >"$work/installer.sha256"
-# shellcheck disable=SC2046 # installer paths have no spaces (the lock's path rules)
-untar "$work" $(sed 's/^[0-9a-f]*  //' "$work/installer.sha256") \
-    || die 4 "$bundle: installer members are missing"
-(cd "$work" && sha256sum -c --quiet installer.sha256 >/dev/null 2>&1) \
-    || die 4 "$bundle: the installer files do not match lock.json; do not install this bundle"
+cut -c67- "$work/installer.sha256" >"$work/installer.names"
+grep -qx 'installer/run.py' "$work/installer.names" \
+    || die 4 "$bundle: lock.json lists no installer/run.py; this is not an airbundle bundle"
+mkdir "$work/b"
+bundle_tar -x --occurrence=1 -C "$work/b" --verbatim-files-from -T "$work/installer.names" 2>"$work/tar.log" \
+    || die 4 "$bundle: installer members are missing: $(cat "$work/tar.log")"
+odd=$(find "$work/b" ! -type d \( ! -type f -o -links +1 \) | head -n 1)
+[ -z "$odd" ] || die 4 "$bundle: ${odd#"$work/b/"} is not a regular file"
+(cd "$work/b" && sha256sum -c --quiet ../installer.sha256 >"$work/sums.log" 2>&1) \
+    || die 4 "$bundle: the installer files do not match lock.json ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); do not install this bundle"
 set +e
-python3 -I -S "$work/installer/run.py" "$@"
+python3 -I -S "$work/b/installer/run.py" "$@"
 code=$?
 set -e
 exit "$code"

@@ -1,0 +1,397 @@
+"""The site's root of trust: the README's stock-tool recipes and install.sh, against an attacker.
+
+Every case runs the real thing: the README's fenced blocks exactly as written (taken from
+README.md by their marker comment and pasted into ``sh``), GNU tar, ssh-keygen, sha256sum,
+and Debian's ``/usr/bin/python3 -I -S`` through ``PATH=/usr/bin:/bin``. The attacker's code
+(``installer/run.py`` or ``install.sh``) touches a marker file when it runs, so each refusal
+also proves that no bundle code ran. docs/threats.md lists these cases.
+
+Attacks played here:
+- a key retired by ``valid-before`` in the past, or limited to another namespace, in the
+  operator's allowed_signers, signing a bundle with modified installer code (install.sh: exit 3;
+  the recipe refuses);
+- a ``cert-authority`` line in the key file (install.sh: exit 2);
+- an older, validly signed lock.json, lock.json.sig and installer appended after the real ones
+  (GNU tar would extract the last copy): refused as a name twice (exit 4), its installer not run;
+- an unsigned lock.json placed first: refused (exit 4);
+- a file ``NAME.tar.999`` beside the parts that the signed parts.json does not name: never read;
+  a parts.json whose signature does not verify: exit 3;
+- a symlink member named ``installer/run.py``: refused (exit 4);
+- a replaced ``install.sh`` in the bundle: the README's first command refuses before running it;
+- a ``GNU.sparse`` PAX member standing for ``installer/run.py`` with other bytes: refused by its
+  hash (stock tar lists it as a plain file, so a sparse member carrying the signed bytes is not
+  detectable with stock tools; the Python verify refuses PAX records it does not write).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler import signing
+from bundler.lock import Lock
+
+from .conftest import Keys, Project, run_cli
+from .test_verify import Item, info, read_items, replace, resign, write_items
+
+SITE_PATH = "/usr/bin:/bin"  # Debian's python3 and stock tools only
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_SH = ROOT / "bundler" / "installer" / "install.sh"
+RUN_PY = "installer/run.py"
+
+
+def readme_block(marker: str) -> str:
+    """The fenced ``sh`` block right after ``<!-- marker -->`` in README.md, verbatim."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)\n```\n", text, re.S)
+    assert match, f"README.md has no <!-- {marker} --> block"
+    return match.group(1) + "\n"
+
+
+@dataclasses.dataclass
+class Site:
+    """A control node's folder: the bundle, the operator's allowed_signers, a private TMPDIR."""
+
+    root: Path
+    bundle: Path
+    signers: Path
+    tmp: Path
+    marker: Path
+
+    def listing(self) -> set[str]:
+        return {str(p.relative_to(self.root)) for p in self.root.rglob("*")}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": SITE_PATH,
+            "HOME": str(self.root),
+            "TMPDIR": str(self.tmp),
+            "BUNDLE": self.bundle.name,
+            "SIGNERS": self.signers.name,
+        }
+
+    def recipe(self, marker: str, shell: str = "sh") -> subprocess.CompletedProcess[str]:
+        """Paste the README's block into ``shell``, in this folder, with BUNDLE and SIGNERS set."""
+        return subprocess.run(
+            [shell], input=readme_block(marker), cwd=self.root, env=self.env(), capture_output=True, text=True
+        )
+
+    def install_sh(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The checked install.sh (the repository's own, as the first command runs it)."""
+        return subprocess.run(
+            [
+                "sh",
+                str(INSTALL_SH),
+                "--bundle",
+                self.bundle.name,
+                "--pubkey",
+                self.signers.name,
+                "--workdir",
+                "work",
+                *args,
+            ],
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+        )
+
+    def clean(self) -> bool:
+        """No bundle code ran and nothing was left in TMPDIR."""
+        return not self.marker.exists() and not any(self.tmp.iterdir())
+
+
+def make_site(tmp_path: Path, bundle: Path, signers_line: str) -> Site:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "tmp").mkdir()
+    shutil.copy(bundle, root / bundle.name)
+    (root / "allowed_signers").write_text(signers_line + "\n")
+    (root / "cluster.yml").write_text("nodes: []\n")  # the installer, once reached, stops with exit 2
+    return Site(root, root / bundle.name, root / "allowed_signers", root / "tmp", tmp_path / "PWNED")
+
+
+def signers(keys: Keys, options: str = "") -> str:
+    return f"airbundle {options + ' ' if options else ''}{keys.pub.openssh_line()}"
+
+
+def with_code(items: list[Item], key: signing.PrivateKey, member: str, code: bytes) -> list[Item]:
+    """The bundle with ``member`` replaced by ``code``, its lock updated and signed by ``key``."""
+    lock = Lock.from_bytes(dict((ti.name, d) for ti, d in items)["lock.json"])
+    digest = hashlib.sha256(code).hexdigest()
+    members = tuple(
+        dataclasses.replace(m, size=len(code), sha256=digest) if m.path == member else m for m in lock.members
+    )
+    return resign(replace(items, member, code), key, dataclasses.replace(lock, members=members).to_bytes())
+
+
+def evil_run_py(items: list[Item], marker: Path) -> bytes:
+    """The bundle's installer/run.py with a first line that leaves ``marker`` behind."""
+    return f"open({str(marker)!r}, 'w').close()\n".encode() + dict((ti.name, d) for ti, d in items)[RUN_PY]
+
+
+def evil(items: list[Item], key: signing.PrivateKey, marker: Path) -> list[Item]:
+    """A validly signed bundle (by ``key``) whose installer leaves ``marker`` when it runs."""
+    return with_code(items, key, RUN_PY, evil_run_py(items, marker))
+
+
+# ---------------------------------------------------------------- the good case
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_first_command_runs_the_checked_installer(
+    built: Path, keys: Keys, tmp_path: Path, shell: str
+) -> None:
+    site = make_site(tmp_path, built, signers(keys))
+    before = site.listing()
+    run = site.recipe("site-install", shell)
+    # Reached install.sh, which checked again and started the installer: it read the inventory.
+    assert run.returncode == 2, run.stderr
+    assert 'Good "airbundle" signature for airbundle' in run.stdout
+    assert "cluster.yml" in run.stderr and "no 'nodes:' list" in run.stderr
+    assert site.clean() and site.listing() == before
+
+
+def test_stock_verify_passes_a_good_bundle(built: Path, keys: Keys, tmp_path: Path) -> None:
+    site = make_site(tmp_path, built, signers(keys))
+    before = site.listing()
+    run = site.recipe("stock-verify")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.endswith("bundle OK\n")
+    assert site.clean() and site.listing() == before
+
+
+def test_install_sh_installs_from_its_checked_copies(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """install.sh alone (a .pub or an allowed_signers line with options) passes a good bundle."""
+    site = make_site(tmp_path, built, signers(keys, 'valid-after="20200101",namespaces="airbundle"'))
+    (site.root / "cluster.yml").write_text("nodes:\n  - {address: 127.0.0.1, user: root, role: [worker]}\n")
+    for pubkey in (site.signers.name, str(keys.pub_path)):
+        run = subprocess.run(
+            ["sh", str(INSTALL_SH), "--bundle", site.bundle.name, "--pubkey", pubkey, "--inventory",
+             "cluster.yml", "--workdir", "work", "--dry-run"],
+            cwd=site.root, env=site.env(), capture_output=True, text=True,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "members verified" in run.stdout
+    assert site.clean() and not (site.root / "work").exists()
+
+
+# ---------------------------------------------------------------- the operator's key options
+
+
+@pytest.mark.parametrize(
+    "options",
+    ['valid-before="20200101Z"', 'namespaces="file"', 'valid-after="20990101"'],
+    ids=["retired-key", "other-namespace", "not-yet-valid"],
+)
+def test_key_options_refuse_before_bundle_code_runs(
+    built: Path, keys: Keys, tmp_path: Path, options: str
+) -> None:
+    """A bundle with modified installer code, signed by a key the operator limited: never run."""
+    bad = write_items(tmp_path / built.name, evil(read_items(built), keys.key, tmp_path / "PWNED"))
+    site = make_site(tmp_path, bad, signers(keys, options))
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 3, run.stderr
+    assert "the signature does not verify" in run.stderr
+    assert site.clean()
+    recipe = site.recipe("site-install")
+    assert recipe.returncode != 0 and "Good" not in recipe.stdout
+    verify = site.recipe("stock-verify")
+    assert verify.returncode != 0 and "bundle OK" not in verify.stdout
+    assert site.clean()
+
+
+def test_cert_authority_line_is_refused(built: Path, keys: Keys, tmp_path: Path) -> None:
+    site = make_site(tmp_path, built, signers(keys, "cert-authority"))
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 2
+    assert "allowed_signers:1: cert-authority keys are not supported" in run.stderr
+    assert site.clean()
+
+
+def test_key_file_without_an_ed25519_key(built: Path, tmp_path: Path) -> None:
+    site = make_site(tmp_path, built, "airbundle ssh-rsa AAAAB3NzaC1yc2E")
+    run = site.install_sh("--inventory", "cluster.yml")
+    assert run.returncode == 2 and "allowed_signers:1: no ssh-ed25519 key" in run.stderr
+
+
+# ---------------------------------------------------------------- the bundle's listing
+
+
+def test_appended_older_lock_and_installer(
+    built: Path, project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """An older, validly signed lock with its own installer appended: GNU tar would pick it."""
+    (project.root / "payloads/notes.txt").write_text("older notes\n")
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "old", "--key", keys.key_path, "--cache", cache_dir
+    )
+    assert result.exit_code == 0, result.stderr
+    old = evil(read_items(Path(result.stdout.strip().splitlines()[-1])), keys.key, tmp_path / "PWNED")
+    tail = [
+        (ti, d)
+        for ti, d in old
+        if ti.name in ("lock.json", "lock.json.sig") or ti.name.startswith("installer/")
+    ]
+    bad = write_items(tmp_path / built.name, [*read_items(built), *tail])
+    site = make_site(tmp_path, bad, signers(keys))
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 4, run.stderr
+    assert "installer/bundler/__init__.py is in the bundle more than once" in run.stderr
+    for marker in ("site-install", "stock-verify"):
+        recipe = site.recipe(marker)
+        assert recipe.returncode == 4 and "REFUSED: in the bundle twice" in recipe.stderr
+        assert "lock.json\n" in recipe.stdout and "bundle OK" not in recipe.stdout
+    assert site.clean()
+
+
+def test_unsigned_lock_first(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """An unsigned lock.json naming the attacker's installer, placed before the signed one."""
+    items = read_items(built)
+    forged = with_code(items, keys.key, RUN_PY, evil_run_py(items, tmp_path / "PWNED"))
+    lock = dict((ti.name, d) for ti, d in forged)["lock.json"]
+    bad = write_items(tmp_path / built.name, [info("lock.json", lock), *items])
+    site = make_site(tmp_path, bad, signers(keys))
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 4 and "lock.json is in the bundle more than once" in run.stderr
+    for marker in ("site-install", "stock-verify"):
+        recipe = site.recipe(marker)
+        assert recipe.returncode == 4 and "REFUSED" in recipe.stderr
+    assert site.clean()
+
+
+@pytest.mark.parametrize("target", [RUN_PY, "installer/bundler/installer/main.py", "install.sh"])
+def test_symlink_installer_member(built: Path, keys: Keys, tmp_path: Path, target: str) -> None:
+    """A link where an installer file should be: sha256sum -c would hash through it."""
+    items = [
+        info(target, type_=tarfile.SYMTYPE, linkname="/etc/hostname") if ti.name == target else (ti, d)
+        for ti, d in read_items(built)
+    ]
+    site = make_site(tmp_path, write_items(tmp_path / built.name, items), signers(keys))
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 4 and "is not a regular file: l" in run.stderr and target in run.stderr
+    for marker in ("site-install", "stock-verify"):
+        recipe = site.recipe(marker)
+        assert recipe.returncode == 4 and "REFUSED: not regular files" in recipe.stderr
+        assert f"{target} -> /etc/hostname" in recipe.stdout
+    assert site.clean()
+
+
+def test_replaced_install_sh_never_runs(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """The bundle's own install.sh changed: the README's first command refuses before running it."""
+    items = read_items(built)
+    script = dict((ti.name, d) for ti, d in items)["install.sh"]
+    evil_sh = f"#!/bin/sh\ntouch '{tmp_path / 'PWNED'}'\n".encode() + script
+    site = make_site(
+        tmp_path, write_items(tmp_path / built.name, replace(items, "install.sh", evil_sh)), signers(keys)
+    )
+    run = site.recipe("site-install")
+    assert run.returncode != 0 and "install.sh: FAILED" in run.stdout + run.stderr
+    verify = site.recipe("stock-verify")
+    assert verify.returncode != 0 and "bundle OK" not in verify.stdout
+    assert site.clean()
+    # install.sh itself refuses such a bundle too (its own member does not match the lock).
+    again = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert again.returncode == 4 and "install.sh: FAILED" in again.stderr and site.clean()
+
+
+def _sparse(name: str, data: bytes) -> Item:
+    """A PAX GNU.sparse 1.0 member that GNU tar lists and extracts as ``name`` holding ``data``."""
+    sparse_map = b"1\n0\n%d\n" % len(data)
+    body = sparse_map + b"\0" * (512 - len(sparse_map)) + data
+    ti = tarfile.TarInfo("GNUSparseFile.0/run.py")
+    ti.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(len(data)),
+    }
+    return ti, body
+
+
+def test_sparse_member_with_other_bytes(built: Path, keys: Keys, tmp_path: Path) -> None:
+    items = read_items(built)
+    code = evil_run_py(items, tmp_path / "PWNED")
+    bad = [_sparse(RUN_PY, code) if ti.name == RUN_PY else (ti, d) for ti, d in items]
+    site = make_site(tmp_path, write_items(tmp_path / built.name, bad), signers(keys))
+    listed = subprocess.run(["tar", "-tvf", site.bundle], capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"^-\S+ .* {RUN_PY}$", listed, re.M)  # stock tar shows a plain file
+    run = site.recipe("site-install")
+    assert run.returncode != 0 and f"{RUN_PY}: FAILED" in run.stdout + run.stderr
+    again = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert again.returncode == 4 and f"{RUN_PY}: FAILED" in again.stderr
+    assert site.clean()
+
+
+# ---------------------------------------------------------------- parts
+
+
+@pytest.fixture
+def parts(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> Path:
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "parts", "--key", keys.key_path,
+        "--cache", cache_dir, "--split", "64K",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return Path(result.stdout.strip())
+
+
+def _parts_install(index: Path, keys: Keys, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    (index.parent / "cluster.yml").write_text(
+        "nodes:\n  - {address: 127.0.0.1, user: root, role: [worker]}\n"
+    )
+    return subprocess.run(
+        ["sh", str(INSTALL_SH), "--bundle", index.name, "--pubkey", str(keys.pub_path),
+         "--inventory", "cluster.yml", "--workdir", "work", "--dry-run"],
+        cwd=index.parent, capture_output=True, text=True,
+        env={"PATH": SITE_PATH, "HOME": str(tmp_path), "TMPDIR": str(tmp_path / "tmp")},
+    )  # fmt: skip
+
+
+def test_extra_part_is_never_read(parts: Path, built: Path, keys: Keys, tmp_path: Path) -> None:
+    """NAME.tar.999 and .000a beside the parts, holding a signed lock and an installer of their own."""
+    tail = [
+        (ti, d)
+        for ti, d in evil(read_items(built), keys.key, tmp_path / "PWNED")
+        if ti.name in ("lock.json", "lock.json.sig", "install.sh") or ti.name.startswith("installer/")
+    ]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for ti, d in tail:
+            tar.addfile(ti, io.BytesIO(d))
+    # .000a sorts between .000 and .001: read as a part, it would break the stream.
+    for extra in ("demo-1.0.0.tar.999", "demo-1.0.0.tar.000a"):
+        (parts.parent / extra).write_bytes(buf.getvalue())
+    run = _parts_install(parts, keys, tmp_path)
+    assert run.returncode == 0, run.stderr  # the signed parts only: the good installer ran
+    assert "members verified" in run.stdout
+    assert not (tmp_path / "PWNED").exists() and not any((tmp_path / "tmp").iterdir())
+
+
+def test_parts_file_and_parts_as_signed(parts: Path, keys: Keys, tmp_path: Path) -> None:
+    doc = parts.read_text()
+    lines = doc.splitlines(keepends=True)
+    first = next(line for line in lines if line.startswith('  {"name": '))
+    parts.write_text(doc.replace(first, first.replace(".tar.000", ".tar.999"), 1))
+    run = _parts_install(parts, keys, tmp_path)
+    assert run.returncode == 3
+    assert f"{parts.name}: the signature does not verify" in run.stderr
+    parts.write_text(doc)
+    part = parts.with_name("demo-1.0.0.tar.001")
+    data = bytearray(part.read_bytes())
+    data[100] ^= 1
+    part.write_bytes(bytes(data))
+    run = _parts_install(parts, keys, tmp_path)
+    assert run.returncode == 4 and "demo-1.0.0.tar.001: FAILED" in run.stderr
+    parts.with_name(parts.name + ".sig").unlink()
+    run = _parts_install(parts, keys, tmp_path)
+    assert run.returncode == 3 and ".parts.json.sig is missing" in run.stderr
