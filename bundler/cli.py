@@ -411,6 +411,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
       airbundle inspect dist/fmp-rke-23.12.1.tar --sbom > fmp-rke.cdx.json
     """
     trusted = _pubkeys(pubkey) if pubkey else None
+    signer: signing.PublicKey | None
     with archive.Bundle(bundle, trusted) as opened:
         if trusted is not None:
             decision = opened.decide(archive.facts(trusted, allow_expired=True))
