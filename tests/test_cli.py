@@ -16,6 +16,7 @@ import pytest
 from bundler.cli import cli
 
 from .conftest import AIRBUNDLE, CLUSTER_YML, Keys, Project, need, run_cli
+from .readme import readme_block
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,8 +192,7 @@ def test_bad_key_file_is_exit_2(project: Project, tmp_path: Path) -> None:
 
 def test_readme_stock_tool_recipe(built: Path, keys: Keys, tmp_path: Path) -> None:
     """The README's bare-host recipe (tar, ssh-keygen, sed, sha256sum) runs as written."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- stock-verify -->")[1].split("```sh\n")[1].split("```")[0]
+    block = readme_block("stock-verify")
     work = tmp_path / "site"
     work.mkdir()
     signers = tmp_path / "allowed_signers"

@@ -210,3 +210,30 @@ def test_an_unwritable_work_folder_is_an_install_error_not_a_traceback(
     assert run.returncode == 6, run.stderr
     assert "Traceback" not in run.stderr and str(blocker) in run.stderr
     assert blocker.read_text() == "not a folder"
+
+
+def test_disk_full_while_unpacking_is_an_install_error(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """The work folder's filesystem runs out of room half-way (a tmpfs with few inodes, so the
+    free-space check passes and a later file cannot be made): exit 6 naming the folder and the
+    cause, no traceback, and the private folder removed. The tmpfs is seen only by the installer
+    (its own mount namespace)."""
+    from .conftest import CLUSTER_YML
+
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) is needed for a private mount")
+    (tmp_path / "cluster.yml").write_text(CLUSTER_YML)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    install = [sys.executable, "-m", "bundler", "install", str(built), "--pubkey", str(keys.pub_path),
+               "--inventory", str(tmp_path / "cluster.yml"), "--workdir", f"{mnt}/work"]  # fmt: skip
+    script = (
+        f"mount -t tmpfs -o size=200m,nr_inodes=24 airbundle-test {mnt} || exit 97\n"
+        f'{" ".join(install)}; echo "exit=$?"; ls -A {mnt}/work'
+    )
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=HERE)
+    if run.returncode == 97:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
+    assert "exit=6" in run.stdout, run.stdout + run.stderr
+    assert "no space left" in run.stderr and f"{mnt}/work" in run.stderr and "Traceback" not in run.stderr
+    leftovers = run.stdout.split("exit=6", 1)[1].split()
+    assert [n for n in leftovers if not n.startswith("state.")] == []  # the journal's files only

@@ -40,20 +40,13 @@ from bundler import signing
 from bundler.lock import Lock
 
 from .conftest import Keys, Project, run_cli
+from .readme import readme_block
 from .test_verify import Item, info, read_items, replace, resign, write_items
 
 SITE_PATH = "/usr/bin:/bin"  # Debian's python3 and stock tools only
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SH = ROOT / "bundler" / "installer" / "install.sh"
 RUN_PY = "installer/run.py"
-
-
-def readme_block(marker: str) -> str:
-    """The fenced ``sh`` block right after ``<!-- marker -->`` in README.md, verbatim."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)\n```\n", text, re.S)
-    assert match, f"README.md has no <!-- {marker} --> block"
-    return match.group(1) + "\n"
 
 
 @dataclasses.dataclass

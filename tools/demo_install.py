@@ -1,8 +1,10 @@
 """`make demo`, last act: install the demo bundle with its own install.sh on three loopback nodes.
 
 Starts three nodes on this machine (each its own sshd on 127.0.0.4x:2222 and its own Docker
-engine, as the tests do), writes an RKE cluster.yml and an ssh_config for them, runs
-`sh install.sh` from a site folder holding only the bundle, the public key and those files,
+engine, as the tests do), writes an RKE cluster.yml and an ssh_config for them, runs the
+README's first command (its `<!-- site-install -->` block, verbatim but for the options on its
+last line) from a site folder holding only the bundle, an allowed_signers file and those files,
+so stock tools check the bundle before its install.sh runs; then `sh install.sh` again,
 shows each node's result, runs the images phase again through a site registry the installer
 runs on cp-1 (TLS from its own CA), then stops the nodes. Packages go into private roots under
 demo-out/ (--apt-root) and the binary to /opt/airbundle-demo (removed afterwards), because
@@ -14,6 +16,7 @@ Usage: python tools/demo_install.py BUNDLE PUBKEY OUTDIR
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.nodes import Client, Node, cluster_yml
+from tests.readme import readme_block
 
 
 def main(bundle: Path, pub: Path, out: Path) -> int:
@@ -34,7 +38,7 @@ def main(bundle: Path, pub: Path, out: Path) -> int:
             nodes.append(Node(address, name, client))
         shutil.copy(bundle, site / bundle.name)
         shutil.copy(pub, site / "release.pub")
-        subprocess.run(["tar", "-xf", bundle.name, "install.sh"], cwd=site, check=True)
+        (site / "allowed_signers").write_text(f"airbundle {pub.read_text().strip()}\n")
         (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
         (site / "site.yaml").write_text("GREETING: hello from the site values\n")
         roots = out / "node-roots"
@@ -45,7 +49,7 @@ def main(bundle: Path, pub: Path, out: Path) -> int:
             "sh",
             "install.sh",
             "--pubkey",
-            "release.pub",
+            "allowed_signers",
             "--inventory",
             "cluster.yml",
             "--values",
@@ -57,9 +61,19 @@ def main(bundle: Path, pub: Path, out: Path) -> int:
             "--apt-root",
             f"{roots}/{{node}}",
         ]
-        print("$ " + " ".join(argv), flush=True)
-        code = subprocess.run(argv, cwd=site, env={**os.environ, "PATH": "/usr/bin:/bin"}).returncode
-        print(f"install.sh exit code: {code}")
+        # The README's first command, as an operator pastes it, with this site's options.
+        options = shlex.join(argv[6:])
+        recipe = readme_block("site-install").replace("--inventory cluster.yml )", f"{options} )")
+        print(recipe, flush=True)
+        site_env = {
+            **os.environ,
+            "PATH": "/usr/bin:/bin",
+            "BUNDLE": bundle.name,
+            "SIGNERS": "allowed_signers",
+        }
+        code = subprocess.run(["sh"], input=recipe, text=True, cwd=site, env=site_env).returncode
+        print(f"first command's exit code: {code}")
+        subprocess.run(["tar", "-xf", bundle.name, "--occurrence=1", "install.sh"], cwd=site, check=True)
         for node in nodes[1:]:
             tags = sorted(t for image in node.engine.client.images.list() for t in image.tags)
             print(f"{node.name}: images {', '.join(tags) or 'none'}")
