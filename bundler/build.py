@@ -68,6 +68,7 @@ INSTALLER_FILES = {
     "installer/bundler/oci.py": "oci.py",
     "installer/bundler/lock.py": "lock.py",
     "installer/bundler/signing.py": "signing.py",
+    "installer/bundler/versions.py": "versions.py",
     "installer/bundler/archive.py": "archive.py",
     "installer/bundler/installer/__init__.py": "installer/__init__.py",
     "installer/bundler/installer/main.py": "installer/main.py",

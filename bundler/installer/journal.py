@@ -4,7 +4,8 @@ It records which bundle (name, version, lock digest) is installed and, per
 phase, node and item, what completed, so a re-run skips finished work and
 ``--resume`` continues at the first incomplete item. Writes are atomic
 (temp file, fsync, rename); an exclusive ``flock`` on ``state.lock`` keeps a
-second installer out. An older version than the installed one is refused.
+second installer out. An older version than the installed one is refused, in the
+order of ``bundler.versions`` (1.0.0-rc1 < 1.0.0 < 1.0.1).
 """
 
 from __future__ import annotations
@@ -12,21 +13,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bundler import versions
 from bundler.errors import InstallError, TrustError
 
 FORMAT = 1
-
-
-def version_key(version: str) -> tuple[tuple[int, Any], ...]:
-    """Natural ordering of bundle versions: 23.9 < 23.12 < 23.12.1; letters sort before digits."""
-    return tuple(
-        (1, int(tok)) if tok.isdigit() else (0, tok) for tok in re.findall(r"\d+|[A-Za-z]+", version)
-    )
 
 
 class Journal:
@@ -80,14 +74,31 @@ class Journal:
         os.replace(tmp, self.path)
 
     def check_version(self, name: str, version: str, allow_downgrade: bool = False) -> str | None:
-        """The installed version of ``name`` (None when new); refuses a downgrade (exit 3)."""
+        """The installed version of ``name`` (None when new); refuses a downgrade (exit 3).
+
+        Raises:
+            TrustError: ``version`` is older than the installed one (and no ``allow_downgrade``),
+                or is not a valid version (exit 3).
+            InstallError: the journal's installed version is not a valid version: it is damaged.
+        """
+        problem = versions.check(version)
+        if problem:
+            raise TrustError(f"{name}: refusing the bundle's version {problem}")
         installed = self.state["installed"].get(name, {}).get("version")
-        if installed and version_key(version) < version_key(installed) and not allow_downgrade:
+        if installed is None:
+            return None
+        problem = versions.check(installed) if isinstance(installed, str) else f"{installed!r}: not a string"
+        if problem:
+            raise InstallError(
+                f"{self.path}: the install journal is damaged: the installed version of {name} is "
+                f"{problem}; move it away to start over"
+            )
+        if versions.is_older(version, installed) and not allow_downgrade:
             raise TrustError(
                 f"{name} {installed} is installed; refusing the older {version} "
                 "(pass --allow-downgrade if that is intended)"
             )
-        return str(installed) if installed else None
+        return installed
 
     def begin(self, name: str, version: str, lock_sha256: str) -> None:
         """Start (or continue) installing this bundle; work done for another bundle is forgotten."""
