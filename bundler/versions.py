@@ -38,7 +38,7 @@ from bundler.errors import InputError
 
 MAX_LENGTH = 64
 PRE_MARKERS = "-~"
-_IDENT = re.compile(r"[0-9A-Za-z]+")
+_CHARS = re.compile(r"[0-9A-Za-z.+~-]")
 _RUNS = re.compile(r"[0-9]+|[A-Za-z]+")
 
 
@@ -51,12 +51,6 @@ def _idents(text: str, what: str, version: str) -> list[str]:
     for ident in idents:
         if not ident:
             raise VersionError(f"{version!r}: {what} has an empty part (two dots, or one at an end)")
-        if not _IDENT.fullmatch(ident):
-            bad = sorted({c for c in ident if not c.isascii() or not c.isalnum()})
-            raise VersionError(
-                f"{version!r}: {what} part {ident!r} holds {''.join(bad)!r}; "
-                "parts are letters and digits, joined by '.'"
-            )
     return idents
 
 
@@ -89,11 +83,22 @@ def key(version: str) -> tuple[Any, ...]:
         raise VersionError("'': a version cannot be empty")
     if len(version) > MAX_LENGTH:
         raise VersionError(f"{version[:20]!r}…: longer than {MAX_LENGTH} characters")
+    bad = sorted({c for c in version if not _CHARS.fullmatch(c)})
+    if bad:
+        raise VersionError(
+            f"{version!r}: holds {''.join(bad)!r}; a version is letters and digits "
+            "joined by '.', with '-' or '~' before a pre-release and '+' before build metadata"
+        )
     rest, plus, build = version.partition("+")
     if plus and "+" in build:
         raise VersionError(f"{version!r}: more than one '+' (build metadata comes once, last)")
     if plus and not build:
         raise VersionError(f"{version!r}: ends with '+'; write the build metadata after it or drop it")
+    if any(m in build for m in PRE_MARKERS):
+        raise VersionError(
+            f"{version!r}: '-' or '~' after '+'; build metadata is letters and digits joined by '.' "
+            "and comes last"
+        )
     cut = min((i for i in (rest.find(m) for m in PRE_MARKERS) if i >= 0), default=-1)
     release, pre = (rest[:cut], rest[cut + 1 :]) if cut >= 0 else (rest, None)
     if not release:
