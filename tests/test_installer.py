@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import CLUSTER_YML, Keys
-from .test_verify import info, read_items, replace, write_items
+from .test_verify import info, read_items, replace, resign, write_items
 
 SITE_PATH = "/usr/bin:/bin"  # python3 is Debian's /usr/bin/python3: no venv, no cryptography with -S
 
@@ -126,6 +126,40 @@ def test_tampered_or_hostile_bundles_unpack_nothing(
     # Only the journal's lock file may exist: nothing unpacked, no state recorded.
     assert not (site / "work").exists() or {p.name for p in (site / "work").iterdir()} <= {"state.lock"}
     assert not Path("/tmp/airbundle-escape").exists()
+
+
+@pytest.mark.parametrize("field", ["name", "version"])
+def test_signed_name_or_version_cannot_leave_the_workdir(
+    built: Path, keys: Keys, tmp_path: Path, field: str
+) -> None:
+    """Attack: a bundle signed by the trusted key whose lock names itself with an absolute path
+    (``name: /…/victim``) or climbs with ``version: 1.0.0/../../../victim`` unpacked outside
+    --workdir (NAME-VERSION is joined to it) and replaced an existing folder there. The installer
+    re-checks both by the manifest's rules: exit 4 naming the field, nothing written outside the
+    work folder, the existing folder untouched."""
+    victim = tmp_path / "victim-1.0.0"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("untouched\n")
+    items = read_items(built)
+    lock = dict((ti.name, d) for ti, d in items)["lock.json"]
+    old, new = {
+        "name": (b'"name": "demo"', f'"name": "{tmp_path / "victim"}"'.encode()),
+        "version": (b'"version": "1.0.0"', b'"version": "1.0.0/../../../victim-1.0.0"'),
+    }[field]
+    assert lock.count(old) == 1
+    items = resign(items, keys.key, lock.replace(old, new))
+    site = _site(write_items(tmp_path / "demo-1.0.0.tar", items), tmp_path)
+    (site / "work" / "demo-1.0.0").mkdir(parents=True)  # so that a '..' from it would resolve
+    before = sorted(p for p in tmp_path.rglob("*") if (site / "work") not in (p, *p.parents))
+    run = _install(site, keys)
+    assert run.returncode == 4, run.stderr
+    assert f"lock.json: {field} '" in run.stderr, run.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert (victim / "keep.txt").read_text() == "untouched\n"
+    after = sorted(p for p in tmp_path.rglob("*") if (site / "work") not in (p, *p.parents))
+    assert after == before
+    assert {p.name for p in (site / "work").iterdir()} <= {"state.lock", "demo-1.0.0"}
+    assert not any((site / "work" / "demo-1.0.0").iterdir())
 
 
 # ---------------------------------------------------------------- inventory, plan, journal
