@@ -15,7 +15,7 @@ import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from bundler import oci, versions
 from bundler.errors import IntegrityError
@@ -300,12 +300,16 @@ class _Fields:
             raise LockError(f"{LOCK_NAME}: {self.where}.{key} is not a sha256:<64 hex> digest")
         return str(value)
 
-    def path(self, key: str) -> str:
+    def checked(self, key: str, check: Callable[[str], str | None]) -> str:
+        """The string at ``key`` when ``check`` finds no problem with it (a phrase to follow the value)."""
         value = self.get(key, str)
-        problem = check_member_path(value)
+        problem = check(value)
         if problem:
-            raise LockError(f"{LOCK_NAME}: {self.where}.{key} {value!r} {problem}")
+            raise LockError(f"{LOCK_NAME}: {self.name(key)} {value!r} {problem}")
         return str(value)
+
+    def path(self, key: str) -> str:
+        return self.checked(key, check_member_path)
 
     def match(self, key: str, regex: re.Pattern[str], what: str) -> str:
         value = self.get(key, str)
@@ -319,20 +323,6 @@ class _Fields:
         value = self.get(key, str)
         if value not in MODES:
             raise LockError(f"{LOCK_NAME}: {self.name(key)} {value!r} is not one of {', '.join(MODES)}")
-        return str(value)
-
-    def version(self, key: str) -> str:
-        value = self.get(key, str)
-        problem = versions.check(value)
-        if problem:
-            raise LockError(f"{LOCK_NAME}: {self.name(key)} {problem}")
-        return str(value)
-
-    def dest(self, key: str) -> str:
-        value = self.get(key, str)
-        problem = check_dest(value)
-        if problem:
-            raise LockError(f"{LOCK_NAME}: {self.name(key)} {value!r} {problem}")
         return str(value)
 
     def name(self, key: str) -> str:
@@ -375,7 +365,7 @@ def _base(top: _Fields) -> dict[str, str]:
     base = _Fields(top.get("base", dict), "base")
     return {
         "name": base.match("name", NAME_RE, "bundle name"),
-        "version": base.version("version"),
+        "version": base.checked("version", versions.check),
         "lock_sha256": base.sha("lock_sha256"),
     }
 
@@ -412,7 +402,7 @@ def _parse(doc: Any) -> Lock:
             Binary(
                 name=f.match("name", ITEM_NAME_RE, "binary name"),
                 path=f.path("path"),
-                dest=f.dest("dest"),
+                dest=f.checked("dest", check_dest),
                 mode=f.mode("mode"),
                 url=f.get("url", str),
                 sha256=f.sha("sha256"),
@@ -489,7 +479,7 @@ def _parse(doc: Any) -> Lock:
     platform = {str(k): plat.match(k, ITEM_NAME_RE, "platform value") for k in plat.obj}
     return Lock(
         name=top.match("name", NAME_RE, "bundle name"),
-        version=top.version("version"),
+        version=top.checked("version", versions.check),
         platform=platform,
         builder=top.get("builder", str),
         manifest_sha256=top.sha("manifest_sha256"),

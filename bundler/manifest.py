@@ -357,7 +357,7 @@ def load_manifest(path: Path) -> Manifest:
     version = top.get("version", str)
     problem = versions.check(version)
     if problem:
-        raise top.fail("version", problem)
+        raise top.fail("version", f"{version!r} {problem}")
     plat = _Section(top.get("platform", dict), where, "platform", top.line, ("os", "codename", "arch"))
     platform = Platform(
         os=plat.match("os", ITEM_NAME_RE, "OS id"),

@@ -43,14 +43,18 @@ _RUNS = re.compile(r"[0-9]+|[A-Za-z]+")
 
 
 class VersionError(InputError):
-    """A version does not follow the grammar; the message says what is wrong."""
+    """A version does not follow the grammar; ``reason`` says what is wrong, after the version."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        shown = repr(version) if len(version) <= MAX_LENGTH else f"{version[:20]!r}…"
+        super().__init__(f"{shown} {reason}")
+        self.reason = reason
 
 
 def _idents(text: str, what: str, version: str) -> list[str]:
     idents = text.split(".")
-    for ident in idents:
-        if not ident:
-            raise VersionError(f"{version!r}: {what} has an empty part (two dots, or one at an end)")
+    if "" in idents:
+        raise VersionError(version, f"has an empty part in its {what} (two dots, or one at an end)")
     return idents
 
 
@@ -65,12 +69,51 @@ def _pre_ident(ident: str) -> tuple[Any, ...]:
 
 
 def check(version: str) -> str | None:
-    """Why ``version`` is not a valid bundle version, or None when it is."""
+    """Why ``version`` is not a valid bundle version (a phrase to follow it), or None when it is."""
     try:
         key(version)
     except VersionError as exc:
-        return str(exc)
+        return exc.reason
     return None
+
+
+def _split(version: str) -> tuple[str, str | None, str | None]:
+    """``version``'s release, pre-release and build metadata (None when absent), checked."""
+    if not version:
+        raise VersionError(version, "is empty")
+    if len(version) > MAX_LENGTH:
+        raise VersionError(version, f"is longer than {MAX_LENGTH} characters")
+    bad = sorted({c for c in version if not _CHARS.fullmatch(c)})
+    if bad:
+        raise VersionError(
+            version,
+            f"holds {''.join(bad)!r}; a version is letters and digits joined by '.', "
+            "with '-' or '~' before a pre-release and '+' before build metadata",
+        )
+    rest, plus, build = version.partition("+")
+    if "+" in build:
+        raise VersionError(version, "has more than one '+' (build metadata comes once, last)")
+    if plus and not build:
+        raise VersionError(version, "ends with '+'; write the build metadata after it or drop it")
+    if any(m in build for m in PRE_MARKERS):
+        raise VersionError(
+            version, "has '-' or '~' after '+'; build metadata is letters and digits joined by '.', last"
+        )
+    cut = min((i for i in (rest.find(m) for m in PRE_MARKERS) if i >= 0), default=-1)
+    if cut == 0 or not rest:
+        raise VersionError(version, f"starts with {version[0]!r}; it must start with the release")
+    if cut < 0:
+        return rest, None, build if plus else None
+    pre = rest[cut + 1 :]
+    if not pre:
+        raise VersionError(
+            version, f"ends with {rest[cut]!r}; write the pre-release after it (e.g. -rc1) or drop it"
+        )
+    if any(m in pre for m in PRE_MARKERS):
+        raise VersionError(
+            version, "has two pre-release markers ('-' or '~'); use one, then '.' (e.g. 1.0.0-rc1.2)"
+        )
+    return rest[:cut], pre, build if plus else None
 
 
 def key(version: str) -> tuple[Any, ...]:
@@ -79,43 +122,10 @@ def key(version: str) -> tuple[Any, ...]:
     Raises:
         VersionError: the version does not follow the grammar, with what is wrong.
     """
-    if not isinstance(version, str) or not version:
-        raise VersionError("'': a version cannot be empty")
-    if len(version) > MAX_LENGTH:
-        raise VersionError(f"{version[:20]!r}…: longer than {MAX_LENGTH} characters")
-    bad = sorted({c for c in version if not _CHARS.fullmatch(c)})
-    if bad:
-        raise VersionError(
-            f"{version!r}: holds {''.join(bad)!r}; a version is letters and digits "
-            "joined by '.', with '-' or '~' before a pre-release and '+' before build metadata"
-        )
-    rest, plus, build = version.partition("+")
-    if plus and "+" in build:
-        raise VersionError(f"{version!r}: more than one '+' (build metadata comes once, last)")
-    if plus and not build:
-        raise VersionError(f"{version!r}: ends with '+'; write the build metadata after it or drop it")
-    if any(m in build for m in PRE_MARKERS):
-        raise VersionError(
-            f"{version!r}: '-' or '~' after '+'; build metadata is letters and digits joined by '.' "
-            "and comes last"
-        )
-    cut = min((i for i in (rest.find(m) for m in PRE_MARKERS) if i >= 0), default=-1)
-    release, pre = (rest[:cut], rest[cut + 1 :]) if cut >= 0 else (rest, None)
-    if not release:
-        raise VersionError(f"{version!r}: starts with {version[0]!r}; it must start with the release")
-    if pre is not None:
-        if not pre:
-            raise VersionError(
-                f"{version!r}: ends with {rest[cut]!r}; write the pre-release after it (e.g. -rc1) or drop it"
-            )
-        if any(m in pre for m in PRE_MARKERS):
-            raise VersionError(
-                f"{version!r}: two pre-release markers ('-' or '~'); use one, then '.' between "
-                "its parts (e.g. 1.0.0-rc.1)"
-            )
+    release, pre, build = _split(version)
     parts = _idents(release, "release", version)
     pre_ids = _idents(pre, "pre-release", version) if pre is not None else []
-    build_ids = _idents(build, "build metadata", version) if plus else []
+    build_ids = _idents(build, "build metadata", version) if build is not None else []
     return (
         tuple(_natural(p) for p in parts),
         (0, tuple(_pre_ident(i) for i in pre_ids)) if pre is not None else (1, ()),

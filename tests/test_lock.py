@@ -165,10 +165,10 @@ def test_the_signed_sample_is_valid() -> None:
         (("name",), "Demo", "name 'Demo' is not a valid bundle name"),
         (("name",), "", "name '' is not a valid bundle name"),
         # Attack: NAME-VERSION with a version of ../ climbs out of --workdir.
-        (("version",), "1/../../../tmp/x", "version '1/../../../tmp/x': holds '/'"),
-        (("version",), "1..0", "version '1..0': release has an empty part"),
-        (("version",), "1.0-", "version '1.0-': ends with '-'"),
-        (("version",), "1.0-rc1~2", "version '1.0-rc1~2': two pre-release markers"),
+        (("version",), "1/../../../tmp/x", "version '1/../../../tmp/x' holds '/'"),
+        (("version",), "1..0", "version '1..0' has an empty part in its release"),
+        (("version",), "1.0-", "version '1.0-' ends with '-'"),
+        (("version",), "1.0-rc1~2", "version '1.0-rc1~2' has two pre-release markers"),
         # Attack: a '../' step name crashed the installer (its log is logs/NN-NAME.log).
         (("steps", 0, "name"), "../../x", r"steps\[0\]\.name '../../x' is not a valid step name"),
         (("steps", 0, "name"), "/etc/cron.d/x", r"steps\[0\]\.name '/etc/cron.d/x' is not a valid step name"),
@@ -176,9 +176,6 @@ def test_the_signed_sample_is_valid() -> None:
         # Attack: binaries are written beside dest on every node as root: it must be one plain path.
         (("binaries", 0, "dest"), "usr/bin/rke", r"binaries\[0\]\.dest 'usr/bin/rke' is not absolute"),
         (("binaries", 0, "dest"), "/usr/../etc/passwd", r"binaries\[0\]\.dest .* has a '\.\.' segment"),
-        (("binaries", 0, "dest"), "/usr/bin/./rke", r"binaries\[0\]\.dest .* has a '\.' segment"),
-        (("binaries", 0, "dest"), "/usr//bin/rke", r"binaries\[0\]\.dest .* has an empty segment"),
-        (("binaries", 0, "dest"), "/usr/bin/", r"binaries\[0\]\.dest .* ends with '/'"),
         (("binaries", 0, "dest"), "/usr/bin/rke;reboot", r"binaries\[0\]\.dest .* has characters outside"),
         # Attack: the mode goes into `chmod MODE` on the node.
         (("binaries", 0, "mode"), "0755 /etc/shadow", r"binaries\[0\]\.mode .* is not one of 0644, 0755"),
@@ -193,7 +190,7 @@ def test_the_signed_sample_is_valid() -> None:
         (("platform", "arch"), "AMD64", "platform.arch 'AMD64' is not a valid platform value"),
         # Attack: a delta's base is looked for at --workdir/BASE_NAME-BASE_VERSION.
         (("base", "name"), "/etc", "base.name '/etc' is not a valid bundle name"),
-        (("base", "version"), "1/../../x", "base.version '1/../../x': holds '/'"),
+        (("base", "version"), "1/../../x", "base.version '1/../../x' holds '/'"),
         (("base", "lock_sha256"), "x", "base.lock_sha256 is not 64 lowercase hex"),
         (("install", "registry_image"), "Not A Ref", "install.registry_image 'Not A Ref'"),
     ],
@@ -211,6 +208,8 @@ def test_good_binary_destinations(path: str) -> None:
     assert check_dest(path) is None
 
 
-@pytest.mark.parametrize("path", ["", "/", "rke", "/a/", "/a//b", "/a/./b", "/a/../b", "/a\\b", "/a/\nb"])
+@pytest.mark.parametrize(
+    "path", ["", "/", "rke", "/a/", "/a//b", "/a/./b", "/a/../b", "/a;reboot", "/a\\b", "/a/\nb"]
+)
 def test_bad_binary_destinations(path: str) -> None:
     assert check_dest(path) is not None

@@ -63,21 +63,22 @@ def test_sensible_versions_parse(version: str) -> None:
 @pytest.mark.parametrize(
     "version, message",
     [
-        ("", "cannot be empty"),
-        ("1..2", "release has an empty part"),
-        ("1.", "release has an empty part"),
-        (".1", "release has an empty part"),
+        ("", "is empty"),
+        ("1..2", "has an empty part in its release"),
+        ("1.", "has an empty part in its release"),
+        (".1", "has an empty part in its release"),
         ("1.0-", "ends with '-'"),
         ("1.0~", "ends with '~'"),
         ("1.0+", "ends with '+'"),
-        ("1.0-rc1~2", "two pre-release markers"),
-        ("1.0~rc1-2", "two pre-release markers"),
-        ("1.0-rc..1", "pre-release has an empty part"),
+        ("1.0-rc1~2", "has two pre-release markers"),
+        ("1.0~rc1-2", "has two pre-release markers"),
+        ("1.0-rc..1", "has an empty part in its pre-release"),
         ("1.0+b+c", "more than one '+'"),
-        ("1.0+b..c", "build metadata has an empty part"),
+        ("1.0+b..c", "has an empty part in its build metadata"),
         ("1.0+b-2", "'-' or '~' after '+'"),
         ("1.0+b~rc1", "'-' or '~' after '+'"),
         ("-1.0", "must start with the release"),
+        ("+1", "starts with '+'"),
         ("1.0_1", "holds '_'"),
         ("../1", "holds '/'"),
         ("1/../../x", "holds '/'"),
@@ -91,7 +92,7 @@ def test_malformed_versions_say_what_is_wrong(version: str, message: str) -> Non
         versions.key(version)
     assert message in str(info.value)
     assert info.value.exit_code == 2
-    assert versions.check(version) == str(info.value)
+    assert str(info.value) == f"{version!r} {versions.check(version)}" or len(version) > 64
 
 
 # ---------------------------------------------------------------- the journal
@@ -123,7 +124,7 @@ def test_pre_release_over_its_release_is_a_downgrade(tmp_path: Path) -> None:
 
 def test_malformed_new_version_is_refused(tmp_path: Path) -> None:
     """Attack: a version the grammar refuses must not reach the order (or a path), even if the lock let it."""
-    with pytest.raises(TrustError, match=r"refusing the bundle's version '\.\./x'") as info:
+    with pytest.raises(TrustError, match=r"refusing the bundle's version '\.\./x': it holds '/'") as info:
         _journal(tmp_path, "1.0.0").check_version("demo", "../x", allow_downgrade=True)
     assert info.value.exit_code == 3
 

@@ -83,15 +83,15 @@ class Journal:
         """
         problem = versions.check(version)
         if problem:
-            raise TrustError(f"{name}: refusing the bundle's version {problem}")
+            raise TrustError(f"{name}: refusing the bundle's version {version!r}: it {problem}")
         installed = self.state["installed"].get(name, {}).get("version")
         if installed is None:
             return None
-        problem = versions.check(installed) if isinstance(installed, str) else f"{installed!r}: not a string"
+        problem = versions.check(installed) if isinstance(installed, str) else "is not a string"
         if problem:
             raise InstallError(
-                f"{self.path}: the install journal is damaged: the installed version of {name} is "
-                f"{problem}; move it away to start over"
+                f"{self.path}: the install journal is damaged: the installed version of {name}, "
+                f"{installed!r}, {problem}; move it away to start over"
             )
         if versions.is_older(version, installed) and not allow_downgrade:
             raise TrustError(
