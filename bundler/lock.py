@@ -339,6 +339,14 @@ def _image_roles(top: _Fields) -> tuple[str, ...]:
     return tuple(roles)
 
 
+def _reference(value: str, where: str) -> None:
+    """Refuse ``value`` unless it is an image reference (as the manifest and the builder write them)."""
+    try:
+        oci.parse_reference(value)
+    except oci.ImageFormatError as exc:
+        raise LockError(f"{LOCK_NAME}: {where} {value!r}: {exc}") from None
+
+
 def _install(top: _Fields) -> dict[str, str]:
     install = top.get("install", dict) if "install" in top.obj else {}
     mode = install.get("images_mode", "ssh-load")
@@ -351,10 +359,7 @@ def _install(top: _Fields) -> dict[str, str]:
     if not isinstance(image, str):
         raise LockError(f"{LOCK_NAME}: install.registry_image must be an image reference")
     if image:
-        try:
-            oci.parse_reference(image)
-        except oci.ImageFormatError as exc:
-            raise LockError(f"{LOCK_NAME}: install.registry_image {image!r}: {exc}") from None
+        _reference(image, "install.registry_image")
     return {"images_mode": mode, "registry": registry, "registry_image": image}
 
 
@@ -427,9 +432,14 @@ def _parse(doc: Any) -> Lock:
         tags = f.get("tags", list)
         if not all(isinstance(t, str) for t in tags):
             raise LockError(f"{LOCK_NAME}: images[{i}].tags must be strings")
+        for tag in tags:  # repository paths on the site registry, words in docker commands
+            _reference(tag, f"images[{i}].tags")
+        ref = f.get("ref", str)
+        if not (ref.startswith("sha256:") and _SHA256.fullmatch(ref[7:])):  # an untagged image: its ID
+            _reference(ref, f"images[{i}].ref")
         images.append(
             oci.Image(
-                ref=f.get("ref", str),
+                ref=ref,
                 tags=tuple(tags),
                 source=f.get("source", str),
                 manifest=f.digest("manifest"),

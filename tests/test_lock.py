@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bundler import oci
 from bundler.lock import (
     MAX_LOCK_BYTES,
     Binary,
@@ -130,9 +131,24 @@ def test_unsafe_member_paths(path: str) -> None:
 
 def signed() -> Lock:
     """A valid lock with every field the site turns into a path or a shell word: a delta with files."""
+    image = oci.Image(
+        ref="docker.io/library/registry:2",
+        tags=("registry:2",),
+        source="registry",
+        manifest="sha256:" + SHA_A,
+        media_type=oci.OCI_MANIFEST,
+        config="sha256:" + SHA_B,
+        platform="linux/amd64",
+        layers=(),
+    )
+    blobs = tuple(
+        Member(f"images/{oci.blob_path(d)}", 1, d[7:], "image") for d in (image.manifest, image.config)
+    )
     return Lock(
         **{
             **sample().__dict__,
+            "members": sample().members + blobs,
+            "images": (image,),
             "files": (FileSet("payloads/app/", "app", 1, 5),),
             "base": {"name": "demo", "version": "0.9.0-rc1", "lock_sha256": SHA_B},
             "inherited": (Member("files/app/x.yaml", 5, SHA_B, "file", "0644"),),
@@ -193,6 +209,9 @@ def test_the_signed_sample_is_valid() -> None:
         (("base", "version"), "1/../../x", "base.version '1/../../x' holds '/'"),
         (("base", "lock_sha256"), "x", "base.lock_sha256 is not 64 lowercase hex"),
         (("install", "registry_image"), "Not A Ref", "install.registry_image 'Not A Ref'"),
+        # Attack: image names become repository paths on the site registry (/v2/NAME/...).
+        (("images", 0, "ref"), "../../v2/x", r"images\[0\]\.ref '../../v2/x'"),
+        (("images", 0, "tags"), ["registry:2", "a b"], r"images\[0\]\.tags 'a b'"),
     ],
 )
 def test_signed_fields_are_checked_on_the_site(where: tuple, value: str, message: str) -> None:
