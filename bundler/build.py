@@ -68,6 +68,7 @@ INSTALLER_FILES = {
     "installer/bundler/oci.py": "oci.py",
     "installer/bundler/lock.py": "lock.py",
     "installer/bundler/signing.py": "signing.py",
+    "installer/bundler/versions.py": "versions.py",
     "installer/bundler/archive.py": "archive.py",
     "installer/bundler/files.py": "files.py",
     "installer/bundler/trust.py": "trust.py",

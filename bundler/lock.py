@@ -15,9 +15,9 @@ import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from bundler import oci
+from bundler import oci, versions
 from bundler.errors import IntegrityError
 
 FORMAT = 1
@@ -29,6 +29,12 @@ INSTALL_SH = "install.sh"
 MAX_LOCK_BYTES = 16 * 1024 * 1024  # a lock of 100k members is ~15 MB; refuse more unparsed
 MEMBER_KINDS = ("installer", "binary", "file", "script", "image", "deb", "sbom")
 MODES = ("0644", "0755")
+
+# The names the manifest accepts and the site re-checks: they become folder and file names there
+# (NAME-VERSION under --workdir, step logs) and words in shell commands. The version's rule is
+# bundler.versions.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")  # a bundle's name
+ITEM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # binaries, steps, platform values, components
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Member paths travel into tar headers, sha256sum lines and shell commands: keep
@@ -56,6 +62,17 @@ def check_member_path(path: str) -> str | None:
         if not _PATH_CHARS.fullmatch(part):
             return "has characters outside [A-Za-z0-9._+@=:,~ -]"
     return None
+
+
+def check_dest(path: str) -> str | None:
+    """Why ``path`` is not an absolute, normalized file path on a node, or None when it is."""
+    if not path.startswith("/"):
+        return "is not absolute"
+    if path.endswith("/"):
+        return "ends with '/' (a file path is needed)"
+    if "//" in path:
+        return "has an empty segment ('//')"
+    return check_member_path(path[1:])
 
 
 def fold(path: str) -> str:
@@ -283,12 +300,33 @@ class _Fields:
             raise LockError(f"{LOCK_NAME}: {self.where}.{key} is not a sha256:<64 hex> digest")
         return str(value)
 
-    def path(self, key: str) -> str:
+    def checked(self, key: str, check: Callable[[str], str | None]) -> str:
+        """The string at ``key`` when ``check`` finds no problem with it (a phrase to follow the value)."""
         value = self.get(key, str)
-        problem = check_member_path(value)
+        problem = check(value)
         if problem:
-            raise LockError(f"{LOCK_NAME}: {self.where}.{key} {value!r} {problem}")
+            raise LockError(f"{LOCK_NAME}: {self.name(key)} {value!r} {problem}")
         return str(value)
+
+    def path(self, key: str) -> str:
+        return self.checked(key, check_member_path)
+
+    def match(self, key: str, regex: re.Pattern[str], what: str) -> str:
+        value = self.get(key, str)
+        if not regex.fullmatch(value):
+            raise LockError(
+                f"{LOCK_NAME}: {self.name(key)} {value!r} is not a valid {what} ({regex.pattern})"
+            )
+        return str(value)
+
+    def mode(self, key: str) -> str:
+        value = self.get(key, str)
+        if value not in MODES:
+            raise LockError(f"{LOCK_NAME}: {self.name(key)} {value!r} is not one of {', '.join(MODES)}")
+        return str(value)
+
+    def name(self, key: str) -> str:
+        return key if self.where == "document" else f"{self.where}.{key}"
 
     def items(self, key: str) -> list[Any]:
         return list(self.get(key, list)) if key in self.obj else []
@@ -299,6 +337,14 @@ def _image_roles(top: _Fields) -> tuple[str, ...]:
     if not roles or not all(r in ("controlplane", "etcd", "worker") for r in roles):
         raise LockError(f"{LOCK_NAME}: image_roles must list some of controlplane, etcd, worker")
     return tuple(roles)
+
+
+def _reference(value: str, where: str) -> None:
+    """Refuse ``value`` unless it is an image reference (as the manifest and the builder write them)."""
+    try:
+        oci.parse_reference(value)
+    except oci.ImageFormatError as exc:
+        raise LockError(f"{LOCK_NAME}: {where} {value!r}: {exc}") from None
 
 
 def _install(top: _Fields) -> dict[str, str]:
@@ -312,7 +358,21 @@ def _install(top: _Fields) -> dict[str, str]:
     image = install.get("registry_image", "")
     if not isinstance(image, str):
         raise LockError(f"{LOCK_NAME}: install.registry_image must be an image reference")
+    if image:
+        _reference(image, "install.registry_image")
     return {"images_mode": mode, "registry": registry, "registry_image": image}
+
+
+def _base(top: _Fields) -> dict[str, str]:
+    """A delta's base: its name and version become a folder name under --workdir, so both are checked."""
+    if "base" not in top.obj or top.obj["base"] == {}:
+        return {}
+    base = _Fields(top.get("base", dict), "base")
+    return {
+        "name": base.match("name", NAME_RE, "bundle name"),
+        "version": base.checked("version", versions.check),
+        "lock_sha256": base.sha("lock_sha256"),
+    }
 
 
 def _parse(doc: Any) -> Lock:
@@ -345,10 +405,10 @@ def _parse(doc: Any) -> Lock:
         f = _Fields(raw, f"binaries[{i}]")
         binaries.append(
             Binary(
-                name=f.get("name", str),
+                name=f.match("name", ITEM_NAME_RE, "binary name"),
                 path=f.path("path"),
-                dest=f.get("dest", str),
-                mode=f.get("mode", str),
+                dest=f.checked("dest", check_dest),
+                mode=f.mode("mode"),
                 url=f.get("url", str),
                 sha256=f.sha("sha256"),
                 size=f.size("size"),
@@ -361,7 +421,7 @@ def _parse(doc: Any) -> Lock:
     steps = []
     for i, raw in enumerate(top.items("steps")):
         f = _Fields(raw, f"steps[{i}]")
-        steps.append(Step(f.get("name", str), f.path("script"), f.sha("sha256")))
+        steps.append(Step(f.match("name", ITEM_NAME_RE, "step name"), f.path("script"), f.sha("sha256")))
     images = []
     for i, raw in enumerate(top.items("images")):
         f = _Fields(raw, f"images[{i}]")
@@ -372,9 +432,14 @@ def _parse(doc: Any) -> Lock:
         tags = f.get("tags", list)
         if not all(isinstance(t, str) for t in tags):
             raise LockError(f"{LOCK_NAME}: images[{i}].tags must be strings")
+        for tag in tags:  # repository paths on the site registry, words in docker commands
+            _reference(tag, f"images[{i}].tags")
+        ref = f.get("ref", str)
+        if not (ref.startswith("sha256:") and _SHA256.fullmatch(ref[7:])):  # an untagged image: its ID
+            _reference(ref, f"images[{i}].ref")
         images.append(
             oci.Image(
-                ref=f.get("ref", str),
+                ref=ref,
                 tags=tuple(tags),
                 source=f.get("source", str),
                 manifest=f.digest("manifest"),
@@ -413,19 +478,18 @@ def _parse(doc: Any) -> Lock:
         if fold(member.path) in seen:
             raise LockError(f"{LOCK_NAME}: {member.path!r} is both carried and inherited")
         inherited.append(member)
-    base = top.get("base", dict) if "base" in top.obj else {}
-    if inherited and not all(isinstance(base.get(k), str) for k in ("name", "version", "lock_sha256")):
+    base = _base(top)
+    if inherited and not base:
         raise LockError(f"{LOCK_NAME}: inherited members need a base (name, version, lock_sha256)")
     listed = set(seen.values()) | {m.path for m in inherited}
     for ref in [b.path for b in binaries] + [s.script for s in steps] + blob_refs:
         if ref not in listed:
             raise LockError(f"{LOCK_NAME}: {ref!r} is used but not listed as a member")
-    platform = top.get("platform", dict)
-    if not all(isinstance(v, str) for v in platform.values()):
-        raise LockError(f"{LOCK_NAME}: platform values must be strings")
+    plat = _Fields(top.get("platform", dict), "platform")
+    platform = {str(k): plat.match(k, ITEM_NAME_RE, "platform value") for k in plat.obj}
     return Lock(
-        name=top.get("name", str),
-        version=top.get("version", str),
+        name=top.match("name", NAME_RE, "bundle name"),
+        version=top.checked("version", versions.check),
         platform=platform,
         builder=top.get("builder", str),
         manifest_sha256=top.sha("manifest_sha256"),
@@ -441,6 +505,6 @@ def _parse(doc: Any) -> Lock:
         image_roles=_image_roles(top),
         expires=top.size("expires") if "expires" in top.obj else 0,
         **_install(top),
-        base={str(k): str(v) for k, v in base.items()},
+        base=base,
         inherited=tuple(inherited),
     )

@@ -18,21 +18,19 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bundler import versions
 from bundler.debs import Source
 from bundler.errors import ManifestError
-from bundler.lock import IMAGES_MODES, REGISTRY_RE, check_member_path
+from bundler.lock import IMAGES_MODES, ITEM_NAME_RE, NAME_RE, REGISTRY_RE, check_dest, check_member_path
 from bundler.oci import ImageFormatError, Reference, parse_reference
 
 API_VERSION = "airbundle/v1"
 MAX_MANIFEST_BYTES = 1024 * 1024
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
-VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}")
-ITEM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 ARCHES = ("amd64", "arm64", "armhf", "i386", "ppc64el", "s390x", "riscv64")
 MODES = ("0644", "0755")
@@ -356,7 +354,10 @@ def load_manifest(path: Path) -> Manifest:
         if key in top.data:
             raise top.fail(key, f"not supported yet: {why}; remove the section for now")
     name = top.match("name", NAME_RE, "bundle name")
-    version = top.match("version", VERSION_RE, "version")
+    version = top.get("version", str)
+    problem = versions.check(version)
+    if problem:
+        raise top.fail("version", f"{version!r} {problem}")
     plat = _Section(top.get("platform", dict), where, "platform", top.line, ("os", "codename", "arch"))
     platform = Platform(
         os=plat.match("os", ITEM_NAME_RE, "OS id"),
@@ -373,8 +374,11 @@ def load_manifest(path: Path) -> Manifest:
         if not url.startswith(("http://", "https://")):
             raise sec.fail("url", f"{url!r} must be an http(s) URL")
         dest = sec.get("dest", str)
-        if not dest.startswith("/") or ".." in PurePosixPath(dest).parts or dest.endswith("/"):
-            raise sec.fail("dest", f"{dest!r} must be an absolute file path without '..'")
+        problem = check_dest(dest)
+        if problem:
+            raise sec.fail(
+                "dest", f"{dest!r} {problem}: it must be an absolute file path, normalized (no '..', '//')"
+            )
         mode = sec.get("mode", str, default="0755", required=False)
         if mode not in MODES:
             raise sec.fail("mode", f"{mode!r} must be one of {', '.join(MODES)}")
@@ -383,7 +387,7 @@ def load_manifest(path: Path) -> Manifest:
                 name=sec.match("name", ITEM_NAME_RE, "binary name"),
                 url=url,
                 sha256=sec.match("sha256", SHA256_RE, "sha256 (64 lowercase hex digits)"),
-                dest=str(PurePosixPath(dest)),
+                dest=dest,
                 mode=mode,
             )
         )

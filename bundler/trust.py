@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bundler import lock as lockmod
-from bundler import signing
-from bundler.errors import ExpiredError, IntegrityError, SignatureError, TrustError
+from bundler import signing, versions
+from bundler.errors import ExpiredError, InstallError, IntegrityError, SignatureError, TrustError
 
 # Header facts ------------------------------------------------------------------------
 
@@ -134,7 +134,7 @@ class SiteFacts:
     now: float
     allow_expired: bool = False
     installing: bool = False
-    installed: Mapping[str, str] = field(default_factory=dict)
+    installed: Mapping[str, object] = field(default_factory=dict)  # as the journal records them
     allow_downgrade: bool = False
     unpacked: Mapping[str, str] = field(default_factory=dict)
     platform: Mapping[str, str] | None = None  # the site's os/codename/arch, when it states them
@@ -183,7 +183,8 @@ def decide(
     installed = facts.installed.get(lock.name)
     check_downgrade(lock.name, lock.version, installed, facts.allow_downgrade)
     base_folder = check_base(lock, facts) if lock.base else None
-    return Decision(decision.lock, lock_bytes, decision.lock_sha256, signer, installed, base_folder)
+    was = installed if isinstance(installed, str) else None
+    return Decision(decision.lock, lock_bytes, decision.lock_sha256, signer, was, base_folder)
 
 
 def check_expiry(lock: lockmod.Lock, now: float, allow_expired: bool = False) -> None:
@@ -218,22 +219,30 @@ def platform_problem(lock: lockmod.Lock, site: Mapping[str, str]) -> str | None:
     return None
 
 
-def version_key(version: str) -> tuple[tuple[int, object], ...]:
-    """Natural ordering of bundle versions: 23.9 < 23.12 < 23.12.1; letters sort before digits."""
-    out = []
-    token = ""
-    for ch in version + "\0":
-        if token and (ch.isdigit() != token[-1].isdigit() or not ch.isalnum()):
-            out.append((1, int(token)) if token.isdigit() else (0, token))
-            token = ""
-        if ch.isalnum() and ch.isascii():
-            token += ch
-    return tuple(out)
+def check_downgrade(name: str, version: str, installed: object, allow_downgrade: bool) -> None:
+    """Refuse a version that does not parse, or one older than the installed one unless allowed.
 
+    ``installed`` is what the journal records (None when nothing is installed); anything
+    there that is not a version means the journal was damaged, which stops the install
+    rather than making every version look newer.
 
-def check_downgrade(name: str, version: str, installed: str | None, allow_downgrade: bool) -> None:
-    """Refuse installing an older version of ``name`` than the installed one (exit 3) unless allowed."""
-    if installed and version_key(version) < version_key(installed) and not allow_downgrade:
+    Raises:
+        TrustError (exit 3): a malformed version, or a downgrade without ``allow_downgrade``.
+        InstallError (exit 6): the installed version on record does not parse.
+    """
+    problem = versions.check(version)
+    if problem:
+        raise TrustError(f"{name}: refusing the bundle's version {version!r}: it {problem}")
+    if installed is None:
+        return
+    problem = versions.check(installed) if isinstance(installed, str) else "is not a string"
+    if problem:
+        raise InstallError(
+            f"the install journal (state.json in the work folder) is damaged: the installed version of "
+            f"{name}, {installed!r}, {problem}; move it away to start over"
+        )
+    assert isinstance(installed, str)
+    if versions.is_older(version, installed) and not allow_downgrade:
         raise TrustError(
             f"{name} {installed} is installed; refusing the older {version} "
             "(pass --allow-downgrade if that is intended)"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import CLUSTER_YML, Keys
-from .test_verify import info, read_items, replace, write_items
+from .test_verify import info, read_items, replace, resign, write_items
 
 SITE_PATH = "/usr/bin:/bin"  # python3 is Debian's /usr/bin/python3: no venv, no cryptography with -S
 
@@ -128,6 +128,40 @@ def test_tampered_or_hostile_bundles_unpack_nothing(
     assert not Path("/tmp/airbundle-escape").exists()
 
 
+@pytest.mark.parametrize("field", ["name", "version"])
+def test_signed_name_or_version_cannot_leave_the_workdir(
+    built: Path, keys: Keys, tmp_path: Path, field: str
+) -> None:
+    """Attack: a bundle signed by the trusted key whose lock names itself with an absolute path
+    (``name: /…/victim``) or climbs with ``version: 1.0.0/../../../victim`` unpacked outside
+    --workdir (NAME-VERSION is joined to it) and replaced an existing folder there. The installer
+    re-checks both by the manifest's rules: exit 4 naming the field, nothing written outside the
+    work folder, the existing folder untouched."""
+    victim = tmp_path / "victim-1.0.0"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("untouched\n")
+    items = read_items(built)
+    lock = dict((ti.name, d) for ti, d in items)["lock.json"]
+    old, new = {
+        "name": (b'"name": "demo"', f'"name": "{tmp_path / "victim"}"'.encode()),
+        "version": (b'"version": "1.0.0"', b'"version": "1.0.0/../../../victim-1.0.0"'),
+    }[field]
+    assert lock.count(old) == 1
+    items = resign(items, keys.key, lock.replace(old, new))
+    site = _site(write_items(tmp_path / "demo-1.0.0.tar", items), tmp_path)
+    (site / "work" / "demo-1.0.0").mkdir(parents=True)  # so that a '..' from it would resolve
+    before = sorted(p for p in tmp_path.rglob("*") if (site / "work") not in (p, *p.parents))
+    run = _install(site, keys)
+    assert run.returncode == 4, run.stderr
+    assert f"lock.json: {field} '" in run.stderr, run.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert (victim / "keep.txt").read_text() == "untouched\n"
+    after = sorted(p for p in tmp_path.rglob("*") if (site / "work") not in (p, *p.parents))
+    assert after == before
+    assert {p.name for p in (site / "work").iterdir()} <= {"state.lock", "demo-1.0.0"}
+    assert not any((site / "work" / "demo-1.0.0").iterdir())
+
+
 # ---------------------------------------------------------------- inventory, plan, journal
 
 
@@ -207,23 +241,17 @@ def test_topology_warnings() -> None:
 
 
 def test_journal_versions_and_single_installer(tmp_path: Path) -> None:
-    from bundler.errors import InstallError, TrustError
-    from bundler.installer.journal import Journal, version_key
+    from bundler.errors import InstallError
+    from bundler.installer.journal import Journal
 
-    assert version_key("23.9") < version_key("23.12") < version_key("23.12.1")
     with Journal(tmp_path) as journal:
-        assert journal.check_version("fmp-rke", "23.12.1") is None
         journal.begin("fmp-rke", "23.12.1", "a" * 64)
         journal.mark_done("images", "worker-1", "sha256:x")
         with pytest.raises(InstallError, match="another airbundle install is running"), Journal(tmp_path):
             pass
     with Journal(tmp_path) as journal:
         assert journal.is_done("images", "worker-1", "sha256:x")
-        assert journal.check_version("fmp-rke", "23.12.1") == "23.12.1"
-        with pytest.raises(TrustError) as info:
-            journal.check_version("fmp-rke", "23.9")
-        assert info.value.exit_code == 3 and "--allow-downgrade" in str(info.value)
-        assert journal.check_version("fmp-rke", "23.9", allow_downgrade=True) == "23.12.1"
+        assert journal.state["installed"]["fmp-rke"]["version"] == "23.12.1"
         journal.begin("fmp-rke", "23.12.2", "b" * 64)  # another bundle: its work starts afresh
         assert not journal.is_done("images", "worker-1", "sha256:x")
 

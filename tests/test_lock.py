@@ -6,7 +6,18 @@ import json
 
 import pytest
 
-from bundler.lock import MAX_LOCK_BYTES, Binary, Lock, LockError, Member, Step, check_member_path
+from bundler import oci
+from bundler.lock import (
+    MAX_LOCK_BYTES,
+    Binary,
+    FileSet,
+    Lock,
+    LockError,
+    Member,
+    Step,
+    check_dest,
+    check_member_path,
+)
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -113,3 +124,111 @@ def test_safe_member_paths(path: str) -> None:
 @pytest.mark.parametrize("path", ["", "a//b", "./a", "a/.", "a/../b", 'a/"q"', "a/\nb", "x" * 256])
 def test_unsafe_member_paths(path: str) -> None:
     assert check_member_path(path) is not None
+
+
+# ---------------------------------------------------------------- signed fields that become site paths
+
+
+def signed() -> Lock:
+    """A valid lock with every field the site turns into a path or a shell word: a delta with files."""
+    image = oci.Image(
+        ref="docker.io/library/registry:2",
+        tags=("registry:2",),
+        source="registry",
+        manifest="sha256:" + SHA_A,
+        media_type=oci.OCI_MANIFEST,
+        config="sha256:" + SHA_B,
+        platform="linux/amd64",
+        layers=(),
+    )
+    blobs = tuple(
+        Member(f"images/{oci.blob_path(d)}", 1, d[7:], "image") for d in (image.manifest, image.config)
+    )
+    return Lock(
+        **{
+            **sample().__dict__,
+            "members": sample().members + blobs,
+            "images": (image,),
+            "files": (FileSet("payloads/app/", "app", 1, 5),),
+            "base": {"name": "demo", "version": "0.9.0-rc1", "lock_sha256": SHA_B},
+            "inherited": (Member("files/app/x.yaml", 5, SHA_B, "file", "0644"),),
+            "registry_image": "registry:2.8.3",
+        }
+    )
+
+
+def _changed(where: tuple, value: object) -> bytes:
+    """``signed()``'s bytes with the field at ``where`` (keys and indexes) set to ``value``."""
+    doc = json.loads(signed().to_bytes())
+    target = doc
+    for step in where[:-1]:
+        target = target[step]
+    target[where[-1]] = value
+    return json.dumps(doc).encode()
+
+
+def test_the_signed_sample_is_valid() -> None:
+    assert Lock.from_bytes(signed().to_bytes()) == signed()
+
+
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        # Attack: an absolute name unpacked outside --workdir (workdir / "/victim-1.0" is /victim-1.0)
+        # and deleted an existing folder there.
+        (("name",), "/tmp/victim", r"lock\.json: name '/tmp/victim' is not a valid bundle name"),
+        (("name",), "../demo", "name '../demo' is not a valid bundle name"),
+        (("name",), "Demo", "name 'Demo' is not a valid bundle name"),
+        (("name",), "", "name '' is not a valid bundle name"),
+        # Attack: NAME-VERSION with a version of ../ climbs out of --workdir.
+        (("version",), "1/../../../tmp/x", "version '1/../../../tmp/x' holds '/'"),
+        (("version",), "1..0", "version '1..0' has an empty part in its release"),
+        (("version",), "1.0-", "version '1.0-' ends with '-'"),
+        (("version",), "1.0-rc1~2", "version '1.0-rc1~2' has two pre-release markers"),
+        # Attack: a '../' step name crashed the installer (its log is logs/NN-NAME.log).
+        (("steps", 0, "name"), "../../x", r"steps\[0\]\.name '../../x' is not a valid step name"),
+        (("steps", 0, "name"), "/etc/cron.d/x", r"steps\[0\]\.name '/etc/cron.d/x' is not a valid step name"),
+        (("binaries", 0, "name"), "../rke", r"binaries\[0\]\.name '../rke' is not a valid binary name"),
+        # Attack: binaries are written beside dest on every node as root: it must be one plain path.
+        (("binaries", 0, "dest"), "usr/bin/rke", r"binaries\[0\]\.dest 'usr/bin/rke' is not absolute"),
+        (("binaries", 0, "dest"), "/usr/../etc/passwd", r"binaries\[0\]\.dest .* has a '\.\.' segment"),
+        (("binaries", 0, "dest"), "/usr/bin/rke;reboot", r"binaries\[0\]\.dest .* has characters outside"),
+        # Attack: the mode goes into `chmod MODE` on the node.
+        (("binaries", 0, "mode"), "0755 /etc/shadow", r"binaries\[0\]\.mode .* is not one of 0644, 0755"),
+        (("files", 0, "dest"), "../../etc", r"files\[0\]\.dest '../../etc' has a '\.\.' segment"),
+        (("files", 0, "dest"), "/etc", r"files\[0\]\.dest '/etc' is absolute"),
+        (("platform", "os"), "../x", "platform.os '../x' is not a valid platform value"),
+        (
+            ("platform", "codename"),
+            "jammy; id",
+            "platform.codename 'jammy; id' is not a valid platform value",
+        ),
+        (("platform", "arch"), "AMD64", "platform.arch 'AMD64' is not a valid platform value"),
+        # Attack: a delta's base is looked for at --workdir/BASE_NAME-BASE_VERSION.
+        (("base", "name"), "/etc", "base.name '/etc' is not a valid bundle name"),
+        (("base", "version"), "1/../../x", "base.version '1/../../x' holds '/'"),
+        (("base", "lock_sha256"), "x", "base.lock_sha256 is not 64 lowercase hex"),
+        (("install", "registry_image"), "Not A Ref", "install.registry_image 'Not A Ref'"),
+        # Attack: image names become repository paths on the site registry (/v2/NAME/...).
+        (("images", 0, "ref"), "../../v2/x", r"images\[0\]\.ref '../../v2/x'"),
+        (("images", 0, "tags"), ["registry:2", "a b"], r"images\[0\]\.tags 'a b'"),
+    ],
+)
+def test_signed_fields_are_checked_on_the_site(where: tuple, value: str, message: str) -> None:
+    """A lock signed by the right key is still refused (exit 4, naming the field) when a field the
+    site uses as a path or shell word breaks the manifest's rule for it."""
+    with pytest.raises(LockError, match=message) as info:
+        Lock.from_bytes(_changed(where, value))
+    assert info.value.exit_code == 4
+
+
+@pytest.mark.parametrize("path", ["/usr/local/bin/rke", "/opt/x-1.2/bin/k0s", "/a"])
+def test_good_binary_destinations(path: str) -> None:
+    assert check_dest(path) is None
+
+
+@pytest.mark.parametrize(
+    "path", ["", "/", "rke", "/a/", "/a//b", "/a/./b", "/a/../b", "/a;reboot", "/a\\b", "/a/\nb"]
+)
+def test_bad_binary_destinations(path: str) -> None:
+    assert check_dest(path) is not None

@@ -137,6 +137,28 @@ def test_bad_top_level(project: Project, head: str, expected: str) -> None:
     assert expected in _load(project, "", head=head)
 
 
+@pytest.mark.parametrize(
+    "version, expected",
+    [
+        ("1..2", "has an empty part in its release"),
+        ("1.0-", "ends with '-'"),
+        ("1.0-rc1~2", "has two pre-release markers"),
+        ("1.0_1", "holds '_'"),
+        ("../1", "holds '/'"),
+    ],
+)
+def test_malformed_versions_name_file_and_line(project: Project, version: str, expected: str) -> None:
+    """The manifest refuses what the site's lock parse would refuse, by the same grammar (bundler.versions)."""
+    message = _load(project, "", head=HEAD.replace('"1.0.0"', f'"{version}"'))
+    assert f"bad.yaml:4: version: '{version}' {expected}" in message, message
+
+
+@pytest.mark.parametrize("version", ["1.0.0-rc1", "1.0.0~rc1", "23.12.1", "2.0-beta.2+build.7"])
+def test_pre_release_versions_load(project: Project, version: str) -> None:
+    path = project.write_manifest(HEAD.replace('"1.0.0"', f'"{version}"'), "ok.yaml")
+    assert load_manifest(path).version == version
+
+
 def test_symlink_escaping_base_is_refused(project: Project, tmp_path: Path) -> None:
     outside = tmp_path / "secret.txt"
     outside.write_text("secret")

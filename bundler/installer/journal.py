@@ -4,7 +4,8 @@ It records which bundle (name, version, lock digest) is installed and, per
 phase, node and item, what completed, so a re-run skips finished work and
 ``--resume`` continues at the first incomplete item. Writes are atomic
 (temp file, fsync, rename); an exclusive ``flock`` on ``state.lock`` keeps a
-second installer out. An older version than the installed one is refused.
+second installer out. Whether a version may replace the installed one is the trust
+decision's (``bundler.trust.check_downgrade``), made on what this journal records.
 """
 
 from __future__ import annotations
@@ -12,21 +13,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bundler.errors import InstallError, TrustError
+from bundler.errors import InstallError
 
 FORMAT = 1
-
-
-def version_key(version: str) -> tuple[tuple[int, Any], ...]:
-    """Natural ordering of bundle versions: 23.9 < 23.12 < 23.12.1; letters sort before digits."""
-    return tuple(
-        (1, int(tok)) if tok.isdigit() else (0, tok) for tok in re.findall(r"\d+|[A-Za-z]+", version)
-    )
 
 
 class Journal:
@@ -78,16 +71,6 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-
-    def check_version(self, name: str, version: str, allow_downgrade: bool = False) -> str | None:
-        """The installed version of ``name`` (None when new); refuses a downgrade (exit 3)."""
-        installed = self.state["installed"].get(name, {}).get("version")
-        if installed and version_key(version) < version_key(installed) and not allow_downgrade:
-            raise TrustError(
-                f"{name} {installed} is installed; refusing the older {version} "
-                "(pass --allow-downgrade if that is intended)"
-            )
-        return str(installed) if installed else None
 
     def begin(self, name: str, version: str, lock_sha256: str) -> None:
         """Start (or continue) installing this bundle; work done for another bundle is forgotten."""

@@ -248,9 +248,7 @@ def _site_facts(
     ``unpacked`` maps each ``NAME-VERSION`` folder of an installed name to the SHA-256 of its
     ``lock.json``, so that a delta's base is checked by the decision itself.
     """
-    installed = {
-        str(n): str(e.get("version", "")) for n, e in state["installed"].items() if isinstance(e, dict)
-    }
+    installed = {str(n): e.get("version") for n, e in state["installed"].items() if isinstance(e, dict)}
     unpacked = {}
     if args.workdir.is_dir():
         for folder in args.workdir.iterdir():
