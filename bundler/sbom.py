@@ -7,6 +7,15 @@ version and architecture), binaries (SHA-256 and download URL) and files. It
 is made from the lock alone, so the same lock gives the same bytes: the
 serial number is derived from the lock's content and the timestamp is the
 build's ``SOURCE_DATE_EPOCH``. The SBOM is itself a member the lock covers.
+
+Linear in the number of components: cyclonedx-python-lib's ``Bom.register_dependency``
+finds a target by a linear scan of the graph, and its JSON output calls the deprecated
+``Bom.validate()``, which registers every component that way again, and its
+``BomRefDiscriminator`` checks each bom-ref against a list of the others: three
+quadratic steps (10,000 files took two minutes). So the graph is given to ``Bom`` whole,
+bom-refs are made unique here, and the document is serialized by the library's own
+model (``Bom.as_json`` with its 1.5 view, dependency graph flattened by its
+``BomDependencyGraphFlatMerger``) without those per-component lookups.
 """
 
 from __future__ import annotations
@@ -16,10 +25,14 @@ import hashlib
 import json
 import uuid
 
+from cyclonedx.contrib.bom.utils import BomDependencyGraphFlatMerger
 from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, XsUri
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.dependency import Dependency
 from cyclonedx.output.json import JsonV1Dot5
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.schema.schema import SCHEMA_VERSIONS
 from packageurl import PackageURL
 
 from bundler import __version__, oci
@@ -97,6 +110,13 @@ def make_sbom(lock: Lock) -> bytes:
                     hashes=_sha256(member.sha256),
                 )
             )
+    _unique_refs(components)
+    # The library keeps components and dependencies in sorted sets, comparing through
+    # tuples it builds per comparison. Given in nearly that order (here: by type, then
+    # name and ref), its sort merges a few runs instead of doing n log n such comparisons;
+    # the order it keeps is its own either way.
+    components.sort(key=lambda c: (c.type.value, c.name, str(c.bom_ref.value)))
+    refs = sorted((c.bom_ref for c in components), key=lambda r: str(r.value))
     digest = hashlib.sha256(lock.to_bytes()).hexdigest()
     root = Component(
         name=lock.name,
@@ -112,8 +132,37 @@ def make_sbom(lock: Lock) -> bytes:
             timestamp=datetime.datetime.fromtimestamp(lock.source_date_epoch, datetime.timezone.utc),
             component=root,
         ),
+        # The bundle carries each component directly; every component has its own (empty)
+        # entry, as the library's validate() would have added one by one.
+        dependencies=[
+            Dependency(root.bom_ref, [Dependency(r) for r in refs]),
+            *(Dependency(r) for r in refs),
+        ],
     )
-    bom.register_dependency(root, components)  # the bundle carries each component directly
-    text = JsonV1Dot5(bom).output_as_string()
-    # Re-serialize with sorted keys: one canonical byte form for the same content.
-    return (json.dumps(json.loads(text), sort_keys=True, indent=1) + "\n").encode()
+    with BomDependencyGraphFlatMerger(bom):
+        doc = json.loads(bom.as_json(view_=SCHEMA_VERSIONS[SchemaVersion.V1_5]))  # type: ignore[attr-defined]
+    doc.update(_HEADER)
+    # Sorted keys: one canonical byte form for the same content.
+    return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
+
+
+# $schema, bomFormat and specVersion as the library writes them (from an empty BOM: cheap).
+_HEADER = {
+    k: v
+    for k, v in json.loads(JsonV1Dot5(Bom()).output_as_string()).items()
+    if k in ("$schema", "bomFormat", "specVersion")
+}
+
+
+def _unique_refs(components: list[Component]) -> None:
+    """Make bom-refs unique in one pass (two images may share a manifest digest).
+
+    The library would give a duplicate a random ref; a counted suffix keeps the SBOM
+    deterministic.
+    """
+    seen: dict[str, int] = {}
+    for component in components:
+        ref = str(component.bom_ref.value)
+        seen[ref] = seen.get(ref, 0) + 1
+        if seen[ref] > 1:
+            component.bom_ref.value = f"{ref}#{seen[ref]}"
