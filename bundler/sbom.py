@@ -12,10 +12,12 @@ Linear in the number of components: cyclonedx-python-lib's ``Bom.register_depend
 finds a target by a linear scan of the graph, and its JSON output calls the deprecated
 ``Bom.validate()``, which registers every component that way again, and its
 ``BomRefDiscriminator`` checks each bom-ref against a list of the others: three
-quadratic steps (10,000 files took two minutes). So the graph is given to ``Bom`` whole,
-bom-refs are made unique here, and the document is serialized by the library's own
-model (``Bom.as_json`` with its 1.5 view, dependency graph flattened by its
-``BomDependencyGraphFlatMerger``) without those per-component lookups.
+quadratic steps (10,000 files took two minutes), and its sorted sets compare components
+through tuples built per comparison (n log n of them, the bulk of the rest). So the library
+serializes the document (``Bom.as_json``, 1.5 view) and each component (``as_json``, same
+view); the components are put in the library's order by a sort on plain strings, bom-refs
+are made unique here, and the flat dependency list (the root depends on every component)
+is written in the library's shape. The bytes are the same as the library's whole-BOM output.
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ import datetime
 import hashlib
 import json
 import uuid
+from typing import Any
 
-from cyclonedx.contrib.bom.utils import BomDependencyGraphFlatMerger
 from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, XsUri
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
-from cyclonedx.model.dependency import Dependency
 from cyclonedx.output.json import JsonV1Dot5
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.schema.schema import SCHEMA_VERSIONS
@@ -111,12 +112,6 @@ def make_sbom(lock: Lock) -> bytes:
                 )
             )
     _unique_refs(components)
-    # The library keeps components and dependencies in sorted sets, comparing through
-    # tuples it builds per comparison. Given in nearly that order (here: by type, then
-    # name and ref), its sort merges a few runs instead of doing n log n such comparisons;
-    # the order it keeps is its own either way.
-    components.sort(key=lambda c: (c.type.value, c.name, str(c.bom_ref.value)))
-    refs = sorted((c.bom_ref for c in components), key=lambda r: str(r.value))
     digest = hashlib.sha256(lock.to_bytes()).hexdigest()
     root = Component(
         name=lock.name,
@@ -126,21 +121,25 @@ def make_sbom(lock: Lock) -> bytes:
         description=f"airbundle bundle built by airbundle {__version__}",
     )
     bom = Bom(
-        components=components,
         serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"airbundle:{lock.name}:{lock.version}:{digest}"),
         metadata=BomMetaData(
             timestamp=datetime.datetime.fromtimestamp(lock.source_date_epoch, datetime.timezone.utc),
             component=root,
         ),
-        # The bundle carries each component directly; every component has its own (empty)
-        # entry, as the library's validate() would have added one by one.
-        dependencies=[
-            Dependency(root.bom_ref, [Dependency(r) for r in refs]),
-            *(Dependency(r) for r in refs),
-        ],
     )
-    with BomDependencyGraphFlatMerger(bom):
-        doc = json.loads(bom.as_json(view_=SCHEMA_VERSIONS[SchemaVersion.V1_5]))  # type: ignore[attr-defined]
+    # The document and each component are serialized by the library, with its 1.5 view;
+    # the components go in the order its sorted set keeps them (type, group, name,
+    # version, ref), sorted here on plain strings.
+    view = SCHEMA_VERSIONS[SchemaVersion.V1_5]
+    doc = json.loads(bom.as_json(view_=view))  # type: ignore[attr-defined]
+    components.sort(key=lambda c: (c.type.value, c.name, c.version or "", str(c.bom_ref.value)))
+    doc["components"] = [json.loads(c.as_json(view_=view)) for c in components]  # type: ignore[attr-defined]
+    # The bundle carries each component directly: the root depends on all of them, and
+    # each has its own entry (as the library's validate() would add), sorted by ref.
+    refs = sorted(str(c.bom_ref.value) for c in components)
+    entries: list[dict[str, Any]] = [{"ref": str(root.bom_ref.value), "dependsOn": refs}]
+    entries += ({"ref": r} for r in refs)
+    doc["dependencies"] = sorted(entries, key=lambda d: str(d["ref"]))
     doc.update(_HEADER)
     # Sorted keys: one canonical byte form for the same content.
     return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
