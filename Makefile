@@ -54,6 +54,7 @@ bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/parts_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/images_mode_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/verify_many_bench.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/scale_bench.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache *.egg-info

@@ -3,7 +3,8 @@
 Writing: members go out in the order given, with fixed mtime, uid/gid 0, no
 user names and normalized modes, so equal inputs give equal bytes. File data
 moves with the kernel's copy path (``sendfile``, then ``copy_file_range``),
-while a second thread hashes the same byte stream for the ``.sha256`` file.
+while two threads read the output back: one hashes it for the ``.sha256``
+file, one checks each member against the digest the lock signs.
 
 Reading: our own header parser accepts only what our writer emits (regular
 files, PAX ``path``/``size`` records) and refuses links, devices, absolute or
@@ -57,13 +58,18 @@ def _no_progress(_n: int) -> None:
 
 @dataclass(frozen=True)
 class Entry:
-    """One member to write: bytes in memory, or a file on disk of known size."""
+    """One member to write: bytes in memory, or a file on disk of known size.
+
+    ``sha256`` is the digest the lock signs for it: ``write_tar`` checks the bytes it
+    wrote against it (None: nothing to check, e.g. ``lock.json`` itself).
+    """
 
     path: str
     mode: str
     size: int
     data: bytes | None = None
     source: Path | None = None
+    sha256: str | None = None
 
 
 def tar_header(path: str, size: int, mode: str, mtime: int) -> bytes:
@@ -79,19 +85,25 @@ def tar_header(path: str, size: int, mode: str, mtime: int) -> bytes:
 
 
 def _segments(entries: list[Entry], mtime: int) -> Iterator[bytes | Entry]:
-    """The archive as a sequence of literal bytes and file bodies, in order."""
+    """The archive as a sequence of literal bytes and member bodies (each ``Entry``), in order."""
     total = 0
     for entry in entries:
         header = tar_header(entry.path, entry.size, entry.mode, mtime)
         pad = -entry.size % BLOCK
         total += len(header) + entry.size + pad
         yield header
-        yield entry.data if entry.data is not None else entry
+        yield entry
         if pad:
             yield b"\0" * pad
     end = 2 * BLOCK
     end += -(total + end) % RECORD
     yield b"\0" * end
+
+
+# The most one kernel copy call moves, so the read-back hashers trailing the writer get
+# work while a big member is still being copied (and a copy is abandoned soon after a
+# mismatch is found).
+COPY_STEP = 16 << 20
 
 
 def _copy_file(src_fd: int, dst_fd: int, size: int, path: Path, progress: Progress) -> None:
@@ -105,7 +117,7 @@ def _copy_file(src_fd: int, dst_fd: int, size: int, path: Path, progress: Progre
     done = 0
     methods = ["sendfile", "copy_file_range", "rw"]
     while done < size:
-        want = min(size - done, 1 << 30)
+        want = min(size - done, COPY_STEP)
         try:
             if methods[0] == "sendfile":
                 n = os.sendfile(dst_fd, src_fd, None, want)
@@ -125,29 +137,76 @@ def _copy_file(src_fd: int, dst_fd: int, size: int, path: Path, progress: Progre
         progress(n)
 
 
-def _hash_stream(segments: list[bytes | Entry], out: dict[str, object], stop: threading.Event) -> None:
-    """SHA-256 of the archive bytes, read from the sources (runs in a thread until ``stop``)."""
+class _Written:
+    """How many bytes the writer has put in the output so far; the hashers wait on it."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.count = 0
+        self.closed = False  # no more bytes will come (done, or the write failed)
+        self.mismatch: IntegrityError | None = None  # set by the member hasher
+
+    def add(self, n: int) -> None:
+        with self.cond:
+            self.count += n
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait(self, offset: int) -> int:
+        """Bytes written once at least ``offset`` are (or fewer, when the writer stopped)."""
+        with self.cond:
+            while self.count < offset and not self.closed:
+                self.cond.wait()
+            return self.count
+
+
+def _hash_stream(
+    fd: int,
+    base: int,
+    spans: list[tuple[int, int, Entry]],
+    written: _Written,
+    out: dict[str, object],
+) -> None:
+    """SHA-256 of output ranges, read back from ``fd`` as the writer finishes them (a thread).
+
+    Each span is ``(start, end, entry)``: with ``entry.sha256`` set, the range's digest
+    must equal it, else ``written.mismatch`` names the member; otherwise (one span over
+    the whole archive) ``out["sha256"]`` is the archive's digest, for the ``.sha256`` file.
+
+    Reading back the output rather than hashing the sources is the strict choice: what
+    is checked is what ships, whatever happened between (a source changed or corrupted
+    after its digest was cached, a copy path that went wrong); a second read of a source
+    could see other bytes than the copy did. The bytes are in the page cache, just
+    written, so the read-back costs a memory copy, not disk reads.
+    """
     try:
-        digest = hashlib.sha256()
         buf = bytearray(CHUNK)
         view = memoryview(buf)
-        for seg in segments:
-            if isinstance(seg, bytes):
-                digest.update(seg)
-                continue
-            assert seg.source is not None
-            fd = os.open(seg.source, os.O_RDONLY)
-            try:
-                offset = 0
-                while offset < seg.size and not stop.is_set():
-                    n = os.preadv(fd, [view[: min(CHUNK, seg.size - offset)]], offset)
-                    if n == 0:
-                        break
-                    digest.update(view[:n])
-                    offset += n
-            finally:
-                os.close(fd)
-        out["sha256"] = digest.hexdigest()
+        for start, end, entry in spans:
+            digest = hashlib.sha256()
+            pos = start
+            while pos < end:
+                avail = written.wait(min(end, pos + CHUNK) + base) - base
+                if avail <= pos:
+                    return  # the writer stopped: no digest is wanted
+                n = os.preadv(fd, [view[: min(CHUNK, avail - pos, end - pos)]], base + pos)
+                if n == 0:
+                    raise IntegrityError(f"the bundle being written ended at byte {pos} of {end}")
+                digest.update(view[:n])
+                pos += n
+            if entry.sha256 is None:
+                out["sha256"] = digest.hexdigest()
+            elif digest.hexdigest() != entry.sha256:
+                written.mismatch = IntegrityError(
+                    f"{entry.path}: the bytes written into the bundle have sha256 {digest.hexdigest()}, "
+                    f"not the {entry.sha256} the lock signs (from {entry.source or 'memory'})",
+                    member=entry.path,
+                )
+                return
     except BaseException as exc:  # re-raised in the writer's thread
         out["error"] = exc
 
@@ -157,48 +216,85 @@ def write_tar(
 ) -> str:
     """Write ``entries`` as a deterministic tar to ``fd``; return the archive's SHA-256.
 
-    The caller owns ``fd`` (temp file, rename). With ``fsync`` the data is
-    flushed to disk while the digest thread may still be hashing, so the two
-    overlap. A source file that changes size during the copy raises
-    ``IntegrityError``.
+    The caller owns ``fd`` (temp file, rename); it must be open for reading too
+    (``O_RDWR``, as ``atomic_output`` gives): two threads trail the writer and read
+    the output back, one hashing the whole archive for the ``.sha256`` file, one
+    hashing each member with a ``sha256`` to check it against the lock. With ``fsync``
+    the data is flushed to disk while they finish, so the two overlap.
+
+    Raises:
+        IntegrityError (with ``member``): a member's written bytes are not its
+            ``sha256``, or its source changed size since it was hashed.
+        OSError: reading a source or writing ``fd`` failed (e.g. disk full).
     """
     segments = list(_segments(entries, mtime))
+    base = os.lseek(fd, 0, os.SEEK_CUR)
+    spans: list[tuple[int, int, Entry]] = []
+    total = 0
+    for seg in segments:
+        size = len(seg) if isinstance(seg, bytes) else seg.size
+        if isinstance(seg, Entry) and seg.sha256 is not None:
+            spans.append((total, total + size, seg))
+        total += size
+    written = _Written()
     result: dict[str, object] = {}
-    stop = threading.Event()
-    hasher = threading.Thread(target=_hash_stream, args=(segments, result, stop), daemon=True)
-    hasher.start()
+    whole = Entry("", "0644", total)  # no sha256: the span of the archive digest
+    hashers = [
+        threading.Thread(
+            target=_hash_stream, args=(fd, base, [(0, total, whole)], written, result), daemon=True
+        ),
+        threading.Thread(target=_hash_stream, args=(fd, base, spans, written, result), daemon=True),
+    ]
+    for hasher in hashers:
+        hasher.start()
+
+    def advance(n: int) -> None:
+        written.add(n)
+        progress(n)
+
     try:
         for seg in segments:
+            if written.mismatch is not None:
+                raise written.mismatch
             if isinstance(seg, bytes):
                 _write_all(fd, seg)
-                continue
-            assert seg.source is not None
-            src = os.open(seg.source, os.O_RDONLY)
-            try:
-                if os.fstat(src).st_size != seg.size:
-                    raise IntegrityError(f"{seg.source} changed size since it was hashed; build again")
-                _copy_file(src, fd, seg.size, seg.source, progress)
-            finally:
-                os.close(src)
+                written.add(len(seg))
+            elif seg.data is not None:
+                _write_all(fd, seg.data)
+                advance(len(seg.data))
+            else:
+                assert seg.source is not None
+                src = os.open(seg.source, os.O_RDONLY)
+                try:
+                    if os.fstat(src).st_size != seg.size:
+                        raise IntegrityError(
+                            f"{seg.source} changed size since it was hashed; build again", member=seg.path
+                        )
+                    _copy_file(src, fd, seg.size, seg.source, advance)
+                finally:
+                    os.close(src)
         if fsync:
             os.fsync(fd)
-    except BaseException:
-        stop.set()  # the write failed: no digest is wanted
-        raise
     finally:
-        hasher.join()
+        written.close()  # the hashers finish what was written, or stop if the write failed
+        for hasher in hashers:
+            hasher.join()
     error = result.get("error")
     if isinstance(error, BaseException):
         raise error
+    if written.mismatch is not None:
+        raise written.mismatch
     return str(result["sha256"])
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, fsync: bool = True) -> Iterator[int]:
-    """A file descriptor that becomes ``path`` (mode 0644) only if the block completes.
+def atomic_output(path: Path, fsync: bool = True, stale: tuple[Path, ...] = ()) -> Iterator[int]:
+    """A file descriptor (read-write) that becomes ``path`` (mode 0644) only if the block completes.
 
     The data goes to a temporary file beside ``path``, is fsynced, then renamed over
     it; on any error the temporary file is removed and ``path`` is left as it was.
+    ``stale`` files (e.g. an old ``.sha256`` of ``path``) are removed, durably, just
+    before the rename, so none of them is ever seen beside the new ``path``.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
@@ -208,6 +304,15 @@ def atomic_output(path: Path, fsync: bool = True) -> Iterator[int]:
             os.fsync(fd)
         os.close(fd)
         fd = -1
+        if stale:
+            for old in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)  # the removals reach the disk before the rename can
+            finally:
+                os.close(dir_fd)
         os.replace(tmp, path)
     except BaseException:
         if fd >= 0:

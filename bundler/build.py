@@ -7,18 +7,30 @@ deterministic tar to a temp name beside the output, fsyncs and renames it,
 and writes ``NAME-VERSION.tar.sha256`` the same way. An interrupted build
 leaves no file at either final path.
 
+Every member is checked on its way into the tar against the digest the lock
+signs (``archive.write_tar`` reads the written bytes back), so a cache entry or
+payload file that changed after its digest was cached fails the build, exit 5,
+and is evicted. The ``.tar`` and its ``.sha256`` appear together or not at all:
+the old ``.sha256`` goes before the new ``.tar`` is renamed in, the new one is
+written right after, and the next build removes what a killed one left. Disk
+full, unreadable or misplaced files are errors naming the path (exit 5), never
+tracebacks.
+
 Printing, progress bars and exit codes belong to the CLI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
+import fcntl
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -27,7 +39,7 @@ from typing import Any
 
 from bundler import __version__, aptsource, archive, debs, images, oci, registry, sbom, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
-from bundler.errors import BundlerError, FetchError, InputError
+from bundler.errors import BundlerError, FetchError, InputError, IntegrityError, from_os_error
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
 from bundler.lock import INSTALL_SH, LOCK_NAME, SIG_NAME, Binary, Deb, FileSet, Lock, Member, Step, fold
 from bundler.manifest import Manifest, load_manifest
@@ -355,6 +367,7 @@ def _plan(
         binaries.append(Binary(spec.name, member, spec.dest, spec.mode, spec.url, spec.sha256, size))
         entries.append(archive.Entry(member, spec.mode, size, source=path))
         known[member] = spec.sha256  # the cache verified it against the pin
+    origins: dict[str, str] = {}  # member -> the manifest entry it comes from, for messages
     filesets = []
     for fspec in manifest.files:
         sizes = [pf.source.stat().st_size for pf in fspec.files]
@@ -362,6 +375,9 @@ def _plan(
         entries += [
             archive.Entry(pf.member, pf.mode, n, source=pf.source) for pf, n in zip(fspec.files, sizes)
         ]
+        origins.update(
+            (pf.member, f"{fspec.where}: files (src {fspec.src}, dest {fspec.dest})") for pf in fspec.files
+        )
     scripts = []
     for i, step in enumerate(manifest.steps, start=1):
         member = f"scripts/{i:02d}-{step.name}{step.source.suffix}"
@@ -369,14 +385,11 @@ def _plan(
         entries.append(archive.Entry(member, "0755", step.source.stat().st_size, source=step.source))
     entries = entries[:1] + sorted(entries[1:], key=_bundle_order)  # install.sh stays third (after lock, sig)
 
-    seen: dict[str, str] = {}
-    for entry in entries:
-        key = fold(entry.path)
-        if key in seen:
-            raise InputError(f"{manifest.path}: two entries both ship as {entry.path!r}; rename one")
-        seen[key] = entry.path
+    _refuse_clashes(manifest, entries, origins)
     known.update((e.path, hashlib.sha256(e.data).hexdigest()) for e in entries if e.data is not None)
     shas = {**_digests(cache, [e for e in entries if e.path not in known], jobs, on_hash), **known}
+    # What write_tar checks each member's written bytes against: what the lock signs.
+    entries = [dataclasses.replace(e, sha256=shas[e.path]) for e in entries]
     members = tuple(
         Member(e.path, e.size, shas[e.path], _KINDS.get(e.path.split("/", 1)[0], "installer"), e.mode)
         for e in entries
@@ -412,9 +425,34 @@ def _plan(
         )
     # The SBOM describes what the lock lists, and is then listed by the lock itself.
     bom = sbom.make_sbom(lock)
-    entries.append(archive.Entry(sbom.SBOM_NAME, "0644", len(bom), data=bom))
     bom_member = Member(sbom.SBOM_NAME, len(bom), hashlib.sha256(bom).hexdigest(), "sbom", "0644")
+    entries.append(archive.Entry(sbom.SBOM_NAME, "0644", len(bom), data=bom, sha256=bom_member.sha256))
     return entries, dataclasses.replace(lock, members=(*lock.members, bom_member))
+
+
+def _refuse_clashes(manifest: Manifest, entries: list[archive.Entry], origins: dict[str, str]) -> None:
+    """Refuse two members at one path, or a file at a path another member needs as a folder.
+
+    A tar holds both ``x`` and ``x/y`` happily; unpacking them cannot. Paths compare
+    case-folded, as on a case-insensitive disk. Each member's parents are looked up
+    once: linear in the members.
+    """
+    seen: dict[str, str] = {}
+    for entry in entries:
+        key = fold(entry.path)
+        if key in seen:
+            raise InputError(f"{manifest.path}: two entries both ship as {entry.path!r}; rename one")
+        seen[key] = entry.path
+    for entry in entries:
+        parts = entry.path.split("/")
+        for depth in range(1, len(parts)):
+            file = seen.get(fold("/".join(parts[:depth])))
+            if file is not None:
+                raise InputError(
+                    f"{origins.get(file, manifest.path)}: ships {file!r} as a file, but "
+                    f"{origins.get(entry.path, manifest.path)}: needs it as a folder for {entry.path!r}; "
+                    "change one of the two dest paths"
+                )
 
 
 _INHERITABLE = ("image", "deb", "binary")  # what a delta may leave out: the big, content-addressed parts
@@ -538,15 +576,23 @@ def build_bundle(
         FetchError: a download failed or did not match its pin (exit 5).
     """
     manifest = load_manifest(manifest_path)
-    cache = Cache(cache_root)
-    fetcher = Fetcher(cache, policy)
-    specs = {b.sha256: b for b in manifest.binaries}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
-        fetched = {sha: fut.result() for sha, fut in futures.items()}
-    packages = _collect_debs(manifest, fetcher, jobs, on_fetch) if manifest.debs else None
-    collected = _collect_images(manifest, fetcher, jobs, on_fetch)
-    entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages)
+    final = outdir / f"{manifest.name}-{manifest.version}.tar"
+    sha_path = outdir / f"{final.name}.sha256"
+    with _environment("making the output folder", outdir):
+        if outdir.exists() and not outdir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(outdir))
+        outdir.mkdir(parents=True, exist_ok=True)
+    with _environment("fetching into the cache", cache_root):
+        cache = Cache(cache_root)
+        fetcher = Fetcher(cache, policy)
+        specs = {b.sha256: b for b in manifest.binaries}
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
+            fetched = {sha: fut.result() for sha, fut in futures.items()}
+        packages = _collect_debs(manifest, fetcher, jobs, on_fetch) if manifest.debs else None
+        collected = _collect_images(manifest, fetcher, jobs, on_fetch)
+    with _environment("reading the bundle's files", manifest.base):
+        entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages)
     if expires:
         start = source_date_epoch() or int(time.time())
         lock = dataclasses.replace(lock, expires=parse_expiry(expires, start))
@@ -558,15 +604,76 @@ def build_bundle(
         archive.Entry(LOCK_NAME, "0644", len(lock_bytes), data=lock_bytes),
         archive.Entry(SIG_NAME, "0644", len(sig), data=sig),
     ]
-    outdir.mkdir(parents=True, exist_ok=True)
-    final = outdir / f"{manifest.name}-{manifest.version}.tar"
     total = sum(e.size for e in entries)
     progress = (lambda n: on_write(n, total)) if on_write else (lambda n: None)
-    # write_tar fsyncs while its digest thread finishes, so atomic_output need not again.
-    with archive.atomic_output(final, fsync=False) as fd:
-        digest = archive.write_tar(fd, entries, mtime=lock.source_date_epoch, progress=progress, fsync=True)
-    fsync_dir(outdir)
-    sha_path = outdir / f"{final.name}.sha256"
-    atomic_write(sha_path, f"{digest}  {final.name}\n".encode())
+    with _environment("writing the bundle", final), _outdir_lock(outdir):
+        _clean_leftovers(final, sha_path)
+        try:
+            # write_tar fsyncs while its digest threads finish, so atomic_output need not again.
+            # The old .sha256 goes (durably) just before the new .tar is renamed in.
+            with archive.atomic_output(final, fsync=False, stale=(sha_path,)) as fd:
+                digest = archive.write_tar(
+                    fd, entries, mtime=lock.source_date_epoch, progress=progress, fsync=True
+                )
+        except IntegrityError as exc:
+            raise _evict(cache, entries, exc) from exc
+        try:
+            fsync_dir(outdir)
+            atomic_write(sha_path, f"{digest}  {final.name}\n".encode())
+        except BaseException:
+            final.unlink(missing_ok=True)  # never a .tar without its .sha256
+            raise
     log.info("wrote %s (%d bytes, sha256 %s)", final, final.stat().st_size, digest)
     return BuildResult(final, sha_path, digest, lock)
+
+
+@contextlib.contextmanager
+def _environment(doing: str, where: Path) -> Iterator[None]:
+    """OSErrors of the block (disk full, permissions, a folder where a file belongs, …) as
+    ``FetchError`` (exit 5) naming the path, what was being done and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise from_os_error(exc, doing, FetchError, exc.filename or where) from exc
+
+
+@contextlib.contextmanager
+def _outdir_lock(outdir: Path) -> Iterator[None]:
+    """One build at a time writes into ``outdir`` (``flock`` on the folder), so cleaning up
+    after a killed build never removes the temp file of a running one."""
+    fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(OSError):  # a filesystem without flock: no lock, as before
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _clean_leftovers(final: Path, sha_path: Path) -> None:
+    """Remove what a killed build of this bundle left in its folder: temp files, and a
+    ``.tar`` or ``.sha256`` without the other (the pair is published ``.tar`` first)."""
+    for name in os.listdir(final.parent):
+        if (name.startswith(f".{final.name}.") and name.endswith(".partial")) or (
+            name.startswith(f".{sha_path.name}.") and name.endswith(".tmp")
+        ):
+            log.info("removing %s, left by an interrupted build", name)
+            os.unlink(final.parent / name)
+    if final.exists() != sha_path.exists():
+        alone = final if final.exists() else sha_path
+        log.info("removing %s: its pair is missing (an interrupted build)", alone)
+        alone.unlink()
+
+
+def _evict(cache: Cache, entries: list[archive.Entry], exc: IntegrityError) -> BundlerError:
+    """A member whose written bytes are not what the lock signs: evict its source, say so (exit 5)."""
+    entry = next((e for e in entries if e.path == exc.member), None)
+    if entry is None or entry.source is None:
+        return exc  # an in-memory member: a bug, not the environment
+    if entry.source.parent.parent == cache.root / "sha256":
+        cache.evict(entry.source.name)
+        what = f"cache entry {entry.source} evicted; the next build fetches it again"
+    else:
+        cache.forget(entry.source)
+        what = f"{entry.source} changed after it was hashed; the next build hashes it again"
+    return FetchError(f"{exc}: nothing was written ({what})")

@@ -21,6 +21,9 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+from bundler.errors import FetchError, from_os_error
 
 CHUNK = 1 << 20
 
@@ -111,7 +114,10 @@ class Cache:
                 return path
         except (OSError, ValueError):
             pass
-        actual, _ = hash_file(path)
+        try:
+            actual: str | None = hash_file(path)[0]
+        except OSError:  # unreadable, or a folder where the entry belongs: as absent
+            actual = None
         if actual != sha256:
             self.evict(sha256)
             return None
@@ -119,14 +125,34 @@ class Cache:
         return path
 
     def evict(self, sha256: str) -> None:
-        """Remove an entry and its stat record."""
+        """Remove an entry and its stat record (an empty folder in an entry's place too).
+
+        Raises:
+            OSError: the entry cannot be removed (e.g. a folder with files in it).
+        """
         for p in (self.path(sha256), self._stat_path(sha256)):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 p.unlink()
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError as exc:
+                try:
+                    p.rmdir()
+                except OSError:
+                    raise exc from None
+
+    def forget(self, path: Path) -> None:
+        """Drop the digest index record of a local file, so the next build hashes it again."""
+        with contextlib.suppress(OSError):
+            self._index_path(path.resolve()).unlink()
+
+    def _index_path(self, real: Path) -> Path:
+        return self.root / "index" / hashlib.sha256(os.fsencode(real)).hexdigest()
 
     def _record(self, sha256: str, path: Path) -> None:
-        # A hint: when it is lost (crash), the entry is simply hashed again.
-        atomic_write(self._stat_path(sha256), json.dumps(_stamp(path.stat())).encode(), durable=False)
+        # A hint: when it is lost (crash, disk full), the entry is simply hashed again.
+        with contextlib.suppress(OSError):
+            atomic_write(self._stat_path(sha256), json.dumps(_stamp(path.stat())).encode(), durable=False)
 
     def commit(self, sha256: str, src: Path) -> Path:
         """Move a verified, fsynced temp file into the store under its digest.
@@ -154,14 +180,13 @@ class Cache:
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
+                for chunk in chunks:  # reading them may raise OSError too: not the cache's
                     size += len(chunk)
                     if max_bytes is not None and size > max_bytes:
                         raise ValueError(f"more than {max_bytes} bytes")
                     digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+                    self._write(f, chunk)
+                self._write(f, b"", sync=True)
             sha = digest.hexdigest()
             if self.get(sha) is not None:  # already stored: keep the existing entry
                 os.unlink(tmp)
@@ -171,6 +196,16 @@ class Cache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def _write(self, f: Any, chunk: bytes, sync: bool = False) -> None:
+        """Write to a temp file of the cache; disk full and the like become ``FetchError`` (exit 5)."""
+        try:
+            f.write(chunk)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise from_os_error(exc, "writing the cache", FetchError, self.root) from exc
 
     def put_bytes(self, data: bytes) -> Path:
         """Store small bytes under their digest; returns the entry's path."""
@@ -194,8 +229,7 @@ class Cache:
         """(sha256, size) of a local file, re-hashed (reporting ``progress``) only when its stat changed."""
         real = path.resolve()
         st = real.stat()
-        key = hashlib.sha256(os.fsencode(real)).hexdigest()
-        index = self.root / "index" / key
+        index = self._index_path(real)
         try:
             record = json.loads(index.read_text())
             if record["stamp"] == _stamp(st):
@@ -205,5 +239,6 @@ class Cache:
         sha, size = hash_file(real, progress)
         if _stamp(real.stat()) == _stamp(st):  # unchanged while we read it
             record = {"path": str(real), "stamp": _stamp(st), "sha256": sha, "size": size}
-            atomic_write(index, json.dumps(record).encode(), durable=False)
+            with contextlib.suppress(OSError):  # a hint, like the stat records
+                atomic_write(index, json.dumps(record).encode(), durable=False)
         return sha, size

@@ -75,6 +75,7 @@ class FileSpec:
     src: str
     dest: str
     files: tuple[PayloadFile, ...]
+    where: str = ""  # FILE:LINE of the entry, for messages
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,7 @@ def load_manifest(path: Path) -> Manifest:
         problem = check_member_path(dest)
         if problem:
             raise sec.fail("dest", f"{dest!r} {problem}")
-        files.append(FileSpec(raw, dest, _expand_files(sec, raw, src, dest)))
+        files.append(FileSpec(raw, dest, _expand_files(sec, raw, src, dest), where=sec.at()))
     _unique(where, [(p.member, line) for f, (_, line) in zip(files, top.items("files")) for p in f.files])
 
     images: list[ImageSpec] = []

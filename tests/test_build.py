@@ -8,13 +8,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from bundler import archive, build
-from bundler.errors import IntegrityError
+from bundler.errors import FetchError, IntegrityError
 
 from .conftest import AIRBUNDLE, RKE_BYTES, Keys, Project, run_cli
 
@@ -127,7 +128,7 @@ def test_interrupted_write_leaves_nothing_at_final_path(
         real_copy(src_fd, dst_fd, size, path, progress)
 
     monkeypatch.setattr(archive, "_copy_file", dying_copy)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(FetchError, match="no space left"):
         build.build_bundle(project.manifest, out, keys.key, cache_dir)
     # The previous bundle is untouched and no temp file is left behind.
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -137,7 +138,7 @@ def test_source_changing_during_build_is_caught(tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"12345")
     entry = archive.Entry("files/f", "0644", 10, source=src)  # hashed when it was 10 bytes
-    fd = os.open(tmp_path / "t.tar", os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = os.open(tmp_path / "t.tar", os.O_RDWR | os.O_CREAT, 0o644)
     with pytest.raises(IntegrityError, match="changed size"):
         archive.write_tar(fd, [entry])
     os.close(fd)
@@ -256,3 +257,214 @@ def test_sbom_lists_binaries_and_files(built: Path) -> None:
     from cyclonedx.validation.json import JsonStrictValidator
 
     assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom)) is None
+
+
+def _rke_entry(cache_dir: Path) -> Path:
+    sha = hashlib.sha256(RKE_BYTES).hexdigest()
+    return cache_dir / "sha256" / sha[:2] / sha
+
+
+def _restamp(entry: Path) -> None:
+    """Rewrite the cache's stat record so it matches the entry again: its stat looks unchanged."""
+    st = entry.stat()
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    entry.with_name(entry.name + ".stat").write_text(json.dumps(stamp))
+
+
+def test_bit_flip_in_a_cache_entry_is_never_signed(
+    built: Path, project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Attack: one bit flips inside a cache entry while its stat record still matches (bit rot,
+    or a writer that restores the stamp), so the stat-cached digest is reused and the build
+    would sign the pin's digest over other bytes. The written bytes are hashed on their way
+    into the bundle: exit 5 naming the member and the entry, the entry evicted, nothing at
+    the final path; the next build fetches it again and is the good bundle."""
+    entry = _rke_entry(cache_dir)
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    with open(entry, "r+b") as f:  # in place: same inode, same size
+        f.write(data)
+    _restamp(entry)
+    out = tmp_path / "flip"
+    result = _build(project, keys, out, cache_dir)
+    assert result.exit_code == 5, result.stderr
+    assert "bin/rke" in result.stderr and str(entry) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not entry.exists()  # evicted
+    assert list(out.iterdir()) == []
+    again = _build(project, keys, out, cache_dir)
+    assert again.exit_code == 0, again.stderr
+    assert Path(again.stdout.strip()).read_bytes() == built.read_bytes()
+    assert project.origin.routes["/rke_linux-amd64"].hits == 2
+
+
+def test_payload_file_changed_behind_its_stat_is_never_signed(
+    built: Path, project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Attack: a payload file is rewritten and its digest index record made to match again,
+    so the build would reuse the old digest. Its written bytes do not match: exit 5, the
+    record is dropped and the next build hashes it again and signs what is there."""
+    notes = project.root / "payloads/notes.txt"
+    real = notes.resolve()
+    index = cache_dir / "index" / hashlib.sha256(os.fsencode(real)).hexdigest()
+    notes.write_text("site notez\n")  # same size
+    record = json.loads(index.read_text())
+    st = real.stat()
+    record["stamp"] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    index.write_text(json.dumps(record))
+    out = tmp_path / "changed"
+    result = _build(project, keys, out, cache_dir)
+    assert result.exit_code == 5, result.stderr
+    assert "files/notes.txt" in result.stderr and str(real) in result.stderr
+    assert list(out.iterdir()) == []
+    again = _build(project, keys, out, cache_dir)
+    assert again.exit_code == 0, again.stderr
+    assert run_cli("verify", again.stdout.strip(), "--pubkey", keys.pub_path).exit_code == 0
+
+
+_KILL_AT = """
+import os, signal, sys
+from bundler import build, cache, archive
+where = sys.argv.pop(1)
+if where == "sha256":  # after the .tar is renamed in, before its .sha256 is written
+    build.atomic_write = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+else:  # while the .tar is being written
+    real = archive._copy_file
+    def dying(src, dst, size, path, progress):
+        if "storage" in str(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst, size, path, progress)
+    archive._copy_file = dying
+from bundler.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("where", ["sha256", "tar"])
+def test_tar_and_sha256_appear_together_after_a_kill(
+    built: Path, project: Project, keys: Keys, cache_dir: Path, where: str
+) -> None:
+    """Attack: a build killed between the rename of the .tar and the write of its .sha256 left
+    an old .sha256 beside a new .tar, so `sha256sum -c` failed a good bundle (or passed a stale
+    one). A real process is SIGKILLed there (and, second case, mid-write): no .sha256 may
+    disagree with the .tar beside it, and the next build removes the leftovers."""
+    out = built.parent
+    sha_file = built.with_name(built.name + ".sha256")
+    (project.root / "scripts/storage.sh").write_text("#!/bin/sh\necho storage, new\n")
+    argv = [sys.executable, "-c", _KILL_AT, where, "build", str(project.manifest), "-o", str(out),
+            "--key", str(keys.key_path), "--cache", str(cache_dir)]  # fmt: skip
+    killed = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    if sha_file.exists():
+        check = subprocess.run(["sha256sum", "-c", sha_file.name], cwd=out, capture_output=True)
+        assert check.returncode == 0, "a .sha256 beside a .tar it does not describe"
+    if where == "sha256":
+        assert built.exists() and not sha_file.exists()  # the new .tar alone: the old .sha256 went first
+    else:
+        assert any(p.name.endswith(".partial") for p in out.iterdir())
+    again = _build(project, keys, out, cache_dir)
+    assert again.exit_code == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == [built.name, sha_file.name]
+    subprocess.run(["sha256sum", "-c", sha_file.name], cwd=out, check=True, capture_output=True)
+
+
+def test_file_and_folder_at_one_bundle_path_are_refused(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Attack: one files: entry ships `x` as a file, another ships `x/y`; the tar holds both,
+    builds and verifies, then the install crashes unpacking it. Refused at build time (exit 2),
+    naming both manifest entries with their lines."""
+    (project.root / "payloads/tree/y").mkdir(parents=True)
+    (project.root / "payloads/tree/y/z.txt").write_text("z\n")
+    text = project.manifest.read_text().replace(
+        "  - src: payloads/notes.txt\n    dest: notes.txt\n",
+        "  - src: payloads/notes.txt\n    dest: x\n  - src: payloads/tree/\n    dest: X\n",
+    )
+    manifest = project.write_manifest(text, "clash.yaml")
+    out = tmp_path / "clash"
+    result = _build(project, keys, out, cache_dir, manifest=manifest)
+    assert result.exit_code == 2, result.stderr
+    lines = text.splitlines()
+    file_line = lines.index("  - src: payloads/notes.txt") + 1
+    dir_line = lines.index("  - src: payloads/tree/") + 1
+    assert f"clash.yaml:{file_line}" in result.stderr and f"clash.yaml:{dir_line}" in result.stderr
+    assert "'files/x'" in result.stderr and "'files/X/y/z.txt'" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def _unshared_build(
+    project: Project, keys: Keys, mount: Path, cache: Path, out: Path
+) -> subprocess.CompletedProcess:
+    """`airbundle build` in a private mount namespace with a 1 MiB tmpfs at ``mount``."""
+    mount.mkdir(parents=True, exist_ok=True)
+    cmd = (
+        f'mount -t tmpfs -o size=1m tmpfs "{mount}" && "{AIRBUNDLE}" build "{project.manifest}" '
+        f'-o "{out}" --key "{keys.key_path}" --cache "{cache}"'
+    )
+    return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True, timeout=120)
+
+
+def test_disk_full_while_writing_the_bundle(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Attack/fault: the output disk fills up mid-bundle (a real 1 MiB tmpfs, the bundle is
+    larger). A clear message naming the path and what to do, exit 5, no traceback, nothing
+    at the final path or beside it."""
+    (project.root / "payloads/app/big.bin").write_bytes(os.urandom(2 << 20))
+    mount = tmp_path / "small"
+    result = _unshared_build(project, keys, mount, cache_dir, mount / "out")
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no space left" in result.stderr and "demo-1.0.0.tar" in result.stderr
+    assert "writing the bundle" in result.stderr
+
+
+def test_disk_full_while_writing_the_cache(project: Project, keys: Keys, tmp_path: Path) -> None:
+    """Fault: the cache's disk fills up during a download (the binary is larger than the tmpfs
+    holding the cache): exit 5 naming the cache, no traceback."""
+    big = os.urandom(2 << 20)
+    url = project.origin.add("/big-tool", big)
+    text = project.manifest.read_text().replace(
+        "files:",
+        f"  - name: big\n    url: {url}\n    sha256: {hashlib.sha256(big).hexdigest()}\n"
+        "    dest: /usr/local/bin/big\nfiles:",
+    )
+    project.write_manifest(text)
+    mount = tmp_path / "small"
+    result = _unshared_build(project, keys, mount, mount / "cache", tmp_path / "out")
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no space left" in result.stderr and str(mount / "cache") in result.stderr
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_folder_at_a_cache_entry_path(
+    built: Path, project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Fault: a folder sits where a cache entry's file belongs. An empty one is treated as an
+    absent entry (fetched again); one holding files is named with what to do, exit 5, no
+    traceback."""
+    entry = _rke_entry(cache_dir)
+    entry.unlink()
+    entry.mkdir()
+    again = _build(project, keys, tmp_path / "a", cache_dir)
+    assert again.exit_code == 0, again.stderr
+    assert Path(again.stdout.strip()).read_bytes() == built.read_bytes()
+    entry.unlink()
+    entry.mkdir()
+    (entry / "something").write_text("x")
+    result = _build(project, keys, tmp_path / "b", cache_dir)
+    assert result.exit_code == 5, result.stderr
+    assert str(entry) in result.stderr and "a folder is where a file is expected" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
+
+
+def test_output_folder_that_is_a_file(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
+    """Fault: -o names a file. Exit 5 naming it and what to do, before anything is fetched."""
+    out = tmp_path / "out"
+    out.write_text("not a folder\n")
+    result = _build(project, keys, out, cache_dir)
+    assert result.exit_code == 5, result.stderr
+    assert f"{out}: making the output folder failed: a file is where a folder is expected" in result.stderr
+    assert project.origin.routes["/rke_linux-amd64"].hits == 0
