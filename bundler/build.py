@@ -578,10 +578,9 @@ def build_bundle(
     manifest = load_manifest(manifest_path)
     final = outdir / f"{manifest.name}-{manifest.version}.tar"
     sha_path = outdir / f"{final.name}.sha256"
-    with _environment("making the output folder", outdir):
+    with _environment("making the output folder", outdir):  # checked now, made only when writing
         if outdir.exists() and not outdir.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(outdir))
-        outdir.mkdir(parents=True, exist_ok=True)
     with _environment("fetching into the cache", cache_root):
         cache = Cache(cache_root)
         fetcher = Fetcher(cache, policy)
@@ -606,6 +605,8 @@ def build_bundle(
     ]
     total = sum(e.size for e in entries)
     progress = (lambda n: on_write(n, total)) if on_write else (lambda n: None)
+    with _environment("making the output folder", outdir):
+        outdir.mkdir(parents=True, exist_ok=True)  # a failed build leaves no folder behind
     with _environment("writing the bundle", final), _outdir_lock(outdir):
         _clean_leftovers(final, sha_path)
         try:
