@@ -33,11 +33,11 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable  # typing's: collections.abc's is not subscriptable before 3.9
 
 from bundler import files, signing, trust
 from bundler import lock as lockmod

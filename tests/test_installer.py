@@ -819,3 +819,38 @@ def test_images_mode_from_the_manifest_and_the_options(
     bad = _install(site, keys, "--registry", "https://127.0.0.9")
     assert bad.returncode == 2 and "--registry 'https://127.0.0.9' is not HOST:PORT" in bad.stderr
     assert not (site / "work").exists() or not any((site / "work").glob("demo-*"))  # nothing unpacked
+
+
+def _oldest_python() -> Path | None:
+    """The oldest python3 (3.7 or later: what the carried installer supports) installed by pyenv."""
+    found = []
+    for folder in (Path.home() / ".pyenv" / "versions").glob("3.*"):
+        match = re.fullmatch(r"3\.(\d+)\.\d+", folder.name)
+        if match and int(match.group(1)) >= 7 and (folder / "bin" / "python3").is_file():
+            found.append((int(match.group(1)), folder / "bin" / "python3"))
+    return min(found)[1] if found else None
+
+
+def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """install.sh runs the bundle's installer on the site's python3; on the oldest one the
+    installer supports it still makes the whole trust decision (signature through stock
+    ssh-keygen, since there is no cryptography), audits and hashes every member and plans,
+    and still refuses a bundle signed by another key."""
+    oldest = _oldest_python()
+    if oldest is None:
+        pytest.skip("no pyenv python3 3.7+ under ~/.pyenv/versions to play the site's oldest python3")
+    shim = tmp_path / "oldest"
+    shim.mkdir()
+    (shim / "python3").symlink_to(oldest)
+    site = _site(built, tmp_path)
+    env = {"PATH": f"{shim}:{SITE_PATH}"}
+    version = subprocess.run([shim / "python3", "--version"], capture_output=True, text=True).stdout.strip()
+    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--dry-run"]
+    dry = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
+    assert dry.returncode == 0, f"{version}: {dry.stderr}"
+    assert "members verified" in dry.stdout and "the plan:" in dry.stdout
+    data = bytearray(built.read_bytes())  # one payload byte changed: only the Python side sees it
+    data[data.index(b"rke stand-in") + 3] ^= 1
+    (site / built.name).write_bytes(bytes(data))
+    refused = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
+    assert refused.returncode == 4 and "bin/rke: sha256" in refused.stderr, refused.stderr
