@@ -109,7 +109,8 @@ step "the same checks with stock tools only (sha256sum, tar, ssh-keygen, sed)"
 (cd "$OUT/dist" && sha256sum -c "$(basename "$BUNDLE").sha256")
 RECIPE=$(sed -n '/<!-- stock-verify -->/,/^```$/p' README.md | sed '1,2d;$d')
 mkdir -p "$OUT/site"
-(cd "$OUT/site" && BUNDLE="$ROOT/$BUNDLE" PUB="$ROOT/$OUT/release.pub" sh -eu -c "$RECIPE")
+echo "airbundle $(cat "$OUT/release.pub")" > "$OUT/site/allowed_signers"  # as the README says, once
+(cd "$OUT/site" && BUNDLE="$ROOT/$BUNDLE" SIGNERS=allowed_signers sh -eu -c "$RECIPE")
 
 step "a tampered copy is refused (exit 4 names the member)"
 cp "$BUNDLE" "$OUT/tampered.tar"

@@ -62,7 +62,7 @@ def main(bundle: Path, pub: Path, out: Path) -> int:
             f"{roots}/{{node}}",
         ]
         # The README's first command, as an operator pastes it, with this site's options.
-        options = shlex.join(argv[6:])
+        options = shlex.join(argv[4:])  # the inventory and the rest, after --pubkey
         recipe = readme_block("site-install").replace("--inventory cluster.yml )", f"{options} )")
         print(recipe, flush=True)
         site_env = {
