@@ -102,6 +102,17 @@ def test_a_fifo_or_folder_given_as_a_bundle_is_refused(keys: Keys, tmp_path: Pat
         assert str(target) in run.stderr and "Traceback" not in run.stderr
 
 
+def test_install_sh_refuses_a_fifo_as_the_bundle(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """A FIFO named as the bundle made install.sh's tar wait forever: refused at once, exit 2."""
+    shutil.copy(HERE / "bundler" / "installer" / "install.sh", tmp_path / "install.sh")
+    os.mkfifo(tmp_path / "demo-1.0.0.tar")
+    run = subprocess.run(
+        ["sh", "install.sh", "--bundle", "demo-1.0.0.tar", "--pubkey", str(keys.pub_path), "--inventory", "c.yml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert run.returncode == 2 and "demo-1.0.0.tar: no such bundle, or not a regular file" in run.stderr
+
+
 def test_the_bytes_decided_on_are_the_bytes_unpacked(
     project: Project, keys: Keys, built: Path, tmp_path: Path, cache_dir: Path
 ) -> None:

@@ -54,6 +54,8 @@ if [ -z "$bundle" ]; then
     [ -n "$bundle" ] || die 2 "no bundle beside install.sh; name it with --bundle FILE"
     set -- --bundle "$bundle" "$@"
 fi
+# A FIFO or device would make tar wait forever (or read without end): only a regular file is a bundle.
+[ -f "$bundle" ] || die 2 "$bundle: no such bundle, or not a regular file (a FIFO, folder or device); give the bundle's .tar or .parts.json"
 for tool in tar ssh-keygen sha256sum sed grep sort uniq cut find python3; do
     command -v "$tool" >/dev/null 2>&1 || die 6 "$tool is required on this node"
 done
