@@ -233,3 +233,17 @@ def test_unexpected_error_is_exit_1_with_traceback(built: Path, keys: Keys) -> N
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 1
     assert "Traceback" in run.stderr and "RuntimeError: a bug" in run.stderr
+
+
+def test_every_test_the_threat_list_names_exists() -> None:
+    """docs/threats.md names the test that plays each attack; each must exist, so the list stays true."""
+    names = {
+        n.split("[")[0]
+        for n in re.findall(
+            r"`(test_[a-z0-9_]+(?:\[[^\]`]*\])?)`", (ROOT / "docs" / "threats.md").read_text()
+        )
+    }
+    defined = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", path.read_text(), re.M))
+    assert len(names) > 40 and sorted(names - defined) == []
