@@ -435,10 +435,10 @@ def _parse_pax(data: bytes, name: str) -> dict[str, str]:
         if data[pos:].strip(b"\0") == b"":
             break
         space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            length = 0
+        digits = data[pos:space] if space > pos else b""
+        # Plain ASCII digits only: int() would also take "+24", "2_4" or " 24", which GNU tar
+        # refuses, and the two would then read different names for the same member.
+        length = int(digits) if digits.isdigit() and len(digits) < 10 else 0
         record = data[pos : pos + length]
         if space < 0 or length <= space - pos or not record.endswith(b"\n") or b"=" not in record:
             raise trust.unsafe(name, "malformed PAX header")

@@ -206,41 +206,112 @@ def load_private_key(pem: bytes, source: str, passphrase: bytes | None = None) -
     return PrivateKey(key, comment="")
 
 
-def parse_public_keys(text: str, source: str) -> list[PublicKey]:
-    """Every ``ssh-ed25519`` key in a ``.pub`` or ``allowed_signers`` file.
+PRINCIPAL = NAMESPACE  # install.sh and the README check with ``ssh-keygen -Y verify -I airbundle``
+_KEY_TYPES = ("ssh-", "ecdsa-", "sk-")
 
-    Lines may carry a leading principal and options (allowed_signers); blank
-    lines and ``#`` comments are skipped.
+
+def parse_public_keys(text: str, source: str) -> list[PublicKey]:
+    """Every ``ssh-ed25519`` key a ``.pub`` or ``allowed_signers`` file trusts for airbundle.
+
+    An ``allowed_signers`` line is read as OpenSSH's ``ssh-keygen -Y verify -I airbundle``
+    reads it, so that the stock check and this one never disagree: ``PRINCIPALS [OPTIONS]
+    KEYTYPE KEY [COMMENT]``, where a line whose principals (a pattern list: ``*``, ``?``,
+    ``!``) do not match ``airbundle`` is skipped, and option names are case-insensitive.
+    Where OpenSSH would quietly skip a line it cannot read, this refuses the whole file: an
+    unknown or repeated option, an unquoted or malformed value, ``cert-authority``, another
+    key type. A ``.pub`` line (``ssh-ed25519 KEY [COMMENT]``) is trusted for airbundle as is.
+    Blank lines and ``#`` comments are skipped.
 
     Raises:
-        KeyFileError: no usable key, or a malformed one (names the line).
+        KeyFileError: a line it cannot read (naming it), or no key for airbundle at all.
     """
     keys: list[PublicKey] = []
+    skipped: list[str] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
+        where = f"{source}:{lineno}"
+        fields = _fields(line, where)
         if not fields or fields[0].startswith("#"):
             continue
-        if KEY_TYPE not in fields:
-            other = next((f for f in fields if f.startswith(("ssh-", "ecdsa-", "sk-"))), None)
+        if fields[0] == KEY_TYPE:  # a .pub line
+            keys.append(_key(fields[1:], where))
+            continue
+        if fields[0].startswith(_KEY_TYPES):
             raise KeyFileError(
-                f"{source}:{lineno}: {'unsupported key type ' + other if other else 'no ssh-ed25519 key'}"
-                " (airbundle keys are ssh-ed25519; make one with 'airbundle keygen')"
+                f"{where}: unsupported key type {fields[0]} (airbundle keys are ssh-ed25519; "
+                "make one with 'airbundle keygen')"
             )
-        at = fields.index(KEY_TYPE)
-        try:
-            blob = base64.b64decode(fields[at + 1], validate=True)
-            comment = " ".join(fields[at + 2 :])
-            key = PublicKey.from_blob(blob, comment)
-        except (IndexError, ValueError, binascii.Error) as exc:
-            raise KeyFileError(f"{source}:{lineno}: malformed ssh-ed25519 key ({exc})") from exc
-        options = " ".join(fields[1:at]) if at >= 2 else ""
-        keys.append(_with_options(key, options, f"{source}:{lineno}"))
+        principals, rest = fields[0], fields[1:]
+        options = ""
+        if rest and rest[0] != KEY_TYPE and not rest[0].startswith(_KEY_TYPES):
+            options, rest = rest[0], rest[1:]
+        if not rest or rest[0] != KEY_TYPE:
+            other = rest[0] if rest and rest[0].startswith(_KEY_TYPES) else None
+            what = f"unsupported key type {other}" if other else "no ssh-ed25519 key where one belongs"
+            raise KeyFileError(
+                f"{where}: {what}"
+                " (an allowed_signers line is PRINCIPALS [OPTIONS] ssh-ed25519 KEY; airbundle keys are "
+                "ssh-ed25519)"
+            )
+        key = _with_options(_key(rest[1:], where), options, where)
+        if match_pattern_list(PRINCIPAL, principals) == 1:
+            keys.append(key)
+        else:
+            skipped.append(f"line {lineno} ({principals})")
     if not keys:
-        raise KeyFileError(f"{source}: holds no public key")
+        detail = f"; lines for other principals: {', '.join(skipped)}" if skipped else ""
+        raise KeyFileError(
+            f"{source}: holds no public key for {PRINCIPAL} (an allowed_signers line starts with the "
+            f"principal {PRINCIPAL}){detail}"
+        )
     return keys
 
 
-_OPTION = re.compile(r'(namespaces|valid-after|valid-before)="([^"]*)"')
+def _fields(line: str, where: str) -> list[str]:
+    """Whitespace-separated fields, where double-quoted text (option values) may hold spaces."""
+    out: list[str] = []
+    current = ""
+    quoted = False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+        if ch in " \t" and not quoted:
+            if current:
+                out.append(current)
+                current = ""
+            continue
+        current += ch
+    if quoted:
+        raise KeyFileError(f"{where}: an unclosed double quote")
+    if current:
+        out.append(current)
+    return out
+
+
+def _key(fields: list[str], where: str) -> PublicKey:
+    """``KEY [COMMENT]`` after ``ssh-ed25519``."""
+    try:
+        blob = base64.b64decode(fields[0], validate=True)
+        return PublicKey.from_blob(blob, " ".join(fields[1:]))
+    except (IndexError, ValueError, binascii.Error) as exc:
+        raise KeyFileError(f"{where}: malformed ssh-ed25519 key ({exc})") from exc
+
+
+def _match_pattern(name: str, pattern: str) -> bool:
+    """OpenSSH's ``match_pattern``: ``*`` any run, ``?`` any one character, all else literal."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.S) is not None
+
+
+def match_pattern_list(name: str, patterns: str) -> int:
+    """OpenSSH's ``match_pattern_list``: 1 when a pattern matches, -1 when a ``!pattern`` does, else 0."""
+    found = 0
+    for pattern in patterns.split(","):
+        negated = pattern.startswith("!")
+        if _match_pattern(name, pattern[1:] if negated else pattern):
+            if negated:
+                return -1
+            found = 1
+    return found
 
 
 def _ssh_time(value: str, where: str) -> int:
@@ -250,21 +321,48 @@ def _ssh_time(value: str, where: str) -> int:
     formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
     if not digits.isdigit() or len(digits) not in formats:
         raise KeyFileError(f"{where}: time {value!r} is not YYYYMMDD[HHMM[SS]][Z]")
-    moment = datetime.datetime.strptime(digits, formats[len(digits)])
+    try:
+        moment = datetime.datetime.strptime(digits, formats[len(digits)])
+    except ValueError as exc:
+        raise KeyFileError(f"{where}: time {value!r} is not a date ({exc})") from None
     if utc:
         return int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
     return int(time.mktime(moment.timetuple()))
 
 
+_OPTION = re.compile(r'([A-Za-z-]+)(?:="([^"]*)")?(?:,|$)')
+
+
 def _with_options(key: PublicKey, options: str, where: str) -> PublicKey:
-    """Apply allowed_signers options (namespaces, valid-after, valid-before) to a key."""
-    if "cert-authority" in options:
-        raise KeyFileError(f"{where}: cert-authority keys are not supported; list the signing key itself")
-    found = dict(_OPTION.findall(options))
+    """Apply allowed_signers options (namespaces, valid-after, valid-before; names in any case)."""
+    found: dict[str, str] = {}
+    pos = 0
+    while pos < len(options):
+        match = _OPTION.match(options, pos)
+        if not match or match.end() == pos:
+            raise KeyFileError(f'{where}: malformed options {options!r} (name="value",...)')
+        name, value = match.group(1).lower(), match.group(2)
+        if name == "cert-authority":
+            raise KeyFileError(f"{where}: cert-authority keys are not supported; list the signing key itself")
+        if name not in ("namespaces", "valid-after", "valid-before"):
+            raise KeyFileError(
+                f"{where}: unknown option {match.group(1)!r} (allowed_signers options: namespaces, "
+                "valid-after, valid-before)"
+            )
+        if value is None:
+            raise KeyFileError(f'{where}: option {match.group(1)} needs a quoted value, {name}="..."')
+        if name in found:
+            raise KeyFileError(f"{where}: option {name} given twice")
+        found[name] = value
+        pos = match.end()
+    after = _ssh_time(found["valid-after"], where) if "valid-after" in found else None
+    before = _ssh_time(found["valid-before"], where) if "valid-before" in found else None
+    if after is not None and before is not None and before <= after:
+        raise KeyFileError(f"{where}: valid-before is not after valid-after")
     return dataclasses.replace(
         key,
-        valid_after=_ssh_time(found["valid-after"], where) if "valid-after" in found else None,
-        valid_before=_ssh_time(found["valid-before"], where) if "valid-before" in found else None,
+        valid_after=after,
+        valid_before=before,
         namespaces=tuple(found["namespaces"].split(",")) if "namespaces" in found else None,
     )
 
@@ -402,27 +500,30 @@ def verify(
             f"signature by {sig.public_key.fingerprint} does not match the signed bytes "
             "(they were changed after signing)"
         )
+    # As ssh-keygen does: every allowed_signers line for this key is tried; the first that
+    # permits the namespace and the time wins. The first refusal is reported.
+    refusals: list[str] = []
     for key in trusted:
         if key.raw != sig.public_key.raw:
             continue
-        if key.namespaces is not None and namespace not in key.namespaces:
-            raise UntrustedKeyError(
-                f"signed by {key.fingerprint}, which the allowed signers limit to {','.join(key.namespaces)}",
-                fingerprint=key.fingerprint,
+        if key.namespaces is not None and match_pattern_list(namespace, ",".join(key.namespaces)) != 1:
+            refusals.append(
+                f"signed by {key.fingerprint}, which the allowed signers limit to {','.join(key.namespaces)}"
             )
-        if now is not None and key.valid_after is not None and now < key.valid_after:
-            raise UntrustedKeyError(
+        elif now is not None and key.valid_after is not None and now < key.valid_after:
+            refusals.append(
                 f"signed by {key.fingerprint}, which is trusted only from {utc_text(key.valid_after)} "
-                f"(host clock {utc_text(now)})",
-                fingerprint=key.fingerprint,
+                f"(host clock {utc_text(now)})"
             )
-        if now is not None and key.valid_before is not None and now >= key.valid_before:
-            raise UntrustedKeyError(
+        elif now is not None and key.valid_before is not None and now > key.valid_before:
+            refusals.append(
                 f"signed by {key.fingerprint}, which is trusted only until {utc_text(key.valid_before)} "
-                f"(host clock {utc_text(now)}); use the publisher's new key",
-                fingerprint=key.fingerprint,
+                f"(host clock {utc_text(now)}); use the publisher's new key"
             )
-        return key
+        else:
+            return key
+    if refusals:
+        raise UntrustedKeyError(refusals[0], fingerprint=sig.public_key.fingerprint)
     trusted_fps = ", ".join(k.fingerprint for k in trusted)
     raise UntrustedKeyError(
         f"signed by {sig.public_key.fingerprint}, which is not a trusted key ({trusted_fps})",

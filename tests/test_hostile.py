@@ -248,3 +248,17 @@ def test_disk_full_while_unpacking_is_an_install_error(built: Path, keys: Keys, 
     assert "no space left" in run.stderr and f"{mnt}/work" in run.stderr and "Traceback" not in run.stderr
     leftovers = run.stdout.split("exit=6", 1)[1].split()
     assert [n for n in leftovers if not n.startswith("state.")] == []  # the journal's files only
+
+
+@pytest.mark.parametrize("length", ["+25", "2_5"])
+def test_a_pax_record_length_gnu_tar_refuses_is_refused(
+    built: Path, keys: Keys, tmp_path: Path, length: str
+) -> None:
+    """Attack: a PAX record whose length is spelled ``+25`` or ``2_5`` (Python's int() takes
+    both, GNU tar calls the header malformed and keeps the ustar name): verify said OK while
+    tar unpacked the member under another name. Only plain digits are read."""
+    record = length.encode() + b" path=files/notes.txt\n"
+    assert len(record) == 25  # the length the record claims, read as int() reads it
+    hostile = _splice(built, tmp_path / "len.tar", "files/notes.txt", _pax_block(record))
+    result = run_cli("verify", hostile, "--pubkey", keys.pub_path)
+    assert result.exit_code == 4 and "malformed PAX header" in result.stderr

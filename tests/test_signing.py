@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,66 @@ def test_encrypted_openssh_key(tmp_path: Path) -> None:
     assert signing.load_private_key(key.read_bytes(), "id", b"pw12345")
     with pytest.raises(KeyFileError, match="wrong passphrase"):
         signing.load_private_key(key.read_bytes(), "id", b"nope")
+
+
+# ---------------------------------------------------------------- allowed_signers as ssh-keygen reads it
+
+ALLOWED_SIGNERS_CASES = [
+    # (allowed_signers lines, with {K} for the signing key and {O} for another; ssh-keygen's verdict)
+    ("airbundle {K}", True),
+    ("{K}", None),  # a .pub line: trusted for airbundle by airbundle; install.sh adds the principal
+    ("alice {K}", False),
+    ("*,!airbundle {K}", False),
+    ("air* {K}", True),
+    ("alice,airbundle {K}", True),
+    ('airbundle VALID-BEFORE="20200101Z" {K}', False),
+    ('airbundle Valid-After="29990101Z" {K}', False),
+    ('airbundle NAMESPACES="git" {K}', False),
+    ('airbundle namespaces="*" {K}', True),
+    ('airbundle namespaces="air*,!git" {K}', True),
+    ('airbundle namespaces="*,!airbundle" {K}', False),
+    ("airbundle CERT-AUTHORITY {K}", False),
+    ("airbundle valid-before=20200101Z {K}", False),
+    ('airbundle foo="x" {K}', False),
+    ('airbundle valid-after="29990101Z",valid-before="20200101Z" {K}', False),
+    ('airbundle valid-after="20200101Z",valid-before="29990101Z" {K}', True),
+    ('airbundle namespaces="git" {K}\nairbundle {K}', True),
+    ("airbundle {O}\nairbundle {K}", True),
+    ("airbundle {O}", False),
+]
+
+
+@pytest.mark.parametrize(("lines", "ssh_accepts"), ALLOWED_SIGNERS_CASES)
+def test_allowed_signers_are_read_as_ssh_keygen_reads_them(
+    keys: Keys, other_keys: Keys, tmp_path: Path, lines: str, ssh_accepts: bool | None
+) -> None:
+    """Attack: the Python check read the operator's allowed_signers more loosely than stock
+    ssh-keygen (principals ignored, option names case-sensitive, unreadable options dropped),
+    so a bundle signed by a retired key was refused by the README's check and then accepted
+    by the installer. Now airbundle never accepts what ssh-keygen refuses; where it cannot
+    read a line it refuses the file (exit 2) rather than skipping it."""
+    text = lines.format(K=keys.pub.openssh_line(), O=other_keys.pub.openssh_line()) + "\n"
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(text)
+    message = b"the lock's bytes\n"
+    sig = tmp_path / "lock.json.sig"
+    sig.write_bytes(signing.sign(keys.key, message))
+    if ssh_accepts is not None:
+        run = subprocess.run(
+            ["ssh-keygen", "-Y", "verify", "-f", signers, "-I", "airbundle", "-n", "airbundle", "-s", sig],
+            input=message,
+            capture_output=True,
+        )
+        assert (run.returncode == 0) == ssh_accepts, run.stderr  # the table is OpenSSH's own verdict
+    try:
+        trusted = signing.parse_public_keys(text, str(signers))
+    except KeyFileError as exc:
+        assert not ssh_accepts, f"airbundle refuses a file ssh-keygen accepts: {exc}"
+        assert exc.exit_code == 2
+        return
+    try:
+        signing.verify(message, sig.read_bytes(), trusted, now=time.time())
+        accepted = True
+    except SignatureError:
+        accepted = False
+    assert accepted == (ssh_accepts is not False), text

@@ -39,7 +39,7 @@ import pytest
 from bundler import signing
 from bundler.lock import Lock
 
-from .conftest import Keys, Project, run_cli
+from .conftest import CLUSTER_YML, Keys, Project, run_cli
 from .readme import readme_block
 from .test_verify import Item, info, read_items, replace, resign, write_items
 
@@ -388,3 +388,78 @@ def test_parts_file_and_parts_as_signed(parts: Path, keys: Keys, tmp_path: Path)
     parts.with_name(parts.name + ".sig").unlink()
     run = _parts_install(parts, keys, tmp_path)
     assert run.returncode == 3 and ".parts.json.sig is missing" in run.stderr
+
+
+# ---------------------------------------------------------------- findings of the second review
+
+
+def test_stock_verify_sees_names_that_hide_behind_lock_json(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Attack: unlisted members named ``files/evil  lock.json`` (two spaces: the member-path
+    charset allows spaces) slipped through a filter meant for lock.json itself, and the recipe
+    printed "bundle OK". The filter now matches whole lines; the extra member is a difference."""
+    items = read_items(built)
+    code = b"#!/bin/sh\necho pwned\n"
+    items.insert(5, info("files/evil  lock.json", code, mode=0o755))
+    items.insert(6, info("installer/bundler/x  lock.json.sig", b"x"))
+    site = make_site(tmp_path, write_items(tmp_path / "hide.tar", items), signers(keys))
+    run = site.recipe("stock-verify")
+    assert run.returncode != 0 and "bundle OK" not in run.stdout
+    assert "files/evil  lock.json" in run.stdout + run.stderr
+
+
+def test_stock_verify_refuses_a_newline_in_a_name(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Attack: ``bin/rke`` removed and a member named ``bin/x  lock.json<newline><sha of rke>  bin/rke``
+    added: its name, printed by --to-command, forged the expected line for bin/rke. GNU tar lists
+    the newline as ``\\n``; a backslash in a listed name is refused."""
+    items = read_items(built)
+    rke = dict((ti.name, d) for ti, d in items)["bin/rke"]
+    forged = f"bin/x  lock.json\n{hashlib.sha256(rke).hexdigest()}  bin/rke"
+    items = [(ti, d) for ti, d in items if ti.name != "bin/rke"]
+    items.insert(10, info(forged, b"#!/bin/sh\necho not rke\n", mode=0o755))
+    site = make_site(tmp_path, write_items(tmp_path / "nl.tar", items), signers(keys))
+    run = site.recipe("stock-verify")
+    assert run.returncode == 4 and "bundle OK" not in run.stdout
+    assert "REFUSED: control character or backslash in a name" in run.stderr
+
+
+def test_an_abbreviated_option_cannot_name_another_bundle(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Attack: the recipe and install.sh check the bundle named by ``--bundle``, but the Python
+    installer took ``--bund OTHER.tar`` (argparse abbreviations) and installed a bundle nobody
+    checked. Abbreviations are refused (exit 2) before anything is read."""
+    site = make_site(tmp_path, built, signers(keys))
+    other = shutil.copy(built, site.root / "other.tar")
+    run = site.install_sh("--bund", Path(other).name, "--inventory", "cluster.yml")
+    assert run.returncode == 2 and "unrecognized arguments: --bund" in run.stderr
+    assert site.clean() and not (site.root / "work" / "demo-1.0.0").exists()
+
+
+@pytest.mark.parametrize(
+    "retired",
+    ['airbundle VALID-BEFORE="20200101Z" {K}', "alice {K}", "airbundle valid-before=20200101Z {K}"],
+    ids=["option-in-capitals", "other-principal", "unquoted-option"],
+)
+def test_the_installer_reads_the_key_file_as_ssh_keygen_does(
+    built: Path, keys: Keys, other_keys: Keys, tmp_path: Path, retired: str
+) -> None:
+    """Attack (with a rename race): the recipe checks a good bundle, then the attacker renames one
+    signed by a key the operator retired over the path before the Python installer opens it.
+    The installer used to read the retired line more loosely than ssh-keygen (capitals, other
+    principals, unquoted values ignored) and installed it. It now trusts no key ssh-keygen would
+    not: the swapped bundle is refused (exit 2 or 3) and its code never runs."""
+    site = make_site(tmp_path, built, signers(keys))
+    text = retired.format(K=other_keys.pub.openssh_line()) + "\n" + signers(keys) + "\n"
+    site.signers.write_text(text)
+    (site.root / "nodes.yml").write_text(CLUSTER_YML)
+    items = evil(read_items(built), other_keys.key, site.marker)
+    installer = tmp_path / "checked"  # the installer the recipe checked, from the good bundle
+    installer.mkdir()
+    subprocess.run(["tar", "-xf", built, "-C", installer, "--wildcards", "installer/*"], check=True)
+    write_items(site.bundle, items)  # the swapped-in bundle, as the Python installer finds it
+    run = subprocess.run(
+        ["/usr/bin/python3", "-I", "-S", str(installer / "installer" / "run.py"), "--bundle",
+         site.bundle.name, "--pubkey", site.signers.name, "--inventory", "nodes.yml", "--dry-run"],
+        cwd=site.root, env=site.env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode in (2, 3), run.stdout + run.stderr
+    assert other_keys.pub.fingerprint not in run.stdout and "the plan:" not in run.stdout
+    assert not site.marker.exists()

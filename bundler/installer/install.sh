@@ -65,26 +65,31 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")  # a fresh folder o
 trap 'rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-# --- the operator's keys: every key line of every --pubkey file as an allowed_signers line for
-# the principal "airbundle", keeping its valid-after, valid-before and namespaces, so that stock
-# ssh-keygen applies them before any code from the bundle runs.
-#   ssh-ed25519 KEY [comment]                        -> airbundle ssh-ed25519 KEY
-#   PRINCIPALS [OPTIONS] ssh-ed25519 KEY [comment]   -> airbundle [OPTIONS] ssh-ed25519 KEY
+# --- the operator's keys: every --pubkey file as allowed_signers lines for ssh-keygen, read
+# exactly as OpenSSH reads them (principals, option names in any case, valid-after,
+# valid-before, namespaces), so that nothing here trusts a key more than the operator's file
+# does; the Python installer reads the same files by the same rules.
+#   ssh-ed25519 KEY [comment]   (a .pub line)   -> airbundle ssh-ed25519 KEY
+#   PRINCIPALS [OPTIONS] ssh-ed25519 KEY [comment] -> kept as written
 add_signers() {
-    [ -f "$1" ] && [ -r "$1" ] || die 2 "$1: cannot read the public key"
+    [ -f "$1" ] && [ -r "$1" ] || die 2 "$1: cannot read the public key (or it is not a regular file)"
     n=0
     while IFS= read -r line || [ -n "$line" ]; do
         n=$((n + 1))
         line=$(printf '%s\n' "$line" | tr '\t\r' '  ' | sed 's/^ *//')
         case "$line" in "" | "#"*) continue ;; esac
-        out=$(printf '%s\n' "$line" | sed -n \
-            -e 's/^\(ssh-ed25519  *[A-Za-z0-9+\/=][A-Za-z0-9+\/=]*\)\( .*\)\{0,1\}$/airbundle \1/p' -e t \
-            -e 's/^[^ ]*  *\([^ ]*  *\)\{0,1\}\(ssh-ed25519  *[A-Za-z0-9+\/=][A-Za-z0-9+\/=]*\)\( .*\)\{0,1\}$/airbundle \1\2/p')
-        case "$out" in
-            "") die 2 "$1:$n: no ssh-ed25519 key (airbundle keys are ssh-ed25519; make one with 'airbundle keygen')" ;;
+        lower=$(printf '%s\n' "$line" | tr 'A-Z' 'a-z')
+        case "$lower" in
             *cert-authority*) die 2 "$1:$n: cert-authority keys are not supported; list the signing key itself" ;;
         esac
-        printf '%s\n' "$out" >>"$work/allowed_signers"
+        case "$line" in
+            "ssh-ed25519 "*)
+                printf '%s\n' "$line" | sed 's/^\(ssh-ed25519  *[A-Za-z0-9+\/=]*\).*$/airbundle \1/' ;;
+            ssh-* | ecdsa-* | sk-*)
+                die 2 "$1:$n: unsupported key type (airbundle keys are ssh-ed25519; make one with 'airbundle keygen')" ;;
+            *" ssh-ed25519 "*) printf '%s\n' "$line" ;;
+            *) die 2 "$1:$n: no ssh-ed25519 key (an allowed_signers line is PRINCIPALS [OPTIONS] ssh-ed25519 KEY)" ;;
+        esac >>"$work/allowed_signers"
     done <"$1"
 }
 while IFS= read -r pub; do

@@ -56,6 +56,9 @@ PASSWORD_ENV = "AIRBUNDLE_REGISTRY_PASSWORD"  # noqa: S105 - the name of a varia
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="install.sh",
+        # No abbreviations: install.sh finds --bundle and --pubkey by their full names, so an
+        # abbreviation (--bund) would name a bundle or key here that install.sh never checked.
+        allow_abbrev=False,
         description="Verify an airbundle bundle and install it on the site's nodes.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
