@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from bundler import __version__, archive, signing
+from bundler import __version__, archive, files, signing
 from bundler.cache import atomic_write, default_root
 from bundler.errors import (
     BundlerError,
@@ -104,14 +104,7 @@ def _passphrase(var: str | None) -> bytes | None:
 
 
 def _read_file(path: Path, what: str, limit: int = 1 << 20) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise KeyFileError(f"{path}: too large for a {what}")
-    return data
+    return files.read_capped(path, what, limit, KeyFileError)
 
 
 def _pubkeys(path: Path) -> list[signing.PublicKey]:
@@ -573,7 +566,7 @@ def install(
     into the work folder, then runs the phases on the inventory's nodes:
     preflight, packages, binaries, images, cluster (rke up), steps; resumable.
     The installer's other options (--registry-node, --registry-ca, --registry-user,
-    --registry-chunk, ...; see sh install.sh --help) pass through as they are.
+    --registry-chunk, ...; see 'sh install.sh --help' and the README) pass through as they are.
 
     \b
     Examples:

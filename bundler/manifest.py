@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from bundler import files as userfiles
 from bundler import versions
 from bundler.debs import Source
 from bundler.errors import ManifestError
@@ -312,13 +313,7 @@ def load_manifest(path: Path) -> Manifest:
         ManifestError: anything wrong, naming the file and line (exit 2).
     """
     where = str(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"{where}: cannot read the manifest: {exc.strerror}") from exc
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes; is this a manifest?")
+    data = userfiles.read_capped(path, "manifest", MAX_MANIFEST_BYTES, ManifestError)  # a FIFO is refused
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -135,6 +135,7 @@ class SiteFacts:
     allow_expired: bool = False
     installing: bool = False
     installed: Mapping[str, object] = field(default_factory=dict)  # as the journal records them
+    installed_locks: Mapping[str, str] = field(default_factory=dict)  # name -> its lock's SHA-256
     allow_downgrade: bool = False
     unpacked: Mapping[str, str] = field(default_factory=dict)
     platform: Mapping[str, str] | None = None  # the site's os/codename/arch, when it states them
@@ -182,6 +183,19 @@ def decide(
         return decision
     installed = facts.installed.get(lock.name)
     check_downgrade(lock.name, lock.version, installed, facts.allow_downgrade)
+    recorded = facts.installed_locks.get(lock.name)
+    if (
+        installed == lock.version
+        and recorded
+        and recorded != decision.lock_sha256
+        and not facts.allow_downgrade
+    ):
+        # A version names one bundle: an older build of the same version must not replace a newer one.
+        raise TrustError(
+            f"{lock.name} {lock.version} is installed from another bundle (lock sha256 {recorded[:16]}…, "
+            f"this one {decision.lock_sha256[:16]}…); a rebuild must carry a new version (e.g. "
+            f"{lock.version}+b2), or pass --allow-downgrade to replace it"
+        )
     base_folder = check_base(lock, facts) if lock.base else None
     was = installed if isinstance(installed, str) else None
     return Decision(decision.lock, lock_bytes, decision.lock_sha256, signer, was, base_folder)
@@ -199,12 +213,13 @@ def check_expiry(lock: lockmod.Lock, now: float, allow_expired: bool = False) ->
 
 def check_tree(lock: lockmod.Lock) -> None:
     """Refuse a lock that puts a file where another member needs a folder (``x`` and ``x/y``)."""
-    paths = {m.path for m in (*lock.members, *lock.inherited)}
-    for path in paths:
+    # Compared case-folded: on a case-insensitive work folder "files/A" and "files/a/b" clash too.
+    paths = {lockmod.fold(m.path): m.path for m in (*lock.members, *lock.inherited)}
+    for path in paths.values():
         parts = path.split("/")
         for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent in paths:
+            parent = paths.get(lockmod.fold("/".join(parts[:i])))
+            if parent is not None:
                 raise lockmod.LockError(
                     f"{lockmod.LOCK_NAME}: {parent!r} is a file and also the folder of {path!r}"
                 )

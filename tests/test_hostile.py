@@ -221,6 +221,12 @@ def test_an_unwritable_work_folder_is_an_install_error_not_a_traceback(
     assert run.returncode == 6, run.stderr
     assert "Traceback" not in run.stderr and str(blocker) in run.stderr
     assert blocker.read_text() == "not a folder"
+    direct = subprocess.run(  # the work folder itself is a file: a usage error, said plainly
+        [sys.executable, "-m", "bundler", "install", str(built), "--pubkey", str(keys.pub_path),
+         "--inventory", str(tmp_path / "cluster.yml"), "--workdir", str(blocker), "--dry-run"],
+        capture_output=True, text=True, cwd=HERE,
+    )  # fmt: skip
+    assert direct.returncode == 2 and f"--workdir {blocker}: not a folder" in direct.stderr
 
 
 def test_disk_full_while_unpacking_is_an_install_error(built: Path, keys: Keys, tmp_path: Path) -> None:
@@ -262,3 +268,43 @@ def test_a_pax_record_length_gnu_tar_refuses_is_refused(
     hostile = _splice(built, tmp_path / "len.tar", "files/notes.txt", _pax_block(record))
     result = run_cli("verify", hostile, "--pubkey", keys.pub_path)
     assert result.exit_code == 4 and "malformed PAX header" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_odd_files_for_the_small_inputs_are_refused_at_once(
+    built: Path, keys: Keys, tmp_path: Path, project: Project, kind: str
+) -> None:
+    """A FIFO given as the key, inventory, values or manifest made the command wait forever;
+    /dev/zero as the inventory grew the installer to gigabytes. Each is refused at once, exit 2,
+    naming the file."""
+    odd = tmp_path / "odd.yml"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd = Path("/dev/zero")
+    from .conftest import CLUSTER_YML
+
+    (tmp_path / "cluster.yml").write_text(CLUSTER_YML)
+    commands = [
+        ["verify", built, "--pubkey", odd],
+        ["inspect", built, "--pubkey", odd],
+        ["install", built, "--pubkey", keys.pub_path, "--inventory", odd],
+        [
+            "install",
+            built,
+            "--pubkey",
+            keys.pub_path,
+            "--inventory",
+            tmp_path / "cluster.yml",
+            "--values",
+            odd,
+        ],
+        ["build", odd, "--key", keys.key_path, "-o", tmp_path / "out"],
+        ["build", project.manifest, "--key", odd, "-o", tmp_path / "out"],
+    ]
+    for command in commands:
+        run = subprocess.run(
+            [sys.executable, "-m", "bundler", *map(str, command)], capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 2, (command, run.stderr)
+        assert str(odd) in run.stderr and "Traceback" not in run.stderr, (command, run.stderr)

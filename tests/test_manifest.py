@@ -185,12 +185,16 @@ def test_manifest_outside_manifests_folder_resolves_from_its_own_folder(project:
 
 
 def test_unreadable_and_huge(project: Project, tmp_path: Path) -> None:
-    with pytest.raises(ManifestError, match="cannot read"):
+    with pytest.raises(ManifestError, match="opening the manifest failed: no such file"):
         load_manifest(tmp_path / "missing.yaml")
     huge = tmp_path / "huge.yaml"
     huge.write_bytes(b"#" * (1024 * 1024 + 1))
-    with pytest.raises(ManifestError, match="larger than"):
+    with pytest.raises(ManifestError, match="too large for a manifest"):
         load_manifest(huge)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(ManifestError, match="the manifest is a FIFO"):
+        load_manifest(fifo)
 
 
 def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> None:

@@ -463,3 +463,14 @@ def test_the_installer_reads_the_key_file_as_ssh_keygen_does(
     assert run.returncode in (2, 3), run.stdout + run.stderr
     assert other_keys.pub.fingerprint not in run.stdout and "the plan:" not in run.stdout
     assert not site.marker.exists()
+
+
+def test_install_sh_help_runs_nothing_from_the_bundle(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """``sh install.sh --help`` printed "--pubkey PUB is required"; it now prints its own usage
+    (static text: no bundle is read, no installer code runs) and exits 0."""
+    site = make_site(tmp_path, built, signers(keys))
+    run = subprocess.run(
+        ["sh", str(INSTALL_SH), "--help"], cwd=site.root, env=site.env(), capture_output=True, text=True
+    )
+    assert run.returncode == 0 and run.stdout.startswith("usage: sh install.sh --pubkey FILE")
+    assert "README's first command" in run.stdout and site.clean()

@@ -228,3 +228,28 @@ def test_duplicates_and_case_fold_collisions_are_refused(second: str) -> None:
     audit.add("install.sh", 10, 0o755)
     with pytest.raises(IntegrityError, match="appears twice"):
         audit.add(second, 10, 0o755)
+
+
+def test_an_older_build_of_the_same_version_does_not_replace_the_installed_one(keys: Keys) -> None:
+    """Attack: replay an earlier, validly signed build that reused the installed version number
+    (say before a fix was rebuilt as the same 1.0.0): same version, other lock. Refused unless
+    --allow-downgrade; the same bundle again (a re-run) is fine."""
+    data, sig = _signed(keys)
+    digest = hashlib.sha256(data).hexdigest()
+    facts = {"installing": True, "installed": {"demo": "1.0.0"}}
+    with pytest.raises(TrustError, match="installed from another bundle") as err:
+        trust.decide(data, sig, _facts(keys, installed_locks={"demo": "00" * 32}, **facts))
+    assert err.value.exit_code == 3 and "1.0.0+b2" in str(err.value)
+    assert (
+        trust.decide(data, sig, _facts(keys, installed_locks={"demo": digest}, **facts)).installed == "1.0.0"
+    )
+    replaced = _facts(keys, installed_locks={"demo": "00" * 32}, allow_downgrade=True, **facts)
+    assert trust.decide(data, sig, replaced).lock.version == "1.0.0"
+
+
+def test_a_file_and_a_folder_differing_in_case_are_refused(keys: Keys) -> None:
+    """``files/A`` and ``files/a/b``: one path on a case-insensitive work folder."""
+    lock = _lock(members=(*_lock().members, Member("files/A/b", 1, SHA, "file")))
+    data, sig = _signed(keys, lock)
+    with pytest.raises(LockError, match="'files/a' is a file and also the folder of 'files/A/b'"):
+        trust.decide(data, sig, _facts(keys))

@@ -16,6 +16,32 @@
 set -eu
 
 die() { code=$1; shift; echo "install.sh: $*" >&2; exit "$code"; }
+usage() {  # static text: --help runs nothing from the bundle
+    cat <<'USAGE'
+usage: sh install.sh --pubkey FILE --inventory cluster.yml [--bundle BUNDLE] [options]
+
+Checks the bundle with stock tools (tar, ssh-keygen -Y verify with your key file, sha256sum),
+then runs the installer it carries, which verifies every member, unpacks the bundle and
+installs it on the inventory's nodes. Run this file as the README's first command does: only
+after stock tools have checked it.
+
+  --pubkey FILE      the publisher's key: your allowed_signers file or a .pub (repeatable)
+  --inventory FILE   Rancher RKE cluster.yml naming the nodes
+  --bundle FILE      the bundle .tar or NAME-VERSION.parts.json [the one beside this script]
+  --values FILE      site variables (YAML) for the staged steps
+  --workdir DIR      where to unpack [/var/lib/airbundle]
+  --dry-run          verify and show the plan; change nothing
+  --resume, --only PHASE, --allow-downgrade, --allow-expired, --ssh-config FILE, --apt-root DIR,
+  --images-mode MODE, --registry HOST:PORT, --registry-node NAME and the other --registry-*
+  options: see the README, "3. Install" and "Images through a site registry"
+
+examples:
+  sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml --dry-run
+  sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml --values site.yaml
+
+exit codes: 0 done, 2 usage or input file, 3 trust refused, 4 integrity, 6 install failed
+USAGE
+}
 
 here=$(cd "$(dirname "$0")" && pwd)
 bundle=""
@@ -28,6 +54,7 @@ for arg in "$@"; do
 $arg" ;;
     esac
     case "$arg" in
+        -h | --help) usage; exit 0 ;;
         --bundle=*) bundle=${arg#--bundle=} ;;
         --pubkey=*) pubs="$pubs
 ${arg#--pubkey=}" ;;

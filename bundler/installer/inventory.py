@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundler import files
 from bundler.errors import InputError
 from bundler.installer._vendor import yaml
 
@@ -42,12 +43,7 @@ class Node:
 
 
 def _load(path: Path, what: str) -> Any:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
-    if len(data) > MAX_INVENTORY_BYTES:
-        raise InputError(f"{path}: larger than {MAX_INVENTORY_BYTES} bytes; is this the {what}?")
+    data = files.read_capped(path, what, MAX_INVENTORY_BYTES)  # a FIFO or /dev/zero is refused
     try:
         return yaml.safe_load(data.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:

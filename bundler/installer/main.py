@@ -39,16 +39,19 @@ from bundler.lock import IMAGES_MODES, MAX_LOCK_BYTES, REGISTRY_RE, Lock
 
 DEFAULT_WORKDIR = "/var/lib/airbundle"
 DEFAULT_REGISTRY_DATA = siteregistry.DEFAULT_DATA
-EPILOG = """examples:
-  tar -xf fmp-rke-23.12.1.tar install.sh
-  sh install.sh --pubkey release.pub --inventory cluster.yml --values site.yaml
-  sh install.sh --pubkey release.pub --inventory cluster.yml --dry-run
+EPILOG = """examples (install.sh as the README's first command runs it, after stock tools checked it):
+  sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml --dry-run
+  sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml \\
+      --values site.yaml
 
   # images through a registry the installer runs on node cp-1 (TLS from a CA it makes):
-  sh install.sh --pubkey release.pub --inventory cluster.yml --registry-node cp-1
+  sh install.sh --pubkey allowed_signers --inventory cluster.yml --registry-node cp-1
   # ... or through the site's own registry, with its CA and credentials:
-  AIRBUNDLE_REGISTRY_PASSWORD=... sh install.sh --pubkey release.pub --inventory cluster.yml \\
+  AIRBUNDLE_REGISTRY_PASSWORD=... sh install.sh --pubkey allowed_signers --inventory cluster.yml \\
       --registry 10.0.0.5:5000 --registry-ca site-ca.crt --registry-user pusher
+
+Never run an install.sh taken out of a bundle unchecked: the README's first command checks it
+(and the installer) with tar, ssh-keygen and sha256sum before it runs.
 """
 PASSWORD_ENV = "AIRBUNDLE_REGISTRY_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 
@@ -154,6 +157,8 @@ def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and install; returns the exit code (errors are printed, never raised)."""
     args = parser().parse_args(argv)
     try:
+        if args.workdir.exists() and not args.workdir.is_dir():
+            raise InputError(f"--workdir {args.workdir}: not a folder; give a folder (it is made if missing)")
         trusted = _read_keys(args.pubkey)
         nodes = load_inventory(args.inventory)
         values = load_values(args.values)  # checked now: a bad file stops the install before anything runs
@@ -267,6 +272,11 @@ def _site_facts(
         allow_expired=args.allow_expired,
         installing=True,
         installed=installed,
+        installed_locks={
+            str(n): str(e.get("lock_sha256"))
+            for n, e in state["installed"].items()
+            if isinstance(e, dict) and e.get("lock_sha256")
+        },
         allow_downgrade=args.allow_downgrade,
         unpacked=unpacked,
     )
