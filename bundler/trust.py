@@ -12,7 +12,7 @@ Two parts:
   well-formed, namespace, made by a trusted key inside its allowed_signers window),
   then the lock's format and fields, its expiry against the clock, the platform
   when the site states one, the version order against what is installed (no silent
-  downgrade) and, for a delta, its base.
+  downgrade, no other build of the installed version) and, for a delta, its base.
 - ``check_header`` and ``Audit``: the member headers, one at a time in archive order.
   Only what our writer emits is accepted (POSIX ustar regular files, PAX ``path`` and
   ``size`` records only, safe names and modes); then each name against the lock:
@@ -184,18 +184,7 @@ def decide(
     installed = facts.installed.get(lock.name)
     check_downgrade(lock.name, lock.version, installed, facts.allow_downgrade)
     recorded = facts.installed_locks.get(lock.name)
-    if (
-        installed == lock.version
-        and recorded
-        and recorded != decision.lock_sha256
-        and not facts.allow_downgrade
-    ):
-        # A version names one bundle: an older build of the same version must not replace a newer one.
-        raise TrustError(
-            f"{lock.name} {lock.version} is installed from another bundle (lock sha256 {recorded[:16]}…, "
-            f"this one {decision.lock_sha256[:16]}…); a rebuild must carry a new version (e.g. "
-            f"{lock.version}+b2), or pass --allow-downgrade to replace it"
-        )
+    check_rebuild(lock, installed, recorded, decision.lock_sha256, facts.allow_downgrade)
     base_folder = check_base(lock, facts) if lock.base else None
     was = installed if isinstance(installed, str) else None
     return Decision(decision.lock, lock_bytes, decision.lock_sha256, signer, was, base_folder)
@@ -261,6 +250,19 @@ def check_downgrade(name: str, version: str, installed: object, allow_downgrade:
         raise TrustError(
             f"{name} {installed} is installed; refusing the older {version} "
             "(pass --allow-downgrade if that is intended)"
+        )
+
+
+def check_rebuild(
+    lock: lockmod.Lock, installed: object, recorded: str | None, lock_sha256: str, allow_downgrade: bool
+) -> None:
+    """Refuse another bundle of the installed version (exit 3) unless allowed: a version names one
+    bundle, so an older build that reused the number must not replace the installed one."""
+    if installed == lock.version and recorded and recorded != lock_sha256 and not allow_downgrade:
+        raise TrustError(
+            f"{lock.name} {lock.version} is installed from another bundle (lock sha256 {recorded[:16]}…, "
+            f"this one {lock_sha256[:16]}…); a rebuild must carry a new version (e.g. "
+            f"{lock.version}+b2), or pass --allow-downgrade to replace it"
         )
 
 
