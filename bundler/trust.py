@@ -258,7 +258,8 @@ def check_rebuild(
 ) -> None:
     """Refuse another bundle of the installed version (exit 3) unless allowed: a version names one
     bundle, so an older build that reused the number must not replace the installed one."""
-    if installed == lock.version and recorded and recorded != lock_sha256 and not allow_downgrade:
+    same = isinstance(installed, str) and versions.same(installed, lock.version)  # 1.0~rc1 is 1.0-rc1
+    if same and recorded and recorded != lock_sha256 and not allow_downgrade:
         raise TrustError(
             f"{lock.name} {lock.version} is installed from another bundle (lock sha256 {recorded[:16]}…, "
             f"this one {lock_sha256[:16]}…); a rebuild must carry a new version (e.g. "

@@ -11,12 +11,13 @@ Grammar (at most 64 characters)::
     build    = ident *( "." ident )
     part     = ident = 1*( A-Z / a-z / 0-9 )
 
-so ``23.12.1``, ``1.0.0-rc1``, ``1.0.0~rc1`` (Debian's spelling), ``2.0-beta.2+build.7``
-and ``1.4a`` parse; ``1..2`` (an empty part), ``1.0-`` (a trailing separator),
-``1.0-rc1~2`` (two pre-release markers), ``1.0_1`` and ``v 1`` do not.
+and the release starts with a digit, so ``23.12.1``, ``1.0.0-rc1``, ``1.0.0~rc1`` (Debian's
+spelling), ``2.0-beta.2+build.7`` and ``1.4a`` parse; ``1..2`` (an empty part), ``1.0-`` (a
+trailing separator), ``1.0-rc1~2`` (two pre-release markers), ``1.0_1``, ``v1.2`` and ``v 1``
+do not.
 
 Order (``key``): release parts left to right, each compared naturally (runs of digits as
-numbers, runs of letters as text, a digit run before a letter run), fewer parts first
+numbers, runs of letters as case-folded text, a digit run before a letter run), fewer parts first
 when one is a prefix of the other (23.9 < 23.12 < 23.12.1 < 23.12.1a); then a version
 with a pre-release sorts before the same release without one (1.0.0-rc1 < 1.0.0); two
 pre-releases compare as semver does, identifier by identifier: numeric ones numerically
@@ -60,7 +61,8 @@ def _idents(text: str, what: str, version: str) -> list[str]:
 
 def _natural(ident: str) -> tuple[Any, ...]:
     """Runs of digits as numbers (first), runs of letters as text."""
-    return tuple((0, int(run), "") if run.isdigit() else (1, 0, run) for run in _RUNS.findall(ident))
+    # Letters compare case-folded: 1.0.0-RC2 is newer than 1.0.0-rc1, whatever the spelling.
+    return tuple((0, int(run), "") if run.isdigit() else (1, 0, run.lower()) for run in _RUNS.findall(ident))
 
 
 def _pre_ident(ident: str) -> tuple[Any, ...]:
@@ -124,6 +126,12 @@ def key(version: str) -> tuple[Any, ...]:
     """
     release, pre, build = _split(version)
     parts = _idents(release, "release", version)
+    if not parts[0][0].isdigit():
+        # "v0.9" would sort after "23.12.1" (letters after digits): an old bundle spelled with a
+        # leading letter could replay over a newer one. A release starts with its number.
+        raise VersionError(
+            version, f"starts with {version[0]!r}; a release starts with a digit (1.2, not v1.2)"
+        )
     pre_ids = _idents(pre, "pre-release", version) if pre is not None else []
     build_ids = _idents(build, "build metadata", version) if build is not None else []
     return (
@@ -132,6 +140,11 @@ def key(version: str) -> tuple[Any, ...]:
         tuple(_pre_ident(i) for i in build_ids),
         version,
     )
+
+
+def same(version: str, other: str) -> bool:
+    """Whether two versions are equal by every rule but their spelling (1.0.0-rc1 and 1.0.0~RC1)."""
+    return key(version)[:-1] == key(other)[:-1]
 
 
 def is_older(version: str, than: str) -> bool:

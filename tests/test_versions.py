@@ -24,6 +24,7 @@ ORDERED = [
     ["1.9.9", "1.10", "2"],
     ["1.0.0-rc1", "1.0.0-rc1+b1", "1.0.0", "1.0.0+b1", "1.0.0+b2", "1.0.0+b10", "1.0.1-alpha"],
     ["0.1", "0.1.0", "0.1.0.1", "24.0.7"],
+    ["1.0.0-rc1", "1.0.0-RC2", "1.0.0-rc10", "1.0.0"],  # letters compare case-folded
 ]
 
 
@@ -33,6 +34,12 @@ def test_order(row: list[str]) -> None:
         assert versions.is_older(older, newer), (older, newer)
         assert not versions.is_older(newer, older), (newer, older)
     assert sorted(reversed(row), key=versions.key) == row
+
+
+def test_spellings_of_one_version_are_the_same() -> None:
+    """``-``/``~`` and letter case spell one version: the same-version rules see them as one."""
+    assert versions.same("1.0.0-rc1", "1.0.0~RC1") and versions.same("1.0", "1.0")
+    assert not versions.same("1.0", "1.0.0") and not versions.same("1.0.0", "1.0.0+b1")
 
 
 def test_equal_versions_are_not_older() -> None:
@@ -53,7 +60,6 @@ def test_equal_versions_are_not_older() -> None:
         "1.0.0~rc1",
         "2.0-beta.2+build.7",
         "1.4a",
-        "v1.2",
     ],
 )
 def test_sensible_versions_parse(version: str) -> None:
@@ -85,6 +91,8 @@ def test_sensible_versions_parse(version: str) -> None:
         ("1 .0", "holds ' '"),
         ("1.\u00e9", "holds"),
         ("1" * 65, "longer than 64"),
+        ("v1.2", "a release starts with a digit"),
+        ("V0.9", "a release starts with a digit"),
     ],
 )
 def test_malformed_versions_say_what_is_wrong(version: str, message: str) -> None:
