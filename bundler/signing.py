@@ -207,6 +207,9 @@ def load_private_key(pem: bytes, source: str, passphrase: bytes | None = None) -
 
 
 PRINCIPAL = NAMESPACE  # install.sh and the README check with ``ssh-keygen -Y verify -I airbundle``
+# OpenSSH's match_pattern_list() copies each sub-pattern into a 1024-byte buffer and fails the
+# whole list beyond it; longer fields are refused here rather than matched differently.
+MAX_PATTERN = 1000
 _KEY_TYPES = ("ssh-", "ecdsa-", "sk-")
 
 
@@ -227,9 +230,11 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
     """
     keys: list[PublicKey] = []
     skipped: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only, as OpenSSH's getline() reads them: str.splitlines() would also end
+    # one at a CR, VT, FF or U+2028, turning "# retired<CR>airbundle KEY" from a comment into a key.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         where = f"{source}:{lineno}"
-        fields = _fields(line, where)
+        fields = _fields(line[:-1] if line.endswith("\r") else line, where)
         if not fields or fields[0].startswith("#"):
             continue
         if fields[0] == KEY_TYPE:  # a .pub line
@@ -241,6 +246,11 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
                 "make one with 'airbundle keygen')"
             )
         principals, rest = fields[0], fields[1:]
+        if '"' in principals or len(principals) > MAX_PATTERN:
+            raise KeyFileError(
+                f"{where}: principals {principals[:40]!r}: quoted or over-long principals are not supported "
+                f"(write airbundle, or a pattern list such as air* of at most {MAX_PATTERN} characters)"
+            )
         options = ""
         if rest and rest[0] != KEY_TYPE and not rest[0].startswith(_KEY_TYPES):
             options, rest = rest[0], rest[1:]
@@ -319,23 +329,33 @@ def _ssh_time(value: str, where: str) -> int:
     utc = value.endswith("Z")
     digits = value[:-1] if utc else value
     formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
-    if not digits.isdigit() or len(digits) not in formats:
+    # ASCII digits only: str.isdigit() and strptime() also take "２０２０", which OpenSSH refuses.
+    if not (digits.isascii() and digits.isdigit()) or len(digits) not in formats:
         raise KeyFileError(f"{where}: time {value!r} is not YYYYMMDD[HHMM[SS]][Z]")
     try:
         moment = datetime.datetime.strptime(digits, formats[len(digits)])
     except ValueError as exc:
         raise KeyFileError(f"{where}: time {value!r} is not a date ({exc})") from None
     if utc:
-        return int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
-    return int(time.mktime(moment.timetuple()))
+        seconds = int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
+    else:
+        seconds = int(time.mktime(moment.timetuple()))
+    if seconds <= 0:  # OpenSSH reads 0 as "no limit" and refuses it; so do we, and anything before
+        raise KeyFileError(f"{where}: time {value!r} is not after 1970-01-01 00:00:00 UTC")
+    return seconds
 
 
 _OPTION = re.compile(r'([A-Za-z-]+)(?:="([^"]*)")?(?:,|$)')
+_OPTIONS = re.compile(r'[A-Za-z-]+(?:="[^"\\ \t]*")?(?:,[A-Za-z-]+(?:="[^"\\ \t]*")?)*')
 
 
 def _with_options(key: PublicKey, options: str, where: str) -> PublicKey:
     """Apply allowed_signers options (namespaces, valid-after, valid-before; names in any case)."""
     found: dict[str, str] = {}
+    if options and not _OPTIONS.fullmatch(options):
+        # A leading, trailing or doubled comma, a backslash escape, a space: OpenSSH skips such
+        # a line (or reads it otherwise); airbundle will not guess.
+        raise KeyFileError(f'{where}: malformed options {options!r} (name="value",... with no spaces)')
     pos = 0
     while pos < len(options):
         match = _OPTION.match(options, pos)
@@ -353,6 +373,8 @@ def _with_options(key: PublicKey, options: str, where: str) -> PublicKey:
             raise KeyFileError(f'{where}: option {match.group(1)} needs a quoted value, {name}="..."')
         if name in found:
             raise KeyFileError(f"{where}: option {name} given twice")
+        if name == "namespaces" and any(len(p) > MAX_PATTERN for p in value.split(",")):
+            raise KeyFileError(f"{where}: a namespaces pattern over {MAX_PATTERN} characters")
         found[name] = value
         pos = match.end()
     after = _ssh_time(found["valid-after"], where) if "valid-after" in found else None

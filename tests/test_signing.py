@@ -226,3 +226,86 @@ def test_allowed_signers_are_read_as_ssh_keygen_reads_them(
     except SignatureError:
         accepted = False
     assert accepted == (ssh_accepts is not False), text
+
+
+_LONG = "A" * 1100
+DIFFERENTIAL_LINES = {
+    "plain": "airbundle {K}\n",
+    "trailing comma in options": 'airbundle namespaces="airbundle", {K}\n',
+    "quoted principal, then airbundle": '"x",airbundle {K}\n',
+    "quoted principal": '"airbundle" {K}\n',
+    "quoted principal with a space": '"air bundle" {K}\n',
+    "long principal sub-pattern": "airbundle," + _LONG + " {K}\n",
+    "long namespaces sub-pattern": 'airbundle namespaces="airbundle,' + _LONG + '" {K}\n',
+    "comment, VT, key": "# old\x0bairbundle {K}\n",
+    "comment, FF, key": "# old\x0cairbundle {K}\n",
+    "comment, FS, key": "# old\x1cairbundle {K}\n",
+    "comment, NEL, key": "# old\x85airbundle {K}\n",
+    "comment, LS, key": "# old\u2028airbundle {K}\n",
+    "comment, CR, key": "# old\rairbundle {K}\n",
+    "CR-only lines, retired first": 'airbundle valid-before="20200101Z" {K}\rairbundle {K}\r',
+    "CRLF": "airbundle {K}\r\n",
+    "tabs": 'airbundle\tnamespaces="airbundle"\t{K}\n',
+    "full-width digits": 'airbundle valid-after="\uff12\uff10\uff12\uff100101Z" {K}\n',
+    "arabic-indic digits": 'airbundle valid-after="\u0662\u0660\u0662\u06600101Z" {K}\n',
+    "valid-after 1970 (0)": 'airbundle valid-after="19700101Z" {K}\n',
+    "valid-before 1970 (0)": 'airbundle valid-before="19700101Z" {K}\n',
+    "lower-case z": 'airbundle valid-before="20991231z" {K}\n',
+    "UTC suffix": 'airbundle valid-before="20991231UTC" {K}\n',
+    "namespaces with a space": 'airbundle namespaces="airbundle, file" {K}\n',
+    "escaped quote in namespaces": 'airbundle namespaces="air\\"bundle" {K}\n',
+    "escaped quote swallowing a key": 'airbundle namespaces="x\\" {K} y" {K}\n',
+    "one option twice, other case": 'airbundle namespaces="airbundle",NAMESPACES="file" {K}\n',
+    "option before the principal": 'namespaces="file" airbundle {K}\n',
+    "garbage after the key": "airbundle {K}garbage\n",
+    "comment after the key": "airbundle {K} # comment here\n",
+    "leading spaces": "   airbundle {K}\n",
+    "empty namespaces": 'airbundle namespaces="" {K}\n',
+    "cert-authorityx": "airbundle cert-authorityx {K}\n",
+    "option without a value": "airbundle namespaces {K}\n",
+    "unquoted value": "airbundle namespaces=airbundle {K}\n",
+    "future key, then plain": 'airbundle valid-after="20990101Z" {K}\nairbundle {K}\n',
+    "broken line, then good": "airbundle garbage {K}\nairbundle {K}\n",
+    "principal with a trailing comma": "airbundle, {K}\n",
+    "principal !airbundle,*": "!airbundle,* {K}\n",
+    "principal air*": "air* {K}\n",
+    "quote inside a principal": 'air"bundle" {K}\n',
+    "open quote swallowing options": '"airbundle valid-before="20200101Z" {K}\n',
+    "NUL after the key": "airbundle {K}\x00junk\n",
+    "BOM": "\ufeffairbundle {K}\n",
+    "no-break space": "airbundle\u00a0{K}\n",
+    "hour 24": 'airbundle valid-before="20991231240000Z" {K}\n',
+    "February 30": 'airbundle valid-after="20200230Z" {K}\n',
+    "second 60": 'airbundle valid-after="20200101000060Z" {K}\n',
+    "doubled comma": 'airbundle namespaces="airbundle",,valid-after="20200101Z" {K}\n',
+    "leading comma": 'airbundle ,namespaces="airbundle" {K}\n',
+    "namespaces *": 'airbundle namespaces="*" {K}\n',
+    "namespaces !airbundle,*": 'airbundle namespaces="!airbundle,*" {K}\n',
+}
+
+
+@pytest.mark.parametrize("label", sorted(DIFFERENTIAL_LINES))
+def test_airbundle_never_trusts_what_ssh_keygen_refuses(keys: Keys, tmp_path: Path, label: str) -> None:
+    """Attack: a key file line that ssh-keygen reads one way and airbundle another (line ends
+    other than LF, quoted principals, trailing commas, long patterns, non-ASCII digits, a zero
+    time). After the stock checks the Python decision is the last one, so it must never accept
+    a signature that ``ssh-keygen -Y verify -I airbundle`` refuses on the same file."""
+    text = DIFFERENTIAL_LINES[label].format(K=keys.pub.openssh_line())
+    signers = tmp_path / "allowed_signers"
+    signers.write_bytes(text.encode("utf-8"))
+    message = b"the lock's bytes\n"
+    sig = tmp_path / "lock.json.sig"
+    sig.write_bytes(signing.sign(keys.key, message))
+    run = subprocess.run(
+        ["ssh-keygen", "-Y", "verify", "-f", signers, "-I", "airbundle", "-n", "airbundle", "-s", sig],
+        input=message,
+        capture_output=True,
+    )
+    try:
+        signing.verify(
+            message, sig.read_bytes(), signing.parse_public_keys(text, str(signers)), now=time.time()
+        )
+        accepted = True
+    except (KeyFileError, SignatureError):
+        accepted = False
+    assert not (accepted and run.returncode != 0), f"airbundle trusts what ssh-keygen refuses: {text!r}"

@@ -245,6 +245,15 @@ def test_an_older_build_of_the_same_version_does_not_replace_the_installed_one(k
     )
     replaced = _facts(keys, installed_locks={"demo": "00" * 32}, allow_downgrade=True, **facts)
     assert trust.decide(data, sig, replaced).lock.version == "1.0.0"
+    # Another spelling of the installed version is the same version.
+    data, sig = _signed(keys, _lock(version="1.0.0~RC1"))
+    respelled = {
+        "installing": True,
+        "installed": {"demo": "1.0.0-rc1"},
+        "installed_locks": {"demo": "00" * 32},
+    }
+    with pytest.raises(TrustError, match="installed from another bundle"):
+        trust.decide(data, sig, _facts(keys, **respelled))
 
 
 def test_a_file_and_a_folder_differing_in_case_are_refused(keys: Keys) -> None:
