@@ -41,7 +41,7 @@ from typing import BinaryIO, Callable  # typing's: collections.abc's is not subs
 
 from bundler import files, signing, trust
 from bundler import lock as lockmod
-from bundler.errors import InstallError, IntegrityError, SignatureError, TrustError, from_os_error
+from bundler.errors import InputError, InstallError, IntegrityError, SignatureError, TrustError, from_os_error
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default record size; we pad the archive to it like tar does
@@ -1044,7 +1044,7 @@ def extract_bundle(
 
 PARTS_SUFFIX = ".parts.json"
 MAX_PARTS_BYTES = 1024 * 1024
-_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.tar\.\d{3,}")
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.tar\.[0-9]{3,}")
 
 
 @dataclass(frozen=True)
@@ -1060,7 +1060,7 @@ def parts_file(path: Path) -> Path | None:
     """The ``NAME-VERSION.parts.json`` that ``path`` is (or belongs to, for ``NAME-VERSION.tar.NNN``)."""
     if path.name.endswith(PARTS_SUFFIX):
         return path
-    match = re.fullmatch(r"(.+)\.tar\.\d{3,}", path.name)
+    match = re.fullmatch(r"(.+)\.tar\.[0-9]{3,}", path.name)  # ASCII digits, as install.sh's [0-9]
     return path.with_name(match.group(1) + PARTS_SUFFIX) if match else None
 
 
@@ -1134,6 +1134,13 @@ def open_source(path: Path, trusted: list[signing.PublicKey] | None = None) -> S
     if index is None:
         return Source([path])
     parts, _ = load_parts(index, trusted)
+    if path != index and path.name not in {p.name for p in parts}:
+        # A part left over from another build of the same name is not this bundle's.
+        raise IntegrityError(
+            f"{path}: not one of the parts {index.name} lists ({', '.join(p.name for p in parts)}); "
+            "give the parts file or one of its parts",
+            member=path.name,
+        )
     return Source([index.parent / p.name for p in parts], parts)
 
 
@@ -1207,6 +1214,9 @@ def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
             the whole bundle's SHA-256 the parts file gives.
     """
     parts, whole = load_parts(index, trusted, hash_parts=True)
+    ours = [index, index.with_name(index.name + ".sig"), *(index.parent / p.name for p in parts)]
+    if any(out.resolve() == path.resolve() for path in ours):
+        raise InputError(f"-o {out}: that is {index.name} or one of its files; write the bundle elsewhere")
     digest = hashlib.sha256()
     buf = memoryview(bytearray(CHUNK))
     with atomic_output(out) as fd:

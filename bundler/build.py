@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,10 +56,12 @@ def _no_fetch_progress(_url: str, _done: int, _total: int | None) -> None:
 class BuildResult:
     """What a build wrote."""
 
-    path: Path
+    path: Path  # the bundle (gone when it was split)
     sha256_path: Path
     sha256: str
     lock: Lock
+    size: int = 0  # the whole bundle's bytes
+    parts: Path | None = None  # NAME-VERSION.parts.json when it was split
 
 
 def source_date_epoch() -> int:
@@ -558,6 +561,7 @@ def build_bundle(
     on_hash: Callable[[int, int], None] | None = None,
     expires: str | None = None,
     base: Path | None = None,
+    split: int = 0,
 ) -> BuildResult:
     """Build ``OUTDIR/NAME-VERSION.tar`` (and ``.tar.sha256``) from a manifest.
 
@@ -570,6 +574,12 @@ def build_bundle(
         base: ``--base``: an earlier bundle (signed with the same key) whose blobs,
             packages and binaries this one leaves out; the site takes them from its
             installed copy.
+        split: ``--split``: cut the bundle into parts of at most this many bytes
+            (``archive.split_bundle``); the whole ``.tar`` and its ``.sha256`` then go.
+
+    Whatever an earlier build of the same NAME-VERSION left in OUTDIR (a whole bundle or
+    parts) is replaced, under a lock on OUTDIR, so the folder never holds two builds of
+    one version.
 
     Raises:
         ManifestError / InputError: a bad manifest or input (exit 2).
@@ -624,8 +634,22 @@ def build_bundle(
         except BaseException:
             final.unlink(missing_ok=True)  # never a .tar without its .sha256
             raise
-    log.info("wrote %s (%d bytes, sha256 %s)", final, final.stat().st_size, digest)
-    return BuildResult(final, sha_path, digest, lock)
+        size = final.stat().st_size
+        _remove_old_parts(final)
+        index = archive.split_bundle(final, split, key) if split else None
+    log.info("wrote %s (%d bytes, sha256 %s)", index or final, size, digest)
+    return BuildResult(final, sha_path, digest, lock, size, index)
+
+
+def _remove_old_parts(final: Path) -> None:
+    """Remove an earlier build's parts of this NAME-VERSION (its parts file, signature, sums and
+    every ``NAME-VERSION.tar.NNN``), so that no stale part can be taken for this build's."""
+    stem = final.name[: -len(".tar")]
+    stale = {f"{stem}.parts.json", f"{stem}.parts.json.sig", f"{stem}.parts.sha256"}
+    for name in os.listdir(final.parent):
+        if name in stale or re.fullmatch(re.escape(final.name) + r"\.[0-9]{3,}", name):
+            log.info("removing %s, from an earlier build of %s", name, stem)
+            os.unlink(final.parent / name)
 
 
 @contextlib.contextmanager

@@ -245,6 +245,7 @@ def build(
             on_write=lambda n, total: bars.advance("writing bundle", n, total),
             expires=expires,
             base=base,
+            split=part_size or 0,
         )
     finally:
         bars.close()
@@ -253,15 +254,15 @@ def build(
         click.echo("\n".join(_deb_table(lock)), err=True)
     click.echo(
         f"built {lock.name} {lock.version}: {len(lock.members)} members, "
-        f"{_human(result.path.stat().st_size)}, signed by {key.public.fingerprint}",
+        f"{_human(result.size)}, signed by {key.public.fingerprint}",
         err=True,
     )
     click.echo(f"sha256 {result.sha256}", err=True)
-    if part_size:
-        index = archive.split_bundle(result.path, part_size, key)
+    if result.parts is not None:
+        index = result.parts
         count = len(archive.load_parts(index)[0])
         click.echo(
-            f"split into {count} parts of at most {_human(part_size)}; {index.name} lists them", err=True
+            f"split into {count} parts of at most {_human(part_size or 0)}; {index.name} lists them", err=True
         )
         click.echo(str(index))
         return

@@ -98,3 +98,61 @@ def test_install_sh_reads_the_parts(split: tuple[Path, Path], keys: Keys, tmp_pa
     assert (
         run.returncode == 6 and "preflight: failed" in run.stderr
     )  # the inventory's nodes do not exist here
+
+
+def test_a_build_replaces_every_output_of_an_earlier_build(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Builds of one NAME-VERSION in 64K parts, then 128K parts, then whole left old parts beside
+    the new bundle: an orphan part still verified "OK", and install.sh could take the stale set.
+    Each build now replaces all that an earlier one left, and an orphan part is refused."""
+    out = tmp_path / "dist"
+
+    def build(*extra: str) -> Path:
+        made = run_cli(
+            "build", project.manifest, "-o", out, "--key", keys.key_path, "--cache", cache_dir, *extra
+        )
+        assert made.exit_code == 0, made.stderr
+        return Path(made.stdout.strip())
+
+    build("--split", "64K")
+    first_parts = sorted(out.glob("demo-1.0.0.tar.[0-9]*"))
+    (project.root / "payloads" / "notes.txt").write_text("changed\n")
+    build("--split", "128K")
+    second_parts = sorted(out.glob("demo-1.0.0.tar.[0-9]*"))
+    assert len(second_parts) < len(first_parts)  # the earlier build's last parts are gone
+    orphan = first_parts[-1]
+    assert not orphan.exists()
+    orphan.write_bytes(b"a part of another build")
+    refused = run_cli("verify", orphan, "--pubkey", keys.pub_path)
+    assert refused.exit_code == 4 and "not one of the parts demo-1.0.0.parts.json lists" in refused.stderr
+    whole = build()
+    assert sorted(p.name for p in out.iterdir()) == [whole.name, whole.name + ".sha256"]
+
+
+def test_a_part_name_with_more_after_its_number_is_a_whole_bundle(
+    split: tuple[Path, Path], keys: Keys, tmp_path: Path
+) -> None:
+    """``--bundle NAME.tar.000.tar``: install.sh checked the parts set its name suggested, and the
+    installer then read the named file as a whole bundle. Both now read it as a whole bundle."""
+    from .test_sitecheck import INSTALL_SH, SITE_PATH
+
+    index, _ = split
+    (index.parent / "demo-1.0.0.tar.000.tar").write_bytes(b"junk" * 300)
+    run = subprocess.run(
+        ["sh", str(INSTALL_SH), "--bundle", "demo-1.0.0.tar.000.tar", "--pubkey", str(keys.pub_path),
+         "--inventory", "cluster.yml", "--dry-run"],
+        cwd=index.parent, capture_output=True, text=True, env={"PATH": SITE_PATH},
+    )  # fmt: skip
+    assert run.returncode == 4 and "demo-1.0.0.tar.000.tar: not a readable tar" in run.stderr, run.stderr
+
+
+def test_join_never_writes_over_its_parts(split: tuple[Path, Path], keys: Keys) -> None:
+    """``join -o NAME.tar.000`` (or the parts file) replaced a part with the whole bundle."""
+    index, _ = split
+    first = sorted(index.parent.glob("demo-1.0.0.tar.[0-9]*"))[0]
+    before = first.read_bytes()
+    for target in (first, index):
+        result = run_cli("join", index, "--pubkey", keys.pub_path, "-o", target)
+        assert result.exit_code == 2 and "write the bundle elsewhere" in result.stderr
+    assert first.read_bytes() == before

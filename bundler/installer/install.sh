@@ -132,9 +132,15 @@ signed() {  # signed FILE SIG: SIG is a signature over FILE by an allowed key, n
 
 # --- the bundle's bytes: the file, or the parts its signed parts file names, in its order (never
 # whatever else matches NAME.tar.NNN beside them).
+# A part is NAME.tar.NNN with digits only after ".tar." (the installer's own rule): a file named
+# NAME.tar.000.tar is a whole bundle of its own, checked as one.
 case "$bundle" in
     *.parts.json) index=$bundle ;;
-    *.tar.[0-9][0-9][0-9]*) index="${bundle%.tar.*}.parts.json" ;;
+    *.tar.[0-9][0-9][0-9]*)
+        case "${bundle##*.tar.}" in
+            *[!0-9]*) index="" ;;
+            *) index="${bundle%.tar.*}.parts.json" ;;
+        esac ;;
     *) index="" ;;
 esac
 if [ -n "$index" ]; then
