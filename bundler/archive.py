@@ -459,19 +459,31 @@ class TarReader:
     scanning a large bundle costs a few reads.
     """
 
+    WINDOW = 64 * 1024  # headers of small members are read 64 KiB at a time, not block by block
+
     def __init__(self, fileobj: Source | BinaryIO, size: int) -> None:
         self.f = fileobj
         self.size = size
         self.pos = 0
         self.ended = False
+        self._window = b""
+        self._window_at = 0
+
+    def _at(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` (fewer at the end), through a read-ahead window."""
+        start = offset - self._window_at
+        if start < 0 or start + n > len(self._window):
+            self.f.seek(offset)
+            self._window = bytes(self.f.read(max(n, self.WINDOW)))
+            self._window_at, start = offset, 0
+        return self._window[start : start + n]
 
     def _block(self, what: str) -> bytes:
-        self.f.seek(self.pos)
-        block = self.f.read(BLOCK)
+        block = self._at(self.pos, BLOCK)
         if len(block) < BLOCK:
             raise IntegrityError(f"bundle is truncated: it ends inside {what}")
         self.pos += BLOCK
-        return bytes(block)
+        return block
 
     def next(self) -> TarMember | None:
         """The next member, or None at the end-of-archive marker."""
@@ -502,6 +514,7 @@ class TarReader:
                     raise trust.unsafe(name, "two PAX headers in a row")
                 magic = block[257:265]
                 trust.check_pax(name, info.size, {}, magic)  # before its bytes are read
+                trust.check_block(name, block)
                 pax = _parse_pax(self._data(info.size, name), name)  # its records: see check_header
                 self.pos += info.size + (-info.size % BLOCK)
                 continue
@@ -514,6 +527,7 @@ class TarReader:
             mode=info.mode,
             magic=block[257:265],
             pax=pax,
+            block=block,
         )
         trust.check_header(header)
         member = TarMember(name=name, size=header.size, mode=info.mode, offset=self.pos)
@@ -524,7 +538,11 @@ class TarReader:
                 f"({self.size - self.pos} of {header.size} bytes present)",
                 member=name,
             )
-        self.pos = end + (-header.size % BLOCK)
+        pad = -header.size % BLOCK
+        # The padding is not in the lock's digests: it must be what the writer writes.
+        if pad and self._at(end, pad).strip(b"\0"):
+            raise trust.unsafe(name, "non-zero bytes in the padding after its data")
+        self.pos = end + pad
         return member
 
     def _check_end(self) -> None:

@@ -25,6 +25,7 @@ which the caller injects as ``checker`` (``cryptography``, else stock ``ssh-keyg
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -71,6 +72,7 @@ class Header:
     mode: int
     magic: bytes  # bytes 257..265 of the header block
     pax: Mapping[str, str] = field(default_factory=dict)
+    block: bytes = b""  # the raw 512-byte header, when the reader has it (see check_block)
 
 
 def unsafe(name: str, why: str) -> IntegrityError:
@@ -101,6 +103,38 @@ def check_pax(name: str, size: int, records: Mapping[str, str], magic: bytes = U
     pax_size(name, records)
 
 
+# Header fields (offset, end) our writer fills with octal digits, and those it leaves empty.
+_OCTAL_FIELDS = {
+    "mode": (100, 108),
+    "uid": (108, 116),
+    "gid": (116, 124),
+    "size": (124, 136),
+    "mtime": (136, 148),
+    "checksum": (148, 156),
+    "devmajor": (329, 337),
+    "devminor": (337, 345),
+}
+_EMPTY_FIELDS = {"linkname": (157, 257), "uname": (265, 297), "gname": (297, 329), "prefix": (345, 500)}
+_OCTAL = re.compile(rb"[0-7]*[\0 ]*")
+
+
+def check_block(name: str, block: bytes) -> None:
+    """A raw 512-byte header, field by field, as our writer fills it: numbers in plain octal (Python's
+    tarfile also reads "0_25" or base-256, which GNU tar reads otherwise or refuses), owner 0 with
+    no names, no link name, no device numbers and no name prefix (which tarfile and GNU tar read
+    differently). Refused with exit 4, naming the member."""
+    for what, (start, end) in _OCTAL_FIELDS.items():
+        if not _OCTAL.fullmatch(block[start:end]):
+            raise unsafe(name, f"its {what} field is not plain octal digits")
+    for what in ("uid", "gid", "devmajor", "devminor"):
+        start, end = _OCTAL_FIELDS[what]
+        if block[start:end].strip(b"0\0 "):
+            raise unsafe(name, f"a {what} other than 0 (the builder writes 0)")
+    for what, (start, end) in _EMPTY_FIELDS.items():
+        if block[start:end].strip(b"\0"):
+            raise unsafe(name, f"a {what} field, which the builder leaves empty")
+
+
 def check_header(header: Header) -> None:
     """Refuse a member header our writer would never emit (exit 4, naming the member)."""
     name = header.name
@@ -110,6 +144,8 @@ def check_header(header: Header) -> None:
         raise unsafe(name, f"a {_TYPE_NAMES.get(header.type, 'type ' + repr(header.type))}")
     if header.size < 0:
         raise unsafe(name, f"impossible size {header.size}")
+    if header.block:
+        check_block(name, header.block)
     check_pax(name, 0, header.pax)
     problem = lockmod.check_member_path(name)
     if problem:

@@ -308,3 +308,16 @@ def test_odd_files_for_the_small_inputs_are_refused_at_once(
         )
         assert run.returncode == 2, (command, run.stderr)
         assert str(odd) in run.stderr and "Traceback" not in run.stderr, (command, run.stderr)
+
+
+def test_bytes_in_a_members_padding_are_refused(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Attack: data hidden in the zero padding after a member (outside every digest the lock
+    signs): the bundle verified although it no longer matched its .sha256. Refused, naming it."""
+    with tarfile.open(built) as tar:
+        member = next(m for m in tar.getmembers() if m.size % 512)
+    raw = bytearray(built.read_bytes())
+    raw[member.offset_data + member.size] = ord("X")
+    hostile = tmp_path / "pad.tar"
+    hostile.write_bytes(bytes(raw))
+    result = run_cli("verify", hostile, "--pubkey", keys.pub_path)
+    assert result.exit_code == 4 and f"'{member.name}': non-zero bytes in the padding" in result.stderr

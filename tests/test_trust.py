@@ -262,3 +262,37 @@ def test_a_file_and_a_folder_differing_in_case_are_refused(keys: Keys) -> None:
     data, sig = _signed(keys, lock)
     with pytest.raises(LockError, match="'files/a' is a file and also the folder of 'files/A/b'"):
         trust.decide(data, sig, _facts(keys))
+
+
+def _block(**fields: bytes) -> bytes:
+    """A header block as our writer makes it, with some raw fields replaced."""
+    import tarfile
+
+    info = tarfile.TarInfo("files/a")
+    info.size, info.mode = 3, 0o644
+    block = bytearray(info.tobuf(tarfile.PAX_FORMAT)[-512:])
+    spans = {"size": (124, 136), "uid": (108, 116), "uname": (265, 297), "prefix": (345, 500)}
+    for name, value in fields.items():
+        start, end = spans[name]
+        block[start:end] = value.ljust(end - start, b"\0")
+    return bytes(block)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"size": b"00000_00003\0"}, "its size field is not plain octal digits"),
+        ({"size": b"+0000000003\0"}, "its size field is not plain octal digits"),
+        ({"size": b"\x80" + b"\0" * 10 + b"\3"}, "its size field is not plain octal digits"),
+        ({"uid": b"0001750\0"}, "a uid other than 0"),
+        ({"uname": b"mallory"}, "a uname field"),
+        ({"prefix": b"elsewhere"}, "a prefix field"),
+    ],
+)
+def test_header_fields_are_read_as_the_builder_writes_them(fields: dict, message: str) -> None:
+    """Attack: header bytes the lock's digests do not cover: a size spelled ``0_3`` (tarfile reads
+    it, GNU tar refuses it), a base-256 number, an owner, a name prefix (tarfile prepends it,
+    GNU tar may not). Each is refused."""
+    trust.check_block("files/a", _block())
+    with pytest.raises(IntegrityError, match=message):
+        trust.check_block("files/a", _block(**fields))
