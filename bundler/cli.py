@@ -84,7 +84,8 @@ _pubkeys_option = click.option(
     required=True,
     multiple=True,
     type=_EXISTING_FILE,
-    help="Trusted key(s): a .pub or allowed_signers file (valid-after/valid-before honoured); repeatable.",
+    help="Trusted key(s): a .pub, or an allowed_signers file read as ssh-keygen -Y verify -I airbundle "
+    "reads it (principals, valid-after, valid-before, namespaces); repeatable.",
 )
 
 
@@ -200,9 +201,11 @@ def build(
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
-    Writes OUTDIR/NAME-VERSION.tar and OUTDIR/NAME-VERSION.tar.sha256 and
-    prints the bundle's path last. The same manifest and cache give the same
-    bytes (set SOURCE_DATE_EPOCH to stamp the members; default 0).
+    Writes OUTDIR/NAME-VERSION.tar and OUTDIR/NAME-VERSION.tar.sha256 (with
+    --split, the parts, NAME-VERSION.parts.json, its .sig and .parts.sha256
+    instead) and prints the bundle's path last; whatever an earlier build of
+    the same NAME-VERSION left there is replaced. The same manifest and cache
+    give the same bytes (set SOURCE_DATE_EPOCH to stamp the members; default 0).
 
     \b
     Example:
