@@ -337,9 +337,11 @@ def verify(
 ) -> None:
     """Check a bundle's signature and every member's size and SHA-256.
 
-    Reads the bundle once without extracting or writing anything: first the
-    signature over lock.json (exit 3 when bad, missing or by another key),
-    then every member against the lock (exit 4 naming the member).
+    Opens the bundle once and writes nothing: first the trust decision on
+    lock.json (signature, key window, format, expiry: exit 3 when refused), then
+    every member header and byte against the lock (exit 4 naming the member,
+    or the part that holds a damaged byte). BUNDLE is a .tar, a
+    NAME-VERSION.parts.json, or one of its parts.
 
     \b
     Example:
