@@ -971,8 +971,12 @@ def _make_folders(root: str, names: list[str]) -> None:
     for folder in folders:
         # Anything already there was made by this function in our private folder (a delta's
         # inherited members join the carried ones); the lock has no file at a folder's path.
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(os.path.join(root, folder), 0o755)
+        path = os.path.join(root, folder)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o755)  # noqa: S103 - whatever the umask (install.sh runs under 077): like /usr
 
 
 def _extract_member(
@@ -1009,23 +1013,53 @@ def _inherit(lock: lockmod.Lock, base_dir: Path | None, staging: str) -> None:
     where = {m.sha256: m.path for m in (*base_lock.members, *base_lock.inherited)}
     _make_folders(staging, [m.path for m in lock.inherited])
     buf = memoryview(bytearray(CHUNK))
+    base = f"{lock.base.get('name')} {lock.base.get('version')}"
+    advice = f"install {base} again from its full bundle, or install a full bundle of {lock.version}"
     for member in lock.inherited:
         if member.sha256 not in where:
-            raise IntegrityError(
-                f"the base at {base_dir} lacks {member.path} ({member.sha256})", member=member.path
-            )
-        with Source([base_dir / where[member.sha256]]) as src:
-            if src.size != member.size:
-                raise IntegrityError(
-                    f"{base_dir / where[member.sha256]} changed since it was installed", member=member.path
-                )
-            tar_member = TarMember(member.path, member.size, int(member.mode, 8), 0)
-            digest = _extract_member(src, tar_member, staging, member, buf, _no_progress)
+            raise TrustError(f"the installed {base} at {base_dir} lacks {member.path}; {advice}")
+        source = base_dir / where[member.sha256]
+        try:
+            with Source([source]) as src:
+                if src.size != member.size:
+                    raise TrustError(f"{source} changed since {base} was installed; {advice}")
+                tar_member = TarMember(member.path, member.size, int(member.mode, 8), 0)
+                digest = _extract_member(src, tar_member, staging, member, buf, _no_progress)
+        except (InputError, OSError) as exc:  # missing, a FIFO, a folder: not the installed file
+            raise TrustError(f"{source} is not the file {base} installed ({exc}); {advice}") from None
         if digest != member.sha256:
-            raise IntegrityError(
-                f"{base_dir / where[member.sha256]} changed since it was installed (sha256 {digest})",
-                member=member.path,
-            )
+            raise TrustError(f"{source} changed since {base} was installed (sha256 {digest}); {advice}")
+
+
+def verified_copy(path: Path, want: lockmod.Member, dest: Path) -> Path:
+    """Copy an unpacked member to ``dest`` (a new file, 0700) checking its bytes against the lock;
+    the copy is what then runs, so nothing can change the bytes between the check and the use.
+
+    Raises:
+        IntegrityError (exit 4): the unpacked file is missing, not a regular file, or changed.
+    """
+    try:
+        src = Source([path])
+    except (InputError, OSError) as exc:
+        raise IntegrityError(f"{path}: {exc}; unpack the bundle again", member=want.path) from None
+    with src:
+        out = os.open(str(dest), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+        try:
+            digest = hashlib.sha256()
+            whole = TarMember(want.path, src.size, 0o700, 0)
+            for chunk in _member_chunks(src, whole, memoryview(bytearray(CHUNK))):
+                digest.update(chunk)
+                _write_all(out, chunk)
+        finally:
+            os.close(out)
+    if src.size != want.size or digest.hexdigest() != want.sha256:
+        os.unlink(dest)
+        raise IntegrityError(
+            f"{path} changed since it was verified (sha256 {digest.hexdigest()}, the lock says "
+            f"{want.sha256}); do not run it: unpack the bundle again",
+            member=want.path,
+        )
+    return dest
 
 
 def _replace_folder(staging: str, final: Path, workdir: Path) -> None:

@@ -24,14 +24,18 @@ _KINDS = {
 }
 
 
-def open_regular(path: Path | str, what: str, kind: type[BundlerError] = InputError) -> int:
+def open_regular(
+    path: Path | str, what: str, kind: type[BundlerError] = InputError, follow: bool = True
+) -> int:
     """A read-only descriptor for ``path``, which must be a regular file; raises ``kind`` naming it.
 
     ``O_NONBLOCK`` makes opening a FIFO return at once, so it can be refused rather than
-    waited on; it changes nothing for regular files.
+    waited on; it changes nothing for regular files. ``follow=False`` refuses a symbolic
+    link (for files this program itself writes, where a link means someone else put it there).
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as exc:
         raise from_os_error(exc, f"opening the {what}", kind, path) from None
     mode = os.fstat(fd).st_mode
@@ -44,9 +48,11 @@ def open_regular(path: Path | str, what: str, kind: type[BundlerError] = InputEr
     return fd
 
 
-def read_capped(path: Path | str, what: str, limit: int, kind: type[BundlerError] = InputError) -> bytes:
+def read_capped(
+    path: Path | str, what: str, limit: int, kind: type[BundlerError] = InputError, follow: bool = True
+) -> bytes:
     """A small regular file's bytes, refusing more than ``limit`` bytes (errors are ``kind``, naming it)."""
-    fd = open_regular(path, what, kind)
+    fd = open_regular(path, what, kind, follow)
     try:
         with os.fdopen(fd, "rb") as f:
             data = f.read(limit + 1)

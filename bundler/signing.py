@@ -230,6 +230,8 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
     """
     keys: list[PublicKey] = []
     skipped: list[str] = []
+    pub_lines: list[int] = []
+    allowed_lines: list[int] = []
     # Lines end at "\n" only, as OpenSSH's getline() reads them: str.splitlines() would also end
     # one at a CR, VT, FF or U+2028, turning "# retired<CR>airbundle KEY" from a comment into a key.
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -239,12 +241,14 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
             continue
         if fields[0] == KEY_TYPE:  # a .pub line
             keys.append(_key(fields[1:], where))
+            pub_lines.append(lineno)
             continue
         if fields[0].startswith(_KEY_TYPES):
             raise KeyFileError(
                 f"{where}: unsupported key type {fields[0]} (airbundle keys are ssh-ed25519; "
                 "make one with 'airbundle keygen')"
             )
+        allowed_lines.append(lineno)
         principals, rest = fields[0], fields[1:]
         if '"' in principals or len(principals) > MAX_PATTERN:
             raise KeyFileError(
@@ -267,6 +271,13 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
             keys.append(key)
         else:
             skipped.append(f"line {lineno} ({principals})")
+    if pub_lines and allowed_lines:
+        # ssh-keygen reads "ssh-ed25519 KEY" in an allowed_signers file as a principal with no
+        # key and skips it; airbundle would trust it. A file is one kind or the other.
+        raise KeyFileError(
+            f"{source}: mixes .pub lines (line {pub_lines[0]}) with allowed_signers lines (line "
+            f"{allowed_lines[0]}); ssh-keygen skips the .pub lines there: write them as 'airbundle KEY'"
+        )
     if not keys:
         detail = f"; lines for other principals: {', '.join(skipped)}" if skipped else ""
         raise KeyFileError(
@@ -339,7 +350,9 @@ def _ssh_time(value: str, where: str) -> int:
     if utc:
         seconds = int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
     else:
-        seconds = int(time.mktime(moment.timetuple()))
+        # Local time read as OpenSSH's parse_absolute_time() reads it: tm_isdst = 0 (mktime's -1
+        # would read a summer time an hour earlier, trusting a key before ssh-keygen does).
+        seconds = int(time.mktime((*moment.timetuple()[:8], 0)))
     if seconds <= 0:  # OpenSSH reads 0 as "no limit" and refuses it; so do we, and anything before
         raise KeyFileError(f"{where}: time {value!r} is not after 1970-01-01 00:00:00 UTC")
     return seconds

@@ -321,3 +321,133 @@ def test_bytes_in_a_members_padding_are_refused(built: Path, keys: Keys, tmp_pat
     hostile.write_bytes(bytes(raw))
     result = run_cli("verify", hostile, "--pubkey", keys.pub_path)
     assert result.exit_code == 4 and f"'{member.name}': non-zero bytes in the padding" in result.stderr
+
+
+# ---------------------------------------------------------------- the third review
+
+
+@pytest.mark.parametrize("how", ["group-writable", "other-owner"])
+def test_a_work_folder_others_can_write_is_refused(built: Path, keys: Keys, tmp_path: Path, how: str) -> None:
+    """Attack: a work folder another user can write: after the unpack they swap the verified
+    folder and root runs their step scripts. The installer refuses such a folder (as ssh's
+    StrictModes does), before reading the bundle."""
+    from .conftest import CLUSTER_YML
+
+    (tmp_path / "cluster.yml").write_text(CLUSTER_YML)
+    work = tmp_path / "work"
+    work.mkdir()
+    if how == "group-writable":
+        work.chmod(0o777)
+    else:
+        os.chown(work, 65534, 65534)
+    run = subprocess.run(
+        [sys.executable, "-m", "bundler", "install", str(built), "--pubkey", str(keys.pub_path),
+         "--inventory", str(tmp_path / "cluster.yml"), "--workdir", str(work), "--dry-run"],
+        capture_output=True, text=True, cwd=HERE,
+    )  # fmt: skip
+    assert run.returncode == 2 and f"--workdir {work}" in run.stderr, run.stderr
+    assert (
+        "writable by group or others" if how == "group-writable" else "belongs to uid 65534"
+    ) in run.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_steps_and_rke_run_from_checked_copies(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Attack: the unpacked step script changed after the unpack (a swap in the work folder):
+    it used to run as root. Each script is now copied into a private folder while its bytes are
+    checked against the lock; a changed one is refused (exit 4) and never runs."""
+    from bundler.errors import IntegrityError
+    from bundler.installer.apply import run_steps
+    from bundler.installer.journal import Journal
+
+    work = tmp_path / "work"
+    with archive.Bundle(built, [keys.pub]) as bundle:
+        decision = bundle.decide(archive.facts([keys.pub]))
+        final, _ = bundle.extract(decision, work)
+    marker = tmp_path / "PWNED"
+    step = decision.lock.steps[0]
+    (final / step.script).write_text(f"#!/bin/sh\ntouch {marker}\n")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with Journal(work) as journal, pytest.raises(IntegrityError, match="changed since it was verified"):
+        run_steps(decision.lock, final, work / "logs", dict(os.environ), journal, lambda _: None, private)
+    assert not marker.exists()
+
+
+def test_a_damaged_journal_is_exit_6_not_a_traceback(tmp_path: Path) -> None:
+    """A state.json of another shape (no ``installed``, a list, a string entry), a FIFO, or a
+    symlinked state.lock: exit 6 naming the file (a traceback before; a FIFO hung; the lock link
+    made root create a file elsewhere)."""
+    from bundler.errors import InstallError
+    from bundler.installer.journal import Journal
+
+    for shape in ('{"format": 1, "done": {}}', '{"format": 1, "done": {}, "installed": []}',
+                  '{"format": 1, "done": {}, "installed": {"demo": "1.0.0"}}'):  # fmt: skip
+        (tmp_path / "state.json").write_text(shape)
+        with pytest.raises(InstallError, match="journal is damaged"):
+            Journal.read(tmp_path)
+    (tmp_path / "state.json").unlink()
+    os.mkfifo(tmp_path / "state.json")
+    with pytest.raises(InstallError, match="is a FIFO"):
+        Journal.read(tmp_path)
+    (tmp_path / "state.json").unlink()
+    elsewhere = tmp_path / "outside" / "created"
+    (tmp_path / "state.lock").symlink_to(elsewhere)
+    with pytest.raises(InstallError, match="cannot open the install lock"), Journal(tmp_path):
+        pass
+    assert not elsewhere.exists()
+
+
+def test_a_delta_whose_base_file_is_gone_is_refused_with_advice(
+    built: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """A delta's inherited member missing from (or replaced in) the installed base: exit 3 naming
+    the base and what to do (it was exit 2 "opening the bundle failed", or 4 without advice)."""
+    import dataclasses
+
+    from bundler.errors import TrustError
+
+    work = tmp_path / "work"
+    with archive.Bundle(built, [keys.pub]) as bundle:
+        base_dir, _ = bundle.extract(bundle.decide(archive.facts([keys.pub])), work)
+        lock = bundle.decide(archive.facts([keys.pub])).lock
+    rke = lock.member("bin/rke")
+    delta = dataclasses.replace(lock, version="1.1.0", members=(), inherited=(rke,), base={"name": "demo",
+                                "version": "1.0.0", "lock_sha256": "0" * 64})  # fmt: skip
+    staging = tmp_path / "staging"
+    for damage in ("missing", "fifo"):
+        (base_dir / "bin" / "rke").unlink(missing_ok=True)
+        if damage == "fifo":
+            os.mkfifo(base_dir / "bin" / "rke")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        with pytest.raises(TrustError, match=r"install demo 1\.0\.0 again from its full bundle") as err:
+            archive._inherit(delta, base_dir, str(staging))
+        assert err.value.exit_code == 3
+
+
+def test_a_key_file_mixing_pub_and_allowed_signers_lines_is_refused(keys: Keys, tmp_path: Path) -> None:
+    """ssh-keygen skips a bare ``ssh-ed25519 KEY`` line inside an allowed_signers file, airbundle
+    trusted it: a key retired on its allowed_signers line stayed trusted through its .pub line."""
+    from bundler import signing
+    from bundler.errors import KeyFileError
+
+    line = keys.pub.openssh_line()
+    text = f'{line}\nairbundle valid-before="20000101Z" {line}\n'
+    with pytest.raises(KeyFileError, match=r"mixes \.pub lines"):
+        signing.parse_public_keys(text, "signers")
+    signers = tmp_path / "signers"
+    signers.write_text(text)
+    shutil.copy(HERE / "bundler" / "installer" / "install.sh", tmp_path / "install.sh")
+    run = subprocess.run(
+        ["sh", "install.sh", "--bundle", str(built_path(tmp_path)), "--pubkey", "signers", "--inventory", "c.yml"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert run.returncode == 2 and "mixes .pub lines" in run.stderr, run.stderr
+
+
+def built_path(tmp_path: Path) -> Path:
+    """A regular file for install.sh's --bundle (the key file is refused before it is read)."""
+    path = tmp_path / "b.tar"
+    path.write_bytes(b"")
+    return path

@@ -75,8 +75,13 @@ def test_install_sh_verifies_and_unpacks_with_stock_tools(built: Path, keys: Key
         assert {m.name for m in tar.getmembers()} == {
             str(p.relative_to(unpacked)) for p in unpacked.rglob("*") if p.is_file()
         }
+    # install.sh runs under umask 077: the unpacked folders are still readable, like /usr.
+    assert (unpacked / "files" / "app" / "config").stat().st_mode & 0o777 == 0o755
+    stale = site / "work" / ".demo-1.0.0.killed"  # what a killed unpack leaves behind
+    (stale / "bin").mkdir(parents=True)
     again = _install(site, keys)  # unpacking again replaces the folder whole
     assert again.returncode == 6 and (unpacked / "bin" / "rke").is_file()
+    assert not stale.exists() and f"removing {stale}, left by an interrupted unpack" in again.stdout
     assert sorted(p.name for p in (site / "work").iterdir()) == ["demo-1.0.0", "state.json", "state.lock"]
 
 

@@ -309,3 +309,58 @@ def test_airbundle_never_trusts_what_ssh_keygen_refuses(keys: Keys, tmp_path: Pa
     except (KeyFileError, SignatureError):
         accepted = False
     assert not (accepted and run.returncode != 0), f"airbundle trusts what ssh-keygen refuses: {text!r}"
+
+
+def test_local_times_are_read_as_ssh_keygen_reads_them(keys: Keys, tmp_path: Path) -> None:
+    """Attack: a ``valid-after`` in local time during summer time: Python's mktime (tm_isdst -1)
+    read it an hour earlier than OpenSSH (tm_isdst 0), so airbundle trusted a key up to an hour
+    before ssh-keygen did. Played in a zone on summer time now (southern or northern)."""
+    import datetime
+    import os as _os
+
+    saved = _os.environ.get("TZ")
+    zone = next((z for z in ("Australia/Sydney", "Europe/Berlin") if _summer_now(z)), None)
+    if zone is None:
+        pytest.skip("no listed time zone is on summer time today")
+    try:
+        _os.environ["TZ"] = zone
+        time.tzset()
+        moment = datetime.datetime.now() - datetime.timedelta(minutes=30)  # local wall clock
+        line = f'airbundle valid-after="{moment:%Y%m%d%H%M%S}" {keys.pub.openssh_line()}\n'
+        signers = tmp_path / "allowed_signers"
+        signers.write_text(line)
+        message = b"the lock's bytes\n"
+        sig = tmp_path / "lock.json.sig"
+        sig.write_bytes(signing.sign(keys.key, message))
+        run = subprocess.run(
+            ["ssh-keygen", "-Y", "verify", "-f", signers, "-I", "airbundle", "-n", "airbundle", "-s", sig],
+            input=message, capture_output=True, env={**_os.environ, "TZ": zone},
+        )  # fmt: skip
+        try:
+            signing.verify(message, sig.read_bytes(), signing.parse_public_keys(line, "s"), now=time.time())
+            accepted = True
+        except SignatureError:
+            accepted = False
+        assert accepted == (run.returncode == 0), run.stderr
+    finally:
+        if saved is None:
+            _os.environ.pop("TZ", None)
+        else:
+            _os.environ["TZ"] = saved
+        time.tzset()
+
+
+def _summer_now(zone: str) -> bool:
+    import os as _os
+
+    saved = _os.environ.get("TZ")
+    _os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        return time.localtime().tm_isdst > 0
+    finally:
+        if saved is None:
+            _os.environ.pop("TZ", None)
+        else:
+            _os.environ["TZ"] = saved
+        time.tzset()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
-from bundler import oci
+from bundler import archive, oci
 from bundler.errors import InstallError
 from bundler.installer import remote
 from bundler.installer.inventory import Node, with_private_registries
@@ -345,8 +345,12 @@ def run_steps(
     env: dict[str, str],
     journal: Journal,
     echo: Callable[[str], None],
+    private: Path,
 ) -> list[str]:
     """Run the staged scripts in order here; skip those the journal has; stop at the first failure.
+
+    Each script runs from a copy in ``private`` (a folder only this installer can write), made
+    while its bytes are checked against the lock, so nothing can swap it between check and run.
 
     Returns:
         The names of the steps run now.
@@ -360,7 +364,9 @@ def run_steps(
         if journal.is_done("steps", "local", step.name):
             echo(f"step {step.name}: done before, skipped")
             continue
-        script = bundle_dir / step.script
+        script = archive.verified_copy(
+            bundle_dir / step.script, lock.member(step.script), private / f"{index:02d}-{step.name}"
+        )
         log_path = logs / f"{index:02d}-{step.name}.log"
         with open(script, "rb") as f:
             argv = [str(script)] if f.read(2) == b"#!" else ["sh", str(script)]

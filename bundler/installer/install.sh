@@ -101,6 +101,10 @@ trap 'exit 130' INT TERM
 add_signers() {
     [ -f "$1" ] && [ -r "$1" ] || die 2 "$1: cannot read the public key (or it is not a regular file)"
     n=0
+    # One kind of file: ssh-keygen skips a bare "ssh-ed25519 KEY" line inside an allowed_signers file.
+    if grep -q '^[[:space:]]*ssh-ed25519 ' "$1" && grep -v '^[[:space:]]*\(#\|$\|ssh-\|ecdsa-\|sk-\)' "$1" | grep -q .; then
+        die 2 "$1: mixes .pub lines with allowed_signers lines; ssh-keygen skips the .pub lines there: write them as 'airbundle KEY'"
+    fi
     while IFS= read -r line || [ -n "$line" ]; do
         n=$((n + 1))
         line=$(printf '%s\n' "$line" | tr '\t\r' '  ' | sed 's/^ *//')

@@ -17,9 +17,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bundler import files
 from bundler.errors import InstallError
 
 FORMAT = 1
+MAX_JOURNAL_BYTES = 64 * 1024 * 1024  # a journal of many nodes and images is far smaller
 
 
 class Journal:
@@ -33,7 +35,13 @@ class Journal:
 
     def __enter__(self) -> Journal:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.folder / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:  # never through a link: as root, O_CREAT would make a file wherever it points
+            self._lock_fd = os.open(self.folder / "state.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise InstallError(
+                f"{self.folder / 'state.lock'}: cannot open the install lock ({exc.strerror}); "
+                "it must be a plain file this installer made: move it away"
+            ) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -52,16 +60,26 @@ class Journal:
     def read(folder: Path) -> dict[str, Any]:
         """The journal's content (empty when there is none); raises ``InstallError`` when unreadable."""
         path = folder / "state.json"
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
+        if not os.path.lexists(path):
             return {"format": FORMAT, "installed": {}, "done": {}}
-        except (OSError, ValueError) as exc:
+        try:
+            data = files.read_capped(path, "install journal", MAX_JOURNAL_BYTES, InstallError, follow=False)
+            state = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
             raise InstallError(
                 f"{path}: the install journal is unreadable ({exc}); move it away to start over"
             ) from exc
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise InstallError(f"{path}: unknown journal format; move it away to start over")
+        installed, done = state.get("installed"), state.get("done")
+        if not (
+            isinstance(installed, dict)
+            and all(isinstance(e, dict) for e in installed.values())
+            and isinstance(done, dict)
+        ):
+            raise InstallError(
+                f"{path}: the install journal is damaged (its shape); move it away to start over"
+            )
         return state
 
     def save(self) -> None:

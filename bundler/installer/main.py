@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -157,8 +160,7 @@ def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and install; returns the exit code (errors are printed, never raised)."""
     args = parser().parse_args(argv)
     try:
-        if args.workdir.exists() and not args.workdir.is_dir():
-            raise InputError(f"--workdir {args.workdir}: not a folder; give a folder (it is made if missing)")
+        check_workdir(args.workdir)
         trusted = _read_keys(args.pubkey)
         nodes = load_inventory(args.inventory)
         values = load_values(args.values)  # checked now: a bad file stops the install before anything runs
@@ -189,6 +191,7 @@ def _install(
         lock = decision.lock
         route = _images_route(args, lock, nodes)  # a bad choice stops before anything is unpacked
         base = args.workdir / decision.base_folder if decision.base_folder else None
+        _remove_stale_staging(args.workdir, f"{lock.name}-{lock.version}")
         final, report = bundle.extract(decision, args.workdir, inherit_from=base)
     installed = decision.installed
     if journal.is_complete(lock.name, decision.lock_sha256) and not args.only:
@@ -203,6 +206,32 @@ def _install(
         print(f"warning: {warning}", file=sys.stderr)
     opts = SshOptions(args.ssh_config)
     targets = image_targets(nodes, lock.image_roles)
+    # What runs here (rke, the steps) runs from copies checked against the lock as they are made,
+    # in a folder only this process can write: the unpacked folder is not read again to run it.
+    private = Path(tempfile.mkdtemp(prefix="airbundle-run-"))
+    try:
+        _phases(args, lock, final, nodes, targets, opts, route, values, journal, private)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    if not args.only:
+        journal.complete(lock.name)
+        print(f"{lock.name} {lock.version} is installed")
+    return 0
+
+
+def _phases(
+    args: argparse.Namespace,
+    lock: Lock,
+    final: Path,
+    nodes: list[Node],
+    targets: list[Node],
+    opts: SshOptions,
+    route: Route,
+    values: dict[str, str],
+    journal: Journal,
+    private: Path,
+) -> None:
+    """Run the phases (or ``--only`` one) in order; raises ``InstallError`` at the first that fails."""
     for phase in [args.only] if args.only else PHASES:
         print(f"== {phase}")
         if phase == "preflight":
@@ -230,9 +259,8 @@ def _install(
                 print("  rke up: done before, skipped")
             else:
                 registries = [_private_registry(route)] if route.mode == "registry" else []
-                kubeconfig = rke_up(
-                    final / rke.path, args.inventory, args.workdir, dict(os.environ), print, registries
-                )
+                tool = archive.verified_copy(final / rke.path, lock.member(rke.path), private / "rke")
+                kubeconfig = rke_up(tool, args.inventory, args.workdir, dict(os.environ), print, registries)
                 journal.mark_done("cluster", "local", "rke-up")
                 print(f"  kubeconfig: {kubeconfig}")
         elif phase == "steps":
@@ -240,12 +268,47 @@ def _install(
             kubeconfig = args.workdir / "kube_config_cluster.yml"
             if kubeconfig.exists():
                 env["KUBECONFIG"] = str(kubeconfig)
-            ran = run_steps(lock, final, args.workdir / "logs", env, journal, print)
+            ran = run_steps(lock, final, args.workdir / "logs", env, journal, print, private)
             print(f"  {len(ran)} step(s) ran")
-    if not args.only:
-        journal.complete(lock.name)
-        print(f"{lock.name} {lock.version} is installed")
-    return 0
+
+
+def _remove_stale_staging(workdir: Path, folder: str) -> None:
+    """Remove the private folders a killed unpack of ``folder`` left (``.NAME-VERSION.*``); the
+    journal's lock is held, so no other installer is unpacking there now."""
+    if not workdir.is_dir():
+        return
+    for entry in workdir.iterdir():
+        if entry.name.startswith(f".{folder}.") and entry.is_dir() and not entry.is_symlink():
+            print(f"removing {entry}, left by an interrupted unpack")
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def check_workdir(workdir: Path) -> None:
+    """Refuse a work folder others could write into (exit 2), as ssh's StrictModes does.
+
+    Whoever can write it could replace the verified files between the unpack and their use,
+    or the journal. Every existing folder from it up to ``/`` must belong to root or to this
+    user and not be writable by group or others, unless sticky (like /tmp).
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir}: not a folder; give a folder (it is made if missing)")
+    me = os.geteuid()
+    for folder in [workdir.absolute(), *workdir.absolute().parents]:
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid not in (0, me):
+            raise InputError(
+                f"--workdir {workdir}: {folder} belongs to uid {st.st_uid}, who could replace what the "
+                "installer verified; use a folder that belongs to root"
+            )
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise InputError(
+                f"--workdir {workdir}: {folder} is writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), who could replace what the installer verified; "
+                f"chmod go-w {folder}, or use another folder"
+            )
 
 
 def _site_facts(
@@ -264,7 +327,10 @@ def _site_facts(
                 continue
             lock_file = folder / "lock.json"
             if folder.is_dir() and not folder.is_symlink() and lock_file.is_file():
-                data = files.read_capped(lock_file, "installed lock", MAX_LOCK_BYTES, InstallError)
+                try:
+                    data = files.read_capped(lock_file, "installed lock", MAX_LOCK_BYTES, InstallError)
+                except InstallError:
+                    continue  # not an intact unpacked bundle: it cannot be any delta's base
                 unpacked[folder.name] = hashlib.sha256(data).hexdigest()
     return trust.SiteFacts(
         tuple(trusted),
