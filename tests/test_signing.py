@@ -147,8 +147,10 @@ def test_bad_key_files() -> None:
 
 
 def test_allowed_signers_format_is_read(keys: Keys, other_keys: Keys) -> None:
-    text = f'airbundle namespaces="airbundle" {keys.pub.openssh_line()}\n{other_keys.pub.openssh_line()}\n'
+    text = f'airbundle namespaces="airbundle" {keys.pub.openssh_line()}\nairbundle {other_keys.pub.openssh_line()}\n'
     assert [k.raw for k in signing.parse_public_keys(text, "as")] == [keys.pub.raw, other_keys.pub.raw]
+    pub = f"{keys.pub.openssh_line()}\n{other_keys.pub.openssh_line()}\n"  # a .pub file (or two keys)
+    assert [k.raw for k in signing.parse_public_keys(pub, "pub")] == [keys.pub.raw, other_keys.pub.raw]
 
 
 def test_encrypted_openssh_key(tmp_path: Path) -> None:
