@@ -159,9 +159,9 @@ def signed() -> Lock:
     )
 
 
-def _changed(where: tuple, value: object) -> bytes:
-    """``signed()``'s bytes with the field at ``where`` (keys and indexes) set to ``value``."""
-    doc = json.loads(signed().to_bytes())
+def _changed(where: tuple, value: object, lock: Lock | None = None) -> bytes:
+    """``signed()``'s (or ``lock``'s) bytes with the field at ``where`` (keys and indexes) set to ``value``."""
+    doc = json.loads((lock or signed()).to_bytes())
     target = doc
     for step in where[:-1]:
         target = target[step]
@@ -321,11 +321,6 @@ def test_workloads_and_images_for_node_roles() -> None:
     ],
 )
 def test_malformed_cluster_and_system_images_are_refused(where: tuple, value: object, message: str) -> None:
-    doc = json.loads(clustered().to_bytes())
-    target = doc
-    for step in where[:-1]:
-        target = target[step]
-    target[where[-1]] = value
     with pytest.raises(LockError, match=message) as info:
-        Lock.from_bytes(json.dumps(doc).encode())
+        Lock.from_bytes(_changed(where, value, clustered()))
     assert info.value.exit_code == 4
