@@ -29,21 +29,36 @@ import fcntl
 import hashlib
 import logging
 import os
+import platform as host_platform
 import re
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bundler import __version__, aptsource, archive, debs, images, oci, registry, sbom, signing
+from bundler import __version__, aptsource, archive, debs, images, oci, registry, rkeimages, sbom, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
 from bundler.errors import BundlerError, FetchError, InputError, IntegrityError, from_os_error
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
-from bundler.lock import INSTALL_SH, LOCK_NAME, SIG_NAME, Binary, Deb, FileSet, Lock, Member, Step, fold
-from bundler.manifest import Manifest, load_manifest
+from bundler.lock import (
+    INSTALL_SH,
+    LOCK_NAME,
+    SIG_NAME,
+    Binary,
+    Deb,
+    FileSet,
+    Lock,
+    Member,
+    Step,
+    SystemImage,
+    fold,
+)
+from bundler.manifest import ImageSpec, Manifest, Mirror, load_manifest, parse_mirror
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +102,7 @@ INSTALLER_FILES = {
     "installer/bundler/archive.py": "archive.py",
     "installer/bundler/files.py": "files.py",
     "installer/bundler/trust.py": "trust.py",
+    "installer/bundler/rkeimages.py": "rkeimages.py",
     "installer/bundler/installer/__init__.py": "installer/__init__.py",
     "installer/bundler/installer/main.py": "installer/main.py",
     "installer/bundler/installer/inventory.py": "installer/inventory.py",
@@ -216,14 +232,23 @@ def _refuse_zstd(where: str, image: oci.Image, blobs: dict[str, Path]) -> None:
 
 
 def _collect_images(
-    manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress
+    manifest: Manifest,
+    fetcher: Fetcher,
+    jobs: int,
+    on_fetch: FetchProgress,
+    system: Sequence[ImageSpec] = (),
+    mirrors: dict[str, Mirror] | None = None,
 ) -> images.Collected:
-    """Every image the manifest names, in manifest order, each once, all for its platform."""
+    """Every image the manifest names, then the system images, in that order, each once (an image
+    named twice, or both ways, is pulled and stored once), all for its platform. Registry pulls
+    go to the registry's mirror when one is given."""
     out = images.Collected()
     by_tag: dict[str, oci.Image] = {}
     want = f"linux/{_OCI_ARCH[manifest.platform.arch]}" + ("/v7" if manifest.platform.arch == "armhf" else "")
-    credentials = registry.Credentials() if any(s.source == "registry" for s in manifest.images) else None
-    for spec in manifest.images:
+    specs = [*manifest.images, *system]
+    credentials = registry.Credentials() if any(s.source == "registry" for s in specs) else None
+    mirrors = manifest.mirrors if mirrors is None else mirrors
+    for spec in specs:
         if spec.source == "archive":
             assert spec.archive is not None
             got = images.from_archive(fetcher.cache, spec.archive)
@@ -232,7 +257,8 @@ def _collect_images(
             got = images.from_daemon(fetcher.cache, spec.ref)
         else:
             assert spec.ref is not None
-            got = registry.pull(fetcher, spec.ref, want, spec.insecure, jobs, on_fetch, credentials)
+            mirror = mirrors.get(spec.ref.domain)
+            got = registry.pull(fetcher, spec.ref, want, spec.insecure, jobs, on_fetch, credentials, mirror)
         for image in got.images:
             if not spec.zstd:
                 _refuse_zstd(spec.where, image, got.blobs)
@@ -240,6 +266,8 @@ def _collect_images(
                 raise InputError(
                     f"{spec.where}: image {image.ref} is for {image.platform}, but the bundle is for {want}"
                 )
+            if any(i.manifest == image.manifest and i.ref == image.ref for i in out.images):
+                continue  # the same image by digest, named twice
             clash = next((by_tag[t] for t in image.tags if t in by_tag), None)
             if clash is not None:
                 if clash.manifest == image.manifest:
@@ -251,6 +279,139 @@ def _collect_images(
             by_tag.update((t, image) for t in image.tags)
             out.images.append(image)
         out.blobs.update(got.blobs)
+    return out
+
+
+@dataclass(frozen=True)
+class SystemImages:
+    """The cluster tool's images for the manifest's ``cluster``: where the list came from, what the
+    role rule kept (with roles) and what it left out."""
+
+    source: str
+    kept: tuple[rkeimages.Choice, ...]
+    dropped: tuple[rkeimages.Choice, ...]
+
+    def specs(self, manifest: Manifest) -> list[ImageSpec]:
+        assert manifest.cluster is not None
+        where = f"{manifest.cluster.where}: cluster system image"
+        return [ImageSpec("registry", ref=oci.parse_reference(c.ref), where=where) for c in self.kept]
+
+    def records(self) -> tuple[SystemImage, ...]:
+        return tuple(SystemImage(c.ref, c.roles) for c in self.kept)
+
+
+def _runs_here(manifest: Manifest) -> str:
+    """Why the manifest's pinned tool cannot run on this host, or "" when it can."""
+    machine = host_platform.machine().lower()
+    if host_platform.system() != "Linux" or machine not in ("x86_64", "amd64"):
+        return f"this build host is {host_platform.system()}/{machine}, not linux/amd64"
+    if manifest.platform.arch != "amd64":
+        return f"the bundle's platform is {manifest.platform.arch}, so its binaries are not for this host"
+    return ""
+
+
+def _ask_tool(manifest: Manifest, binary: Path) -> list[str]:
+    """``TOOL config --system-images --version V`` with the manifest's pinned binary (checked against
+    its sha256 again as it is copied out of the cache to run): the image references it prints.
+
+    rke's log lines go to stdout too (logrus, e.g. ``level=info msg="Generating images list ..."``):
+    only whitespace-free lines are image references. ``RANCHER_METADATA_URL`` is dropped from its
+    environment, so it answers from the data compiled into the pinned release.
+
+    Raises:
+        OSError: the binary cannot run here (not executable for this host, a noexec folder).
+        InputError: it ran and refused the version, or printed no images (exit 2).
+    """
+    cluster = manifest.cluster
+    assert cluster is not None
+    spec = next(b for b in manifest.binaries if b.name == cluster.tool)
+    argv_tail = ["config", "--system-images", "--version", cluster.kubernetes_version]
+    command = " ".join([cluster.tool, *argv_tail])
+    with tempfile.TemporaryDirectory(prefix="airbundle-tool-") as tmp:
+        exe = Path(tmp) / spec.name
+        data = binary.read_bytes()
+        if hashlib.sha256(data).hexdigest() != spec.sha256:
+            raise FetchError(f"{binary}: the cached {spec.name} no longer matches its sha256; build again")
+        exe.write_bytes(data)
+        exe.chmod(0o700)
+        env = {k: v for k, v in os.environ.items() if k != "RANCHER_METADATA_URL"}
+        try:
+            run = subprocess.run(
+                [str(exe), *argv_tail], capture_output=True, timeout=300, env=env, stdin=subprocess.DEVNULL
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InputError(f"{cluster.where}: `{command}` did not answer within 300 s") from exc
+    text = (run.stdout + run.stderr).decode(errors="replace").strip()
+    if run.returncode != 0:
+        raise InputError(
+            f"{cluster.where}: the pinned {spec.name} refused `{command}` (exit {run.returncode}): "
+            f"{text[-800:] or 'no output'}; pick a kubernetes_version this {spec.name} release supports "
+            f"(`{spec.name} config --list-version --all`) or list cluster.system_images"
+        )
+    refs = []
+    for raw in run.stdout.decode(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or any(c.isspace() for c in line):
+            continue  # a log line
+        try:
+            refs.append(str(oci.parse_reference(line)))
+        except oci.ImageFormatError:
+            raise InputError(
+                f"{cluster.where}: `{command}` printed {line!r}, which is not an image reference"
+            ) from None
+    if not refs:
+        raise InputError(f"{cluster.where}: `{command}` printed no image references: {text[-800:]}")
+    return refs
+
+
+def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | None:
+    """The system images the manifest's cluster needs: ``cluster.system_images`` when given, else
+    the list the pinned tool prints on a linux/amd64 host; filtered by ``bundler.rkeimages``.
+
+    Raises:
+        InputError: neither is possible (exit 2, naming what is needed), or the tool refused.
+    """
+    cluster = manifest.cluster
+    if cluster is None:
+        return None
+    if cluster.system_images:
+        refs, source = list(cluster.system_images), "cluster.system_images"
+    else:
+        source = f"{cluster.tool} config --system-images --version {cluster.kubernetes_version}"
+        why = _runs_here(manifest) if binary is not None else f"the pinned {cluster.tool} is not at hand"
+        if not why:
+            try:
+                refs = _ask_tool(manifest, binary)  # type: ignore[arg-type]
+            except OSError as exc:
+                why = f"the pinned {cluster.tool} cannot run here ({exc.strerror or exc})"
+        if why:
+            raise InputError(
+                f"{cluster.where}: cluster: the system images for Kubernetes {cluster.kubernetes_version} "
+                f"are needed: {why}. Build on a linux/amd64 host where the pinned {cluster.tool} runs "
+                f"(it prints them: `{source}`), or list them under cluster.system_images"
+            )
+    kept, dropped = rkeimages.select(refs, cluster.network_plugin)
+    for choice in kept:
+        if not choice.known:
+            log.warning(
+                "system image %s: the role rule does not know it; every node gets it (README: the role rule)",
+                choice.ref,
+            )
+    for choice in dropped:
+        log.info("system image %s left out: it is for %s", choice.ref, choice.why)
+    if not kept:
+        raise InputError(f"{cluster.where}: no system image is left for this cluster from {source}")
+    return SystemImages(source, tuple(kept), tuple(dropped))
+
+
+def _mirrors(manifest: Manifest, given: Sequence[str]) -> dict[str, Mirror]:
+    """The manifest's mirrors, overridden by ``--mirror REGISTRY=MIRROR`` (repeatable)."""
+    out = dict(manifest.mirrors)
+    for item in given:
+        registry_name, sep, mirror = item.partition("=")
+        if not sep:
+            raise InputError(f"--mirror {item!r}: give REGISTRY=MIRROR, e.g. docker.io=127.0.0.1:5000")
+        out[registry_name] = parse_mirror(registry_name, mirror, where=f"--mirror {item}")
     return out
 
 
@@ -348,6 +509,7 @@ def _plan(
     on_hash: Callable[[int, int], None] | None = None,
     collected: images.Collected | None = None,
     packages: tuple[debs.Resolution, dict[str, Path]] | None = None,
+    system: SystemImages | None = None,
 ) -> tuple[list[archive.Entry], Lock]:
     """The members in bundle order and the lock that lists them."""
     entries = installer_entries()
@@ -420,6 +582,8 @@ def _plan(
         images_mode=manifest.images_mode,
         registry=manifest.registry,
         registry_image=manifest.registry_image,
+        cluster=_cluster_record(manifest),
+        system_images=system.records() if system else (),
     )
     if lock.registry_image and lock.find_image(lock.registry_image) is None:
         raise InputError(
@@ -431,6 +595,19 @@ def _plan(
     bom_member = Member(sbom.SBOM_NAME, len(bom), hashlib.sha256(bom).hexdigest(), "sbom", "0644")
     entries.append(archive.Entry(sbom.SBOM_NAME, "0644", len(bom), data=bom, sha256=bom_member.sha256))
     return entries, dataclasses.replace(lock, members=(*lock.members, bom_member))
+
+
+def _cluster_record(manifest: Manifest) -> dict[str, str]:
+    """What the lock records of the cluster (the site needs the version; mirrors stay out)."""
+    cluster = manifest.cluster
+    if cluster is None:
+        return {}
+    return {
+        "kind": cluster.kind,
+        "kubernetes_version": cluster.kubernetes_version,
+        "network_plugin": cluster.network_plugin,
+        "tool": cluster.tool,
+    }
 
 
 def _refuse_clashes(manifest: Manifest, entries: list[archive.Entry], origins: dict[str, str]) -> None:
@@ -491,25 +668,37 @@ def _delta(
 class PlanItem:
     """One thing a build would bundle: what, how big (None: the server does not say), from where."""
 
-    kind: str  # binary | deb | image | file | script
+    kind: str  # binary | deb | image | system | file | script  (system: the cluster tool's image)
     name: str
     size: int | None
     source: str
     cached: bool  # already in the cache (or local): nothing to download
+    roles: tuple[str, ...] = ()  # system: the node roles that need it
+    kubernetes_version: str = ""  # system: the cluster's Kubernetes version
 
 
-def plan_bundle(manifest_path: Path, cache_root: Path, policy: FetchPolicy | None = None) -> list[PlanItem]:
+def plan_bundle(
+    manifest_path: Path, cache_root: Path, policy: FetchPolicy | None = None, mirrors: Sequence[str] = ()
+) -> list[PlanItem]:
     """What ``build_bundle`` would fetch and bundle, without downloading any payload.
 
     Apt indexes and image manifests are fetched (and verified) to know the
-    closure and the sizes; ``.deb`` files, binaries and layers are not.
+    closure and the sizes; ``.deb`` files, binaries and layers are not, except the
+    cluster's pinned tool when it must list the system images (into the cache, where
+    the build finds it).
 
     Raises:
         ManifestError / InputError (exit 2), FetchError (exit 5): as a build would.
     """
     manifest = load_manifest(manifest_path)
+    mirror_map = _mirrors(manifest, mirrors)
     cache = Cache(cache_root)
     fetcher = Fetcher(cache, policy)
+    system = None
+    if manifest.cluster is not None:
+        tool = next(b for b in manifest.binaries if b.name == manifest.cluster.tool)
+        needs_tool = not manifest.cluster.system_images and not _runs_here(manifest)
+        system = system_images(manifest, fetcher.fetch(tool.url, tool.sha256) if needs_tool else None)
     items = []
     for b in manifest.binaries:
         hit = cache.get(b.sha256)
@@ -520,8 +709,10 @@ def plan_bundle(manifest_path: Path, cache_root: Path, policy: FetchPolicy | Non
             cached = cache.get(pkg.sha256) is not None
             items.append(PlanItem("deb", f"{pkg.name} {pkg.version} {pkg.arch}", pkg.size, pkg.url, cached))
     want = f"linux/{_OCI_ARCH[manifest.platform.arch]}"
-    credentials = registry.Credentials() if any(s.source == "registry" for s in manifest.images) else None
-    for spec in manifest.images:
+    system_specs = system.specs(manifest) if system else []
+    specs = [*manifest.images, *system_specs]
+    credentials = registry.Credentials() if any(s.source == "registry" for s in specs) else None
+    for spec in specs:
         if spec.source == "archive":
             assert spec.archive is not None
             size = spec.archive.stat().st_size
@@ -533,12 +724,18 @@ def plan_bundle(manifest_path: Path, cache_root: Path, policy: FetchPolicy | Non
             )
         else:
             assert spec.ref is not None
-            found = registry.resolve(fetcher, spec.ref, want, spec.insecure, credentials)
+            mirror = mirror_map.get(spec.ref.domain)
+            found = registry.resolve(fetcher, spec.ref, want, spec.insecure, credentials, mirror)
             blobs = [found.config, *(la.digest for la in found.layers)]
             cached = all(cache.get(b.removeprefix("sha256:")) is not None for b in blobs)
-            items.append(
-                PlanItem("image", str(spec.ref), sum(la.size for la in found.layers), found.api, cached)
-            )
+            size = sum(la.size for la in found.layers)
+            if system is not None and spec in system_specs:
+                assert manifest.cluster is not None
+                choice = system.kept[system_specs.index(spec)]
+                version = manifest.cluster.kubernetes_version
+                items.append(PlanItem("system", choice.ref, size, found.api, cached, choice.roles, version))
+            else:
+                items.append(PlanItem("image", str(spec.ref), size, found.api, cached))
     for fspec in manifest.files:
         items += [
             PlanItem("file", pf.member, pf.source.stat().st_size, str(pf.source), True) for pf in fspec.files
@@ -562,6 +759,7 @@ def build_bundle(
     expires: str | None = None,
     base: Path | None = None,
     split: int = 0,
+    mirrors: Sequence[str] = (),
 ) -> BuildResult:
     """Build ``OUTDIR/NAME-VERSION.tar`` (and ``.tar.sha256``) from a manifest.
 
@@ -576,6 +774,7 @@ def build_bundle(
             installed copy.
         split: ``--split``: cut the bundle into parts of at most this many bytes
             (``archive.split_bundle``); the whole ``.tar`` and its ``.sha256`` then go.
+        mirrors: ``--mirror REGISTRY=MIRROR`` items, over the manifest's ``mirrors:``.
 
     Whatever an earlier build of the same NAME-VERSION left in OUTDIR (a whole bundle or
     parts) is replaced, under a lock on OUTDIR, so the folder never holds two builds of
@@ -586,6 +785,7 @@ def build_bundle(
         FetchError: a download failed or did not match its pin (exit 5).
     """
     manifest = load_manifest(manifest_path)
+    mirror_map = _mirrors(manifest, mirrors)
     final = outdir / f"{manifest.name}-{manifest.version}.tar"
     sha_path = outdir / f"{final.name}.sha256"
     with _environment("making the output folder", outdir):  # checked now, made only when writing
@@ -598,10 +798,13 @@ def build_bundle(
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
             fetched = {sha: fut.result() for sha, fut in futures.items()}
+        tool = manifest.cluster and next(b for b in manifest.binaries if b.name == manifest.cluster.tool)
+        system = system_images(manifest, fetched[tool.sha256] if tool else None)
         packages = _collect_debs(manifest, fetcher, jobs, on_fetch) if manifest.debs else None
-        collected = _collect_images(manifest, fetcher, jobs, on_fetch)
+        system_specs = system.specs(manifest) if system else []
+        collected = _collect_images(manifest, fetcher, jobs, on_fetch, system_specs, mirror_map)
     with _environment("reading the bundle's files", manifest.base):
-        entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages)
+        entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages, system)
     if expires:
         start = source_date_epoch() or int(time.time())
         lock = dataclasses.replace(lock, expires=parse_expiry(expires, start))

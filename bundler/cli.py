@@ -186,6 +186,14 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
 @click.option(
     "--base", "base", type=_EXISTING_FILE, help="Build a delta: leave out what this earlier bundle carries."
 )
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="REGISTRY=MIRROR",
+    help="Pull REGISTRY's images from MIRROR (HOST[:PORT][/PREFIX]); repeatable, over the manifest's "
+    "mirrors:. The bundle keeps the canonical names and digests.",
+)
 def build(
     manifest: Path,
     outdir: Path | None,
@@ -198,6 +206,7 @@ def build(
     expires: str | None,
     split: str | None,
     base: Path | None,
+    mirrors: tuple[str, ...],
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
@@ -214,13 +223,14 @@ def build(
       airbundle build manifests/fmp-rke.yaml --dry-run
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dvd --split 4400M
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --base dist/fmp-rke-23.12.0.tar
+      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --mirror docker.io=mirror.lan/hub
     """
     from bundler.build import build_bundle, plan_bundle  # imports requests: only the build needs it
 
     part_size = _parse_size(split) if split else None
 
     if dry_run:
-        _print_plan(plan_bundle(manifest, cache_dir or default_root()), as_json)
+        _print_plan(plan_bundle(manifest, cache_dir or default_root(), mirrors=mirrors), as_json)
         return
     if key_path is None or outdir is None:
         raise click.UsageError("--key and -o/--out are required (or pass --dry-run)")
@@ -249,12 +259,15 @@ def build(
             expires=expires,
             base=base,
             split=part_size or 0,
+            mirrors=mirrors,
         )
     finally:
         bars.close()
     lock = result.lock
     if lock.debs:
         click.echo("\n".join(_deb_table(lock)), err=True)
+    if lock.system_images:
+        click.echo("\n".join(_system_table(lock)), err=True)
     click.echo(
         f"built {lock.name} {lock.version}: {len(lock.members)} members, "
         f"{_human(result.size)}, signed by {key.public.fingerprint}",
@@ -273,15 +286,20 @@ def build(
 
 
 def _print_plan(items: list[Any], as_json: bool) -> None:
-    """The dry-run plan: one line per item, then totals (or JSON)."""
+    """The dry-run plan: one line per item, then totals (or JSON); the cluster's system images
+    after the application images, under a heading, each with the node roles that need it."""
     if as_json:
-        click.echo(json.dumps([vars(i) for i in items], indent=2))
+        click.echo(json.dumps([{**vars(i), "roles": list(i.roles)} for i in items], indent=2))
         return
     width = max((len(i.name) for i in items), default=4)
-    for item in items:
+    system = [i for i in items if i.kind == "system"]
+    for item in [i for i in items if i.kind != "system"] + system:
+        if system and item is system[0]:
+            click.echo(f"system images for Kubernetes {item.kubernetes_version} (node roles):")
         size = _human(item.size) if item.size is not None else "?"
         state = "cached" if item.cached else "fetch"
-        click.echo(f"{item.kind:<7} {item.name:<{width}}  {size:>10}  {state:<6}  {item.source}")
+        roles = f"  [{','.join(item.roles)}]" if item.kind == "system" else ""
+        click.echo(f"{item.kind:<7} {item.name:<{width}}  {size:>10}  {state:<6}  {item.source}{roles}")
     fetch = [i for i in items if not i.cached]
     known = sum(i.size or 0 for i in fetch)
     unknown = sum(1 for i in fetch if i.size is None)
@@ -301,6 +319,21 @@ def _deb_table(lock: Any) -> list[str]:
         f"  {d.name:<{width}}  {d.version:<{vwidth}}  {d.arch:<5}  {_human(d.size):>10}  ({d.reason})"
         for d in lock.debs
     ]
+    return lines
+
+
+def _system_table(lock: Any) -> list[str]:
+    """The cluster's system images, one line each, with the node roles that need them."""
+    cluster = lock.cluster
+    lines = [
+        f"  system images for {cluster.get('kind')} Kubernetes {cluster.get('kubernetes_version')} "
+        f"(network {cluster.get('network_plugin')}; {len(lock.system_images)} images, node roles):"
+    ]
+    width = max(len(s.ref) for s in lock.system_images)
+    for system in lock.system_images:
+        image = lock.find_image(system.ref)
+        size = _human(image.size) if image is not None else "?"
+        lines.append(f"    {system.ref:<{width}}  {size:>10}  {', '.join(system.roles)}")
     return lines
 
 
@@ -425,6 +458,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
                 )
             click.echo(opened.member(entry).decode("utf-8"), nl=False)
             return
+    system_set = {lock.find_image(s.ref) for s in lock.system_images}
     sizes: dict[str, int] = {}
     for m in lock.members:
         sizes[m.kind] = sizes.get(m.kind, 0) + m.size
@@ -446,9 +480,21 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         ],
         "files": [{"src": f.src, "dest": f.dest, "count": f.count, "size": f.size} for f in lock.files],
         "steps": [{"name": s.name, "script": s.script} for s in lock.steps],
+        "cluster": dict(lock.cluster) or None,
+        "system_images": [
+            {
+                "ref": s.ref,
+                "roles": list(s.roles),
+                "config": image.config if image else None,
+                "size": image.size if image else None,
+            }
+            for s in lock.system_images
+            for image in [lock.find_image(s.ref)]
+        ],
         "images": [
             {
                 "ref": im.ref,
+                "system": im in system_set,
                 "tags": list(im.tags),
                 "config": im.config,
                 "manifest": im.manifest,
@@ -514,12 +560,16 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             lines.append(f"            site registry image (--registry-node): {lock.registry_image}")
         lines.append(
             f"  images:   (layers shared between images are stored once: {_human(sizes.get('image', 0))})"
+            + ("; application images:" if lock.system_images else "")
         )
         lines += [
             f"    {', '.join(im.tags) or im.ref:<28} {_human(im.size):>10}  {im.config[7:19]}  {im.platform}"
             f"  ({len(im.layers)} layers, {im.source})"
             for im in lock.images
+            if im not in system_set
         ]
+    if lock.system_images:
+        lines += _system_table(lock)
     if lock.debs:
         lines.append(f"  debs:     ({len(lock.debs)} packages, a flat apt repository in debs/)")
         lines += ["  " + line for line in _deb_table(lock)]

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-from bundler import oci, versions
+from bundler import oci, rkeimages, versions
 from bundler.errors import IntegrityError
 
 FORMAT = 1
@@ -35,6 +36,10 @@ MODES = ("0644", "0755")
 # bundler.versions.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")  # a bundle's name
 ITEM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # binaries, steps, platform values, components
+
+# A cluster tool's Kubernetes version, e.g. v1.28.15-rancher1-1: a word on rke's command line.
+K8S_VERSION_RE = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+(?:[-+][A-Za-z0-9.-]{1,48})?")
+CLUSTER_KEYS = ("kind", "kubernetes_version", "network_plugin", "tool")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Member paths travel into tar headers, sha256sum lines and shell commands: keep
@@ -138,6 +143,14 @@ class Deb:
 
 
 @dataclass(frozen=True)
+class SystemImage:
+    """An image the cluster tool itself needs (``rke up``), and the node roles that need it."""
+
+    ref: str  # resolves with Lock.find_image
+    roles: tuple[str, ...]  # some of controlplane, etcd, worker (bundler.rkeimages)
+
+
+@dataclass(frozen=True)
 class Lock:
     """The parsed ``lock.json``."""
 
@@ -163,12 +176,28 @@ class Lock:
     # A delta bundle: the bundle it builds on, and the members it takes from that one's unpacked copy.
     base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
     inherited: tuple[Member, ...] = ()
+    # The cluster tool (kind, kubernetes_version, network_plugin, tool); empty without a cluster.
+    cluster: dict[str, str] = field(default_factory=dict)
+    system_images: tuple[SystemImage, ...] = ()  # the cluster tool's own images, with their roles
 
     @property
     def workloads(self) -> tuple[oci.Image, ...]:
-        """The images the nodes get: all but ``registry_image``, which only the registry's node runs."""
+        """The application images the ``image_roles`` nodes get: all but the system images and
+        ``registry_image``, which only the registry's node runs."""
         tool = self.find_image(self.registry_image) if self.registry_image else None
-        return tuple(i for i in self.images if i != tool)
+        system = {self.find_image(s.ref) for s in self.system_images}
+        return tuple(i for i in self.images if i != tool and i not in system)
+
+    def images_for(self, roles: Iterable[str]) -> tuple[oci.Image, ...]:
+        """The images a node with ``roles`` gets, in lock order, each once: the workloads when it
+        has one of ``image_roles``, and the system images whose roles meet its roles."""
+        roles = tuple(roles)
+        chosen = set(self.workloads) if rkeimages.needed_by(self.image_roles, roles) else set()
+        for system in self.system_images:
+            image = self.find_image(system.ref)
+            if image is not None and rkeimages.needed_by(system.roles, roles):
+                chosen.add(image)
+        return tuple(i for i in self.images if i in chosen)
 
     def find_image(self, ref: str) -> oci.Image | None:
         """The locked image ``ref`` names (by its reference or one of its tags, normalized), if any."""
@@ -224,6 +253,8 @@ class Lock:
             },
             "base": dict(self.base),
             "inherited": [asdict(m) for m in self.inherited],
+            "cluster": dict(self.cluster),
+            "system_images": [{"ref": s.ref, "roles": list(s.roles)} for s in self.system_images],
         }
 
     def to_bytes(self) -> bytes:
@@ -375,6 +406,62 @@ def _base(top: _Fields) -> dict[str, str]:
     }
 
 
+def _cluster(top: _Fields, binaries: list[Binary]) -> dict[str, str]:
+    """``cluster``: exactly kind, kubernetes_version, network_plugin and tool (a bundled binary)."""
+    if "cluster" not in top.obj or top.obj["cluster"] == {}:
+        return {}
+    f = _Fields(top.get("cluster", dict), "cluster")
+    extra = sorted(set(f.obj) - set(CLUSTER_KEYS))
+    if extra:
+        raise LockError(f"{LOCK_NAME}: cluster has unknown key(s) {', '.join(map(repr, extra))}")
+    out = {
+        "kind": f.get("kind", str),
+        "kubernetes_version": f.match("kubernetes_version", K8S_VERSION_RE, "Kubernetes version"),
+        "network_plugin": f.get("network_plugin", str),
+        "tool": f.match("tool", ITEM_NAME_RE, "binary name"),
+    }
+    if out["kind"] not in rkeimages.CLUSTER_KINDS:
+        raise LockError(
+            f"{LOCK_NAME}: cluster.kind {out['kind']!r} is not one of {', '.join(rkeimages.CLUSTER_KINDS)}"
+        )
+    if out["network_plugin"] not in rkeimages.NETWORK_PLUGINS:
+        raise LockError(
+            f"{LOCK_NAME}: cluster.network_plugin {out['network_plugin']!r} is not one of "
+            f"{', '.join(rkeimages.NETWORK_PLUGINS)}"
+        )
+    if out["tool"] not in [b.name for b in binaries]:
+        raise LockError(f"{LOCK_NAME}: cluster.tool {out['tool']!r} is not one of the bundle's binaries")
+    return out
+
+
+def _system_images(top: _Fields, lock: Lock) -> tuple[SystemImage, ...]:
+    """``system_images``: each a locked image (by reference) with the node roles that need it."""
+    out: list[SystemImage] = []
+    for i, raw in enumerate(top.items("system_images")):
+        f = _Fields(raw, f"system_images[{i}]")
+        extra = sorted(set(f.obj) - {"ref", "roles"})
+        if extra:
+            raise LockError(
+                f"{LOCK_NAME}: system_images[{i}] has unknown key(s) {', '.join(map(repr, extra))}"
+            )
+        ref = f.get("ref", str)
+        _reference(ref, f"system_images[{i}].ref")
+        if lock.find_image(ref) is None:
+            raise LockError(f"{LOCK_NAME}: system_images[{i}].ref {ref!r} is not one of the locked images")
+        roles = f.get("roles", list)
+        if not roles or not all(r in rkeimages.ROLES for r in roles) or len(set(roles)) != len(roles):
+            raise LockError(
+                f"{LOCK_NAME}: system_images[{i}].roles must list some of {', '.join(rkeimages.ROLES)}, "
+                "each once"
+            )
+        if any(s.ref == ref for s in out):
+            raise LockError(f"{LOCK_NAME}: system image {ref!r} is listed twice")
+        out.append(SystemImage(ref, tuple(roles)))
+    if out and not lock.cluster:
+        raise LockError(f"{LOCK_NAME}: system_images need a cluster (kind, kubernetes_version, ...)")
+    return tuple(out)
+
+
 def _parse(doc: Any) -> Lock:
     top = _Fields(doc, "document")
     if top.obj.get("format") != FORMAT:
@@ -487,7 +574,7 @@ def _parse(doc: Any) -> Lock:
             raise LockError(f"{LOCK_NAME}: {ref!r} is used but not listed as a member")
     plat = _Fields(top.get("platform", dict), "platform")
     platform = {str(k): plat.match(k, ITEM_NAME_RE, "platform value") for k in plat.obj}
-    return Lock(
+    lock = Lock(
         name=top.match("name", NAME_RE, "bundle name"),
         version=top.checked("version", versions.check),
         platform=platform,
@@ -507,4 +594,7 @@ def _parse(doc: Any) -> Lock:
         **_install(top),
         base=base,
         inherited=tuple(inherited),
+        cluster=_cluster(top, binaries),
+        system_images=(),
     )
+    return replace(lock, system_images=_system_images(top, lock))

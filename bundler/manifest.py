@@ -17,17 +17,25 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bundler import files as userfiles
-from bundler import versions
+from bundler import rkeimages, versions
 from bundler.debs import Source
-from bundler.errors import ManifestError
-from bundler.lock import IMAGES_MODES, ITEM_NAME_RE, NAME_RE, REGISTRY_RE, check_dest, check_member_path
+from bundler.errors import InputError, ManifestError
+from bundler.lock import (
+    IMAGES_MODES,
+    ITEM_NAME_RE,
+    K8S_VERSION_RE,
+    NAME_RE,
+    REGISTRY_RE,
+    check_dest,
+    check_member_path,
+)
 from bundler.oci import ImageFormatError, Reference, parse_reference
 
 API_VERSION = "airbundle/v1"
@@ -114,6 +122,77 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
+class ClusterSpec:
+    """``cluster``: the cluster tool, the Kubernetes version it brings up, and its own images."""
+
+    kind: str
+    kubernetes_version: str
+    network_plugin: str = rkeimages.DEFAULT_NETWORK_PLUGIN
+    tool: str = "rke"  # a binaries: entry
+    system_images: tuple[str, ...] = ()  # explicit list (normalized refs); empty: ask the tool
+    where: str = ""  # FILE:LINE of the section
+
+
+# A registry (as image references name it) and a mirror: HOST[:PORT][/PREFIX], optionally http(s)://.
+_REGISTRY_NAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9-]+)*(?::[0-9]{1,5})?"
+)
+_MIRROR = re.compile(
+    r"(?:(?P<scheme>https?)://)?(?P<host>(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?)"
+    r"(?P<prefix>(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)/?"
+)
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """Where the build host pulls one registry's images from: ``host`` with ``prefix`` put before
+    every repository path (a Harbor proxy-cache project, an Artifactory remote repository)."""
+
+    host: str  # HOST[:PORT]
+    prefix: str = ""  # path without slashes at either end, or ""
+    scheme: str = ""  # "http", "https" or "" (https, or http for loopback)
+    insecure: bool = False  # plain http to a non-loopback mirror allowed
+
+    def __str__(self) -> str:
+        return (
+            (f"{self.scheme}://" if self.scheme else "")
+            + self.host
+            + (f"/{self.prefix}" if self.prefix else "")
+        )
+
+
+def _loopback(host: str) -> bool:
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return name == "localhost" or name == "::1" or re.fullmatch(r"127(?:\.[0-9]{1,3}){3}", name) is not None
+
+
+def parse_mirror(registry: str, text: str, insecure: bool = False, where: str = "--mirror") -> Mirror:
+    """``REGISTRY`` and ``HOST[:PORT][/PREFIX]`` (or ``http(s)://...``) as a checked ``Mirror``.
+
+    Raises:
+        InputError: a malformed registry or mirror, or ``http://`` to a mirror that is neither
+            loopback nor marked insecure (exit 2).
+    """
+    if not _REGISTRY_NAME.fullmatch(registry) or (
+        "." not in registry and ":" not in registry and registry != "localhost"
+    ):
+        raise InputError(f"{where}: {registry!r} is not a registry name (e.g. docker.io, quay.io, HOST:PORT)")
+    match = _MIRROR.fullmatch(text)
+    if not match:
+        raise InputError(
+            f"{where}: {text!r} is not a mirror: give HOST[:PORT][/PREFIX] "
+            "(e.g. harbor.example.org/dockerhub-proxy)"
+        )
+    scheme, host, prefix = match.group("scheme") or "", match.group("host"), match.group("prefix").strip("/")
+    if scheme == "http" and not insecure and not _loopback(host):
+        raise InputError(
+            f"{where}: {text!r}: plain http is used only for a loopback mirror or one marked insecure "
+            "(mirrors: {REGISTRY: {url: ..., insecure: true}} in the manifest)"
+        )
+    return Mirror(host, prefix, scheme, insecure)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated bundle manifest."""
 
@@ -134,6 +213,8 @@ class Manifest:
     images_mode: str = "ssh-load"  # how the installer ships images: ssh-load or registry
     registry: str = ""  # HOST:PORT of the site registry for the registry mode
     registry_image: str = ""  # an images: entry the installer can run as the site registry
+    cluster: ClusterSpec | None = None
+    mirrors: dict[str, Mirror] = field(default_factory=dict)  # registry domain -> mirror (build host only)
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -340,6 +421,8 @@ def load_manifest(path: Path) -> Manifest:
             "images",
             "files",
             "steps",
+            "cluster",
+            "mirrors",
         ),
     )
     if top.get("apiVersion", str) != API_VERSION:
@@ -439,6 +522,9 @@ def load_manifest(path: Path) -> Manifest:
         steps.append(StepSpec(sec.match("name", ITEM_NAME_RE, "step name"), raw, src))
     _unique(where, [(s.name, line) for s, (_, line) in zip(steps, top.items("steps"))])
 
+    cluster = _cluster_section(top, where, binaries) if "cluster" in top.data else None
+    mirrors = _mirrors_section(top, where) if "mirrors" in top.data else {}
+
     return Manifest(
         path=path,
         base=base,
@@ -455,7 +541,77 @@ def load_manifest(path: Path) -> Manifest:
         min_workers=_min_workers(top),
         image_roles=_image_roles(top),
         **_install_section(top, where),
+        cluster=cluster,
+        mirrors=mirrors,
     )
+
+
+def _cluster_section(top: _Section, where: str, binaries: list[BinarySpec]) -> ClusterSpec:
+    """``cluster: {kind, kubernetes_version, network_plugin, tool, system_images}``."""
+    sec = _Section(
+        top.get("cluster", dict),
+        where,
+        "cluster",
+        top.line,
+        ("kind", "kubernetes_version", "network_plugin", "tool", "system_images"),
+    )
+    kind = sec.get("kind", str)
+    if kind not in rkeimages.CLUSTER_KINDS:
+        raise sec.fail(
+            "kind",
+            f"{kind!r} is not a cluster kind this airbundle knows ({', '.join(rkeimages.CLUSTER_KINDS)})",
+        )
+    version = sec.match("kubernetes_version", K8S_VERSION_RE, "Kubernetes version (e.g. v1.28.15-rancher1-1)")
+    plugin = sec.get("network_plugin", str, default=rkeimages.DEFAULT_NETWORK_PLUGIN, required=False)
+    if plugin not in rkeimages.NETWORK_PLUGINS:
+        raise sec.fail("network_plugin", f"{plugin!r} must be one of {', '.join(rkeimages.NETWORK_PLUGINS)}")
+    tool = sec.get("tool", str, default="rke", required=False)
+    if tool not in [b.name for b in binaries]:
+        raise sec.fail(
+            "tool",
+            f"{tool!r} must name a binaries: entry (the pinned {kind} that lists the system images "
+            "and brings the cluster up)",
+        )
+    refs = []
+    if "system_images" in sec.data:
+        items = sec.items("system_images")
+        if not items:
+            raise sec.fail("system_images", "list at least one image, or leave it out to ask the pinned tool")
+        for raw, line in items:
+            if not isinstance(raw, str):
+                raise ManifestError(
+                    f"{where}:{line}: cluster.system_images: {raw!r} must be an image reference"
+                )
+            try:
+                refs.append(str(parse_reference(raw)))
+            except ImageFormatError as exc:
+                raise ManifestError(f"{where}:{line}: cluster.system_images: {exc}") from None
+        _unique(where, [(r, line) for r, (_, line) in zip(refs, items)])
+    return ClusterSpec(kind, version, plugin, tool, tuple(refs), where=sec.at())
+
+
+def _mirrors_section(top: _Section, where: str) -> dict[str, Mirror]:
+    """``mirrors: {REGISTRY: HOST[:PORT][/PREFIX]}`` or ``{REGISTRY: {url: ..., insecure: true}}``."""
+    sec = _Section(
+        top.get("mirrors", dict), where, "mirrors", top.line, tuple(str(k) for k in top.data["mirrors"])
+    )
+    out = {}
+    for registry in sec.data:
+        value = sec.data[registry]
+        insecure = False
+        if isinstance(value, dict):
+            item = _Section(value, where, f"mirrors.{registry}", sec.line, ("url", "insecure"))
+            insecure = item.get("insecure", bool, default=False, required=False)
+            value = item.get("url", str)
+        elif not isinstance(value, str):
+            raise sec.fail(str(registry), "must be HOST[:PORT][/PREFIX] or {url: ..., insecure: true}")
+        try:
+            out[str(registry)] = parse_mirror(
+                str(registry), value, insecure, where=f"{sec.at(registry)}: mirrors"
+            )
+        except InputError as exc:
+            raise ManifestError(str(exc)) from None
+    return out
 
 
 def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:

@@ -8,7 +8,9 @@ registry's ``WWW-Authenticate`` challenge: anonymous, Basic, or a Bearer token
 from the realm it names, with credentials from Docker's ``config.json``
 (``auths``, ``credHelpers``, ``credsStore`` via ``docker-credential-*``).
 Plain ``http://`` is used only for loopback registries or when an image says
-``insecure: true``.
+``insecure: true``. A ``Mirror`` (the manifest's ``mirrors:``, ``build --mirror``)
+serves a registry's repositories for the build host: pulls go there, with the
+mirror host's credentials, and the images keep their canonical names.
 
 HTTP itself is ``bundler.fetch``'s; this module never imports requests.
 """
@@ -33,6 +35,7 @@ from bundler import oci
 from bundler.errors import FetchError
 from bundler.fetch import Fetcher, FetchProgress, Reply
 from bundler.images import Collected
+from bundler.manifest import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -256,17 +259,29 @@ def resolve(
     platform: str,
     insecure: bool = False,
     credentials: Credentials | None = None,
+    mirror: Mirror | None = None,
 ) -> Resolved:
-    """Fetch and verify the manifest of ``ref`` for ``platform`` (through a list/index if needed).
+    """Fetch and verify the manifest of ``ref`` for ``platform`` (through a list/index if needed),
+    from ``mirror`` when given (with the mirror host's credentials).
 
     Raises:
         FetchError: unreachable registry, refused credentials, unknown tag or
             platform, or a digest mismatch (exit 5).
     """
     where = str(ref)
-    api = f"{base_url(ref.domain, insecure)}/v2/{ref.path}"
-    creds = (credentials or Credentials()).lookup(ref.domain)
-    auth = RegistryAuth(fetcher, creds, f"repository:{ref.path}:pull", where)
+    if mirror is not None:
+        # The mirror serves the same repositories under its prefix; digests are checked as ever,
+        # and the image keeps its canonical name.
+        path = f"{mirror.prefix}/{ref.path}" if mirror.prefix else ref.path
+        scheme = mirror.scheme or ("http" if is_loopback(mirror.host) else "https")
+        api = f"{scheme}://{mirror.host}/v2/{path}"
+        creds = (credentials or Credentials()).lookup(mirror.host)
+        where = f"{ref} (through the mirror {mirror})"
+    else:
+        path = ref.path
+        api = f"{base_url(ref.domain, insecure)}/v2/{path}"
+        creds = (credentials or Credentials()).lookup(ref.domain)
+    auth = RegistryAuth(fetcher, creds, f"repository:{path}:pull", where)
 
     def manifest(target: str) -> tuple[bytes, str, str]:
         reply = fetcher.get(f"{api}/manifests/{target}", {"Accept": ACCEPT}, auth)
@@ -300,13 +315,14 @@ def pull(
     jobs: int = 4,
     progress: FetchProgress = _no_progress,
     credentials: Credentials | None = None,
+    mirror: Mirror | None = None,
 ) -> Collected:
     """Pull one image for ``platform`` into the cache (``resolve``, then the blobs in parallel).
 
     Raises:
         FetchError: as ``resolve``, or a blob that does not match its digest (exit 5).
     """
-    found = resolve(fetcher, ref, platform, insecure, credentials)
+    found = resolve(fetcher, ref, platform, insecure, credentials, mirror)
     where, api, auth = str(ref), found.api, found.auth
     body, digest, media_type, config, layers = (
         found.body,

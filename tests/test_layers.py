@@ -18,6 +18,7 @@ RANK: dict[str, float] = {
     "bundler.debs": 1,
     "bundler.signing": 1,
     "bundler.versions": 1,
+    "bundler.rkeimages": 1,
     "bundler.lock": 2,
     "bundler.files": 1,
     "bundler.trust": 2.5,
@@ -129,7 +130,7 @@ def test_the_carried_installer_parses_as_python_37() -> None:
 
 
 # Modules that decide on data alone: no file, process, network or clock access (DESIGN.md).
-PURE = {"bundler.trust", "bundler.lock", "bundler.oci", "bundler.installer.plan"}
+PURE = {"bundler.trust", "bundler.lock", "bundler.oci", "bundler.rkeimages", "bundler.installer.plan"}
 IO_MODULES = {"os", "io", "subprocess", "socket", "shutil", "tempfile", "fcntl", "http", "urllib", "time"}
 
 

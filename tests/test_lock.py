@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -15,6 +16,7 @@ from bundler.lock import (
     LockError,
     Member,
     Step,
+    SystemImage,
     check_dest,
     check_member_path,
 )
@@ -157,9 +159,9 @@ def signed() -> Lock:
     )
 
 
-def _changed(where: tuple, value: object) -> bytes:
-    """``signed()``'s bytes with the field at ``where`` (keys and indexes) set to ``value``."""
-    doc = json.loads(signed().to_bytes())
+def _changed(where: tuple, value: object, lock: Lock | None = None) -> bytes:
+    """``signed()``'s (or ``lock``'s) bytes with the field at ``where`` (keys and indexes) set to ``value``."""
+    doc = json.loads((lock or signed()).to_bytes())
     target = doc
     for step in where[:-1]:
         target = target[step]
@@ -232,3 +234,93 @@ def test_good_binary_destinations(path: str) -> None:
 )
 def test_bad_binary_destinations(path: str) -> None:
     assert check_dest(path) is not None
+
+
+# ---------------------------------------------------------------- the cluster and its system images
+
+
+def clustered() -> Lock:
+    """``signed()`` with a cluster: the registry image doubles as a system image of every node here,
+    and a second image is an etcd node's system image."""
+    base = signed()
+    etcd = oci.Image(
+        ref="docker.io/rancher/mirrored-coreos-etcd:v3.5.12",
+        tags=("rancher/mirrored-coreos-etcd:v3.5.12",),
+        source="registry",
+        manifest="sha256:" + "c" * 64,
+        media_type=oci.OCI_MANIFEST,
+        config="sha256:" + "d" * 64,
+        platform="linux/amd64",
+        layers=(),
+    )
+    app = dataclasses.replace(
+        etcd, ref="docker.io/fmp/app:1", tags=("fmp/app:1",), manifest="sha256:" + "e" * 64
+    )
+    blobs = tuple(
+        Member(f"images/{oci.blob_path(d)}", 1, d[7:], "image")
+        for d in (etcd.manifest, etcd.config, app.manifest)
+    )
+    return dataclasses.replace(
+        base,
+        members=base.members + blobs,
+        images=(*base.images, etcd, app),
+        registry_image="",
+        cluster={
+            "kind": "rke",
+            "kubernetes_version": "v1.28.15-rancher1-1",
+            "network_plugin": "canal",
+            "tool": "rke",
+        },
+        system_images=(
+            SystemImage("docker.io/rancher/mirrored-coreos-etcd:v3.5.12", ("etcd",)),
+            SystemImage("registry:2", ("controlplane", "etcd", "worker")),
+        ),
+    )
+
+
+def test_cluster_and_system_images_round_trip() -> None:
+    lock = clustered()
+    assert Lock.from_bytes(lock.to_bytes()) == lock
+    assert Lock.from_bytes(signed().to_bytes()).cluster == {}  # no cluster: an empty dict
+    assert Lock.from_bytes(signed().to_bytes()).system_images == ()
+
+
+def test_workloads_and_images_for_node_roles() -> None:
+    lock = clustered()
+    registry, etcd, app = lock.images
+    assert lock.workloads == (app,)  # system images are not workloads
+    assert lock.images_for(["worker"]) == (registry, app)  # lock order
+    assert lock.images_for(["etcd"]) == (registry, etcd)
+    assert lock.images_for(("controlplane", "etcd", "worker")) == (registry, etcd, app)
+    assert dataclasses.replace(lock, image_roles=("etcd",)).images_for(["etcd"]) == (registry, etcd, app)
+
+
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        (("cluster", "kind"), "k3s", "cluster.kind 'k3s' is not one of rke"),
+        (("cluster", "kubernetes_version"), "v1.28; reboot", "cluster.kubernetes_version 'v1.28; reboot'"),
+        (("cluster", "network_plugin"), "cilium", "cluster.network_plugin 'cilium' is not one of"),
+        (("cluster", "tool"), "kubeadm", "cluster.tool 'kubeadm' is not one of the bundle's binaries"),
+        (("cluster", "tool"), "../rke", "cluster.tool '../rke' is not a valid binary name"),
+        (("cluster", "mirror"), "127.0.0.1:5000", "cluster has unknown key"),
+        (("cluster",), "rke", "cluster has the wrong type"),
+        (("system_images", 0, "ref"), "docker.io/rancher/other:1", "is not one of the locked images"),
+        (("system_images", 0, "ref"), "Not A Ref", r"system_images\[0\]\.ref 'Not A Ref'"),
+        (("system_images", 0, "roles"), ["etcd", "master"], r"system_images\[0\]\.roles must list"),
+        (("system_images", 0, "roles"), [], r"system_images\[0\]\.roles must list"),
+        (("system_images", 0, "roles"), ["etcd", "etcd"], "each once"),
+        (("system_images", 0, "roles"), "etcd", r"system_images\[0\]\.roles has the wrong type"),
+        (("system_images", 0, "registry"), "x", "unknown key"),
+        (
+            ("system_images", 1),
+            {"ref": "docker.io/rancher/mirrored-coreos-etcd:v3.5.12", "roles": ["etcd"]},
+            "twice",
+        ),
+        (("cluster",), {}, "system_images need a cluster"),
+    ],
+)
+def test_malformed_cluster_and_system_images_are_refused(where: tuple, value: object, message: str) -> None:
+    with pytest.raises(LockError, match=message) as info:
+        Lock.from_bytes(_changed(where, value, clustered()))
+    assert info.value.exit_code == 4
