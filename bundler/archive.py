@@ -550,7 +550,9 @@ class TarReader:
         self._block("the end-of-archive marker")
         rest = self.size - self.pos
         if rest > RECORD:
-            raise IntegrityError(f"data follows the end-of-archive marker ({rest} bytes); the bundle is refused")
+            raise IntegrityError(
+                f"data follows the end-of-archive marker ({rest} bytes); the bundle is refused"
+            )
         self.f.seek(self.pos)
         if self.f.read(rest).strip(b"\0"):
             raise IntegrityError("data follows the end-of-archive marker; the bundle is refused")
