@@ -291,3 +291,51 @@ def test_preflight_docker_version_and_unique_names(rke_nodes, rke_site, keys: Ke
     assert "is also the name of 127.0.0.45: give each node its own hostname" in _line(
         run.stdout, "127.0.0.41"
     )
+
+
+# ---------------------------------------------------------------- the rules on a node's facts
+
+
+def _facts(**over: str) -> dict[str, list[str]]:
+    from bundler.installer.apply import parse_facts
+
+    base = {
+        "uid": "0",
+        "groups": "root",
+        "hostname": "kn0",
+        "docker": "ok 24.0.7",
+        "bridge": "1",
+        "modules": "ok",
+        "docker_mount": "/var/lib/docker",
+        "sshd_config": "/etc/ssh/sshd_config",
+        "sshd_from": "sshd -T",
+    }
+    base.update(over)
+    return parse_facts("\n".join(f"{k}={v}" for k, v in base.items()) + "\nsshd allowtcpforwarding yes\n")
+
+
+def test_kernel_modules_rule_on_a_host_that_can_tell() -> None:
+    """On a host with /proc/modules, a module RKE's requirements page lists and the node lacks is
+    refused with the modprobe fix; the *_ipv4 modules that kernels from 4.19 merged into
+    nf_conntrack / nf_nat count as loaded when those are."""
+    from bundler.installer.apply import rke_problems
+    from bundler.installer.inventory import ClusterOptions, Node
+
+    node = Node("10.0.0.1", "root", ("worker",))
+    merged = "ok nf_conntrack_ipv4 nf_nat_ipv4 nf_nat_masquerade_ipv4"
+    assert rke_problems(node, _facts(modules=merged), ClusterOptions(), False) == ([], [])
+    problems, _ = rke_problems(node, _facts(modules="ok br_netfilter vxlan"), ClusterOptions(), False)
+    assert problems == [
+        "kernel modules rke needs are not loaded: br_netfilter vxlan (modprobe each, and list them in "
+        "/etc/modules-load.d/)"
+    ]
+    problems, _ = rke_problems(node, _facts(bridge="unknown"), ClusterOptions(), False)
+    assert problems[0].startswith("net.bridge.bridge-nf-call-iptables is not set (br_netfilter not loaded)")
+
+
+def test_installer_and_standin_agree_on_rkes_docker_versions() -> None:
+    """One table in the installer (apply.RKE_DOCKER_VERSIONS), one in the stand-in's model of rke:
+    both are rke's metadata (kontainer-driver-metadata k8s_docker_info.go)."""
+    from bundler.installer.apply import RKE_DOCKER_VERSIONS
+
+    assert {k: [f"{v}.x" for v in vs] for k, vs in RKE_DOCKER_VERSIONS.items()} == rke_images.DOCKER_VERSIONS
