@@ -48,17 +48,41 @@ class Client:
         )
 
 
+def ensure_user(name: str, docker_group: bool) -> None:
+    """A local account for a node's SSH user (every node is this machine): in the docker group or not."""
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", name], check=True)
+    subprocess.run(["usermod", "-p", "*", name], check=True)  # no password, but not locked: sshd lets keys in
+    subprocess.run(["gpasswd", "-a" if docker_group else "-d", name, "docker"], capture_output=True)
+
+
 class Node:
-    """One node: sshd on ADDRESS:2222 (root, key only) and its own Docker engine."""
+    """One node: sshd on ADDRESS:2222 (root by default, key only) and its own Docker engine.
+
+    ``user`` is the SSH user the inventory names (another one than root is made a local
+    account, in the ``docker`` group when ``docker_group``); ``sshd_extra`` lines go into
+    the node's sshd_config (e.g. ``AllowTcpForwarding no``).
+    """
 
     def __init__(
-        self, address: str, name: str, client: Client, docker: bool = True, netns: str | None = None
+        self,
+        address: str,
+        name: str,
+        client: Client,
+        docker: bool = True,
+        netns: str | None = None,
+        user: str = "root",
+        docker_group: bool = True,
+        sshd_extra: str = "",
     ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
             pytest.fail("sshd is not installed; run 'make install' (it installs openssh-server)")
-        self.address, self.name = address, name
+        self.address, self.name, self.user = address, name, user
         self.root = Path(tempfile.mkdtemp(prefix=f"ab-{name}-", dir="/tmp"))
+        if user != "root":
+            ensure_user(user, docker_group)
+            self.root.chmod(0o711)  # sshd reads authorized_keys as the user
         self.certs = self.root / "certs.d"
         self.netns = netns
         self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
@@ -66,6 +90,9 @@ class Node:
         hostkey = self.root / "hostkey"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
         shutil.copy(client.key.with_suffix(".pub"), self.root / "authorized_keys")
+        (self.root / "authorized_keys").chmod(0o644)
+        if self.engine is not None and user != "root":
+            self.engine.root.chmod(0o711)  # the socket itself is root:docker 0660
         # Its own docker client config too: a ``docker login`` on one node is not seen by the others.
         env = f"NODE_NAME={name} DOCKER_CONFIG={self.root / 'docker-config'}" + (
             f" DOCKER_HOST={self.engine.host}" if self.engine else ""
@@ -74,7 +101,7 @@ class Node:
             f"ListenAddress {address}:{SSH_PORT}\nHostKey {hostkey}\n"
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
             f"PasswordAuthentication no\nStrictModes no\nPidFile {self.root / 'sshd.pid'}\nSetEnv {env}\n"
-            "UsePAM no\n"
+            f"UsePAM no\n{sshd_extra}"
         )
         pub = hostkey.with_suffix(".pub").read_text().split()
         with open(client.known_hosts, "a") as f:
@@ -137,6 +164,18 @@ def cluster_yml(nodes: list[Node], workers: set[str]) -> str:
             f"hostname_override: {node.name}}}"
         )
     return "\n".join(lines) + "\n"
+
+
+def rke_cluster_yml(nodes: list[Node], roles: dict[str, str], key: Path, extra: str = "") -> str:
+    """A cluster.yml as rke reads it: each node's own user and Docker socket, the operator's key."""
+    lines = [f"ssh_key_path: {key}", "nodes:"]
+    for node in nodes:
+        socket_ = f", docker_socket: {node.engine.sock}" if node.engine else ""
+        lines.append(
+            f"  - {{address: {node.address}, port: {SSH_PORT}, user: {node.user}, role: {roles[node.name]}, "
+            f"hostname_override: {node.name}{socket_}}}"
+        )
+    return "\n".join(lines) + "\n" + extra
 
 
 class SiteNet:

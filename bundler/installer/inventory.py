@@ -1,8 +1,11 @@
 """The site's inventory (Rancher RKE ``cluster.yml``) and ``--values`` files, read safely.
 
 Only what the installer needs is taken from ``cluster.yml``: each node's
-``address``, ``user``, ``role`` list, ``port``, ``ssh_key_path`` and
-``hostname_override``; everything else in the file is left for ``rke up``.
+``address``, ``user``, ``role`` list, ``port``, ``ssh_key_path`` (else the file's
+top-level ``ssh_key_path``, as rke reads it) and ``hostname_override``; and, for
+the preflight of what rke requires, the top-level ``kubernetes_version`` and
+``ignore_docker_version`` (``load_cluster_options``). Everything else in the file
+is left for ``rke up``.
 Parsing uses the PyYAML the installer carries (``safe_load``: no Python
 tags). Errors name the file, the node and what to fix (exit 2).
 """
@@ -40,6 +43,14 @@ class Node:
 
     def has(self, role: str) -> bool:
         return role in self.roles
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """The cluster-wide settings of ``cluster.yml`` that the preflight checks against."""
+
+    kubernetes_version: str | None = None
+    ignore_docker_version: bool = False
 
 
 def _load(path: Path, what: str) -> Any:
@@ -88,7 +99,7 @@ def load_inventory(path: Path) -> list[Node]:
         if (address, port) in seen:
             raise InputError(f"{where}: listed twice")
         seen.add((address, port))
-        key, host = raw.get("ssh_key_path"), raw.get("hostname_override")
+        key, host = raw.get("ssh_key_path") or doc.get("ssh_key_path"), raw.get("hostname_override")
         nodes.append(
             Node(
                 address,
@@ -100,6 +111,22 @@ def load_inventory(path: Path) -> list[Node]:
             )
         )
     return nodes
+
+
+def load_cluster_options(path: Path) -> ClusterOptions:
+    """``kubernetes_version`` and ``ignore_docker_version`` of an RKE ``cluster.yml``.
+
+    Raises:
+        InputError: unreadable, or either setting of the wrong type.
+    """
+    doc = _load(path, "inventory (RKE cluster.yml)")
+    doc = doc if isinstance(doc, dict) else {}
+    version, ignore = doc.get("kubernetes_version"), doc.get("ignore_docker_version", False)
+    if version is not None and not isinstance(version, str):
+        raise InputError(f"{path}: kubernetes_version must be a string such as v1.28.15-rancher1-1")
+    if not isinstance(ignore, bool):
+        raise InputError(f"{path}: ignore_docker_version must be true or false; got {ignore!r}")
+    return ClusterOptions(version or None, ignore)
 
 
 def load_values(path: Path | None) -> dict[str, str]:

@@ -34,7 +34,7 @@ from bundler.installer.apply import (
     rke_up,
     run_steps,
 )
-from bundler.installer.inventory import Node, load_inventory, load_values
+from bundler.installer.inventory import Node, load_cluster_options, load_inventory, load_values
 from bundler.installer.journal import Journal
 from bundler.installer.plan import PHASES, Route, describe, image_targets, topology_warnings
 from bundler.installer.remote import SshOptions
@@ -237,7 +237,17 @@ def _phases(
         if phase == "preflight":
             _report(
                 phase,
-                preflight_phase(lock, nodes, targets if lock.workloads else [], opts, time.time(), route),
+                preflight_phase(
+                    lock,
+                    nodes,
+                    targets if lock.workloads else [],
+                    opts,
+                    time.time(),
+                    route,
+                    load_cluster_options(args.inventory)
+                    if any(b.name == "rke" for b in lock.binaries)
+                    else None,
+                ),
             )
         elif phase == "packages":
             if not lock.debs:
@@ -362,6 +372,8 @@ def _report(phase: str, results: list[NodeResult], journal: Journal | None = Non
                 f"  {r.node.name:<20} ok: {', '.join(r.done) or 'nothing to do'}"
                 + (f" (note: {notes})" if notes else "")
             )
+        for warning in r.warnings:
+            print(f"  {r.node.name:<20} warning: {warning}")
         if journal is not None and not r.error:
             journal.mark_done(phase, r.node.name, "ok")
     failed = [r.node.name for r in results if r.error]

@@ -1,0 +1,341 @@
+"""What Rancher's rke needs on each node: the installer's preflight checks it, the stand-in enforces it.
+
+Real loopback nodes (sshd + dockerd each, tests/nodes.py), some made to break one of rke's
+requirements: an SSH user outside the docker group, an sshd with ``AllowTcpForwarding no``,
+a node whose ``net.bridge.bridge-nf-call-iptables`` reads 0 (a file bound over it in the
+node's own mount namespace). The stand-in for rke (tests/standins/rke_cluster) runs ``up`` against
+them over real SSH tunnels to each node's Docker socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import rke_cluster as rke_images
+from .conftest import Keys
+from .engines import busybox_rootfs
+
+STANDIN = str(rke_images.STANDIN)
+# name → (address, user, in the docker group, sshd_config lines, roles)
+NODES = {
+    "cp-1": ("127.0.0.41", "root", True, "", "[controlplane, etcd]"),
+    "wk-1": ("127.0.0.42", "abdocker", True, "", "[worker]"),
+    "nodock": ("127.0.0.43", "abnodock", False, "", "[worker]"),
+    "nofwd": ("127.0.0.44", "root", True, "AllowTcpForwarding no\n", "[worker]"),
+    "bridge0": ("127.0.0.45", "root", True, "", "[worker]"),
+}
+ROLES = {name: spec[4] for name, spec in NODES.items()}
+
+
+@pytest.fixture(scope="module")
+def rke_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict[str, object]]]:
+    from .nodes import Client, Node
+
+    client = Client(tmp_path_factory.mktemp("rke-client"))
+    client.key.chmod(0o600)
+    nodes: dict[str, Node] = {}
+    try:
+        for name, (address, user, group, extra, _) in NODES.items():
+            nodes[name] = Node(address, name, client, user=user, docker_group=group, sshd_extra=extra)
+        zero = nodes["bridge0"].root / "bridge-nf-call-iptables"
+        zero.write_text("0\n")
+        subprocess.run(
+            ["nsenter", "-t", str(nodes["bridge0"].engine.proc.pid), "-m", "mount", "--bind", str(zero),
+             "/proc/sys/net/bridge/bridge-nf-call-iptables"],
+            check=True,
+        )  # fmt: skip
+        yield client, nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def _cluster(tmp_path: Path, client, nodes: list, extra: str = "") -> Path:
+    from .nodes import rke_cluster_yml
+
+    path = tmp_path / "site-cluster.yml"
+    path.write_text(rke_cluster_yml(nodes, ROLES, client.key, extra))
+    return path
+
+
+def _rke_up(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STANDIN, "up", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(config.parent)},
+        timeout=300,
+    )
+
+
+def _give_images(node, roles: tuple[str, ...], without: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Tiny busybox images under the system image names ``roles`` need, in the node's own engine."""
+    api = node.engine.client.api
+    _clear(node)
+    for image in node.engine.client.images.list():
+        node.engine.client.images.remove(image.id, force=True)
+    api.import_image_from_data(busybox_rootfs(), repository="test/base", tag="1")
+    for ref in rke_images.images_for(roles) - set(without):
+        repo, _, tag = ref.rpartition(":")
+        api.tag("test/base:1", repo, tag)
+
+
+def _clear(node) -> None:
+    for container in node.engine.client.containers.list(all=True):
+        container.remove(force=True)
+
+
+def _roles(name: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in ROLES[name].strip("[]").split(","))
+
+
+# ---------------------------------------------------------------- the stand-in fails where rke fails
+
+
+def test_standin_lists_the_system_images() -> None:
+    """`rke config --system-images --version V` prints one image per line on stdout (logs on stderr)."""
+    run = subprocess.run(
+        [STANDIN, "config", "--system-images", "--version", rke_images.KUBERNETES_VERSION],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0 and run.stdout.split() == rke_images.system_images()
+    assert subprocess.run([STANDIN, "--version"], capture_output=True, text=True).stdout.startswith(
+        "rke version v"
+    )
+
+
+def test_standin_brings_up_nodes_that_have_what_their_roles_need(rke_nodes, tmp_path: Path) -> None:
+    """rke tunnels to each node's Docker as the node's user (root, or a user in the docker group),
+    finds every image its roles need there, starts the components with --network none and
+    writes kube_config_<name>.yml beside cluster.yml; a second `up` leaves them running."""
+    client, nodes = rke_nodes
+    chosen = [nodes["cp-1"], nodes["wk-1"]]
+    for node in chosen:
+        _clear(node)
+        _give_images(node, _roles(node.name))
+    config = _cluster(tmp_path, client, chosen)
+    run = _rke_up(config)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (tmp_path / "kube_config_site-cluster.yml").read_text().startswith("apiVersion: v1")
+    want = {
+        "cp-1": {
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+        },
+        "wk-1": {"nginx-proxy", "kubelet", "kube-proxy"},
+    }
+    for node in chosen:
+        running = node.engine.client.containers.list()
+        assert {c.name for c in running} == want[node.name]
+        assert all(c.attrs["HostConfig"]["NetworkMode"] == "none" for c in running)
+    again = _rke_up(config)
+    assert again.returncode == 0 and "is already running on host [127.0.0.42]" in again.stderr
+
+
+def test_standin_fails_on_control_plane_nodes_with_workers_only_images(rke_nodes, tmp_path: Path) -> None:
+    """The OLD behaviour: the bundle's images loaded on workers only. rke pulls the system images
+    onto every node, the etcd and control-plane ones too; on an isolated site with no private
+    registry the pull fails, and rke stops naming the image and the host."""
+    client, nodes = rke_nodes
+    chosen = [nodes["cp-1"], nodes["wk-1"]]
+    for node in chosen:
+        _clear(node)
+    _give_images(nodes["wk-1"], _roles("wk-1"))
+    for image in nodes["cp-1"].engine.client.images.list():
+        nodes["cp-1"].engine.client.images.remove(image.id, force=True)
+    run = _rke_up(_cluster(tmp_path, client, chosen))
+    assert run.returncode == 1
+    assert "FATA" in run.stderr and "Failed to pull image [docker.io/rancher/" in run.stderr
+    fatal = [ln for ln in run.stderr.splitlines() if ln.startswith("FATA")]
+    assert fatal and all("on host [127.0.0.41]" in ln for ln in fatal)  # the worker had what it needs
+    # An etcd node with everything but the etcd image fails on exactly that image.
+    _give_images(nodes["cp-1"], _roles("cp-1"), without={rke_images.SYSTEM_IMAGES["etcd"]})
+    run = _rke_up(_cluster(tmp_path, client, chosen))
+    assert run.returncode == 1
+    assert f"Failed to pull image [{rke_images.SYSTEM_IMAGES['etcd']}] on host [127.0.0.41]" in run.stderr
+
+
+def test_standin_fails_when_the_user_cannot_reach_docker(rke_nodes, tmp_path: Path) -> None:
+    """rke opens a channel to /var/run/docker.sock as the SSH user; a user outside the docker group
+    cannot open the socket: "Failed to set up SSH tunneling for host [...]: Can't retrieve Docker Info:
+    ... ssh: rejected: administratively prohibited (open failed)" (sshd answers a refused socket and a
+    refused forward alike; Rancher's troubleshooting page lists both causes for that message)."""
+    client, nodes = rke_nodes
+    _give_images(nodes["cp-1"], _roles("cp-1"))
+    run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"], nodes["nodock"]]))
+    assert run.returncode == 1
+    assert "Failed to set up SSH tunneling for host [127.0.0.43]: Can't retrieve Docker Info" in run.stderr
+    assert "administratively prohibited (open failed)" in run.stderr
+    assert "on host [127.0.0.41]" not in run.stderr.split("FATA")[-1]
+
+
+def test_standin_fails_when_sshd_refuses_forwarding(rke_nodes, tmp_path: Path) -> None:
+    """With `AllowTcpForwarding no` the node's sshd refuses rke's channel to the Docker socket:
+    "... Failed to dial to ...: ssh: rejected: administratively prohibited (open failed)"."""
+    client, nodes = rke_nodes
+    _give_images(nodes["cp-1"], _roles("cp-1"))
+    run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"], nodes["nofwd"]]))
+    assert run.returncode == 1
+    assert "Failed to set up SSH tunneling for host [127.0.0.44]: Can't retrieve Docker Info" in run.stderr
+    assert "administratively prohibited (open failed)" in run.stderr
+
+
+def test_standin_checks_the_docker_version_unless_told_not_to(rke_nodes, tmp_path: Path) -> None:
+    """rke refuses a Docker its metadata does not list for the Kubernetes minor version (Docker
+    20.10 is not one for Kubernetes 1.8), unless cluster.yml says ignore_docker_version: true."""
+    client, nodes = rke_nodes
+    _clear(nodes["cp-1"])
+    _give_images(nodes["cp-1"], _roles("cp-1"))
+    old = "kubernetes_version: v1.8.11-rancher1-1\n"
+    run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"]], old))
+    assert run.returncode == 1 and "Unsupported Docker version found [20.10" in run.stderr
+    assert "on host [127.0.0.41], supported versions are [1.11.x 1.12.x 1.13.x 17.03.x]" in run.stderr
+    run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"]], old + "ignore_docker_version: true\n"))
+    assert run.returncode == 0, run.stderr
+
+
+# ---------------------------------------------------------------- preflight: what rke requires
+
+
+@pytest.fixture
+def rke_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, rke_nodes):
+    """A bundle whose rke is the stand-in, built and laid out on a site (install.sh beside it)."""
+    from .conftest import run_cli
+    from .test_installer import _site
+
+    data = rke_images.standin_bytes()
+    url = project.origin.add("/rke-faithful", data)
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: rkesite\nversion: '1.0'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        f"binaries:\n  - name: rke\n    url: {url}\n    sha256: {hashlib.sha256(data).hexdigest()}\n"
+        f"    dest: {tmp_path / 'node-bin' / 'rke'}\n",
+        "rkesite.yaml",
+    )
+    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
+    assert built.exit_code == 0, built.stderr
+    return _site(Path(built.stdout.strip()), tmp_path)
+
+
+def _preflight(site: Path, keys: Keys, client, text: str) -> subprocess.CompletedProcess[str]:
+    from .test_installer import _install
+
+    (site / "cluster.yml").write_text(text)
+    return _install(site, keys, "--only", "preflight", "--ssh-config", str(client.config))
+
+
+def _line(out: str, name: str) -> str:
+    return next(ln for ln in out.splitlines() if ln.strip().startswith(name + " ") and "warning:" not in ln)
+
+
+def test_preflight_refuses_each_rke_requirement_naming_the_node(rke_nodes, rke_site, keys: Keys) -> None:
+    """Each node made to break one of rke's requirements is refused (exit 6), naming the node and the
+    fix: rke itself would stop at its SSH tunnel (user outside the docker group, forwarding refused)
+    or leave a cluster whose pod network drops bridged traffic (bridge-nf-call-iptables 0)."""
+    from .nodes import rke_cluster_yml
+
+    client, nodes = rke_nodes
+    run = _preflight(rke_site, keys, client, rke_cluster_yml(list(nodes.values()), ROLES, client.key))
+    assert run.returncode == 6, run.stdout + run.stderr
+    out = run.stdout
+    assert "ok" in _line(out, "cp-1")
+    # A user in the docker group meets what rke needs (no sudo on this machine: the installer's own rule).
+    assert _line(out, "wk-1").endswith("FAILED: abdocker cannot use sudo without a password")
+    assert "abnodock cannot use Docker without sudo (not in the docker group: permission denied" in _line(
+        out, "nodock"
+    )
+    assert "usermod -aG docker abnodock" in _line(out, "nodock")
+    assert "FAILED: sshd refuses forwarding (AllowTcpForwarding no, from sshd -T)" in _line(out, "nofwd")
+    assert "set 'AllowTcpForwarding yes' in " in _line(out, "nofwd")
+    assert "FAILED: net.bridge.bridge-nf-call-iptables is 0" in _line(out, "bridge0")
+    assert "preflight: failed on wk-1, nodock, nofwd, bridge0" in run.stderr
+    # What a node in a container cannot tell is a warning, not a refusal.
+    assert "cp-1                 warning: cannot tell which kernel modules are loaded" in out
+    assert "cp-1                 warning: /var/lib/docker is on the filesystem of /" in out
+
+
+def test_preflight_docker_version_and_unique_names(rke_nodes, rke_site, keys: Keys) -> None:
+    """rke refuses a Docker its metadata does not accept for the cluster's Kubernetes version
+    (unless ignore_docker_version: true); two nodes reporting one hostname, with no
+    hostname_override, would register as one Kubernetes node."""
+    client, nodes = rke_nodes
+    pair = [nodes["cp-1"], nodes["bridge0"]]
+    from .nodes import rke_cluster_yml
+
+    old = rke_cluster_yml(pair[:1], ROLES, client.key, "kubernetes_version: v1.8.11-rancher1-1\n")
+    refused = _preflight(rke_site, keys, client, old)
+    assert refused.returncode == 6
+    assert "FAILED: Docker 20.10" in _line(refused.stdout, "cp-1")
+    assert "is not one rke accepts for Kubernetes v1.8.11-rancher1-1 (1.11.x, 1.12.x, 1.13.x, 17.03.x)" in (
+        refused.stdout
+    )
+    ignored = _preflight(rke_site, keys, client, old + "ignore_docker_version: true\n")
+    assert ignored.returncode == 0, ignored.stdout + ignored.stderr
+    twins = (
+        rke_cluster_yml(pair, ROLES, client.key)
+        .replace(", hostname_override: cp-1", "")
+        .replace(", hostname_override: bridge0", "")
+    )
+    run = _preflight(rke_site, keys, client, twins)
+    assert run.returncode == 6
+    assert "is also the name of 127.0.0.45: give each node its own hostname" in _line(
+        run.stdout, "127.0.0.41"
+    )
+
+
+# ---------------------------------------------------------------- the rules on a node's facts
+
+
+def _facts(**over: str) -> dict[str, list[str]]:
+    from bundler.installer.apply import parse_facts
+
+    base = {
+        "uid": "0",
+        "groups": "root",
+        "hostname": "kn0",
+        "docker": "ok 24.0.7",
+        "bridge": "1",
+        "modules": "ok",
+        "docker_mount": "/var/lib/docker",
+        "sshd_config": "/etc/ssh/sshd_config",
+        "sshd_from": "sshd -T",
+    }
+    base.update(over)
+    return parse_facts("\n".join(f"{k}={v}" for k, v in base.items()) + "\nsshd allowtcpforwarding yes\n")
+
+
+def test_kernel_modules_rule_on_a_host_that_can_tell() -> None:
+    """On a host with /proc/modules, a module RKE's requirements page lists and the node lacks is
+    refused with the modprobe fix; the *_ipv4 modules that kernels from 4.19 merged into
+    nf_conntrack / nf_nat count as loaded when those are."""
+    from bundler.installer.apply import rke_problems
+    from bundler.installer.inventory import ClusterOptions, Node
+
+    node = Node("10.0.0.1", "root", ("worker",))
+    merged = "ok nf_conntrack_ipv4 nf_nat_ipv4 nf_nat_masquerade_ipv4"
+    assert rke_problems(node, _facts(modules=merged), ClusterOptions(), False) == ([], [])
+    problems, _ = rke_problems(node, _facts(modules="ok br_netfilter vxlan"), ClusterOptions(), False)
+    assert problems == [
+        "kernel modules rke needs are not loaded: br_netfilter vxlan (modprobe each, and list them in "
+        "/etc/modules-load.d/)"
+    ]
+    problems, _ = rke_problems(node, _facts(bridge="unknown"), ClusterOptions(), False)
+    assert problems[0].startswith("net.bridge.bridge-nf-call-iptables is not set (br_netfilter not loaded)")
+
+
+def test_installer_and_standin_agree_on_rkes_docker_versions() -> None:
+    """One table in the installer (apply.RKE_DOCKER_VERSIONS), one in the stand-in's model of rke:
+    both are rke's metadata (kontainer-driver-metadata k8s_docker_info.go)."""
+    from bundler.installer.apply import RKE_DOCKER_VERSIONS
+
+    assert {k: [f"{v}.x" for v in vs] for k, vs in RKE_DOCKER_VERSIONS.items()} == rke_images.DOCKER_VERSIONS
