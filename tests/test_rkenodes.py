@@ -4,13 +4,20 @@ bundle's images reaching real loopback nodes by role (``install.sh --only images
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from bundler import oci
-from bundler.installer.inventory import Node
-from bundler.installer.plan import Route, describe, node_images
+from bundler.installer.inventory import Node, with_kubernetes_version
+from bundler.installer.plan import Route, describe, kubernetes_version_problem, node_images
 from bundler.lock import Lock, SystemImage
 
-from .rke_images import APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION
+from .conftest import Keys, run_cli
+from .registries import Registry
+from .rke_images import APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION, Pushed, serve_system_images, standin_rke
+from .test_installer import _empty_engines, _install, _site
 
 ETCD = "docker.io/rancher/mirrored-coreos-etcd:v3.5.12"
 HYPERKUBE = "docker.io/rancher/hyperkube:v1.28.15-rancher1"
@@ -86,3 +93,105 @@ def test_dry_run_plan_shows_system_and_application_images_apart() -> None:
     assert any(line.strip() == f"{ETCD} (etcd): cp1" for line in lines)
     assert any(line.strip() == f"{HYPERKUBE} (controlplane/etcd/worker): cp1, w1" for line in lines)
     assert any(line.strip() == f"{COREDNS} (worker): w1" for line in lines)
+
+
+# ---------------------------------------------------------------- real loopback nodes
+
+
+@pytest.fixture(scope="module")
+def mirror() -> Iterator[tuple[Registry, dict[str, Pushed]]]:
+    """A loopback registry serving the system images (and the agent) under docker.io's paths."""
+    reg = Registry("open")
+    try:
+        yield reg, serve_system_images(reg.host)
+    finally:
+        reg.stop()
+
+
+RKE_MANIFEST = """apiVersion: airbundle/v1
+kind: Bundle
+name: rkenodes
+version: "1.0"
+platform: {{os: debian, codename: bookworm, arch: amd64}}
+binaries:
+  - name: rke
+    url: {url}
+    sha256: {sha}
+    dest: /usr/local/bin/rke
+images:
+  - ref: {app}
+cluster:
+  kind: rke
+  kubernetes_version: {version}
+"""
+
+
+@pytest.fixture
+def rke_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster, mirror):
+    """A bundle with rke's system images (from the build stand-in, through the mirror) and one
+    application image, laid out on a site whose inventory is the test nodes (cp-1: controlplane+etcd)."""
+    from .nodes import cluster_yml
+
+    reg, pushed = mirror
+    client, nodes = ssh_cluster
+    _empty_engines(nodes)
+    data = standin_rke()
+    sha = hashlib.sha256(data).hexdigest()
+    url = project.origin.add(f"/rke-{sha[:12]}", data)
+    text = RKE_MANIFEST.format(url=url, sha=sha, app=APP_IMAGE, version=KUBERNETES_VERSION)
+    manifest = project.write_manifest(text, "rkenodes.yaml")
+    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir,
+                    "--mirror", f"docker.io={reg.host}")  # fmt: skip
+    assert built.exit_code == 0, built.stderr
+    site = _site(Path(built.stdout.strip().splitlines()[-1]), tmp_path)
+    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    return site, client, nodes, pushed
+
+
+def test_system_images_reach_every_node_by_role(rke_site, keys: Keys) -> None:
+    site, client, nodes, pushed = rke_site
+    first = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+    assert first.returncode == 0, first.stdout + first.stderr
+    workers = {r for r, roles in CANAL_ROLES.items() if "worker" in roles}
+    control = {r for r, roles in CANAL_ROLES.items() if {"controlplane", "etcd"} & set(roles)}
+    want = {"cp-1": control, "worker-1": workers | {APP_IMAGE}, "worker-2": workers | {APP_IMAGE}}
+    assert ETCD in want["cp-1"] and COREDNS not in want["cp-1"] and ETCD not in want["worker-1"]
+    for node in nodes:
+        engine = node.engine.client
+        assert {i.id for i in engine.images.list()} == {pushed[r].config for r in want[node.name]}, node.name
+        for ref in want[node.name]:  # each under its familiar name, with the locked ID
+            assert engine.images.get(ref.removeprefix("docker.io/")).id == pushed[ref].config
+        assert f"{node.name:<20} ok: {len(want[node.name])} loaded, 0 already present, " in first.stdout
+    again = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    for node in nodes:
+        assert f"{node.name:<20} ok: 0 loaded, {len(want[node.name])} already present\n" in again.stdout
+    assert "bytes sent" not in again.stdout
+
+
+def test_a_cluster_yml_with_another_kubernetes_version_is_refused(rke_site, keys: Keys) -> None:
+    site, client, nodes, _ = rke_site
+    inventory = site / "cluster.yml"
+    inventory.write_text(inventory.read_text() + "kubernetes_version: v1.27.16-rancher1-1\n")
+    run = _install(site, keys, "--ssh-config", str(client.config))
+    assert run.returncode == 6, run.stdout + run.stderr
+    assert "v1.27.16-rancher1-1" in run.stderr and KUBERNETES_VERSION in run.stderr
+    assert "system images" in run.stderr
+    assert not (site / "work" / "logs").exists()  # nothing ran
+    for node in nodes:
+        assert node.engine.client.images.list() == []
+
+
+def test_the_cluster_yml_copy_gets_the_locked_kubernetes_version(tmp_path: Path) -> None:
+    site = "nodes:\n  - {address: 10.0.0.1, user: root, role: [worker]}\n"
+    text = with_kubernetes_version(site, KUBERNETES_VERSION)
+    assert "kubernetes_version: " + KUBERNETES_VERSION in text and "10.0.0.1" in text
+    own = site + "kubernetes_version: v1.28.15-rancher1-1\n"
+    assert (
+        with_kubernetes_version(own, "v1.29.1-rancher1-1") == own
+    )  # the site's file wins (preflight checks)
+    assert kubernetes_version_problem(_lock(CANAL_ROLES), None) is None
+    assert kubernetes_version_problem(_lock(CANAL_ROLES), KUBERNETES_VERSION) is None
+    problem = kubernetes_version_problem(_lock(CANAL_ROLES), "v1.27.16-rancher1-1")
+    assert problem and "v1.27.16-rancher1-1" in problem and KUBERNETES_VERSION in problem
+    assert kubernetes_version_problem(_lock({}), "v1.27.16-rancher1-1") is None  # no cluster in the bundle

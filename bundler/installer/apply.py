@@ -26,16 +26,16 @@ import subprocess
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Callable
 
 from bundler import archive, oci
 from bundler.errors import InstallError
 from bundler.installer import remote
-from bundler.installer.inventory import ClusterOptions, Node, with_private_registries
+from bundler.installer.inventory import ClusterOptions, Node, with_kubernetes_version, with_private_registries
 from bundler.installer.journal import Journal
-from bundler.installer.plan import Route
+from bundler.installer.plan import Route, kubernetes_version_problem
 from bundler.lock import Lock
 
 
@@ -535,6 +535,12 @@ def preflight_phase(
     for it (``plan.node_images``); the node that will host the site registry: its port and disk;
     and, given the ``cluster`` options of an rke bundle, what rke requires of every node. A result
     per node (no node is touched)."""
+    if cluster is not None:
+        problem = kubernetes_version_problem(lock, cluster.kubernetes_version)
+        if problem:
+            raise InstallError(f"preflight: {problem}")
+        if not cluster.kubernetes_version and lock.cluster.get("kubernetes_version"):
+            cluster = replace(cluster, kubernetes_version=lock.cluster["kubernetes_version"])
     targets = {name for name, images in per_node.items() if images}
     if registry is not None and registry.node is not None:
         targets.add(registry.node.name)  # it runs the registry's container
@@ -684,20 +690,23 @@ def rke_up(
     env: dict[str, str],
     echo: Callable[[str], None],
     registries: list[dict[str, object]] | None = None,
+    kubernetes_version: str = "",
 ) -> Path:
     """``rke up --config`` with the bundle's own rke (verified), here; returns the kubeconfig it wrote.
 
     The inventory is copied into ``workdir`` first, so rke keeps its state file
     (``cluster.rkestate``) and ``kube_config_cluster.yml`` there, beside the journal.
     ``registries`` go into that copy's ``private_registries`` (the site registry of
-    the registry route), which is then 0600: it may hold the registry's password.
+    the registry route), which is then 0600: it may hold the registry's password; and
+    ``kubernetes_version`` (the lock's) when the site's file names none.
 
     Raises:
         InstallError: rke failed or wrote no kubeconfig (exit 6; the log is named).
     """
     config = workdir / "cluster.yml"
-    if registries:
-        text = with_private_registries(inventory.read_text(), registries)
+    original = inventory.read_text()
+    text = with_kubernetes_version(with_private_registries(original, registries or []), kubernetes_version)
+    if text != original:
         fd = os.open(str(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -274,7 +274,15 @@ def _phases(
             else:
                 registries = [_private_registry(route)] if route.mode == "registry" else []
                 tool = archive.verified_copy(final / rke.path, lock.member(rke.path), private / "rke")
-                kubeconfig = rke_up(tool, args.inventory, args.workdir, dict(os.environ), print, registries)
+                kubeconfig = rke_up(
+                    tool,
+                    args.inventory,
+                    args.workdir,
+                    dict(os.environ),
+                    print,
+                    registries,
+                    lock.cluster.get("kubernetes_version", ""),
+                )
                 journal.mark_done("cluster", "local", "rke-up")
                 print(f"  kubeconfig: {kubeconfig}")
         elif phase == "steps":

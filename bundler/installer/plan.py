@@ -94,6 +94,19 @@ def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> li
     return targets or list(nodes)
 
 
+def kubernetes_version_problem(lock: Lock, site_version: str | None) -> str | None:
+    """Why the site's ``cluster.yml`` cannot be used with this bundle: it names a Kubernetes version
+    other than the lock's, whose system images the bundle carries (rke would want others)."""
+    locked = lock.cluster.get("kubernetes_version", "")
+    if not locked or not site_version or site_version == locked:
+        return None
+    return (
+        f"cluster.yml asks for kubernetes_version {site_version}, the bundle carries the system images "
+        f"of {locked}: rke would pull images the bundle does not have; remove kubernetes_version "
+        f"from cluster.yml (the installer then uses {locked}) or set it to {locked}"
+    )
+
+
 def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...]]:
     """Node name → the images that node gets, in lock order: the workloads on the ``image_roles``
     nodes (on every node when none has such a role, as ``image_targets``) and the system images
