@@ -195,3 +195,50 @@ def test_the_cluster_yml_copy_gets_the_locked_kubernetes_version(tmp_path: Path)
     problem = kubernetes_version_problem(_lock(CANAL_ROLES), "v1.27.16-rancher1-1")
     assert problem and "v1.27.16-rancher1-1" in problem and KUBERNETES_VERSION in problem
     assert kubernetes_version_problem(_lock({}), "v1.27.16-rancher1-1") is None  # no cluster in the bundle
+
+
+def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster, mirror
+) -> None:
+    """The cluster stand-in (fails like rke when a node lacks an image its roles need) as the pinned
+    rke: the build asks it for its list (served through the mirror), the images phase gives each node
+    its roles' images, and `rke up` on the installer's copy of cluster.yml (no kubernetes_version:
+    the lock's goes in) finds them all."""
+    from . import rke_cluster
+    from .nodes import rke_cluster_yml
+
+    reg, _ = mirror
+    client, nodes = ssh_cluster
+    _empty_engines(nodes)
+    data = rke_cluster.standin_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    url = project.origin.add(f"/rke-cluster-{sha[:12]}", data)
+    text = RKE_MANIFEST.format(url=url, sha=sha, app=APP_IMAGE, version=rke_cluster.KUBERNETES_VERSION)
+    manifest = project.write_manifest(text.replace("rkenodes", "rkeup"), "rkeup.yaml")
+    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir,
+                    "--mirror", f"docker.io={reg.host}")  # fmt: skip
+    assert built.exit_code == 0, built.stderr
+    site = _site(Path(built.stdout.strip().splitlines()[-1]), tmp_path)
+    roles = {"cp-1": "[controlplane, etcd]", "worker-1": "[worker]", "worker-2": "[worker]"}
+    (site / "cluster.yml").write_text(rke_cluster_yml(nodes, roles, client.key))
+    try:
+        images = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+        assert images.returncode == 0, images.stdout + images.stderr
+        for node in nodes:
+            want = rke_cluster.images_for(roles[node.name].strip("[]").split(", "))
+            have = {t for i in node.engine.client.images.list() for t in i.tags}
+            assert {r.removeprefix("docker.io/") for r in want} <= have, node.name
+        up = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
+                      env={"HOME": str(site)})  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert (
+            f"kubernetes_version: {rke_cluster.KUBERNETES_VERSION}" in (site / "work/cluster.yml").read_text()
+        )
+        assert (site / "work/kube_config_cluster.yml").exists()
+        running = {n.name: {c.name for c in n.engine.client.containers.list()} for n in nodes}
+        assert {"etcd", "kube-apiserver", "kubelet"} <= running["cp-1"]
+        assert {"nginx-proxy", "kubelet", "kube-proxy"} <= running["worker-1"]
+    finally:
+        for node in nodes:
+            for container in node.engine.client.containers.list(all=True):
+                container.remove(force=True)
