@@ -4,7 +4,6 @@ bundle's images reaching real loopback nodes by role (``install.sh --only images
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ from bundler.installer.plan import Route, describe, kubernetes_version_problem, 
 from bundler.lock import Lock, SystemImage
 
 from .conftest import Keys, run_cli
-from .registries import Registry
-from .rke_images import APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION, Pushed, serve_system_images, standin_rke
+from .rke_images import APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION
 from .test_installer import _empty_engines, _install, _site
+from .test_rkeimages import _manifest
 
 ETCD = "docker.io/rancher/mirrored-coreos-etcd:v3.5.12"
 HYPERKUBE = "docker.io/rancher/hyperkube:v1.28.15-rancher1"
@@ -98,34 +97,6 @@ def test_dry_run_plan_shows_system_and_application_images_apart() -> None:
 # ---------------------------------------------------------------- real loopback nodes
 
 
-@pytest.fixture(scope="module")
-def mirror() -> Iterator[tuple[Registry, dict[str, Pushed]]]:
-    """A loopback registry serving the system images (and the agent) under docker.io's paths."""
-    reg = Registry("open")
-    try:
-        yield reg, serve_system_images(reg.host)
-    finally:
-        reg.stop()
-
-
-RKE_MANIFEST = """apiVersion: airbundle/v1
-kind: Bundle
-name: rkenodes
-version: "1.0"
-platform: {{os: debian, codename: bookworm, arch: amd64}}
-binaries:
-  - name: rke
-    url: {url}
-    sha256: {sha}
-    dest: /usr/local/bin/rke
-images:
-  - ref: {app}
-cluster:
-  kind: rke
-  kubernetes_version: {version}
-"""
-
-
 @pytest.fixture
 def rke_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster, mirror):
     """A bundle with rke's system images (from the build stand-in, through the mirror) and one
@@ -135,11 +106,7 @@ def rke_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster, 
     reg, pushed = mirror
     client, nodes = ssh_cluster
     _empty_engines(nodes)
-    data = standin_rke()
-    sha = hashlib.sha256(data).hexdigest()
-    url = project.origin.add(f"/rke-{sha[:12]}", data)
-    text = RKE_MANIFEST.format(url=url, sha=sha, app=APP_IMAGE, version=KUBERNETES_VERSION)
-    manifest = project.write_manifest(text, "rkenodes.yaml")
+    manifest = _manifest(project)  # the build stand-in as the pinned rke; jammy: no preflight here
     built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir,
                     "--mirror", f"docker.io={reg.host}")  # fmt: skip
     assert built.exit_code == 0, built.stderr
@@ -210,11 +177,7 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
     reg, _ = mirror
     client, nodes = ssh_cluster
     _empty_engines(nodes)
-    data = rke_cluster.standin_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    url = project.origin.add(f"/rke-cluster-{sha[:12]}", data)
-    text = RKE_MANIFEST.format(url=url, sha=sha, app=APP_IMAGE, version=rke_cluster.KUBERNETES_VERSION)
-    manifest = project.write_manifest(text.replace("rkenodes", "rkeup"), "rkeup.yaml")
+    manifest = _manifest(project, rke_cluster.standin_bytes(), version=rke_cluster.KUBERNETES_VERSION)
     built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir,
                     "--mirror", f"docker.io={reg.host}")  # fmt: skip
     assert built.exit_code == 0, built.stderr
