@@ -398,3 +398,17 @@ def ssh_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[obje
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.fixture(scope="module")
+def mirror() -> Iterator[tuple[object, dict[str, object]]]:
+    """An open loopback registry serving RKE's system images and the agent as rancher/...
+    (docker.io's paths), for builds with ``--mirror docker.io=HOST`` (tests/rke_images.py)."""
+    from .registries import Registry
+    from .rke_images import serve_system_images
+
+    reg = Registry("open")
+    try:
+        yield reg, serve_system_images(reg.host)
+    finally:
+        reg.stop()

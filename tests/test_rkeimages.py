@@ -113,16 +113,6 @@ def test_needed_by_meets_the_node_roles() -> None:
 
 
 @pytest.fixture(scope="module")
-def mirror() -> Iterator[tuple[Registry, dict[str, Pushed]]]:
-    """An open loopback registry serving the system images as rancher/... (docker.io's paths)."""
-    reg = Registry("open")
-    try:
-        yield reg, serve_system_images(reg.host)
-    finally:
-        reg.stop()
-
-
-@pytest.fixture(scope="module")
 def auth_mirror() -> Iterator[tuple[Registry, dict[str, Pushed]]]:
     """A Basic-auth registry serving them under a prefix, as a Harbor proxy-cache project does."""
     reg = Registry("basic")

@@ -26,16 +26,16 @@ import subprocess
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Callable
 
 from bundler import archive, oci
 from bundler.errors import InstallError
 from bundler.installer import remote
-from bundler.installer.inventory import ClusterOptions, Node, with_private_registries
+from bundler.installer.inventory import ClusterOptions, Node, with_kubernetes_version, with_private_registries
 from bundler.installer.journal import Journal
-from bundler.installer.plan import Route
+from bundler.installer.plan import Route, kubernetes_version_problem
 from bundler.lock import Lock
 
 
@@ -125,13 +125,18 @@ def ensure_tags(node: Node, opts: remote.SshOptions, image: oci.Image) -> None:
 
 
 def _images_on(
-    node: Node, lock: Lock, images_dir: Path, opts: remote.SshOptions, journal: Journal, lock_: threading.Lock
+    node: Node,
+    images: tuple[oci.Image, ...],
+    images_dir: Path,
+    opts: remote.SshOptions,
+    journal: Journal,
+    lock_: threading.Lock,
 ) -> NodeResult:
     result = NodeResult(node)
     try:
-        missing, result.sent = load_missing(node, list(lock.workloads), images_dir, opts)
-        result.skipped = [t for i in lock.workloads if i not in missing for t in i.tags]
-        for image in lock.workloads:
+        missing, result.sent = load_missing(node, list(images), images_dir, opts)
+        result.skipped = [t for i in images if i not in missing for t in i.tags]
+        for image in images:
             ensure_tags(node, opts, image)
             with lock_:
                 journal.mark_done("images", node.name, image.config)
@@ -142,15 +147,26 @@ def _images_on(
 
 
 def images_phase(
-    lock: Lock, bundle_dir: Path, targets: list[Node], opts: remote.SshOptions, journal: Journal
+    per_node: dict[str, tuple[oci.Image, ...]],
+    bundle_dir: Path,
+    targets: list[Node],
+    opts: remote.SshOptions,
+    journal: Journal,
 ) -> list[NodeResult]:
-    """Load the bundle's images on every target node, in parallel; a result per node."""
-    if not lock.workloads:
-        return [NodeResult(n) for n in targets]
+    """Load on every target node, in parallel, the images ``per_node`` names for it
+    (``plan.node_images``: its roles' system images, and the workloads on ``image_roles`` nodes);
+    a result per node."""
     guard = threading.Lock()
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
         return list(
-            pool.map(lambda n: _images_on(n, lock, bundle_dir / "images", opts, journal, guard), targets)
+            pool.map(
+                lambda n: (
+                    _images_on(n, per_node.get(n.name, ()), bundle_dir / "images", opts, journal, guard)
+                    if per_node.get(n.name)
+                    else NodeResult(n)
+                ),
+                targets,
+            )
         )
 
 
@@ -448,6 +464,7 @@ def _preflight_on(
     node: Node,
     lock: Lock,
     opts: remote.SshOptions,
+    images: tuple[oci.Image, ...],
     needs_docker: bool,
     now: float,
     registry: Route | None,
@@ -475,7 +492,7 @@ def _preflight_on(
             problems.append(f"{node.user} cannot use sudo without a password")
         if needs_docker and docker != "docker" and not any(d.name == "docker-ce" for d in lock.debs):
             problems.append("no docker, and the bundle does not carry docker-ce")
-        need_kib = sum(i.size for i in lock.workloads) * 2 // 1024  # docker load unpacks beside the layers
+        need_kib = sum(i.size for i in images) * 2 // 1024  # docker load unpacks beside the layers
         if needs_docker and free_kib.isdigit() and int(free_kib) < need_kib:
             problems.append(
                 f"{int(free_kib) // 1024} MiB free under /var/lib, images need {need_kib // 1024} MiB"
@@ -508,16 +525,23 @@ def _preflight_on(
 def preflight_phase(
     lock: Lock,
     nodes: list[Node],
-    image_nodes: list[Node],
+    per_node: dict[str, tuple[oci.Image, ...]],
     opts: remote.SshOptions,
     now: float,
     registry: Route | None = None,
     cluster: ClusterOptions | None = None,
 ) -> list[NodeResult]:
-    """Check every node before anything changes (and the node that will host the site registry:
-    its port and disk; and, given the ``cluster`` options of an rke bundle, what rke requires of
-    every node); a result per node (no node is touched)."""
-    targets = {n.name for n in image_nodes}
+    """Check every node before anything changes: Docker and room for the images ``per_node`` names
+    for it (``plan.node_images``); the node that will host the site registry: its port and disk;
+    and, given the ``cluster`` options of an rke bundle, what rke requires of every node. A result
+    per node (no node is touched)."""
+    if cluster is not None:
+        problem = kubernetes_version_problem(lock, cluster.kubernetes_version)
+        if problem:
+            raise InstallError(f"preflight: {problem}")
+        if not cluster.kubernetes_version and lock.cluster.get("kubernetes_version"):
+            cluster = replace(cluster, kubernetes_version=lock.cluster["kubernetes_version"])
+    targets = {name for name, images in per_node.items() if images}
     if registry is not None and registry.node is not None:
         targets.add(registry.node.name)  # it runs the registry's container
     else:
@@ -526,7 +550,17 @@ def preflight_phase(
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
         results = list(
             pool.map(
-                lambda n: _preflight_on(n, lock, opts, n.name in targets, now, registry, cluster, hostnames),
+                lambda n: _preflight_on(
+                    n,
+                    lock,
+                    opts,
+                    per_node.get(n.name, ()),
+                    n.name in targets,
+                    now,
+                    registry,
+                    cluster,
+                    hostnames,
+                ),
                 nodes,
             )
         )
@@ -656,20 +690,23 @@ def rke_up(
     env: dict[str, str],
     echo: Callable[[str], None],
     registries: list[dict[str, object]] | None = None,
+    kubernetes_version: str = "",
 ) -> Path:
     """``rke up --config`` with the bundle's own rke (verified), here; returns the kubeconfig it wrote.
 
     The inventory is copied into ``workdir`` first, so rke keeps its state file
     (``cluster.rkestate``) and ``kube_config_cluster.yml`` there, beside the journal.
     ``registries`` go into that copy's ``private_registries`` (the site registry of
-    the registry route), which is then 0600: it may hold the registry's password.
+    the registry route), which is then 0600: it may hold the registry's password; and
+    ``kubernetes_version`` (the lock's) when the site's file names none.
 
     Raises:
         InstallError: rke failed or wrote no kubeconfig (exit 6; the log is named).
     """
     config = workdir / "cluster.yml"
-    if registries:
-        text = with_private_registries(inventory.read_text(), registries)
+    original = inventory.read_text()
+    text = with_kubernetes_version(with_private_registries(original, registries or []), kubernetes_version)
+    if text != original:
         fd = os.open(str(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -167,3 +167,15 @@ def with_private_registries(text: str, entries: list[dict[str, object]]) -> str:
         kept = [{**r, "is_default": False} if r.get("is_default") else r for r in kept]
     doc["private_registries"] = kept + list(entries)
     return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
+
+
+def with_kubernetes_version(text: str, version: str) -> str:
+    """``cluster.yml`` text with ``kubernetes_version: version`` when it names none (the bundle's
+    version: the one whose system images it carries); unchanged when it names one."""
+    if not version:
+        return text
+    doc = yaml.safe_load(text) or {}
+    if isinstance(doc, dict) and doc.get("kubernetes_version"):
+        return text
+    doc["kubernetes_version"] = version
+    return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bundler import __version__, archive, files, signing, trust
+from bundler import __version__, archive, files, oci, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
 from bundler.installer import siteregistry
 from bundler.installer.apply import (
@@ -36,7 +36,7 @@ from bundler.installer.apply import (
 )
 from bundler.installer.inventory import Node, load_cluster_options, load_inventory, load_values
 from bundler.installer.journal import Journal
-from bundler.installer.plan import PHASES, Route, describe, image_targets, topology_warnings
+from bundler.installer.plan import PHASES, Route, describe, node_images, topology_warnings
 from bundler.installer.remote import SshOptions
 from bundler.lock import IMAGES_MODES, MAX_LOCK_BYTES, REGISTRY_RE, Lock
 
@@ -205,12 +205,13 @@ def _install(
     for warning in topology_warnings(nodes, lock.min_workers):
         print(f"warning: {warning}", file=sys.stderr)
     opts = SshOptions(args.ssh_config)
-    targets = image_targets(nodes, lock.image_roles)
+    per_node = node_images(lock, nodes)  # by role: system images, and the workloads on image_roles nodes
+    targets = [n for n in nodes if per_node[n.name]]
     # What runs here (rke, the steps) runs from copies checked against the lock as they are made,
     # in a folder only this process can write: the unpacked folder is not read again to run it.
     private = Path(tempfile.mkdtemp(prefix="airbundle-run-"))
     try:
-        _phases(args, lock, final, nodes, targets, opts, route, values, journal, private)
+        _phases(args, lock, final, nodes, per_node, targets, opts, route, values, journal, private)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     if not args.only:
@@ -224,6 +225,7 @@ def _phases(
     lock: Lock,
     final: Path,
     nodes: list[Node],
+    per_node: dict[str, tuple[oci.Image, ...]],
     targets: list[Node],
     opts: SshOptions,
     route: Route,
@@ -240,7 +242,7 @@ def _phases(
                 preflight_phase(
                     lock,
                     nodes,
-                    targets if lock.workloads else [],
+                    per_node,
                     opts,
                     time.time(),
                     route,
@@ -256,11 +258,13 @@ def _phases(
                 _report(phase, packages_phase(lock, final, nodes, opts, args.apt_root), journal)
         elif phase == "binaries":
             _report(phase, binaries_phase(lock, final, nodes, opts), journal)
-        elif phase == "images" and route.mode == "registry" and lock.workloads:
+        elif phase == "images" and not targets:
+            print("  no images for any node")
+        elif phase == "images" and route.mode == "registry":
             tls = args.workdir / "registry-tls"
-            _report(phase, siteregistry.images_phase(lock, final, targets, opts, route, tls, print))
+            _report(phase, siteregistry.images_phase(lock, final, targets, per_node, opts, route, tls, print))
         elif phase == "images":
-            _report(phase, images_phase(lock, final, targets, opts, journal))
+            _report(phase, images_phase(per_node, final, targets, opts, journal))
         elif phase == "cluster":
             rke = next((b for b in lock.binaries if b.name == "rke"), None)
             if rke is None:
@@ -270,7 +274,15 @@ def _phases(
             else:
                 registries = [_private_registry(route)] if route.mode == "registry" else []
                 tool = archive.verified_copy(final / rke.path, lock.member(rke.path), private / "rke")
-                kubeconfig = rke_up(tool, args.inventory, args.workdir, dict(os.environ), print, registries)
+                kubeconfig = rke_up(
+                    tool,
+                    args.inventory,
+                    args.workdir,
+                    dict(os.environ),
+                    print,
+                    registries,
+                    lock.cluster.get("kubernetes_version", ""),
+                )
                 journal.mark_done("cluster", "local", "rke-up")
                 print(f"  kubeconfig: {kubeconfig}")
         elif phase == "steps":

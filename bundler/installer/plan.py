@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bundler import oci
 from bundler.installer.inventory import Node
 from bundler.lock import Lock
 
@@ -93,20 +94,70 @@ def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> li
     return targets or list(nodes)
 
 
+def kubernetes_version_problem(lock: Lock, site_version: str | None) -> str | None:
+    """Why the site's ``cluster.yml`` cannot be used with this bundle: it names a Kubernetes version
+    other than the lock's, whose system images the bundle carries (rke would want others)."""
+    locked = lock.cluster.get("kubernetes_version", "")
+    if not locked or not site_version or site_version == locked:
+        return None
+    return (
+        f"cluster.yml asks for kubernetes_version {site_version}, the bundle carries the system images "
+        f"of {locked}: rke would pull images the bundle does not have; remove kubernetes_version "
+        f"from cluster.yml (the installer then uses {locked}) or set it to {locked}"
+    )
+
+
+def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...]]:
+    """Node name → the images that node gets, in lock order: the workloads on the ``image_roles``
+    nodes (on every node when none has such a role, as ``image_targets``) and the system images
+    whose roles meet the node's (``Lock.images_for``). A node that gets nothing maps to ``()``."""
+    targets = {n.name for n in image_targets(nodes, lock.image_roles)}
+    workloads = set(lock.workloads)
+    out = {}
+    for node in nodes:
+        chosen = set(lock.images_for(node.roles))
+        if node.name in targets:
+            chosen |= workloads  # the fallback: no node has one of image_roles
+        else:
+            chosen -= workloads
+        out[node.name] = tuple(i for i in lock.images if i in chosen)
+    return out
+
+
+def _images_lines(lock: Lock, nodes: list[Node], route: Route) -> list[str]:
+    """The images phase for ``--dry-run``: application and system images apart, and who gets which."""
+    per_node = node_images(lock, nodes)
+    workloads = set(lock.workloads)
+    app_nodes = [n.name for n in nodes if workloads & set(per_node[n.name])]
+    tags = ", ".join(t for i in lock.workloads for t in i.tags) or "none"
+    lines = [
+        f"images     on {', '.join(app_nodes) or 'no node'}: {len(lock.workloads)} "
+        f"{'application ' if lock.system_images else ''}images ({tags}), only those missing, in parallel, "
+        + route.describe()
+    ]
+    if lock.system_images:
+        kind, version = lock.cluster.get("kind", "the cluster"), lock.cluster.get("kubernetes_version", "")
+        lines.append(f"           {len(lock.system_images)} system images for {kind} {version}, by role:")
+        for system in lock.system_images:
+            image = lock.find_image(system.ref)
+            have = [n.name for n in nodes if image is not None and image in per_node[n.name]]
+            lines.append(
+                f"             {system.ref} ({'/'.join(system.roles)}): {', '.join(have) or 'no node'}"
+            )
+    return lines
+
+
 def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
-    tags = ", ".join(t for i in lock.workloads for t in i.tags) or "none"
     rke = any(b.name == "rke" for b in lock.binaries)
     every = ", ".join(n.name for n in nodes)
-    targets = ", ".join(n.name for n in image_targets(nodes, lock.image_roles))
     lines = [
         f"preflight  on {every}: reachable over SSH, sudo, {plat.get('os')} {plat.get('codename')} "
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
         f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
         f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
-        f"images     on {targets}: {len(lock.workloads)} images ({tags}), only those missing, in parallel, "
-        + route.describe(),
+        *_images_lines(lock, nodes, route),
         "cluster    "
         + (
             "rke up --config <inventory> on this node"

@@ -315,13 +315,15 @@ def images_phase(
     lock: Lock,
     bundle_dir: Path,
     targets: list[Node],
+    per_node: dict[str, tuple[oci.Image, ...]],
     opts: remote.SshOptions,
     route: Route,
     tls_folder: Path,
     echo: Callable[[str], None],
 ) -> list[NodeResult]:
     """The registry route: start the registry (``--registry-node``), make every target trust it
-    (and log in), push the images once, then have every target pull each by digest.
+    (and log in), push the images of every node once (``per_node``, from ``plan.node_images``),
+    then have every target pull its own by digest.
 
     Raises:
         InstallError: the registry could not be started or pushed to (exit 6); a node's own
@@ -357,7 +359,10 @@ def images_phase(
     failed = [r for r in _each(every, prepare) if r.error]
     if trusted:
         echo(f"  CA for {route.address} written to {CERTS_D} on {', '.join(sorted(trusted))}")
-    report = push_images(list(lock.workloads), images_dir, access)
+    wanted = {i for images in per_node.values() for i in images}
+    union = [i for i in lock.images if i in wanted]
+    report = push_images(union, images_dir, access)
+    pulls = dict(zip(union, report.images))
     echo(
         f"  registry {route.address}: {report.blobs_sent} blobs sent ({report.bytes_sent} bytes"
         + (f", {report.chunks} chunks" if report.chunks else "")
@@ -367,5 +372,7 @@ def images_phase(
     bad = {r.node.name for r in failed}
     return failed + _each(
         [n for n in targets if n.name not in bad],
-        lambda n: _pull_on(n, report.images, list(lock.workloads), route, opts),
+        lambda n: _pull_on(
+            n, [pulls[i] for i in per_node.get(n.name, ())], list(per_node.get(n.name, ())), route, opts
+        ),
     )
