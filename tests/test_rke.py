@@ -165,29 +165,22 @@ def test_standin_fails_on_control_plane_nodes_with_workers_only_images(rke_nodes
     assert f"Failed to pull image [{rke_images.SYSTEM_IMAGES['etcd']}] on host [127.0.0.41]" in run.stderr
 
 
-def test_standin_fails_when_the_user_cannot_reach_docker(rke_nodes, tmp_path: Path) -> None:
-    """rke opens a channel to /var/run/docker.sock as the SSH user; a user outside the docker group
-    cannot open the socket: "Failed to set up SSH tunneling for host [...]: Can't retrieve Docker Info:
-    ... ssh: rejected: administratively prohibited (open failed)" (sshd answers a refused socket and a
-    refused forward alike; Rancher's troubleshooting page lists both causes for that message)."""
+@pytest.mark.parametrize(("node", "address"), [("nodock", "127.0.0.43"), ("nofwd", "127.0.0.44")])
+def test_standin_fails_when_the_tunnel_to_docker_is_refused(
+    rke_nodes, tmp_path: Path, node: str, address: str
+) -> None:
+    """rke opens a channel to /var/run/docker.sock as the SSH user. A user outside the docker group
+    cannot open the socket (``nodock``), and an sshd with `AllowTcpForwarding no` refuses the
+    channel (``nofwd``): either way "Failed to set up SSH tunneling for host [...]: Can't retrieve
+    Docker Info: ... ssh: rejected: administratively prohibited (open failed)" (Rancher's
+    troubleshooting page lists both causes for that message), naming that host only."""
     client, nodes = rke_nodes
     _give_images(nodes["cp-1"], _roles("cp-1"))
-    run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"], nodes["nodock"]]))
+    run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"], nodes[node]]))
     assert run.returncode == 1
-    assert "Failed to set up SSH tunneling for host [127.0.0.43]: Can't retrieve Docker Info" in run.stderr
+    assert f"Failed to set up SSH tunneling for host [{address}]: Can't retrieve Docker Info" in run.stderr
     assert "administratively prohibited (open failed)" in run.stderr
     assert "on host [127.0.0.41]" not in run.stderr.split("FATA")[-1]
-
-
-def test_standin_fails_when_sshd_refuses_forwarding(rke_nodes, tmp_path: Path) -> None:
-    """With `AllowTcpForwarding no` the node's sshd refuses rke's channel to the Docker socket:
-    "... Failed to dial to ...: ssh: rejected: administratively prohibited (open failed)"."""
-    client, nodes = rke_nodes
-    _give_images(nodes["cp-1"], _roles("cp-1"))
-    run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"], nodes["nofwd"]]))
-    assert run.returncode == 1
-    assert "Failed to set up SSH tunneling for host [127.0.0.44]: Can't retrieve Docker Info" in run.stderr
-    assert "administratively prohibited (open failed)" in run.stderr
 
 
 def test_standin_checks_the_docker_version_unless_told_not_to(rke_nodes, tmp_path: Path) -> None:

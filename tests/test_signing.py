@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -318,15 +321,11 @@ def test_local_times_are_read_as_ssh_keygen_reads_them(keys: Keys, tmp_path: Pat
     read it an hour earlier than OpenSSH (tm_isdst 0), so airbundle trusted a key up to an hour
     before ssh-keygen did. Played in a zone on summer time now (southern or northern)."""
     import datetime
-    import os as _os
 
-    saved = _os.environ.get("TZ")
     zone = next((z for z in ("Australia/Sydney", "Europe/Berlin") if _summer_now(z)), None)
     if zone is None:
         pytest.skip("no listed time zone is on summer time today")
-    try:
-        _os.environ["TZ"] = zone
-        time.tzset()
+    with _time_zone(zone):
         moment = datetime.datetime.now() - datetime.timedelta(minutes=30)  # local wall clock
         line = f'airbundle valid-after="{moment:%Y%m%d%H%M%S}" {keys.pub.openssh_line()}\n'
         signers = tmp_path / "allowed_signers"
@@ -336,7 +335,7 @@ def test_local_times_are_read_as_ssh_keygen_reads_them(keys: Keys, tmp_path: Pat
         sig.write_bytes(signing.sign(keys.key, message))
         run = subprocess.run(
             ["ssh-keygen", "-Y", "verify", "-f", signers, "-I", "airbundle", "-n", "airbundle", "-s", sig],
-            input=message, capture_output=True, env={**_os.environ, "TZ": zone},
+            input=message, capture_output=True, env={**os.environ, "TZ": zone},
         )  # fmt: skip
         try:
             signing.verify(message, sig.read_bytes(), signing.parse_public_keys(line, "s"), now=time.time())
@@ -344,25 +343,24 @@ def test_local_times_are_read_as_ssh_keygen_reads_them(keys: Keys, tmp_path: Pat
         except SignatureError:
             accepted = False
         assert accepted == (run.returncode == 0), run.stderr
+
+
+@contextlib.contextmanager
+def _time_zone(zone: str) -> Iterator[None]:
+    """This process's local time zone set to ``zone`` for the block."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        yield
     finally:
         if saved is None:
-            _os.environ.pop("TZ", None)
+            os.environ.pop("TZ", None)
         else:
-            _os.environ["TZ"] = saved
+            os.environ["TZ"] = saved
         time.tzset()
 
 
 def _summer_now(zone: str) -> bool:
-    import os as _os
-
-    saved = _os.environ.get("TZ")
-    _os.environ["TZ"] = zone
-    time.tzset()
-    try:
+    with _time_zone(zone):
         return time.localtime().tm_isdst > 0
-    finally:
-        if saved is None:
-            _os.environ.pop("TZ", None)
-        else:
-            _os.environ["TZ"] = saved
-        time.tzset()
