@@ -205,3 +205,30 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
         for node in nodes:
             for container in node.engine.client.containers.list(all=True):
                 container.remove(force=True)
+
+
+def test_system_images_reach_every_node_through_the_site_registry(rke_site, keys: Keys) -> None:
+    """The registry route with a cluster bundle: every image is pushed once into the site registry,
+    each node pulls by digest exactly the images its roles need (none is loaded over SSH), and
+    a re-run sends no blob."""
+    from .registries import Registry
+
+    site, client, nodes, pushed = rke_site
+    registry = Registry("open")
+    try:
+        args = ("--only", "images", "--ssh-config", str(client.config), "--registry", registry.host)
+        first = _install(site, keys, *args)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "loaded" not in first.stdout  # pulled from the registry, not streamed over SSH
+        workers = {r for r, roles in CANAL_ROLES.items() if "worker" in roles}
+        control = {r for r, roles in CANAL_ROLES.items() if {"controlplane", "etcd"} & set(roles)}
+        want = {"cp-1": control, "worker-1": workers | {APP_IMAGE}, "worker-2": workers | {APP_IMAGE}}
+        for node in nodes:
+            ids = {i.id for i in node.engine.client.images.list()}
+            assert ids == {pushed[r].config for r in want[node.name]}, node.name
+            assert f"{node.name:<20} ok: {len(want[node.name])} pulled" in first.stdout
+        again = _install(site, keys, *args)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert ": 0 blobs sent (0 bytes)" in again.stdout
+    finally:
+        registry.stop()
