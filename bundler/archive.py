@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -1045,19 +1046,16 @@ def verified_copy(path: Path, want: lockmod.Member, dest: Path) -> Path:
     except (InputError, OSError) as exc:
         raise IntegrityError(f"{path}: {exc}; unpack the bundle again", member=want.path) from None
     with src:
-        out = os.open(str(dest), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
-        try:
-            digest = hashlib.sha256()
-            whole = TarMember(want.path, src.size, 0o700, 0)
-            for chunk in _member_chunks(src, whole, memoryview(bytearray(CHUNK))):
-                digest.update(chunk)
-                _write_all(out, chunk)
-        finally:
-            os.close(out)
-    if src.size != want.size or digest.hexdigest() != want.sha256:
+        # The same copy-while-hashing as unpacking, into a new file that only its owner may run.
+        copy = TarMember(dest.name, src.size, 0o700, 0)
+        as_run = dataclasses.replace(want, mode="0700")
+        digest = _extract_member(
+            src, copy, str(dest.parent), as_run, memoryview(bytearray(CHUNK)), _no_progress
+        )
+    if src.size != want.size or digest != want.sha256:
         os.unlink(dest)
         raise IntegrityError(
-            f"{path} changed since it was verified (sha256 {digest.hexdigest()}, the lock says "
+            f"{path} changed since it was verified (sha256 {digest}, the lock says "
             f"{want.sha256}); do not run it: unpack the bundle again",
             member=want.path,
         )
@@ -1119,15 +1117,11 @@ def parts_file(path: Path) -> Path | None:
 
 
 def _hash_part(path: Path) -> str:
-    digest = hashlib.sha256()
-    buf = memoryview(bytearray(CHUNK))
-    with open(path, "rb", buffering=0) as f:
-        while True:  # no walrus: this module also runs on the site's python3 3.7
-            n = f.readinto(buf)
-            if not n:
-                break
-            digest.update(buf[:n])
-    return digest.hexdigest()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _hash_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def load_parts(

@@ -514,7 +514,7 @@ def verify(
     from allowed_signers, if it has one. ``checker`` does the Ed25519
     arithmetic; by default ``cryptography``. A site
     without it passes one that asks stock ``ssh-keygen -Y verify`` (see
-    ``archive.check_signature``); parsing, namespace and trust stay here either way.
+    ``archive.checker``); parsing, namespace and trust stay here either way.
 
     Returns:
         The trusted key that made the signature.
