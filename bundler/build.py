@@ -54,6 +54,7 @@ from bundler.lock import (
     FileSet,
     Lock,
     Member,
+    RoledImage,
     Step,
     SystemImage,
     fold,
@@ -260,6 +261,8 @@ def _collect_images(
             mirror = mirrors.get(spec.ref.domain)
             got = registry.pull(fetcher, spec.ref, want, spec.insecure, jobs, on_fetch, credentials, mirror)
         for image in got.images:
+            if spec.roles:
+                out.roles[image.ref] = spec.roles
             if not spec.zstd:
                 _refuse_zstd(spec.where, image, got.blobs)
             if image.platform.split("/")[:2] != want.split("/")[:2]:
@@ -584,6 +587,9 @@ def _plan(
         registry_image=manifest.registry_image,
         cluster=_cluster_record(manifest),
         system_images=system.records() if system else (),
+        placed_images=tuple(
+            RoledImage(i.ref, collected.roles[i.ref]) for i in collected.images if i.ref in collected.roles
+        ),
     )
     if lock.registry_image and lock.find_image(lock.registry_image) is None:
         raise InputError(

@@ -459,6 +459,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             click.echo(opened.member(entry).decode("utf-8"), nl=False)
             return
     system_set = {lock.find_image(s.ref) for s in lock.system_images}
+    own_roles = {lock.find_image(p.ref): p.roles for p in lock.placed_images}
     sizes: dict[str, int] = {}
     for m in lock.members:
         sizes[m.kind] = sizes.get(m.kind, 0) + m.size
@@ -495,6 +496,11 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             {
                 "ref": im.ref,
                 "system": im in system_set,
+                # the node roles that get it: the system rule's, its entry's own, else image_roles
+                "roles": list(
+                    next((r.roles for r in lock.system_images if lock.find_image(r.ref) == im), ())
+                    or own_roles.get(im, lock.image_roles)
+                ),
                 "tags": list(im.tags),
                 "config": im.config,
                 "manifest": im.manifest,
@@ -564,7 +570,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         )
         lines += [
             f"    {', '.join(im.tags) or im.ref:<28} {_human(im.size):>10}  {im.config[7:19]}  {im.platform}"
-            f"  ({len(im.layers)} layers, {im.source})"
+            f"  ({len(im.layers)} layers, {im.source})  on {', '.join(own_roles.get(im, lock.image_roles))}"
             for im in lock.images
             if im not in system_set
         ]

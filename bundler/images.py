@@ -44,6 +44,7 @@ class Collected:
 
     images: list[oci.Image] = field(default_factory=list)
     blobs: dict[str, Path] = field(default_factory=dict)  # digest -> cache path
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # ref -> its entry's own roles
 
 
 class _ChunkReader(io.RawIOBase):

@@ -143,11 +143,15 @@ class Deb:
 
 
 @dataclass(frozen=True)
-class SystemImage:
-    """An image the cluster tool itself needs (``rke up``), and the node roles that need it."""
+class RoledImage:
+    """A locked image and the node roles that get it: a system image (one the cluster tool itself
+    needs, ``rke up``) or an application image whose ``images:`` entry names its own ``roles``."""
 
     ref: str  # resolves with Lock.find_image
     roles: tuple[str, ...]  # some of controlplane, etcd, worker (bundler.rkeimages)
+
+
+SystemImage = RoledImage  # the name the cluster's records go by
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,9 @@ class Lock:
     # The cluster tool (kind, kubernetes_version, network_plugin, tool); empty without a cluster.
     cluster: dict[str, str] = field(default_factory=dict)
     system_images: tuple[SystemImage, ...] = ()  # the cluster tool's own images, with their roles
+    # Application images whose entry names its own roles (e.g. rancher-agent on every node);
+    # the others go to the image_roles nodes.
+    placed_images: tuple[RoledImage, ...] = ()
 
     @property
     def workloads(self) -> tuple[oci.Image, ...]:
@@ -188,14 +195,24 @@ class Lock:
         system = {self.find_image(s.ref) for s in self.system_images}
         return tuple(i for i in self.images if i != tool and i not in system)
 
+    @property
+    def placed(self) -> tuple[oci.Image, ...]:
+        """The workloads whose entry named their own roles (``placed_images``)."""
+        named = {self.find_image(p.ref) for p in self.placed_images}
+        return tuple(i for i in self.workloads if i in named)
+
     def images_for(self, roles: Iterable[str]) -> tuple[oci.Image, ...]:
         """The images a node with ``roles`` gets, in lock order, each once: the workloads when it
-        has one of ``image_roles``, and the system images whose roles meet its roles."""
+        has one of ``image_roles`` (a placed one when it has one of that image's own roles), and
+        the system images whose roles meet its roles."""
         roles = tuple(roles)
-        chosen = set(self.workloads) if rkeimages.needed_by(self.image_roles, roles) else set()
-        for system in self.system_images:
-            image = self.find_image(system.ref)
-            if image is not None and rkeimages.needed_by(system.roles, roles):
+        placed = set(self.placed)
+        chosen = set()
+        if rkeimages.needed_by(self.image_roles, roles):
+            chosen = {i for i in self.workloads if i not in placed}
+        for record in (*self.system_images, *self.placed_images):
+            image = self.find_image(record.ref)
+            if image is not None and rkeimages.needed_by(record.roles, roles):
                 chosen.add(image)
         return tuple(i for i in self.images if i in chosen)
 
@@ -255,6 +272,7 @@ class Lock:
             "inherited": [asdict(m) for m in self.inherited],
             "cluster": dict(self.cluster),
             "system_images": [{"ref": s.ref, "roles": list(s.roles)} for s in self.system_images],
+            "placed_images": [{"ref": p.ref, "roles": list(p.roles)} for p in self.placed_images],
         }
 
     def to_bytes(self) -> bytes:
@@ -434,30 +452,28 @@ def _cluster(top: _Fields, binaries: list[Binary]) -> dict[str, str]:
     return out
 
 
-def _system_images(top: _Fields, lock: Lock) -> tuple[SystemImage, ...]:
-    """``system_images``: each a locked image (by reference) with the node roles that need it."""
-    out: list[SystemImage] = []
-    for i, raw in enumerate(top.items("system_images")):
-        f = _Fields(raw, f"system_images[{i}]")
+def _roled_images(top: _Fields, lock: Lock, key: str) -> tuple[RoledImage, ...]:
+    """``system_images`` or ``placed_images``: each a locked image (by reference) with the node
+    roles that get it."""
+    out: list[RoledImage] = []
+    for i, raw in enumerate(top.items(key)):
+        f = _Fields(raw, f"{key}[{i}]")
         extra = sorted(set(f.obj) - {"ref", "roles"})
         if extra:
-            raise LockError(
-                f"{LOCK_NAME}: system_images[{i}] has unknown key(s) {', '.join(map(repr, extra))}"
-            )
+            raise LockError(f"{LOCK_NAME}: {key}[{i}] has unknown key(s) {', '.join(map(repr, extra))}")
         ref = f.get("ref", str)
-        _reference(ref, f"system_images[{i}].ref")
+        _reference(ref, f"{key}[{i}].ref")
         if lock.find_image(ref) is None:
-            raise LockError(f"{LOCK_NAME}: system_images[{i}].ref {ref!r} is not one of the locked images")
+            raise LockError(f"{LOCK_NAME}: {key}[{i}].ref {ref!r} is not one of the locked images")
         roles = f.get("roles", list)
         if not roles or not all(r in rkeimages.ROLES for r in roles) or len(set(roles)) != len(roles):
             raise LockError(
-                f"{LOCK_NAME}: system_images[{i}].roles must list some of {', '.join(rkeimages.ROLES)}, "
-                "each once"
+                f"{LOCK_NAME}: {key}[{i}].roles must list some of {', '.join(rkeimages.ROLES)}, each once"
             )
         if any(s.ref == ref for s in out):
-            raise LockError(f"{LOCK_NAME}: system image {ref!r} is listed twice")
-        out.append(SystemImage(ref, tuple(roles)))
-    if out and not lock.cluster:
+            raise LockError(f"{LOCK_NAME}: {key}: {ref!r} is listed twice")
+        out.append(RoledImage(ref, tuple(roles)))
+    if out and key == "system_images" and not lock.cluster:
         raise LockError(f"{LOCK_NAME}: system_images need a cluster (kind, kubernetes_version, ...)")
     return tuple(out)
 
@@ -596,5 +612,10 @@ def _parse(doc: Any) -> Lock:
         inherited=tuple(inherited),
         cluster=_cluster(top, binaries),
         system_images=(),
+        placed_images=(),
     )
-    return replace(lock, system_images=_system_images(top, lock))
+    return replace(
+        lock,
+        system_images=_roled_images(top, lock, "system_images"),
+        placed_images=_roled_images(top, lock, "placed_images"),
+    )

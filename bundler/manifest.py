@@ -97,6 +97,7 @@ class ImageSpec:
     insecure: bool = False  # plain http to a non-loopback registry
     zstd: bool = False  # the target engines read zstd layers
     where: str = ""  # FILE:LINE, for messages
+    roles: tuple[str, ...] = ()  # the node roles that get it; empty: the manifest's image_roles
 
     def describe(self) -> str:
         return str(self.archive) if self.archive else f"{self.ref} (from {self.source})"
@@ -485,8 +486,10 @@ def load_manifest(path: Path) -> Manifest:
 
     images: list[ImageSpec] = []
     for i, (item, line) in enumerate(top.items("images")):
-        sec = _Section(item, where, f"images[{i}]", line, ("ref", "from", "archive", "insecure", "zstd"))
+        keys = ("ref", "from", "archive", "insecure", "zstd", "roles")
+        sec = _Section(item, where, f"images[{i}]", line, keys)
         zstd = sec.get("zstd", bool, default=False, required=False)
+        roles = _roles(sec, "roles", default=[])
         if ("ref" in sec.data) == ("archive" in sec.data):
             raise ManifestError(f"{sec.at()}: images[{i}] needs exactly one of 'ref' or 'archive'")
         if "archive" in sec.data:
@@ -494,7 +497,7 @@ def load_manifest(path: Path) -> Manifest:
                 if key in sec.data:
                     raise sec.fail(key, "goes with 'ref', not with 'archive'")
             _, path = _local_path(sec, "archive", base)
-            images.append(ImageSpec("archive", archive=path, zstd=zstd, where=sec.at()))
+            images.append(ImageSpec("archive", archive=path, zstd=zstd, where=sec.at(), roles=roles))
             continue
         source = sec.get("from", str, default="registry", required=False)
         if source not in IMAGE_SOURCES:
@@ -508,7 +511,8 @@ def load_manifest(path: Path) -> Manifest:
             raise sec.fail("ref", str(exc)) from None
         if ref.tag is None and source == "daemon":
             raise sec.fail("ref", f"{ref} needs a tag to be saved from the local engine")
-        images.append(ImageSpec(source, ref=ref, insecure=insecure, zstd=zstd, where=sec.at("ref")))
+        spec = ImageSpec(source, ref=ref, insecure=insecure, zstd=zstd, where=sec.at("ref"), roles=roles)
+        images.append(spec)
     _unique(where, [(str(im.ref or im.archive), int(im.where.rsplit(":", 1)[1])) for im in images])
 
     debs = _debs_section(top, where, base) if "debs" in top.data else None
@@ -694,10 +698,17 @@ def _install_section(top: _Section, where: str) -> dict[str, str]:
 
 
 def _image_roles(top: _Section) -> tuple[str, ...]:
-    roles = top.get("image_roles", list, default=["worker"], required=False)
-    allowed = ("controlplane", "etcd", "worker")
-    if not roles or not all(r in allowed for r in roles):
-        raise top.fail("image_roles", f"must list some of {', '.join(allowed)}")
+    return _roles(top, "image_roles", default=["worker"])
+
+
+def _roles(sec: _Section, key: str, default: list[str]) -> tuple[str, ...]:
+    """A list of node roles under ``key`` (``default`` when absent): some of ROLES, each once."""
+    if key not in sec.data:
+        return tuple(default)
+    roles = sec.get(key, list)
+    allowed = rkeimages.ROLES
+    if not roles or not all(r in allowed for r in roles) or len(set(roles)) != len(roles):
+        raise sec.fail(key, f"must list some of {', '.join(allowed)}, each once")
     return tuple(roles)
 
 

@@ -1,11 +1,8 @@
-"""RKE's system images for the tests: the one list the rke stand-ins print, and tiny real images
-for those names in a loopback registry (reached by the build through ``--mirror docker.io=...``).
+"""Tiny real images for RKE's system images (tests/rke_standin.py's list), pushed into a loopback
+registry with the Registry HTTP API, for builds that reach them through ``--mirror docker.io=...``.
 
-``SYSTEM_IMAGES`` is what ``rke config --system-images --version KUBERNETES_VERSION`` prints in
-the tests (``tests/standins/rke``): canonical ``docker.io/rancher/...`` names, as rke v1.6 lists
-them for a Kubernetes 1.28 cluster, including the ones a canal cluster leaves out (kube-dns,
-NodeLocal DNS, calico-ctl, flannel-cni). Each image is a static busybox (one layer all share)
-plus a layer holding ``/etc/component`` (its own name), so it runs with ``--network none``.
+Each image is a static busybox (one layer all share) plus a layer holding ``/etc/component``
+(its own name), so it runs with ``--network none``.
 """
 
 from __future__ import annotations
@@ -16,74 +13,13 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import requests
 
 from .engines import busybox_rootfs
-
-KUBERNETES_VERSION = "v1.28.15-rancher1-1"
-RKE_VERSION = "v1.6.3"
-STANDIN = Path(__file__).resolve().parent / "standins" / "rke"
-
-SYSTEM_IMAGES = (
-    "docker.io/rancher/mirrored-coreos-etcd:v3.5.12",
-    "docker.io/rancher/rke-tools:v0.1.100",
-    "docker.io/rancher/mirrored-k8s-dns-kube-dns:1.22.28",
-    "docker.io/rancher/mirrored-k8s-dns-dnsmasq-nanny:1.22.28",
-    "docker.io/rancher/mirrored-k8s-dns-sidecar:1.22.28",
-    "docker.io/rancher/mirrored-cluster-proportional-autoscaler:v1.8.9",
-    "docker.io/rancher/mirrored-coredns-coredns:1.10.1",
-    "docker.io/rancher/mirrored-k8s-dns-node-cache:1.22.28",
-    "docker.io/rancher/hyperkube:v1.28.15-rancher1",
-    "docker.io/rancher/mirrored-flannel-flannel:v0.25.1",
-    "docker.io/rancher/flannel-cni:v1.4.1-rancher1",
-    "docker.io/rancher/mirrored-calico-node:v3.27.4",
-    "docker.io/rancher/mirrored-calico-cni:v3.27.4",
-    "docker.io/rancher/mirrored-calico-kube-controllers:v3.27.4",
-    "docker.io/rancher/mirrored-calico-ctl:v3.27.4",
-    "docker.io/rancher/mirrored-calico-pod2daemon-flexvol:v3.27.4",
-    "docker.io/rancher/mirrored-pause:3.7",
-    "docker.io/rancher/nginx-ingress-controller:nginx-1.11.5-rancher1",
-    "docker.io/rancher/mirrored-nginx-ingress-controller-defaultbackend:1.5-rancher1",
-    "docker.io/rancher/mirrored-ingress-nginx-kube-webhook-certgen:v1.4.4",
-    "docker.io/rancher/mirrored-metrics-server:v0.7.1",
-)
-
-# What a canal cluster keeps of SYSTEM_IMAGES, with the node roles (bundler/rkeimages.py's rule).
-ALL = ("controlplane", "etcd", "worker")
-CANAL_ROLES = {
-    "docker.io/rancher/mirrored-coreos-etcd:v3.5.12": ("etcd",),
-    "docker.io/rancher/rke-tools:v0.1.100": ALL,
-    "docker.io/rancher/mirrored-cluster-proportional-autoscaler:v1.8.9": ("worker",),
-    "docker.io/rancher/mirrored-coredns-coredns:1.10.1": ("worker",),
-    "docker.io/rancher/hyperkube:v1.28.15-rancher1": ALL,
-    "docker.io/rancher/mirrored-flannel-flannel:v0.25.1": ALL,
-    "docker.io/rancher/mirrored-calico-node:v3.27.4": ALL,
-    "docker.io/rancher/mirrored-calico-cni:v3.27.4": ALL,
-    "docker.io/rancher/mirrored-calico-kube-controllers:v3.27.4": ALL,
-    "docker.io/rancher/mirrored-calico-pod2daemon-flexvol:v3.27.4": ALL,
-    "docker.io/rancher/mirrored-pause:3.7": ALL,
-    "docker.io/rancher/nginx-ingress-controller:nginx-1.11.5-rancher1": ("worker",),
-    "docker.io/rancher/mirrored-nginx-ingress-controller-defaultbackend:1.5-rancher1": ("worker",),
-    "docker.io/rancher/mirrored-ingress-nginx-kube-webhook-certgen:v1.4.4": ("worker",),
-    "docker.io/rancher/mirrored-metrics-server:v0.7.1": ("worker",),
-}
-# An application image served beside them (e.g. the agent Rancher runs on imported clusters).
-APP_IMAGE = "docker.io/rancher/rancher-agent:v2.9.3"
+from .rke_standin import APP_IMAGE, CANAL_ROLES
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def standin_rke() -> bytes:
-    """The stand-in rke as the pinned binary's bytes, with SYSTEM_IMAGES put in."""
-    text = STANDIN.read_text()
-    filled = text.replace(
-        "SYSTEM_IMAGES = []  # filled in by tests/rke_images.py",
-        "SYSTEM_IMAGES = " + json.dumps(list(SYSTEM_IMAGES)),
-    )
-    assert filled != text
-    return filled.encode()
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -192,7 +128,8 @@ class Pusher:
 def serve_system_images(
     host: str, prefix: str = "", auth: tuple[str, str] | None = None
 ) -> dict[str, Pushed]:
-    """Push SYSTEM_IMAGES and APP_IMAGE into the registry at ``host`` (under ``prefix``);
-    ref -> what was pushed. The same bytes every time, so digests match across registries."""
+    """Push the system images a canal cluster keeps (CANAL_ROLES) and APP_IMAGE into the registry at
+    ``host`` (under ``prefix``); ref -> what was pushed. The same bytes every time, so digests match
+    across registries. The images the build must leave out are not served: pulling one fails."""
     pusher = Pusher(host, auth)
-    return {ref: pusher.push(ref, prefix) for ref in (*SYSTEM_IMAGES, APP_IMAGE)}
+    return {ref: pusher.push(ref, prefix) for ref in (*CANAL_ROLES, APP_IMAGE)}

@@ -15,6 +15,7 @@ from bundler.lock import (
     Lock,
     LockError,
     Member,
+    RoledImage,
     Step,
     SystemImage,
     check_dest,
@@ -275,6 +276,7 @@ def clustered() -> Lock:
             SystemImage("docker.io/rancher/mirrored-coreos-etcd:v3.5.12", ("etcd",)),
             SystemImage("registry:2", ("controlplane", "etcd", "worker")),
         ),
+        placed_images=(RoledImage("docker.io/fmp/app:1", ("worker", "etcd")),),
     )
 
 
@@ -283,6 +285,7 @@ def test_cluster_and_system_images_round_trip() -> None:
     assert Lock.from_bytes(lock.to_bytes()) == lock
     assert Lock.from_bytes(signed().to_bytes()).cluster == {}  # no cluster: an empty dict
     assert Lock.from_bytes(signed().to_bytes()).system_images == ()
+    assert Lock.from_bytes(signed().to_bytes()).placed_images == ()
 
 
 def test_workloads_and_images_for_node_roles() -> None:
@@ -290,9 +293,12 @@ def test_workloads_and_images_for_node_roles() -> None:
     registry, etcd, app = lock.images
     assert lock.workloads == (app,)  # system images are not workloads
     assert lock.images_for(["worker"]) == (registry, app)  # lock order
-    assert lock.images_for(["etcd"]) == (registry, etcd)
+    assert lock.images_for(["etcd"]) == (registry, etcd, app)  # the app's entry named etcd too
+    assert lock.images_for(["controlplane"]) == (registry,)
     assert lock.images_for(("controlplane", "etcd", "worker")) == (registry, etcd, app)
-    assert dataclasses.replace(lock, image_roles=("etcd",)).images_for(["etcd"]) == (registry, etcd, app)
+    unplaced = dataclasses.replace(lock, placed_images=())
+    assert unplaced.images_for(["etcd"]) == (registry, etcd)
+    assert dataclasses.replace(unplaced, image_roles=("etcd",)).images_for(["etcd"]) == (registry, etcd, app)
 
 
 @pytest.mark.parametrize(
@@ -318,6 +324,12 @@ def test_workloads_and_images_for_node_roles() -> None:
             "twice",
         ),
         (("cluster",), {}, "system_images need a cluster"),
+        (
+            ("placed_images", 0, "ref"),
+            "docker.io/fmp/other:1",
+            r"placed_images\[0\]\.ref .* is not one of the locked",
+        ),
+        (("placed_images", 0, "roles"), ["boss"], r"placed_images\[0\]\.roles must list"),
     ],
 )
 def test_malformed_cluster_and_system_images_are_refused(where: tuple, value: object, message: str) -> None:

@@ -109,6 +109,7 @@ def _load(project: Project, body: str, head: str = HEAD) -> str:
         ("x: !!python/object/apply:os.system ['touch /tmp/pwned']\n", 6, "!!python"),
         ("x: [unclosed\n", 7, "invalid YAML"),
         ("image_roles: [master]\n", 6, "image_roles: must list some of controlplane, etcd, worker"),
+        ("images:\n  - ref: a/b:1\n    roles: [worker, worker]\n", 8, "images[0].roles: must list some of"),
         ("install:\n  images_mode: pull\n", 7, "install.images_mode: must be one of ssh-load, registry"),
         ("install:\n  registry: http://r:5000\n", 7, "is not HOST:PORT"),
         ("install:\n  mode: registry\n", 7, "unknown key"),

@@ -3,7 +3,7 @@
 Real loopback nodes (sshd + dockerd each, tests/nodes.py), some made to break one of rke's
 requirements: an SSH user outside the docker group, an sshd with ``AllowTcpForwarding no``,
 a node whose ``net.bridge.bridge-nf-call-iptables`` reads 0 (a file bound over it in the
-node's own mount namespace). The stand-in for rke (tests/standins/rke_cluster) runs ``up`` against
+node's own mount namespace). The stand-in for rke (tests/standins/rke) runs ``up`` against
 them over real SSH tunnels to each node's Docker socket.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from . import rke_cluster as rke_images
+from . import rke_standin
 from .conftest import Keys
 from .engines import busybox_rootfs
 
-STANDIN = str(rke_images.STANDIN)
+STANDIN = str(rke_standin.STANDIN)
 # name → (address, user, in the docker group, sshd_config lines, roles)
 NODES = {
     "cp-1": ("127.0.0.41", "root", True, "", "[controlplane, etcd]"),
@@ -80,7 +80,7 @@ def _give_images(node, roles: tuple[str, ...], without: set[str] = frozenset()) 
     for image in node.engine.client.images.list():
         node.engine.client.images.remove(image.id, force=True)
     api.import_image_from_data(busybox_rootfs(), repository="test/base", tag="1")
-    for ref in rke_images.images_for(roles) - set(without):
+    for ref in rke_standin.images_for(roles) - set(without):
         repo, _, tag = ref.rpartition(":")
         api.tag("test/base:1", repo, tag)
 
@@ -98,13 +98,27 @@ def _roles(name: str) -> tuple[str, ...]:
 
 
 def test_standin_lists_the_system_images() -> None:
-    """`rke config --system-images --version V` prints one image per line on stdout (logs on stderr)."""
+    """`rke config --system-images --version V` prints one image per line on stdout, after rke's log
+    line (logrus writes to stdout too); an unknown version is fatal."""
     run = subprocess.run(
-        [STANDIN, "config", "--system-images", "--version", rke_images.KUBERNETES_VERSION],
+        [STANDIN, "config", "--system-images", "--version", rke_standin.KUBERNETES_VERSION],
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 0 and run.stdout.split() == rke_images.system_images()
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert 'level=info msg="Generating images list for version [v1.26.9-rancher1-1]:"' in lines[0]
+    assert lines[1:] == rke_standin.system_images()
+    other = subprocess.run(
+        [STANDIN, "config", "--system-images", "--version", "v1.28.15-rancher1-1"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        other.returncode == 1
+        and "level=fatal" in other.stdout
+        and "k8s version is not supported" in other.stdout
+    )
     assert subprocess.run([STANDIN, "--version"], capture_output=True, text=True).stdout.startswith(
         "rke version v"
     )
@@ -139,7 +153,7 @@ def test_standin_brings_up_nodes_that_have_what_their_roles_need(rke_nodes, tmp_
         assert {c.name for c in running} == want[node.name]
         assert all(c.attrs["HostConfig"]["NetworkMode"] == "none" for c in running)
     again = _rke_up(config)
-    assert again.returncode == 0 and "is already running on host [127.0.0.42]" in again.stderr
+    assert again.returncode == 0 and "is already running on host [127.0.0.42]" in again.stdout
 
 
 def test_standin_fails_on_control_plane_nodes_with_workers_only_images(rke_nodes, tmp_path: Path) -> None:
@@ -155,14 +169,14 @@ def test_standin_fails_on_control_plane_nodes_with_workers_only_images(rke_nodes
         nodes["cp-1"].engine.client.images.remove(image.id, force=True)
     run = _rke_up(_cluster(tmp_path, client, chosen))
     assert run.returncode == 1
-    assert "FATA" in run.stderr and "Failed to pull image [docker.io/rancher/" in run.stderr
-    fatal = [ln for ln in run.stderr.splitlines() if ln.startswith("FATA")]
-    assert fatal and all("on host [127.0.0.41]" in ln for ln in fatal)  # the worker had what it needs
+    assert "level=fatal" in run.stdout and "Failed to pull image [docker.io/rancher/" in run.stdout
+    failed = [ln for ln in run.stdout.splitlines() if "level=error" in ln]
+    assert failed and all("on host [127.0.0.41]" in ln for ln in failed)  # the worker had what it needs
     # An etcd node with everything but the etcd image fails on exactly that image.
-    _give_images(nodes["cp-1"], _roles("cp-1"), without={rke_images.SYSTEM_IMAGES["etcd"]})
+    _give_images(nodes["cp-1"], _roles("cp-1"), without={rke_standin.KDM["etcd"]})
     run = _rke_up(_cluster(tmp_path, client, chosen))
     assert run.returncode == 1
-    assert f"Failed to pull image [{rke_images.SYSTEM_IMAGES['etcd']}] on host [127.0.0.41]" in run.stderr
+    assert f"Failed to pull image [{rke_standin.KDM['etcd']}] on host [127.0.0.41]" in run.stdout
 
 
 @pytest.mark.parametrize(("node", "address"), [("nodock", "127.0.0.43"), ("nofwd", "127.0.0.44")])
@@ -178,9 +192,10 @@ def test_standin_fails_when_the_tunnel_to_docker_is_refused(
     _give_images(nodes["cp-1"], _roles("cp-1"))
     run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"], nodes[node]]))
     assert run.returncode == 1
-    assert f"Failed to set up SSH tunneling for host [{address}]: Can't retrieve Docker Info" in run.stderr
-    assert "administratively prohibited (open failed)" in run.stderr
-    assert "on host [127.0.0.41]" not in run.stderr.split("FATA")[-1]
+    assert f"Failed to set up SSH tunneling for host [{address}]: Can't retrieve Docker Info" in run.stdout
+    assert "administratively prohibited (open failed)" in run.stdout
+    failed = [ln for ln in run.stdout.splitlines() if "level=error" in ln]
+    assert failed and not any("127.0.0.41" in ln for ln in failed)
 
 
 def test_standin_checks_the_docker_version_unless_told_not_to(rke_nodes, tmp_path: Path) -> None:
@@ -191,10 +206,10 @@ def test_standin_checks_the_docker_version_unless_told_not_to(rke_nodes, tmp_pat
     _give_images(nodes["cp-1"], _roles("cp-1"))
     old = "kubernetes_version: v1.8.11-rancher1-1\n"
     run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"]], old))
-    assert run.returncode == 1 and "Unsupported Docker version found [20.10" in run.stderr
-    assert "on host [127.0.0.41], supported versions are [1.11.x 1.12.x 1.13.x 17.03.x]" in run.stderr
+    assert run.returncode == 1 and "Unsupported Docker version found [20.10" in run.stdout
+    assert "on host [127.0.0.41], supported versions are [1.11.x 1.12.x 1.13.x 17.03.x]" in run.stdout
     run = _rke_up(_cluster(tmp_path, client, [nodes["cp-1"]], old + "ignore_docker_version: true\n"))
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout
 
 
 # ---------------------------------------------------------------- preflight: what rke requires
@@ -206,7 +221,7 @@ def rke_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, rke_nodes):
     from .conftest import run_cli
     from .test_installer import _site
 
-    data = rke_images.standin_bytes()
+    data = rke_standin.standin_bytes()
     url = project.origin.add("/rke-faithful", data)
     manifest = project.write_manifest(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: rkesite\nversion: '1.0'\n"
@@ -331,4 +346,4 @@ def test_installer_and_standin_agree_on_rkes_docker_versions() -> None:
     both are rke's metadata (kontainer-driver-metadata k8s_docker_info.go)."""
     from bundler.installer.apply import RKE_DOCKER_VERSIONS
 
-    assert {k: [f"{v}.x" for v in vs] for k, vs in RKE_DOCKER_VERSIONS.items()} == rke_images.DOCKER_VERSIONS
+    assert {k: [f"{v}.x" for v in vs] for k, vs in RKE_DOCKER_VERSIONS.items()} == rke_standin.DOCKER_VERSIONS

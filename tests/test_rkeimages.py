@@ -16,18 +16,9 @@ from bundler.lock import Lock
 
 from .conftest import RKE_BYTES, Keys, Project, run_cli
 from .registries import PASSWORD, USER, Registry, docker_config
-from .rke_images import (
-    APP_IMAGE,
-    CANAL_ROLES,
-    KUBERNETES_VERSION,
-    SYSTEM_IMAGES,
-    Pushed,
-    serve_system_images,
-    standin_rke,
-)
-
-ALL = ("controlplane", "etcd", "worker")
-
+from .rke_images import Pushed, serve_system_images
+from .rke_standin import ALL, APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION, SYSTEM_IMAGES
+from .rke_standin import standin_bytes as standin_rke
 
 # ---------------------------------------------------------------- the role rule
 
@@ -38,13 +29,21 @@ def test_canal_cluster_keeps_its_images_with_their_roles() -> None:
     assert [c.ref for c in kept] == [r for r in SYSTEM_IMAGES if r in CANAL_ROLES]  # rke's order
     assert all(c.known for c in kept)
     why = {c.ref.split("/")[-1]: c.why for c in dropped}
+    aci = "the aci network plugin"
     assert why == {
-        "mirrored-k8s-dns-kube-dns:1.22.28": "kube-dns (the cluster uses CoreDNS)",
-        "mirrored-k8s-dns-dnsmasq-nanny:1.22.28": "kube-dns (the cluster uses CoreDNS)",
-        "mirrored-k8s-dns-sidecar:1.22.28": "kube-dns (the cluster uses CoreDNS)",
-        "mirrored-k8s-dns-node-cache:1.22.28": "NodeLocal DNSCache (not enabled)",
-        "flannel-cni:v1.4.1-rancher1": "the flannel network plugin",
-        "mirrored-calico-ctl:v3.27.4": "the calico network plugin",
+        "mirrored-k8s-dns-kube-dns:1.22.20": "kube-dns (the cluster uses CoreDNS)",
+        "mirrored-k8s-dns-dnsmasq-nanny:1.22.20": "kube-dns (the cluster uses CoreDNS)",
+        "mirrored-k8s-dns-sidecar:1.22.20": "kube-dns (the cluster uses CoreDNS)",
+        "mirrored-k8s-dns-node-cache:1.22.20": "NodeLocal DNSCache (not enabled)",
+        "flannel-cni:v0.3.0-rancher8": "the flannel network plugin",
+        "mirrored-calico-ctl:v3.25.0": "the calico network plugin",
+        "weave-kube:2.8.1": "the weave network plugin",
+        "weave-npc:2.8.1": "the weave network plugin",
+        "cnideploy:6.0.3.1.81c2369": aci,
+        "aci-containers-host:6.0.3.1.81c2369": aci,
+        "opflex:6.0.3.1.81c2369": aci,
+        "openvswitch:6.0.3.1.81c2369": aci,
+        "aci-containers-controller:6.0.3.1.81c2369": aci,
     }
 
 
@@ -62,7 +61,7 @@ def test_canal_cluster_keeps_its_images_with_their_roles() -> None:
             },
         ),
         ("flannel", {"flannel-flannel", "flannel-cni"}),
-        ("weave", set()),
+        ("weave", {"weave-kube", "weave-npc"}),
         ("none", set()),
     ],
 )
@@ -134,7 +133,7 @@ binaries:
     sha256: {sha}
     dest: /usr/local/bin/rke
 images:
-  - ref: {app}
+  - ref: {app}{app_roles}
   - ref: rancher/mirrored-pause:3.7      # also a system image: bundled once
 cluster:
   kind: rke
@@ -148,11 +147,20 @@ def _manifest(
     arch: str = "amd64",
     version: str = KUBERNETES_VERSION,
     extra: str = "",
+    app_roles: str = "",
 ) -> Path:
     data = standin_rke() if rke is None else rke
     sha = hashlib.sha256(data).hexdigest()
     url = project.origin.add(f"/rke-{sha[:12]}", data)
-    text = CLUSTER_MANIFEST.format(arch=arch, url=url, sha=sha, app=APP_IMAGE, version=version, extra=extra)
+    text = CLUSTER_MANIFEST.format(
+        arch=arch,
+        url=url,
+        sha=sha,
+        app=APP_IMAGE,
+        version=version,
+        extra=extra,
+        app_roles=f"\n    roles: {app_roles}" if app_roles else "",
+    )
     return project.write_manifest(text, "cluster.yaml")
 
 
@@ -195,7 +203,7 @@ def test_system_images_from_the_pinned_rke_through_a_mirror(
     assert reg.host.encode() not in lock_bytes  # (127.0.0.1 itself is there: the binary's origin)
     # the rule in the build output: the summary table lists the system images with their roles
     assert f"system images for rke Kubernetes {KUBERNETES_VERSION}" in result.stderr
-    assert "docker.io/rancher/mirrored-coreos-etcd:v3.5.12" in result.stderr
+    assert "docker.io/rancher/mirrored-coreos-etcd:v3.5.6" in result.stderr
 
 
 def test_images_for_node_roles(project: Project, keys: Keys, tmp_path: Path, mirror) -> None:
@@ -210,7 +218,7 @@ def test_images_for_node_roles(project: Project, keys: Keys, tmp_path: Path, mir
 
     every = {r for r, roles in CANAL_ROLES.items() if roles == ALL}
     workers = {r for r, roles in CANAL_ROLES.items() if roles == ("worker",)}
-    etcd = "docker.io/rancher/mirrored-coreos-etcd:v3.5.12"
+    etcd = "docker.io/rancher/mirrored-coreos-etcd:v3.5.6"
     assert refs("controlplane") == every
     assert refs("controlplane", "etcd") == every | {etcd}
     assert refs("worker") == every | workers | {APP_IMAGE}
@@ -267,8 +275,8 @@ def test_explicit_list_when_the_pinned_binary_cannot_run(
     assert result.exit_code == 0, result.stderr
     lock = _lock(Path(result.stdout.strip().splitlines()[-1]))
     assert [s.ref for s in lock.system_images] == [
-        "docker.io/rancher/mirrored-coreos-etcd:v3.5.12",
-        "docker.io/rancher/rke-tools:v0.1.100",
+        "docker.io/rancher/mirrored-coreos-etcd:v3.5.6",
+        "docker.io/rancher/rke-tools:v0.1.96",
     ]  # the kube-dns image of the three is left out
 
 
@@ -321,7 +329,7 @@ def test_inspect_and_dry_run_show_system_images_apart(
     project: Project, keys: Keys, tmp_path: Path, mirror
 ) -> None:
     reg, _ = mirror
-    manifest = _manifest(project)
+    manifest = _manifest(project, app_roles="[controlplane, etcd, worker]")  # the agent: every node
     flag = ("--mirror", f"docker.io={reg.host}")
     plan = run_cli("build", manifest, "--dry-run", "--cache", tmp_path / "c", *flag)
     assert plan.exit_code == 0, plan.stderr
@@ -330,7 +338,7 @@ def test_inspect_and_dry_run_show_system_images_apart(
     assert any(line.startswith("image ") and APP_IMAGE in line for line in lines[:heading])
     system_lines = [line for line in lines[heading + 1 :] if line.startswith("system ")]
     assert len(system_lines) == len(CANAL_ROLES)
-    assert any("mirrored-coreos-etcd:v3.5.12" in line and line.endswith("[etcd]") for line in system_lines)
+    assert any("mirrored-coreos-etcd:v3.5.6" in line and line.endswith("[etcd]") for line in system_lines)
     plan_json = json.loads(
         run_cli("build", manifest, "--dry-run", "--json", "--cache", tmp_path / "c", *flag).stdout
     )
@@ -343,11 +351,16 @@ def test_inspect_and_dry_run_show_system_images_apart(
     text = run_cli("inspect", bundle).stdout
     apps, _, systems = text.partition("system images for rke Kubernetes")
     assert APP_IMAGE.removeprefix("docker.io/") in apps and "coreos-etcd" not in apps
-    assert "mirrored-coreos-etcd:v3.5.12" in systems and "etcd\n" in systems
+    assert "on controlplane, etcd, worker" in apps  # the entry's own roles
+    assert "mirrored-coreos-etcd:v3.5.6" in systems and "etcd\n" in systems
     facts = json.loads(run_cli("inspect", bundle, "--json").stdout)
     assert facts["cluster"]["kubernetes_version"] == KUBERNETES_VERSION
     assert {s["ref"]: tuple(s["roles"]) for s in facts["system_images"]} == CANAL_ROLES
     assert [i["ref"] for i in facts["images"] if not i["system"]] == [APP_IMAGE]
+    roles = {i["ref"]: i["roles"] for i in facts["images"]}
+    assert roles[APP_IMAGE] == list(ALL) and roles[next(iter(CANAL_ROLES))] == ["etcd"]
+    lock = _lock(bundle)
+    assert [(p.ref, p.roles) for p in lock.placed_images] == [(APP_IMAGE, ALL)]
 
 
 # ---------------------------------------------------------------- the manifest
@@ -357,7 +370,7 @@ def test_inspect_and_dry_run_show_system_images_apart(
     ("section", "message"),
     [
         (
-            "cluster: {kind: k3s, kubernetes_version: v1.28.15-rancher1-1}",
+            "cluster: {kind: k3s, kubernetes_version: v1.26.9-rancher1-1}",
             "cluster.kind: 'k3s' is not a cluster kind",
         ),
         (
@@ -365,17 +378,17 @@ def test_inspect_and_dry_run_show_system_images_apart(
             "cluster.kubernetes_version: '1.28' is not a valid",
         ),
         (
-            "cluster: {kind: rke, kubernetes_version: v1.28.15-rancher1-1, network_plugin: cilium}",
+            "cluster: {kind: rke, kubernetes_version: v1.26.9-rancher1-1, network_plugin: cilium}",
             "network_plugin",
         ),
         (
-            "cluster: {kind: rke, kubernetes_version: v1.28.15-rancher1-1, tool: kubeadm}",
+            "cluster: {kind: rke, kubernetes_version: v1.26.9-rancher1-1, tool: kubeadm}",
             "must name a binaries:",
         ),
         ("cluster: {kind: rke}", "cluster needs 'kubernetes_version'"),
-        ("cluster: {kind: rke, kubernetes_version: v1.28.15-rancher1-1, system_images: []}", "at least one"),
+        ("cluster: {kind: rke, kubernetes_version: v1.26.9-rancher1-1, system_images: []}", "at least one"),
         (
-            "cluster: {kind: rke, kubernetes_version: v1.28.15-rancher1-1, system_images: ['Bad Ref']}",
+            "cluster: {kind: rke, kubernetes_version: v1.26.9-rancher1-1, system_images: ['Bad Ref']}",
             "not an image",
         ),
         ("mirrors: {docker.io: 'http://10.0.0.5:5000'}", "plain http is used only for a loopback mirror"),

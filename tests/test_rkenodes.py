@@ -11,16 +11,17 @@ import pytest
 from bundler import oci
 from bundler.installer.inventory import Node, with_kubernetes_version
 from bundler.installer.plan import Route, describe, kubernetes_version_problem, node_images
-from bundler.lock import Lock, SystemImage
+from bundler.lock import Lock, RoledImage, SystemImage
 
 from .conftest import Keys, run_cli
-from .rke_images import APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION
+from .rke_standin import ALL, APP_IMAGE, CANAL_ROLES, KDM, KUBERNETES_VERSION, images_for
 from .test_installer import _empty_engines, _install, _site
 from .test_rkeimages import _manifest
 
-ETCD = "docker.io/rancher/mirrored-coreos-etcd:v3.5.12"
-HYPERKUBE = "docker.io/rancher/hyperkube:v1.28.15-rancher1"
-COREDNS = "docker.io/rancher/mirrored-coredns-coredns:1.10.1"
+ETCD = KDM["etcd"]
+HYPERKUBE = KDM["kubernetes"]
+COREDNS = KDM["coredns"]
+RANCHER = "docker.io/rancher/rancher:v2.7.9"
 NGINX_PROXY = "docker.io/rancher/rke-nginx-proxy:v0.1.1"  # old RKE releases: its own image
 
 
@@ -31,13 +32,43 @@ def _image(ref: str) -> oci.Image:
 
 
 def _lock(system: dict[str, tuple[str, ...]], apps: tuple[str, ...] = (APP_IMAGE,),
-          image_roles: tuple[str, ...] = ("worker",)) -> Lock:  # fmt: skip
+          image_roles: tuple[str, ...] = ("worker",), placed: dict[str, tuple[str, ...]] | None = None) -> Lock:  # fmt: skip
     images = tuple(_image(r) for r in (*apps, *system))
     return Lock("b", "1", {"os": "ubuntu", "codename": "jammy", "arch": "amd64"}, "test", "0" * 64, 0, (),
                 images=images, image_roles=image_roles,
                 cluster={"kind": "rke", "kubernetes_version": KUBERNETES_VERSION, "network_plugin": "canal",
                          "tool": "rke"} if system else {},
-                system_images=tuple(SystemImage(r, roles) for r, roles in system.items()))  # fmt: skip
+                system_images=tuple(SystemImage(r, roles) for r, roles in system.items()),
+                placed_images=tuple(RoledImage(r, roles) for r, roles in (placed or {}).items()))  # fmt: skip
+
+
+def test_the_standins_rule_agrees_with_the_builds_rule() -> None:
+    """The rke stand-in's requirement (from rke's behaviour, by KDM field) and bundler/rkeimages' answer
+    (CANAL_ROLES) give every kind of node the same images."""
+    for roles in [
+        ("controlplane", "etcd"),
+        ("worker",),
+        ("etcd",),
+        ("controlplane",),
+        ALL,
+        ("controlplane", "worker"),
+    ]:
+        assert images_for(roles) == {r for r, need in CANAL_ROLES.items() if set(need) & set(roles)}, roles
+
+
+def test_an_image_with_its_own_roles_goes_to_those_nodes_only() -> None:
+    """rancher-agent on every node (its entry's own roles), the Rancher server image on no worker but
+    the image_roles ones as usual, and the fallback (no node of image_roles) for the others only."""
+    lock = _lock(CANAL_ROLES, apps=(APP_IMAGE, RANCHER), placed={APP_IMAGE: ALL})
+    got = _refs(lock, [CP, W])
+    assert APP_IMAGE in got["cp1"] and APP_IMAGE in got["w1"]
+    assert RANCHER in got["w1"] and RANCHER not in got["cp1"]
+    assert [i.ref for i in lock.placed] == [APP_IMAGE]
+    only_cp = _refs(_lock({}, apps=(APP_IMAGE, RANCHER), placed={APP_IMAGE: ("etcd",)}), [CP_W])
+    assert only_cp["cw"] == {RANCHER}  # fallback takes the image_roles ones, not the placed one
+    lines = describe(lock, [CP, W], Route())
+    assert any(f"{APP_IMAGE} (controlplane/etcd/worker): cp1, w1" in line for line in lines)
+    assert any("1 application images (rancher/rancher:v2.7.9)" in line for line in lines)
 
 
 def _refs(lock: Lock, nodes: list[Node]) -> dict[str, set[str]]:
@@ -171,13 +202,13 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
     rke: the build asks it for its list (served through the mirror), the images phase gives each node
     its roles' images, and `rke up` on the installer's copy of cluster.yml (no kubernetes_version:
     the lock's goes in) finds them all."""
-    from . import rke_cluster
+    from . import rke_standin
     from .nodes import rke_cluster_yml
 
     reg, _ = mirror
     client, nodes = ssh_cluster
     _empty_engines(nodes)
-    manifest = _manifest(project, rke_cluster.standin_bytes(), version=rke_cluster.KUBERNETES_VERSION)
+    manifest = _manifest(project, rke_standin.standin_bytes(), version=rke_standin.KUBERNETES_VERSION)
     built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir,
                     "--mirror", f"docker.io={reg.host}")  # fmt: skip
     assert built.exit_code == 0, built.stderr
@@ -188,14 +219,14 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
         images = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
         assert images.returncode == 0, images.stdout + images.stderr
         for node in nodes:
-            want = rke_cluster.images_for(roles[node.name].strip("[]").split(", "))
+            want = rke_standin.images_for(roles[node.name].strip("[]").split(", "))
             have = {t for i in node.engine.client.images.list() for t in i.tags}
             assert {r.removeprefix("docker.io/") for r in want} <= have, node.name
         up = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
                       env={"HOME": str(site)})  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
         assert (
-            f"kubernetes_version: {rke_cluster.KUBERNETES_VERSION}" in (site / "work/cluster.yml").read_text()
+            f"kubernetes_version: {rke_standin.KUBERNETES_VERSION}" in (site / "work/cluster.yml").read_text()
         )
         assert (site / "work/kube_config_cluster.yml").exists()
         running = {n.name: {c.name for c in n.engine.client.containers.list()} for n in nodes}

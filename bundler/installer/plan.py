@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bundler import oci
 from bundler.installer.inventory import Node
-from bundler.lock import Lock
+from bundler.lock import Lock, RoledImage
 
 PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
 
@@ -112,14 +112,14 @@ def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...
     nodes (on every node when none has such a role, as ``image_targets``) and the system images
     whose roles meet the node's (``Lock.images_for``). A node that gets nothing maps to ``()``."""
     targets = {n.name for n in image_targets(nodes, lock.image_roles)}
-    workloads = set(lock.workloads)
+    unplaced = set(lock.workloads) - set(lock.placed)  # the image_roles ones; placed ones keep theirs
     out = {}
     for node in nodes:
         chosen = set(lock.images_for(node.roles))
         if node.name in targets:
-            chosen |= workloads  # the fallback: no node has one of image_roles
+            chosen |= unplaced  # the fallback: no node has one of image_roles
         else:
-            chosen -= workloads
+            chosen -= unplaced
         out[node.name] = tuple(i for i in lock.images if i in chosen)
     return out
 
@@ -127,23 +127,31 @@ def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...
 def _images_lines(lock: Lock, nodes: list[Node], route: Route) -> list[str]:
     """The images phase for ``--dry-run``: application and system images apart, and who gets which."""
     per_node = node_images(lock, nodes)
-    workloads = set(lock.workloads)
-    app_nodes = [n.name for n in nodes if workloads & set(per_node[n.name])]
-    tags = ", ".join(t for i in lock.workloads for t in i.tags) or "none"
+    unplaced = [i for i in lock.workloads if i not in set(lock.placed)]
+    app_nodes = [n.name for n in nodes if set(unplaced) & set(per_node[n.name])]
+    tags = ", ".join(t for i in unplaced for t in i.tags) or "none"
     lines = [
-        f"images     on {', '.join(app_nodes) or 'no node'}: {len(lock.workloads)} "
+        f"images     on {', '.join(app_nodes) or 'no node'}: {len(unplaced)} "
         f"{'application ' if lock.system_images else ''}images ({tags}), only those missing, in parallel, "
         + route.describe()
     ]
+
+    def by_role(records: tuple[RoledImage, ...]) -> list[str]:
+        out = []
+        for record in records:
+            image = lock.find_image(record.ref)
+            have = [n.name for n in nodes if image is not None and image in per_node[n.name]]
+            roles = "/".join(record.roles)
+            out.append(f"             {record.ref} ({roles}): {', '.join(have) or 'no node'}")
+        return out
+
+    if lock.placed_images:
+        lines.append(f"           {len(lock.placed_images)} application images with their own roles:")
+        lines += by_role(lock.placed_images)
     if lock.system_images:
         kind, version = lock.cluster.get("kind", "the cluster"), lock.cluster.get("kubernetes_version", "")
         lines.append(f"           {len(lock.system_images)} system images for {kind} {version}, by role:")
-        for system in lock.system_images:
-            image = lock.find_image(system.ref)
-            have = [n.name for n in nodes if image is not None and image in per_node[n.name]]
-            lines.append(
-                f"             {system.ref} ({'/'.join(system.roles)}): {', '.join(have) or 'no node'}"
-            )
+        lines += by_role(lock.system_images)
     return lines
 
 
