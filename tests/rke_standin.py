@@ -159,3 +159,9 @@ def standin_bytes() -> bytes:
     marker = "EMBEDDED = None  # filled in by tests/rke_standin.py:standin_bytes()\n"
     assert marker in text
     return text.replace(marker, f"EMBEDDED = {embedded}\n").encode()
+
+
+if __name__ == "__main__":  # `python -m tests.rke_standin > tools/demo-upstream/rke_linux-amd64`
+    import sys
+
+    sys.stdout.buffer.write(standin_bytes())

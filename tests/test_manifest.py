@@ -227,3 +227,14 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
     assert m.min_workers == 4 and m.platform.codename == "jammy" and m.image_roles == ("worker",)
     assert m.debs is not None and m.debs.packages == ("docker-ce", "docker-ce-cli", "containerd.io")
     assert [b.dest for b in m.binaries] == ["/usr/local/bin/rke"]
+    # The cluster: a Kubernetes version in the vendor's range (1.25-1.29) that the pinned rke brings
+    # up (the stand-in plays that rke release), Rancher and its agent at one version, the agent on
+    # every node.
+    from .rke_standin import KUBERNETES_VERSION, RKE_VERSION
+
+    assert m.cluster is not None and (m.cluster.kind, m.cluster.network_plugin) == ("rke", "canal")
+    assert m.cluster.kubernetes_version == KUBERNETES_VERSION and f"/{RKE_VERSION}/" in m.binaries[0].url
+    assert 25 <= int(KUBERNETES_VERSION.split(".")[1]) <= 29
+    refs = {str(i.ref): i.roles for i in m.images if i.ref is not None}
+    assert refs["docker.io/rancher/rancher:v2.7.9"] == ()
+    assert refs["docker.io/rancher/rancher-agent:v2.7.9"] == ("controlplane", "etcd", "worker")

@@ -347,3 +347,17 @@ def test_installer_and_standin_agree_on_rkes_docker_versions() -> None:
     from bundler.installer.apply import RKE_DOCKER_VERSIONS
 
     assert {k: [f"{v}.x" for v in vs] for k, vs in RKE_DOCKER_VERSIONS.items()} == rke_standin.DOCKER_VERSIONS
+
+
+def test_the_demo_serves_this_standin_as_its_pinned_rke() -> None:
+    """`make demo` pins tools/demo-upstream/rke_linux-amd64 by sha256 in manifests/demo.yaml: it must be
+    this stand-in, as `python -m tests.rke_standin` writes it (run that, then update the sha256)."""
+    root = Path(__file__).resolve().parent.parent
+    served = (root / "tools/demo-upstream/rke_linux-amd64").read_bytes()
+    assert served == rke_standin.standin_bytes(), (
+        "regenerate: python -m tests.rke_standin > tools/demo-upstream/rke_linux-amd64"
+    )
+    assert hashlib.sha256(served).hexdigest() in (root / "manifests/demo.yaml").read_text()
+    assert (
+        f"kubernetes_version: {rke_standin.KUBERNETES_VERSION}" in (root / "manifests/demo.yaml").read_text()
+    )

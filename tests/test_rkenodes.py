@@ -195,6 +195,14 @@ def test_the_cluster_yml_copy_gets_the_locked_kubernetes_version(tmp_path: Path)
     assert kubernetes_version_problem(_lock({}), "v1.27.16-rancher1-1") is None  # no cluster in the bundle
 
 
+def _bundle_lock(site: Path) -> Lock:
+    from bundler import archive
+
+    bundle = next(site.glob("*.tar"))
+    with archive.Bundle(bundle, None) as opened:
+        return opened.unverified()[0]
+
+
 def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster, mirror
 ) -> None:
@@ -218,10 +226,13 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
     try:
         images = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
         assert images.returncode == 0, images.stdout + images.stderr
+        lock = _bundle_lock(site)
         for node in nodes:
-            want = rke_standin.images_for(roles[node.name].strip("[]").split(", "))
-            have = {t for i in node.engine.client.images.list() for t in i.tags}
-            assert {r.removeprefix("docker.io/") for r in want} <= have, node.name
+            node_roles = roles[node.name].strip("[]").split(", ")
+            want = rke_standin.images_for(node_roles) | ({APP_IMAGE} if "worker" in node_roles else set())
+            ids = {i.id for i in node.engine.client.images.list()}
+            assert ids == {lock.find_image(r).config for r in want}, node.name  # exactly these, locked IDs
+            assert f"{node.name:<20} ok: {len(want)} loaded, 0 already present" in images.stdout
         up = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
                       env={"HOME": str(site)})  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
@@ -232,6 +243,10 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
         running = {n.name: {c.name for c in n.engine.client.containers.list()} for n in nodes}
         assert {"etcd", "kube-apiserver", "kubelet"} <= running["cp-1"]
         assert {"nginx-proxy", "kubelet", "kube-proxy"} <= running["worker-1"]
+        again = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+        assert again.returncode == 0, again.stdout + again.stderr
+        for node in nodes:  # a re-run sends nothing
+            assert f"{node.name:<20} ok: 0 loaded, " in again.stdout, node.name
     finally:
         for node in nodes:
             for container in node.engine.client.containers.list(all=True):

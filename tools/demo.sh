@@ -2,7 +2,7 @@
 # The whole airbundle journey, offline: keygen → build → verify → inspect, then the
 # same checks with stock tools, a tamper attempt, a rebuild that is byte-identical,
 # the bundle's images loaded into a fresh Docker engine, and the whole install by install.sh
-# on three loopback nodes.
+# on a fault-tolerant cluster of five loopback nodes, brought up by the rke stand-in.
 # Run it with `make demo` (which installs airbundle and its test tools first; needs root
 # to start the demo's own Docker engines).
 set -euo pipefail
@@ -11,13 +11,14 @@ ROOT=$PWD
 OUT=demo-out
 PORT=18731
 APT_PORT=18732
+HUB_PORT=18733
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 step() {
     if [ -n "${NO_COLOR:-}" ] || [ ! -t 1 ]; then printf '\n== %s\n' "$*"; else printf '\n\033[1m== %s\033[0m\n' "$*"; fi
 }
 
-for port in "$PORT" "$APT_PORT"; do
+for port in "$PORT" "$APT_PORT" "$HUB_PORT"; do
     if python3 - "$port" <<'PY'
 import socket, sys
 s = socket.socket()
@@ -64,6 +65,19 @@ step "a stand-in upstream on 127.0.0.1:$PORT serves the pinned rke binary"
 python3 -m http.server --bind 127.0.0.1 "$PORT" --directory tools/demo-upstream >"$OUT/upstream.log" 2>&1 &
 PIDS+=($!)
 
+step "a stand-in Docker Hub on 127.0.0.1:$HUB_PORT: rke's system images and rancher-agent (tiny images)"
+mkdir -p "$OUT/hub"
+printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+    "$ROOT/$OUT/hub/data" "$HUB_PORT" >"$OUT/hub/config.yml"
+docker-registry serve "$OUT/hub/config.yml" >"$OUT/hub.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $HUB_PORT), 0.2)" 2>/dev/null && break
+    sleep 0.1
+done
+python3 -c "from tests.rke_images import serve_system_images as s
+for ref in s('127.0.0.1:$HUB_PORT'): print('  ' + ref)"
+
 step "a stand-in apt repository on 127.0.0.1:$APT_PORT (tiny .debs, InRelease signed by a demo key)"
 python3 -m tests.aptrepo "$OUT/apt"
 python3 -m http.server --bind 127.0.0.1 "$APT_PORT" --directory "$OUT/apt/repo" >"$OUT/apt.log" 2>&1 &
@@ -95,8 +109,9 @@ done
 step "airbundle keygen"
 airbundle keygen --out "$OUT/release"
 
-step "airbundle build manifests/demo.yaml"
-BUNDLE=$(airbundle build manifests/demo.yaml --key "$OUT/release.key" -o "$OUT/dist" --cache "$OUT/cache")
+step "airbundle build manifests/demo.yaml (rke's system images through the mirror: rke config --system-images)"
+BUNDLE=$(airbundle build manifests/demo.yaml --key "$OUT/release.key" -o "$OUT/dist" --cache "$OUT/cache" \
+    --mirror "docker.io=127.0.0.1:$HUB_PORT")
 echo "$BUNDLE"
 
 step "airbundle verify"
@@ -127,7 +142,8 @@ echo "exit code: $?"
 set -e
 
 step "a rebuild from the same manifest and cache is byte-identical"
-AGAIN=$(airbundle build manifests/demo.yaml --key "$OUT/release.key" -o "$OUT/again" --cache "$OUT/cache" 2>/dev/null)
+AGAIN=$(airbundle build manifests/demo.yaml --key "$OUT/release.key" -o "$OUT/again" --cache "$OUT/cache" \
+    --mirror "docker.io=127.0.0.1:$HUB_PORT" 2>/dev/null)
 sha256sum "$BUNDLE" "$AGAIN"
 cmp "$BUNDLE" "$AGAIN" && echo "identical"
 
@@ -152,7 +168,7 @@ for app in web worker; do
     docker run --rm --network none "demo/$app:1"
 done
 
-step "install.sh installs the bundle on three loopback nodes (sshd + Docker engine each)"
+step "install.sh installs the bundle on five loopback nodes (3 control-plane+etcd, 2 workers; sshd + Docker each) and rke brings the cluster up"
 python3 tools/demo_install.py "$BUNDLE" "$OUT/release.pub" "$ROOT/$OUT"
 
 step "done: the bundle is $BUNDLE"
