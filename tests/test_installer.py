@@ -186,11 +186,20 @@ def test_inventory_reads_rke_cluster_yml(tmp_path: Path) -> None:
         ("nodes: []\n", "no 'nodes:' list"),
         ("nodes:\n  - {user: root, role: [worker]}\n", "nodes[0] needs an address"),
         ("nodes:\n  - {address: 10.0.0.1, role: [worker]}\n", "node 10.0.0.1 needs a user"),
-        ("nodes:\n  - {address: a, user: u, role: [master]}\n", "node a: role must list some of"),
+        ("nodes:\n  - {address: a, user: u, role: [master]}\n", "cluster.yml:2: node a: role must list some of"),
         ("nodes:\n  - {address: a, user: u, role: worker, port: 70000}\n", "port 70000 is not a TCP port"),
         (
             "nodes:\n  - {address: a, user: u, role: [worker]}\n  - {address: a, user: u, role: [etcd]}\n",
-            "node a: listed twice",
+            "cluster.yml:3: node a: listed twice (also line 2)",
+        ),
+        (
+            "nodes:\n  - address: a\n    user: u\n    role: [worker]\n    prot: 2222\n",
+            "cluster.yml:5: node a: unknown key 'prot' (rke would ignore it); a node takes address, port,",
+        ),
+        (
+            "nodes:\n  - {address: a, user: u, role: [worker], hostname_override: kn1}\n"
+            "  - {address: b, user: u, role: [etcd], hostname_override: kn1}\n",
+            "cluster.yml:3: node b: name 'kn1' is also the name of the node on line 2; give each node its own",
         ),
         ("nodes: [\n", "cluster.yml:2: not a valid inventory"),
         ("x: !!python/object/apply:os.system ['id']\n", "not a valid inventory"),

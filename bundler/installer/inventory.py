@@ -23,6 +23,26 @@ from bundler.installer._vendor import yaml
 
 ROLES = ("controlplane", "etcd", "worker")
 MAX_INVENTORY_BYTES = 1024 * 1024
+# The keys rke reads on a node (RKEConfigNode); any other one is a typo rke would ignore in silence
+# (``prot: 22`` would mean port 22), so the installer refuses it.
+NODE_KEYS = (
+    "address",
+    "port",
+    "user",
+    "role",
+    "hostname_override",
+    "internal_address",
+    "ssh_key_path",
+    "ssh_key",
+    "ssh_cert_path",
+    "ssh_cert",
+    "ssh_agent_auth",
+    "docker_socket",
+    "labels",
+    "taints",
+    "node_id",
+    "nodeName",
+)
 _VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -74,16 +94,26 @@ def load_inventory(path: Path) -> list[Node]:
     raw_nodes = doc.get("nodes") if isinstance(doc, dict) else None
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise InputError(f"{path}: no 'nodes:' list; the inventory is an RKE cluster.yml with nodes")
+    lines = _node_lines(path)
     nodes = []
-    seen: set[tuple[str, int]] = set()
+    seen: dict[tuple[str, int], int] = {}
+    names: dict[str, int] = {}
     for i, raw in enumerate(raw_nodes):
-        where = f"{path}: nodes[{i}]"
+        at = lines.get((i, ""), 0)
+        where = f"{path}:{at}: nodes[{i}]" if at else f"{path}: nodes[{i}]"
         if not isinstance(raw, dict):
             raise InputError(f"{where} is not a mapping")
         address, user, role = raw.get("address"), raw.get("user"), raw.get("role")
         if not isinstance(address, str) or not address:
             raise InputError(f"{where} needs an address")
-        where = f"{path}: node {address}"
+        where = f"{path}:{at}: node {address}" if at else f"{path}: node {address}"
+        unknown = [str(k) for k in raw if k not in NODE_KEYS]
+        if unknown:
+            line = lines.get((i, unknown[0]), at)
+            raise InputError(
+                f"{path}:{line}: node {address}: unknown key {unknown[0]!r} (rke would ignore it); "
+                f"a node takes {', '.join(NODE_KEYS)}"
+            )
         if not isinstance(user, str) or not user:
             raise InputError(f"{where} needs a user (the SSH login)")
         roles = role if isinstance(role, list) else [role]
@@ -97,20 +127,59 @@ def load_inventory(path: Path) -> list[Node]:
         if not 0 < port < 65536:
             raise InputError(f"{where}: port {raw.get('port')!r} is not a TCP port")
         if (address, port) in seen:
-            raise InputError(f"{where}: listed twice")
-        seen.add((address, port))
+            raise InputError(f"{where}: listed twice (also line {seen[(address, port)]})")
+        seen[(address, port)] = at
         key, host = raw.get("ssh_key_path") or doc.get("ssh_key_path"), raw.get("hostname_override")
-        nodes.append(
-            Node(
-                address,
-                user,
-                tuple(str(r) for r in roles),
-                port,
-                key if isinstance(key, str) else None,
-                host if isinstance(host, str) else None,
-            )
+        node = Node(
+            address,
+            user,
+            tuple(str(r) for r in roles),
+            port,
+            key if isinstance(key, str) else None,
+            host if isinstance(host, str) else None,
         )
+        if node.name in names:
+            # The reports, the journal and Kubernetes itself tell nodes apart by this name.
+            raise InputError(
+                f"{where}: name {node.name!r} is also the name of the node on line {names[node.name]}; "
+                "give each node its own hostname_override"
+            )
+        names[node.name] = at
+        nodes.append(node)
     return nodes
+
+
+def _node_lines(path: Path) -> dict[tuple[int, str], int]:
+    """(node index, key) → 1-based line of that key in the file; (index, "") → the node's own line.
+    Read from the YAML's node tree (marks), since the loaded data has no lines."""
+    try:
+        text = files.read_capped(path, "inventory", MAX_INVENTORY_BYTES).decode("utf-8")
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    out: dict[tuple[int, str], int] = {}
+    if not isinstance(tree, yaml.MappingNode):
+        return out
+    for key, value in tree.value:
+        if getattr(key, "value", None) == "nodes" and isinstance(value, yaml.SequenceNode):
+            for i, item in enumerate(value.value):
+                out[(i, "")] = item.start_mark.line + 1
+                if isinstance(item, yaml.MappingNode):
+                    for k, _ in item.value:
+                        out[(i, str(k.value))] = k.start_mark.line + 1
+    return out
+
+
+def role_problems(nodes: list[Node], cluster: bool) -> list[str]:
+    """What the inventory's roles lack: a cluster brought up by the bundle needs an etcd and a
+    controlplane node (rke: "Cluster must have at least one etcd plane host"), and every
+    inventory a worker (without one, workloads have nowhere to run). Pure."""
+    problems = []
+    wanted = ("etcd", "controlplane", "worker") if cluster else ("worker",)
+    for role in wanted:
+        if not any(role in n.roles for n in nodes):
+            problems.append(f"no node has the {role} role")
+    return problems
 
 
 def load_cluster_options(path: Path) -> ClusterOptions:

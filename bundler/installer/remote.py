@@ -56,11 +56,46 @@ def ssh_argv(node: Node, opts: SshOptions, command: str) -> list[str]:
     return [*argv, f"{node.user}@{node.address}", command]
 
 
+def ssh_problem(node: Node, stderr: str) -> str:
+    """What OpenSSH's own failure (exit 255) means for ``node``, and what to do about it.
+
+    Classified from ssh's messages, which are stable across OpenSSH releases: an unknown or
+    changed host key, a refused login, a node that cannot be reached at all."""
+    detail = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    tail = " / ".join(detail[-3:]) or "ssh exit code 255"
+    where = f"{node.address}" + (f" -p {node.port}" if node.port != 22 else "")
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return (
+            f"the host key of {node.address}:{node.port} has CHANGED since it was recorded; if the node "
+            f"was reinstalled, check the new key with its administrator, then 'ssh-keygen -R {node.address}' "
+            "and add the new one; otherwise someone may be in the way: stop"
+        )
+    if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
+        return (
+            f"the host key of {node.address}:{node.port} is not known to ssh; add it after checking its "
+            f"fingerprint with the node's administrator: 'ssh-keyscan -p {node.port} {node.address} >> "
+            "~/.ssh/known_hosts' (or the UserKnownHostsFile your --ssh-config names)"
+        )
+    if "Permission denied" in stderr:
+        key = node.ssh_key_path or "the keys of your ssh config or agent"
+        return (
+            f"SSH login as {node.user}@{node.address} refused ({tail}): put the public half of {key} "
+            f"in ~{node.user}/.ssh/authorized_keys on the node, or fix user/ssh_key_path in the inventory"
+        )
+    if any(m in stderr for m in ("Connection refused", "timed out", "No route to host", "Could not resolve")):
+        return (
+            f"unreachable over SSH at {node.address}:{node.port} ({tail}): is the node up, sshd running, "
+            f"and the port right? ('ssh {node.user}@{where}' should log in)"
+        )
+    return f"unreachable over SSH ({tail})"
+
+
 def _failure(node: Node, command: str, code: int, stderr: bytes) -> RemoteError:
-    detail = stderr.decode(errors="replace").strip().splitlines()
-    tail = " / ".join(detail[-3:]) or f"exit code {code}"
+    text = stderr.decode(errors="replace")
     if code == 255:
-        return RemoteError(node, f"unreachable over SSH ({tail})")
+        return RemoteError(node, ssh_problem(node, text))
+    detail = text.strip().splitlines()
+    tail = " / ".join(detail[-3:]) or f"exit code {code}"
     return RemoteError(node, f"'{command.split()[0]}' failed with exit code {code}: {tail}")
 
 
