@@ -591,6 +591,13 @@ def _plan(
             RoledImage(i.ref, collected.roles[i.ref]) for i in collected.images if i.ref in collected.roles
         ),
     )
+    misplaced = lock.misplaced()
+    if misplaced:
+        raise InputError(
+            f"{manifest.path}: images: {misplaced[0]} has its own roles, but it is also a system image (the "
+            "cluster's rule decides its nodes) or install.registry_image (the registry node runs it); "
+            "drop its roles:"
+        )
     if lock.registry_image and lock.find_image(lock.registry_image) is None:
         raise InputError(
             f"{manifest.path}: install.registry_image {lock.registry_image} is not one of the bundle's "

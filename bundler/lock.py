@@ -201,6 +201,14 @@ class Lock:
         named = {self.find_image(p.ref) for p in self.placed_images}
         return tuple(i for i in self.workloads if i in named)
 
+    def misplaced(self) -> list[str]:
+        """``placed_images`` refs that are also a system image or the registry image: an image takes
+        its nodes from one rule only (the system rule's, its entry's, or the registry node)."""
+        others = {id(self.find_image(s.ref)) for s in self.system_images}
+        if self.registry_image:
+            others.add(id(self.find_image(self.registry_image)))
+        return [p.ref for p in self.placed_images if id(self.find_image(p.ref)) in others]
+
     def images_for(self, roles: Iterable[str]) -> tuple[oci.Image, ...]:
         """The images a node with ``roles`` gets, in lock order, each once: the workloads when it
         has one of ``image_roles`` (a placed one when it has one of that image's own roles), and
@@ -217,19 +225,27 @@ class Lock:
         return tuple(i for i in self.images if i in chosen)
 
     def find_image(self, ref: str) -> oci.Image | None:
-        """The locked image ``ref`` names (by its reference or one of its tags, normalized), if any."""
+        """The locked image ``ref`` names (by its reference or one of its tags, normalized), if any;
+        the first in lock order. One lookup in an index built once per lock, so that callers may
+        ask per record and per node without cost growing with the square of the images."""
         try:
             want = oci.parse_reference(ref)
         except oci.ImageFormatError:
             return None
-        for image in self.images:
-            for name in (image.ref, *image.tags):
-                try:
-                    if oci.parse_reference(name) == want:
-                        return image
-                except oci.ImageFormatError:
-                    continue  # an untagged image's ref is its digest
-        return None
+        return self._image_index().get(want)
+
+    def _image_index(self) -> dict[oci.Reference, oci.Image]:
+        index: dict[oci.Reference, oci.Image] | None = self.__dict__.get("_index")
+        if index is None:
+            index = {}
+            for image in self.images:
+                for name in (image.ref, *image.tags):
+                    try:
+                        index.setdefault(oci.parse_reference(name), image)
+                    except oci.ImageFormatError:
+                        continue  # an untagged image's ref is its digest
+            object.__setattr__(self, "_index", index)  # a cache beside the frozen fields
+        return index
 
     @property
     def payload_size(self) -> int:
@@ -456,6 +472,7 @@ def _roled_images(top: _Fields, lock: Lock, key: str) -> tuple[RoledImage, ...]:
     """``system_images`` or ``placed_images``: each a locked image (by reference) with the node
     roles that get it."""
     out: list[RoledImage] = []
+    seen: set[int] = set()
     for i, raw in enumerate(top.items(key)):
         f = _Fields(raw, f"{key}[{i}]")
         extra = sorted(set(f.obj) - {"ref", "roles"})
@@ -470,8 +487,10 @@ def _roled_images(top: _Fields, lock: Lock, key: str) -> tuple[RoledImage, ...]:
             raise LockError(
                 f"{LOCK_NAME}: {key}[{i}].roles must list some of {', '.join(rkeimages.ROLES)}, each once"
             )
-        if any(s.ref == ref for s in out):
+        image = lock.find_image(ref)
+        if id(image) in seen:  # the same image, under this name or another of its names
             raise LockError(f"{LOCK_NAME}: {key}: {ref!r} is listed twice")
+        seen.add(id(image))
         out.append(RoledImage(ref, tuple(roles)))
     if out and key == "system_images" and not lock.cluster:
         raise LockError(f"{LOCK_NAME}: system_images need a cluster (kind, kubernetes_version, ...)")
@@ -614,8 +633,15 @@ def _parse(doc: Any) -> Lock:
         system_images=(),
         placed_images=(),
     )
-    return replace(
+    lock = replace(
         lock,
         system_images=_roled_images(top, lock, "system_images"),
         placed_images=_roled_images(top, lock, "placed_images"),
     )
+    misplaced = lock.misplaced()
+    if misplaced:
+        raise LockError(
+            f"{LOCK_NAME}: placed_images: {misplaced[0]!r} is a system image or the registry image, "
+            "whose nodes are decided otherwise"
+        )
+    return lock

@@ -4,8 +4,9 @@ The stand-in plays rke v1.4.11, the release ``manifests/fmp-rke.yaml`` pins, for
 Kubernetes version v1.26.9-rancher1-1. ``KDM`` is that version's system images as rke v1.4.11
 embeds them (kontainer-driver-metadata's ``data.json``, field by field, in rke's struct order);
 ``SYSTEM_IMAGES`` is what ``rke config --system-images --version V`` prints: those references,
-each once, in that order, with ``docker.io/`` written out (the build-side tests serve them from
-a loopback registry through ``--mirror docker.io=...``). It names every network plugin's images,
+each once, in that order, as KDM writes them (``rancher/...``: Docker Hub's short form, which the
+build normalizes; the build-side tests serve them from a loopback registry through ``--mirror
+docker.io=...``). ``canonical()`` gives the normalized name the lock records. It names every network plugin's images,
 kube-dns', NodeLocal DNS' and Cisco ACI's too: the build's role rule has to leave those out.
 
 ``ROLE_RULE`` says which node roles need which KDM field's image, as rke brings a cluster up:
@@ -31,7 +32,7 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.26.9-rancher1-1"
 RKE_VERSION = "v1.4.11"
 
-_R = "docker.io/rancher/"
+_R = "rancher/"
 _TOOLS = _R + "rke-tools:v0.1.96"
 _CALICO = "v3.25.0"
 # kontainer-driver-metadata's v1.26.9-rancher1-1, as rke v1.4.11 embeds it (field order of RKESystemImages).
@@ -61,8 +62,8 @@ KDM: dict[str, str] = {
     "canalControllers": _R + f"mirrored-calico-kube-controllers:{_CALICO}",
     "canalFlannel": _R + "mirrored-flannel-flannel:v0.21.4",
     "canalFlexVol": _R + f"mirrored-calico-pod2daemon-flexvol:{_CALICO}",
-    "weaveNode": "docker.io/weaveworks/weave-kube:2.8.1",
-    "weaveCni": "docker.io/weaveworks/weave-npc:2.8.1",
+    "weaveNode": "weaveworks/weave-kube:2.8.1",
+    "weaveCni": "weaveworks/weave-npc:2.8.1",
     "podInfraContainer": _R + "mirrored-pause:3.7",
     "ingress": _R + "nginx-ingress-controller:nginx-1.7.0-rancher1",
     "ingressBackend": _R + "mirrored-nginx-ingress-controller-defaultbackend:1.5-rancher1",
@@ -70,14 +71,23 @@ KDM: dict[str, str] = {
     + "mirrored-ingress-nginx-kube-webhook-certgen:v20230312-helm-chart-4.5.2-28-g66a760794",
     "metricsServer": _R + "mirrored-metrics-server:v0.6.3",
     "windowsPodInfraContainer": _R + "mirrored-pause:3.7",
-    "aciCniDeployContainer": "docker.io/noiro/cnideploy:6.0.3.1.81c2369",
-    "aciHostContainer": "docker.io/noiro/aci-containers-host:6.0.3.1.81c2369",
-    "aciOpflexContainer": "docker.io/noiro/opflex:6.0.3.1.81c2369",
-    "aciMcastContainer": "docker.io/noiro/opflex:6.0.3.1.81c2369",
-    "aciOvsContainer": "docker.io/noiro/openvswitch:6.0.3.1.81c2369",
-    "aciControllerContainer": "docker.io/noiro/aci-containers-controller:6.0.3.1.81c2369",
+    "aciCniDeployContainer": "noiro/cnideploy:6.0.3.1.81c2369",
+    "aciHostContainer": "noiro/aci-containers-host:6.0.3.1.81c2369",
+    "aciOpflexContainer": "noiro/opflex:6.0.3.1.81c2369",
+    "aciMcastContainer": "noiro/opflex:6.0.3.1.81c2369",
+    "aciOvsContainer": "noiro/openvswitch:6.0.3.1.81c2369",
+    "aciControllerContainer": "noiro/aci-containers-controller:6.0.3.1.81c2369",
 }
 SYSTEM_IMAGES: tuple[str, ...] = tuple(dict.fromkeys(KDM.values()))
+
+
+def canonical(ref: str) -> str:
+    """A Docker Hub short name as the build normalizes it: ``rancher/x:1`` → ``docker.io/rancher/x:1``."""
+    first = ref.split("/", 1)[0]
+    return (
+        ref if "/" in ref and ("." in first or ":" in first or first == "localhost") else "docker.io/" + ref
+    )
+
 
 # Which KDM fields' images a node needs (canal): "all" nodes, "etcd" nodes, nodes
 # "without-controlplane", "worker" nodes.
@@ -94,23 +104,24 @@ ROLE_RULE: dict[str, list[str]] = {
 # What bundler/rkeimages.py must keep of SYSTEM_IMAGES for a canal cluster, with the node roles.
 ALL = ("controlplane", "etcd", "worker")
 _WORKER = ("worker",)
-CANAL_ROLES: dict[str, tuple[str, ...]] = {
-    KDM["etcd"]: ("etcd",),
-    _TOOLS: ALL,
-    KDM["corednsAutoscaler"]: _WORKER,
-    KDM["coredns"]: _WORKER,
-    KDM["kubernetes"]: ALL,
-    KDM["flannel"]: ALL,
-    KDM["calicoNode"]: ALL,
-    KDM["calicoCni"]: ALL,
-    KDM["calicoControllers"]: ALL,
-    KDM["calicoFlexVol"]: ALL,
-    KDM["podInfraContainer"]: ALL,
-    KDM["ingress"]: _WORKER,
-    KDM["ingressBackend"]: _WORKER,
-    KDM["ingressWebhook"]: _WORKER,
-    KDM["metricsServer"]: _WORKER,
+_CANAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "etcd": ("etcd",),
+    "alpine": ALL,
+    "corednsAutoscaler": _WORKER,
+    "coredns": _WORKER,
+    "kubernetes": ALL,
+    "flannel": ALL,
+    "calicoNode": ALL,
+    "calicoCni": ALL,
+    "calicoControllers": ALL,
+    "calicoFlexVol": ALL,
+    "podInfraContainer": ALL,
+    "ingress": _WORKER,
+    "ingressBackend": _WORKER,
+    "ingressWebhook": _WORKER,
+    "metricsServer": _WORKER,
 }
+CANAL_ROLES: dict[str, tuple[str, ...]] = {canonical(KDM[f]): roles for f, roles in _CANAL_FIELDS.items()}
 # The agent Rancher runs on every node of an imported cluster: an application image the tests
 # serve beside the system images.
 APP_IMAGE = "docker.io/rancher/rancher-agent:v2.7.9"
@@ -141,7 +152,7 @@ def images_for(roles: tuple[str, ...] | list[str]) -> set[str]:
     groups += ["etcd"] if "etcd" in roles else []
     groups += ["without-controlplane"] if "controlplane" not in roles else []
     groups += ["worker"] if "worker" in roles else []
-    return {KDM[field] for g in groups for field in ROLE_RULE[g]}
+    return {canonical(KDM[field]) for g in groups for field in ROLE_RULE[g]}
 
 
 def standin_bytes() -> bytes:

@@ -186,7 +186,10 @@ def test_inventory_reads_rke_cluster_yml(tmp_path: Path) -> None:
         ("nodes: []\n", "no 'nodes:' list"),
         ("nodes:\n  - {user: root, role: [worker]}\n", "nodes[0] needs an address"),
         ("nodes:\n  - {address: 10.0.0.1, role: [worker]}\n", "node 10.0.0.1 needs a user"),
-        ("nodes:\n  - {address: a, user: u, role: [master]}\n", "cluster.yml:2: node a: role must list some of"),
+        (
+            "nodes:\n  - {address: a, user: u, role: [master]}\n",
+            "cluster.yml:2: node a: role must list some of",
+        ),
         ("nodes:\n  - {address: a, user: u, role: worker, port: 70000}\n", "port 70000 is not a TCP port"),
         (
             "nodes:\n  - {address: a, user: u, role: [worker]}\n  - {address: a, user: u, role: [etcd]}\n",

@@ -330,6 +330,12 @@ def test_workloads_and_images_for_node_roles() -> None:
             r"placed_images\[0\]\.ref .* is not one of the locked",
         ),
         (("placed_images", 0, "roles"), ["boss"], r"placed_images\[0\]\.roles must list"),
+        (
+            ("placed_images",),
+            [{"ref": "docker.io/fmp/app:1", "roles": ["etcd"]}, {"ref": "fmp/app:1", "roles": ["worker"]}],
+            "listed twice",  # one image under two of its names
+        ),
+        (("placed_images", 0, "ref"), "registry:2", "is a system image or the registry image"),
     ],
 )
 def test_malformed_cluster_and_system_images_are_refused(where: tuple, value: object, message: str) -> None:

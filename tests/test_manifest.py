@@ -225,7 +225,12 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
         "deployments",
     ]
     assert m.min_workers == 4 and m.platform.codename == "jammy" and m.image_roles == ("worker",)
-    assert m.debs is not None and m.debs.packages == ("docker-ce", "docker-ce-cli", "containerd.io")
+    assert m.debs is not None and [p.split("=")[0] for p in m.debs.packages] == [
+        "docker-ce",
+        "docker-ce-cli",
+        "containerd.io",
+    ]
+    assert m.debs.packages[0] == "docker-ce=5:24.0.9-1~ubuntu.22.04~jammy"  # a Docker rke v1.4.11 accepts
     assert [b.dest for b in m.binaries] == ["/usr/local/bin/rke"]
     # The cluster: a Kubernetes version in the vendor's range (1.25-1.29) that the pinned rke brings
     # up (the stand-in plays that rke release), Rancher and its agent at one version, the agent on

@@ -169,11 +169,11 @@ def test_standin_fails_on_control_plane_nodes_with_workers_only_images(rke_nodes
         nodes["cp-1"].engine.client.images.remove(image.id, force=True)
     run = _rke_up(_cluster(tmp_path, client, chosen))
     assert run.returncode == 1
-    assert "level=fatal" in run.stdout and "Failed to pull image [docker.io/rancher/" in run.stdout
+    assert "level=fatal" in run.stdout and "Failed to pull image [rancher/" in run.stdout
     failed = [ln for ln in run.stdout.splitlines() if "level=error" in ln]
     assert failed and all("on host [127.0.0.41]" in ln for ln in failed)  # the worker had what it needs
     # An etcd node with everything but the etcd image fails on exactly that image.
-    _give_images(nodes["cp-1"], _roles("cp-1"), without={rke_standin.KDM["etcd"]})
+    _give_images(nodes["cp-1"], _roles("cp-1"), without={rke_standin.canonical(rke_standin.KDM["etcd"])})
     run = _rke_up(_cluster(tmp_path, client, chosen))
     assert run.returncode == 1
     assert f"Failed to pull image [{rke_standin.KDM['etcd']}] on host [127.0.0.41]" in run.stdout

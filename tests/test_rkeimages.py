@@ -17,7 +17,7 @@ from bundler.lock import Lock
 from .conftest import RKE_BYTES, Keys, Project, run_cli
 from .registries import PASSWORD, USER, Registry, docker_config
 from .rke_images import Pushed, serve_system_images
-from .rke_standin import ALL, APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION, SYSTEM_IMAGES
+from .rke_standin import ALL, APP_IMAGE, CANAL_ROLES, KUBERNETES_VERSION, SYSTEM_IMAGES, canonical
 from .rke_standin import standin_bytes as standin_rke
 
 # ---------------------------------------------------------------- the role rule
@@ -25,8 +25,10 @@ from .rke_standin import standin_bytes as standin_rke
 
 def test_canal_cluster_keeps_its_images_with_their_roles() -> None:
     kept, dropped = rkeimages.select(SYSTEM_IMAGES, "canal")
-    assert {c.ref: c.roles for c in kept} == CANAL_ROLES
-    assert [c.ref for c in kept] == [r for r in SYSTEM_IMAGES if r in CANAL_ROLES]  # rke's order
+    assert {canonical(c.ref): c.roles for c in kept} == CANAL_ROLES
+    assert [canonical(c.ref) for c in kept] == [
+        canonical(r) for r in SYSTEM_IMAGES if canonical(r) in CANAL_ROLES
+    ]
     assert all(c.known for c in kept)
     why = {c.ref.split("/")[-1]: c.why for c in dropped}
     aci = "the aci network plugin"
@@ -427,3 +429,24 @@ def test_insecure_mirror_may_use_plain_http(project: Project) -> None:
 def test_bad_mirror_flag_is_exit_2(project: Project) -> None:
     result = run_cli("build", project.manifest, "--dry-run", "--mirror", "docker.io")
     assert result.exit_code == 2 and "give REGISTRY=MIRROR" in result.stderr
+
+
+def test_a_system_image_cannot_take_roles_of_its_own(
+    project: Project, keys: Keys, tmp_path: Path, mirror
+) -> None:
+    """An image takes its nodes from one rule: roles: on an entry that is also in rke's list is refused."""
+    reg, _ = mirror
+    manifest = _manifest(project)
+    text = manifest.read_text()
+    manifest.write_text(
+        text.replace(
+            "  - ref: rancher/mirrored-pause:3.7", "  - ref: rancher/mirrored-pause:3.7\n    roles: [worker]"
+        )
+    )
+    result = _build(manifest, keys, tmp_path / "o", tmp_path / "c", "--mirror", f"docker.io={reg.host}")
+    assert result.exit_code == 2
+    assert (
+        "images: docker.io/rancher/mirrored-pause:3.7 has its own roles, but it is also a system image"
+        in result.stderr
+    )
+    assert not list((tmp_path / "o").glob("*.tar"))

@@ -14,13 +14,13 @@ from bundler.installer.plan import Route, describe, kubernetes_version_problem, 
 from bundler.lock import Lock, RoledImage, SystemImage
 
 from .conftest import Keys, run_cli
-from .rke_standin import ALL, APP_IMAGE, CANAL_ROLES, KDM, KUBERNETES_VERSION, images_for
+from .rke_standin import ALL, APP_IMAGE, CANAL_ROLES, KDM, KUBERNETES_VERSION, canonical, images_for
 from .test_installer import _empty_engines, _install, _site
 from .test_rkeimages import _manifest
 
-ETCD = KDM["etcd"]
-HYPERKUBE = KDM["kubernetes"]
-COREDNS = KDM["coredns"]
+ETCD = canonical(KDM["etcd"])
+HYPERKUBE = canonical(KDM["kubernetes"])
+COREDNS = canonical(KDM["coredns"])
 RANCHER = "docker.io/rancher/rancher:v2.7.9"
 NGINX_PROXY = "docker.io/rancher/rke-nginx-proxy:v0.1.1"  # old RKE releases: its own image
 
