@@ -233,6 +233,15 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
             ids = {i.id for i in node.engine.client.images.list()}
             assert ids == {lock.find_image(r).config for r in want}, node.name  # exactly these, locked IDs
             assert f"{node.name:<20} ok: {len(want)} loaded, 0 already present" in images.stdout
+        # rke drops a node it cannot tunnel to (here: worker-2's Docker socket is not where cluster.yml
+        # says) and exits 0; the installer reads its warning and fails, naming the node.
+        good = (site / "cluster.yml").read_text()
+        (site / "cluster.yml").write_text(good.replace(str(nodes[2].engine.sock), "/nonexistent/docker.sock"))
+        short = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
+                         env={"HOME": str(site)})  # fmt: skip
+        assert short.returncode == 6, short.stdout + short.stderr
+        assert f"cluster: rke up left out {nodes[2].address} (it could not reach Docker there" in short.stderr
+        (site / "cluster.yml").write_text(good)
         up = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
                       env={"HOME": str(site)})  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr

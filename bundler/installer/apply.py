@@ -20,6 +20,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import shlex
 import shutil
 import subprocess
@@ -683,6 +684,10 @@ def run_steps(
 # ---------------------------------------------------------------- cluster (rke up, on this node)
 
 
+# rke's warning when it drops a node it could not reach (cluster/hosts.go).
+_RKE_DROPPED = re.compile(r"Removing host \[([^\]]+)\] from node lists")
+
+
 def rke_up(
     rke: Path,
     inventory: Path,
@@ -725,13 +730,24 @@ def rke_up(
             stderr=subprocess.STDOUT,
         )
         assert proc.stdout is not None
+        dropped: list[str] = []
         for line in proc.stdout:
             log.write(line)
-            echo("  | " + line.decode(errors="replace").rstrip("\n"))
+            text = line.decode(errors="replace").rstrip("\n")
+            echo("  | " + text)
+            found = _RKE_DROPPED.search(text)
+            if found:
+                dropped.append(found.group(1))
         code = proc.wait()
     kubeconfig = workdir / "kube_config_cluster.yml"
     if code != 0:
         raise InstallError(f"cluster: rke up failed with exit code {code}; see {log_path}")
+    if dropped:
+        # rke leaves out a node it cannot tunnel to and still exits 0: a cluster short of nodes.
+        raise InstallError(
+            f"cluster: rke up left out {', '.join(dropped)} (it could not reach Docker there over SSH: "
+            f"see 'Failed to set up SSH tunneling' in {log_path}); fix that node and run the install again"
+        )
     if not kubeconfig.exists():
         raise InstallError(f"cluster: rke up wrote no {kubeconfig}; see {log_path}")
     return kubeconfig
