@@ -110,6 +110,10 @@ INSTALLER_FILES = {
     "installer/bundler/installer/plan.py": "installer/plan.py",
     "installer/bundler/installer/remote.py": "installer/remote.py",
     "installer/bundler/installer/apply.py": "installer/apply.py",
+    "installer/bundler/installer/dockerload.py": "installer/dockerload.py",
+    "installer/bundler/installer/options.py": "installer/options.py",
+    "installer/bundler/installer/preflight.py": "installer/preflight.py",
+    "installer/bundler/installer/results.py": "installer/results.py",
     "installer/bundler/installer/push.py": "installer/push.py",
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
     **{

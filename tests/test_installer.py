@@ -58,7 +58,7 @@ def test_debian_python_has_no_cryptography_in_isolated_mode() -> None:
 
 def test_install_sh_verifies_and_unpacks_with_stock_tools(built: Path, keys: Keys, tmp_path: Path) -> None:
     site = _site(built, tmp_path)
-    dry = _install(site, keys, "--dry-run")
+    dry = _install(site, keys, "--dry-run", "--offline")  # the inventory's nodes do not exist here
     assert dry.returncode == 0, dry.stderr
     assert (
         "members verified" in dry.stdout and "the plan:" in dry.stdout and "/usr/local/bin/rke" in dry.stdout
@@ -510,8 +510,8 @@ def test_preflight_refuses_before_anything_changes(
 
 
 def test_busy_ports_by_role() -> None:
-    from bundler.installer.apply import busy_ports
     from bundler.installer.inventory import Node
+    from bundler.installer.preflight import busy_ports
 
     node = Node("a", "u", ("controlplane", "worker"))
     assert busy_ports(node, {22, 6443, 31000, 2379}) == ["6443 (controlplane)", "31000 (worker)"]
@@ -566,7 +566,16 @@ def test_install_sh_expiry_and_several_keys(
     assert result.exit_code == 0, result.stderr
     site = _site(Path(result.stdout.strip()), tmp_path)
     env = {**os.environ, "PATH": SITE_PATH}
-    base = ["sh", "install.sh", "--inventory", "cluster.yml", "--workdir", str(site / "work"), "--dry-run"]
+    base = [
+        "sh",
+        "install.sh",
+        "--inventory",
+        "cluster.yml",
+        "--workdir",
+        str(site / "work"),
+        "--dry-run",
+        "--offline",
+    ]
     expired = subprocess.run(
         [*base, "--pubkey", str(keys.pub_path)], cwd=site, env=env, capture_output=True, text=True
     )
@@ -798,14 +807,14 @@ def test_images_mode_from_the_manifest_and_the_options(
         "registry_image": None,
     }
     site = _site(bundle, tmp_path)
-    plan = _install(site, keys, "--dry-run")
+    plan = _install(site, keys, "--dry-run", "--offline")
     assert plan.returncode == 0, plan.stderr
     assert (
         "pushed once to the site registry at 127.0.0.1:5000 (TLS trusted via this node's CAs)" in plan.stdout
     )
-    plan = _install(site, keys, "--dry-run", "--images-mode", "ssh-load")
+    plan = _install(site, keys, "--dry-run", "--offline", "--images-mode", "ssh-load")
     assert plan.returncode == 0 and "over SSH into docker load" in plan.stdout
-    plan = _install(site, keys, "--dry-run", "--registry", "127.0.0.9:443")
+    plan = _install(site, keys, "--dry-run", "--offline", "--registry", "127.0.0.9:443")
     assert "pushed once to the site registry at 127.0.0.9:443" in plan.stdout
     for extra, message in (
         (("--registry-node", "127.0.0.11"), "needs a registry image in the bundle"),
@@ -850,7 +859,16 @@ def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: K
     site = _site(built, tmp_path)
     env = {"PATH": f"{shim}:{SITE_PATH}"}
     version = subprocess.run([shim / "python3", "--version"], capture_output=True, text=True).stdout.strip()
-    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--dry-run"]
+    argv = [
+        "sh",
+        "install.sh",
+        "--pubkey",
+        str(keys.pub_path),
+        "--inventory",
+        "cluster.yml",
+        "--dry-run",
+        "--offline",
+    ]
     dry = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
     assert dry.returncode == 0, f"{version}: {dry.stderr}"
     assert "members verified" in dry.stdout and "the plan:" in dry.stdout
