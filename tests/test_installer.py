@@ -427,6 +427,75 @@ def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, so
     assert again.returncode == 0 and "already installed (verified again); nothing to do" in again.stdout
 
 
+def _plan_keys(run: subprocess.CompletedProcess[str]) -> set[str]:
+    import json
+
+    return {a["key"] for phase in json.loads(run.stdout)["phases"] for a in phase["actions"]}
+
+
+def _journal_keys(site: Path) -> set[str]:
+    import json
+
+    return {k for k, v in json.loads((site / "work" / "state.json").read_text())["done"].items() if v}
+
+
+def _engines_ids(nodes) -> dict[str, set[str]]:
+    return {n.name: {i.id for i in n.engine.client.images.list()} for n in nodes}
+
+
+def test_dry_run_is_the_plan_the_install_then_follows(full_site, keys: Keys) -> None:
+    """--dry-run asks the live nodes, changes nothing, exits as the install would, and its plan is
+    what the install then does: the journal's new items are the plan's actions, also after a
+    failed step (only the rest is planned) and with a node down (exit 6 naming it)."""
+    site, client, nodes, dest, out_file = full_site
+    dry = _full(site, keys, client, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    plan = _plan_keys(dry)
+    workers = [n.name for n in nodes if n.name.startswith("worker")]
+    assert {k.split("/")[0] for k in plan} == {"binaries", "images", "cluster", "steps"}
+    assert {k.split("/")[1] for k in plan if k.startswith("images/")} == set(workers)
+    assert "ok: x86_64 bookworm" in dry.stderr and "load test/app-a:1, test/app-b:1" in dry.stderr
+    assert not (site / "work").exists() and not dest.exists() and not out_file.exists()
+    assert all(not ids for ids in _engines_ids(nodes).values())
+
+    down = nodes[2]
+    down.kill_sshd()
+    try:
+        refused = _full(site, keys, client, "--dry-run")
+        assert refused.returncode == 6, refused.stdout + refused.stderr
+        assert f"preflight: failed on {down.name}" in refused.stderr
+        assert f"{down.name:<20} FAILED: {down.name}: unreachable over SSH" in refused.stdout
+        assert not (site / "work").exists() and all(not ids for ids in _engines_ids(nodes).values())
+    finally:
+        down.start()
+
+    first = _full(site, keys, client)  # step 2 fails: CEPH_MONITORS is not in the values yet
+    assert first.returncode == 6 and "step monitors failed" in first.stderr, first.stdout + first.stderr
+    assert _journal_keys(site) == plan - {"steps/local/monitors", "steps/local/deploy"}
+    rest = _full(site, keys, client, "--dry-run", "--json")
+    assert rest.returncode == 0, rest.stderr
+    assert _plan_keys(rest) == {"steps/local/monitors", "steps/local/deploy"}  # the nodes have the rest
+
+    (site / "site.yaml").write_text(f"OUT_FILE: {out_file}\nCEPH_MONITORS: 10.0.0.1\n")
+    done = _full(site, keys, client)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _journal_keys(site) == plan
+    finished = _full(site, keys, client, "--dry-run")
+    assert finished.returncode == 0 and "already installed; nothing to do" in finished.stdout
+
+
+def test_resume_continues_only_this_bundle(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """--resume refuses to start afresh: no unfinished install of this bundle in the journal."""
+    site = _site(built, tmp_path)
+    run = _install(site, keys, "--resume", "--dry-run", "--offline")
+    assert run.returncode == 2, run.stderr
+    assert (
+        "--resume: the journal in" in run.stderr and "holds no unfinished install of demo 1.0.0" in run.stderr
+    )
+    assert not (site / "work").exists()
+    assert "--resume" not in _install(site, keys).stderr  # a failure no longer sends the operator to it
+
+
 def test_packages_install_from_the_bundle_only(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
 ) -> None:
@@ -681,6 +750,9 @@ def test_delta_bundle_builds_on_the_installed_base(
     shutil.copy(delta_tar, bare / delta_tar.name)
     shutil.copy(site / "install.sh", bare / "install.sh")
     shutil.copy(site / "cluster.yml", bare / "cluster.yml")
+    dry = _install_bundle(bare, keys, client, delta_tar.name, "--dry-run")  # the dry run says so first
+    assert dry.returncode == 3 and "is a delta bundle on app 1.0" in dry.stderr
+    assert not (bare / "work").exists()
     refused = _install_bundle(bare, keys, client, delta_tar.name)
     assert refused.returncode == 3 and "is a delta bundle on app 1.0" in refused.stderr
 

@@ -202,7 +202,7 @@ class Action:
     node: str  # a node's name, or LOCAL
     item: str  # package=version, a binary's dest, an image ID, "rke-up", a step's name
     kind: str  # install | load | pull | tag | run
-    what: str  # for people: "load test/app-a:1"
+    what: str  # for people, after ``kind``: "test/app-a:1", "/usr/local/bin/rke (0755)"
 
     @property
     def key(self) -> str:
@@ -375,13 +375,13 @@ def _images(x: _Inputs) -> PhasePlan:
         for image in x.per_node[node.name]:
             names = ", ".join(image.tags) or image.ref
             if fact.images is None or fact.tags is None:
-                items.append((image.config, verb, f"{verb} {names}", None))
+                items.append((image.config, verb, names, None))
             elif image.config not in fact.images:
-                items.append((image.config, verb, f"{verb} {names}", False))
+                items.append((image.config, verb, names, False))
             elif any(fact.tags.get(t) != image.config for t in image.tags):
-                items.append((image.config, "tag", f"tag {names}", False))
+                items.append((image.config, "tag", names, False))
             else:
-                items.append((image.config, verb, f"{verb} {names}", True))
+                items.append((image.config, verb, names, True))
         wanted[node.name] = items
     if not wanted:
         return PhasePlan("images", notes=("no images for any node",))
@@ -438,6 +438,14 @@ def make_plan(
     return Plan(lock.name, lock.version, tuple(_BUILDERS[p](inputs) for p in phases), facts is None)
 
 
+def _grouped(actions: tuple[Action, ...]) -> list[str]:
+    """``load a, b; tag c``: the actions of one node, those of a kind together, in order."""
+    kinds: dict[str, list[str]] = {}
+    for action in actions:
+        kinds.setdefault(action.kind, []).append(action.what)
+    return [f"{kind} {', '.join(whats)}" for kind, whats in kinds.items()]
+
+
 def render(plan: Plan) -> list[str]:
     """The plan for people, phase by phase and node by node (``--dry-run`` prints it)."""
     lines = []
@@ -453,11 +461,11 @@ def render(plan: Plan) -> list[str]:
             if phase.name == "preflight":
                 text = f"ok: {', '.join(h for h in have if h) or 'checked'}"
             else:
-                text = "; ".join(a.what for a in todo) or "nothing to do"
+                text = "; ".join(_grouped(todo)) or "nothing to do"
                 text += f" ({len(have)} already there)" if have else ""
             rows.append(f"{node.name:<20} {text}")
             rows += [f"{node.name:<20} warning: {w}" for w in phase.warnings.get(node.name, ())]
-        rows += [f"here: {a.what}" for a in phase.actions if a.node == LOCAL]
+        rows += [f"here: {a.kind} {a.what}" for a in phase.actions if a.node == LOCAL]
         rows += list(phase.notes) + [f"REFUSED: {r}" for r in phase.refusals]
         lines += [
             (head if i == 0 else " " * len(head)) + row for i, row in enumerate(rows or ["nothing to do"])
