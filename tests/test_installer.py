@@ -635,16 +635,8 @@ def test_install_sh_expiry_and_several_keys(
     assert result.exit_code == 0, result.stderr
     site = _site(Path(result.stdout.strip()), tmp_path)
     env = {**os.environ, "PATH": SITE_PATH}
-    base = [
-        "sh",
-        "install.sh",
-        "--inventory",
-        "cluster.yml",
-        "--workdir",
-        str(site / "work"),
-        "--dry-run",
-        "--offline",
-    ]
+    base = ["sh", "install.sh", "--inventory", "cluster.yml", "--workdir", str(site / "work")]
+    base += ["--dry-run", "--offline"]  # the inventory's nodes do not exist here
     expired = subprocess.run(
         [*base, "--pubkey", str(keys.pub_path)], cwd=site, env=env, capture_output=True, text=True
     )
@@ -931,16 +923,8 @@ def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: K
     site = _site(built, tmp_path)
     env = {"PATH": f"{shim}:{SITE_PATH}"}
     version = subprocess.run([shim / "python3", "--version"], capture_output=True, text=True).stdout.strip()
-    argv = [
-        "sh",
-        "install.sh",
-        "--pubkey",
-        str(keys.pub_path),
-        "--inventory",
-        "cluster.yml",
-        "--dry-run",
-        "--offline",
-    ]
+    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml"]
+    argv += ["--dry-run", "--offline"]
     dry = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
     assert dry.returncode == 0, f"{version}: {dry.stderr}"
     assert "members verified" in dry.stdout and "the plan:" in dry.stdout

@@ -35,7 +35,7 @@ from bundler.installer import remote, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import Node, with_kubernetes_version, with_private_registries
 from bundler.installer.journal import Journal
-from bundler.installer.plan import LOCAL, PhasePlan, Plan, Route
+from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
 from bundler.lock import Binary, Lock
@@ -419,11 +419,5 @@ def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     return [NodeResult(HERE, done=ran)]
 
 
-RUNNERS: dict[str, Runner] = {
-    "preflight": _preflight,
-    "packages": _packages,
-    "binaries": _binaries,
-    "images": _images,
-    "cluster": _cluster,
-    "steps": _steps,
-}
+# One runner per phase, in the order of PHASES (the plan's builders follow the same order).
+RUNNERS: dict[str, Runner] = dict(zip(PHASES, (_preflight, _packages, _binaries, _images, _cluster, _steps)))

@@ -409,14 +409,8 @@ def _steps(x: _Inputs) -> PhasePlan:
     )
 
 
-_BUILDERS = {
-    "preflight": _preflight,
-    "packages": _packages,
-    "binaries": _binaries,
-    "images": _images,
-    "cluster": _cluster,
-    "steps": _steps,
-}
+# One builder per phase, in the order of PHASES (``apply.RUNNERS`` follows the same order).
+_BUILDERS = dict(zip(PHASES, (_preflight, _packages, _binaries, _images, _cluster, _steps)))
 
 
 def make_plan(
