@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from bundler import __version__, archive, files, signing
+from bundler import lock as lock_
 from bundler.cache import atomic_write, default_root
 from bundler.errors import (
     BundlerError,
@@ -479,7 +480,16 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             for b in lock.binaries
         ],
         "files": [{"src": f.src, "dest": f.dest, "count": f.count, "size": f.size} for f in lock.files],
-        "steps": [{"name": s.name, "script": s.script} for s in lock.steps],
+        "steps": [
+            {
+                "name": s.name,
+                "script": s.script,
+                "on": list(s.nodes) or s.on,
+                "serial": s.serial,
+                "files": list(s.files),
+            }
+            for s in lock.steps
+        ],
         "cluster": dict(lock.cluster) or None,
         "system_images": [
             {
@@ -575,8 +585,17 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         lines += ["  " + line for line in _deb_table(lock)]
     if lock.steps:
         lines.append("  steps:")
-        lines += [f"    {i}. {s.name:<17} {s.script}" for i, s in enumerate(lock.steps, 1)]
+        lines += [f"    {i}. {s.name:<17} {s.script}{_step_where(s)}" for i, s in enumerate(lock.steps, 1)]
     click.echo("\n".join(lines))
+
+
+def _step_where(step: lock_.Step) -> str:
+    """Where a step runs, for ``inspect``: nothing for the control node (the default)."""
+    if step.on == "control":
+        return ""
+    where = ", ".join(step.nodes) if step.nodes else step.on
+    files = f", with {len(step.files)} file(s)" if step.files else ""
+    return f"  (on {where}{', one node after the other' if step.serial else ''}{files})"
 
 
 @cli.command(

@@ -212,7 +212,10 @@ def test_values_become_environment_strings(tmp_path: Path) -> None:
 
     path = tmp_path / "site.yaml"
     path.write_text("CEPH_MONITORS: [10.0.0.1, 10.0.0.2]\nREPLICAS: 3\nEMPTY:\n")
-    assert load_values(path) == {"CEPH_MONITORS": "10.0.0.1 10.0.0.2", "REPLICAS": "3", "EMPTY": ""}
+    assert load_values(path).shared == {"CEPH_MONITORS": "10.0.0.1 10.0.0.2", "REPLICAS": "3", "EMPTY": ""}
+    path.write_text("A: 1\nnodes:\n  kn3: {A: 2, B: x}\n")
+    values = load_values(path)
+    assert values.for_node("kn3") == {"A": "2", "B": "x"} and values.for_node("kn4") == {"A": "1"}
     path.write_text("bad-name: 1\n")
     with pytest.raises(InputError, match="not a variable name"):
         load_values(path)

@@ -43,6 +43,7 @@ RANK: dict[str, float] = {
     "bundler.installer.push": 4,
     "bundler.installer.dockerload": 4.5,
     "bundler.installer.preflight": 5,
+    "bundler.installer.steps": 5,
     "bundler.installer.siteregistry": 6,
     "bundler.installer.apply": 6.5,
     "bundler.installer.options": 6.5,

@@ -24,7 +24,6 @@ import shlex
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
@@ -33,11 +32,12 @@ from bundler import archive, oci
 from bundler.errors import InstallError
 from bundler.installer import remote, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
-from bundler.installer.inventory import Node, with_kubernetes_version, with_private_registries
+from bundler.installer.inventory import Node, SiteValues, with_kubernetes_version, with_private_registries
 from bundler.installer.journal import Journal
 from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
+from bundler.installer.steps import run_on_nodes, run_steps
 from bundler.lock import Binary, Lock
 
 HERE = Node(LOCAL, "", ())  # the node the installer runs on, in local phases' results
@@ -53,7 +53,7 @@ class Context:
     route: Route
     workdir: Path
     inventory: Path
-    values: dict[str, str]
+    values: SiteValues
     journal: Journal
     private: Path  # a folder only this installer can write: checked copies of what runs here
     echo: Callable[[str], None]
@@ -71,11 +71,17 @@ def apply(plan: Plan, ctx: Context, report: Callable[[PhasePlan, list[NodeResult
         for note in phase.notes:
             ctx.echo(f"  {note}")
         results = RUNNERS[phase.name](ctx, phase)
-        ok = {r.node.name for r in results if not r.error}
-        for action in phase.actions:
-            if action.node in ok:
-                ctx.journal.mark_done(action.phase, action.node, action.item)
+        for result in results:
+            if not result.error:
+                _mark(ctx.journal, phase, result)
         report(phase, results)
+
+
+def _mark(journal: Journal, phase: PhasePlan, result: NodeResult) -> None:
+    """Record in the journal the actions ``result`` finished (all of its node's, unless it names them)."""
+    for action in phase.of(result.node.name):
+        if result.items is None or action.item in result.items:
+            journal.mark_done(action.phase, action.node, action.item)
 
 
 # ---------------------------------------------------------------- preflight (facts gathered before)
@@ -173,62 +179,6 @@ def _binaries_on(node: Node, binaries: list[Binary], bundle_dir: Path, opts: rem
     except InstallError as exc:
         result.error = str(exc)
     return result
-
-
-# ---------------------------------------------------------------- steps (on this node)
-
-
-def run_steps(
-    lock: Lock,
-    bundle_dir: Path,
-    logs: Path,
-    env: dict[str, str],
-    journal: Journal,
-    echo: Callable[[str], None],
-    private: Path,
-    names: Collection[str] | None = None,
-) -> list[str]:
-    """Run the staged scripts (``names`` of them: the plan's) in order here; skip those the journal
-    has; stop at the first failure, having recorded each step that finished.
-
-    Each script runs from a copy in ``private`` (a folder only this installer can write), made
-    while its bytes are checked against the lock, so nothing can swap it between check and run.
-
-    Returns:
-        The names of the steps run now.
-
-    Raises:
-        InstallError: a step failed (names the step and its log; exit 6).
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    ran = []
-    for index, step in enumerate(lock.steps, start=1):
-        if (names is not None and step.name not in names) or journal.is_done("steps", LOCAL, step.name):
-            continue  # the plan says so ("step NAME: done before, skipped")
-        script = archive.verified_copy(
-            bundle_dir / step.script, lock.member(step.script), private / f"{index:02d}-{step.name}"
-        )
-        log_path = logs / f"{index:02d}-{step.name}.log"
-        with open(script, "rb") as f:
-            argv = [str(script)] if f.read(2) == b"#!" else ["sh", str(script)]
-        echo(f"step {step.name}: {step.script} (log: {log_path})")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv, cwd=str(bundle_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                echo("  | " + line.decode(errors="replace").rstrip("\n"))
-            code = proc.wait()
-        if code != 0:
-            raise InstallError(
-                f"step {step.name} failed with exit code {code}; see {log_path}; "
-                "fix it and run the same command again: it continues from this step"
-            )
-        journal.mark_done("steps", LOCAL, step.name)
-        ran.append(step.name)
-    return ran
 
 
 # ---------------------------------------------------------------- cluster (rke up, on this node)
@@ -406,17 +356,33 @@ def _cluster(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 
 
 def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
-    if not phase.actions:
-        return []
-    env = {**os.environ, **ctx.values, "BUNDLE_DIR": str(ctx.bundle_dir)}
+    """The steps in order, each here or on its nodes; a step failing on a node stops the phase
+    after that step (the other nodes finish it), one failing here stops it at once."""
+    env = {**os.environ, **ctx.values.shared, "BUNDLE_DIR": str(ctx.bundle_dir)}
     kubeconfig = ctx.workdir / "kube_config_cluster.yml"
     if kubeconfig.exists():
         env["KUBECONFIG"] = str(kubeconfig)
-    names = [a.item for a in phase.actions]
-    ran = run_steps(
-        ctx.lock, ctx.bundle_dir, ctx.workdir / "logs", env, ctx.journal, ctx.echo, ctx.private, names
-    )
-    return [NodeResult(HERE, done=ran)]
+    logs = ctx.workdir / "logs"
+    results: list[NodeResult] = []
+    for step in ctx.lock.steps:
+        todo = [a for a in phase.actions if a.item == step.name]
+        if not todo:
+            continue
+        if step.on == "control":
+            ran = run_steps(
+                ctx.lock, ctx.bundle_dir, logs, env, ctx.journal, ctx.echo, ctx.private, [step.name]
+            )
+            results.append(NodeResult(HERE, done=ran, items=ran))
+            continue
+        nodes = [n for n in phase.nodes if any(a.node == n.name for a in todo)]
+        done = run_on_nodes(step, nodes, ctx.lock, ctx.bundle_dir, logs, ctx.values, ctx.opts, ctx.echo)
+        for result in done:
+            if not result.error:
+                _mark(ctx.journal, phase, result)  # now: a later step's failure must not lose it
+        results += done
+        if any(r.error for r in done):
+            break  # the next step does not start
+    return results
 
 
 # One runner per phase, in the order of PHASES (the plan's builders follow the same order).

@@ -28,7 +28,7 @@ from bundler import archive, files, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
 from bundler.installer import preflight
 from bundler.installer.apply import Context, apply
-from bundler.installer.inventory import Node, load_cluster_options, load_inventory, load_values
+from bundler.installer.inventory import Node, SiteValues, load_cluster_options, load_inventory, load_values
 from bundler.installer.journal import Journal
 from bundler.installer.options import Options, images_route, parse
 from bundler.installer.plan import (
@@ -42,6 +42,7 @@ from bundler.installer.plan import (
     make_plan,
     node_images,
     render,
+    step_problems,
     topology_warnings,
 )
 from bundler.installer.remote import SshOptions
@@ -68,6 +69,12 @@ def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
         trusted = _read_keys(options.pubkey)
         nodes = load_inventory(options.inventory)
         values = load_values(options.values)  # checked now: a bad file stops the install before anything runs
+        unknown = sorted(set(values.nodes) - {n.name for n in nodes} - {n.address for n in nodes})
+        if unknown:
+            raise InputError(
+                f"{options.values}: nodes: {', '.join(unknown)} is not a node of {options.inventory} "
+                f"(nodes: {', '.join(n.name for n in nodes)})"
+            )
         if options.dry_run:
             return _dry_run(options, trusted, nodes)
         with Journal(options.workdir) as journal:
@@ -81,8 +88,14 @@ def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
         return exc.exit_code
 
 
-def _check_resume(options: Options, state: dict[str, Any], lock: Lock, lock_sha256: str) -> None:
-    """``--resume`` continues an unfinished install of this very bundle, or refuses (exit 2)."""
+def _check_fit(
+    options: Options, state: dict[str, Any], lock: Lock, lock_sha256: str, nodes: list[Node]
+) -> None:
+    """Refuse (exit 2) steps naming nodes the inventory lacks, and a ``--resume`` with nothing to
+    continue (it continues an unfinished install of this very bundle only)."""
+    problems = step_problems(lock, nodes)
+    if problems:
+        raise InputError(f"{options.inventory}: {problems[0]}")
     if not options.resume:
         return
     entry = state["installed"].get(lock.name)
@@ -109,7 +122,7 @@ def _install(
     options: Options,
     trusted: list[signing.PublicKey],
     nodes: list[Node],
-    values: dict[str, str],
+    values: SiteValues,
     journal: Journal,
 ) -> int:
     # One open, one read of the head, one decision, one read of every member: the bytes the
@@ -117,7 +130,7 @@ def _install(
     with archive.Bundle(options.bundle, trusted) as bundle:
         decision = bundle.decide(_site_facts(options, trusted, journal.state))
         lock = decision.lock
-        _check_resume(options, journal.state, lock, decision.lock_sha256)
+        _check_fit(options, journal.state, lock, decision.lock_sha256, nodes)
         route = images_route(options, lock, nodes)  # a bad choice stops before anything is unpacked
         base = options.workdir / decision.base_folder if decision.base_folder else None
         _remove_stale_staging(options.workdir, f"{lock.name}-{lock.version}")
@@ -259,7 +272,7 @@ def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Nod
         first = report.problems[0]
         raise IntegrityError(f"{options.bundle}: {first}", member=first.member)
     lock = report.lock
-    _check_resume(options, state, lock, decision.lock_sha256)
+    _check_fit(options, state, lock, decision.lock_sha256, nodes)
     route = images_route(options, lock, nodes)
     out = sys.stderr if options.json else sys.stdout  # --json: stdout is the plan alone
     installed = decision.installed

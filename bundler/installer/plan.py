@@ -17,7 +17,7 @@ from typing import Any
 
 from bundler import oci
 from bundler.installer.inventory import Node
-from bundler.lock import Lock
+from bundler.lock import Lock, Step
 
 PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
 
@@ -397,15 +397,55 @@ def _cluster(x: _Inputs) -> PhasePlan:
     return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "rke-up", "run", f"rke up{registry}"),))
 
 
+def step_nodes(step: Step, nodes: list[Node] | tuple[Node, ...]) -> tuple[Node, ...]:
+    """The nodes a step on nodes runs on (inventory order): all, those of its role, or those it names."""
+    if step.on == "all":
+        return tuple(nodes)
+    if step.on == "nodes":
+        return tuple(n for n in nodes if n.name in step.nodes or n.address in step.nodes)
+    return tuple(n for n in nodes if n.has(step.on))
+
+
+def step_problems(lock: Lock, nodes: list[Node]) -> list[str]:
+    """What in the lock's steps does not fit the inventory: a node name no node has."""
+    known = {n.name for n in nodes} | {n.address for n in nodes}
+    return [
+        f"step {s.name}: on names {name}, which is not a node of the inventory "
+        f"(nodes: {', '.join(n.name for n in nodes)})"
+        for s in lock.steps
+        for name in s.nodes
+        if name not in known
+    ]
+
+
 def _steps(x: _Inputs) -> PhasePlan:
-    notes, actions = [], []
+    notes: list[str] = []
+    actions: list[Action] = []
+    present: dict[str, list[str]] = {}
+    on_nodes: set[str] = set()
     for step in x.lock.steps:
-        if f"steps/{LOCAL}/{step.name}" in x.done:
-            notes.append(f"step {step.name}: done before, skipped")
-        else:
-            actions.append(Action("steps", LOCAL, step.name, "run", f"{step.name} ({step.script})"))
+        what = f"{step.name} ({step.script})"
+        if step.on == "control":
+            if f"steps/{LOCAL}/{step.name}" in x.done:
+                notes.append(f"step {step.name}: done before, skipped")
+            else:
+                actions.append(Action("steps", LOCAL, step.name, "run", what))
+            continue
+        targets = step_nodes(step, x.nodes)
+        if not targets:
+            notes.append(f"step {step.name}: no node is {step.on}: nothing to run")
+        for node in targets:
+            on_nodes.add(node.name)
+            if f"steps/{node.name}/{step.name}" in x.done:
+                present.setdefault(node.name, []).append(step.name)
+            else:
+                actions.append(Action("steps", node.name, step.name, "run", what))
     return PhasePlan(
-        "steps", actions=tuple(actions), notes=tuple(notes) or (() if actions else ("no steps",))
+        "steps",
+        tuple(n for n in x.nodes if n.name in on_nodes),
+        tuple(actions),
+        {k: tuple(v) for k, v in present.items()},
+        notes=tuple(notes) or (() if actions or on_nodes else ("no steps",)),
     )
 
 

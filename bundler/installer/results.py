@@ -22,3 +22,4 @@ class NodeResult:
     warnings: list[str] = field(default_factory=list)  # what the node could not tell, or advice
     sent: int = 0  # bytes this node was sent (image streams)
     verb: str = "loaded"  # how images reached it: loaded (ssh-load) or pulled (registry)
+    items: list[str] | None = None  # the plan's items this result stands for (None: all of the node's)
