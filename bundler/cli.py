@@ -593,9 +593,8 @@ def _step_where(step: lock_.Step) -> str:
     """Where a step runs, for ``inspect``: nothing for the control node (the default)."""
     if step.on == "control":
         return ""
-    where = ", ".join(step.nodes) if step.nodes else step.on
     files = f", with {len(step.files)} file(s)" if step.files else ""
-    return f"  (on {where}{', one node after the other' if step.serial else ''}{files})"
+    return f"  (on {step.target}{', one node after the other' if step.serial else ''}{files})"
 
 
 @cli.command(

@@ -137,6 +137,11 @@ class Step:
     serial: bool = False  # on the nodes one after the other, not all at once
     files: tuple[str, ...] = ()  # bundle members copied to each node (checked there) before it runs
 
+    @property
+    def target(self) -> str:
+        """Where it runs, for people: control, all, a role, or the names of its nodes."""
+        return ", ".join(self.nodes) or self.on
+
 
 @dataclass(frozen=True)
 class Deb:

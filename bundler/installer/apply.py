@@ -10,9 +10,9 @@ of every node that succeeded, and hands each phase's results to the caller's ``r
 node and renames it into place; ``images`` delivers each node's images by the chosen
 route (streamed over SSH into ``docker load``, ``dockerload``; or through a site
 registry, ``siteregistry.deliver``); ``cluster`` runs the bundle's ``rke up`` here;
-``steps`` runs the staged scripts here, in order, each logged. Nodes run in parallel;
-one node failing does not stop the others in its phase. What to do is not decided here
-(``plan``).
+``steps`` runs the staged scripts in order, each here or on its nodes (``steps``), each
+logged. Nodes run in parallel; one node failing does not stop the others in its phase.
+What to do is not decided here (``plan``).
 """
 
 from __future__ import annotations

@@ -171,7 +171,12 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
             if rke
             else "skipped (no rke in the bundle)"
         ),
-        "steps      on this node, in order: " + (", ".join(s.name for s in lock.steps) or "none"),
+        "steps      in order: "
+        + (
+            ", ".join(s.name + ("" if s.on == "control" else f" (on {s.target})") for s in lock.steps)
+            or "none"
+        )
+        + (", the others on this node" if any(s.on != "control" for s in lock.steps) else ""),
     ]
     return lines
 
