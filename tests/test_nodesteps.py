@@ -19,6 +19,7 @@ set -e
 echo "heartbeat on $NODE_NAME ($NODE_ROLES) via $HA_IFACE"
 cp "$BUNDLE_DIR/files/ha/authkeys" "$OUT_DIR/$NODE_NAME.authkeys"
 echo "$HA_IFACE $(stat -c %a "$BUNDLE_DIR/files/ha/authkeys")" >> "$OUT_DIR/$NODE_NAME.heartbeat"
+echo "$BUNDLE_DIR $(stat -c %a "$BUNDLE_DIR") $(stat -c %a "$BUNDLE_DIR/airbundle.env")" > "$OUT_DIR/$NODE_NAME.dir"
 [ "${FAIL_ON:-}" != "$NODE_NAME" ] || { echo "refusing on $NODE_NAME" >&2; exit 3; }
 """
 AFTER = '#!/bin/sh\necho after >> "$OUT_DIR/$NODE_NAME.after"\n'
@@ -75,6 +76,9 @@ def test_a_step_on_workers_runs_on_each_worker_with_its_values_and_files(steps_s
     assert "heartbeat on worker-1 (worker) via eth0" in (log / "02-heartbeat.worker-1.log").read_text()
     assert "  worker-1 | heartbeat on worker-1 (worker) via eth0" in first.stdout
     assert not list(out.glob("*.after"))
+    # The private folder on the node: 0700, the values in a 0600 file, gone after the step.
+    folder, folder_mode, env_mode = (out / "worker-1.dir").read_text().split()
+    assert (folder_mode, env_mode) == ("700", "600") and not Path(folder).exists()
     done = json.loads((site / "work" / "state.json").read_text())["done"]
     assert {k for k in done if k.startswith("steps/")} == {"steps/local/here", "steps/worker-1/heartbeat"}
 
