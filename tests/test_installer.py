@@ -487,6 +487,16 @@ def test_dry_run_is_the_plan_the_install_then_follows(full_site, keys: Keys) -> 
     assert finished.returncode == 0 and "already installed; nothing to do" in finished.stdout
 
 
+def test_install_sh_never_hands_on_a_bundle_it_did_not_check(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """The installer takes the bundle as BUNDLE too (for airbundle install); install.sh checks the one
+    it finds (or --bundle names), so a second one given as BUNDLE is refused, never read."""
+    site = _site(built, tmp_path)
+    other = site / "other.tar"
+    other.write_bytes(b"not checked by install.sh")
+    run = _install(site, keys, "--dry-run", "--offline", "other.tar")
+    assert run.returncode == 2 and "give the bundle once" in run.stderr, run.stderr
+
+
 def test_resume_continues_only_this_bundle(built: Path, keys: Keys, tmp_path: Path) -> None:
     """--resume refuses to start afresh: no unfinished install of this bundle in the journal."""
     site = _site(built, tmp_path)
