@@ -141,6 +141,13 @@ class SiteValues:
         return {**self.shared, **self.nodes.get(name, {})}
 
 
+def with_inventory(values: SiteValues, nodes: list[Node]) -> SiteValues:
+    """``values`` plus ``AIRBUNDLE_NODES`` for every step: one line per node, "NAME ADDRESS ROLES"
+    (roles comma-separated), so that a step can write /etc/hosts or a cluster's peers."""
+    table = "\n".join(f"{n.name} {n.address} {','.join(n.roles)}" for n in nodes)
+    return SiteValues({**values.shared, "AIRBUNDLE_NODES": table}, values.nodes)
+
+
 def _variables(doc: dict[Any, Any], where: str) -> dict[str, str]:
     out = {}
     for key, value in doc.items():

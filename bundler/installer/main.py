@@ -28,7 +28,14 @@ from bundler import archive, files, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
 from bundler.installer import preflight
 from bundler.installer.apply import Context, apply
-from bundler.installer.inventory import Node, SiteValues, load_cluster_options, load_inventory, load_values
+from bundler.installer.inventory import (
+    Node,
+    SiteValues,
+    load_cluster_options,
+    load_inventory,
+    load_values,
+    with_inventory,
+)
 from bundler.installer.journal import Journal
 from bundler.installer.options import Options, images_route, parse
 from bundler.installer.plan import (
@@ -154,7 +161,8 @@ def _install(
     # in a folder only this process can write: the unpacked folder is not read again to run it.
     private = Path(tempfile.mkdtemp(prefix="airbundle-run-"))
     try:
-        context = Context(lock, final, opts, route, options.workdir, options.inventory, values, journal,
+        site = with_inventory(values, nodes)
+        context = Context(lock, final, opts, route, options.workdir, options.inventory, site, journal,
                           private, print, options.apt_root)  # fmt: skip
         apply(plan, context, _report)
     finally:
