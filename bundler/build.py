@@ -111,6 +111,11 @@ INSTALLER_FILES = {
     "installer/bundler/installer/plan.py": "installer/plan.py",
     "installer/bundler/installer/remote.py": "installer/remote.py",
     "installer/bundler/installer/apply.py": "installer/apply.py",
+    "installer/bundler/installer/dockerload.py": "installer/dockerload.py",
+    "installer/bundler/installer/options.py": "installer/options.py",
+    "installer/bundler/installer/preflight.py": "installer/preflight.py",
+    "installer/bundler/installer/results.py": "installer/results.py",
+    "installer/bundler/installer/steps.py": "installer/steps.py",
     "installer/bundler/installer/push.py": "installer/push.py",
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
     **{
@@ -549,7 +554,7 @@ def _plan(
     scripts = []
     for i, step in enumerate(manifest.steps, start=1):
         member = f"scripts/{i:02d}-{step.name}{step.source.suffix}"
-        scripts.append((step.name, member))
+        scripts.append((step, member))
         entries.append(archive.Entry(member, "0755", step.source.stat().st_size, source=step.source))
     entries = entries[:1] + sorted(entries[1:], key=_bundle_order)  # install.sh stays third (after lock, sig)
 
@@ -576,7 +581,9 @@ def _plan(
         members=members,
         binaries=tuple(binaries),
         files=tuple(filesets),
-        steps=tuple(Step(name, member, shas[member]) for name, member in scripts),
+        steps=tuple(
+            Step(s.name, member, shas[member], s.on, s.nodes, s.serial, s.files) for s, member in scripts
+        ),
         images=tuple(collected.images),
         debs=tuple(deb_records),
         apt_sources=_apt_sources(manifest),

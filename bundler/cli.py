@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from bundler import __version__, archive, files, signing
+from bundler import lock as lock_
 from bundler.cache import atomic_write, default_root
 from bundler.errors import (
     BundlerError,
@@ -480,7 +481,16 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             for b in lock.binaries
         ],
         "files": [{"src": f.src, "dest": f.dest, "count": f.count, "size": f.size} for f in lock.files],
-        "steps": [{"name": s.name, "script": s.script} for s in lock.steps],
+        "steps": [
+            {
+                "name": s.name,
+                "script": s.script,
+                "on": list(s.nodes) or s.on,
+                "serial": s.serial,
+                "files": list(s.files),
+            }
+            for s in lock.steps
+        ],
         "cluster": dict(lock.cluster) or None,
         "system_images": [
             {
@@ -581,77 +591,33 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         lines += ["  " + line for line in _deb_table(lock)]
     if lock.steps:
         lines.append("  steps:")
-        lines += [f"    {i}. {s.name:<17} {s.script}" for i, s in enumerate(lock.steps, 1)]
+        lines += [f"    {i}. {s.name:<17} {s.script}{_step_where(s)}" for i, s in enumerate(lock.steps, 1)]
     click.echo("\n".join(lines))
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("bundle", type=_EXISTING_FILE)
-@_pubkeys_option
-@click.option("--inventory", required=True, type=_EXISTING_FILE, help="RKE cluster.yml.")
-@click.option("--allow-expired", is_flag=True, help="Accept a bundle past its signed expiry.")
-@click.option("--values", type=_EXISTING_FILE, help="Site variables for the steps.")
-@click.option("--workdir", type=_PATH, help="Where to unpack [/var/lib/airbundle].")
-@click.option("--dry-run", is_flag=True, help="Verify and show the plan, change nothing.")
-@click.option("--resume", is_flag=True, help="Continue a previous install.")
-@click.option("--only", metavar="PHASE", help="Run one phase.")
-@click.option("--allow-downgrade", is_flag=True, help="Install over a newer installed version.")
-@click.option("--ssh-config", type=_EXISTING_FILE, help="ssh_config for reaching the nodes.")
-@click.option("--apt-root", metavar="DIR", help="Install packages under DIR ({node} = node name).")
-@click.option(
-    "--images-mode",
-    type=click.Choice(["ssh-load", "registry"]),
-    help="Images over SSH into docker load, or via a site registry [manifest, else ssh-load].",
+def _step_where(step: lock_.Step) -> str:
+    """Where a step runs, for ``inspect``: nothing for the control node (the default)."""
+    if step.on == "control":
+        return ""
+    files = f", with {len(step.files)} file(s)" if step.files else ""
+    return f"  (on {step.target}{', one node after the other' if step.serial else ''}{files})"
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
 )
-@click.option("--registry", metavar="HOST:PORT", help="The site registry for --images-mode registry.")
 @click.argument("installer_options", nargs=-1, type=click.UNPROCESSED)
-def install(
-    bundle: Path,
-    pubkeys: tuple[Path, ...],
-    inventory: Path,
-    allow_expired: bool,
-    values: Path | None,
-    workdir: Path | None,
-    dry_run: bool,
-    resume: bool,
-    only: str | None,
-    allow_downgrade: bool,
-    ssh_config: Path | None,
-    apt_root: str | None,
-    images_mode: str | None,
-    registry: str | None,
-    installer_options: tuple[str, ...],
-) -> None:
-    """Install a bundle on the site: the same code that the bundle's install.sh runs.
+def install(installer_options: tuple[str, ...]) -> None:
+    """Install a bundle on the site: the installer that install.sh runs, with its options.
 
-    Verifies the signature and every member, unpacks exactly the lock's members
-    into the work folder, then runs the phases on the inventory's nodes:
-    preflight, packages, binaries, images, cluster (rke up), steps; resumable.
-    The installer's other options (--registry-node, --registry-ca, --registry-user,
-    --registry-chunk, ...; see 'sh install.sh --help' and the README) pass through as they are.
-
-    \b
-    Examples:
-      airbundle install dist/fmp-rke-23.12.1.tar --pubkey release.pub --inventory cluster.yml --dry-run
-      airbundle install dist/fmp-rke-23.12.1.tar --pubkey release.pub --inventory cluster.yml \\
-          --registry-node cp-1
+    BUNDLE --pubkey PUB --inventory cluster.yml [--values FILE] [--dry-run [--offline] [--json]]
+    [--resume] [--only PHASE] [...]: every argument goes to the installer unchanged
+    ('airbundle install --help' shows its one help text).
     """
     from bundler.installer.main import run
 
-    argv = ["--bundle", str(bundle), "--inventory", str(inventory)]
-    argv += [arg for key in pubkeys for arg in ("--pubkey", str(key))] + ["--allow-expired"] * allow_expired
-    argv += ["--values", str(values)] if values else []
-    argv += ["--workdir", str(workdir)] if workdir else []
-    argv += ["--dry-run"] * dry_run + ["--resume"] * resume + (["--only", only] if only else [])
-    argv += ["--allow-downgrade"] * allow_downgrade + (
-        ["--ssh-config", str(ssh_config)] if ssh_config else []
-    )
-    argv += ["--apt-root", apt_root] if apt_root else []
-    argv += (["--images-mode", images_mode] if images_mode else []) + (
-        ["--registry", registry] if registry else []
-    )
-    argv += list(installer_options)
-    code = run(argv)
+    code = run(list(installer_options), prog="airbundle install")
     if code:
         raise click.exceptions.Exit(code)
 

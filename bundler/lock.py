@@ -119,13 +119,28 @@ class FileSet:
     size: int
 
 
+# Where a step runs: "control" (here, on the node the installer runs on), "all" nodes, the nodes
+# of a role, or "nodes" (the names in ``Step.nodes``).
+STEP_ON = ("control", "all", *rkeimages.ROLES)
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,252}")  # an inventory node's name or address
+
+
 @dataclass(frozen=True)
 class Step:
-    """A staged script run in order on the control node."""
+    """A staged script run in order: here (``on: control``) or over SSH on the nodes it names."""
 
     name: str
     script: str  # member path under scripts/
     sha256: str
+    on: str = "control"  # one of STEP_ON, or "nodes"
+    nodes: tuple[str, ...] = ()  # with on "nodes": the inventory names of the nodes
+    serial: bool = False  # on the nodes one after the other, not all at once
+    files: tuple[str, ...] = ()  # bundle members copied to each node (checked there) before it runs
+
+    @property
+    def target(self) -> str:
+        """Where it runs, for people: control, all, a role, or the names of its nodes."""
+        return ", ".join(self.nodes) or self.on
 
 
 @dataclass(frozen=True)
@@ -272,7 +287,15 @@ class Lock:
             "members": [asdict(m) for m in self.members],
             "binaries": [asdict(b) for b in self.binaries],
             "files": [asdict(f) for f in self.files],
-            "steps": [asdict(s) for s in self.steps],
+            # A step here (the default) reads as before: only what differs from it is written.
+            "steps": [
+                {
+                    k: v
+                    for k, v in asdict(s).items()
+                    if k in ("name", "script", "sha256") or v != getattr(_HERE, k)
+                }
+                for s in self.steps
+            ],
             "images": [asdict(i) for i in self.images],
             "debs": [asdict(d) for d in self.debs],
             "apt_sources": [dict(a) for a in self.apt_sources],
@@ -497,6 +520,29 @@ def _roled_images(top: _Fields, lock: Lock, key: str) -> tuple[RoledImage, ...]:
     return tuple(out)
 
 
+_HERE = Step("", "", "")  # the defaults of a step
+
+
+def _step(f: _Fields) -> Step:
+    """One ``steps`` entry; ``on``, ``nodes``, ``serial`` and ``files`` may be absent (a step here)."""
+    on = f.get("on", str) if "on" in f.obj else "control"
+    nodes = f.get("nodes", list) if "nodes" in f.obj else []
+    if (on == "nodes") != bool(nodes) or (on != "nodes" and on not in STEP_ON):
+        raise LockError(f"{LOCK_NAME}: {f.where}.on {on!r} must be one of {', '.join(STEP_ON)}, or nodes "
+                        "with a list of node names")  # fmt: skip
+    if not all(isinstance(n, str) and NODE_NAME_RE.fullmatch(n) for n in nodes) or len(set(nodes)) < len(
+        nodes
+    ):
+        raise LockError(f"{LOCK_NAME}: {f.where}.nodes must list node names, each once")
+    files = f.get("files", list) if "files" in f.obj else []
+    for member in files:
+        if not isinstance(member, str) or check_member_path(member) or not member.startswith("files/"):
+            raise LockError(f"{LOCK_NAME}: {f.where}.files must list members under files/")
+    serial = f.get("serial", bool) if "serial" in f.obj else False
+    return Step(f.match("name", ITEM_NAME_RE, "step name"), f.path("script"), f.sha("sha256"), on,
+                tuple(nodes), serial, tuple(files))  # fmt: skip
+
+
 def _parse(doc: Any) -> Lock:
     top = _Fields(doc, "document")
     if top.obj.get("format") != FORMAT:
@@ -543,7 +589,7 @@ def _parse(doc: Any) -> Lock:
     steps = []
     for i, raw in enumerate(top.items("steps")):
         f = _Fields(raw, f"steps[{i}]")
-        steps.append(Step(f.match("name", ITEM_NAME_RE, "step name"), f.path("script"), f.sha("sha256")))
+        steps.append(_step(f))
     images = []
     for i, raw in enumerate(top.items("images")):
         f = _Fields(raw, f"images[{i}]")
@@ -604,7 +650,8 @@ def _parse(doc: Any) -> Lock:
     if inherited and not base:
         raise LockError(f"{LOCK_NAME}: inherited members need a base (name, version, lock_sha256)")
     listed = set(seen.values()) | {m.path for m in inherited}
-    for ref in [b.path for b in binaries] + [s.script for s in steps] + blob_refs:
+    step_files = [m for s in steps for m in s.files]
+    for ref in [b.path for b in binaries] + [s.script for s in steps] + step_files + blob_refs:
         if ref not in listed:
             raise LockError(f"{LOCK_NAME}: {ref!r} is used but not listed as a member")
     plat = _Fields(top.get("platform", dict), "platform")

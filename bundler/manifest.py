@@ -32,7 +32,9 @@ from bundler.lock import (
     ITEM_NAME_RE,
     K8S_VERSION_RE,
     NAME_RE,
+    NODE_NAME_RE,
     REGISTRY_RE,
+    STEP_ON,
     check_dest,
     check_member_path,
 )
@@ -115,11 +117,15 @@ class DebsSpec:
 
 @dataclass(frozen=True)
 class StepSpec:
-    """A staged script, run in manifest order on the control node."""
+    """A staged script, run in manifest order: on the control node, or over SSH on nodes (``on``)."""
 
     name: str
     script: str
     source: Path
+    on: str = "control"  # lock.STEP_ON, or "nodes" (``nodes`` names them)
+    nodes: tuple[str, ...] = ()
+    serial: bool = False
+    files: tuple[str, ...] = ()  # the bundle members under files/ copied to each node first
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,39 @@ class _Section:
         return list(zip(value, lines))
 
 
+def _step_on(sec: _Section) -> tuple[str, tuple[str, ...]]:
+    """A step's ``on:``: control (the default), all, a role, or a list of node names."""
+    value = sec.data.get("on", "control")
+    if isinstance(value, str) and value in STEP_ON:
+        return value, ()
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(n, str) and NODE_NAME_RE.fullmatch(n) for n in value)
+    ):
+        if len(set(value)) < len(value):
+            raise sec.fail("on", "names a node twice")
+        return "nodes", tuple(value)
+    raise sec.fail("on", f"{value!r} must be one of {', '.join(STEP_ON)}, or a list of node names")
+
+
+def _step_files(sec: _Section, members: list[str]) -> tuple[str, ...]:
+    """The bundle members a step's ``files:`` names: each a file or a folder under files/ that the
+    manifest's ``files:`` section ships."""
+    out: list[str] = []
+    for entry in sec.get("files", list, default=[], required=False):
+        if not isinstance(entry, str):
+            raise sec.fail("files", f"{entry!r} is not a path under files/")
+        prefix = entry.rstrip("/")
+        found = [m for m in members if m == prefix or m.startswith(prefix + "/")]
+        if not found:
+            raise sec.fail(
+                "files", f"{entry!r} names no file the bundle carries (give files/DEST/... of a files: entry)"
+            )
+        out += [m for m in found if m not in out]
+    return tuple(out)
+
+
 def _local_path(sec: _Section, key: str, base: Path) -> tuple[str, Path]:
     raw = sec.get(key, str)
     if not raw or raw.startswith("/") or "\\" in raw or "\0" in raw:
@@ -518,12 +557,24 @@ def load_manifest(path: Path) -> Manifest:
     debs = _debs_section(top, where, base) if "debs" in top.data else None
 
     steps: list[StepSpec] = []
+    members = sorted(pf.member for f in files for pf in f.files)
     for i, (item, line) in enumerate(top.items("steps")):
-        sec = _Section(item, where, f"steps[{i}]", line, ("name", "script"))
+        if isinstance(item, dict) and True in item and "on" not in item:
+            item["on"] = item.pop(True)  # YAML 1.1 reads the key 'on' as the boolean true
+        sec = _Section(item, where, f"steps[{i}]", line, ("name", "script", "on", "serial", "files"))
         raw, src = _local_path(sec, "script", base)
         if not src.is_file():
             raise sec.fail("script", f"{raw!r} is not a file")
-        steps.append(StepSpec(sec.match("name", ITEM_NAME_RE, "step name"), raw, src))
+        on, nodes = _step_on(sec)
+        serial = sec.get("serial", bool, default=False, required=False)
+        if on == "control" and (serial or "files" in sec.data):
+            raise sec.fail(
+                "serial" if serial else "files", "goes with a step on nodes (on: all, a role or names)"
+            )
+        steps.append(
+            StepSpec(sec.match("name", ITEM_NAME_RE, "step name"), raw, src, on, nodes, serial,
+                     _step_files(sec, members))
+        )  # fmt: skip
     _unique(where, [(s.name, line) for s, (_, line) in zip(steps, top.items("steps"))])
 
     cluster = _cluster_section(top, where, binaries) if "cluster" in top.data else None

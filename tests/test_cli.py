@@ -148,12 +148,12 @@ def test_install_verifies_unpacks_and_does_not_pretend(built: Path, keys: Keys, 
     assert result.exit_code == 6 and "preflight: failed on 127.0.0.11" in result.stderr
     assert "unreachable over SSH" in result.stdout
     assert (tmp_path / "w" / "demo-1.0.0" / "bin" / "rke").is_file()
-    plan = run_cli(*args, "--dry-run")
+    plan = run_cli(*args, "--dry-run", "--offline")
     assert plan.exit_code == 0 and "preflight" in plan.stdout and "/usr/local/bin/rke" in plan.stdout
     # The installer's own options pass through.
     node = run_cli(*args, "--dry-run", "--registry-node", "127.0.0.11")
     assert node.exit_code == 2 and "--registry-node needs a registry image in the bundle" in node.stderr
-    plan = run_cli(*args, "--dry-run", "--registry", "127.0.0.5:5000", "--registry-chunk", "8M")
+    plan = run_cli(*args, "--dry-run", "--offline", "--registry", "127.0.0.5:5000", "--registry-chunk", "8M")
     assert plan.exit_code == 0 and "pushed once to the site registry at 127.0.0.5:5000" in plan.stdout
 
 

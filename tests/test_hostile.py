@@ -357,8 +357,8 @@ def test_steps_and_rke_run_from_checked_copies(built: Path, keys: Keys, tmp_path
     it used to run as root. Each script is now copied into a private folder while its bytes are
     checked against the lock; a changed one is refused (exit 4) and never runs."""
     from bundler.errors import IntegrityError
-    from bundler.installer.apply import run_steps
     from bundler.installer.journal import Journal
+    from bundler.installer.steps import run_steps
 
     work = tmp_path / "work"
     with archive.Bundle(built, [keys.pub]) as bundle:

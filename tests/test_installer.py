@@ -58,7 +58,7 @@ def test_debian_python_has_no_cryptography_in_isolated_mode() -> None:
 
 def test_install_sh_verifies_and_unpacks_with_stock_tools(built: Path, keys: Keys, tmp_path: Path) -> None:
     site = _site(built, tmp_path)
-    dry = _install(site, keys, "--dry-run")
+    dry = _install(site, keys, "--dry-run", "--offline")  # the inventory's nodes do not exist here
     assert dry.returncode == 0, dry.stderr
     assert (
         "members verified" in dry.stdout and "the plan:" in dry.stdout and "/usr/local/bin/rke" in dry.stdout
@@ -224,7 +224,10 @@ def test_values_become_environment_strings(tmp_path: Path) -> None:
 
     path = tmp_path / "site.yaml"
     path.write_text("CEPH_MONITORS: [10.0.0.1, 10.0.0.2]\nREPLICAS: 3\nEMPTY:\n")
-    assert load_values(path) == {"CEPH_MONITORS": "10.0.0.1 10.0.0.2", "REPLICAS": "3", "EMPTY": ""}
+    assert load_values(path).shared == {"CEPH_MONITORS": "10.0.0.1 10.0.0.2", "REPLICAS": "3", "EMPTY": ""}
+    path.write_text("A: 1\nnodes:\n  kn3: {A: 2, B: x}\n")
+    values = load_values(path)
+    assert values.for_node("kn3") == {"A": "2", "B": "x"} and values.for_node("kn4") == {"A": "1"}
     path.write_text("bad-name: 1\n")
     with pytest.raises(InputError, match="not a variable name"):
         load_values(path)
@@ -439,6 +442,85 @@ def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, so
     assert again.returncode == 0 and "already installed (verified again); nothing to do" in again.stdout
 
 
+def _plan_keys(run: subprocess.CompletedProcess[str]) -> set[str]:
+    import json
+
+    return {a["key"] for phase in json.loads(run.stdout)["phases"] for a in phase["actions"]}
+
+
+def _journal_keys(site: Path) -> set[str]:
+    import json
+
+    return {k for k, v in json.loads((site / "work" / "state.json").read_text())["done"].items() if v}
+
+
+def _engines_ids(nodes) -> dict[str, set[str]]:
+    return {n.name: {i.id for i in n.engine.client.images.list()} for n in nodes}
+
+
+def test_dry_run_is_the_plan_the_install_then_follows(full_site, keys: Keys) -> None:
+    """--dry-run asks the live nodes, changes nothing, exits as the install would, and its plan is
+    what the install then does: the journal's new items are the plan's actions, also after a
+    failed step (only the rest is planned) and with a node down (exit 6 naming it)."""
+    site, client, nodes, dest, out_file = full_site
+    dry = _full(site, keys, client, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    plan = _plan_keys(dry)
+    workers = [n.name for n in nodes if n.name.startswith("worker")]
+    assert {k.split("/")[0] for k in plan} == {"binaries", "images", "cluster", "steps"}
+    assert {k.split("/")[1] for k in plan if k.startswith("images/")} == set(workers)
+    assert "ok: x86_64 bookworm" in dry.stderr and "load test/app-a:1, test/app-b:1" in dry.stderr
+    assert not (site / "work").exists() and not dest.exists() and not out_file.exists()
+    assert all(not ids for ids in _engines_ids(nodes).values())
+
+    down = nodes[2]
+    down.kill_sshd()
+    try:
+        refused = _full(site, keys, client, "--dry-run")
+        assert refused.returncode == 6, refused.stdout + refused.stderr
+        assert f"preflight: failed on {down.name}" in refused.stderr
+        assert f"{down.name:<20} FAILED: {down.name}: unreachable over SSH" in refused.stdout
+        assert not (site / "work").exists() and all(not ids for ids in _engines_ids(nodes).values())
+    finally:
+        down.start()
+
+    first = _full(site, keys, client)  # step 2 fails: CEPH_MONITORS is not in the values yet
+    assert first.returncode == 6 and "step monitors failed" in first.stderr, first.stdout + first.stderr
+    assert _journal_keys(site) == plan - {"steps/local/monitors", "steps/local/deploy"}
+    rest = _full(site, keys, client, "--dry-run", "--json")
+    assert rest.returncode == 0, rest.stderr
+    assert _plan_keys(rest) == {"steps/local/monitors", "steps/local/deploy"}  # the nodes have the rest
+
+    (site / "site.yaml").write_text(f"OUT_FILE: {out_file}\nCEPH_MONITORS: 10.0.0.1\n")
+    done = _full(site, keys, client)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _journal_keys(site) == plan
+    finished = _full(site, keys, client, "--dry-run")
+    assert finished.returncode == 0 and "already installed; nothing to do" in finished.stdout
+
+
+def test_install_sh_never_hands_on_a_bundle_it_did_not_check(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """The installer takes the bundle as BUNDLE too (for airbundle install); install.sh checks the one
+    it finds (or --bundle names), so a second one given as BUNDLE is refused, never read."""
+    site = _site(built, tmp_path)
+    other = site / "other.tar"
+    other.write_bytes(b"not checked by install.sh")
+    run = _install(site, keys, "--dry-run", "--offline", "other.tar")
+    assert run.returncode == 2 and "give the bundle once" in run.stderr, run.stderr
+
+
+def test_resume_continues_only_this_bundle(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """--resume refuses to start afresh: no unfinished install of this bundle in the journal."""
+    site = _site(built, tmp_path)
+    run = _install(site, keys, "--resume", "--dry-run", "--offline")
+    assert run.returncode == 2, run.stderr
+    assert (
+        "--resume: the journal in" in run.stderr and "holds no unfinished install of demo 1.0.0" in run.stderr
+    )
+    assert not (site / "work").exists()
+    assert "--resume" not in _install(site, keys).stderr  # a failure no longer sends the operator to it
+
+
 def test_packages_install_from_the_bundle_only(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
 ) -> None:
@@ -522,8 +604,8 @@ def test_preflight_refuses_before_anything_changes(
 
 
 def test_busy_ports_by_role() -> None:
-    from bundler.installer.apply import busy_ports
     from bundler.installer.inventory import Node
+    from bundler.installer.preflight import busy_ports
 
     node = Node("a", "u", ("controlplane", "worker"))
     assert busy_ports(node, {22, 6443, 31000, 2379}) == ["6443 (controlplane)", "31000 (worker)"]
@@ -578,7 +660,8 @@ def test_install_sh_expiry_and_several_keys(
     assert result.exit_code == 0, result.stderr
     site = _site(Path(result.stdout.strip()), tmp_path)
     env = {**os.environ, "PATH": SITE_PATH}
-    base = ["sh", "install.sh", "--inventory", "cluster.yml", "--workdir", str(site / "work"), "--dry-run"]
+    base = ["sh", "install.sh", "--inventory", "cluster.yml", "--workdir", str(site / "work")]
+    base += ["--dry-run", "--offline"]  # the inventory's nodes do not exist here
     expired = subprocess.run(
         [*base, "--pubkey", str(keys.pub_path)], cwd=site, env=env, capture_output=True, text=True
     )
@@ -684,6 +767,9 @@ def test_delta_bundle_builds_on_the_installed_base(
     shutil.copy(delta_tar, bare / delta_tar.name)
     shutil.copy(site / "install.sh", bare / "install.sh")
     shutil.copy(site / "cluster.yml", bare / "cluster.yml")
+    dry = _install_bundle(bare, keys, client, delta_tar.name, "--dry-run")  # the dry run says so first
+    assert dry.returncode == 3 and "is a delta bundle on app 1.0" in dry.stderr
+    assert not (bare / "work").exists()
     refused = _install_bundle(bare, keys, client, delta_tar.name)
     assert refused.returncode == 3 and "is a delta bundle on app 1.0" in refused.stderr
 
@@ -810,14 +896,14 @@ def test_images_mode_from_the_manifest_and_the_options(
         "registry_image": None,
     }
     site = _site(bundle, tmp_path)
-    plan = _install(site, keys, "--dry-run")
+    plan = _install(site, keys, "--dry-run", "--offline")
     assert plan.returncode == 0, plan.stderr
     assert (
         "pushed once to the site registry at 127.0.0.1:5000 (TLS trusted via this node's CAs)" in plan.stdout
     )
-    plan = _install(site, keys, "--dry-run", "--images-mode", "ssh-load")
+    plan = _install(site, keys, "--dry-run", "--offline", "--images-mode", "ssh-load")
     assert plan.returncode == 0 and "over SSH into docker load" in plan.stdout
-    plan = _install(site, keys, "--dry-run", "--registry", "127.0.0.9:443")
+    plan = _install(site, keys, "--dry-run", "--offline", "--registry", "127.0.0.9:443")
     assert "pushed once to the site registry at 127.0.0.9:443" in plan.stdout
     for extra, message in (
         (("--registry-node", "127.0.0.11"), "needs a registry image in the bundle"),
@@ -862,7 +948,8 @@ def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: K
     site = _site(built, tmp_path)
     env = {"PATH": f"{shim}:{SITE_PATH}"}
     version = subprocess.run([shim / "python3", "--version"], capture_output=True, text=True).stdout.strip()
-    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--dry-run"]
+    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml"]
+    argv += ["--dry-run", "--offline"]
     dry = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
     assert dry.returncode == 0, f"{version}: {dry.stderr}"
     assert "members verified" in dry.stdout and "the plan:" in dry.stdout

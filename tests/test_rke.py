@@ -323,7 +323,7 @@ def test_preflight_docker_version_and_unique_names(rke_nodes, rke_site, keys: Ke
 
 
 def _facts(**over: str) -> dict[str, list[str]]:
-    from bundler.installer.apply import parse_facts
+    from bundler.installer.preflight import parse_facts
 
     base = {
         "uid": "0",
@@ -344,8 +344,8 @@ def test_kernel_modules_rule_on_a_host_that_can_tell() -> None:
     """On a host with /proc/modules, a module RKE's requirements page lists and the node lacks is
     refused with the modprobe fix; the *_ipv4 modules that kernels from 4.19 merged into
     nf_conntrack / nf_nat count as loaded when those are."""
-    from bundler.installer.apply import rke_problems
     from bundler.installer.inventory import ClusterOptions, Node
+    from bundler.installer.preflight import rke_problems
 
     node = Node("10.0.0.1", "root", ("worker",))
     merged = "ok nf_conntrack_ipv4 nf_nat_ipv4 nf_nat_masquerade_ipv4"
@@ -362,7 +362,7 @@ def test_kernel_modules_rule_on_a_host_that_can_tell() -> None:
 def test_installer_and_standin_agree_on_rkes_docker_versions() -> None:
     """One table in the installer (apply.RKE_DOCKER_VERSIONS), one in the stand-in's model of rke:
     both are rke's metadata (kontainer-driver-metadata k8s_docker_info.go)."""
-    from bundler.installer.apply import RKE_DOCKER_VERSIONS
+    from bundler.installer.preflight import RKE_DOCKER_VERSIONS
 
     assert {k: [f"{v}.x" for v in vs] for k, vs in RKE_DOCKER_VERSIONS.items()} == rke_standin.DOCKER_VERSIONS
 

@@ -1,23 +1,23 @@
-"""The install phases: preflight, binaries and images on the nodes, steps on this node.
+"""Apply the plan: run its phases in order, each on its slice of the plan, and keep the journal.
 
-``preflight`` asks every node (in parallel, changing nothing) for its
-architecture, OS codename, clock, sudo, Docker and free space, and fails the
-install before anything changes when one does not fit. ``binaries`` writes each
-binary beside its destination, re-checks its SHA-256 on the node and renames it
-into place. ``steps`` runs the staged scripts here, in order, each logged.
-
-``images`` asks each target node's Docker engine which locked image IDs it
-already has, streams only the missing images over SSH into ``docker load`` (a
-tar made on the fly from the unpacked ``images/`` folder, no temporary copy),
-then checks that every tag resolves to its locked image ID, tagging where an
-image was present under another name. Nodes run in parallel; one node failing
-does not stop the others, and the report names each node's outcome.
+Every phase has one shape: ``Context`` and its ``PhasePlan`` in, one ``NodeResult`` per node
+out (``RUNNERS``); ``apply`` is the loop that runs them, marks in the journal the actions
+of every node that succeeded, and hands each phase's results to the caller's ``report``
+(which prints them and stops the install at a failure). The phases themselves:
+``preflight`` reports what ``preflight.gather`` found (no node is asked again);
+``packages`` installs the requested packages with apt from the bundled repository only;
+``binaries`` writes each binary beside its destination, re-checks its SHA-256 on the
+node and renames it into place; ``images`` delivers each node's images by the chosen
+route (streamed over SSH into ``docker load``, ``dockerload``; or through a site
+registry, ``siteregistry.deliver``); ``cluster`` runs the bundle's ``rke up`` here;
+``steps`` runs the staged scripts in order, each here or on its nodes (``steps``), each
+logged. Nodes run in parallel; one node failing does not stop the others in its phase.
+What to do is not decided here (``plan``).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import posixpath
 import re
@@ -25,560 +25,123 @@ import shlex
 import shutil
 import subprocess
 import tarfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
 from bundler import archive, oci
 from bundler.errors import InstallError
-from bundler.installer import remote
-from bundler.installer.inventory import ClusterOptions, Node, with_kubernetes_version, with_private_registries
+from bundler.installer import remote, siteregistry
+from bundler.installer.dockerload import ensure_tags, load_missing
+from bundler.installer.inventory import Node, SiteValues, with_kubernetes_version, with_private_registries
 from bundler.installer.journal import Journal
-from bundler.installer.plan import Route, kubernetes_version_problem
-from bundler.lock import Lock
+from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route
+from bundler.installer.remote import for_each, sudo_prefix
+from bundler.installer.results import NodeResult
+from bundler.installer.steps import run_on_nodes, run_steps
+from bundler.lock import Binary, Lock
+
+HERE = Node(LOCAL, "", ())  # the node the installer runs on, in local phases' results
 
 
-@dataclass
-class NodeResult:
-    """What one phase did on one node."""
+@dataclass(frozen=True)
+class Context:
+    """What every phase may use: the verified bundle, the nodes and how to reach them, the site."""
 
-    node: Node
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)  # what the node could not tell, or advice
-    sent: int = 0  # bytes this node was sent (image streams)
-    verb: str = "loaded"  # how images reached it: loaded (ssh-load) or pulled (registry)
-
-
-class _Counter:
-    """A write-only file that counts what passes through it to ``out``."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out, self.count = out, 0
-
-    def write(self, data: bytes) -> int:
-        self.count += len(data)
-        return self.out.write(data)
+    lock: Lock
+    bundle_dir: Path  # the unpacked, verified bundle
+    opts: remote.SshOptions
+    route: Route
+    workdir: Path
+    inventory: Path
+    values: SiteValues
+    journal: Journal
+    private: Path  # a folder only this installer can write: checked copies of what runs here
+    echo: Callable[[str], None]
+    apt_root: str | None = None
 
 
-def docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> int:
-    """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``;
-    returns the bytes written."""
-    counter = _Counter(out)
-    manifest = json.dumps(
-        [
-            {
-                "Config": oci.blob_path(i.config),
-                "RepoTags": list(i.tags),
-                "Layers": [oci.blob_path(la.digest) for la in i.layers],
-            }
-            for i in images
-        ]
-    ).encode()
-    with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # stream mode only writes
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
-        seen = set()
-        for image in images:
-            for digest in [image.config, *(la.digest for la in image.layers)]:
-                if digest in seen:
-                    continue  # a layer shared by two images goes once
-                seen.add(digest)
-                path = images_dir / oci.blob_path(digest)
-                tar.add(str(path), arcname=oci.blob_path(digest), recursive=False)
-    return counter.count
+Runner = Callable[[Context, PhasePlan], "list[NodeResult]"]  # a string: list[...] is 3.9+ at runtime
 
 
-def present_ids(node: Node, opts: remote.SshOptions) -> set[str]:
-    """The image IDs the node's engine holds."""
-    return set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
+def apply(plan: Plan, ctx: Context, report: Callable[[PhasePlan, list[NodeResult]], None]) -> None:
+    """Run ``plan``'s phases in order; after each, mark in the journal the actions of every node
+    that succeeded, then ``report`` the results (it raises to stop the install at a failure)."""
+    for phase in plan.phases:
+        ctx.echo(f"== {phase.name}")
+        for note in phase.notes:
+            ctx.echo(f"  {note}")
+        results = RUNNERS[phase.name](ctx, phase)
+        for result in results:
+            if not result.error:
+                _mark(ctx.journal, phase, result)
+        report(phase, results)
 
 
-def load_missing(
-    node: Node, images: list[oci.Image], images_dir: Path, opts: remote.SshOptions
-) -> tuple[list[oci.Image], int]:
-    """``docker load`` on ``node`` those of ``images`` its engine lacks; (those loaded, bytes sent)."""
-    present = present_ids(node, opts)
-    missing = [i for i in images if i.config not in present]
-    sent = 0
-    if missing:
-
-        def send(out: IO[bytes]) -> None:
-            nonlocal sent
-            sent = docker_load_tar(missing, images_dir, out)
-
-        remote.stream(node, opts, "docker load --quiet", send)
-    return missing, sent
+def _mark(journal: Journal, phase: PhasePlan, result: NodeResult) -> None:
+    """Record in the journal the actions ``result`` finished (all of its node's, unless it names them)."""
+    for action in phase.of(result.node.name):
+        if result.items is None or action.item in result.items:
+            journal.mark_done(action.phase, action.node, action.item)
 
 
-def ensure_tags(node: Node, opts: remote.SshOptions, image: oci.Image) -> None:
-    """Point each of ``image``'s tags at its locked ID, where the node's engine has them elsewhere."""
-    for tag in image.tags:
-        found = remote.run(
-            node, opts, f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(tag)} || true"
-        ).strip()
-        if found != image.config:
-            remote.run(node, opts, f"docker tag {image.config} {shlex.quote(tag)}")
+# ---------------------------------------------------------------- preflight (facts gathered before)
 
 
-def _images_on(
-    node: Node,
-    images: tuple[oci.Image, ...],
-    images_dir: Path,
-    opts: remote.SshOptions,
-    journal: Journal,
-    lock_: threading.Lock,
-) -> NodeResult:
-    result = NodeResult(node)
+def _preflight(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    return [
+        NodeResult(
+            n,
+            done=[s for s in phase.present.get(n.name, ()) if s],
+            error=phase.problems.get(n.name),
+            warnings=list(phase.warnings.get(n.name, ())),
+        )
+        for n in phase.nodes
+    ]
+
+
+# ---------------------------------------------------------------- images (either route)
+
+
+def _images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    if ctx.route.mode == "registry":
+        tls = ctx.workdir / "registry-tls"
+        return siteregistry.deliver(ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo)
+    by_id = {i.config: i for i in ctx.lock.images}
+    return for_each(list(phase.nodes), lambda node: _load_on(node, phase, by_id, ctx))
+
+
+def _load_on(node: Node, phase: PhasePlan, by_id: dict[str, oci.Image], ctx: Context) -> NodeResult:
+    """``docker load`` on ``node`` the images its actions name, then point their tags at them."""
+    actions = phase.of(node.name)
+    result = NodeResult(node, skipped=[t for i in phase.present.get(node.name, ()) for t in by_id[i].tags])
     try:
-        missing, result.sent = load_missing(node, list(images), images_dir, opts)
-        result.skipped = [t for i in images if i not in missing for t in i.tags]
-        for image in images:
-            ensure_tags(node, opts, image)
-            with lock_:
-                journal.mark_done("images", node.name, image.config)
-        result.done = [t for i in missing for t in i.tags]
+        wanted = [by_id[a.item] for a in actions if a.kind == "load"]
+        loaded: list[oci.Image] = []
+        if wanted:
+            loaded, result.sent = load_missing(node, wanted, ctx.bundle_dir / "images", ctx.opts)
+        for action in actions:
+            ensure_tags(node, ctx.opts, by_id[action.item])
+        result.done = [t for i in loaded for t in i.tags]
+        result.skipped += [t for a in actions if by_id[a.item] not in loaded for t in by_id[a.item].tags]
     except InstallError as exc:
         result.error = str(exc)
     return result
 
 
-def images_phase(
-    per_node: dict[str, tuple[oci.Image, ...]],
-    bundle_dir: Path,
-    targets: list[Node],
-    opts: remote.SshOptions,
-    journal: Journal,
-) -> list[NodeResult]:
-    """Load on every target node, in parallel, the images ``per_node`` names for it
-    (``plan.node_images``: its roles' system images, and the workloads on ``image_roles`` nodes);
-    a result per node."""
-    guard = threading.Lock()
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-        return list(
-            pool.map(
-                lambda n: (
-                    _images_on(n, per_node.get(n.name, ()), bundle_dir / "images", opts, journal, guard)
-                    if per_node.get(n.name)
-                    else NodeResult(n)
-                ),
-                targets,
-            )
-        )
-
-
-# ---------------------------------------------------------------- preflight
-
-_UNAME_ARCH = {
-    "x86_64": "amd64",
-    "aarch64": "arm64",
-    "armv7l": "armhf",
-    "i686": "i386",
-    "ppc64le": "ppc64el",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-}
-MAX_CLOCK_SKEW = 5  # seconds; etcd and TLS need clocks that agree
-PREFLIGHT_SCRIPT = (
-    'uname -m; . /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-unknown}"; date +%s; '
-    "command -v docker >/dev/null 2>&1 && echo docker || echo no-docker; "
-    "df -Pk /var/lib 2>/dev/null | awk 'NR==2 {print $4}'; "
-    "swapon --noheadings --show=NAME 2>/dev/null | wc -l; "
-    'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then echo root-ok; else echo no-sudo; fi; '
-    "(ss -Htln 2>/dev/null || netstat -tln 2>/dev/null | tail -n +3) | awk '{print $4}' | sed 's/.*://' "
-    "| sort -un | tr '\\n' ' '; echo"
-)
-# Ports Kubernetes (RKE) needs free on a node, by role.
-ROLE_PORTS: dict[str, list[int | tuple[int, int]]] = {
-    "controlplane": [6443, 10251, 10252],
-    "etcd": [2379, 2380],
-    "worker": [10250, (30000, 32767)],
-}
-
-
-def busy_ports(node: Node, listening: set[int]) -> list[str]:
-    """The ports this node's roles need that something already listens on."""
-    busy = []
-    for role in node.roles:
-        for port in ROLE_PORTS.get(role, []):
-            low, high = port if isinstance(port, tuple) else (port, port)
-            busy += [f"{p} ({role})" for p in sorted(listening) if low <= p <= high]
-    return busy
-
-
-# What Rancher's rke needs on every node: its requirements page ("Requirements": the SSH user
-# in the docker group, the kernel modules, the sysctl, AllowTcpForwarding) and the checks rke
-# itself makes when it opens its SSH tunnel to each node's Docker (hosts/tunnel.go:
-# checkDockerVersion, docker/docker.go: IsSupportedDockerVersion).
-
-# Docker versions rke accepts, by Kubernetes minor version: rke compares major.minor only.
-# From rancher/kontainer-driver-metadata pkg/rke/k8s_docker_info.go, which rke releases embed.
-_RKE_DOCKER_LEGACY = ("1.13", "17.03", "17.06", "17.09", "18.06", "18.09", "19.03", "20.10")
-_RKE_DOCKER_OLD = ("1.11", "1.12", "1.13", "17.03")
-RKE_DOCKER_VERSIONS: dict[str, tuple[str, ...]] = {
-    "1.8": _RKE_DOCKER_OLD,
-    **{f"1.{m}": (*_RKE_DOCKER_OLD, "18.06", "18.09", "19.03", "20.10") for m in (9, 10, 11)},
-    **{f"1.{m}": (*_RKE_DOCKER_OLD, "17.06", "17.09", "18.06", "18.09", "19.03", "20.10") for m in (12, 13)},
-    **{f"1.{m}": _RKE_DOCKER_LEGACY for m in range(14, 23)},
-    "1.23": (*_RKE_DOCKER_LEGACY, "23.0", "24.0"),
-    "1.24": (*_RKE_DOCKER_LEGACY, "23.0", "24.0"),
-    **{f"1.{m}": (*_RKE_DOCKER_LEGACY, "23.0", "24.0", "25.0") for m in range(25, 30)},
-}
-RKE_DEFAULT_K8S_MINOR = "1.28"  # when cluster.yml names no kubernetes_version
-# The kernel modules RKE's requirements page lists. Kernels from 4.19 (5.1 for NAT) merged the
-# *_ipv4 ones into nf_conntrack and nf_nat: there, those count as loaded with them.
-RKE_KERNEL_MODULES = tuple(
-    [
-        "br_netfilter",
-        "ip6_udp_tunnel",
-        "ip_set",
-        "ip_set_hash_ip",
-        "ip_set_hash_net",
-        "iptable_filter",
-        "iptable_nat",
-        "iptable_mangle",
-        "iptable_raw",
-        "nf_conntrack_netlink",
-        "nf_conntrack",
-        "nf_conntrack_ipv4",
-        "nf_defrag_ipv4",
-        "nf_nat",
-        "nf_nat_ipv4",
-        "nf_nat_masquerade_ipv4",
-        "nfnetlink",
-        "udp_tunnel",
-        "veth",
-        "vxlan",
-        "x_tables",
-        "xt_addrtype",
-        "xt_conntrack",
-        "xt_comment",
-        "xt_mark",
-        "xt_multiport",
-        "xt_nat",
-        "xt_recent",
-        "xt_set",
-        "xt_statistic",
-        "xt_tcpudp",
-    ]
-)
-_MERGED_MODULES = {
-    "nf_conntrack_ipv4": "nf_conntrack",
-    "nf_nat_ipv4": "nf_nat",
-    "nf_nat_masquerade_ipv4": "nf_nat",
-}
-_SSHD_FORWARDING = ("allowtcpforwarding", "allowstreamlocalforwarding", "disableforwarding")
-# One SSH call, as the inventory's user, changing nothing; one KEY=VALUE per line.
-RKE_PREFLIGHT_SCRIPT = (
-    'echo "uid=$(id -u)"; echo "groups=$(id -Gn | tr " " ,)"; echo "hostname=$(hostname)"; '
-    "if ! command -v docker >/dev/null 2>&1; then echo docker=missing; "
-    "elif v=$(docker version --format '{{.Server.Version}}' 2>&1); then echo \"docker=ok $v\"; "
-    'else echo "docker=fail $(echo "$v" | tail -n 1)"; fi; '
-    'echo "bridge=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo unknown)"; '
-    "if [ -r /proc/modules ]; then b=/lib/modules/$(uname -r)/modules.builtin; m=; "
-    "for x in " + " ".join(RKE_KERNEL_MODULES) + "; do "
-    'grep -q "^$x " /proc/modules || [ -d /sys/module/$x ] || grep -qs "/$x.ko" "$b" || m="$m $x"; done; '
-    'echo "modules=ok$m"; else echo modules=unknown; fi; '
-    'd=/var/lib/docker; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
-    'echo "docker_mount=$(df -P "$d" 2>/dev/null | awk \'NR==2 {print $6}\')"; '
-    # The running sshd's config: its -f on the listener's command line, else the system file.
-    'c=/etc/ssh/sshd_config; p=$PPID; while [ "${p:-1}" -gt 1 ]; do '
-    "a=$(tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null); "
-    'case "$a" in *sshd*" -f "*) c=$(echo "$a" | sed "s/.* -f \\([^ ]*\\).*/\\1/"); break;; esac; '
-    "p=$(awk '{print $4}' /proc/$p/stat 2>/dev/null); done; "
-    'echo "sshd_config=$c"; s=$(command -v sshd || echo /usr/sbin/sshd); '
-    'a=$(echo "${SSH_CONNECTION:-127.0.0.1}" | cut -d" " -f1); '
-    'k="user=$(id -un),host=$(hostname),addr=$a"; '
-    'if [ "$(id -u)" = 0 ]; then t=$($s -T -f "$c" -C "$k" 2>/dev/null); '
-    'elif sudo -n true 2>/dev/null; then t=$(sudo -n $s -T -f "$c" -C "$k" 2>/dev/null); '
-    "else t=; fi; "
-    'if [ -n "$t" ]; then echo "sshd_from=sshd -T"; echo "$t" | '
-    "grep -iE '^(" + "|".join(_SSHD_FORWARDING) + ") ' | sed 's/^/sshd /'; "
-    'elif [ -r "$c" ]; then echo "sshd_from=$c"; '
-    'awk \'tolower($1)=="match" {exit} {print}\' "$c" | '
-    "grep -iE '^[[:space:]]*(" + "|".join(_SSHD_FORWARDING) + ")[[:space:]]' | sed 's/^[[:space:]]*/sshd /'; "
-    "else echo sshd_from=unreadable; fi"
-)
-
-
-def parse_facts(text: str) -> dict[str, list[str]]:
-    """KEY=VALUE lines (``sshd KEY VALUE`` lines under ``sshd``), each key's values in order."""
-    facts: dict[str, list[str]] = {}
-    for line in remote.lines(text):
-        key, _, value = line.partition(" ") if line.startswith("sshd ") else line.partition("=")
-        facts.setdefault(key, []).append(value.strip())
-    return facts
-
-
-def _first(facts: dict[str, list[str]], key: str, default: str = "") -> str:
-    return (facts.get(key) or [default])[0]
-
-
-def rke_docker_accepted(version: str, kubernetes_version: str | None) -> tuple[bool, tuple[str, ...]]:
-    """Whether rke accepts Docker ``version`` for ``kubernetes_version``, as rke compares (major.minor)."""
-    minor = RKE_DEFAULT_K8S_MINOR
-    if kubernetes_version:
-        minor = ".".join(kubernetes_version.lstrip("v").split(".")[:2])
-    accepted = RKE_DOCKER_VERSIONS.get(minor, ())
-    mine = ".".join(version.split("+")[0].split("-")[0].split(".")[:2])
-    return mine in accepted, accepted
-
-
-def rke_problems(
-    node: Node, facts: dict[str, list[str]], cluster: ClusterOptions, docker_from_bundle: bool
-) -> tuple[list[str], list[str]]:
-    """What stops rke on ``node`` (problems) and what the node cannot tell (warnings), from its facts."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    user = node.user
-    docker = _first(facts, "docker", "missing")
-    if docker == "missing":
-        if docker_from_bundle:
-            warnings.append(
-                "no docker yet (the bundle installs docker-ce): rke's Docker checks wait for rke up"
-            )
-        else:
-            problems.append(
-                "no docker for rke (install Docker on the node, or carry docker-ce in the bundle)"
-            )
-    elif docker.startswith("fail"):
-        groups = _first(facts, "groups").split(",")
-        why = "not in the docker group" if "docker" not in groups else "docker info failed"
-        problems.append(
-            f"{user} cannot use Docker without sudo ({why}: {docker[5:]}); rke talks to Docker as the SSH "
-            f"user: run 'usermod -aG docker {user}' on the node (or use root), then log in again"
-        )
-    else:
-        version = docker[3:].strip()
-        ok, accepted = rke_docker_accepted(version, cluster.kubernetes_version)
-        if not ok and not cluster.ignore_docker_version:
-            problems.append(
-                f"Docker {version} is not one rke accepts for Kubernetes "
-                f"{cluster.kubernetes_version or RKE_DEFAULT_K8S_MINOR} "
-                f"({', '.join(v + '.x' for v in accepted)}); "
-                "install one of those, or set 'ignore_docker_version: true' in cluster.yml"
-            )
-    settings: dict[str, str] = {}
-    for line in facts.get("sshd", []):
-        key, _, value = line.partition(" ")
-        settings.setdefault(key.lower(), value.strip().lower())  # sshd: the first value wins
-    source = _first(facts, "sshd_from", "unreadable")
-    config = _first(facts, "sshd_config", "/etc/ssh/sshd_config")
-    refused = [
-        f"{name} {settings[name.lower()]}"
-        for name in ("AllowTcpForwarding", "AllowStreamLocalForwarding")
-        if settings.get(name.lower()) in ("no", "remote")
-    ] + (["DisableForwarding yes"] if settings.get("disableforwarding") == "yes" else [])
-    if refused:
-        problems.append(
-            f"sshd refuses forwarding ({', '.join(refused)}, from {source}); rke reaches Docker through "
-            f"an SSH tunnel: set 'AllowTcpForwarding yes' in {config} and reload sshd"
-        )
-    elif source == "unreadable":
-        warnings.append(
-            f"cannot read {config}: check that sshd allows TCP forwarding (AllowTcpForwarding yes)"
-        )
-    bridge = _first(facts, "bridge", "unknown")
-    modules = _first(facts, "modules", "unknown")
-    if bridge == "unknown" and modules != "unknown":
-        problems.append(
-            "net.bridge.bridge-nf-call-iptables is not set (br_netfilter not loaded): "
-            "modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1 (and persist both)"
-        )
-    elif bridge not in ("1", "unknown"):
-        problems.append(
-            f"net.bridge.bridge-nf-call-iptables is {bridge}: sysctl -w net.bridge.bridge-nf-call-iptables=1 "
-            "and persist it in /etc/sysctl.d/"
-        )
-    elif bridge == "unknown":
-        warnings.append("cannot tell net.bridge.bridge-nf-call-iptables (no /proc/sys/net/bridge here)")
-    if modules == "unknown":
-        warnings.append("cannot tell which kernel modules are loaded (no /proc/modules, as in a container)")
-    else:
-        loaded_gone = set(modules[2:].split())
-        missing = [
-            m for m in RKE_KERNEL_MODULES
-            if m in loaded_gone and not (m in _MERGED_MODULES and _MERGED_MODULES[m] not in loaded_gone)
-        ]  # fmt: skip
-        if missing:
-            problems.append(
-                f"kernel modules rke needs are not loaded: {' '.join(missing)} "
-                "(modprobe each, and list them in /etc/modules-load.d/)"
-            )
-    mount = _first(facts, "docker_mount")
-    if mount and mount != "/var/lib/docker":
-        warnings.append(
-            f"/var/lib/docker is on the filesystem of {mount}: give it a disk or LVM volume of its own"
-        )
-    return problems, warnings
-
-
-def duplicate_names(nodes: list[Node], hostnames: dict[str, str]) -> dict[str, str]:
-    """Node name → problem, for nodes whose Kubernetes name (hostname_override, else the hostname
-    they report) another node has too."""
-    names = {n.name: n.hostname_override or hostnames.get(n.name, "") for n in nodes}
-    out = {}
-    for node in nodes:
-        others = [
-            o.name
-            for o in nodes
-            if o.name != node.name and names[o.name] and names[o.name] == names[node.name]
-        ]
-        if others:
-            out[node.name] = (
-                f"hostname {names[node.name]} is also the name of {', '.join(others)}: "
-                "give each node its own hostname or a hostname_override in cluster.yml"
-            )
-    return out
-
-
-def _registry_problems(
-    node: Node, opts: remote.SshOptions, route: Route, lock: Lock, listening: set[int]
-) -> list[str]:
-    """What stops ``node`` hosting the site registry: its port taken by another program, too little disk."""
-    q = shlex.quote
-    # The nearest existing folder of the data path tells the free space of the disk it will be on.
-    script = (
-        "docker inspect --format '{{.State.Running}}' airbundle-registry 2>/dev/null || echo none; "
-        f'd={q(route.data)}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
-        "df -Pk \"$d\" | awk 'NR==2 {print $4}'"
-    )
-    ours, free_kib = [*remote.lines(remote.run(node, opts, script, timeout=60)), "", ""][:2]
-    problems = []
-    port = int(route.address.rsplit(":", 1)[1])
-    if port in listening and ours != "true":
-        problems.append(f"port {port} (site registry) is in use by another program")
-    need_kib = sum(m.size for m in lock.members if m.kind == "image") // 1024  # each blob stored once
-    if free_kib.isdigit() and int(free_kib) < need_kib:
-        problems.append(
-            f"{int(free_kib) // 1024} MiB free for the site registry's {route.data}, "
-            f"its images need {need_kib // 1024} MiB"
-        )
-    return problems
-
-
-def _preflight_on(
-    node: Node,
-    lock: Lock,
-    opts: remote.SshOptions,
-    images: tuple[oci.Image, ...],
-    needs_docker: bool,
-    now: float,
-    registry: Route | None,
-    cluster: ClusterOptions | None,
-    hostnames: dict[str, str],
-) -> NodeResult:
-    result = NodeResult(node)
-    try:
-        fields = list(remote.lines(remote.run(node, opts, PREFLIGHT_SCRIPT, timeout=60)))
-        if len(fields) < 7:
-            raise InstallError(f"{node.name}: unexpected preflight answer: {fields}")
-        machine, codename, clock, docker, free_kib, swaps, sudo = fields[:7]
-        listening = {int(p) for p in (fields[7] if len(fields) > 7 else "").split() if p.isdigit()}
-        problems = []
-        want_arch = lock.platform.get("arch")
-        if _UNAME_ARCH.get(machine, machine) != want_arch:
-            problems.append(f"architecture {machine}, the bundle is for {want_arch}")
-        if codename != lock.platform.get("codename"):
-            problems.append(f"OS codename {codename}, the bundle is for {lock.platform.get('codename')}")
-        if abs(int(clock) - now) > MAX_CLOCK_SKEW:
-            problems.append(
-                f"clock is {int(clock) - now:+.0f} s off this node's (more than {MAX_CLOCK_SKEW} s)"
-            )
-        if sudo != "root-ok":
-            problems.append(f"{node.user} cannot use sudo without a password")
-        if needs_docker and docker != "docker" and not any(d.name == "docker-ce" for d in lock.debs):
-            problems.append("no docker, and the bundle does not carry docker-ce")
-        need_kib = sum(i.size for i in images) * 2 // 1024  # docker load unpacks beside the layers
-        if needs_docker and free_kib.isdigit() and int(free_kib) < need_kib:
-            problems.append(
-                f"{int(free_kib) // 1024} MiB free under /var/lib, images need {need_kib // 1024} MiB"
-            )
-        if swaps.isdigit() and int(swaps) > 0:
-            problems.append(
-                "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
-            )
-        busy = busy_ports(node, listening)
-        if busy:
-            problems.append(f"ports already in use: {', '.join(busy)}")
-        if registry is not None and registry.node == node:
-            problems += _registry_problems(node, opts, registry, lock, listening)
-        if cluster is not None:  # the bundle brings the cluster up with rke: what rke needs here
-            facts = parse_facts(remote.run(node, opts, RKE_PREFLIGHT_SCRIPT, timeout=60))
-            hostnames[node.name] = _first(facts, "hostname")
-            more, result.warnings = rke_problems(
-                node, facts, cluster, any(d.name == "docker-ce" for d in lock.debs)
-            )
-            problems += more
-        if problems:
-            result.error = "; ".join(problems)
-        else:
-            result.done.append(f"{machine} {codename}")
-    except (InstallError, ValueError) as exc:
-        result.error = str(exc)
-    return result
-
-
-def preflight_phase(
-    lock: Lock,
-    nodes: list[Node],
-    per_node: dict[str, tuple[oci.Image, ...]],
-    opts: remote.SshOptions,
-    now: float,
-    registry: Route | None = None,
-    cluster: ClusterOptions | None = None,
-) -> list[NodeResult]:
-    """Check every node before anything changes: Docker and room for the images ``per_node`` names
-    for it (``plan.node_images``); the node that will host the site registry: its port and disk;
-    and, given the ``cluster`` options of an rke bundle, what rke requires of every node. A result
-    per node (no node is touched)."""
-    if cluster is not None:
-        problem = kubernetes_version_problem(lock, cluster.kubernetes_version)
-        if problem:
-            raise InstallError(f"preflight: {problem}")
-        if not cluster.kubernetes_version and lock.cluster.get("kubernetes_version"):
-            cluster = replace(cluster, kubernetes_version=lock.cluster["kubernetes_version"])
-    targets = {name for name, images in per_node.items() if images}
-    if registry is not None and registry.node is not None:
-        targets.add(registry.node.name)  # it runs the registry's container
-    else:
-        registry = None
-    hostnames: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        results = list(
-            pool.map(
-                lambda n: _preflight_on(
-                    n,
-                    lock,
-                    opts,
-                    per_node.get(n.name, ()),
-                    n.name in targets,
-                    now,
-                    registry,
-                    cluster,
-                    hostnames,
-                ),
-                nodes,
-            )
-        )
-    if cluster is not None:
-        for result in results:
-            twin = duplicate_names(nodes, hostnames).get(result.node.name)
-            if twin and result.node.name in hostnames:
-                result.error = f"{result.error}; {twin}" if result.error else twin
-                result.done = []
-    return results
-
-
 # ---------------------------------------------------------------- binaries
 
 
-def sudo_prefix(node: Node) -> str:
-    return "" if node.user == "root" else "sudo -n "
+def _binaries(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    by_dest = {b.dest: b for b in ctx.lock.binaries}
+
+    def one(node: Node) -> NodeResult:
+        todo = [by_dest[a.item] for a in phase.of(node.name)]
+        result = _binaries_on(node, todo, ctx.bundle_dir, ctx.opts) if todo else NodeResult(node)
+        result.skipped += list(phase.present.get(node.name, ()))
+        return result
+
+    return for_each(list(phase.nodes), one)
 
 
 def _copy_from(source: Path) -> Callable[[IO[bytes]], None]:
@@ -589,10 +152,11 @@ def _copy_from(source: Path) -> Callable[[IO[bytes]], None]:
     return write
 
 
-def _binaries_on(node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions) -> NodeResult:
+def _binaries_on(node: Node, binaries: list[Binary], bundle_dir: Path, opts: remote.SshOptions) -> NodeResult:
+    """Install ``binaries`` on ``node``, each checked by SHA-256 there before it is renamed into place."""
     result = NodeResult(node)
     try:
-        for binary in lock.binaries:
+        for binary in binaries:
             dest = shlex.quote(binary.dest)
             have = remote.run(node, opts, f"{sudo_prefix(node)}sha256sum {dest} 2>/dev/null || true").split()
             if have and have[0] == binary.sha256:
@@ -616,69 +180,6 @@ def _binaries_on(node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptio
     except InstallError as exc:
         result.error = str(exc)
     return result
-
-
-def binaries_phase(
-    lock: Lock, bundle_dir: Path, nodes: list[Node], opts: remote.SshOptions
-) -> list[NodeResult]:
-    """Install every binary at its destination on every node, checksum re-checked on the node."""
-    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        return list(pool.map(lambda n: _binaries_on(n, lock, bundle_dir, opts), nodes))
-
-
-# ---------------------------------------------------------------- steps (on this node)
-
-
-def run_steps(
-    lock: Lock,
-    bundle_dir: Path,
-    logs: Path,
-    env: dict[str, str],
-    journal: Journal,
-    echo: Callable[[str], None],
-    private: Path,
-) -> list[str]:
-    """Run the staged scripts in order here; skip those the journal has; stop at the first failure.
-
-    Each script runs from a copy in ``private`` (a folder only this installer can write), made
-    while its bytes are checked against the lock, so nothing can swap it between check and run.
-
-    Returns:
-        The names of the steps run now.
-
-    Raises:
-        InstallError: a step failed (names the step and its log; exit 6).
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    ran = []
-    for index, step in enumerate(lock.steps, start=1):
-        if journal.is_done("steps", "local", step.name):
-            echo(f"step {step.name}: done before, skipped")
-            continue
-        script = archive.verified_copy(
-            bundle_dir / step.script, lock.member(step.script), private / f"{index:02d}-{step.name}"
-        )
-        log_path = logs / f"{index:02d}-{step.name}.log"
-        with open(script, "rb") as f:
-            argv = [str(script)] if f.read(2) == b"#!" else ["sh", str(script)]
-        echo(f"step {step.name}: {step.script} (log: {log_path})")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv, cwd=str(bundle_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                echo("  | " + line.decode(errors="replace").rstrip("\n"))
-            code = proc.wait()
-        if code != 0:
-            raise InstallError(
-                f"step {step.name} failed with exit code {code}; see {log_path}; "
-                "fix it and run again with --resume to continue from this step"
-            )
-        journal.mark_done("steps", "local", step.name)
-        ran.append(step.name)
-    return ran
 
 
 # ---------------------------------------------------------------- cluster (rke up, on this node)
@@ -838,5 +339,67 @@ def packages_phase(
     lock: Lock, bundle_dir: Path, nodes: list[Node], opts: remote.SshOptions, root_pattern: str | None = None
 ) -> list[NodeResult]:
     """Install the bundle's requested packages on every node with apt, from the bundled repository only."""
-    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        return list(pool.map(lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern), nodes))
+    return for_each(nodes, lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern))
+
+
+def _packages(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    todo = [n for n in phase.nodes if phase.of(n.name)]
+    done = {r.node.name: r for r in packages_phase(ctx.lock, ctx.bundle_dir, todo, ctx.opts, ctx.apt_root)}
+    return [done.get(n.name) or NodeResult(n, skipped=["installed before"]) for n in phase.nodes]
+
+
+# ---------------------------------------------------------------- cluster and steps (here)
+
+
+def private_registry(route: Route) -> dict[str, object]:
+    """The RKE ``private_registries`` entry for the route's registry (the default for system images)."""
+    entry: dict[str, object] = {"url": route.address, "is_default": True}
+    if route.user:
+        entry.update(user=route.user, password=route.password)
+    return entry
+
+
+def _cluster(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    if not phase.actions:
+        return []
+    rke = next(b for b in ctx.lock.binaries if b.name == "rke")
+    registries = [private_registry(ctx.route)] if ctx.route.mode == "registry" else []
+    tool = archive.verified_copy(ctx.bundle_dir / rke.path, ctx.lock.member(rke.path), ctx.private / "rke")
+    version = ctx.lock.cluster.get("kubernetes_version", "")
+    kubeconfig = rke_up(tool, ctx.inventory, ctx.workdir, dict(os.environ), ctx.echo, registries, version)
+    ctx.echo(f"  kubeconfig: {kubeconfig}")
+    return [NodeResult(HERE, done=["rke up"])]
+
+
+def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    """The steps in order, each here or on its nodes; a step failing on a node stops the phase
+    after that step (the other nodes finish it), one failing here stops it at once."""
+    env = {**os.environ, **ctx.values.shared, "BUNDLE_DIR": str(ctx.bundle_dir)}
+    kubeconfig = ctx.workdir / "kube_config_cluster.yml"
+    if kubeconfig.exists():
+        env["KUBECONFIG"] = str(kubeconfig)
+    logs = ctx.workdir / "logs"
+    results: list[NodeResult] = []
+    for step in ctx.lock.steps:
+        todo = [a for a in phase.actions if a.item == step.name]
+        if not todo:
+            continue
+        if step.on == "control":
+            ran = run_steps(
+                ctx.lock, ctx.bundle_dir, logs, env, ctx.journal, ctx.echo, ctx.private, [step.name]
+            )
+            results.append(NodeResult(HERE, done=ran, items=ran))
+            continue
+        nodes = [n for n in phase.nodes if any(a.node == n.name for a in todo)]
+        done = run_on_nodes(step, nodes, ctx.lock, ctx.bundle_dir, logs, ctx.values, ctx.opts, ctx.echo)
+        for result in done:
+            if not result.error:
+                _mark(ctx.journal, phase, result)  # now: a later step's failure must not lose it
+        results += done
+        if any(r.error for r in done):
+            break  # the next step does not start
+    return results
+
+
+# One runner per phase, in the order of PHASES (the plan's builders follow the same order).
+RUNNERS: dict[str, Runner] = dict(zip(PHASES, (_preflight, _packages, _binaries, _images, _cluster, _steps)))

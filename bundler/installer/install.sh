@@ -30,7 +30,8 @@ after stock tools have checked it.
   --bundle FILE      the bundle .tar or NAME-VERSION.parts.json [the one beside this script]
   --values FILE      site variables (YAML) for the staged steps
   --workdir DIR      where to unpack [/var/lib/airbundle]
-  --dry-run          verify and show the plan; change nothing
+  --dry-run          the go/no-go check: verify, ask every node, show the plan; change nothing;
+                     exit as the install would (--offline: ask no node; --json: the plan as JSON)
   --resume, --only PHASE, --allow-downgrade, --allow-expired, --ssh-config FILE, --apt-root DIR,
   --images-mode MODE, --registry HOST:PORT, --registry-node NAME and the other --registry-*
   options: see the README, "3. Install" and "Images through a site registry"

@@ -13,7 +13,7 @@ tags). Errors name the file, the node and what to fix (exit 2).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,25 +198,55 @@ def load_cluster_options(path: Path) -> ClusterOptions:
     return ClusterOptions(version or None, ignore)
 
 
-def load_values(path: Path | None) -> dict[str, str]:
-    """Site variables for the staged steps: a flat mapping of NAME: value (exported as env)."""
-    if path is None:
-        return {}
-    doc = _load(path, "values file")
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise InputError(f"{path}: the values file must be a mapping of NAME: value")
+@dataclass(frozen=True)
+class SiteValues:
+    """The ``--values`` file: site variables for every step, and per node (``nodes: {NAME: {...}}``)."""
+
+    shared: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def for_node(self, name: str) -> dict[str, str]:
+        """The variables a step on node ``name`` gets: the shared ones, overridden by the node's own."""
+        return {**self.shared, **self.nodes.get(name, {})}
+
+
+def with_inventory(values: SiteValues, nodes: list[Node]) -> SiteValues:
+    """``values`` plus ``AIRBUNDLE_NODES`` for every step: one line per node, "NAME ADDRESS ROLES"
+    (roles comma-separated), so that a step can write /etc/hosts or a cluster's peers."""
+    table = "\n".join(f"{n.name} {n.address} {','.join(n.roles)}" for n in nodes)
+    return SiteValues({**values.shared, "AIRBUNDLE_NODES": table}, values.nodes)
+
+
+def _variables(doc: dict[Any, Any], where: str) -> dict[str, str]:
     out = {}
     for key, value in doc.items():
         if not isinstance(key, str) or not _VALUE_NAME.fullmatch(key):
-            raise InputError(f"{path}: {key!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+            raise InputError(f"{where}: {key!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
         if isinstance(value, (dict, list)):
             value = " ".join(str(v) for v in value) if isinstance(value, list) else None
             if value is None:
-                raise InputError(f"{path}: {key} must be a string, a number or a list")
+                raise InputError(f"{where}: {key} must be a string, a number or a list")
         out[key] = "" if value is None else str(value)
     return out
+
+
+def load_values(path: Path | None) -> SiteValues:
+    """Site variables for the staged steps: NAME: value (exported as environment variables), and
+    under ``nodes:`` the same per node name, for the steps that run on that node."""
+    if path is None:
+        return SiteValues()
+    doc = _load(path, "values file")
+    if doc is None:
+        return SiteValues()
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: the values file must be a mapping of NAME: value")
+    per_node = doc.pop("nodes", None) or {}
+    if not isinstance(per_node, dict) or not all(isinstance(v, dict) or v is None for v in per_node.values()):
+        raise InputError(f"{path}: nodes: must map node names to mappings of NAME: value")
+    return SiteValues(
+        _variables(doc, str(path)),
+        {str(name): _variables(v or {}, f"{path}: nodes: {name}") for name, v in per_node.items()},
+    )
 
 
 def with_private_registries(text: str, entries: list[dict[str, object]]) -> str:

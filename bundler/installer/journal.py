@@ -1,8 +1,8 @@
 """The install journal: ``state.json`` in the work folder, one installer at a time.
 
 It records which bundle (name, version, lock digest) is installed and, per
-phase, node and item, what completed, so a re-run skips finished work and
-``--resume`` continues at the first incomplete item. Writes are atomic
+phase, node and item (``plan.Action.key``), what completed, so that every re-run
+plans only what is left. Writes are atomic
 (temp file, fsync, rename); an exclusive ``flock`` on ``state.lock`` keeps a
 second installer out. Whether a version may replace the installed one is the trust
 decision's (``bundler.trust.check_downgrade``), made on what this journal records.
@@ -101,7 +101,12 @@ class Journal:
 
     def is_complete(self, name: str, lock_sha256: str) -> bool:
         """Whether exactly this bundle finished installing before."""
-        entry = self.state["installed"].get(name, {})
+        return self.completed(self.state, name, lock_sha256)
+
+    @staticmethod
+    def completed(state: dict[str, Any], name: str, lock_sha256: str) -> bool:
+        """Whether ``state`` (``read``) records exactly this bundle as finished."""
+        entry = state["installed"].get(name, {})
         return bool(entry.get("complete")) and entry.get("lock_sha256") == lock_sha256
 
     def complete(self, name: str) -> None:
@@ -112,5 +117,7 @@ class Journal:
         return bool(self.state["done"].get(f"{phase}/{node}/{item}"))
 
     def mark_done(self, phase: str, node: str, item: str) -> None:
-        self.state["done"][f"{phase}/{node}/{item}"] = True
-        self.save()
+        key = f"{phase}/{node}/{item}"
+        if not self.state["done"].get(key):  # a step records itself as it finishes, apply again after
+            self.state["done"][key] = True
+            self.save()

@@ -1,17 +1,23 @@
-"""What an install would do, as pure data: topology warnings and the per-node plan.
+"""What an install will do, as pure data: the plan, phase by phase and node by node.
 
-No I/O here: it takes the lock and the inventory's nodes and returns text and
-objects that ``--dry-run`` prints and the phases follow.
+``make_plan`` takes the lock, the inventory's nodes, the chosen image route, what the
+journal says is done and the facts the nodes gave (``preflight.gather``; none with
+``--dry-run --offline``) and returns the ordered phases, each with the actions still
+to do on each node. ``--dry-run`` renders that plan; ``apply`` executes it. Also the
+topology warnings and the prose overview of what the bundle brings (``describe``).
+No I/O here: data in, data out (``tests/test_layers.py`` checks it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bundler import oci
 from bundler.installer.inventory import Node
-from bundler.lock import Lock, RoledImage
+from bundler.lock import Lock, RoledImage, Step
 
 PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
 
@@ -173,6 +179,342 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
             if rke
             else "skipped (no rke in the bundle)"
         ),
-        "steps      on this node, in order: " + (", ".join(s.name for s in lock.steps) or "none"),
+        "steps      in order: "
+        + (
+            ", ".join(s.name + ("" if s.on == "control" else f" (on {s.target})") for s in lock.steps)
+            or "none"
+        )
+        + (", the others on this node" if any(s.on != "control" for s in lock.steps) else ""),
     ]
+    return lines
+
+
+# ---------------------------------------------------------------- the plan as data
+
+LOCAL = "local"  # in actions and the journal: the node the installer runs on (rke up, steps)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What one node said before the plan was made (``preflight.gather``); ``None``: not asked."""
+
+    problems: tuple[str, ...] = ()  # why the preflight refuses it (unreachable included)
+    warnings: tuple[str, ...] = ()  # what it could not tell, or advice
+    summary: str = ""  # what the preflight found, e.g. "x86_64 bookworm"
+    checked: bool = False  # the preflight's checks ran on it
+    images: frozenset[str] | None = None  # image IDs its Docker engine holds
+    tags: Mapping[str, str] | None = None  # tag -> the image ID it points at there
+    binaries: Mapping[str, str] | None = None  # a binary's dest -> the SHA-256 found there ("" if none)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing still to do: what the journal records once done (``key``) and how it reads."""
+
+    phase: str
+    node: str  # a node's name, or LOCAL
+    item: str  # package=version, a binary's dest, an image ID, "rke-up", a step's name
+    kind: str  # install | load | pull | tag | run
+    what: str  # for people, after ``kind``: "test/app-a:1", "/usr/local/bin/rke (0755)"
+
+    @property
+    def key(self) -> str:
+        """The journal's key for it (``Journal.mark_done(phase, node, item)``)."""
+        return f"{self.phase}/{self.node}/{self.item}"
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase: the nodes it reports on, the actions left, what each node already has."""
+
+    name: str
+    nodes: tuple[Node, ...] = ()  # one report line each
+    actions: tuple[Action, ...] = ()
+    present: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # node -> items already there
+    problems: Mapping[str, str] = field(default_factory=dict)  # node -> why it fails (preflight)
+    warnings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # phase-wide lines: "no packages in the bundle", "step x: done before"
+    refusals: tuple[str, ...] = ()  # cluster-wide reasons to stop (preflight)
+
+    def of(self, node: str) -> tuple[Action, ...]:
+        """The actions left on ``node``."""
+        return tuple(a for a in self.actions if a.node == node)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The ordered phases of an install of ``name`` ``version``; ``offline``: no node was asked."""
+
+    name: str
+    version: str
+    phases: tuple[PhasePlan, ...]
+    offline: bool = False
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        return tuple(a for p in self.phases for a in p.actions)
+
+    def refusal(self) -> str | None:
+        """Why the install stops before changing anything (the preflight's failures), or None."""
+        for phase in self.phases:
+            message = failure_message(phase.name, list(phase.problems), phase.refusals)
+            if message:
+                return message
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (``--dry-run --json``)."""
+        return {
+            "bundle": self.name,
+            "version": self.version,
+            "offline": self.offline,
+            "refused": self.refusal(),
+            "phases": [
+                {
+                    "name": p.name,
+                    "nodes": [n.name for n in p.nodes],
+                    "actions": [
+                        {"key": a.key, "node": a.node, "item": a.item, "kind": a.kind, "what": a.what}
+                        for a in p.actions
+                    ],
+                    "present": {k: list(v) for k, v in p.present.items()},
+                    "problems": dict(p.problems),
+                    "notes": list(p.notes) + list(p.refusals),
+                }
+                for p in self.phases
+            ],
+        }
+
+
+def failure_message(phase: str, failed: list[str], refusals: tuple[str, ...] = ()) -> str | None:
+    """The error that stops an install at ``phase``: the nodes that failed, and cluster-wide reasons."""
+    if not failed and not refusals:
+        return None
+    parts = ([f"failed on {', '.join(failed)}"] if failed else []) + list(refusals)
+    return f"{phase}: {'; '.join(parts)}; fix that and run the same command again (finished work is skipped)"
+
+
+def journal_done(state: Mapping[str, Any], name: str, lock_sha256: str) -> frozenset[str]:
+    """The journal's finished items that count for this bundle: none when it recorded another one."""
+    entry = state.get("installed", {}).get(name)
+    if not isinstance(entry, dict) or entry.get("lock_sha256") != lock_sha256:
+        return frozenset()
+    return frozenset(k for k, v in state.get("done", {}).items() if v)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    lock: Lock
+    nodes: tuple[Node, ...]
+    route: Route
+    done: frozenset[str]
+    facts: Mapping[str, NodeFacts] | None
+    per_node: Mapping[str, tuple[oci.Image, ...]]
+
+    def fact(self, node: Node) -> NodeFacts:
+        return (self.facts or {}).get(node.name) or NodeFacts()
+
+
+def _preflight(x: _Inputs) -> PhasePlan:
+    if x.facts is None:
+        return PhasePlan("preflight", notes=("not run: --offline, no node was contacted",))
+    problems = {n.name: "; ".join(x.fact(n).problems) for n in x.nodes if x.fact(n).problems}
+    refusals: tuple[str, ...] = ()
+    if x.lock.cluster.get("kind") == "rke" or any(b.name == "rke" for b in x.lock.binaries):
+        refusals = tuple(w for w in topology_warnings(list(x.nodes)) if "cannot build a cluster" in w)
+    return PhasePlan(
+        "preflight",
+        x.nodes,
+        present={n.name: (x.fact(n).summary,) for n in x.nodes if n.name not in problems},
+        problems=problems,
+        warnings={n.name: x.fact(n).warnings for n in x.nodes if x.fact(n).warnings},
+        refusals=refusals,
+    )
+
+
+def _split(
+    x: _Inputs, phase: str, wanted: Mapping[str, list[tuple[str, str, str, bool | None]]]
+) -> PhasePlan:
+    """Per node, (item, kind, what, there) -> actions and present items; ``there`` is what the node
+    said (None: not asked, then the journal tells)."""
+    actions, present = [], {}
+    for node in x.nodes:
+        if node.name not in wanted:
+            continue
+        have = []
+        for item, kind, what, there in wanted[node.name]:
+            done = there if there is not None else f"{phase}/{node.name}/{item}" in x.done
+            if done:
+                have.append(item)
+            else:
+                actions.append(Action(phase, node.name, item, kind, what))
+        present[node.name] = tuple(have)
+    return PhasePlan(phase, tuple(n for n in x.nodes if n.name in wanted), tuple(actions), present)
+
+
+def _packages(x: _Inputs) -> PhasePlan:
+    if not x.lock.debs:
+        return PhasePlan("packages", notes=("no packages in the bundle",))
+    requested = [f"{d.name}={d.version}" for d in x.lock.debs if d.reason == "requested"]
+    return _split(x, "packages", {n.name: [(p, "install", p, None) for p in requested] for n in x.nodes})
+
+
+def _binaries(x: _Inputs) -> PhasePlan:
+    if not x.lock.binaries:
+        return PhasePlan("binaries", notes=("no binaries in the bundle",))
+    wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
+    for node in x.nodes:
+        found = x.fact(node).binaries
+        wanted[node.name] = [
+            (
+                b.dest,
+                "install",
+                f"{b.dest} ({b.mode})",
+                None if found is None else found.get(b.dest) == b.sha256,
+            )
+            for b in x.lock.binaries
+        ]
+    return _split(x, "binaries", wanted)
+
+
+def _images(x: _Inputs) -> PhasePlan:
+    verb = "pull" if x.route.mode == "registry" else "load"
+    wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
+    for node in x.nodes:
+        if not x.per_node.get(node.name):
+            continue
+        fact = x.fact(node)
+        items: list[tuple[str, str, str, bool | None]] = []
+        for image in x.per_node[node.name]:
+            names = ", ".join(image.tags) or image.ref
+            if fact.images is None or fact.tags is None:
+                items.append((image.config, verb, names, None))
+            elif image.config not in fact.images:
+                items.append((image.config, verb, names, False))
+            elif any(fact.tags.get(t) != image.config for t in image.tags):
+                items.append((image.config, "tag", names, False))
+            else:
+                items.append((image.config, verb, names, True))
+        wanted[node.name] = items
+    if not wanted:
+        return PhasePlan("images", notes=("no images for any node",))
+    return _split(x, "images", wanted)
+
+
+def _cluster(x: _Inputs) -> PhasePlan:
+    if not any(b.name == "rke" for b in x.lock.binaries):
+        return PhasePlan("cluster", notes=("no rke in the bundle: skipped",))
+    if f"cluster/{LOCAL}/rke-up" in x.done:
+        return PhasePlan("cluster", notes=("rke up: done before, skipped",))
+    registry = f", private_registries: {x.route.address}" if x.route.mode == "registry" else ""
+    return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "rke-up", "run", f"rke up{registry}"),))
+
+
+def step_nodes(step: Step, nodes: list[Node] | tuple[Node, ...]) -> tuple[Node, ...]:
+    """The nodes a step on nodes runs on (inventory order): all, those of its role, or those it names."""
+    if step.on == "all":
+        return tuple(nodes)
+    if step.on == "nodes":
+        return tuple(n for n in nodes if n.name in step.nodes or n.address in step.nodes)
+    return tuple(n for n in nodes if n.has(step.on))
+
+
+def step_problems(lock: Lock, nodes: list[Node]) -> list[str]:
+    """What in the lock's steps does not fit the inventory: a node name no node has."""
+    known = {n.name for n in nodes} | {n.address for n in nodes}
+    return [
+        f"step {s.name}: on names {name}, which is not a node of the inventory "
+        f"(nodes: {', '.join(n.name for n in nodes)})"
+        for s in lock.steps
+        for name in s.nodes
+        if name not in known
+    ]
+
+
+def _steps(x: _Inputs) -> PhasePlan:
+    notes: list[str] = []
+    actions: list[Action] = []
+    present: dict[str, list[str]] = {}
+    on_nodes: set[str] = set()
+    for step in x.lock.steps:
+        what = f"{step.name} ({step.script})"
+        if step.on == "control":
+            if f"steps/{LOCAL}/{step.name}" in x.done:
+                notes.append(f"step {step.name}: done before, skipped")
+            else:
+                actions.append(Action("steps", LOCAL, step.name, "run", what))
+            continue
+        targets = step_nodes(step, x.nodes)
+        if not targets:
+            notes.append(f"step {step.name}: no node is {step.on}: nothing to run")
+        for node in targets:
+            on_nodes.add(node.name)
+            if f"steps/{node.name}/{step.name}" in x.done:
+                present.setdefault(node.name, []).append(step.name)
+            else:
+                actions.append(Action("steps", node.name, step.name, "run", what))
+    return PhasePlan(
+        "steps",
+        tuple(n for n in x.nodes if n.name in on_nodes),
+        tuple(actions),
+        {k: tuple(v) for k, v in present.items()},
+        notes=tuple(notes) or (() if actions or on_nodes else ("no steps",)),
+    )
+
+
+# One builder per phase, in the order of PHASES (``apply.RUNNERS`` follows the same order).
+_BUILDERS = dict(zip(PHASES, (_preflight, _packages, _binaries, _images, _cluster, _steps)))
+
+
+def make_plan(
+    lock: Lock,
+    nodes: list[Node],
+    route: Route = Route(),
+    done: frozenset[str] = frozenset(),
+    facts: Mapping[str, NodeFacts] | None = None,
+    phases: tuple[str, ...] = PHASES,
+) -> Plan:
+    """The install of ``lock`` on ``nodes`` as ordered phases of the actions still to do.
+
+    An item is still to do unless the node says it has it (``facts``: an image ID with its
+    tags, a binary with its SHA-256) or, where the node was not asked, the journal's ``done``
+    (``journal_done``) holds it. ``facts`` None is the offline view: no preflight, the journal
+    alone. ``phases`` is every phase, or the one ``--only`` names.
+    """
+    inputs = _Inputs(lock, tuple(nodes), route, done, facts, node_images(lock, nodes))
+    return Plan(lock.name, lock.version, tuple(_BUILDERS[p](inputs) for p in phases), facts is None)
+
+
+def _grouped(actions: tuple[Action, ...]) -> list[str]:
+    """``load a, b; tag c``: the actions of one node, those of a kind together, in order."""
+    kinds: dict[str, list[str]] = {}
+    for action in actions:
+        kinds.setdefault(action.kind, []).append(action.what)
+    return [f"{kind} {', '.join(whats)}" for kind, whats in kinds.items()]
+
+
+def render(plan: Plan) -> list[str]:
+    """The plan for people, phase by phase and node by node (``--dry-run`` prints it)."""
+    lines = []
+    for phase in plan.phases:
+        head = f"{phase.name:<10} "
+        rows = []
+        for node in phase.nodes:
+            if node.name in phase.problems:
+                rows.append(f"{node.name:<20} FAILED: {phase.problems[node.name]}")
+                continue
+            todo = phase.of(node.name)
+            have = phase.present.get(node.name, ())
+            if phase.name == "preflight":
+                text = f"ok: {', '.join(h for h in have if h) or 'checked'}"
+            else:
+                text = "; ".join(_grouped(todo)) or "nothing to do"
+                text += f" ({len(have)} already there)" if have else ""
+            rows.append(f"{node.name:<20} {text}")
+            rows += [f"{node.name:<20} warning: {w}" for w in phase.warnings.get(node.name, ())]
+        rows += [f"here: {a.kind} {a.what}" for a in phase.actions if a.node == LOCAL]
+        rows += list(phase.notes) + [f"REFUSED: {r}" for r in phase.refusals]
+        lines += [
+            (head if i == 0 else " " * len(head)) + row for i, row in enumerate(rows or ["nothing to do"])
+        ]
     return lines

@@ -11,12 +11,15 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, TypeVar
 
 from bundler.errors import InstallError
 from bundler.installer.inventory import Node
+
+T = TypeVar("T")
 
 
 class RemoteError(InstallError):
@@ -152,3 +155,14 @@ def stream(
 
 def lines(text: str) -> Iterator[str]:
     return (line.strip() for line in text.splitlines() if line.strip())
+
+
+def sudo_prefix(node: Node) -> str:
+    """What goes before a command that needs root on ``node``: nothing for root, else ``sudo -n``."""
+    return "" if node.user == "root" else "sudo -n "
+
+
+def for_each(nodes: list[Node], work: Callable[[Node], T]) -> list[T]:
+    """``work`` on every node at once (a thread each); the answers in the nodes' order."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return list(pool.map(work, nodes))

@@ -10,7 +10,7 @@ already runs; then waits until it answers. ``trust_on`` writes the CA to a
 node's ``/etc/docker/certs.d/HOST:PORT/ca.crt`` (Docker reads it at each pull);
 ``login_on`` runs ``docker login`` there, the password on stdin.
 
-``images_phase`` is the whole registry route of the images phase: start,
+``deliver`` is the registry route of the images phase: start,
 trust, log in, push (``push``), then every target pulls each image by digest.
 """
 
@@ -34,10 +34,12 @@ from typing import IO, Callable
 from bundler import oci
 from bundler.errors import InstallError
 from bundler.installer import remote
-from bundler.installer.apply import NodeResult, ensure_tags, load_missing, present_ids, sudo_prefix
+from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import Node
-from bundler.installer.plan import Route
+from bundler.installer.plan import PhasePlan, Route
 from bundler.installer.push import Access, Client, push_images
+from bundler.installer.remote import sudo_prefix
+from bundler.installer.results import NodeResult
 from bundler.lock import Lock
 
 CONTAINER = "airbundle-registry"
@@ -282,58 +284,59 @@ def _pull(node: Node, pulled: str, route: Route, opts: remote.SshOptions) -> Non
 
 
 def _pull_on(
-    node: Node, pulls: list[str], images: list[oci.Image], route: Route, opts: remote.SshOptions
+    node: Node,
+    images: list[oci.Image],
+    fresh: set[str],
+    pulls: dict[oci.Image, str],
+    route: Route,
+    opts: remote.SshOptions,
 ) -> NodeResult:
-    """Pull every image by digest on ``node`` (a few at once), then check each one's ID against the lock.
-
-    A present image is pulled too: that checks the node reaches and trusts the registry (Docker then
-    fetches only the manifest)."""
+    """Pull every one of ``images`` by digest on ``node`` (a few at once), check each one's ID
+    against the lock and point its tags at it. Those the node had (not in ``fresh``) are pulled
+    too: that checks the node reaches and trusts the registry (Docker then fetches only the
+    manifest); they count as already present."""
     result = NodeResult(node, verb="pulled")
+    refs = [pulls[i] for i in images]
     try:
-        present = present_ids(node, opts)
-        with ThreadPoolExecutor(max_workers=max(1, min(PULLS_PER_NODE, len(pulls)))) as pool:
-            list(pool.map(lambda pulled: _pull(node, pulled, route, opts), pulls))
+        with ThreadPoolExecutor(max_workers=max(1, min(PULLS_PER_NODE, len(refs)))) as pool:
+            list(pool.map(lambda pulled: _pull(node, pulled, route, opts), refs))
         found = remote.run(
-            node, opts, "docker image inspect --format '{{.Id}}' " + " ".join(shlex.quote(p) for p in pulls)
-        ).split()
-        for image, pulled, got in zip(images, pulls, found):
+            node, opts, "docker image inspect --format '{{.Id}}' " + " ".join(shlex.quote(p) for p in refs)
+        ).split() if refs else []  # fmt: skip
+        for image, pulled, got in zip(images, refs, found):
             if got != image.config:
                 raise InstallError(f"{node.name}: {pulled} is {got}, the lock says {image.config}")
-            (result.skipped if image.config in present else result.done).append(pulled)
+            (result.done if image.config in fresh else result.skipped).append(pulled)
             ensure_tags(node, opts, image)
     except InstallError as exc:
         result.error = str(exc)
     return result
 
 
-def _each(nodes: list[Node], work: Callable[[Node], NodeResult]) -> list[NodeResult]:
-    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        return list(pool.map(work, nodes))
-
-
-def images_phase(
+def deliver(
     lock: Lock,
     bundle_dir: Path,
-    targets: list[Node],
-    per_node: dict[str, tuple[oci.Image, ...]],
+    phase: PhasePlan,
     opts: remote.SshOptions,
     route: Route,
     tls_folder: Path,
     echo: Callable[[str], None],
 ) -> list[NodeResult]:
-    """The registry route: start the registry (``--registry-node``), make every target trust it
-    (and log in), push the images of every node once (``per_node``, from ``plan.node_images``),
-    then have every target pull its own by digest.
+    """The registry route of the images phase: start the registry (``--registry-node``), make
+    every node of ``phase`` trust it (and log in), push every image those nodes get (what they
+    have too: the registry is where the cluster pulls from later), then have each node pull by
+    digest the images its actions name.
 
     Raises:
         InstallError: the registry could not be started or pushed to (exit 6); a node's own
         failure is in its result instead.
     """
     images_dir = bundle_dir / "images"
+    targets = list(phase.nodes)
     ca = route.ca
     if route.node is not None:
         image = lock.find_image(lock.registry_image)
-        assert image is not None  # main checked it before unpacking
+        assert image is not None  # the options checked it before unpacking
         if route.cert and route.key:
             tls = Tls(route.cert, route.key, route.ca or route.cert)
         else:
@@ -356,11 +359,11 @@ def images_phase(
 
     # The registry's own node trusts it too: an operator may pull from there.
     every = [*targets, route.node] if route.node is not None and route.node not in targets else targets
-    failed = [r for r in _each(every, prepare) if r.error]
+    failed = [r for r in remote.for_each(every, prepare) if r.error]
     if trusted:
         echo(f"  CA for {route.address} written to {CERTS_D} on {', '.join(sorted(trusted))}")
-    wanted = {i for images in per_node.values() for i in images}
-    union = [i for i in lock.images if i in wanted]
+    wanted = {a.item for a in phase.actions} | {i for items in phase.present.values() for i in items}
+    union = [i for i in lock.images if i.config in wanted]
     report = push_images(union, images_dir, access)
     pulls = dict(zip(union, report.images))
     echo(
@@ -370,9 +373,10 @@ def images_phase(
         + ("" if report.scheme == "https" else " (plain HTTP: no TLS)")
     )
     bad = {r.node.name for r in failed}
-    return failed + _each(
-        [n for n in targets if n.name not in bad],
-        lambda n: _pull_on(
-            n, [pulls[i] for i in per_node.get(n.name, ())], list(per_node.get(n.name, ())), route, opts
-        ),
-    )
+
+    def pull(node: Node) -> NodeResult:
+        fresh = {a.item for a in phase.of(node.name) if a.kind == "pull"}
+        mine = {a.item for a in phase.of(node.name)} | set(phase.present.get(node.name, ()))
+        return _pull_on(node, [i for i in union if i.config in mine], fresh, pulls, route, opts)
+
+    return failed + remote.for_each([n for n in targets if n.name not in bad], pull)

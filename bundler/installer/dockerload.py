@@ -1,0 +1,105 @@
+"""Images into a node's Docker engine over SSH: what it holds, ``docker load`` of what it lacks, tags.
+
+``present`` asks a node's engine which image IDs it holds and which tags point where;
+``load_missing`` streams only the images it lacks into ``docker load`` (a tar made on
+the fly from the unpacked ``images/`` folder, no temporary copy); ``ensure_tags`` points
+each tag at its locked image ID. It does not choose which images a node gets (``plan``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import tarfile
+from pathlib import Path
+from typing import IO
+
+from bundler import oci
+from bundler.installer import remote
+from bundler.installer.inventory import Node
+
+
+class _Counter:
+    """A write-only file that counts what passes through it to ``out``."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out, self.count = out, 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        return self.out.write(data)
+
+
+def docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> int:
+    """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``;
+    returns the bytes written."""
+    counter = _Counter(out)
+    manifest = json.dumps(
+        [
+            {
+                "Config": oci.blob_path(i.config),
+                "RepoTags": list(i.tags),
+                "Layers": [oci.blob_path(la.digest) for la in i.layers],
+            }
+            for i in images
+        ]
+    ).encode()
+    with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # stream mode only writes
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+        seen = set()
+        for image in images:
+            for digest in [image.config, *(la.digest for la in image.layers)]:
+                if digest in seen:
+                    continue  # a layer shared by two images goes once
+                seen.add(digest)
+                path = images_dir / oci.blob_path(digest)
+                tar.add(str(path), arcname=oci.blob_path(digest), recursive=False)
+    return counter.count
+
+
+def present_ids(node: Node, opts: remote.SshOptions) -> set[str]:
+    """The image IDs the node's engine holds."""
+    return set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
+
+
+def load_missing(
+    node: Node, images: list[oci.Image], images_dir: Path, opts: remote.SshOptions
+) -> tuple[list[oci.Image], int]:
+    """``docker load`` on ``node`` those of ``images`` its engine lacks; (those loaded, bytes sent)."""
+    present = present_ids(node, opts)
+    missing = [i for i in images if i.config not in present]
+    sent = 0
+    if missing:
+
+        def send(out: IO[bytes]) -> None:
+            nonlocal sent
+            sent = docker_load_tar(missing, images_dir, out)
+
+        remote.stream(node, opts, "docker load --quiet", send)
+    return missing, sent
+
+
+def ensure_tags(node: Node, opts: remote.SshOptions, image: oci.Image) -> None:
+    """Point each of ``image``'s tags at its locked ID, where the node's engine has them elsewhere."""
+    for tag in image.tags:
+        found = remote.run(
+            node, opts, f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(tag)} || true"
+        ).strip()
+        if found != image.config:
+            remote.run(node, opts, f"docker tag {image.config} {shlex.quote(tag)}")
+
+
+def present(node: Node, opts: remote.SshOptions) -> tuple[frozenset[str], dict[str, str]]:
+    """The image IDs the node's engine holds, and the image ID each of its tags points at."""
+    out = remote.run(node, opts, "docker images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'")
+    ids: set[str] = set()
+    tags: dict[str, str] = {}
+    for line in remote.lines(out):
+        image_id, _, tag = line.partition(" ")
+        ids.add(image_id)
+        if "<none>" not in tag:
+            tags[tag] = image_id
+    return frozenset(ids), tags

@@ -1,0 +1,472 @@
+"""The preflight: what every node says about itself, checked before anything changes.
+
+``preflight_phase`` asks every node (in parallel, changing nothing) for its
+architecture, OS codename, clock, sudo, Docker and free space and, for a bundle
+that brings the cluster up with rke, what rke requires; the node that will host the
+site registry, its port and disk. ``gather`` adds what each node already has (image
+IDs and tags, the binaries' SHA-256) and returns the facts ``plan.make_plan`` plans
+from. It never changes a node and never decides what to install.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import replace
+
+from bundler import oci
+from bundler.errors import InstallError
+from bundler.installer import dockerload, remote
+from bundler.installer.inventory import ClusterOptions, Node
+from bundler.installer.plan import NodeFacts, Route, kubernetes_version_problem
+from bundler.installer.results import NodeResult
+from bundler.lock import Lock
+
+_UNAME_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "armhf",
+    "i686": "i386",
+    "ppc64le": "ppc64el",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+MAX_CLOCK_SKEW = 5  # seconds; etcd and TLS need clocks that agree
+PREFLIGHT_SCRIPT = (
+    'uname -m; . /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-unknown}"; date +%s; '
+    "command -v docker >/dev/null 2>&1 && echo docker || echo no-docker; "
+    "df -Pk /var/lib 2>/dev/null | awk 'NR==2 {print $4}'; "
+    "swapon --noheadings --show=NAME 2>/dev/null | wc -l; "
+    'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then echo root-ok; else echo no-sudo; fi; '
+    "(ss -Htln 2>/dev/null || netstat -tln 2>/dev/null | tail -n +3) | awk '{print $4}' | sed 's/.*://' "
+    "| sort -un | tr '\\n' ' '; echo"
+)
+# Ports Kubernetes (RKE) needs free on a node, by role.
+ROLE_PORTS: dict[str, list[int | tuple[int, int]]] = {
+    "controlplane": [6443, 10251, 10252],
+    "etcd": [2379, 2380],
+    "worker": [10250, (30000, 32767)],
+}
+
+
+def busy_ports(node: Node, listening: set[int]) -> list[str]:
+    """The ports this node's roles need that something already listens on."""
+    busy = []
+    for role in node.roles:
+        for port in ROLE_PORTS.get(role, []):
+            low, high = port if isinstance(port, tuple) else (port, port)
+            busy += [f"{p} ({role})" for p in sorted(listening) if low <= p <= high]
+    return busy
+
+
+# What Rancher's rke needs on every node: its requirements page ("Requirements": the SSH user
+# in the docker group, the kernel modules, the sysctl, AllowTcpForwarding) and the checks rke
+# itself makes when it opens its SSH tunnel to each node's Docker (hosts/tunnel.go:
+# checkDockerVersion, docker/docker.go: IsSupportedDockerVersion).
+
+# Docker versions rke accepts, by Kubernetes minor version: rke compares major.minor only.
+# From rancher/kontainer-driver-metadata pkg/rke/k8s_docker_info.go, which rke releases embed.
+_RKE_DOCKER_LEGACY = ("1.13", "17.03", "17.06", "17.09", "18.06", "18.09", "19.03", "20.10")
+_RKE_DOCKER_OLD = ("1.11", "1.12", "1.13", "17.03")
+RKE_DOCKER_VERSIONS: dict[str, tuple[str, ...]] = {
+    "1.8": _RKE_DOCKER_OLD,
+    **{f"1.{m}": (*_RKE_DOCKER_OLD, "18.06", "18.09", "19.03", "20.10") for m in (9, 10, 11)},
+    **{f"1.{m}": (*_RKE_DOCKER_OLD, "17.06", "17.09", "18.06", "18.09", "19.03", "20.10") for m in (12, 13)},
+    **{f"1.{m}": _RKE_DOCKER_LEGACY for m in range(14, 23)},
+    "1.23": (*_RKE_DOCKER_LEGACY, "23.0", "24.0"),
+    "1.24": (*_RKE_DOCKER_LEGACY, "23.0", "24.0"),
+    **{f"1.{m}": (*_RKE_DOCKER_LEGACY, "23.0", "24.0", "25.0") for m in range(25, 30)},
+}
+RKE_DEFAULT_K8S_MINOR = "1.28"  # when cluster.yml names no kubernetes_version
+# The kernel modules RKE's requirements page lists. Kernels from 4.19 (5.1 for NAT) merged the
+# *_ipv4 ones into nf_conntrack and nf_nat: there, those count as loaded with them.
+RKE_KERNEL_MODULES = tuple(
+    [
+        "br_netfilter",
+        "ip6_udp_tunnel",
+        "ip_set",
+        "ip_set_hash_ip",
+        "ip_set_hash_net",
+        "iptable_filter",
+        "iptable_nat",
+        "iptable_mangle",
+        "iptable_raw",
+        "nf_conntrack_netlink",
+        "nf_conntrack",
+        "nf_conntrack_ipv4",
+        "nf_defrag_ipv4",
+        "nf_nat",
+        "nf_nat_ipv4",
+        "nf_nat_masquerade_ipv4",
+        "nfnetlink",
+        "udp_tunnel",
+        "veth",
+        "vxlan",
+        "x_tables",
+        "xt_addrtype",
+        "xt_conntrack",
+        "xt_comment",
+        "xt_mark",
+        "xt_multiport",
+        "xt_nat",
+        "xt_recent",
+        "xt_set",
+        "xt_statistic",
+        "xt_tcpudp",
+    ]
+)
+_MERGED_MODULES = {
+    "nf_conntrack_ipv4": "nf_conntrack",
+    "nf_nat_ipv4": "nf_nat",
+    "nf_nat_masquerade_ipv4": "nf_nat",
+}
+_SSHD_FORWARDING = ("allowtcpforwarding", "allowstreamlocalforwarding", "disableforwarding")
+# One SSH call, as the inventory's user, changing nothing; one KEY=VALUE per line.
+RKE_PREFLIGHT_SCRIPT = (
+    'echo "uid=$(id -u)"; echo "groups=$(id -Gn | tr " " ,)"; echo "hostname=$(hostname)"; '
+    "if ! command -v docker >/dev/null 2>&1; then echo docker=missing; "
+    "elif v=$(docker version --format '{{.Server.Version}}' 2>&1); then echo \"docker=ok $v\"; "
+    'else echo "docker=fail $(echo "$v" | tail -n 1)"; fi; '
+    'echo "bridge=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo unknown)"; '
+    "if [ -r /proc/modules ]; then b=/lib/modules/$(uname -r)/modules.builtin; m=; "
+    "for x in " + " ".join(RKE_KERNEL_MODULES) + "; do "
+    'grep -q "^$x " /proc/modules || [ -d /sys/module/$x ] || grep -qs "/$x.ko" "$b" || m="$m $x"; done; '
+    'echo "modules=ok$m"; else echo modules=unknown; fi; '
+    'd=/var/lib/docker; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
+    'echo "docker_mount=$(df -P "$d" 2>/dev/null | awk \'NR==2 {print $6}\')"; '
+    # The running sshd's config: its -f on the listener's command line, else the system file.
+    'c=/etc/ssh/sshd_config; p=$PPID; while [ "${p:-1}" -gt 1 ]; do '
+    "a=$(tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null); "
+    'case "$a" in *sshd*" -f "*) c=$(echo "$a" | sed "s/.* -f \\([^ ]*\\).*/\\1/"); break;; esac; '
+    "p=$(awk '{print $4}' /proc/$p/stat 2>/dev/null); done; "
+    'echo "sshd_config=$c"; s=$(command -v sshd || echo /usr/sbin/sshd); '
+    'a=$(echo "${SSH_CONNECTION:-127.0.0.1}" | cut -d" " -f1); '
+    'k="user=$(id -un),host=$(hostname),addr=$a"; '
+    'if [ "$(id -u)" = 0 ]; then t=$($s -T -f "$c" -C "$k" 2>/dev/null); '
+    'elif sudo -n true 2>/dev/null; then t=$(sudo -n $s -T -f "$c" -C "$k" 2>/dev/null); '
+    "else t=; fi; "
+    'if [ -n "$t" ]; then echo "sshd_from=sshd -T"; echo "$t" | '
+    "grep -iE '^(" + "|".join(_SSHD_FORWARDING) + ") ' | sed 's/^/sshd /'; "
+    'elif [ -r "$c" ]; then echo "sshd_from=$c"; '
+    'awk \'tolower($1)=="match" {exit} {print}\' "$c" | '
+    "grep -iE '^[[:space:]]*(" + "|".join(_SSHD_FORWARDING) + ")[[:space:]]' | sed 's/^[[:space:]]*/sshd /'; "
+    "else echo sshd_from=unreadable; fi"
+)
+
+
+def parse_facts(text: str) -> dict[str, list[str]]:
+    """KEY=VALUE lines (``sshd KEY VALUE`` lines under ``sshd``), each key's values in order."""
+    facts: dict[str, list[str]] = {}
+    for line in remote.lines(text):
+        key, _, value = line.partition(" ") if line.startswith("sshd ") else line.partition("=")
+        facts.setdefault(key, []).append(value.strip())
+    return facts
+
+
+def _first(facts: dict[str, list[str]], key: str, default: str = "") -> str:
+    return (facts.get(key) or [default])[0]
+
+
+def rke_docker_accepted(version: str, kubernetes_version: str | None) -> tuple[bool, tuple[str, ...]]:
+    """Whether rke accepts Docker ``version`` for ``kubernetes_version``, as rke compares (major.minor)."""
+    minor = RKE_DEFAULT_K8S_MINOR
+    if kubernetes_version:
+        minor = ".".join(kubernetes_version.lstrip("v").split(".")[:2])
+    accepted = RKE_DOCKER_VERSIONS.get(minor, ())
+    mine = ".".join(version.split("+")[0].split("-")[0].split(".")[:2])
+    return mine in accepted, accepted
+
+
+def rke_problems(
+    node: Node, facts: dict[str, list[str]], cluster: ClusterOptions, docker_from_bundle: bool
+) -> tuple[list[str], list[str]]:
+    """What stops rke on ``node`` (problems) and what the node cannot tell (warnings), from its facts."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    user = node.user
+    docker = _first(facts, "docker", "missing")
+    if docker == "missing":
+        if docker_from_bundle:
+            warnings.append(
+                "no docker yet (the bundle installs docker-ce): rke's Docker checks wait for rke up"
+            )
+        else:
+            problems.append(
+                "no docker for rke (install Docker on the node, or carry docker-ce in the bundle)"
+            )
+    elif docker.startswith("fail"):
+        groups = _first(facts, "groups").split(",")
+        why = "not in the docker group" if "docker" not in groups else "docker info failed"
+        problems.append(
+            f"{user} cannot use Docker without sudo ({why}: {docker[5:]}); rke talks to Docker as the SSH "
+            f"user: run 'usermod -aG docker {user}' on the node (or use root), then log in again"
+        )
+    else:
+        version = docker[3:].strip()
+        ok, accepted = rke_docker_accepted(version, cluster.kubernetes_version)
+        if not ok and not cluster.ignore_docker_version:
+            problems.append(
+                f"Docker {version} is not one rke accepts for Kubernetes "
+                f"{cluster.kubernetes_version or RKE_DEFAULT_K8S_MINOR} "
+                f"({', '.join(v + '.x' for v in accepted)}); "
+                "install one of those, or set 'ignore_docker_version: true' in cluster.yml"
+            )
+    settings: dict[str, str] = {}
+    for line in facts.get("sshd", []):
+        key, _, value = line.partition(" ")
+        settings.setdefault(key.lower(), value.strip().lower())  # sshd: the first value wins
+    source = _first(facts, "sshd_from", "unreadable")
+    config = _first(facts, "sshd_config", "/etc/ssh/sshd_config")
+    refused = [
+        f"{name} {settings[name.lower()]}"
+        for name in ("AllowTcpForwarding", "AllowStreamLocalForwarding")
+        if settings.get(name.lower()) in ("no", "remote")
+    ] + (["DisableForwarding yes"] if settings.get("disableforwarding") == "yes" else [])
+    if refused:
+        problems.append(
+            f"sshd refuses forwarding ({', '.join(refused)}, from {source}); rke reaches Docker through "
+            f"an SSH tunnel: set 'AllowTcpForwarding yes' in {config} and reload sshd"
+        )
+    elif source == "unreadable":
+        warnings.append(
+            f"cannot read {config}: check that sshd allows TCP forwarding (AllowTcpForwarding yes)"
+        )
+    bridge = _first(facts, "bridge", "unknown")
+    modules = _first(facts, "modules", "unknown")
+    if bridge == "unknown" and modules != "unknown":
+        problems.append(
+            "net.bridge.bridge-nf-call-iptables is not set (br_netfilter not loaded): "
+            "modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1 (and persist both)"
+        )
+    elif bridge not in ("1", "unknown"):
+        problems.append(
+            f"net.bridge.bridge-nf-call-iptables is {bridge}: sysctl -w net.bridge.bridge-nf-call-iptables=1 "
+            "and persist it in /etc/sysctl.d/"
+        )
+    elif bridge == "unknown":
+        warnings.append("cannot tell net.bridge.bridge-nf-call-iptables (no /proc/sys/net/bridge here)")
+    if modules == "unknown":
+        warnings.append("cannot tell which kernel modules are loaded (no /proc/modules, as in a container)")
+    else:
+        loaded_gone = set(modules[2:].split())
+        missing = [
+            m for m in RKE_KERNEL_MODULES
+            if m in loaded_gone and not (m in _MERGED_MODULES and _MERGED_MODULES[m] not in loaded_gone)
+        ]  # fmt: skip
+        if missing:
+            problems.append(
+                f"kernel modules rke needs are not loaded: {' '.join(missing)} "
+                "(modprobe each, and list them in /etc/modules-load.d/)"
+            )
+    mount = _first(facts, "docker_mount")
+    if mount and mount != "/var/lib/docker":
+        warnings.append(
+            f"/var/lib/docker is on the filesystem of {mount}: give it a disk or LVM volume of its own"
+        )
+    return problems, warnings
+
+
+def duplicate_names(nodes: list[Node], hostnames: dict[str, str]) -> dict[str, str]:
+    """Node name → problem, for nodes whose Kubernetes name (hostname_override, else the hostname
+    they report) another node has too."""
+    names = {n.name: n.hostname_override or hostnames.get(n.name, "") for n in nodes}
+    out = {}
+    for node in nodes:
+        others = [
+            o.name
+            for o in nodes
+            if o.name != node.name and names[o.name] and names[o.name] == names[node.name]
+        ]
+        if others:
+            out[node.name] = (
+                f"hostname {names[node.name]} is also the name of {', '.join(others)}: "
+                "give each node its own hostname or a hostname_override in cluster.yml"
+            )
+    return out
+
+
+def _registry_problems(
+    node: Node, opts: remote.SshOptions, route: Route, lock: Lock, listening: set[int]
+) -> list[str]:
+    """What stops ``node`` hosting the site registry: its port taken by another program, too little disk."""
+    q = shlex.quote
+    # The nearest existing folder of the data path tells the free space of the disk it will be on.
+    script = (
+        "docker inspect --format '{{.State.Running}}' airbundle-registry 2>/dev/null || echo none; "
+        f'd={q(route.data)}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
+        "df -Pk \"$d\" | awk 'NR==2 {print $4}'"
+    )
+    ours, free_kib = [*remote.lines(remote.run(node, opts, script, timeout=60)), "", ""][:2]
+    problems = []
+    port = int(route.address.rsplit(":", 1)[1])
+    if port in listening and ours != "true":
+        problems.append(f"port {port} (site registry) is in use by another program")
+    need_kib = sum(m.size for m in lock.members if m.kind == "image") // 1024  # each blob stored once
+    if free_kib.isdigit() and int(free_kib) < need_kib:
+        problems.append(
+            f"{int(free_kib) // 1024} MiB free for the site registry's {route.data}, "
+            f"its images need {need_kib // 1024} MiB"
+        )
+    return problems
+
+
+def _preflight_on(
+    node: Node,
+    lock: Lock,
+    opts: remote.SshOptions,
+    images: tuple[oci.Image, ...],
+    needs_docker: bool,
+    now: float,
+    registry: Route | None,
+    cluster: ClusterOptions | None,
+    hostnames: dict[str, str],
+) -> NodeResult:
+    result = NodeResult(node)
+    try:
+        fields = list(remote.lines(remote.run(node, opts, PREFLIGHT_SCRIPT, timeout=60)))
+        if len(fields) < 7:
+            raise InstallError(f"{node.name}: unexpected preflight answer: {fields}")
+        machine, codename, clock, docker, free_kib, swaps, sudo = fields[:7]
+        listening = {int(p) for p in (fields[7] if len(fields) > 7 else "").split() if p.isdigit()}
+        problems = []
+        want_arch = lock.platform.get("arch")
+        if _UNAME_ARCH.get(machine, machine) != want_arch:
+            problems.append(f"architecture {machine}, the bundle is for {want_arch}")
+        if codename != lock.platform.get("codename"):
+            problems.append(f"OS codename {codename}, the bundle is for {lock.platform.get('codename')}")
+        if abs(int(clock) - now) > MAX_CLOCK_SKEW:
+            problems.append(
+                f"clock is {int(clock) - now:+.0f} s off this node's (more than {MAX_CLOCK_SKEW} s)"
+            )
+        if sudo != "root-ok":
+            problems.append(f"{node.user} cannot use sudo without a password")
+        if needs_docker and docker != "docker" and not any(d.name == "docker-ce" for d in lock.debs):
+            problems.append("no docker, and the bundle does not carry docker-ce")
+        need_kib = sum(i.size for i in images) * 2 // 1024  # docker load unpacks beside the layers
+        if needs_docker and free_kib.isdigit() and int(free_kib) < need_kib:
+            problems.append(
+                f"{int(free_kib) // 1024} MiB free under /var/lib, images need {need_kib // 1024} MiB"
+            )
+        if swaps.isdigit() and int(swaps) > 0:
+            problems.append(
+                "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
+            )
+        busy = busy_ports(node, listening)
+        if busy:
+            problems.append(f"ports already in use: {', '.join(busy)}")
+        if registry is not None and registry.node == node:
+            problems += _registry_problems(node, opts, registry, lock, listening)
+        if cluster is not None:  # the bundle brings the cluster up with rke: what rke needs here
+            facts = parse_facts(remote.run(node, opts, RKE_PREFLIGHT_SCRIPT, timeout=60))
+            hostnames[node.name] = _first(facts, "hostname")
+            more, result.warnings = rke_problems(
+                node, facts, cluster, any(d.name == "docker-ce" for d in lock.debs)
+            )
+            problems += more
+        if problems:
+            result.error = "; ".join(problems)
+        else:
+            result.done.append(f"{machine} {codename}")
+    except (InstallError, ValueError) as exc:
+        result.error = str(exc)
+    return result
+
+
+def preflight_phase(
+    lock: Lock,
+    nodes: list[Node],
+    per_node: dict[str, tuple[oci.Image, ...]],
+    opts: remote.SshOptions,
+    now: float,
+    registry: Route | None = None,
+    cluster: ClusterOptions | None = None,
+) -> list[NodeResult]:
+    """Check every node before anything changes: Docker and room for the images ``per_node`` names
+    for it (``plan.node_images``); the node that will host the site registry: its port and disk;
+    and, given the ``cluster`` options of an rke bundle, what rke requires of every node. A result
+    per node (no node is touched)."""
+    if cluster is not None:
+        problem = kubernetes_version_problem(lock, cluster.kubernetes_version)
+        if problem:
+            raise InstallError(f"preflight: {problem}")
+        if not cluster.kubernetes_version and lock.cluster.get("kubernetes_version"):
+            cluster = replace(cluster, kubernetes_version=lock.cluster["kubernetes_version"])
+    targets = {name for name, images in per_node.items() if images}
+    if registry is not None and registry.node is not None:
+        targets.add(registry.node.name)  # it runs the registry's container
+    else:
+        registry = None
+    hostnames: dict[str, str] = {}
+    results = remote.for_each(
+        nodes,
+        lambda n: _preflight_on(
+            n, lock, opts, per_node.get(n.name, ()), n.name in targets, now, registry, cluster, hostnames
+        ),
+    )
+    if cluster is not None:
+        for result in results:
+            twin = duplicate_names(nodes, hostnames).get(result.node.name)
+            if twin and result.node.name in hostnames:
+                result.error = f"{result.error}; {twin}" if result.error else twin
+                result.done = []
+    return results
+
+
+def _binaries_found(node: Node, lock: Lock, opts: remote.SshOptions) -> dict[str, str]:
+    """Each binary's dest -> the SHA-256 of the file there ("" when there is none)."""
+    dests = " ".join(shlex.quote(b.dest) for b in lock.binaries)
+    out = remote.run(node, opts, f"{remote.sudo_prefix(node)}sha256sum {dests} 2>/dev/null || true")
+    found = {b.dest: "" for b in lock.binaries}
+    for line in remote.lines(out):
+        digest, _, path = line.partition("  ")
+        if path in found:
+            found[path] = digest
+    return found
+
+
+def _have(node: Node, lock: Lock, opts: remote.SshOptions, images: bool, binaries: bool) -> NodeFacts:
+    """What ``node`` already has (image IDs and tags, binaries); nothing when it cannot tell (the
+    journal decides then, and the phase that tries the node reports why it failed)."""
+    try:
+        ids, tags = dockerload.present(node, opts) if images else (None, None)
+        found = _binaries_found(node, lock, opts) if binaries else None
+    except InstallError:
+        return NodeFacts()
+    return NodeFacts(images=ids, tags=tags, binaries=found)
+
+
+def gather(
+    lock: Lock,
+    nodes: list[Node],
+    per_node: dict[str, tuple[oci.Image, ...]],
+    opts: remote.SshOptions,
+    now: float,
+    route: Route,
+    cluster: ClusterOptions | None,
+    phases: tuple[str, ...],
+) -> dict[str, NodeFacts]:
+    """The facts ``plan.make_plan`` plans from, for the ``phases`` to run: the preflight's checks
+    (when it is one of them) and what each node already has; nothing on any node changes.
+
+    A node the preflight refused is asked nothing more; one that could not tell what it has
+    is left to the journal (its facts say nothing), and its phase will try it and report.
+
+    Raises:
+        InstallError: the cluster's ``cluster.yml`` asks for another Kubernetes version (exit 6).
+    """
+    checked: dict[str, NodeResult] = {}
+    if "preflight" in phases:
+        results = preflight_phase(lock, nodes, per_node, opts, now, route, cluster)
+        checked = {r.node.name: r for r in results}
+    want_images = "images" in phases
+    want_binaries = "binaries" in phases and bool(lock.binaries)
+
+    def ask(node: Node) -> NodeFacts:
+        result = checked.get(node.name)
+        if result is not None and result.error:
+            return NodeFacts((result.error,), tuple(result.warnings), checked=True)
+        have = _have(node, lock, opts, want_images and bool(per_node.get(node.name)), want_binaries)
+        if result is None:
+            return have
+        return replace(have, warnings=tuple(result.warnings), summary=", ".join(result.done), checked=True)
+
+    return dict(zip([n.name for n in nodes], remote.for_each(nodes, ask)))

@@ -1,0 +1,25 @@
+"""What a phase reports for each node it worked on: done, already there, failed, warnings.
+
+Only the data; the phases in ``apply``, ``siteregistry`` and ``preflight`` fill it in, and
+``main`` prints it. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bundler.installer.inventory import Node
+
+
+@dataclass
+class NodeResult:
+    """What one phase did on one node."""
+
+    node: Node
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what the node could not tell, or advice
+    sent: int = 0  # bytes this node was sent (image streams)
+    verb: str = "loaded"  # how images reached it: loaded (ssh-load) or pulled (registry)
+    items: list[str] | None = None  # the plan's items this result stands for (None: all of the node's)

@@ -1,0 +1,178 @@
+"""The install plan as pure data (``plan.make_plan``): for a given journal and node facts, which
+actions are left on which node in which phase. No node, no file: data in, data out."""
+
+from __future__ import annotations
+
+import hashlib
+
+from bundler import oci
+from bundler.installer.inventory import Node
+from bundler.installer.plan import (
+    LOCAL,
+    PHASES,
+    NodeFacts,
+    Plan,
+    Route,
+    journal_done,
+    make_plan,
+    render,
+)
+from bundler.lock import Binary, Deb, Lock, Step
+
+CP = Node("10.0.0.1", "root", ("controlplane", "etcd"), hostname_override="cp-1")
+W1 = Node("10.0.0.2", "root", ("worker",), hostname_override="worker-1")
+W2 = Node("10.0.0.3", "root", ("worker",), hostname_override="worker-2")
+NODES = [CP, W1, W2]
+SHA = "a" * 64
+
+
+def _image(tag: str) -> oci.Image:
+    digest = "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
+    return oci.Image(
+        f"docker.io/{tag}", (tag,), "daemon", digest, oci.OCI_MANIFEST, digest, "linux/amd64", ()
+    )
+
+
+APP_A, APP_B = _image("test/app-a:1"), _image("test/app-b:1")
+RKE = Binary("rke", "bin/rke", "/usr/local/bin/rke", "0755", "https://example.invalid/rke", "b" * 64, 10)
+
+
+def _lock(version: str = "1.0") -> Lock:
+    return Lock(
+        "app", version, {"os": "debian", "codename": "bookworm", "arch": "amd64"}, "test", "0" * 64, 0, (),
+        binaries=(RKE,),
+        steps=(Step("prepare", "scripts/prepare.sh", "c" * 64), Step("deploy", "scripts/deploy.sh", "d" * 64)),
+        images=(APP_A, APP_B),
+        debs=(Deb("docker-ce", "5:24.0.7", "amd64", "debs/d.deb", "e" * 64, 1, "u", "requested"),
+              Deb("libfoo", "1.0", "amd64", "debs/l.deb", "f" * 64, 1, "u", "docker-ce")),
+    )  # fmt: skip
+
+
+def _facts(**images: set[oci.Image]) -> dict[str, NodeFacts]:
+    """Every node passes the preflight; worker nodes hold ``images[name]`` (tagged), none has rke."""
+    out = {}
+    for node in NODES:
+        held = images.get(node.name.replace("-", "_"), set())
+        out[node.name] = NodeFacts(
+            summary="x86_64 bookworm",
+            checked=True,
+            images=frozenset(i.config for i in held),
+            tags={t: i.config for i in held for t in i.tags},
+            binaries={RKE.dest: ""},
+        )
+    return out
+
+
+def _keys(plan: Plan) -> set[str]:
+    return {a.key for a in plan.actions}
+
+
+def _journal(keys: set[str], lock_sha256: str = SHA, complete: bool = True) -> dict:
+    return {
+        "format": 1,
+        "installed": {"app": {"version": "1.0", "lock_sha256": lock_sha256, "complete": complete}},
+        "done": {k: True for k in keys},
+    }
+
+
+def test_a_fresh_site_gets_every_action_in_phase_order() -> None:
+    plan = make_plan(_lock(), NODES, Route(), frozenset(), _facts())
+    assert [p.name for p in plan.phases] == list(PHASES) and plan.refusal() is None
+    by_phase = {p.name: sorted(a.key for a in p.actions) for p in plan.phases}
+    assert by_phase == {
+        "preflight": [],  # checks, not actions: what the nodes said
+        "packages": [f"packages/{n.name}/docker-ce=5:24.0.7" for n in NODES],  # requested only
+        "binaries": [f"binaries/{n.name}//usr/local/bin/rke" for n in NODES],
+        "images": sorted(f"images/{w.name}/{i.config}" for w in (W1, W2) for i in (APP_A, APP_B)),
+        "cluster": [f"cluster/{LOCAL}/rke-up"],
+        "steps": [f"steps/{LOCAL}/deploy", f"steps/{LOCAL}/prepare"],
+    }
+    assert [a.item for a in plan.phases[-1].actions] == ["prepare", "deploy"]  # in the lock's order
+    assert [a.what for a in plan.phases[3].of("worker-1")] == ["test/app-a:1", "test/app-b:1"]
+    assert "images     worker-1             load test/app-a:1, test/app-b:1" in render(plan)
+    assert not plan.phases[3].of("cp-1")  # the control plane gets no workload
+
+
+def test_nothing_to_do_after_a_finished_install() -> None:
+    first = make_plan(_lock(), NODES, Route(), frozenset(), _facts())
+    state = _journal(_keys(first))
+    done = journal_done(state, "app", SHA)
+    on_nodes = _facts(worker_1={APP_A, APP_B}, worker_2={APP_A, APP_B})
+    for node in NODES:  # rke is where the install put it
+        on_nodes[node.name] = NodeFacts(**{**vars(on_nodes[node.name]), "binaries": {RKE.dest: RKE.sha256}})
+    again = make_plan(_lock(), NODES, Route(), done, on_nodes)
+    assert again.actions == () and again.refusal() is None
+    offline = make_plan(_lock(), NODES, Route(), done, None)  # the journal alone says the same
+    assert offline.actions == () and offline.offline
+    assert "steps      step prepare: done before, skipped" in render(again)
+
+
+def test_after_a_partial_install_only_the_missing_nodes_images_are_left() -> None:
+    """worker-2 was down when the images went out: worker-1 has them, the journal has the rest
+    up to the images phase. Only worker-2's images, then rke up and the steps, are left."""
+    first = make_plan(_lock(), NODES, Route(), frozenset(), _facts())
+    before_images = {k for k in _keys(first) if k.split("/")[0] in ("packages", "binaries")}
+    before_images |= {f"images/worker-1/{i.config}" for i in (APP_A, APP_B)}
+    done = journal_done(_journal(before_images, complete=False), "app", SHA)
+    on_nodes = _facts(worker_1={APP_A, APP_B})
+    for node in NODES:
+        on_nodes[node.name] = NodeFacts(**{**vars(on_nodes[node.name]), "binaries": {RKE.dest: RKE.sha256}})
+    plan = make_plan(_lock(), NODES, Route(), done, on_nodes)
+    assert _keys(plan) == {
+        *(f"images/worker-2/{i.config}" for i in (APP_A, APP_B)),
+        f"cluster/{LOCAL}/rke-up",
+        f"steps/{LOCAL}/prepare",
+        f"steps/{LOCAL}/deploy",
+    }
+    images = next(p for p in plan.phases if p.name == "images")
+    assert images.present["worker-1"] == (APP_A.config, APP_B.config)
+    # A node that could not tell (facts without images): the journal decides for it.
+    unknown = {**on_nodes, "worker-1": NodeFacts(summary="x", checked=True)}
+    assert _keys(make_plan(_lock(), NODES, Route(), done, unknown)) == _keys(plan)
+
+
+def test_a_changed_bundle_version_starts_afresh_but_keeps_what_nodes_have() -> None:
+    finished = _journal(_keys(make_plan(_lock(), NODES, Route(), frozenset(), _facts())))
+    assert journal_done(finished, "app", "9" * 64) == frozenset()  # the journal was another bundle's
+    v2 = _lock("2.0")
+    on_nodes = _facts(worker_1={APP_A, APP_B}, worker_2={APP_A})
+    plan = make_plan(v2, NODES, Route(), journal_done(finished, "app", "9" * 64), on_nodes)
+    assert {k for k in _keys(plan) if k.startswith("images/")} == {f"images/worker-2/{APP_B.config}"}
+    assert {f"cluster/{LOCAL}/rke-up", f"steps/{LOCAL}/prepare", "binaries/cp-1//usr/local/bin/rke"} <= _keys(
+        plan
+    )
+    assert "packages/worker-1/docker-ce=5:24.0.7" in _keys(plan)
+
+
+def test_an_image_present_under_another_name_is_only_tagged() -> None:
+    facts = _facts(worker_1={APP_A})
+    facts["worker-1"] = NodeFacts(**{**vars(facts["worker-1"]), "tags": {}})  # the ID, without its tag
+    images = next(
+        p for p in make_plan(_lock(), NODES, Route(), frozenset(), facts).phases if p.name == "images"
+    )
+    assert [(a.kind, a.what) for a in images.of("worker-1")] == [("tag", "test/app-a:1"),
+                                                                  ("load", "test/app-b:1")]  # fmt: skip
+    registry = make_plan(_lock(), NODES, Route("registry", "10.0.0.9:5000"), frozenset(), facts)
+    assert [a.kind for a in registry.phases[3].of("worker-2")] == ["pull", "pull"]
+
+
+def test_preflight_failures_and_a_cluster_rke_cannot_build_refuse_the_plan() -> None:
+    facts = _facts()
+    facts["worker-2"] = NodeFacts(("worker-2: unreachable over SSH (Connection refused)",), checked=True)
+    plan = make_plan(_lock(), NODES, Route(), frozenset(), facts)
+    message = plan.refusal()
+    assert message is not None and message.startswith("preflight: failed on worker-2; fix that")
+    assert "worker-2             FAILED: worker-2: unreachable over SSH" in "\n".join(render(plan))
+    no_etcd = [W1, W2]
+    refused = make_plan(_lock(), no_etcd, Route(), frozenset(), _facts()).refusal()
+    assert refused is not None and "no node has the etcd role: rke cannot build a cluster" in refused
+    offline = make_plan(_lock(), no_etcd, Route(), frozenset(), None)  # no preflight ran: nothing refused
+    assert offline.refusal() is None and offline.phases[0].notes == (
+        "not run: --offline, no node was contacted",
+    )
+
+
+def test_only_one_phase() -> None:
+    plan = make_plan(_lock(), NODES, Route(), frozenset(), _facts(), phases=("images",))
+    assert [p.name for p in plan.phases] == ["images"] and len(plan.actions) == 4
+    assert plan.as_dict()["phases"][0]["actions"][0]["key"] == f"images/worker-1/{APP_A.config}"
