@@ -133,9 +133,9 @@ DOCKER_VERSIONS: dict[str, list[str]] = {
     **{f"1.{m}": [*_OLD, "18.06.x", "18.09.x", "19.03.x", "20.10.x"] for m in (9, 10, 11)},
     **{f"1.{m}": [*_OLD, "17.06.x", "17.09.x", "18.06.x", "18.09.x", "19.03.x", "20.10.x"] for m in (12, 13)},
     **{f"1.{m}": _LEGACY for m in range(14, 23)},
-    "1.23": [*_LEGACY, "23.0.x", "24.0.x"],
-    "1.24": [*_LEGACY, "23.0.x", "24.0.x"],
-    **{f"1.{m}": [*_LEGACY, "23.0.x", "24.0.x", "25.0.x"] for m in range(25, 30)},
+    # rke v1.4.11's metadata: 23.0 and 24.0 up to 1.26 (25.0 came with rke v1.5's, as did 1.27+).
+    **{f"1.{m}": [*_LEGACY, "23.0.x", "24.0.x"] for m in range(23, 27)},
+    **{f"1.{m}": [*_LEGACY, "23.0.x", "24.0.x", "25.0.x"] for m in range(27, 30)},
 }
 
 STANDIN = Path(__file__).resolve().parent / "standins" / "rke"

@@ -349,14 +349,58 @@ def test_kernel_modules_rule_on_a_host_that_can_tell() -> None:
 
     node = Node("10.0.0.1", "root", ("worker",))
     merged = "ok nf_conntrack_ipv4 nf_nat_ipv4 nf_nat_masquerade_ipv4"
-    assert rke_problems(node, _facts(modules=merged), ClusterOptions(), False) == ([], [])
-    problems, _ = rke_problems(node, _facts(modules="ok br_netfilter vxlan"), ClusterOptions(), False)
+    assert rke_problems(node, _facts(modules=merged), ClusterOptions(), None) == ([], [])
+    problems, _ = rke_problems(node, _facts(modules="ok br_netfilter vxlan"), ClusterOptions(), None)
     assert problems == [
         "kernel modules rke needs are not loaded: br_netfilter vxlan (modprobe each, and list them in "
         "/etc/modules-load.d/)"
     ]
-    problems, _ = rke_problems(node, _facts(bridge="unknown"), ClusterOptions(), False)
+    problems, _ = rke_problems(node, _facts(bridge="unknown"), ClusterOptions(), None)
     assert problems[0].startswith("net.bridge.bridge-nf-call-iptables is not set (br_netfilter not loaded)")
+
+
+def test_the_bundles_docker_ce_must_be_one_rke_accepts() -> None:
+    """rke v1.4.11 accepts Docker up to 24.0 for Kubernetes 1.26: a bundle carrying docker-ce 25.0 (or
+    an unpinned, newest one) would stop rke up on every node, so the preflight refuses it on every
+    node before anything is installed, unless cluster.yml says ignore_docker_version."""
+    from bundler.installer.inventory import ClusterOptions, Node
+    from bundler.installer.preflight import rke_docker_accepted, rke_problems
+
+    assert rke_docker_accepted("24.0.9", "v1.26.9-rancher1-1")[0]
+    assert not rke_docker_accepted("25.0.3", "v1.26.9-rancher1-1")[0]
+    assert rke_docker_accepted("25.0.3", "v1.27.16-rancher1-1")[0]
+    node = Node("10.0.0.1", "rke", ("worker",))
+    cluster = ClusterOptions("v1.26.9-rancher1-1")
+    problems, warnings = rke_problems(node, {"docker": ["missing"]}, cluster, "25.0.3")
+    assert problems[0].startswith(
+        "the bundle's docker-ce 25.0.3 is not one rke accepts for Kubernetes v1.26.9"
+    )
+    assert "docker-ce pinned to one of those" in problems[0]
+    problems, warnings = rke_problems(node, {"docker": ["missing"]}, cluster, "24.0.9")
+    assert not any("docker-ce" in p for p in problems)
+    assert any("adds rke to the docker group" in w for w in warnings)
+    ignored = ClusterOptions("v1.26.9-rancher1-1", ignore_docker_version=True)
+    assert not any(
+        "docker-ce" in p for p in rke_problems(node, {"docker": ["missing"]}, ignored, "25.0.3")[0]
+    )
+
+
+def test_the_packages_phase_puts_the_ssh_user_in_the_docker_group() -> None:
+    """Once docker-ce is installed (its package makes the group), the installer's snippet adds the
+    inventory's non-root SSH user to it, once: rke needs Docker without sudo."""
+    from bundler.installer.apply import _docker_group
+
+    user = "abgroup"
+    subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", user], capture_output=True)
+    subprocess.run(["gpasswd", "-d", user, "docker"], capture_output=True)
+    try:
+        first = subprocess.run(["sh", "-c", _docker_group(user)], capture_output=True, text=True, check=True)
+        assert first.stdout.strip() == f"added {user} to the docker group"
+        assert "docker" in subprocess.run(["id", "-nG", user], capture_output=True, text=True).stdout.split()
+        again = subprocess.run(["sh", "-c", _docker_group(user)], capture_output=True, text=True, check=True)
+        assert again.stdout == ""  # already there: nothing done
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)
 
 
 def test_installer_and_standin_agree_on_rkes_docker_versions() -> None:

@@ -233,9 +233,27 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
             ids = {i.id for i in node.engine.client.images.list()}
             assert ids == {lock.find_image(r).config for r in want}, node.name  # exactly these, locked IDs
             assert f"{node.name:<20} ok: {len(want)} loaded, 0 already present" in images.stdout
+        # rke's requirements are checked again just before rke up (Docker may have come from the
+        # bundle since the preflight): worker-1's SSH user outside the docker group stops the phase
+        # there, naming the node and the fix, and rke never runs.
+        from .nodes import ensure_user
+
+        good = (site / "cluster.yml").read_text()
+        ensure_user("abnodock", docker_group=False)
+        nodes[1].root.chmod(0o711)  # sshd reads the node's authorized_keys as that user
+        (site / "cluster.yml").write_text(
+            good.replace(
+                f"{nodes[1].address}, port: 2222, user: root",
+                f"{nodes[1].address}, port: 2222, user: abnodock",
+            )
+        )
+        early = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
+                         env={"HOME": str(site)})  # fmt: skip
+        assert early.returncode == 6, early.stdout + early.stderr
+        assert "abnodock cannot use Docker without sudo" in early.stdout and "worker-1" in early.stdout
+        assert "rke up --config" not in early.stdout and not (site / "work/kube_config_cluster.yml").exists()
         # rke drops a node it cannot tunnel to (here: worker-2's Docker socket is not where cluster.yml
         # says) and exits 0; the installer reads its warning and fails, naming the node.
-        good = (site / "cluster.yml").read_text()
         (site / "cluster.yml").write_text(good.replace(str(nodes[2].engine.sock), "/nonexistent/docker.sock"))
         short = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
                          env={"HOME": str(site)})  # fmt: skip
@@ -245,9 +263,9 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
         up = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
                       env={"HOME": str(site)})  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
-        assert (
-            f"kubernetes_version: {rke_standin.KUBERNETES_VERSION}" in (site / "work/cluster.yml").read_text()
-        )
+        copy = (site / "work/cluster.yml").read_text()
+        assert f"kubernetes_version: {rke_standin.KUBERNETES_VERSION}" in copy
+        assert "network:\n  plugin: canal\n" in copy  # the bundle's plugin, which the site named not
         assert (site / "work/kube_config_cluster.yml").exists()
         running = {n.name: {c.name for c in n.engine.client.containers.list()} for n in nodes}
         assert {"etcd", "kube-apiserver", "kubelet"} <= running["cp-1"]
@@ -287,3 +305,49 @@ def test_system_images_reach_every_node_through_the_site_registry(rke_site, keys
         assert ": 0 blobs sent (0 bytes)" in again.stdout
     finally:
         registry.stop()
+
+
+def test_the_site_cluster_yml_may_not_ask_for_other_images() -> None:
+    """What in cluster.yml makes rke want images the bundle does not carry is refused, naming both
+    sides; a plugin the site names none of is written into the installer's copy (rke would take canal)."""
+    from bundler.installer.inventory import ClusterOptions, with_network_plugin
+    from bundler.installer.plan import cluster_file_problems
+
+    lock = _lock(CANAL_ROLES)
+    assert cluster_file_problems(lock, ClusterOptions()) == []
+    assert (
+        cluster_file_problems(
+            lock, ClusterOptions(KUBERNETES_VERSION, network_plugin="canal", dns_provider="coredns")
+        )
+        == []
+    )
+    problems = cluster_file_problems(
+        lock,
+        ClusterOptions("v1.25.14-rancher1-1", network_plugin="flannel", dns_provider="kube-dns", nodelocal=True,
+                       system_images=True),
+    )  # fmt: skip
+    assert len(problems) == 5
+    assert "kubernetes_version v1.25.14-rancher1-1" in problems[0]
+    assert "network plugin flannel, the bundle carries canal's images" in problems[1]
+    assert (
+        "dns.provider kube-dns" in problems[2]
+        and "NodeLocal" in problems[3]
+        and "system_images" in problems[4]
+    )
+    site = "nodes: []\n"
+    assert "plugin: canal" in with_network_plugin(site, "canal")
+    assert with_network_plugin("network:\n  plugin: calico\n", "canal") == "network:\n  plugin: calico\n"
+
+
+def test_cluster_yml_settings_are_read(tmp_path: Path) -> None:
+    from bundler.installer.inventory import load_cluster_options
+
+    path = tmp_path / "cluster.yml"
+    path.write_text(
+        "nodes: []\nnetwork: {plugin: calico}\ndns: {provider: kube-dns, nodelocal: {ip_address: 169.254.20.10}}\n"
+        "system_images: {etcd: rancher/etcd:x}\n"
+    )
+    options = load_cluster_options(path)
+    assert (options.network_plugin, options.dns_provider, options.nodelocal, options.system_images) == (
+        "calico", "kube-dns", True, True,
+    )  # fmt: skip

@@ -25,7 +25,7 @@ import shlex
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Callable
 
@@ -33,9 +33,18 @@ from bundler import archive, oci
 from bundler.errors import InstallError
 from bundler.installer import remote, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
-from bundler.installer.inventory import Node, SiteValues, with_kubernetes_version, with_private_registries
+from bundler.installer.inventory import (
+    Node,
+    SiteValues,
+    load_cluster_options,
+    load_inventory,
+    with_kubernetes_version,
+    with_network_plugin,
+    with_private_registries,
+)
 from bundler.installer.journal import Journal
 from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route
+from bundler.installer.preflight import RKE_PREFLIGHT_SCRIPT, parse_facts, rke_problems
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
 from bundler.installer.steps import run_on_nodes, run_steps
@@ -197,6 +206,7 @@ def rke_up(
     echo: Callable[[str], None],
     registries: list[dict[str, object]] | None = None,
     kubernetes_version: str = "",
+    network_plugin: str = "",
 ) -> Path:
     """``rke up --config`` with the bundle's own rke (verified), here; returns the kubeconfig it wrote.
 
@@ -212,6 +222,7 @@ def rke_up(
     config = workdir / "cluster.yml"
     original = inventory.read_text()
     text = with_kubernetes_version(with_private_registries(original, registries or []), kubernetes_version)
+    text = with_network_plugin(text, network_plugin)
     if text != original:
         fd = os.open(str(config), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -268,8 +279,19 @@ def _debs_tar(lock: Lock, bundle_dir: Path, out: IO[bytes]) -> None:
             tar.add(str(path), arcname=path.name, recursive=False)
 
 
-def _packages_script(repo: str, packages: list[str], root: str | None) -> str:
-    """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists)."""
+def _docker_group(user: str) -> str:
+    """Shell that puts ``user`` in the docker group once Docker's package has made it: rke talks to
+    Docker as the inventory's SSH user, without sudo (RKE's requirements). Its next login has it."""
+    q = shlex.quote
+    return (
+        f"if getent group docker >/dev/null && ! id -nG {q(user)} | tr ' ' '\\n' | grep -qx docker; "
+        f"then usermod -aG docker {q(user)} && echo 'added {user} to the docker group'; fi"
+    )
+
+
+def _packages_script(repo: str, packages: list[str], root: str | None, docker_user: str | None = None) -> str:
+    """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists),
+    then, for ``docker_user``, the docker group (not in a private root: its groups are the machine's)."""
     q = shlex.quote
     opts = [
         f"-o Dir::Etc::SourceList={q(repo + '.list')}",
@@ -304,6 +326,7 @@ def _packages_script(repo: str, packages: list[str], root: str | None) -> str:
         f"cd {q(repo)} && sha256sum -c --quiet SHA256SUMS; "
         f"echo 'deb [trusted=yes] file:{repo} ./' > {q(repo + '.list')}; "
         f"{apt} update; {apt} -y --no-install-recommends install {' '.join(q(p) for p in packages)}"
+        + (f"; {_docker_group(docker_user)}" if docker_user and not root else "")
     )
 
 
@@ -316,6 +339,8 @@ def _packages_on(
     if root:
         repo = root + repo
     requested = [f"{d.name}={d.version}" for d in lock.debs if d.reason == "requested"]
+    rke = any(b.name == "rke" for b in lock.binaries) and any(d.name == "docker-ce" for d in lock.debs)
+    docker_user = node.user if rke and node.user != "root" else None
     try:
         remote.stream(
             node,
@@ -326,7 +351,7 @@ def _packages_on(
         remote.run(
             node,
             opts,
-            f"{sudo_prefix(node)}sh -c {shlex.quote(_packages_script(repo, requested, root))}",
+            f"{sudo_prefix(node)}sh -c {shlex.quote(_packages_script(repo, requested, root, docker_user))}",
             timeout=3600,
         )
         result.done = requested
@@ -366,9 +391,37 @@ def _cluster(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     registries = [private_registry(ctx.route)] if ctx.route.mode == "registry" else []
     tool = archive.verified_copy(ctx.bundle_dir / rke.path, ctx.lock.member(rke.path), ctx.private / "rke")
     version = ctx.lock.cluster.get("kubernetes_version", "")
-    kubeconfig = rke_up(tool, ctx.inventory, ctx.workdir, dict(os.environ), ctx.echo, registries, version)
+    refused = _rke_ready(ctx, version)
+    if refused:
+        return refused
+    plugin = ctx.lock.cluster.get("network_plugin", "")
+    kubeconfig = rke_up(
+        tool, ctx.inventory, ctx.workdir, dict(os.environ), ctx.echo, registries, version, plugin
+    )
     ctx.echo(f"  kubeconfig: {kubeconfig}")
     return [NodeResult(HERE, done=["rke up"])]
+
+
+def _rke_ready(ctx: Context, version: str) -> list[NodeResult]:
+    """rke's requirements checked again on every node just before ``rke up``: Docker may have come
+    from the bundle since the preflight (and its group with it). The failing nodes' results, with
+    the fix; none when every node is ready."""
+    cluster = load_cluster_options(ctx.inventory)
+    if not cluster.kubernetes_version and version:
+        cluster = replace(cluster, kubernetes_version=version)
+
+    def check(node: Node) -> NodeResult:
+        result = NodeResult(node)
+        try:
+            facts = parse_facts(remote.run(node, ctx.opts, RKE_PREFLIGHT_SCRIPT, timeout=60))
+            problems, _ = rke_problems(node, facts, cluster, None)
+            result.error = "; ".join(problems)
+        except InstallError as exc:
+            result.error = str(exc)
+        return result
+
+    results = for_each(load_inventory(ctx.inventory), check)
+    return results if any(r.error for r in results) else []
 
 
 def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:

@@ -71,6 +71,11 @@ class ClusterOptions:
 
     kubernetes_version: str | None = None
     ignore_docker_version: bool = False
+    # What else in cluster.yml changes which images rke wants (checked against the bundle's).
+    network_plugin: str | None = None  # network.plugin
+    dns_provider: str | None = None  # dns.provider
+    nodelocal: bool = False  # dns.nodelocal names an address: NodeLocal DNSCache
+    system_images: bool = False  # a system_images: override
 
 
 def _load(path: Path, what: str) -> Any:
@@ -195,7 +200,17 @@ def load_cluster_options(path: Path) -> ClusterOptions:
         raise InputError(f"{path}: kubernetes_version must be a string such as v1.28.15-rancher1-1")
     if not isinstance(ignore, bool):
         raise InputError(f"{path}: ignore_docker_version must be true or false; got {ignore!r}")
-    return ClusterOptions(version or None, ignore)
+    network, dns = _mapping(doc, "network"), _mapping(doc, "dns")
+    plugin, provider = network.get("plugin"), dns.get("provider")
+    nodelocal = dns.get("nodelocal")
+    return ClusterOptions(
+        version or None,
+        ignore,
+        str(plugin) if plugin else None,
+        str(provider) if provider else None,
+        bool(isinstance(nodelocal, dict) and nodelocal.get("ip_address")),
+        bool(doc.get("system_images")),
+    )
 
 
 @dataclass(frozen=True)
@@ -265,6 +280,24 @@ def with_private_registries(text: str, entries: list[dict[str, object]]) -> str:
     if any(e.get("is_default") for e in entries):
         kept = [{**r, "is_default": False} if r.get("is_default") else r for r in kept]
     doc["private_registries"] = kept + list(entries)
+    return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
+
+
+def _mapping(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def with_network_plugin(text: str, plugin: str) -> str:
+    """``cluster.yml`` text with ``network: {plugin: plugin}`` when it names none (rke would take
+    canal, whose images a bundle for another plugin does not carry); unchanged when it names one."""
+    if not plugin:
+        return text
+    doc = yaml.safe_load(text) or {}
+    network = _mapping(doc, "network")
+    if network.get("plugin"):
+        return text
+    doc["network"] = {**network, "plugin": plugin}
     return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler import oci
-from bundler.installer.inventory import Node
+from bundler.installer.inventory import ClusterOptions, Node
 from bundler.lock import Lock, RoledImage, Step
 
 PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
@@ -111,6 +111,35 @@ def kubernetes_version_problem(lock: Lock, site_version: str | None) -> str | No
         f"of {locked}: rke would pull images the bundle does not have; remove kubernetes_version "
         f"from cluster.yml (the installer then uses {locked}) or set it to {locked}"
     )
+
+
+def cluster_file_problems(lock: Lock, options: ClusterOptions) -> list[str]:
+    """What in the site's ``cluster.yml`` would make rke want images the bundle does not carry:
+    another Kubernetes version, another network plugin, kube-dns, NodeLocal DNS, or its own
+    ``system_images``. rke up itself would finish; pods would then wait for images forever."""
+    problems = []
+    version = kubernetes_version_problem(lock, options.kubernetes_version)
+    if version:
+        problems.append(version)
+    plugin = lock.cluster.get("network_plugin", "")
+    if plugin and options.network_plugin and options.network_plugin != plugin:
+        problems.append(
+            f"cluster.yml asks for network plugin {options.network_plugin}, the bundle carries {plugin}'s "
+            f"images: remove network.plugin from cluster.yml (the installer then writes {plugin}) or set it "
+            f"to {plugin}"
+        )
+    if options.dns_provider and options.dns_provider != "coredns":
+        problems.append(
+            f"cluster.yml asks for dns.provider {options.dns_provider}; the bundle carries CoreDNS only: "
+            "remove it or set it to coredns"
+        )
+    if options.nodelocal:
+        problems.append("cluster.yml enables dns.nodelocal; the bundle does not carry NodeLocal DNS's image")
+    if options.system_images:
+        problems.append(
+            "cluster.yml has its own system_images: rke would use those instead of the bundle's; remove them"
+        )
+    return problems
 
 
 def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...]]:

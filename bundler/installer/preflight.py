@@ -17,7 +17,7 @@ from bundler import oci
 from bundler.errors import InstallError
 from bundler.installer import dockerload, remote
 from bundler.installer.inventory import ClusterOptions, Node
-from bundler.installer.plan import NodeFacts, Route, kubernetes_version_problem
+from bundler.installer.plan import NodeFacts, Route, cluster_file_problems
 from bundler.installer.results import NodeResult
 from bundler.lock import Lock
 
@@ -40,21 +40,26 @@ PREFLIGHT_SCRIPT = (
     "(ss -Htln 2>/dev/null || netstat -tln 2>/dev/null | tail -n +3) | awk '{print $4}' | sed 's/.*://' "
     "| sort -un | tr '\\n' ' '; echo"
 )
-# Ports Kubernetes (RKE) needs free on a node, by role.
+# Ports Kubernetes (RKE) needs free on a node, by role ("all": every node). The kubelet (10250) and
+# kube-proxy's health check (10256) run on every node; the controller manager and the scheduler
+# serve 10257 and 10259 (their old insecure ports 10252 and 10251 are gone since Kubernetes 1.24);
+# RKE's nginx ingress listens on 80 and 443 of every worker (host network).
 ROLE_PORTS: dict[str, list[int | tuple[int, int]]] = {
-    "controlplane": [6443, 10251, 10252],
+    "all": [10250, 10256],
+    "controlplane": [6443, 10257, 10259],
     "etcd": [2379, 2380],
-    "worker": [10250, (30000, 32767)],
+    "worker": [80, 443, (30000, 32767)],
 }
 
 
 def busy_ports(node: Node, listening: set[int]) -> list[str]:
     """The ports this node's roles need that something already listens on."""
     busy = []
-    for role in node.roles:
+    for role in ("all", *node.roles):
         for port in ROLE_PORTS.get(role, []):
             low, high = port if isinstance(port, tuple) else (port, port)
-            busy += [f"{p} ({role})" for p in sorted(listening) if low <= p <= high]
+            label = "every node" if role == "all" else role
+            busy += [f"{p} ({label})" for p in sorted(listening) if low <= p <= high]
     return busy
 
 
@@ -72,11 +77,12 @@ RKE_DOCKER_VERSIONS: dict[str, tuple[str, ...]] = {
     **{f"1.{m}": (*_RKE_DOCKER_OLD, "18.06", "18.09", "19.03", "20.10") for m in (9, 10, 11)},
     **{f"1.{m}": (*_RKE_DOCKER_OLD, "17.06", "17.09", "18.06", "18.09", "19.03", "20.10") for m in (12, 13)},
     **{f"1.{m}": _RKE_DOCKER_LEGACY for m in range(14, 23)},
-    "1.23": (*_RKE_DOCKER_LEGACY, "23.0", "24.0"),
-    "1.24": (*_RKE_DOCKER_LEGACY, "23.0", "24.0"),
-    **{f"1.{m}": (*_RKE_DOCKER_LEGACY, "23.0", "24.0", "25.0") for m in range(25, 30)},
+    # rke v1.4.11 (the release the customer's bundle pins) stops at 24.0 for 1.23-1.26; 25.0 came
+    # with the metadata of rke v1.5 (Feb 2024), which also brought 1.27 and later.
+    **{f"1.{m}": (*_RKE_DOCKER_LEGACY, "23.0", "24.0") for m in range(23, 27)},
+    **{f"1.{m}": (*_RKE_DOCKER_LEGACY, "23.0", "24.0", "25.0") for m in range(27, 30)},
 }
-RKE_DEFAULT_K8S_MINOR = "1.28"  # when cluster.yml names no kubernetes_version
+RKE_DEFAULT_K8S_MINOR = "1.26"  # when neither cluster.yml nor the bundle names one (rke v1.4.11's)
 # The kernel modules RKE's requirements page lists. Kernels from 4.19 (5.1 for NAT) merged the
 # *_ipv4 ones into nf_conntrack and nf_nat: there, those count as loaded with them.
 RKE_KERNEL_MODULES = tuple(
@@ -176,18 +182,40 @@ def rke_docker_accepted(version: str, kubernetes_version: str | None) -> tuple[b
     return mine in accepted, accepted
 
 
+def bundled_docker_version(lock: Lock) -> str | None:
+    """The upstream version of the bundle's docker-ce (``5:24.0.9-1~ubuntu.22.04~jammy`` → ``24.0.9``),
+    or None when the bundle carries none."""
+    deb = next((d for d in lock.debs if d.name == "docker-ce"), None)
+    if deb is None:
+        return None
+    return deb.version.split(":", 1)[-1].split("-", 1)[0].split("~", 1)[0]
+
+
 def rke_problems(
-    node: Node, facts: dict[str, list[str]], cluster: ClusterOptions, docker_from_bundle: bool
+    node: Node, facts: dict[str, list[str]], cluster: ClusterOptions, docker_from_bundle: str | None
 ) -> tuple[list[str], list[str]]:
-    """What stops rke on ``node`` (problems) and what the node cannot tell (warnings), from its facts."""
+    """What stops rke on ``node`` (problems) and what the node cannot tell (warnings), from its facts
+    and the version of the bundle's docker-ce (``docker_from_bundle``, None without one)."""
     problems: list[str] = []
     warnings: list[str] = []
     user = node.user
     docker = _first(facts, "docker", "missing")
+    if docker_from_bundle is not None and not cluster.ignore_docker_version:
+        ok, accepted = rke_docker_accepted(docker_from_bundle, cluster.kubernetes_version)
+        if not ok:
+            problems.append(
+                f"the bundle's docker-ce {docker_from_bundle} is not one rke accepts for Kubernetes "
+                f"{cluster.kubernetes_version or RKE_DEFAULT_K8S_MINOR} "
+                f"({', '.join(v + '.x' for v in accepted)}): rke up would stop on every node; rebuild with "
+                "docker-ce pinned to one of those (docker-ce=VERSION), or set 'ignore_docker_version: true' "
+                "in cluster.yml"
+            )
     if docker == "missing":
-        if docker_from_bundle:
+        if docker_from_bundle is not None:
             warnings.append(
-                "no docker yet (the bundle installs docker-ce): rke's Docker checks wait for rke up"
+                "no docker yet (the bundle installs docker-ce"
+                + ("" if user == "root" else f" and adds {user} to the docker group")
+                + "): rke's checks of it run again before rke up"
             )
         else:
             problems.append(
@@ -358,9 +386,7 @@ def _preflight_on(
         if cluster is not None:  # the bundle brings the cluster up with rke: what rke needs here
             facts = parse_facts(remote.run(node, opts, RKE_PREFLIGHT_SCRIPT, timeout=60))
             hostnames[node.name] = _first(facts, "hostname")
-            more, result.warnings = rke_problems(
-                node, facts, cluster, any(d.name == "docker-ce" for d in lock.debs)
-            )
+            more, result.warnings = rke_problems(node, facts, cluster, bundled_docker_version(lock))
             problems += more
         if problems:
             result.error = "; ".join(problems)
@@ -385,9 +411,9 @@ def preflight_phase(
     and, given the ``cluster`` options of an rke bundle, what rke requires of every node. A result
     per node (no node is touched)."""
     if cluster is not None:
-        problem = kubernetes_version_problem(lock, cluster.kubernetes_version)
-        if problem:
-            raise InstallError(f"preflight: {problem}")
+        problems = cluster_file_problems(lock, cluster)
+        if problems:
+            raise InstallError(f"preflight: {'; '.join(problems)}")
         if not cluster.kubernetes_version and lock.cluster.get("kubernetes_version"):
             cluster = replace(cluster, kubernetes_version=lock.cluster["kubernetes_version"])
     targets = {name for name, images in per_node.items() if images}
