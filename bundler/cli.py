@@ -194,6 +194,9 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
     help="Pull REGISTRY's images from MIRROR (HOST[:PORT][/PREFIX]); repeatable, over the manifest's "
     "mirrors:. The bundle keeps the canonical names and digests.",
 )
+@click.option(
+    "--force", is_flag=True, help="Replace a different bundle of the same NAME-VERSION already in OUTDIR."
+)
 def build(
     manifest: Path,
     outdir: Path | None,
@@ -207,14 +210,18 @@ def build(
     split: str | None,
     base: Path | None,
     mirrors: tuple[str, ...],
+    force: bool,
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
     Writes OUTDIR/NAME-VERSION.tar and OUTDIR/NAME-VERSION.tar.sha256 (with
     --split, the parts, NAME-VERSION.parts.json, its .sig and .parts.sha256
-    instead) and prints the bundle's path last; whatever an earlier build of
-    the same NAME-VERSION left there is replaced. The same manifest and cache
-    give the same bytes (set SOURCE_DATE_EPOCH to stamp the members; default 0).
+    instead) and prints the bundle's path last. The manifest and every option
+    are checked first, and every mistake is listed in one run (exit 2). An
+    earlier build of the same NAME-VERSION in OUTDIR is replaced when it is the
+    same bundle; a different one stays, and the build stops (exit 2) unless
+    --force. The same manifest and cache give the same bytes (set
+    SOURCE_DATE_EPOCH to stamp the members; default 0).
 
     \b
     Example:
@@ -225,18 +232,32 @@ def build(
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --base dist/fmp-rke-23.12.0.tar
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --mirror docker.io=mirror.lan/hub
     """
-    from bundler.build import build_bundle, plan_bundle  # imports requests: only the build needs it
+    from bundler.build import build_bundle, check_inputs, plan_bundle  # requests: only the build needs it
 
-    part_size = _parse_size(split) if split else None
-
-    if dry_run:
-        _print_plan(plan_bundle(manifest, cache_dir or default_root(), mirrors=mirrors), as_json)
-        return
-    if key_path is None or outdir is None:
-        raise click.UsageError("--key and -o/--out are required (or pass --dry-run)")
-    key = signing.load_private_key(
-        _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
-    )
+    try:
+        # Every mistake at once, before anything is fetched: the key, the options, the manifest.
+        problems: list[InputError] = []
+        key = None
+        if not dry_run:
+            missing = [o for o, v in (("--key KEY", key_path), ("-o OUTDIR", outdir)) if v is None]
+            if missing:
+                problems.append(InputError(f"{' and '.join(missing)} needed (or pass --dry-run)"))
+            if key_path is not None:
+                try:
+                    key = signing.load_private_key(
+                        _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
+                    )
+                except InputError as exc:
+                    problems.append(exc)
+        checked = check_inputs(manifest, outdir, expires, split, mirrors, force, problems)
+        if dry_run:
+            _print_plan(plan_bundle(manifest, cache_dir or default_root(), mirrors=mirrors), as_json)
+            return
+    except BundlerError as exc:
+        if dry_run and as_json:
+            click.echo(json.dumps({"manifest": str(manifest), **_error_json(exc)}, indent=2))
+        raise
+    assert key is not None and outdir is not None
     bars = _Bars()
 
     def on_fetch(url: str, done: int, total: int | None) -> None:
@@ -258,8 +279,9 @@ def build(
             on_write=lambda n, total: bars.advance("writing bundle", n, total),
             expires=expires,
             base=base,
-            split=part_size or 0,
+            split=split or 0,
             mirrors=mirrors,
+            force=force,
         )
     finally:
         bars.close()
@@ -278,7 +300,7 @@ def build(
         index = result.parts
         count = len(archive.load_parts(index)[0])
         click.echo(
-            f"split into {count} parts of at most {_human(part_size or 0)}; {index.name} lists them", err=True
+            f"split into {count} parts of at most {_human(checked.split)}; {index.name} lists them", err=True
         )
         click.echo(str(index))
         return
@@ -337,19 +359,10 @@ def _system_table(lock: Any) -> list[str]:
     return lines
 
 
-def _parse_size(text: str) -> int:
-    """``4G``, ``4400M``, ``512K`` or bytes; at least 64 KiB."""
-    try:
-        size = archive.parse_size(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--split") from None
-    if size < 64 * 1024:
-        raise click.BadParameter("parts must be at least 64K", param_hint="--split")
-    return size
-
-
 def _error_json(exc: BundlerError) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": False, "exit_code": exc.exit_code, "error": str(exc)}
+    if isinstance(exc, InputError):
+        out["problems"] = list(exc.problems)
     fingerprint = getattr(exc, "fingerprint", None)
     if fingerprint:
         out["signer"] = fingerprint
@@ -659,11 +672,19 @@ def install(
 @cli.command()
 @click.argument("parts", type=_EXISTING_FILE)
 @_pubkeys_option
-@click.option("-o", "--out", "out", required=True, type=_PATH, help="The whole bundle to write.")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=_PATH,
+    help="Where the whole bundle goes: a folder (as for build -o: OUT/NAME-VERSION.tar) or a file name.",
+)
 def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     """Join a bundle's parts into one .tar, checking every part first; the parts stay as they are.
 
-    PARTS is the NAME-VERSION.parts.json (or any of its parts).
+    PARTS is the NAME-VERSION.parts.json (or any of its parts). -o is a folder,
+    as for build (the bundle is then OUT/NAME-VERSION.tar), or the file to write.
 
     \b
     Example:
@@ -673,6 +694,8 @@ def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     if index is None:
         raise InputError(f"{parts}: not a .parts.json or a NAME-VERSION.tar.NNN part")
     trusted = _trusted(pubkeys)
+    if out.is_dir():  # -o names a folder, as build's -o does
+        out = out / (index.name[: -len(archive.PARTS_SUFFIX)] + ".tar")
     digest = archive.join_parts(index, trusted, out)
     click.echo(f"sha256 {digest}", err=True)
     click.echo(str(out))

@@ -25,11 +25,21 @@ def _build(
     keys: Keys,
     out: Path,
     cache: Path,
+    *extra: str,
     manifest: Path | None = None,
     env: dict[str, str] | None = None,
 ):
     return run_cli(
-        "build", manifest or project.manifest, "-o", out, "--key", keys.key_path, "--cache", cache, env=env
+        "build",
+        manifest or project.manifest,
+        "-o",
+        out,
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache,
+        *extra,
+        env=env,
     )
 
 
@@ -352,7 +362,7 @@ def test_tar_and_sha256_appear_together_after_a_kill(
     sha_file = built.with_name(built.name + ".sha256")
     (project.root / "scripts/storage.sh").write_text("#!/bin/sh\necho storage, new\n")
     argv = [sys.executable, "-c", _KILL_AT, where, "build", str(project.manifest), "-o", str(out),
-            "--key", str(keys.key_path), "--cache", str(cache_dir)]  # fmt: skip
+            "--key", str(keys.key_path), "--cache", str(cache_dir), "--force"]  # fmt: skip
     killed = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr
     if sha_file.exists():
@@ -362,7 +372,8 @@ def test_tar_and_sha256_appear_together_after_a_kill(
         assert built.exists() and not sha_file.exists()  # the new .tar alone: the old .sha256 went first
     else:
         assert any(p.name.endswith(".partial") for p in out.iterdir())
-    again = _build(project, keys, out, cache_dir)
+    # The killed build's content differs from the bundle still there ("tar"): replacing it is asked for.
+    again = _build(project, keys, out, cache_dir, *(["--force"] if where == "tar" else []))
     assert again.exit_code == 0, again.stderr
     assert sorted(p.name for p in out.iterdir()) == [built.name, sha_file.name]
     subprocess.run(["sha256sum", "-c", sha_file.name], cwd=out, check=True, capture_output=True)
@@ -461,10 +472,10 @@ def test_folder_at_a_cache_entry_path(
 
 
 def test_output_folder_that_is_a_file(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
-    """Fault: -o names a file. Exit 5 naming it and what to do, before anything is fetched."""
+    """Fault: -o names a file. Exit 2 (bad usage) naming it and what to do, before anything is fetched."""
     out = tmp_path / "out"
     out.write_text("not a folder\n")
     result = _build(project, keys, out, cache_dir)
-    assert result.exit_code == 5, result.stderr
-    assert f"{out}: making the output folder failed: a file is where a folder is expected" in result.stderr
-    assert project.origin.routes["/rke_linux-amd64"].hits == 0
+    assert result.exit_code == 2, result.stderr
+    assert f"-o {out}: is a file, not a folder" in result.stderr and "give a folder" in result.stderr
+    assert project.origin.routes["/rke_linux-amd64"].hits == 0 and "Traceback" not in result.stderr
