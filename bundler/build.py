@@ -856,10 +856,12 @@ def plan_bundle(
     if manifest.cluster is not None:
         tool = next(b for b in manifest.binaries if b.name == manifest.cluster.tool)
         needs_tool = not manifest.cluster.system_images and not _runs_here(manifest)
-        system = system_images(manifest, fetcher.fetch(tool.url, tool.sha256) if needs_tool else None)
+        system = system_images(
+            manifest, fetcher.fetch(tool.url, tool.sha256, same_url=True) if needs_tool else None
+        )
     items = []
     for b in manifest.binaries:
-        hit = cache.get(b.sha256)
+        hit = fetcher.cached(b.url, b.sha256, same_url=True)
         size = hit.stat().st_size if hit else fetcher.content_length(b.url)
         items.append(PlanItem("binary", b.name, size, b.url, hit is not None))
     if manifest.debs:
@@ -956,7 +958,11 @@ def build_bundle(
         fetcher = Fetcher(cache, policy)
         specs = {b.sha256: b for b in manifest.binaries}
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
+            # same_url: the lock records each binary's URL, so that URL must have served it.
+            futures = {
+                sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch, same_url=True)
+                for sha, b in specs.items()
+            }
             fetched = {sha: fut.result() for sha, fut in futures.items()}
         tool = manifest.cluster and next(b for b in manifest.binaries if b.name == manifest.cluster.tool)
         system = system_images(manifest, fetched[tool.sha256] if tool else None)

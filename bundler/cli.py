@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,25 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 member``, ``2 members``: the count with its noun, singular for one."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _expiry_text(expires: int, now: int) -> str:
+    """The signed expiry for ``inspect``, judged by this host's clock as verify and install judge it."""
+    if not expires:
+        return "never"
+    days = abs(expires - now) // 86400
+    when = f"{days} days" if days != 1 else "1 day"
+    if expires <= now:
+        return (
+            f"{signing.utc_text(expires)}  EXPIRED {when} ago by this host's clock "
+            "(verify and install refuse it unless --allow-expired)"
+        )
+    return f"{signing.utc_text(expires)}  (in {when})"
 
 
 def _show_progress() -> bool:
@@ -458,6 +478,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
     trusted = _pubkeys(pubkey) if pubkey else None
     signer: signing.PublicKey | None
     with archive.Bundle(bundle, trusted) as opened:
+        parts = opened.src.parts
         if trusted is not None:
             decision = opened.decide(archive.facts(trusted, allow_expired=True))
             lock, signer = decision.lock, decision.signer
@@ -485,6 +506,18 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         "signature_checked": trusted is not None,
         "manifest_sha256": lock.manifest_sha256,
         "expires": lock.expires or None,
+        # By this host's clock, as verify and install judge it.
+        "expired": bool(lock.expires) and lock.expires <= int(time.time()),
+        "delta": (
+            {
+                "base": dict(lock.base),
+                "inherited": len(lock.inherited),
+                "inherited_bytes": sum(m.size for m in lock.inherited),
+            }
+            if lock.base
+            else None
+        ),
+        "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in parts] if parts else None,
         "members": len(lock.members),
         "payload_bytes": lock.payload_size,
         "bytes_by_kind": dict(sorted(sizes.items())),
@@ -556,10 +589,23 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         f"{lock.name} {lock.version}  for {plat.get('os')} {plat.get('codename')} {plat.get('arch')}",
         f"  signer:   {signed}",
         f"  builder:  {lock.builder}",
-        f"  expires:  {signing.utc_text(lock.expires) if lock.expires else 'never'}",
-        f"  payload:  {len(lock.members)} members, {_human(lock.payload_size)} "
+        f"  expires:  {_expiry_text(lock.expires, int(time.time()))}",
+        f"  payload:  {_count(len(lock.members), 'member')}, {_human(lock.payload_size)} "
         f"({', '.join(f'{k} {_human(v)}' for k, v in sorted(sizes.items()))})",
     ]
+    if lock.base:
+        base = lock.base
+        lines.append(
+            f"  delta:    on {base.get('name')} {base.get('version')} (lock sha256 "
+            f"{str(base.get('lock_sha256'))[:16]}…): {_count(len(lock.inherited), 'member')}, "
+            f"{_human(sum(m.size for m in lock.inherited))}, left out; the site needs "
+            f"{base.get('name')} {base.get('version')} installed"
+        )
+    if parts:
+        lines.append(
+            f"  parts:    {_count(len(parts), 'part')} of at most {_human(max(p.size for p in parts))}: "
+            f"{parts[0].name} … {parts[-1].name}"
+        )
     if lock.binaries:
         lines.append("  binaries:")
         lines += [f"    {b.name:<20} {_human(b.size):>10}  -> {b.dest} ({b.mode})" for b in lock.binaries]

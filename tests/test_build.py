@@ -479,3 +479,28 @@ def test_output_folder_that_is_a_file(project: Project, keys: Keys, tmp_path: Pa
     assert result.exit_code == 2, result.stderr
     assert f"-o {out}: is a file, not a folder" in result.stderr and "give a folder" in result.stderr
     assert project.origin.routes["/rke_linux-amd64"].hits == 0 and "Traceback" not in result.stderr
+
+
+def test_lock_never_records_a_url_that_did_not_serve_the_binary(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Fault: the binary's URL changes (same sha256) and the new one answers 404. The cache holds
+    the bytes, but the lock would name a URL that never served them: the build fetches the new URL,
+    fails with exit 5 naming it, and writes nothing; once that URL serves the bytes, it builds."""
+    assert _build(project, keys, tmp_path / "a", cache_dir).exit_code == 0
+    moved = project.origin.base + "/moved/rke_linux-amd64"
+    project.manifest.write_text(
+        project.manifest.read_text().replace(project.origin.base + "/rke_linux-amd64", moved)
+    )
+    failed = _build(project, keys, tmp_path / "b", cache_dir)
+    assert failed.exit_code == 5, failed.stderr
+    assert moved in failed.stderr and "404" in failed.stderr
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.tar"))
+    project.origin.add("/moved/rke_linux-amd64", RKE_BYTES)
+    ok = _build(project, keys, tmp_path / "b", cache_dir)
+    assert ok.exit_code == 0, ok.stderr
+    lock = json.loads(run_cli("inspect", Path(ok.stdout.strip()), "--json").stdout)
+    assert [b["url"] for b in lock["binaries"]] == [moved]
+    assert project.origin.routes["/moved/rke_linux-amd64"].hits == 1
+    again = _build(project, keys, tmp_path / "c", cache_dir)  # known now: from the cache
+    assert again.exit_code == 0 and project.origin.routes["/moved/rke_linux-amd64"].hits == 1

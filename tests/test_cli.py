@@ -327,3 +327,26 @@ def test_join_takes_a_folder_like_build(
     assert joined.exit_code == 0, joined.stderr
     assert joined.stdout.strip() == str(tmp_path / "dist" / "demo-1.0.0.tar")
     assert run_cli("verify", tmp_path / "dist" / "demo-1.0.0.tar", "--pubkey", keys.pub_path).exit_code == 0
+
+
+def test_inspect_says_delta_base_and_parts(
+    project: Project, built: Path, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """inspect names a delta's base and what it leaves out, and the parts a split bundle is in."""
+    project.manifest.write_text(project.manifest.read_text().replace('"1.0.0"', '"1.0.1"'))
+    made = run_cli(
+        "build", project.manifest, "-o", tmp_path / "delta", "--key", keys.key_path, "--cache", cache_dir,
+        "--base", built, "--split", "64K",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    index = Path(made.stdout.strip())
+    text = run_cli("inspect", index)
+    assert text.exit_code == 0, text.stderr
+    assert "delta:    on demo 1.0.0" in text.stdout and "the site needs demo 1.0.0 installed" in text.stdout
+    assert "parts:    " in text.stdout and "demo-1.0.1.tar.000" in text.stdout
+    assert "expires:  never" in text.stdout
+    facts = json.loads(run_cli("inspect", index, "--json").stdout)
+    assert facts["delta"]["base"]["version"] == "1.0.0" and facts["delta"]["inherited"] >= 1
+    assert facts["parts"][0]["name"] == "demo-1.0.1.tar.000" and facts["expired"] is False
+    whole = json.loads(run_cli("inspect", built, "--json").stdout)
+    assert whole["delta"] is None and whole["parts"] is None
