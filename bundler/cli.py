@@ -139,12 +139,14 @@ def _pubkeys(path: Path) -> list[signing.PublicKey]:
 def cli(verbose: int) -> None:
     """Build, verify and install signed offline bundles for air-gapped Kubernetes sites.
 
+    The example builds the demo's bundle (`make demo` serves what manifests/demo.yaml fetches).
+
     \b
     Example:
       airbundle keygen --out release
       airbundle build manifests/demo.yaml --key release.key -o dist
-      airbundle verify dist/demo-1.0.0.tar --pubkey release.pub
-      airbundle inspect dist/demo-1.0.0.tar
+      airbundle verify dist/demo-0.1.0.tar --pubkey release.pub
+      airbundle inspect dist/demo-0.1.0.tar
     """
     level = logging.WARNING - 10 * verbose
     # force: rebind to this invocation's stderr (matters when main() runs more than once in a process).
@@ -163,22 +165,30 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
 
     PREFIX.key is PKCS#8 PEM (mode 0600); PREFIX.pub is one OpenSSH line for
     `airbundle verify --pubkey` and for `ssh-keygen -Y verify` allowed_signers.
+    PREFIX's folder is made (mode 0700) when it does not exist. Without
+    --passphrase-env the key is not encrypted, and keygen says so.
 
     \b
     Example:
       airbundle keygen --out keys/release
-      RELEASE_PASS=... airbundle keygen --out keys/release --passphrase-env RELEASE_PASS
+      RELEASE_PASS='a long passphrase' airbundle keygen --out keys/protected --passphrase-env RELEASE_PASS
     """
     key_path = prefix.with_name(prefix.name + ".key")
     pub_path = prefix.with_name(prefix.name + ".pub")
     for path in (key_path, pub_path):
         if path.exists() and not force:
             raise InputError(f"{path} exists; pass --force to replace it")
-    if not prefix.parent.is_dir():
-        raise InputError(f"{prefix.parent}: no such folder for --out")
+    passphrase = _passphrase(passphrase_env)
+    prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys/ in a fresh clone
     key = signing.PrivateKey.generate(comment=comment)
-    atomic_write(key_path, key.to_pem(_passphrase(passphrase_env)), mode=0o600)
+    atomic_write(key_path, key.to_pem(passphrase), mode=0o600)
     atomic_write(pub_path, (key.public.openssh_line() + "\n").encode())
+    how = (
+        f"encrypted with the passphrase in ${passphrase_env}"
+        if passphrase
+        else "NOT encrypted: keep it offline, or make one with --passphrase-env VAR"
+    )
+    click.echo(f"wrote {key_path} ({how}) and {pub_path}", err=True)
     click.echo(key.public.describe())
 
 
@@ -246,10 +256,10 @@ def build(
     \b
     Example:
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist
-      sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
+      (cd dist && sha256sum -c fmp-rke-23.12.1.tar.sha256)
       airbundle build manifests/fmp-rke.yaml --dry-run
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dvd --split 4400M
-      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --base dist/fmp-rke-23.12.0.tar
+      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o delta --base dist/fmp-rke-23.12.0.tar
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --mirror docker.io=mirror.lan/hub
     """
     from bundler.build import build_bundle, check_inputs, plan_bundle  # requests: only the build needs it
@@ -472,7 +482,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
     \b
     Example:
       airbundle inspect dist/fmp-rke-23.12.1.tar
-      airbundle inspect dist/fmp-rke-23.12.1.tar --json | jq '.binaries[].dest'
+      airbundle inspect dist/fmp-rke-23.12.1.tar --json > fmp-rke-23.12.1.json
       airbundle inspect dist/fmp-rke-23.12.1.tar --sbom > fmp-rke.cdx.json
     """
     trusted = _pubkeys(pubkey) if pubkey else None
@@ -734,7 +744,7 @@ def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
 
     \b
     Example:
-      airbundle join /media/dvd/fmp-rke-23.12.1.parts.json --pubkey release.pub -o fmp-rke-23.12.1.tar
+      airbundle join dvd/fmp-rke-23.12.1.parts.json --pubkey keys/release.pub -o dist
     """
     index = archive.parts_file(parts)
     if index is None:
