@@ -793,13 +793,17 @@ def _refuse_clashes(manifest: Manifest, entries: list[archive.Entry], origins: d
                 )
 
 
-_INHERITABLE = ("image", "deb", "binary")  # what a delta may leave out: the big, content-addressed parts
+# What a delta may leave out: the big, content-addressed parts and the payload files (a large,
+# unchanged files: member is as much a waste to carry again as an image layer). Scripts and the
+# installer always travel: they are small and the site runs them from the bundle's own copy.
+_INHERITABLE = ("image", "deb", "binary", "file")
 
 
 def _delta(
     entries: list[archive.Entry], lock: Lock, base: Path, key: signing.PrivateKey
 ) -> tuple[list[archive.Entry], Lock]:
-    """Leave out every blob, package and binary whose digest the base bundle already carries."""
+    """Leave out every blob, package, binary and payload file whose digest the base bundle already
+    carries (the site copies it from the base's unpacked folder, checking its SHA-256)."""
     try:
         # The base's own expiry does not matter here: only that this key signed it.
         with archive.Bundle(base, [key.public]) as bundle:

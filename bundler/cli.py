@@ -63,7 +63,32 @@ def _expiry_text(expires: int, now: int) -> str:
 
 
 def _show_progress() -> bool:
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() and not _VERBOSITY["quiet"]
+
+
+# -v/--verbose and -q/--quiet, given before the subcommand, after it, or both (counts add up).
+_VERBOSITY = {"verbose": 0, "quiet": 0}
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if ctx.resilient_parsing or not value:
+        return
+    assert param.name is not None
+    _VERBOSITY[param.name] += int(value)
+    level = logging.ERROR if _VERBOSITY["quiet"] else logging.WARNING - 10 * _VERBOSITY["verbose"]
+    logging.getLogger().setLevel(max(level, logging.DEBUG))
+
+
+def _verbosity_options(f: Any) -> Any:
+    """``-v`` (repeatable) and ``-q`` on a command as well as on ``airbundle`` itself."""
+    f = click.option(
+        "-q", "--quiet", count=True, expose_value=False, callback=_set_verbosity,
+        help="Errors only: no warnings, no progress bars.",
+    )(f)  # fmt: skip
+    return click.option(
+        "-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
+        help="More log output (-vv for debug); also before the command.",
+    )(f)  # fmt: skip
 
 
 class _Bars:
@@ -135,8 +160,9 @@ def _pubkeys(path: Path) -> list[signing.PublicKey]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="airbundle")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug); also after the command.")
+@click.option("-q", "--quiet", count=True, help="Errors only: no warnings, no progress bars.")
+def cli(verbose: int, quiet: int) -> None:
     """Build, verify and install signed offline bundles for air-gapped Kubernetes sites.
 
     The example builds the demo's bundle (`make demo` serves what manifests/demo.yaml fetches).
@@ -148,7 +174,8 @@ def cli(verbose: int) -> None:
       airbundle verify dist/demo-0.1.0.tar --pubkey release.pub
       airbundle inspect dist/demo-0.1.0.tar
     """
-    level = logging.WARNING - 10 * verbose
+    _VERBOSITY.update(verbose=verbose, quiet=quiet)
+    level = logging.ERROR if quiet else logging.WARNING - 10 * verbose
     # force: rebind to this invocation's stderr (matters when main() runs more than once in a process).
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="airbundle: %(levelname)s: %(message)s", force=True
@@ -156,6 +183,7 @@ def cli(verbose: int) -> None:
 
 
 @cli.command()
+@_verbosity_options
 @click.option("--out", "prefix", required=True, type=_PATH, help="Writes PREFIX.key and PREFIX.pub.")
 @click.option("--passphrase-env", metavar="VAR", help="Encrypt the key with the passphrase in $VAR.")
 @click.option("--comment", default="airbundle", show_default=True, help="Comment on the public key line.")
@@ -193,6 +221,7 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("manifest", type=_EXISTING_FILE)
 @click.option("-o", "--out", "outdir", type=_PATH, help="Folder for the bundle; required unless --dry-run.")
 @click.option(
@@ -321,7 +350,7 @@ def build(
     if lock.system_images:
         click.echo("\n".join(_system_table(lock)), err=True)
     click.echo(
-        f"built {lock.name} {lock.version}: {len(lock.members)} members, "
+        f"built {lock.name} {lock.version}: {_count(len(lock.members), 'member')}, "
         f"{_human(result.size)}, signed by {key.public.fingerprint}",
         err=True,
     )
@@ -330,7 +359,8 @@ def build(
         index = result.parts
         count = len(archive.load_parts(index)[0])
         click.echo(
-            f"split into {count} parts of at most {_human(checked.split)}; {index.name} lists them", err=True
+            f"split into {_count(count, 'part')} of at most {_human(checked.split)}; {index.name} lists them",
+            err=True,
         )
         click.echo(str(index))
         return
@@ -357,7 +387,8 @@ def _print_plan(items: list[Any], as_json: bool) -> None:
     unknown = sum(1 for i in fetch if i.size is None)
     total = _human(sum(i.size or 0 for i in items))
     click.echo(
-        f"{len(items)} items, {total} in all; to fetch: {len(fetch)} items, {_human(known)}"
+        f"{_count(len(items), 'item')}, {total} in all; "
+        f"to fetch: {_count(len(fetch), 'item')}, {_human(known)}"
         + (f" (+{unknown} of unknown size)" if unknown else "")
     )
 
@@ -379,7 +410,7 @@ def _system_table(lock: Any) -> list[str]:
     cluster = lock.cluster
     lines = [
         f"  system images for {cluster.get('kind')} Kubernetes {cluster.get('kubernetes_version')} "
-        f"(network {cluster.get('network_plugin')}; {len(lock.system_images)} images, node roles):"
+        f"(network {cluster.get('network_plugin')}; {_count(len(lock.system_images), 'image')}, node roles):"
     ]
     width = max(len(s.ref) for s in lock.system_images)
     for system in lock.system_images:
@@ -403,6 +434,7 @@ def _error_json(exc: BundlerError) -> dict[str, Any]:
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("bundle", type=_EXISTING_FILE)
 @_pubkeys_option
 @click.option("--allow-expired", is_flag=True, help="Accept a bundle past its signed expiry.")
@@ -454,7 +486,7 @@ def verify(
     elif not report.problems:
         click.echo(
             f"OK {lock.name} {lock.version}: signed by {report.signer.fingerprint}; "
-            f"{len(lock.members)} members, {_human(report.bytes)} verified"
+            f"{_count(len(lock.members), 'member')}, {_human(report.bytes)} verified"
         )
     if report.problems:
         if not as_json:
@@ -462,13 +494,14 @@ def verify(
                 click.echo(f"FAIL {problem}", err=True)
         first = report.problems[0]
         raise IntegrityError(
-            f"{bundle}: {len(report.problems)} member(s) failed; first: {first}. "
+            f"{bundle}: {_count(len(report.problems), 'member')} failed; first: {first}. "
             "Do not install this bundle; fetch it again from the publisher",
             member=first.member,
         )
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("bundle", type=_EXISTING_FILE)
 @click.option("--pubkey", type=_EXISTING_FILE, help="Also check the signature against this key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lock's facts as JSON.")
@@ -622,7 +655,8 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
     if lock.files:
         lines.append("  files:")
         lines += [
-            f"    {f.dest:<20} {_human(f.size):>10}  {f.count} file(s) from {f.src}" for f in lock.files
+            f"    {f.dest:<20} {_human(f.size):>10}  {_count(f.count, 'file')} from {f.src}"
+            for f in lock.files
         ]
     if lock.images:
         route = (
@@ -639,14 +673,15 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         )
         lines += [
             f"    {', '.join(im.tags) or im.ref:<28} {_human(im.size):>10}  {im.config[7:19]}  {im.platform}"
-            f"  ({len(im.layers)} layers, {im.source})  on {', '.join(own_roles.get(im, lock.image_roles))}"
+            f"  ({_count(len(im.layers), 'layer')}, {im.source})"
+            f"  on {', '.join(own_roles.get(im, lock.image_roles))}"
             for im in lock.images
             if im not in system_set
         ]
     if lock.system_images:
         lines += _system_table(lock)
     if lock.debs:
-        lines.append(f"  debs:     ({len(lock.debs)} packages, a flat apt repository in debs/)")
+        lines.append(f"  debs:     ({_count(len(lock.debs), 'package')}, a flat apt repository in debs/)")
         lines += ["  " + line for line in _deb_table(lock)]
     if lock.steps:
         lines.append("  steps:")
@@ -726,6 +761,7 @@ def install(
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("parts", type=_EXISTING_FILE)
 @_pubkeys_option
 @click.option(

@@ -504,3 +504,33 @@ def test_lock_never_records_a_url_that_did_not_serve_the_binary(
     assert project.origin.routes["/moved/rke_linux-amd64"].hits == 1
     again = _build(project, keys, tmp_path / "c", cache_dir)  # known now: from the cache
     assert again.exit_code == 0 and project.origin.routes["/moved/rke_linux-amd64"].hits == 1
+
+
+def test_delta_leaves_out_unchanged_payload_files(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """A delta carries only the files: members that changed; unpacking it on top of its base gives
+    every file, the inherited ones copied from the base's unpacked folder and checked."""
+    big = project.root / "payloads" / "app" / "big.bin"
+    big.write_bytes(os.urandom(300_000))
+    base = _build(project, keys, tmp_path / "base", cache_dir)
+    assert base.exit_code == 0, base.stderr
+    (project.root / "payloads" / "notes.txt").write_text("site notes, changed\n")
+    project.manifest.write_text(project.manifest.read_text().replace('"1.0.0"', '"1.0.1"'))
+    delta = _build(project, keys, tmp_path / "delta", cache_dir, "--base", base.stdout.strip())
+    assert delta.exit_code == 0, delta.stderr
+    bundle = Path(delta.stdout.strip())
+    lock = archive.read_lock(bundle)[0]
+    inherited = {m.path for m in lock.inherited}
+    assert "files/app/big.bin" in inherited and "files/app/deploy.yaml" in inherited
+    assert "files/notes.txt" in {m.path for m in lock.members}  # changed: it travels
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+    assert "files/app/big.bin" not in names and "files/notes.txt" in names
+    assert bundle.stat().st_size < Path(base.stdout.strip()).stat().st_size - 290_000
+    work = tmp_path / "site"
+    work.mkdir(mode=0o700)
+    old, _ = archive.extract_bundle(Path(base.stdout.strip()), [keys.pub], work)
+    new, _ = archive.extract_bundle(bundle, [keys.pub], work, inherit_from=old)
+    assert (new / "files/app/big.bin").read_bytes() == big.read_bytes()
+    assert (new / "files/notes.txt").read_text() == "site notes, changed\n"

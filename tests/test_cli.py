@@ -350,3 +350,44 @@ def test_inspect_says_delta_base_and_parts(
     assert facts["parts"][0]["name"] == "demo-1.0.1.tar.000" and facts["expired"] is False
     whole = json.loads(run_cli("inspect", built, "--json").stdout)
     assert whole["delta"] is None and whole["parts"] is None
+
+
+def test_counts_say_one_thing_in_the_singular(project: Project, tmp_path: Path, cache_dir: Path) -> None:
+    one = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: one\nversion: '1'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        "files:\n  - src: payloads/notes.txt\n    dest: notes.txt\n",
+        "one.yaml",
+    )
+    plan = run_cli("build", one, "--dry-run", "--cache", cache_dir)
+    assert plan.exit_code == 0, plan.stderr
+    assert "1 item, " in plan.stdout and "to fetch: 0 items" in plan.stdout and "1 items" not in plan.stdout
+
+
+def test_inspect_counts_in_the_singular(built: Path) -> None:
+    shown = run_cli("inspect", built).stdout
+    assert "1 file from payloads/notes.txt" in shown and "3 files from payloads/app/" in shown
+    assert "file(s)" not in shown
+
+
+def test_verbosity_options_go_before_or_after_the_command(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """-v and -q are accepted after the subcommand too; -q keeps warnings off, -vv shows debug."""
+    args = ["build", project.manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir]
+    expired = ["--expires", "1d"]
+    env = {"SOURCE_DATE_EPOCH": "1"}  # a bundle "built in 1970" for a day: the build warns
+    loud = run_cli(*args, *expired, env=env)
+    assert loud.exit_code == 0 and "already expired" in loud.stderr
+    for quiet in (["-q", *args], [*args, "-q"]):
+        result = run_cli(*quiet, *expired, "--force", env=env)
+        assert result.exit_code == 0 and "WARNING" not in result.stderr, result.stderr
+    debug = run_cli(*args, *expired, "-vv", env=env)
+    assert debug.exit_code == 0 and "DEBUG" in debug.stderr
+    assert (
+        run_cli(
+            "verify", Path(loud.stdout.strip()), "--pubkey", keys.pub_path, "-v", "--allow-expired"
+        ).exit_code
+        == 0
+    )
+    assert run_cli("inspect", Path(loud.stdout.strip()), "-q").exit_code == 0
