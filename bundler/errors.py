@@ -95,9 +95,10 @@ def several(errors: list[InputError], kind: type[InputError] = InputError, where
     One error stays as it is; several become one message, a line per problem, with the
     count first. Their ``problems`` are kept in order for machine-readable output.
     """
+    errors = [e for e in errors if e.problems]
+    if len(errors) == 1:
+        return errors[0]  # one error (of one or several problems) keeps its own words
     problems = tuple(p for e in errors for p in e.problems)
-    if len(problems) == 1:
-        return next(e for e in errors if e.problems)
     lines = "".join(f"\n  - {p}" for p in problems)
     head = f"{where}: " if where else ""
     return kind(f"{head}{len(problems)} problems; fix them all, then run again:{lines}", problems)

@@ -510,7 +510,7 @@ def load_manifest(path: Path) -> Manifest:
     debs = None
     if "debs" in top.data:
         with problems.each():
-            debs = _debs_section(top, where, base)
+            debs = _debs_section(top, where, base, problems)
 
     steps: list[StepSpec] = []
     step_lines: list[int] = []
@@ -759,47 +759,18 @@ def _mirrors_section(top: _Section, where: str) -> dict[str, Mirror]:
     return out
 
 
-def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
+def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) -> DebsSpec:
+    """``debs:``; each source is checked on its own, so two missing keyrings are named in one run."""
     sec = _Section(
         top.get("debs", dict), where, "debs", top.line, ("sources", "packages", "exclude", "baseline")
     )
     sources = []
+    before = len(problems.errors)
     for i, (item, line) in enumerate(sec.items("sources")):
-        src = _Section(
-            item,
-            where,
-            f"debs.sources[{i}]",
-            line,
-            ("url", "suite", "components", "keyring", "flat", "trusted"),
-        )
-        url = src.get("url", str)
-        if not url.startswith(("http://", "https://")):
-            raise src.fail("url", f"{url!r} must be an http(s) URL")
-        flat = src.get("flat", bool, default=False, required=False)
-        trusted = src.get("trusted", bool, default=False, required=False)
-        suite = src.get("suite", str, default="./" if flat else None, required=not flat)
-        components = src.get("components", list, default=[], required=not flat)
-        if not flat and not components:
-            raise src.fail("components", "name at least one component (e.g. [main])")
-        if not all(isinstance(c, str) and ITEM_NAME_RE.fullmatch(c) for c in components):
-            raise src.fail("components", "must be a list of component names")
-        keyring = None
-        if "keyring" in src.data:
-            raw = src.get("keyring", str)
-            if not raw.startswith("/") and not (base / raw).exists():
-                raise src.fail(
-                    "keyring",
-                    f"{raw!r} does not exist; put the repository's public key there (armored or binary), "
-                    f"e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}' for Docker's repository, and check "
-                    "its fingerprint against the publisher's (README: 'Keys of apt repositories')",
-                )
-            _, keyring = _local_path(src, "keyring", base)
-        elif not trusted:
-            raise ManifestError(
-                f"{src.at()}: debs.sources[{i}] needs 'keyring' (the repository's public key, e.g. "
-                "payloads/keys/NAME.gpg), or 'trusted: true' to skip the signature check"
-            )
-        sources.append(Source(url, suite, tuple(components), keyring, trusted, flat))
+        with problems.each():
+            sources.append(_apt_source(item, where, i, line, base))
+    if len(problems.errors) > before:
+        raise _Reported()
     if not sources:
         raise ManifestError(f"{sec.at()}: debs needs at least one source")
     packages = sec.get("packages", list)
@@ -814,6 +785,47 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
     if baseline not in ("required", "none"):
         raise sec.fail("baseline", "must be 'required' (Priority: required packages are present) or 'none'")
     return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline)
+
+
+def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:
+    """One ``debs.sources`` entry: an apt repository and how its signature is checked."""
+    src = _Section(
+        item,
+        where,
+        f"debs.sources[{i}]",
+        line,
+        ("url", "suite", "components", "keyring", "flat", "trusted"),
+    )
+    url = src.get("url", str)
+    if not url.startswith(("http://", "https://")):
+        raise src.fail("url", f"{url!r} must be an http(s) URL")
+    flat = src.get("flat", bool, default=False, required=False)
+    trusted = src.get("trusted", bool, default=False, required=False)
+    suite = src.get("suite", str, default="./" if flat else None, required=not flat)
+    components = src.get("components", list, default=[], required=not flat)
+    if not flat and not components:
+        raise src.fail("components", "name at least one component (e.g. [main])")
+    if not all(isinstance(c, str) and ITEM_NAME_RE.fullmatch(c) for c in components):
+        raise src.fail("components", "must be a list of component names")
+    keyring = None
+    if "keyring" in src.data:
+        raw = src.get("keyring", str)
+        if not raw.startswith("/") and not (base / raw).exists():
+            # Docker publishes its key beside its repository; for the others: payloads/keys/README.md.
+            example = f", e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}'" if "docker" in url else ""
+            raise src.fail(
+                "keyring",
+                f"{raw!r} does not exist; put the repository's public key there (armored or binary)"
+                f"{example}, and check its fingerprint against the publisher's (payloads/keys/README.md; "
+                "README: 'Keys of apt repositories')",
+            )
+        _, keyring = _local_path(src, "keyring", base)
+    elif not trusted:
+        raise ManifestError(
+            f"{src.at()}: debs.sources[{i}] needs 'keyring' (the repository's public key, e.g. "
+            "payloads/keys/NAME.gpg), or 'trusted: true' to skip the signature check"
+        )
+    return Source(url, suite, tuple(components), keyring, trusted, flat)
 
 
 def _install_section(top: _Section, where: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ import pytest
 
 from bundler.cli import cli
 
-from .conftest import AIRBUNDLE, RKE_BYTES, Origin, run_cli
+from .conftest import AIRBUNDLE, DEMO_MANIFEST, RKE_BYTES, Origin, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -32,26 +32,6 @@ README = ROOT / "README.md"
 # order, since later ones use what earlier ones wrote (keys/, dist/, dvd/).
 ORDER = ["keygen", "build", "verify", "inspect", "join"]
 NOT_HERE = {"install"}
-
-FIXTURE = """\
-# A loopback stand-in for the examples: the same name and version, its binary from the test origin.
-apiVersion: airbundle/v1
-kind: Bundle
-name: {name}
-version: "{version}"
-platform: {{os: ubuntu, codename: jammy, arch: amd64}}
-binaries:
-  - name: rke
-    url: {url}
-    sha256: {sha}
-    dest: /usr/local/bin/rke
-files:
-  - src: payloads/example/
-    dest: example
-steps:
-  - name: hello
-    script: scripts/example-hello.sh
-"""
 
 
 def help_examples(command: str | None) -> list[str]:
@@ -90,15 +70,17 @@ def scratch(tmp_path: Path, origin: Origin) -> Path:
     root = tmp_path / "project"
     for folder in ("manifests", "payloads", "scripts"):
         shutil.copytree(ROOT / folder, root / folder)
-    (root / "payloads" / "example").mkdir()
-    (root / "payloads" / "example" / "notes.txt").write_text("site notes\n")
-    hello = root / "scripts" / "example-hello.sh"
-    hello.write_text("#!/bin/sh\necho hello\n")
+    # What the tests' demo manifest ships (conftest.DEMO_MANIFEST), beside the project's own.
+    (root / "payloads" / "app").mkdir()
+    (root / "payloads" / "app" / "deploy.yaml").write_text("kind: Deployment\n")
+    (root / "payloads" / "notes.txt").write_text("site notes\n")
+    for step in ("storage", "services"):
+        (root / "scripts" / f"{step}.sh").write_text(f"#!/bin/sh\necho {step}\n")
     url = origin.add("/rke_linux-amd64", RKE_BYTES)
-    sha = hashlib.sha256(RKE_BYTES).hexdigest()
+    text = DEMO_MANIFEST.format(url=url, sha=hashlib.sha256(RKE_BYTES).hexdigest())
     for name, version in (("fmp-rke", "23.12.1"), ("demo", "0.1.0")):
-        text = FIXTURE.format(name=name, version=version, url=url, sha=sha)
-        (root / "manifests" / f"{name}.yaml").write_text(text)
+        stand_in = text.replace("name: demo", f"name: {name}").replace('"1.0.0"', f'"{version}"')
+        (root / "manifests" / f"{name}.yaml").write_text(stand_in)
     return root
 
 

@@ -254,6 +254,7 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
     # One run names every missing input and the placeholder, each with its line.
     problems = info.value.problems
     assert any("payloads/keys/docker.gpg" in p for p in problems)
+    assert any("sources[1].keyring: 'payloads/keys/ubuntu-archive-keyring.gpg'" in p for p in problems)
     assert any("payloads/vendor/fmp_v23.12.tgz" in p for p in problems)
     assert any("payloads/vendor/fmp_k8s/" in p for p in problems)
     assert any("fmp-rke.yaml:37: binaries[0].sha256: is the all-zero placeholder" in p for p in problems)
