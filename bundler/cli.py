@@ -62,6 +62,12 @@ def _expiry_text(expires: int, now: int) -> str:
     return f"{signing.utc_text(expires)}  (in {when})"
 
 
+def _note(text: str) -> None:
+    """What a command tells besides its result (summaries, tables), on stderr; nothing with -q."""
+    if not _VERBOSITY["quiet"]:
+        click.echo(text, err=True)
+
+
 def _show_progress() -> bool:
     return sys.stderr.isatty() and not _VERBOSITY["quiet"]
 
@@ -216,7 +222,7 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
         if passphrase
         else "NOT encrypted: keep it offline, or make one with --passphrase-env VAR"
     )
-    click.echo(f"wrote {key_path} ({how}) and {pub_path}", err=True)
+    _note(f"wrote {key_path} ({how}) and {pub_path}")
     click.echo(key.public.describe())
 
 
@@ -346,21 +352,19 @@ def build(
         bars.close()
     lock = result.lock
     if lock.debs:
-        click.echo("\n".join(_deb_table(lock)), err=True)
+        _note("\n".join(_deb_table(lock)))
     if lock.system_images:
-        click.echo("\n".join(_system_table(lock)), err=True)
-    click.echo(
+        _note("\n".join(_system_table(lock)))
+    _note(
         f"built {lock.name} {lock.version}: {_count(len(lock.members), 'member')}, "
-        f"{_human(result.size)}, signed by {key.public.fingerprint}",
-        err=True,
+        f"{_human(result.size)}, signed by {key.public.fingerprint}"
     )
-    click.echo(f"sha256 {result.sha256}", err=True)
+    _note(f"sha256 {result.sha256}")
     if result.parts is not None:
         index = result.parts
         count = len(archive.load_parts(index)[0])
-        click.echo(
+        _note(
             f"split into {_count(count, 'part')} of at most {_human(checked.split)}; {index.name} lists them",
-            err=True,
         )
         click.echo(str(index))
         return
@@ -789,7 +793,7 @@ def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     if out.is_dir():  # -o names a folder, as build's -o does
         out = out / (index.name[: -len(archive.PARTS_SUFFIX)] + ".tar")
     digest = archive.join_parts(index, trusted, out)
-    click.echo(f"sha256 {digest}", err=True)
+    _note(f"sha256 {digest}")
     click.echo(str(out))
 
 
