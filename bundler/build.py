@@ -185,14 +185,16 @@ def check_inputs(
     force: bool = True,
     problems: Sequence[InputError] = (),
     now: float | None = None,
+    base: Path | None = None,
+    key: signing.PublicKey | None = None,
 ) -> Inputs:
     """The manifest and every build option, checked together so that one run names every mistake.
 
     ``problems`` are the caller's own (a key file that cannot be read, a missing option) and are
     listed with these. A past ``--expires`` date, a malformed one, ``-o`` naming a file, a
     ``--split`` size that is no size or too small, a malformed ``--mirror``, and (unless
-    ``force``) an earlier bundle of this NAME-VERSION from another manifest at the output path
-    are each a problem.
+    ``force``) an earlier bundle of this NAME-VERSION from another manifest at the output path,
+    and a ``base`` that ``key`` did not sign are each a problem.
 
     Raises:
         InputError / ManifestError: every problem at once (exit 2); ``problems`` lists them.
@@ -215,6 +217,11 @@ def check_inputs(
             start = source_date_epoch() or int(time.time() if now is None else now)
             stamp = parse_expiry(expires, start)
             _refuse_past(expires, stamp, time.time() if now is None else now)
+        except InputError as exc:
+            errors.append(exc)
+    if base is not None and key is not None:
+        try:
+            base_lock(base, key)
         except InputError as exc:
             errors.append(exc)
     part_size = 0
@@ -799,18 +806,27 @@ def _refuse_clashes(manifest: Manifest, entries: list[archive.Entry], origins: d
 _INHERITABLE = ("image", "deb", "binary", "file")
 
 
+def base_lock(base: Path, key: signing.PublicKey) -> tuple[Lock, str]:
+    """``--base``: the earlier bundle's lock and its SHA-256, once ``key`` is shown to have signed it.
+
+    Raises:
+        InputError: not a bundle, or not signed with this key (exit 2).
+    """
+    try:
+        # The base's own expiry does not matter here: only that this key signed it.
+        with archive.Bundle(base, [key]) as bundle:
+            decision = bundle.decide(archive.facts([key], allow_expired=True))
+    except BundlerError as exc:
+        raise InputError(f"--base {base}: not a bundle signed with this key ({exc})") from exc
+    return decision.lock, decision.lock_sha256
+
+
 def _delta(
     entries: list[archive.Entry], lock: Lock, base: Path, key: signing.PrivateKey
 ) -> tuple[list[archive.Entry], Lock]:
     """Leave out every blob, package, binary and payload file whose digest the base bundle already
     carries (the site copies it from the base's unpacked folder, checking its SHA-256)."""
-    try:
-        # The base's own expiry does not matter here: only that this key signed it.
-        with archive.Bundle(base, [key.public]) as bundle:
-            decision = bundle.decide(archive.facts([key.public], allow_expired=True))
-    except BundlerError as exc:
-        raise InputError(f"--base {base}: not a bundle signed with this key ({exc})") from exc
-    old = decision.lock
+    old, old_sha256 = base_lock(base, key.public)
     have = {m.sha256 for m in (*old.members, *old.inherited)}
     inherited = tuple(m for m in lock.members if m.kind in _INHERITABLE and m.sha256 in have)
     gone = {m.path for m in inherited}
@@ -821,7 +837,7 @@ def _delta(
         base={
             "name": old.name,
             "version": old.version,
-            "lock_sha256": decision.lock_sha256,
+            "lock_sha256": old_sha256,
         },
     )
 
@@ -953,7 +969,7 @@ def build_bundle(
         ManifestError / InputError: a bad manifest or input (exit 2), every one at once.
         FetchError: a download failed or did not match its pin (exit 5).
     """
-    checked = check_inputs(manifest_path, outdir, expires, split, mirrors, force)
+    checked = check_inputs(manifest_path, outdir, expires, split, mirrors, force, base=base, key=key.public)
     manifest, mirror_map = checked.manifest, checked.mirrors
     final = outdir / f"{manifest.name}-{manifest.version}.tar"
     sha_path = outdir / f"{final.name}.sha256"

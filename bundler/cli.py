@@ -314,7 +314,17 @@ def build(
                     )
                 except InputError as exc:
                     problems.append(exc)
-        checked = check_inputs(manifest, outdir, expires, split, mirrors, force, problems)
+        checked = check_inputs(
+            manifest,
+            outdir,
+            expires,
+            split,
+            mirrors,
+            force,
+            problems,
+            base=base,
+            key=key.public if key else None,
+        )
         if dry_run:
             _print_plan(plan_bundle(manifest, cache_dir or default_root(), mirrors=mirrors), as_json)
             return

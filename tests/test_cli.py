@@ -392,3 +392,16 @@ def test_verbosity_options_go_before_or_after_the_command(
         == 0
     )
     assert run_cli("inspect", Path(loud.stdout.strip()), "-q").exit_code == 0
+
+
+def test_base_of_another_key_is_named_before_any_download(
+    project: Project, built: Path, other_keys: Keys, tmp_path: Path
+) -> None:
+    hits = project.origin.routes["/rke_linux-amd64"].hits
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "d", "--key", other_keys.key_path, "--base", built,
+        "--expires", "yesterday", "--cache", tmp_path / "c",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "2 problems" in result.stderr
+    assert f"--base {built}: not a bundle signed with this key" in result.stderr
+    assert project.origin.routes["/rke_linux-amd64"].hits == hits
