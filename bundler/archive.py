@@ -42,7 +42,15 @@ from typing import BinaryIO, Callable  # typing's: collections.abc's is not subs
 
 from bundler import files, signing, trust
 from bundler import lock as lockmod
-from bundler.errors import InputError, InstallError, IntegrityError, SignatureError, TrustError, from_os_error
+from bundler.errors import (
+    BundlerError,
+    InputError,
+    InstallError,
+    IntegrityError,
+    SignatureError,
+    TrustError,
+    from_os_error,
+)
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default record size; we pad the archive to it like tar does
@@ -452,6 +460,42 @@ def _parse_pax(data: bytes, name: str) -> dict[str, str]:
     return records
 
 
+COPY_AGAIN = "copy it again from the original (and compare it with its .sha256)"
+_CHECKSUM_LINE = re.compile(rb"[0-9a-f]{64} [ *]\S[^\n]*\n")
+
+
+def _name_of(f: object) -> str:
+    """How messages name what a reader reads: the bundle's path, or its parts' first and last."""
+    name = getattr(f, "name", None)
+    paths = getattr(f, "paths", None) or ([Path(name)] if isinstance(name, str) else [])
+    if not paths:
+        return "bundle"
+    if len(paths) == 1:
+        return f"bundle {paths[0]}"
+    return f"bundle in parts {paths[0]} ... {paths[-1].name}"
+
+
+def not_a_bundle(path: Path, head: bytes) -> BundlerError | None:
+    """What ``path`` is when its first bytes show it is no bundle at all, with what to do instead.
+
+    A ``.sha256`` (or ``.parts.sha256``) checksum file is bad input (exit 2); a gzipped bundle is
+    a bundle that was compressed on its way (exit 4, as any unreadable bundle, with the fix).
+    """
+    if head.startswith(b"\x1f\x8b"):
+        return IntegrityError(
+            f"{path} is gzip-compressed, but a bundle is an uncompressed tar: unpack it first "
+            f"(gunzip -k {path}, or zcat {path} > NAME-VERSION.tar) and give the .tar, or copy the "
+            ".tar as it was published"
+        )
+    if head and _CHECKSUM_LINE.match(head):
+        named = head.split(b"\n", 1)[0][66:].decode("utf-8", "replace")
+        return InputError(
+            f"{path} is a checksum file (sha256sum lines, for {named}), not a bundle: give the bundle "
+            f"itself; to check the copy, run sha256sum -c {path.name} in its folder"
+        )
+    return None
+
+
 class TarReader:
     """Reads our tar subset from a seekable binary file, one header at a time.
 
@@ -479,10 +523,13 @@ class TarReader:
             self._window_at, start = offset, 0
         return self._window[start : start + n]
 
+    def _where(self) -> str:
+        return _name_of(self.f)
+
     def _block(self, what: str) -> bytes:
         block = self._at(self.pos, BLOCK)
         if len(block) < BLOCK:
-            raise IntegrityError(f"bundle is truncated: it ends inside {what}")
+            raise IntegrityError(f"{self._where()} is truncated: it ends inside {what}; {COPY_AGAIN}")
         self.pos += BLOCK
         return block
 
@@ -492,9 +539,9 @@ class TarReader:
             return None
         if self.pos >= self.size:
             raise IntegrityError(
-                "bundle is truncated: no end-of-archive marker"
+                f"{self._where()} is truncated: no end-of-archive marker; {COPY_AGAIN}"
                 if self.pos
-                else "bundle is empty (0 bytes); it is not a tar archive"
+                else f"{self._where()} is empty (0 bytes); it is not a tar archive"
             )
         pax: dict[str, str] = {}
         while True:
@@ -535,8 +582,8 @@ class TarReader:
         end = self.pos + header.size
         if end > self.size:
             raise IntegrityError(
-                f"bundle is truncated inside member {name!r} "
-                f"({self.size - self.pos} of {header.size} bytes present)",
+                f"{self._where()} is truncated inside member {name!r} "
+                f"({self.size - self.pos} of {header.size} bytes present); {COPY_AGAIN}",
                 member=name,
             )
         pad = -header.size % BLOCK
@@ -561,7 +608,9 @@ class TarReader:
 
     def _data(self, size: int, name: str) -> bytes:
         if self.pos + size > self.size:
-            raise IntegrityError(f"bundle is truncated inside member {name!r}", member=name)
+            raise IntegrityError(
+                f"{self._where()} is truncated inside member {name!r}; {COPY_AGAIN}", member=name
+            )
         self.f.seek(self.pos)
         return bytes(self.f.read(size))
 
@@ -676,7 +725,10 @@ def _member_chunks(src: Source, member: TarMember, buf: memoryview) -> Iterator[
     while done < member.size:
         n = src.pread(buf[: min(len(buf), member.size - done)], member.offset + done)
         if n == 0:
-            raise IntegrityError(f"bundle is truncated inside member {member.name!r}", member=member.name)
+            raise IntegrityError(
+                f"{_name_of(src)} is truncated inside member {member.name!r}; {COPY_AGAIN}",
+                member=member.name,
+            )
         yield buf[:n]
         done += n
 
@@ -708,6 +760,14 @@ class Bundle:
         self.src = open_source(path, trusted)
         try:
             self.head = read_head(self.src, self.src.size)
+        except IntegrityError:
+            buf = bytearray(BLOCK)
+            n = self.src.pread(memoryview(buf), 0)
+            self.src.close()
+            better = not_a_bundle(path, bytes(buf[:n]))
+            if better is not None:
+                raise better from None
+            raise
         except BaseException:
             self.src.close()
             raise

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import fcntl
 import hashlib
 import logging
@@ -43,7 +42,7 @@ from typing import Any
 
 from bundler import __version__, aptsource, archive, debs, images, oci, registry, rkeimages, sbom, signing
 from bundler.cache import Cache, atomic_write, fsync_dir
-from bundler.errors import BundlerError, FetchError, InputError, IntegrityError, from_os_error
+from bundler.errors import BundlerError, FetchError, InputError, IntegrityError, from_os_error, several
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
 from bundler.lock import (
     INSTALL_SH,
@@ -165,6 +164,177 @@ def parse_expiry(text: str, base: int) -> int:
             f"--expires {text!r}: give a duration like 180d, 12w, 36h or a date like 2027-06-30"
         ) from None
     return int(day.timestamp())
+
+
+MIN_PART_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A build's manifest and options, every one checked before anything is fetched."""
+
+    manifest: Manifest
+    mirrors: dict[str, Mirror]
+    expires: int = 0  # the signed expiry (seconds since the epoch), 0 for none
+    split: int = 0  # part size in bytes, 0 for one whole bundle
+    existing: str | None = None  # SHA-256 of the bundle already at the output path, if any
+    existing_path: Path | None = None  # that bundle (its .tar or .parts.json)
+
+
+def check_inputs(
+    manifest_path: Path,
+    outdir: Path | None = None,
+    expires: str | None = None,
+    split: int | str | None = None,
+    mirrors: Sequence[str] = (),
+    force: bool = True,
+    problems: Sequence[InputError] = (),
+    now: float | None = None,
+    base: Path | None = None,
+    key: signing.PublicKey | None = None,
+) -> Inputs:
+    """The manifest and every build option, checked together so that one run names every mistake.
+
+    ``problems`` are the caller's own (a key file that cannot be read, a missing option) and are
+    listed with these. A past ``--expires`` date, a malformed one, ``-o`` naming a file, a
+    ``--split`` size that is no size or too small, a malformed ``--mirror``, and (unless
+    ``force``) an earlier bundle of this NAME-VERSION from another manifest at the output path,
+    and a ``base`` that ``key`` did not sign are each a problem.
+
+    Raises:
+        InputError / ManifestError: every problem at once (exit 2); ``problems`` lists them.
+    """
+    errors: list[InputError] = list(problems)
+    manifest = None
+    try:
+        manifest = load_manifest(manifest_path)
+    except InputError as exc:
+        errors.append(exc)
+    given: dict[str, Mirror] = {}
+    for item in mirrors:
+        try:
+            given.update(_mirror_option(item))
+        except InputError as exc:
+            errors.append(exc)
+    stamp = 0
+    if expires:
+        try:
+            start = source_date_epoch() or int(time.time() if now is None else now)
+            stamp = parse_expiry(expires, start)
+            _refuse_past(expires, stamp, time.time() if now is None else now)
+        except InputError as exc:
+            errors.append(exc)
+    if base is not None and key is not None:
+        try:
+            base_lock(base, key)
+        except InputError as exc:
+            errors.append(exc)
+    part_size = 0
+    if split:
+        try:
+            part_size = _part_size(split)
+        except InputError as exc:
+            errors.append(exc)
+    if outdir is not None and outdir.exists() and not outdir.is_dir():
+        errors.append(
+            InputError(
+                f"-o {outdir}: is a file, not a folder; -o names the folder the bundle is written into "
+                "(OUTDIR/NAME-VERSION.tar): give a folder, or move the file away"
+            )
+        )
+    existing: tuple[str, Path] | None = None
+    if manifest is not None and outdir is not None and outdir.is_dir():
+        try:
+            existing = _existing_bundle(manifest, outdir, force)
+        except InputError as exc:
+            errors.append(exc)
+    if errors:
+        raise several(errors)
+    assert manifest is not None
+    old, old_path = existing or (None, None)
+    return Inputs(manifest, {**manifest.mirrors, **given}, stamp, part_size, old, old_path)
+
+
+def _mirror_option(item: str) -> dict[str, Mirror]:
+    """One ``--mirror REGISTRY=MIRROR`` as ``{registry: mirror}``."""
+    registry_name, sep, mirror = item.partition("=")
+    if not sep:
+        raise InputError(f"--mirror {item!r}: give REGISTRY=MIRROR, e.g. docker.io=127.0.0.1:5000")
+    return {registry_name: parse_mirror(registry_name, mirror, where=f"--mirror {item}")}
+
+
+def _refuse_past(text: str, stamp: int, now: float) -> None:
+    """A bundle that would be expired when it is built is a mistake, unless a duration counts
+    from ``SOURCE_DATE_EPOCH`` (a reproducible rebuild of an old release stays possible)."""
+    if stamp > now:
+        return
+    if source_date_epoch() and not _is_date(text):
+        log.warning("--expires %s: counted from SOURCE_DATE_EPOCH, the bundle is already expired", text)
+        return
+    raise InputError(
+        f"--expires {text}: {signing.utc_text(stamp)} is not in the future (the host clock says "
+        f"{signing.utc_text(int(now))}), so every site would refuse the bundle; give a later date or "
+        "a duration such as 180d"
+    )
+
+
+def _is_date(text: str) -> bool:
+    return not (text.strip()[:-1].isdigit() and text.strip()[-1:] in _DURATION)
+
+
+def _part_size(split: int | str) -> int:
+    """``--split``: ``4G``, ``4400M``, ``512K`` or bytes; at least 64K."""
+    if isinstance(split, int):
+        size = split
+    else:
+        try:
+            size = archive.parse_size(split)
+        except ValueError as exc:
+            raise InputError(f"--split {exc}") from None
+    if size < MIN_PART_SIZE:
+        raise InputError(f"--split {split}: parts must be at least 64K (e.g. --split 4400M for a DVD)")
+    return size
+
+
+def _existing_bundle(manifest: Manifest, outdir: Path, force: bool) -> tuple[str, Path] | None:
+    """The SHA-256 and path of an earlier build of this NAME-VERSION in ``outdir`` (whole or in
+    parts), or None.
+
+    Without ``force``, a bundle from another manifest there is refused now, before anything is
+    fetched; one from the same manifest is compared by its SHA-256 once the new one is written.
+
+    Raises:
+        InputError: a different (or unreadable) bundle is in the way and ``force`` is not set.
+    """
+    final = outdir / f"{manifest.name}-{manifest.version}.tar"
+    index = outdir / f"{manifest.name}-{manifest.version}{archive.PARTS_SUFFIX}"
+    sha_file = Path(f"{final}.sha256")
+    # A .tar without its .sha256 is what a killed build left (the next build removes it).
+    path = final if final.exists() and sha_file.exists() else index if index.exists() else None
+    if path is None:
+        return None
+    try:
+        with archive.Bundle(path) as old:
+            lock, _ = old.unverified()
+        whole = archive.load_parts(index)[1] if path == index else sha_file.read_text().split()[0]
+    except (BundlerError, OSError, IndexError) as exc:
+        if force:
+            return None
+        raise InputError(
+            f"{path}: an earlier bundle of {manifest.name} {manifest.version} is there and cannot be read "
+            f"({exc}); pass --force to replace it, or choose another -o folder"
+        ) from exc
+    if lock.manifest_sha256 != manifest.sha256 and not force:
+        raise _replace_refused(path, manifest, "it was built from another manifest")
+    return whole, path
+
+
+def _replace_refused(path: Path, manifest: Manifest, why: str) -> InputError:
+    return InputError(
+        f"{path}: holds another bundle of {manifest.name} {manifest.version} ({why}); a version "
+        "should name one bundle: raise the version (e.g. add +b2), pass --force to replace it, or "
+        "choose another -o folder"
+    )
 
 
 def installer_payload() -> bytes:
@@ -412,17 +582,6 @@ def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | Non
     return SystemImages(source, tuple(kept), tuple(dropped))
 
 
-def _mirrors(manifest: Manifest, given: Sequence[str]) -> dict[str, Mirror]:
-    """The manifest's mirrors, overridden by ``--mirror REGISTRY=MIRROR`` (repeatable)."""
-    out = dict(manifest.mirrors)
-    for item in given:
-        registry_name, sep, mirror = item.partition("=")
-        if not sep:
-            raise InputError(f"--mirror {item!r}: give REGISTRY=MIRROR, e.g. docker.io=127.0.0.1:5000")
-        out[registry_name] = parse_mirror(registry_name, mirror, where=f"--mirror {item}")
-    return out
-
-
 def _resolve_debs(manifest: Manifest, fetcher: Fetcher) -> debs.Resolution:
     """Resolve the ``debs`` section against its (verified) sources; downloads indexes only."""
     spec = manifest.debs
@@ -655,20 +814,33 @@ def _refuse_clashes(manifest: Manifest, entries: list[archive.Entry], origins: d
                 )
 
 
-_INHERITABLE = ("image", "deb", "binary")  # what a delta may leave out: the big, content-addressed parts
+# What a delta may leave out: the big, content-addressed parts and the payload files (a large,
+# unchanged files: member is as much a waste to carry again as an image layer). Scripts and the
+# installer always travel: they are small and the site runs them from the bundle's own copy.
+_INHERITABLE = ("image", "deb", "binary", "file")
+
+
+def base_lock(base: Path, key: signing.PublicKey) -> tuple[Lock, str]:
+    """``--base``: the earlier bundle's lock and its SHA-256, once ``key`` is shown to have signed it.
+
+    Raises:
+        InputError: not a bundle, or not signed with this key (exit 2).
+    """
+    try:
+        # The base's own expiry does not matter here: only that this key signed it.
+        with archive.Bundle(base, [key]) as bundle:
+            decision = bundle.decide(archive.facts([key], allow_expired=True))
+    except BundlerError as exc:
+        raise InputError(f"--base {base}: not a bundle signed with this key ({exc})") from exc
+    return decision.lock, decision.lock_sha256
 
 
 def _delta(
     entries: list[archive.Entry], lock: Lock, base: Path, key: signing.PrivateKey
 ) -> tuple[list[archive.Entry], Lock]:
-    """Leave out every blob, package and binary whose digest the base bundle already carries."""
-    try:
-        # The base's own expiry does not matter here: only that this key signed it.
-        with archive.Bundle(base, [key.public]) as bundle:
-            decision = bundle.decide(archive.facts([key.public], allow_expired=True))
-    except BundlerError as exc:
-        raise InputError(f"--base {base}: not a bundle signed with this key ({exc})") from exc
-    old = decision.lock
+    """Leave out every blob, package, binary and payload file whose digest the base bundle already
+    carries (the site copies it from the base's unpacked folder, checking its SHA-256)."""
+    old, old_sha256 = base_lock(base, key.public)
     have = {m.sha256 for m in (*old.members, *old.inherited)}
     inherited = tuple(m for m in lock.members if m.kind in _INHERITABLE and m.sha256 in have)
     gone = {m.path for m in inherited}
@@ -679,7 +851,7 @@ def _delta(
         base={
             "name": old.name,
             "version": old.version,
-            "lock_sha256": decision.lock_sha256,
+            "lock_sha256": old_sha256,
         },
     )
 
@@ -710,18 +882,20 @@ def plan_bundle(
     Raises:
         ManifestError / InputError (exit 2), FetchError (exit 5): as a build would.
     """
-    manifest = load_manifest(manifest_path)
-    mirror_map = _mirrors(manifest, mirrors)
+    checked = check_inputs(manifest_path, mirrors=mirrors)
+    manifest, mirror_map = checked.manifest, checked.mirrors
     cache = Cache(cache_root)
     fetcher = Fetcher(cache, policy)
     system = None
     if manifest.cluster is not None:
         tool = next(b for b in manifest.binaries if b.name == manifest.cluster.tool)
         needs_tool = not manifest.cluster.system_images and not _runs_here(manifest)
-        system = system_images(manifest, fetcher.fetch(tool.url, tool.sha256) if needs_tool else None)
+        system = system_images(
+            manifest, fetcher.fetch(tool.url, tool.sha256, same_url=True) if needs_tool else None
+        )
     items = []
     for b in manifest.binaries:
-        hit = cache.get(b.sha256)
+        hit = fetcher.cached(b.url, b.sha256, same_url=True)
         size = hit.stat().st_size if hit else fetcher.content_length(b.url)
         items.append(PlanItem("binary", b.name, size, b.url, hit is not None))
     if manifest.debs:
@@ -778,8 +952,9 @@ def build_bundle(
     on_hash: Callable[[int, int], None] | None = None,
     expires: str | None = None,
     base: Path | None = None,
-    split: int = 0,
+    split: int | str = 0,
     mirrors: Sequence[str] = (),
+    force: bool = True,
 ) -> BuildResult:
     """Build ``OUTDIR/NAME-VERSION.tar`` (and ``.tar.sha256``) from a manifest.
 
@@ -795,28 +970,33 @@ def build_bundle(
         split: ``--split``: cut the bundle into parts of at most this many bytes
             (``archive.split_bundle``); the whole ``.tar`` and its ``.sha256`` then go.
         mirrors: ``--mirror REGISTRY=MIRROR`` items, over the manifest's ``mirrors:``.
+        force: replace an earlier, different bundle of this NAME-VERSION in OUTDIR; without
+            it such a bundle is refused (exit 2), before any download when it came from another
+            manifest, else once the new bytes are known (the old one stays).
 
-    Whatever an earlier build of the same NAME-VERSION left in OUTDIR (a whole bundle or
-    parts) is replaced, under a lock on OUTDIR, so the folder never holds two builds of
+    The manifest and every option are checked first (``check_inputs``), all problems at
+    once. Whatever an earlier build of the same NAME-VERSION left in OUTDIR (a whole bundle
+    or parts) is replaced, under a lock on OUTDIR, so the folder never holds two builds of
     one version.
 
     Raises:
-        ManifestError / InputError: a bad manifest or input (exit 2).
+        ManifestError / InputError: a bad manifest or input (exit 2), every one at once.
         FetchError: a download failed or did not match its pin (exit 5).
     """
-    manifest = load_manifest(manifest_path)
-    mirror_map = _mirrors(manifest, mirrors)
+    checked = check_inputs(manifest_path, outdir, expires, split, mirrors, force, base=base, key=key.public)
+    manifest, mirror_map = checked.manifest, checked.mirrors
     final = outdir / f"{manifest.name}-{manifest.version}.tar"
     sha_path = outdir / f"{final.name}.sha256"
-    with _environment("making the output folder", outdir):  # checked now, made only when writing
-        if outdir.exists() and not outdir.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(outdir))
     with _environment("fetching into the cache", cache_root):
         cache = Cache(cache_root)
         fetcher = Fetcher(cache, policy)
         specs = {b.sha256: b for b in manifest.binaries}
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = {sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch) for sha, b in specs.items()}
+            # same_url: the lock records each binary's URL, so that URL must have served it.
+            futures = {
+                sha: pool.submit(fetcher.fetch, b.url, sha, on_fetch, same_url=True)
+                for sha, b in specs.items()
+            }
             fetched = {sha: fut.result() for sha, fut in futures.items()}
         tool = manifest.cluster and next(b for b in manifest.binaries if b.name == manifest.cluster.tool)
         system = system_images(manifest, fetched[tool.sha256] if tool else None)
@@ -825,9 +1005,8 @@ def build_bundle(
         collected = _collect_images(manifest, fetcher, jobs, on_fetch, system_specs, mirror_map)
     with _environment("reading the bundle's files", manifest.base):
         entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages, system)
-    if expires:
-        start = source_date_epoch() or int(time.time())
-        lock = dataclasses.replace(lock, expires=parse_expiry(expires, start))
+    if checked.expires:
+        lock = dataclasses.replace(lock, expires=checked.expires)
     if base is not None:
         entries, lock = _delta(entries, lock, base, key)
     lock_bytes = lock.to_bytes()
@@ -849,6 +1028,12 @@ def build_bundle(
                 digest = archive.write_tar(
                     fd, entries, mtime=lock.source_date_epoch, progress=progress, fsync=True
                 )
+                if not force and checked.existing_path and checked.existing != digest:
+                    # The same manifest, other bytes (options, SOURCE_DATE_EPOCH, the cache's
+                    # content): the old bundle stays and the new one is not renamed in.
+                    raise _replace_refused(
+                        checked.existing_path, manifest, "its content differs from this build's"
+                    )
         except IntegrityError as exc:
             raise _evict(cache, entries, exc) from exc
         try:
@@ -859,7 +1044,7 @@ def build_bundle(
             raise
         size = final.stat().st_size
         _remove_old_parts(final)
-        index = archive.split_bundle(final, split, key) if split else None
+        index = archive.split_bundle(final, checked.split, key) if checked.split else None
     log.info("wrote %s (%d bytes, sha256 %s)", index or final, size, digest)
     return BuildResult(final, sha_path, digest, lock, size, index)
 

@@ -124,6 +124,30 @@ class Cache:
         self._record(sha256, path)
         return path
 
+    def _origins_path(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / f"{sha256}.urls"
+
+    def origins(self, sha256: str) -> set[str]:
+        """The URLs that have served this entry's exact bytes (empty when none is recorded)."""
+        try:
+            return set(self._origins_path(sha256).read_text().split())
+        except OSError:
+            return set()
+
+    def add_origin(self, sha256: str, url: str) -> None:
+        """Record that ``url`` served this entry's bytes (checked against ``sha256``).
+
+        A record, not a proof: when it is lost, the URL is fetched again before a lock names it.
+        """
+        known = self.origins(sha256)
+        if url not in known and not any(c.isspace() for c in url):
+            with contextlib.suppress(OSError):
+                atomic_write(
+                    self._origins_path(sha256),
+                    "".join(f"{u}\n" for u in sorted(known | {url})).encode(),
+                    durable=False,
+                )
+
     def evict(self, sha256: str) -> None:
         """Remove an entry and its stat record (an empty folder in an entry's place too).
 

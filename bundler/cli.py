@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,58 @@ def _human(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 member``, ``2 members``: the count with its noun, singular for one."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _expiry_text(expires: int, now: int) -> str:
+    """The signed expiry for ``inspect``, judged by this host's clock as verify and install judge it."""
+    if not expires:
+        return "never"
+    days = abs(expires - now) // 86400
+    when = f"{days} days" if days != 1 else "1 day"
+    if expires <= now:
+        return (
+            f"{signing.utc_text(expires)}  EXPIRED {when} ago by this host's clock "
+            "(verify and install refuse it unless --allow-expired)"
+        )
+    return f"{signing.utc_text(expires)}  (in {when})"
+
+
+def _note(text: str) -> None:
+    """What a command tells besides its result (summaries, tables), on stderr; nothing with -q."""
+    if not _VERBOSITY["quiet"]:
+        click.echo(text, err=True)
+
+
 def _show_progress() -> bool:
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() and not _VERBOSITY["quiet"]
+
+
+# -v/--verbose and -q/--quiet, given before the subcommand, after it, or both (counts add up).
+_VERBOSITY = {"verbose": 0, "quiet": 0}
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if ctx.resilient_parsing or not value:
+        return
+    assert param.name is not None
+    _VERBOSITY[param.name] += int(value)
+    level = logging.ERROR if _VERBOSITY["quiet"] else logging.WARNING - 10 * _VERBOSITY["verbose"]
+    logging.getLogger().setLevel(max(level, logging.DEBUG))
+
+
+def _verbosity_options(f: Any) -> Any:
+    """``-v`` (repeatable) and ``-q`` on a command as well as on ``airbundle`` itself."""
+    f = click.option(
+        "-q", "--quiet", count=True, expose_value=False, callback=_set_verbosity,
+        help="Errors only: no warnings, no progress bars.",
+    )(f)  # fmt: skip
+    return click.option(
+        "-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
+        help="More log output (-vv for debug); also before the command.",
+    )(f)  # fmt: skip
 
 
 class _Bars:
@@ -116,18 +167,22 @@ def _pubkeys(path: Path) -> list[signing.PublicKey]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="airbundle")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug); also after the command.")
+@click.option("-q", "--quiet", count=True, help="Errors only: no warnings, no progress bars.")
+def cli(verbose: int, quiet: int) -> None:
     """Build, verify and install signed offline bundles for air-gapped Kubernetes sites.
+
+    The example builds the demo's bundle (`make demo` serves what manifests/demo.yaml fetches).
 
     \b
     Example:
       airbundle keygen --out release
       airbundle build manifests/demo.yaml --key release.key -o dist
-      airbundle verify dist/demo-1.0.0.tar --pubkey release.pub
-      airbundle inspect dist/demo-1.0.0.tar
+      airbundle verify dist/demo-0.1.0.tar --pubkey release.pub
+      airbundle inspect dist/demo-0.1.0.tar
     """
-    level = logging.WARNING - 10 * verbose
+    _VERBOSITY.update(verbose=verbose, quiet=quiet)
+    level = logging.ERROR if quiet else logging.WARNING - 10 * verbose
     # force: rebind to this invocation's stderr (matters when main() runs more than once in a process).
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="airbundle: %(levelname)s: %(message)s", force=True
@@ -135,6 +190,7 @@ def cli(verbose: int) -> None:
 
 
 @cli.command()
+@_verbosity_options
 @click.option("--out", "prefix", required=True, type=_PATH, help="Writes PREFIX.key and PREFIX.pub.")
 @click.option("--passphrase-env", metavar="VAR", help="Encrypt the key with the passphrase in $VAR.")
 @click.option("--comment", default="airbundle", show_default=True, help="Comment on the public key line.")
@@ -144,26 +200,35 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
 
     PREFIX.key is PKCS#8 PEM (mode 0600); PREFIX.pub is one OpenSSH line for
     `airbundle verify --pubkey` and for `ssh-keygen -Y verify` allowed_signers.
+    PREFIX's folder is made (mode 0700) when it does not exist. Without
+    --passphrase-env the key is not encrypted, and keygen says so.
 
     \b
     Example:
       airbundle keygen --out keys/release
-      RELEASE_PASS=... airbundle keygen --out keys/release --passphrase-env RELEASE_PASS
+      RELEASE_PASS='a long passphrase' airbundle keygen --out keys/protected --passphrase-env RELEASE_PASS
     """
     key_path = prefix.with_name(prefix.name + ".key")
     pub_path = prefix.with_name(prefix.name + ".pub")
     for path in (key_path, pub_path):
         if path.exists() and not force:
             raise InputError(f"{path} exists; pass --force to replace it")
-    if not prefix.parent.is_dir():
-        raise InputError(f"{prefix.parent}: no such folder for --out")
+    passphrase = _passphrase(passphrase_env)
+    prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys/ in a fresh clone
     key = signing.PrivateKey.generate(comment=comment)
-    atomic_write(key_path, key.to_pem(_passphrase(passphrase_env)), mode=0o600)
+    atomic_write(key_path, key.to_pem(passphrase), mode=0o600)
     atomic_write(pub_path, (key.public.openssh_line() + "\n").encode())
+    how = (
+        f"encrypted with the passphrase in ${passphrase_env}"
+        if passphrase
+        else "NOT encrypted: keep it offline, or make one with --passphrase-env VAR"
+    )
+    _note(f"wrote {key_path} ({how}) and {pub_path}")
     click.echo(key.public.describe())
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("manifest", type=_EXISTING_FILE)
 @click.option("-o", "--out", "outdir", type=_PATH, help="Folder for the bundle; required unless --dry-run.")
 @click.option(
@@ -195,6 +260,9 @@ def keygen(prefix: Path, passphrase_env: str | None, comment: str, force: bool) 
     help="Pull REGISTRY's images from MIRROR (HOST[:PORT][/PREFIX]); repeatable, over the manifest's "
     "mirrors:. The bundle keeps the canonical names and digests.",
 )
+@click.option(
+    "--force", is_flag=True, help="Replace a different bundle of the same NAME-VERSION already in OUTDIR."
+)
 def build(
     manifest: Path,
     outdir: Path | None,
@@ -208,36 +276,64 @@ def build(
     split: str | None,
     base: Path | None,
     mirrors: tuple[str, ...],
+    force: bool,
 ) -> None:
     """Build a signed, deterministic bundle from a manifest.
 
     Writes OUTDIR/NAME-VERSION.tar and OUTDIR/NAME-VERSION.tar.sha256 (with
     --split, the parts, NAME-VERSION.parts.json, its .sig and .parts.sha256
-    instead) and prints the bundle's path last; whatever an earlier build of
-    the same NAME-VERSION left there is replaced. The same manifest and cache
-    give the same bytes (set SOURCE_DATE_EPOCH to stamp the members; default 0).
+    instead) and prints the bundle's path last. The manifest and every option
+    are checked first, and every mistake is listed in one run (exit 2). An
+    earlier build of the same NAME-VERSION in OUTDIR is replaced when it is the
+    same bundle; a different one stays, and the build stops (exit 2) unless
+    --force. The same manifest and cache give the same bytes (set
+    SOURCE_DATE_EPOCH to stamp the members; default 0).
 
     \b
     Example:
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist
-      sha256sum -c dist/fmp-rke-23.12.1.tar.sha256
+      (cd dist && sha256sum -c fmp-rke-23.12.1.tar.sha256)
       airbundle build manifests/fmp-rke.yaml --dry-run
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dvd --split 4400M
-      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --base dist/fmp-rke-23.12.0.tar
+      airbundle build manifests/fmp-rke.yaml --key keys/release.key -o delta --base dist/fmp-rke-23.12.0.tar
       airbundle build manifests/fmp-rke.yaml --key keys/release.key -o dist --mirror docker.io=mirror.lan/hub
     """
-    from bundler.build import build_bundle, plan_bundle  # imports requests: only the build needs it
+    from bundler.build import build_bundle, check_inputs, plan_bundle  # requests: only the build needs it
 
-    part_size = _parse_size(split) if split else None
-
-    if dry_run:
-        _print_plan(plan_bundle(manifest, cache_dir or default_root(), mirrors=mirrors), as_json)
-        return
-    if key_path is None or outdir is None:
-        raise click.UsageError("--key and -o/--out are required (or pass --dry-run)")
-    key = signing.load_private_key(
-        _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
-    )
+    try:
+        # Every mistake at once, before anything is fetched: the key, the options, the manifest.
+        problems: list[InputError] = []
+        key = None
+        if not dry_run:
+            missing = [o for o, v in (("--key KEY", key_path), ("-o OUTDIR", outdir)) if v is None]
+            if missing:
+                problems.append(InputError(f"{' and '.join(missing)} needed (or pass --dry-run)"))
+            if key_path is not None:
+                try:
+                    key = signing.load_private_key(
+                        _read_file(key_path, "private key"), str(key_path), _passphrase(passphrase_env)
+                    )
+                except InputError as exc:
+                    problems.append(exc)
+        checked = check_inputs(
+            manifest,
+            outdir,
+            expires,
+            split,
+            mirrors,
+            force,
+            problems,
+            base=base,
+            key=key.public if key else None,
+        )
+        if dry_run:
+            _print_plan(plan_bundle(manifest, cache_dir or default_root(), mirrors=mirrors), as_json)
+            return
+    except BundlerError as exc:
+        if dry_run and as_json:
+            click.echo(json.dumps({"manifest": str(manifest), **_error_json(exc)}, indent=2))
+        raise
+    assert key is not None and outdir is not None
     bars = _Bars()
 
     def on_fetch(url: str, done: int, total: int | None) -> None:
@@ -259,27 +355,27 @@ def build(
             on_write=lambda n, total: bars.advance("writing bundle", n, total),
             expires=expires,
             base=base,
-            split=part_size or 0,
+            split=split or 0,
             mirrors=mirrors,
+            force=force,
         )
     finally:
         bars.close()
     lock = result.lock
     if lock.debs:
-        click.echo("\n".join(_deb_table(lock)), err=True)
+        _note("\n".join(_deb_table(lock)))
     if lock.system_images:
-        click.echo("\n".join(_system_table(lock)), err=True)
-    click.echo(
-        f"built {lock.name} {lock.version}: {len(lock.members)} members, "
-        f"{_human(result.size)}, signed by {key.public.fingerprint}",
-        err=True,
+        _note("\n".join(_system_table(lock)))
+    _note(
+        f"built {lock.name} {lock.version}: {_count(len(lock.members), 'member')}, "
+        f"{_human(result.size)}, signed by {key.public.fingerprint}"
     )
-    click.echo(f"sha256 {result.sha256}", err=True)
+    _note(f"sha256 {result.sha256}")
     if result.parts is not None:
         index = result.parts
         count = len(archive.load_parts(index)[0])
-        click.echo(
-            f"split into {count} parts of at most {_human(part_size or 0)}; {index.name} lists them", err=True
+        _note(
+            f"split into {_count(count, 'part')} of at most {_human(checked.split)}; {index.name} lists them",
         )
         click.echo(str(index))
         return
@@ -306,7 +402,8 @@ def _print_plan(items: list[Any], as_json: bool) -> None:
     unknown = sum(1 for i in fetch if i.size is None)
     total = _human(sum(i.size or 0 for i in items))
     click.echo(
-        f"{len(items)} items, {total} in all; to fetch: {len(fetch)} items, {_human(known)}"
+        f"{_count(len(items), 'item')}, {total} in all; "
+        f"to fetch: {_count(len(fetch), 'item')}, {_human(known)}"
         + (f" (+{unknown} of unknown size)" if unknown else "")
     )
 
@@ -328,7 +425,7 @@ def _system_table(lock: Any) -> list[str]:
     cluster = lock.cluster
     lines = [
         f"  system images for {cluster.get('kind')} Kubernetes {cluster.get('kubernetes_version')} "
-        f"(network {cluster.get('network_plugin')}; {len(lock.system_images)} images, node roles):"
+        f"(network {cluster.get('network_plugin')}; {_count(len(lock.system_images), 'image')}, node roles):"
     ]
     width = max(len(s.ref) for s in lock.system_images)
     for system in lock.system_images:
@@ -338,19 +435,10 @@ def _system_table(lock: Any) -> list[str]:
     return lines
 
 
-def _parse_size(text: str) -> int:
-    """``4G``, ``4400M``, ``512K`` or bytes; at least 64 KiB."""
-    try:
-        size = archive.parse_size(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--split") from None
-    if size < 64 * 1024:
-        raise click.BadParameter("parts must be at least 64K", param_hint="--split")
-    return size
-
-
 def _error_json(exc: BundlerError) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": False, "exit_code": exc.exit_code, "error": str(exc)}
+    if isinstance(exc, InputError):
+        out["problems"] = list(exc.problems)
     fingerprint = getattr(exc, "fingerprint", None)
     if fingerprint:
         out["signer"] = fingerprint
@@ -361,6 +449,7 @@ def _error_json(exc: BundlerError) -> dict[str, Any]:
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("bundle", type=_EXISTING_FILE)
 @_pubkeys_option
 @click.option("--allow-expired", is_flag=True, help="Accept a bundle past its signed expiry.")
@@ -412,7 +501,7 @@ def verify(
     elif not report.problems:
         click.echo(
             f"OK {lock.name} {lock.version}: signed by {report.signer.fingerprint}; "
-            f"{len(lock.members)} members, {_human(report.bytes)} verified"
+            f"{_count(len(lock.members), 'member')}, {_human(report.bytes)} verified"
         )
     if report.problems:
         if not as_json:
@@ -420,13 +509,14 @@ def verify(
                 click.echo(f"FAIL {problem}", err=True)
         first = report.problems[0]
         raise IntegrityError(
-            f"{bundle}: {len(report.problems)} member(s) failed; first: {first}. "
+            f"{bundle}: {_count(len(report.problems), 'member')} failed; first: {first}. "
             "Do not install this bundle; fetch it again from the publisher",
             member=first.member,
         )
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("bundle", type=_EXISTING_FILE)
 @click.option("--pubkey", type=_EXISTING_FILE, help="Also check the signature against this key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lock's facts as JSON.")
@@ -440,12 +530,13 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
     \b
     Example:
       airbundle inspect dist/fmp-rke-23.12.1.tar
-      airbundle inspect dist/fmp-rke-23.12.1.tar --json | jq '.binaries[].dest'
+      airbundle inspect dist/fmp-rke-23.12.1.tar --json > fmp-rke-23.12.1.json
       airbundle inspect dist/fmp-rke-23.12.1.tar --sbom > fmp-rke.cdx.json
     """
     trusted = _pubkeys(pubkey) if pubkey else None
     signer: signing.PublicKey | None
     with archive.Bundle(bundle, trusted) as opened:
+        parts = opened.src.parts
         if trusted is not None:
             decision = opened.decide(archive.facts(trusted, allow_expired=True))
             lock, signer = decision.lock, decision.signer
@@ -473,6 +564,18 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         "signature_checked": trusted is not None,
         "manifest_sha256": lock.manifest_sha256,
         "expires": lock.expires or None,
+        # By this host's clock, as verify and install judge it.
+        "expired": bool(lock.expires) and lock.expires <= int(time.time()),
+        "delta": (
+            {
+                "base": dict(lock.base),
+                "inherited": len(lock.inherited),
+                "inherited_bytes": sum(m.size for m in lock.inherited),
+            }
+            if lock.base
+            else None
+        ),
+        "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in parts] if parts else None,
         "members": len(lock.members),
         "payload_bytes": lock.payload_size,
         "bytes_by_kind": dict(sorted(sizes.items())),
@@ -553,17 +656,31 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         f"{lock.name} {lock.version}  for {plat.get('os')} {plat.get('codename')} {plat.get('arch')}",
         f"  signer:   {signed}",
         f"  builder:  {lock.builder}",
-        f"  expires:  {signing.utc_text(lock.expires) if lock.expires else 'never'}",
-        f"  payload:  {len(lock.members)} members, {_human(lock.payload_size)} "
+        f"  expires:  {_expiry_text(lock.expires, int(time.time()))}",
+        f"  payload:  {_count(len(lock.members), 'member')}, {_human(lock.payload_size)} "
         f"({', '.join(f'{k} {_human(v)}' for k, v in sorted(sizes.items()))})",
     ]
+    if lock.base:
+        base = lock.base
+        lines.append(
+            f"  delta:    on {base.get('name')} {base.get('version')} (lock sha256 "
+            f"{str(base.get('lock_sha256'))[:16]}…): {_count(len(lock.inherited), 'member')}, "
+            f"{_human(sum(m.size for m in lock.inherited))}, left out; the site needs "
+            f"{base.get('name')} {base.get('version')} installed"
+        )
+    if parts:
+        lines.append(
+            f"  parts:    {_count(len(parts), 'part')} of at most {_human(max(p.size for p in parts))}: "
+            f"{parts[0].name} … {parts[-1].name}"
+        )
     if lock.binaries:
         lines.append("  binaries:")
         lines += [f"    {b.name:<20} {_human(b.size):>10}  -> {b.dest} ({b.mode})" for b in lock.binaries]
     if lock.files:
         lines.append("  files:")
         lines += [
-            f"    {f.dest:<20} {_human(f.size):>10}  {f.count} file(s) from {f.src}" for f in lock.files
+            f"    {f.dest:<20} {_human(f.size):>10}  {_count(f.count, 'file')} from {f.src}"
+            for f in lock.files
         ]
     if lock.images:
         route = (
@@ -580,14 +697,15 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         )
         lines += [
             f"    {', '.join(im.tags) or im.ref:<28} {_human(im.size):>10}  {im.config[7:19]}  {im.platform}"
-            f"  ({len(im.layers)} layers, {im.source})  on {', '.join(own_roles.get(im, lock.image_roles))}"
+            f"  ({_count(len(im.layers), 'layer')}, {im.source})"
+            f"  on {', '.join(own_roles.get(im, lock.image_roles))}"
             for im in lock.images
             if im not in system_set
         ]
     if lock.system_images:
         lines += _system_table(lock)
     if lock.debs:
-        lines.append(f"  debs:     ({len(lock.debs)} packages, a flat apt repository in debs/)")
+        lines.append(f"  debs:     ({_count(len(lock.debs), 'package')}, a flat apt repository in debs/)")
         lines += ["  " + line for line in _deb_table(lock)]
     if lock.steps:
         lines.append("  steps:")
@@ -623,24 +741,35 @@ def install(installer_options: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@_verbosity_options
 @click.argument("parts", type=_EXISTING_FILE)
 @_pubkeys_option
-@click.option("-o", "--out", "out", required=True, type=_PATH, help="The whole bundle to write.")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=_PATH,
+    help="Where the whole bundle goes: a folder (as for build -o: OUT/NAME-VERSION.tar) or a file name.",
+)
 def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     """Join a bundle's parts into one .tar, checking every part first; the parts stay as they are.
 
-    PARTS is the NAME-VERSION.parts.json (or any of its parts).
+    PARTS is the NAME-VERSION.parts.json (or any of its parts). -o is a folder,
+    as for build (the bundle is then OUT/NAME-VERSION.tar), or the file to write.
 
     \b
     Example:
-      airbundle join /media/dvd/fmp-rke-23.12.1.parts.json --pubkey release.pub -o fmp-rke-23.12.1.tar
+      airbundle join dvd/fmp-rke-23.12.1.parts.json --pubkey keys/release.pub -o dist
     """
     index = archive.parts_file(parts)
     if index is None:
         raise InputError(f"{parts}: not a .parts.json or a NAME-VERSION.tar.NNN part")
     trusted = _trusted(pubkeys)
+    if out.is_dir():  # -o names a folder, as build's -o does
+        out = out / (index.name[: -len(archive.PARTS_SUFFIX)] + ".tar")
     digest = archive.join_parts(index, trusted, out)
-    click.echo(f"sha256 {digest}", err=True)
+    _note(f"sha256 {digest}")
     click.echo(str(out))
 
 

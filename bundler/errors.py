@@ -24,9 +24,17 @@ class BundlerError(Exception):
 
 
 class InputError(BundlerError):
-    """A bad input file or argument: manifest, inventory, values or key (exit 2)."""
+    """A bad input file or argument: manifest, inventory, values or key (exit 2).
+
+    ``problems`` lists each mistake on its own (one, unless ``several`` made it), so a
+    caller can show them one per line or as JSON.
+    """
 
     exit_code = EXIT_INPUT
+
+    def __init__(self, message: str = "", problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
 
 
 class ManifestError(InputError):
@@ -79,6 +87,21 @@ class InstallError(BundlerError):
     """Install failure on the site: preflight, node or step (exit 6)."""
 
     exit_code = EXIT_INSTALL
+
+
+def several(errors: list[InputError], kind: type[InputError] = InputError, where: str = "") -> InputError:
+    """All of ``errors`` as one ``kind`` (exit 2), so that one run names every mistake.
+
+    One error stays as it is; several become one message, a line per problem, with the
+    count first. Their ``problems`` are kept in order for machine-readable output.
+    """
+    errors = [e for e in errors if e.problems]
+    if len(errors) == 1:
+        return errors[0]  # one error (of one or several problems) keeps its own words
+    problems = tuple(p for e in errors for p in e.problems)
+    lines = "".join(f"\n  - {p}" for p in problems)
+    head = f"{where}: " if where else ""
+    return kind(f"{head}{len(problems)} problems; fix them all, then run again:{lines}", problems)
 
 
 # What to do about an OSError, by errno (numbers from Linux's errno.h: this module imports nothing).

@@ -162,21 +162,37 @@ class Fetcher:
         progress: FetchProgress = _no_progress,
         max_bytes: int | None = None,
         auth: Auth | None = None,
+        same_url: bool = False,
     ) -> Path:
         """The cached file for ``sha256``, downloading ``url`` when it is not cached.
+
+        With ``same_url``, a cached copy counts only when ``url`` itself has served these
+        bytes before (``Cache.origins``); otherwise ``url`` is downloaded and checked again,
+        so that a caller recording ``url`` (the lock's binaries) never names a URL that does
+        not serve them, e.g. a changed URL that now answers 404.
 
         Raises:
             FetchError: the server failed past the retries, the body exceeded
                 the ceiling, or its SHA-256 is not the pinned one (exit 5).
         """
-        hit = self.cache.get(sha256)
+        hit = self.cached(url, sha256, same_url)
         if hit:
             return hit
         with self.cache.lock(sha256):
-            hit = self.cache.get(sha256)  # another build may have fetched it meanwhile
+            hit = self.cached(url, sha256, same_url)  # another build may have fetched it meanwhile
             if hit:
                 return hit
-            return self._download(url, sha256, progress, max_bytes or self.policy.max_bytes, auth)
+            path = self._download(url, sha256, progress, max_bytes or self.policy.max_bytes, auth)
+            self.cache.add_origin(sha256, url)
+            return path
+
+    def cached(self, url: str, sha256: str, same_url: bool = False) -> Path | None:
+        """The cache entry ``fetch`` would use without downloading, or None."""
+        hit = self.cache.get(sha256)
+        if hit and same_url and url not in self.cache.origins(sha256):
+            log.info("%s: cached under its sha256 from another URL; fetching it from this one", url)
+            return None
+        return hit
 
     def _retrying(self, url: str, attempt_once: Callable[[], _T]) -> _T:
         """Run ``attempt_once`` until it returns, retrying ``_Retry`` with backoff."""

@@ -17,12 +17,13 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bundler import oci
 from bundler.cache import Cache
@@ -317,6 +318,28 @@ def from_archive(cache: Cache, path: Path) -> Collected:
         raise ArchiveError(f"{path}: cannot read the archive: {exc.strerror}") from exc
 
 
+def _engine(docker: Any, name: str, timeout: int) -> Any:
+    """A client of the local Docker engine that has answered a ping.
+
+    Raises:
+        FetchError: the engine cannot be reached, said in words (where it was looked for, what
+            to do) rather than the SDK's connection text, which goes to the debug log (exit 5).
+    """
+    host = os.environ.get("DOCKER_HOST")
+    where = f"DOCKER_HOST={host}" if host else "unix:///var/run/docker.sock (DOCKER_HOST is not set)"
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        log.debug("the Docker SDK said: %s", exc)
+        raise FetchError(
+            f"image {name} (from: daemon): cannot reach the local Docker engine at {where}: start it "
+            "(e.g. systemctl start docker), make sure this user may use it (root or the docker group), "
+            "or set DOCKER_HOST to the engine that has the image"
+        ) from exc
+    return client
+
+
 def daemon_size(ref: oci.Reference) -> int:
     """What the local engine says ``ref`` occupies (for ``build --dry-run``).
 
@@ -326,7 +349,7 @@ def daemon_size(ref: oci.Reference) -> int:
     import docker
 
     try:
-        image = docker.from_env(timeout=60).images.get(ref.familiar)
+        image = _engine(docker, ref.familiar, 60).images.get(ref.familiar)
     except docker.errors.ImageNotFound as exc:
         raise FetchError(f"image {ref.familiar} is not in the local Docker engine") from exc
     except docker.errors.DockerException as exc:
@@ -344,7 +367,7 @@ def from_daemon(cache: Cache, ref: oci.Reference) -> Collected:
 
     name = ref.familiar
     try:
-        client = docker.from_env(timeout=DOCKER_TIMEOUT)
+        client = _engine(docker, name, DOCKER_TIMEOUT)
         try:
             image = client.images.get(name)
         except docker.errors.ImageNotFound as exc:

@@ -2,8 +2,11 @@
 
 Validation is strict and complete before anything is fetched: unknown keys,
 wrong types, bad names and versions, duplicate keys, non-safe YAML tags,
-missing payload files and paths escaping the manifest's base folder are each
-a ``ManifestError`` (exit 2) naming the file and line.
+missing payload files, paths escaping the manifest's base folder and known
+placeholders (an all-zero sha256, a ``PLACEHOLDER`` comment) are each a problem
+naming the file and line. Every section and list item is checked even after one
+fails, so one ``ManifestError`` (exit 2) lists them all: a manifest with three
+missing inputs takes one run, not three.
 
 Paths in a manifest are relative to its base folder: the folder holding the
 manifest or, for a manifest kept in a folder named ``manifests`` (the
@@ -13,10 +16,12 @@ name the project's own folders. Nothing here fetches or writes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ import yaml
 from bundler import files as userfiles
 from bundler import rkeimages, versions
 from bundler.debs import Source
-from bundler.errors import InputError, ManifestError
+from bundler.errors import InputError, ManifestError, several
 from bundler.lock import (
     IMAGES_MODES,
     ITEM_NAME_RE,
@@ -43,6 +48,8 @@ from bundler.oci import ImageFormatError, Reference, parse_reference
 API_VERSION = "airbundle/v1"
 MAX_MANIFEST_BYTES = 1024 * 1024
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+PLACEHOLDER_SHA256 = "0" * 64  # what a manifest holds until someone copies the real digest over it
+_PLACEHOLDER_COMMENT = re.compile(r"#.*\bPLACEHOLDER\b")
 ARCHES = ("amd64", "arm64", "armhf", "i386", "ppc64el", "s390x", "riscv64")
 MODES = ("0644", "0755")
 NOT_YET: dict[str, str] = {}
@@ -228,10 +235,12 @@ class Manifest:
 
 
 class _LineDict(dict[Any, Any]):
-    """A mapping that remembers the line of itself and of each value."""
+    """A mapping that remembers the line of itself and of each value, and each scalar as written
+    (``mode: 0755`` loads as the int 493; advice must quote what the user wrote, not 493)."""
 
     line = 0
     lines: dict[Any, int]
+    raw: dict[Any, str]
 
 
 class _LineList(list[Any]):
@@ -254,6 +263,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
     out = _LineDict()
     out.line = node.start_mark.line + 1
     out.lines = {}
+    out.raw = {}
     for knode, vnode in node.value:
         key = loader.construct_object(knode, deep=True)
         try:
@@ -266,6 +276,8 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
             raise _Duplicate(key, knode.start_mark.line + 1, out.lines[key])
         out[key] = loader.construct_object(vnode, deep=True)
         out.lines[key] = vnode.start_mark.line + 1
+        if isinstance(vnode, yaml.ScalarNode):
+            out.raw[key] = vnode.value
     return out
 
 
@@ -299,10 +311,37 @@ def _parse_yaml(text: str, where: str) -> Any:
 # ---------------------------------------------------------------- validation
 
 
-class _Section:
-    """Typed access to one mapping of the manifest, with file:line errors."""
+class _Problems:
+    """The manifest's mistakes so far: each section or item is checked in ``each()``, which
+    keeps its ``ManifestError`` and goes on, so that one run names every mistake."""
 
-    def __init__(self, data: Any, where: str, path: str, line: int, allowed: tuple[str, ...]) -> None:
+    def __init__(self) -> None:
+        self.errors: list[InputError] = []
+
+    @contextlib.contextmanager
+    def each(self) -> Iterator[None]:
+        try:
+            yield
+        except ManifestError as exc:
+            if exc.problems:  # an entry that listed its own problems (_Reported) adds none
+                self.errors.append(exc)
+
+
+class _Section:
+    """Typed access to one mapping of the manifest, with file:line errors.
+
+    Unknown keys are raised at once, or added to ``problems`` when given (the top level,
+    whose other keys are still worth checking)."""
+
+    def __init__(
+        self,
+        data: Any,
+        where: str,
+        path: str,
+        line: int,
+        allowed: tuple[str, ...],
+        problems: _Problems | None = None,
+    ) -> None:
         self.where = where
         self.path = path
         if not isinstance(data, dict):
@@ -312,7 +351,10 @@ class _Section:
         for key in data:
             if key not in allowed:
                 hint = f"; allowed: {', '.join(allowed)}"
-                raise ManifestError(f"{self.at(key)}: unknown key {self.name(key)!r}{hint}")
+                error = ManifestError(f"{self.at(key)}: unknown key {self.name(key)!r}{hint}")
+                if problems is None:
+                    raise error
+                problems.errors.append(error)
 
     def name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else str(key)
@@ -331,7 +373,8 @@ class _Section:
             return default
         value = self.data[key]
         if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise self.fail(key, f'must be a string; quote it: "{value}"')
+            written = getattr(self.data, "raw", {}).get(key, value)  # 0755 as written, not 493
+            raise self.fail(key, f'must be a string; quote it: "{written}"')
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise self.fail(key, f"must be a {kind.__name__}, got {type(value).__name__}")
         return value
@@ -431,7 +474,8 @@ def load_manifest(path: Path) -> Manifest:
     """Read and validate a manifest file.
 
     Raises:
-        ManifestError: anything wrong, naming the file and line (exit 2).
+        ManifestError: anything wrong, naming the file and line (exit 2); every problem of
+            the manifest at once, one per line (``problems`` lists them).
     """
     where = str(path)
     data = userfiles.read_capped(path, "manifest", MAX_MANIFEST_BYTES, ManifestError)  # a FIFO is refused
@@ -441,144 +485,118 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{where}: not UTF-8 text (byte {exc.start})") from exc
     doc = _parse_yaml(text, where)
     base = _base_for(path)
-    top = _Section(
-        doc,
-        where,
-        "",
-        1,
-        (
-            "apiVersion",
-            "kind",
-            "name",
-            "version",
-            "description",
-            "platform",
-            "min_workers",
-            "image_roles",
-            "install",
-            "debs",
-            "binaries",
-            "images",
-            "files",
-            "steps",
-            "cluster",
-            "mirrors",
-        ),
-    )
-    if top.get("apiVersion", str) != API_VERSION:
-        raise top.fail("apiVersion", f"must be {API_VERSION!r}")
-    if top.get("kind", str) != "Bundle":
-        raise top.fail("kind", "must be 'Bundle'")
+    problems = _Problems()
+    top = _Section(doc, where, "", 1, _TOP_KEYS, problems)
+    with problems.each():
+        if top.get("apiVersion", str) != API_VERSION:
+            raise top.fail("apiVersion", f"must be {API_VERSION!r}")
+    with problems.each():
+        if top.get("kind", str) != "Bundle":
+            raise top.fail("kind", "must be 'Bundle'")
     for key, why in NOT_YET.items():
         if key in top.data:
-            raise top.fail(key, f"not supported yet: {why}; remove the section for now")
-    name = top.match("name", NAME_RE, "bundle name")
-    version = top.get("version", str)
-    problem = versions.check(version)
-    if problem:
-        raise top.fail("version", f"{version!r} {problem}")
-    plat = _Section(top.get("platform", dict), where, "platform", top.line, ("os", "codename", "arch"))
-    platform = Platform(
-        os=plat.match("os", ITEM_NAME_RE, "OS id"),
-        codename=plat.match("codename", ITEM_NAME_RE, "codename"),
-        arch=plat.get("arch", str),
-    )
-    if platform.arch not in ARCHES:
-        raise plat.fail("arch", f"{platform.arch!r} is not a Debian architecture ({', '.join(ARCHES)})")
+            problems.errors.append(top.fail(key, f"not supported yet: {why}; remove the section for now"))
+    name = version = ""
+    with problems.each():
+        name = top.match("name", NAME_RE, "bundle name")
+    with problems.each():
+        version = top.get("version", str)
+        problem = versions.check(version)
+        if problem:
+            raise top.fail("version", f"{version!r} {problem}")
+    platform = Platform("", "", "amd64")
+    with problems.each():
+        plat = _Section(top.get("platform", dict), where, "platform", top.line, ("os", "codename", "arch"))
+        platform = Platform(
+            os=plat.match("os", ITEM_NAME_RE, "OS id"),
+            codename=plat.match("codename", ITEM_NAME_RE, "codename"),
+            arch=plat.get("arch", str),
+        )
+        if platform.arch not in ARCHES:
+            raise plat.fail("arch", f"{platform.arch!r} is not a Debian architecture ({', '.join(ARCHES)})")
 
     binaries: list[BinarySpec] = []
-    for i, (item, line) in enumerate(top.items("binaries")):
-        sec = _Section(item, where, f"binaries[{i}]", line, ("name", "url", "sha256", "dest", "mode"))
-        url = sec.get("url", str)
-        if not url.startswith(("http://", "https://")):
-            raise sec.fail("url", f"{url!r} must be an http(s) URL")
-        dest = sec.get("dest", str)
-        problem = check_dest(dest)
-        if problem:
-            raise sec.fail(
-                "dest", f"{dest!r} {problem}: it must be an absolute file path, normalized (no '..', '//')"
-            )
-        mode = sec.get("mode", str, default="0755", required=False)
-        if mode not in MODES:
-            raise sec.fail("mode", f"{mode!r} must be one of {', '.join(MODES)}")
-        binaries.append(
-            BinarySpec(
-                name=sec.match("name", ITEM_NAME_RE, "binary name"),
-                url=url,
-                sha256=sec.match("sha256", SHA256_RE, "sha256 (64 lowercase hex digits)"),
-                dest=dest,
-                mode=mode,
-            )
-        )
-    _unique(where, [(b.name, line) for b, (_, line) in zip(binaries, top.items("binaries"))])
+    binary_lines: list[int] = []
+    with problems.each():
+        for i, (item, line) in enumerate(top.items("binaries")):
+            with problems.each():
+                binaries.append(_binary(item, where, i, line, problems))
+                binary_lines.append(line)
+        _unique(where, [(b.name, line) for b, line in zip(binaries, binary_lines)])
 
     files: list[FileSpec] = []
-    for i, (item, line) in enumerate(top.items("files")):
-        sec = _Section(item, where, f"files[{i}]", line, ("src", "dest"))
-        raw, src = _local_path(sec, "src", base)
-        dest = sec.get("dest", str)
-        problem = check_member_path(dest)
-        if problem:
-            raise sec.fail("dest", f"{dest!r} {problem}")
-        files.append(FileSpec(raw, dest, _expand_files(sec, raw, src, dest), where=sec.at()))
-    _unique(where, [(p.member, line) for f, (_, line) in zip(files, top.items("files")) for p in f.files])
+    file_lines: list[int] = []
+    with problems.each():
+        for i, (item, line) in enumerate(top.items("files")):
+            with problems.each():
+                sec = _Section(item, where, f"files[{i}]", line, ("src", "dest"))
+                raw, src = _local_path(sec, "src", base)
+                dest = sec.get("dest", str)
+                problem = check_member_path(dest)
+                if problem:
+                    raise sec.fail("dest", f"{dest!r} {problem}")
+                files.append(FileSpec(raw, dest, _expand_files(sec, raw, src, dest), where=sec.at()))
+                file_lines.append(line)
+        _unique(where, [(p.member, line) for f, line in zip(files, file_lines) for p in f.files])
 
     images: list[ImageSpec] = []
-    for i, (item, line) in enumerate(top.items("images")):
-        keys = ("ref", "from", "archive", "insecure", "zstd", "roles")
-        sec = _Section(item, where, f"images[{i}]", line, keys)
-        zstd = sec.get("zstd", bool, default=False, required=False)
-        roles = _roles(sec, "roles", default=[])
-        if ("ref" in sec.data) == ("archive" in sec.data):
-            raise ManifestError(f"{sec.at()}: images[{i}] needs exactly one of 'ref' or 'archive'")
-        if "archive" in sec.data:
-            for key in ("from", "insecure"):
-                if key in sec.data:
-                    raise sec.fail(key, "goes with 'ref', not with 'archive'")
-            _, path = _local_path(sec, "archive", base)
-            images.append(ImageSpec("archive", archive=path, zstd=zstd, where=sec.at(), roles=roles))
-            continue
-        source = sec.get("from", str, default="registry", required=False)
-        if source not in IMAGE_SOURCES:
-            raise sec.fail("from", f"{source!r} must be one of {', '.join(IMAGE_SOURCES)}")
-        insecure = sec.get("insecure", bool, default=False, required=False)
-        if insecure and source != "registry":
-            raise sec.fail("insecure", "applies to registry pulls only")
-        try:
-            ref = parse_reference(sec.get("ref", str))
-        except ImageFormatError as exc:
-            raise sec.fail("ref", str(exc)) from None
-        if ref.tag is None and source == "daemon":
-            raise sec.fail("ref", f"{ref} needs a tag to be saved from the local engine")
-        spec = ImageSpec(source, ref=ref, insecure=insecure, zstd=zstd, where=sec.at("ref"), roles=roles)
-        images.append(spec)
-    _unique(where, [(str(im.ref or im.archive), int(im.where.rsplit(":", 1)[1])) for im in images])
+    with problems.each():
+        for i, (item, line) in enumerate(top.items("images")):
+            with problems.each():
+                images.append(_image(item, where, i, line, base))
+        _unique(where, [(str(im.ref or im.archive), int(im.where.rsplit(":", 1)[1])) for im in images])
 
-    debs = _debs_section(top, where, base) if "debs" in top.data else None
+    debs = None
+    if "debs" in top.data:
+        with problems.each():
+            debs = _debs_section(top, where, base, problems)
 
     steps: list[StepSpec] = []
+    step_lines: list[int] = []
     members = sorted(pf.member for f in files for pf in f.files)
-    for i, (item, line) in enumerate(top.items("steps")):
-        if isinstance(item, dict) and True in item and "on" not in item:
-            item["on"] = item.pop(True)  # YAML 1.1 reads the key 'on' as the boolean true
-        sec = _Section(item, where, f"steps[{i}]", line, ("name", "script", "on", "serial", "files"))
-        raw, src = _local_path(sec, "script", base)
-        if not src.is_file():
-            raise sec.fail("script", f"{raw!r} is not a file")
-        on, nodes = _step_on(sec)
-        serial = sec.get("serial", bool, default=False, required=False)
-        if on == "control" and (serial or "files" in sec.data):
-            raise sec.fail(
-                "serial" if serial else "files", "goes with a step on nodes (on: all, a role or names)"
-            )
-        steps.append(
-            StepSpec(sec.match("name", ITEM_NAME_RE, "step name"), raw, src, on, nodes, serial,
-                     _step_files(sec, members))
-        )  # fmt: skip
-    _unique(where, [(s.name, line) for s, (_, line) in zip(steps, top.items("steps"))])
+    with problems.each():
+        for i, (item, line) in enumerate(top.items("steps")):
+            with problems.each():
+                if isinstance(item, dict) and True in item and "on" not in item:
+                    item["on"] = item.pop(True)  # YAML 1.1 reads the key 'on' as the boolean true
+                sec = _Section(item, where, f"steps[{i}]", line, ("name", "script", "on", "serial", "files"))
+                raw, src = _local_path(sec, "script", base)
+                if not src.is_file():
+                    raise sec.fail("script", f"{raw!r} is not a file")
+                on, nodes = _step_on(sec)
+                serial = sec.get("serial", bool, default=False, required=False)
+                if on == "control" and (serial or "files" in sec.data):
+                    raise sec.fail(
+                        "serial" if serial else "files",
+                        "goes with a step on nodes (on: all, a role or names)",
+                    )
+                steps.append(
+                    StepSpec(sec.match("name", ITEM_NAME_RE, "step name"), raw, src, on, nodes, serial,
+                             _step_files(sec, members))
+                )  # fmt: skip
+                step_lines.append(line)
+        _unique(where, [(s.name, line) for s, line in zip(steps, step_lines)])
 
-    cluster = _cluster_section(top, where, binaries) if "cluster" in top.data else None
-    mirrors = _mirrors_section(top, where) if "mirrors" in top.data else {}
+    cluster = None
+    if "cluster" in top.data:
+        with problems.each():
+            cluster = _cluster_section(top, where, _binary_names(top))
+    mirrors: dict[str, Mirror] = {}
+    if "mirrors" in top.data:
+        with problems.each():
+            mirrors = _mirrors_section(top, where)
+    rest: dict[str, Any] = {}
+    with problems.each():
+        rest["description"] = top.get("description", str, default="", required=False)
+    with problems.each():
+        rest["min_workers"] = _min_workers(top)
+    with problems.each():
+        rest["image_roles"] = _image_roles(top)
+    with problems.each():
+        rest.update(_install_section(top, where))
+    _placeholder_comments(text, where, problems)
+    if problems.errors:
+        raise several(sorted(problems.errors, key=_line_of), ManifestError, where)
 
     return Manifest(
         path=path,
@@ -592,16 +610,140 @@ def load_manifest(path: Path) -> Manifest:
         steps=tuple(steps),
         images=tuple(images),
         debs=debs,
-        description=top.get("description", str, default="", required=False),
-        min_workers=_min_workers(top),
-        image_roles=_image_roles(top),
-        **_install_section(top, where),
         cluster=cluster,
         mirrors=mirrors,
+        **rest,
     )
 
 
-def _cluster_section(top: _Section, where: str, binaries: list[BinarySpec]) -> ClusterSpec:
+_TOP_KEYS = (
+    "apiVersion",
+    "kind",
+    "name",
+    "version",
+    "description",
+    "platform",
+    "min_workers",
+    "image_roles",
+    "install",
+    "debs",
+    "binaries",
+    "images",
+    "files",
+    "steps",
+    "cluster",
+    "mirrors",
+)
+
+
+def _line_of(error: InputError) -> int:
+    """The line an error names (``FILE:LINE: ...``), for listing problems in file order."""
+    match = re.match(r"[^\n]*?:(\d+): ", str(error))
+    return int(match.group(1)) if match else 0
+
+
+def _binary_names(top: _Section) -> list[str]:
+    """The names the ``binaries:`` entries give, valid or not (so that ``cluster.tool`` is not
+    reported as unknown when only its binary entry has another mistake)."""
+    items = top.data.get("binaries")
+    if not isinstance(items, list):
+        return []
+    return [str(item["name"]) for item in items if isinstance(item, dict) and "name" in item]
+
+
+def _binary(item: Any, where: str, i: int, line: int, problems: _Problems) -> BinarySpec:
+    """One ``binaries:`` entry; each field's mistake is its own problem, so a wrong URL and a
+    placeholder sha256 on one entry are both named in one run."""
+    sec = _Section(item, where, f"binaries[{i}]", line, ("name", "url", "sha256", "dest", "mode"))
+    before = len(problems.errors)
+    fields: dict[str, str] = {}
+    with problems.each():
+        fields["name"] = sec.match("name", ITEM_NAME_RE, "binary name")
+    with problems.each():
+        url = sec.get("url", str)
+        if not url.startswith(("http://", "https://")):
+            raise sec.fail("url", f"{url!r} must be an http(s) URL")
+        fields["url"] = url
+    with problems.each():
+        # Checked as written: unquoted, 64 zeros load as the int 0 (and "quote it" would be no fix).
+        if getattr(sec.data, "raw", {}).get("sha256") == PLACEHOLDER_SHA256:
+            raise sec.fail(
+                "sha256",
+                "is the all-zero placeholder: put the real SHA-256 of the file at url: there (from the "
+                "release's checksum file, e.g. sha256sum.txt, or `sha256sum` of a download you trust)",
+            )
+        fields["sha256"] = sec.match("sha256", SHA256_RE, "sha256 (64 lowercase hex digits)")
+    with problems.each():
+        dest = sec.get("dest", str)
+        problem = check_dest(dest)
+        if problem:
+            raise sec.fail(
+                "dest", f"{dest!r} {problem}: it must be an absolute file path, normalized (no '..', '//')"
+            )
+        fields["dest"] = dest
+    with problems.each():
+        mode = sec.get("mode", str, default="0755", required=False)
+        if mode not in MODES:
+            raise sec.fail("mode", f"{mode!r} must be one of {', '.join(f'{m!r}' for m in MODES)}")
+        fields["mode"] = mode
+    if len(problems.errors) > before:
+        raise _Reported()
+    return BinarySpec(**fields)
+
+
+class _Reported(ManifestError):
+    """An entry whose problems are already in the list: nothing more to add."""
+
+    def __init__(self) -> None:
+        super().__init__("", problems=())
+        self.problems = ()
+
+
+def _image(item: Any, where: str, i: int, line: int, base: Path) -> ImageSpec:
+    """One ``images:`` entry: a reference (registry or engine) or a vendor archive."""
+    keys = ("ref", "from", "archive", "insecure", "zstd", "roles")
+    sec = _Section(item, where, f"images[{i}]", line, keys)
+    zstd = sec.get("zstd", bool, default=False, required=False)
+    roles = _roles(sec, "roles", default=[])
+    if ("ref" in sec.data) == ("archive" in sec.data):
+        raise ManifestError(f"{sec.at()}: images[{i}] needs exactly one of 'ref' or 'archive'")
+    if "archive" in sec.data:
+        for key in ("from", "insecure"):
+            if key in sec.data:
+                raise sec.fail(key, "goes with 'ref', not with 'archive'")
+        _, path = _local_path(sec, "archive", base)
+        return ImageSpec("archive", archive=path, zstd=zstd, where=sec.at(), roles=roles)
+    source = sec.get("from", str, default="registry", required=False)
+    if source not in IMAGE_SOURCES:
+        raise sec.fail("from", f"{source!r} must be one of {', '.join(IMAGE_SOURCES)}")
+    insecure = sec.get("insecure", bool, default=False, required=False)
+    if insecure and source != "registry":
+        raise sec.fail("insecure", "applies to registry pulls only")
+    try:
+        ref = parse_reference(sec.get("ref", str))
+    except ImageFormatError as exc:
+        raise sec.fail("ref", str(exc)) from None
+    if ref.tag is None and source == "daemon":
+        raise sec.fail("ref", f"{ref} needs a tag to be saved from the local engine")
+    return ImageSpec(source, ref=ref, insecure=insecure, zstd=zstd, where=sec.at("ref"), roles=roles)
+
+
+def _placeholder_comments(text: str, where: str, problems: _Problems) -> None:
+    """A line marked ``# ... PLACEHOLDER`` still holds a stand-in value: name it, unless that
+    line's value was already reported (the all-zero sha256 says more)."""
+    reported = {_line_of(e) for e in problems.errors}
+    for number, line in enumerate(text.splitlines(), start=1):
+        comment = _PLACEHOLDER_COMMENT.search(line)
+        if comment and number not in reported and not line.lstrip().startswith("#"):
+            problems.errors.append(
+                ManifestError(
+                    f"{where}:{number}: this line is marked PLACEHOLDER ({comment.group(0).strip()}): "
+                    "put the real value there and remove the marker"
+                )
+            )
+
+
+def _cluster_section(top: _Section, where: str, binaries: list[str]) -> ClusterSpec:
     """``cluster: {kind, kubernetes_version, network_plugin, tool, system_images}``."""
     sec = _Section(
         top.get("cluster", dict),
@@ -621,7 +763,7 @@ def _cluster_section(top: _Section, where: str, binaries: list[BinarySpec]) -> C
     if plugin not in rkeimages.NETWORK_PLUGINS:
         raise sec.fail("network_plugin", f"{plugin!r} must be one of {', '.join(rkeimages.NETWORK_PLUGINS)}")
     tool = sec.get("tool", str, default="rke", required=False)
-    if tool not in [b.name for b in binaries]:
+    if tool not in binaries:
         raise sec.fail(
             "tool",
             f"{tool!r} must name a binaries: entry (the pinned {kind} that lists the system images "
@@ -669,47 +811,18 @@ def _mirrors_section(top: _Section, where: str) -> dict[str, Mirror]:
     return out
 
 
-def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
+def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) -> DebsSpec:
+    """``debs:``; each source is checked on its own, so two missing keyrings are named in one run."""
     sec = _Section(
         top.get("debs", dict), where, "debs", top.line, ("sources", "packages", "exclude", "baseline")
     )
     sources = []
+    before = len(problems.errors)
     for i, (item, line) in enumerate(sec.items("sources")):
-        src = _Section(
-            item,
-            where,
-            f"debs.sources[{i}]",
-            line,
-            ("url", "suite", "components", "keyring", "flat", "trusted"),
-        )
-        url = src.get("url", str)
-        if not url.startswith(("http://", "https://")):
-            raise src.fail("url", f"{url!r} must be an http(s) URL")
-        flat = src.get("flat", bool, default=False, required=False)
-        trusted = src.get("trusted", bool, default=False, required=False)
-        suite = src.get("suite", str, default="./" if flat else None, required=not flat)
-        components = src.get("components", list, default=[], required=not flat)
-        if not flat and not components:
-            raise src.fail("components", "name at least one component (e.g. [main])")
-        if not all(isinstance(c, str) and ITEM_NAME_RE.fullmatch(c) for c in components):
-            raise src.fail("components", "must be a list of component names")
-        keyring = None
-        if "keyring" in src.data:
-            raw = src.get("keyring", str)
-            if not raw.startswith("/") and not (base / raw).exists():
-                raise src.fail(
-                    "keyring",
-                    f"{raw!r} does not exist; put the repository's public key there (armored or binary), "
-                    f"e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}' for Docker's repository, and check "
-                    "its fingerprint against the publisher's (README: 'Keys of apt repositories')",
-                )
-            _, keyring = _local_path(src, "keyring", base)
-        elif not trusted:
-            raise ManifestError(
-                f"{src.at()}: debs.sources[{i}] needs 'keyring' (the repository's public key, e.g. "
-                "payloads/keys/NAME.gpg), or 'trusted: true' to skip the signature check"
-            )
-        sources.append(Source(url, suite, tuple(components), keyring, trusted, flat))
+        with problems.each():
+            sources.append(_apt_source(item, where, i, line, base))
+    if len(problems.errors) > before:
+        raise _Reported()
     if not sources:
         raise ManifestError(f"{sec.at()}: debs needs at least one source")
     packages = sec.get("packages", list)
@@ -724,6 +837,47 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
     if baseline not in ("required", "none"):
         raise sec.fail("baseline", "must be 'required' (Priority: required packages are present) or 'none'")
     return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline)
+
+
+def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:
+    """One ``debs.sources`` entry: an apt repository and how its signature is checked."""
+    src = _Section(
+        item,
+        where,
+        f"debs.sources[{i}]",
+        line,
+        ("url", "suite", "components", "keyring", "flat", "trusted"),
+    )
+    url = src.get("url", str)
+    if not url.startswith(("http://", "https://")):
+        raise src.fail("url", f"{url!r} must be an http(s) URL")
+    flat = src.get("flat", bool, default=False, required=False)
+    trusted = src.get("trusted", bool, default=False, required=False)
+    suite = src.get("suite", str, default="./" if flat else None, required=not flat)
+    components = src.get("components", list, default=[], required=not flat)
+    if not flat and not components:
+        raise src.fail("components", "name at least one component (e.g. [main])")
+    if not all(isinstance(c, str) and ITEM_NAME_RE.fullmatch(c) for c in components):
+        raise src.fail("components", "must be a list of component names")
+    keyring = None
+    if "keyring" in src.data:
+        raw = src.get("keyring", str)
+        if not raw.startswith("/") and not (base / raw).exists():
+            # Docker publishes its key beside its repository; for the others: payloads/keys/README.md.
+            example = f", e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}'" if "docker" in url else ""
+            raise src.fail(
+                "keyring",
+                f"{raw!r} does not exist; put the repository's public key there (armored or binary)"
+                f"{example}, and check its fingerprint against the publisher's (payloads/keys/README.md; "
+                "README: 'Keys of apt repositories')",
+            )
+        _, keyring = _local_path(src, "keyring", base)
+    elif not trusted:
+        raise ManifestError(
+            f"{src.at()}: debs.sources[{i}] needs 'keyring' (the repository's public key, e.g. "
+            "payloads/keys/NAME.gpg), or 'trusted: true' to skip the signature check"
+        )
+    return Source(url, suite, tuple(components), keyring, trusted, flat)
 
 
 def _install_section(top: _Section, where: str) -> dict[str, str]:

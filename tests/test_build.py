@@ -25,11 +25,21 @@ def _build(
     keys: Keys,
     out: Path,
     cache: Path,
+    *extra: str,
     manifest: Path | None = None,
     env: dict[str, str] | None = None,
 ):
     return run_cli(
-        "build", manifest or project.manifest, "-o", out, "--key", keys.key_path, "--cache", cache, env=env
+        "build",
+        manifest or project.manifest,
+        "-o",
+        out,
+        "--key",
+        keys.key_path,
+        "--cache",
+        cache,
+        *extra,
+        env=env,
     )
 
 
@@ -352,7 +362,7 @@ def test_tar_and_sha256_appear_together_after_a_kill(
     sha_file = built.with_name(built.name + ".sha256")
     (project.root / "scripts/storage.sh").write_text("#!/bin/sh\necho storage, new\n")
     argv = [sys.executable, "-c", _KILL_AT, where, "build", str(project.manifest), "-o", str(out),
-            "--key", str(keys.key_path), "--cache", str(cache_dir)]  # fmt: skip
+            "--key", str(keys.key_path), "--cache", str(cache_dir), "--force"]  # fmt: skip
     killed = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr
     if sha_file.exists():
@@ -362,7 +372,8 @@ def test_tar_and_sha256_appear_together_after_a_kill(
         assert built.exists() and not sha_file.exists()  # the new .tar alone: the old .sha256 went first
     else:
         assert any(p.name.endswith(".partial") for p in out.iterdir())
-    again = _build(project, keys, out, cache_dir)
+    # The killed build's content differs from the bundle still there ("tar"): replacing it is asked for.
+    again = _build(project, keys, out, cache_dir, *(["--force"] if where == "tar" else []))
     assert again.exit_code == 0, again.stderr
     assert sorted(p.name for p in out.iterdir()) == [built.name, sha_file.name]
     subprocess.run(["sha256sum", "-c", sha_file.name], cwd=out, check=True, capture_output=True)
@@ -461,10 +472,65 @@ def test_folder_at_a_cache_entry_path(
 
 
 def test_output_folder_that_is_a_file(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path) -> None:
-    """Fault: -o names a file. Exit 5 naming it and what to do, before anything is fetched."""
+    """Fault: -o names a file. Exit 2 (bad usage) naming it and what to do, before anything is fetched."""
     out = tmp_path / "out"
     out.write_text("not a folder\n")
     result = _build(project, keys, out, cache_dir)
-    assert result.exit_code == 5, result.stderr
-    assert f"{out}: making the output folder failed: a file is where a folder is expected" in result.stderr
-    assert project.origin.routes["/rke_linux-amd64"].hits == 0
+    assert result.exit_code == 2, result.stderr
+    assert f"-o {out}: is a file, not a folder" in result.stderr and "give a folder" in result.stderr
+    assert project.origin.routes["/rke_linux-amd64"].hits == 0 and "Traceback" not in result.stderr
+
+
+def test_lock_never_records_a_url_that_did_not_serve_the_binary(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Fault: the binary's URL changes (same sha256) and the new one answers 404. The cache holds
+    the bytes, but the lock would name a URL that never served them: the build fetches the new URL,
+    fails with exit 5 naming it, and writes nothing; once that URL serves the bytes, it builds."""
+    assert _build(project, keys, tmp_path / "a", cache_dir).exit_code == 0
+    moved = project.origin.base + "/moved/rke_linux-amd64"
+    project.manifest.write_text(
+        project.manifest.read_text().replace(project.origin.base + "/rke_linux-amd64", moved)
+    )
+    failed = _build(project, keys, tmp_path / "b", cache_dir)
+    assert failed.exit_code == 5, failed.stderr
+    assert moved in failed.stderr and "404" in failed.stderr
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.tar"))
+    project.origin.add("/moved/rke_linux-amd64", RKE_BYTES)
+    ok = _build(project, keys, tmp_path / "b", cache_dir)
+    assert ok.exit_code == 0, ok.stderr
+    lock = json.loads(run_cli("inspect", Path(ok.stdout.strip()), "--json").stdout)
+    assert [b["url"] for b in lock["binaries"]] == [moved]
+    assert project.origin.routes["/moved/rke_linux-amd64"].hits == 1
+    again = _build(project, keys, tmp_path / "c", cache_dir)  # known now: from the cache
+    assert again.exit_code == 0 and project.origin.routes["/moved/rke_linux-amd64"].hits == 1
+
+
+def test_delta_leaves_out_unchanged_payload_files(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """A delta carries only the files: members that changed; unpacking it on top of its base gives
+    every file, the inherited ones copied from the base's unpacked folder and checked."""
+    big = project.root / "payloads" / "app" / "big.bin"
+    big.write_bytes(os.urandom(300_000))
+    base = _build(project, keys, tmp_path / "base", cache_dir)
+    assert base.exit_code == 0, base.stderr
+    (project.root / "payloads" / "notes.txt").write_text("site notes, changed\n")
+    project.manifest.write_text(project.manifest.read_text().replace('"1.0.0"', '"1.0.1"'))
+    delta = _build(project, keys, tmp_path / "delta", cache_dir, "--base", base.stdout.strip())
+    assert delta.exit_code == 0, delta.stderr
+    bundle = Path(delta.stdout.strip())
+    lock = archive.read_lock(bundle)[0]
+    inherited = {m.path for m in lock.inherited}
+    assert "files/app/big.bin" in inherited and "files/app/deploy.yaml" in inherited
+    assert "files/notes.txt" in {m.path for m in lock.members}  # changed: it travels
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+    assert "files/app/big.bin" not in names and "files/notes.txt" in names
+    assert bundle.stat().st_size < Path(base.stdout.strip()).stat().st_size - 290_000
+    work = tmp_path / "site"
+    work.mkdir(mode=0o700)
+    old, _ = archive.extract_bundle(Path(base.stdout.strip()), [keys.pub], work)
+    new, _ = archive.extract_bundle(bundle, [keys.pub], work, inherit_from=old)
+    assert (new / "files/app/big.bin").read_bytes() == big.read_bytes()
+    assert (new / "files/notes.txt").read_text() == "site notes, changed\n"

@@ -247,3 +247,161 @@ def test_every_test_the_threat_list_names_exists() -> None:
     for path in (ROOT / "tests").glob("test_*.py"):
         defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", path.read_text(), re.M))
     assert len(names) > 40 and sorted(names - defined) == []
+
+
+def test_build_names_every_mistake_before_any_download(project: Project, keys: Keys, tmp_path: Path) -> None:
+    """A manifest mistake, a past --expires date, -o naming a file and a --split below 64K: one
+    run lists all four (exit 2) and nothing is fetched."""
+    bad = project.write_manifest(
+        project.manifest.read_text().replace(
+            "dest: /usr/local/bin/rke", "dest: /usr/local/bin/rke\n    mode: 0755"
+        ),
+        "bad.yaml",
+    )
+    out = tmp_path / "out"
+    out.write_text("a file\n")
+    result = run_cli(
+        "build", bad, "-o", out, "--key", keys.key_path, "--expires", "2020-01-01", "--split", "1K",
+        "--cache", tmp_path / "c",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert "4 problems; fix them all, then run again" in result.stderr
+    assert 'quote it: "0755"' in result.stderr
+    assert "--expires 2020-01-01: 2020-01-01 00:00:00 UTC is not in the future" in result.stderr
+    assert f"-o {out}: is a file, not a folder" in result.stderr
+    assert "--split 1K: parts must be at least 64K" in result.stderr
+    assert project.origin.routes["/rke_linux-amd64"].hits == 0 and "Traceback" not in result.stderr
+    malformed = run_cli("build", project.manifest, "--dry-run", "--expires", "30days", "--split", "big")
+    assert malformed.exit_code == 2 and "2 problems" in malformed.stderr
+    assert "--expires '30days': give a duration like 180d" in malformed.stderr
+    assert "--split 'big': give a size like 4G" in malformed.stderr
+    missing = run_cli("build", project.manifest)
+    assert missing.exit_code == 2 and "--key KEY and -o OUTDIR needed (or pass --dry-run)" in missing.stderr
+
+
+def test_dry_run_json_prints_errors_as_json(project: Project, tmp_path: Path) -> None:
+    bad = project.write_manifest(project.manifest.read_text() + "colour: blue\n", "bad.yaml")
+    result = run_cli("build", bad, "--dry-run", "--json", "--expires", "soon", "--cache", tmp_path / "c")
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["exit_code"] == 2 and report["manifest"] == str(bad)
+    assert len(report["problems"]) == 2
+    assert "unknown key 'colour'" in report["problems"][0] or "unknown key 'colour'" in report["problems"][1]
+
+
+def test_rebuild_over_a_different_bundle_needs_force(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """The same NAME-VERSION again: the same bundle is simply rewritten; a different one (here
+    another manifest) is refused before any download, naming the file, unless --force."""
+    out = tmp_path / "dist"
+    args = ["build", project.manifest, "-o", out, "--key", keys.key_path, "--cache", cache_dir]
+    first = run_cli(*args)
+    assert first.exit_code == 0, first.stderr
+    bundle = Path(first.stdout.strip())
+    before = bundle.read_bytes()
+    assert run_cli(*args).exit_code == 0 and bundle.read_bytes() == before
+    project.manifest.write_text(
+        project.manifest.read_text().replace("  - name: services\n", "  - name: svc\n")
+    )
+    hits = project.origin.routes["/rke_linux-amd64"].hits
+    refused = run_cli(*args)
+    assert refused.exit_code == 2 and f"{bundle}: holds another bundle of demo 1.0.0" in refused.stderr
+    assert "pass --force to replace it" in refused.stderr and bundle.read_bytes() == before
+    assert project.origin.routes["/rke_linux-amd64"].hits == hits
+    forced = run_cli(*args, "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert bundle.read_bytes() != before
+
+
+def test_join_takes_a_folder_like_build(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    parts = run_cli(
+        "build", project.manifest, "-o", tmp_path / "dvd", "--key", keys.key_path, "--cache", cache_dir,
+        "--split", "64K",
+    )  # fmt: skip
+    assert parts.exit_code == 0, parts.stderr
+    (tmp_path / "dist").mkdir()
+    joined = run_cli("join", parts.stdout.strip(), "--pubkey", keys.pub_path, "-o", tmp_path / "dist")
+    assert joined.exit_code == 0, joined.stderr
+    assert joined.stdout.strip() == str(tmp_path / "dist" / "demo-1.0.0.tar")
+    assert run_cli("verify", tmp_path / "dist" / "demo-1.0.0.tar", "--pubkey", keys.pub_path).exit_code == 0
+
+
+def test_inspect_says_delta_base_and_parts(
+    project: Project, built: Path, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """inspect names a delta's base and what it leaves out, and the parts a split bundle is in."""
+    project.manifest.write_text(project.manifest.read_text().replace('"1.0.0"', '"1.0.1"'))
+    made = run_cli(
+        "build", project.manifest, "-o", tmp_path / "delta", "--key", keys.key_path, "--cache", cache_dir,
+        "--base", built, "--split", "64K",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    index = Path(made.stdout.strip())
+    text = run_cli("inspect", index)
+    assert text.exit_code == 0, text.stderr
+    assert "delta:    on demo 1.0.0" in text.stdout and "the site needs demo 1.0.0 installed" in text.stdout
+    assert "parts:    " in text.stdout and "demo-1.0.1.tar.000" in text.stdout
+    assert "expires:  never" in text.stdout
+    facts = json.loads(run_cli("inspect", index, "--json").stdout)
+    assert facts["delta"]["base"]["version"] == "1.0.0" and facts["delta"]["inherited"] >= 1
+    assert facts["parts"][0]["name"] == "demo-1.0.1.tar.000" and facts["expired"] is False
+    whole = json.loads(run_cli("inspect", built, "--json").stdout)
+    assert whole["delta"] is None and whole["parts"] is None
+
+
+def test_counts_say_one_thing_in_the_singular(project: Project, tmp_path: Path, cache_dir: Path) -> None:
+    one = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: one\nversion: '1'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        "files:\n  - src: payloads/notes.txt\n    dest: notes.txt\n",
+        "one.yaml",
+    )
+    plan = run_cli("build", one, "--dry-run", "--cache", cache_dir)
+    assert plan.exit_code == 0, plan.stderr
+    assert "1 item, " in plan.stdout and "to fetch: 0 items" in plan.stdout and "1 items" not in plan.stdout
+
+
+def test_inspect_counts_in_the_singular(built: Path) -> None:
+    shown = run_cli("inspect", built).stdout
+    assert "1 file from payloads/notes.txt" in shown and "3 files from payloads/app/" in shown
+    assert "file(s)" not in shown
+
+
+def test_verbosity_options_go_before_or_after_the_command(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """-v and -q are accepted after the subcommand too; -q keeps warnings off, -vv shows debug."""
+    args = ["build", project.manifest, "-o", tmp_path / "o", "--key", keys.key_path, "--cache", cache_dir]
+    expired = ["--expires", "1d"]
+    env = {"SOURCE_DATE_EPOCH": "1"}  # a bundle "built in 1970" for a day: the build warns
+    loud = run_cli(*args, *expired, env=env)
+    assert loud.exit_code == 0 and "already expired" in loud.stderr
+    for quiet in (["-q", *args], [*args, "-q"]):
+        result = run_cli(*quiet, *expired, "--force", env=env)
+        assert result.exit_code == 0 and result.stderr == "", result.stderr  # no warning, no summary
+        assert result.stdout == loud.stdout  # the result still comes
+    debug = run_cli(*args, *expired, "-vv", env=env)
+    assert debug.exit_code == 0 and "DEBUG" in debug.stderr
+    assert (
+        run_cli(
+            "verify", Path(loud.stdout.strip()), "--pubkey", keys.pub_path, "-v", "--allow-expired"
+        ).exit_code
+        == 0
+    )
+    assert run_cli("inspect", Path(loud.stdout.strip()), "-q").exit_code == 0
+
+
+def test_base_of_another_key_is_named_before_any_download(
+    project: Project, built: Path, other_keys: Keys, tmp_path: Path
+) -> None:
+    hits = project.origin.routes["/rke_linux-amd64"].hits
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "d", "--key", other_keys.key_path, "--base", built,
+        "--expires", "yesterday", "--cache", tmp_path / "c",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "2 problems" in result.stderr
+    assert f"--base {built}: not a bundle signed with this key" in result.stderr
+    assert project.origin.routes["/rke_linux-amd64"].hits == hits

@@ -45,8 +45,9 @@ def test_expired_bundle_is_refused_unless_allowed(
     assert result.exit_code == 0, result.stderr
     bundle = Path(result.stdout.strip())
     facts = json.loads(run_cli("inspect", bundle, "--json").stdout)
-    assert facts["expires"] == 1 + 30 * DAY
-    assert "expires:  1970-01-31" in run_cli("inspect", bundle).stdout
+    assert facts["expires"] == 1 + 30 * DAY and facts["expired"] is True
+    shown = run_cli("inspect", bundle).stdout
+    assert "expires:  1970-01-31" in shown and "EXPIRED" in shown and "--allow-expired" in shown
     refused = run_cli("verify", bundle, "--pubkey", keys.pub_path)
     assert refused.exit_code == 3
     assert (
@@ -56,6 +57,8 @@ def test_expired_bundle_is_refused_unless_allowed(
     assert run_cli("verify", bundle, "--pubkey", keys.pub_path, "--allow-expired").exit_code == 0
     fresh = _build(project, keys, tmp_path / "new", cache_dir, "--expires", "180d")
     assert run_cli("verify", Path(fresh.stdout.strip()), "--pubkey", keys.pub_path).exit_code == 0
+    assert json.loads(run_cli("inspect", Path(fresh.stdout.strip()), "--json").stdout)["expired"] is False
+    assert "(in 180 days)" in run_cli("inspect", Path(fresh.stdout.strip())).stdout
 
 
 def _signers(tmp_path: Path, name: str, keys: Keys, options: str) -> Path:

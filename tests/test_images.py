@@ -297,7 +297,12 @@ def test_unreachable_engine_is_exit_5(project: Project, keys: Keys, tmp_path: Pa
         cache_dir,
         env={"DOCKER_HOST": f"unix://{tmp_path}/no.sock"},
     )
-    assert result.exit_code == 5 and "Docker engine" in result.stderr
+    assert result.exit_code == 5 and "cannot reach the local Docker engine" in result.stderr
+    assert (
+        f"DOCKER_HOST=unix://{tmp_path}/no.sock" in result.stderr
+        and "systemctl start docker" in result.stderr
+    )
+    assert "Connection aborted" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_wrong_platform_is_refused(

@@ -19,7 +19,7 @@ name: demo
 version: "1.0.0"
 platform: {os: debian, codename: bookworm, arch: amd64}
 """
-SHA = "0" * 64
+SHA = "a" * 64
 
 
 def test_demo_manifest_loads(project: Project) -> None:
@@ -125,7 +125,7 @@ def test_bad_manifests_name_file_and_line(project: Project, body: str, line: int
 @pytest.mark.parametrize(
     "head, expected",
     [
-        (HEAD.replace('"1.0.0"', "1.10"), 'version: must be a string; quote it: "1.1"'),
+        (HEAD.replace('"1.0.0"', "1.10"), 'version: must be a string; quote it: "1.10"'),
         (HEAD.replace("name: demo", "name: Demo_App"), "not a valid bundle name"),
         (HEAD.replace("airbundle/v1", "airbundle/v2"), "must be 'airbundle/v1'"),
         (HEAD.replace("kind: Bundle", "kind: Bunch"), "must be 'Bundle'"),
@@ -158,6 +158,52 @@ def test_malformed_versions_name_file_and_line(project: Project, version: str, e
 def test_pre_release_versions_load(project: Project, version: str) -> None:
     path = project.write_manifest(HEAD.replace('"1.0.0"', f'"{version}"'), "ok.yaml")
     assert load_manifest(path).version == version
+
+
+def test_every_mistake_in_one_run(project: Project) -> None:
+    """Three mistakes in three sections, and two in one binary entry: one run names all five,
+    in file order, each with its line."""
+    body = (
+        "colour: blue\n"
+        "binaries:\n  - name: rke\n    url: ftp://x/rke\n    sha256: "
+        + "0"
+        * 64
+        + "\n    dest: /usr/bin/rke\n"
+        "files:\n  - src: payloads/missing/\n    dest: m\n"
+        "steps:\n  - name: a\n    script: scripts/nope.sh\n"
+    )
+    path = project.write_manifest(HEAD + body, "bad.yaml")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 5 problems; fix them all, then run again:"), message
+    lines = [p.split(": ", 1)[0].rsplit(":", 1)[1] for p in info.value.problems]
+    assert lines == ["6", "9", "10", "13", "17"], info.value.problems
+    for words in (
+        "unknown key 'colour'",
+        "http(s) URL",
+        "all-zero placeholder",
+        "missing/' does not",
+        "nope.sh",
+    ):
+        assert words in message, message
+
+
+def test_placeholder_comment_is_named(project: Project) -> None:
+    body = "description: TODO  # PLACEHOLDER: the product's name\n"
+    message = _load(project, body)
+    assert "bad.yaml:6: this line is marked PLACEHOLDER" in message and "put the real value there" in message
+
+
+def test_advice_is_valid_input(project: Project) -> None:
+    """The fix a message proposes is accepted by the next run: mode 0755 (YAML's octal 493) -> "0755"."""
+    binary = (
+        "binaries:\n  - name: rke\n    url: http://x/rke\n    sha256: " + SHA + "\n    dest: /usr/bin/rke\n"
+    )
+    message = _load(project, binary + "    mode: 0755\n")
+    assert 'quote it: "0755"' in message and "493" not in message, message
+    fixed = project.write_manifest(HEAD + binary + '    mode: "0755"\n', "fixed.yaml")
+    assert load_manifest(fixed).binaries[0].mode == "0755"
 
 
 def test_symlink_escaping_base_is_refused(project: Project, tmp_path: Path) -> None:
@@ -203,10 +249,20 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
     import shutil
 
     root = Path(__file__).resolve().parent.parent
-    with pytest.raises(ManifestError, match=r"payloads/(vendor|keys)/"):
+    with pytest.raises(ManifestError) as info:
         load_manifest(root / "manifests" / "fmp-rke.yaml")
+    # One run names every missing input and the placeholder, each with its line.
+    problems = info.value.problems
+    assert any("payloads/keys/docker.gpg" in p for p in problems)
+    assert any("sources[1].keyring: 'payloads/keys/ubuntu-archive-keyring.gpg'" in p for p in problems)
+    assert any("payloads/vendor/fmp_v23.12.tgz" in p for p in problems)
+    assert any("payloads/vendor/fmp_k8s/" in p for p in problems)
+    assert any("fmp-rke.yaml:37: binaries[0].sha256: is the all-zero placeholder" in p for p in problems)
     copy = tmp_path / "proj"
     shutil.copytree(root / "manifests", copy / "manifests")
+    # As the README says: copy rke's sha256 over the placeholder.
+    text = (copy / "manifests" / "fmp-rke.yaml").read_text().replace("0" * 64, "ab" * 32)
+    (copy / "manifests" / "fmp-rke.yaml").write_text(text.replace("# PLACEHOLDER: see above", ""))
     shutil.copytree(root / "scripts", copy / "scripts")
     (copy / "payloads" / "keys").mkdir(parents=True)
     for key in ("docker.gpg", "ubuntu-archive-keyring.gpg"):

@@ -118,7 +118,11 @@ def test_a_build_replaces_every_output_of_an_earlier_build(
     build("--split", "64K")
     first_parts = sorted(out.glob("demo-1.0.0.tar.[0-9]*"))
     (project.root / "payloads" / "notes.txt").write_text("changed\n")
-    build("--split", "128K")
+    # Other content under the same NAME-VERSION: refused (naming the parts file), the old parts kept.
+    refused = run_cli("build", project.manifest, "-o", out, "--key", keys.key_path, "--cache", cache_dir)
+    assert refused.exit_code == 2 and "demo-1.0.0.parts.json: holds another bundle" in refused.stderr
+    assert "--force" in refused.stderr and sorted(out.glob("demo-1.0.0.tar.[0-9]*")) == first_parts
+    build("--split", "128K", "--force")
     second_parts = sorted(out.glob("demo-1.0.0.tar.[0-9]*"))
     assert len(second_parts) < len(first_parts)  # the earlier build's last parts are gone
     orphan = first_parts[-1]

@@ -8,6 +8,7 @@ directly, since our writer cannot produce them.
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import os
@@ -400,3 +401,26 @@ def test_ssh_keygen_checks_signatures_where_cryptography_is_missing(
         archive_mod.verify_bundle(edited, [keys.pub])
     with pytest.raises(signing.UntrustedKeyError):
         archive_mod.verify_bundle(built, [other_keys.pub])
+
+
+def test_not_a_bundle_says_what_it_is(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """The .sha256 beside a bundle, a gzipped bundle and a cut copy: each message says what the
+    file is and what to do, naming the path."""
+    checksum = built.with_name(built.name + ".sha256")
+    result = verify(checksum, keys)
+    assert result.exit_code == 2, result.stderr
+    assert f"{checksum} is a checksum file" in result.stderr and "not a bundle" in result.stderr
+    assert f"sha256sum -c {checksum.name}" in result.stderr and "truncated" not in result.stderr
+    gz = tmp_path / "demo.tar.gz"
+    gz.write_bytes(gzip.compress(built.read_bytes()))
+    for command in ("verify", "inspect"):
+        args = ["--pubkey", keys.pub_path] if command == "verify" else []
+        zipped = run_cli(command, gz, *args)
+        assert (
+            zipped.exit_code == 4 and "is gzip-compressed" in zipped.stderr and "gunzip -k" in zipped.stderr
+        )
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(built.read_bytes()[: built.stat().st_size // 2])
+    truncated = verify(cut, keys)
+    assert truncated.exit_code == 4 and f"bundle {cut} is truncated" in truncated.stderr
+    assert "copy it again" in truncated.stderr
