@@ -93,8 +93,9 @@ class Reply:
     url: str
 
 
-class _GaveUp(FetchError):
-    """Transient failures outlasted the retries (the partial download is kept)."""
+class GaveUp(FetchError):
+    """Transient failures outlasted the retries (the partial download is kept); trying
+    another URL on the same server is then pointless."""
 
 
 class _Retry(Exception):
@@ -162,8 +163,12 @@ class Fetcher:
         progress: FetchProgress = _no_progress,
         max_bytes: int | None = None,
         auth: Auth | None = None,
+        why_mismatch: str = "the pin in the manifest or the upstream file is wrong",
     ) -> Path:
         """The cached file for ``sha256``, downloading ``url`` when it is not cached.
+
+        ``why_mismatch`` says, in the mismatch message, where the expected SHA-256 came from and
+        so what is wrong (for an apt index: the mirror, not any manifest).
 
         Raises:
             FetchError: the server failed past the retries, the body exceeded
@@ -176,7 +181,9 @@ class Fetcher:
             hit = self.cache.get(sha256)  # another build may have fetched it meanwhile
             if hit:
                 return hit
-            return self._download(url, sha256, progress, max_bytes or self.policy.max_bytes, auth)
+            return self._download(
+                url, sha256, progress, max_bytes or self.policy.max_bytes, auth, why_mismatch
+            )
 
     def _retrying(self, url: str, attempt_once: Callable[[], _T]) -> _T:
         """Run ``attempt_once`` until it returns, retrying ``_Retry`` with backoff."""
@@ -186,7 +193,7 @@ class Fetcher:
                 return attempt_once()
             except _Retry as exc:
                 if attempt == policy.attempts:
-                    raise _GaveUp(f"{url}: giving up after {attempt} attempts: {exc}") from exc
+                    raise GaveUp(f"{url}: giving up after {attempt} attempts: {exc}") from exc
                 delay = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff)
                 if exc.delay is not None:
                     delay = min(exc.delay, policy.max_retry_after)
@@ -264,12 +271,18 @@ class Fetcher:
             return
 
     def _download(
-        self, url: str, sha256: str, progress: FetchProgress, max_bytes: int, auth: Auth | None
+        self,
+        url: str,
+        sha256: str,
+        progress: FetchProgress,
+        max_bytes: int,
+        auth: Auth | None,
+        why_mismatch: str,
     ) -> Path:
         part = _Partial(self.cache.partial(sha256))
         try:
             self._retrying(url, lambda: self._attempt(url, part, progress, max_bytes, auth))
-        except _GaveUp:
+        except GaveUp:
             raise  # keep the partial file: the next build resumes it
         except FetchError:
             part.discard()
@@ -279,7 +292,7 @@ class Fetcher:
             part.discard()
             raise FetchError(
                 f"{url}: sha256 mismatch: expected {sha256}, got {actual} "
-                "(the pin in the manifest or the upstream file is wrong; nothing was cached)"
+                f"({why_mismatch}; nothing was cached)"
             )
         with open(part.path, "rb+") as f:
             os.fsync(f.fileno())

@@ -18,8 +18,8 @@ from .conftest import AptRepos, Keys, Project, run_cli
 
 
 def _packages(repo: AptRepos) -> list[debs.Package]:
-    text = (repo.root / "dists/stable/main/binary-amd64/Packages").read_text()
-    return debs.parse_packages(text, repo.url)
+    data = (repo.root / "dists/stable/main/binary-amd64/Packages").read_bytes()
+    return list(debs.parse_packages([data], repo.url))
 
 
 def _resolve(repo: AptRepos, *requests: str, arch: str = "amd64") -> dict[str, str]:
