@@ -39,6 +39,8 @@ FetchProgress = Callable[[str, int, "int | None"], None]
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _T = TypeVar("_T")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# An http(s) URL made only of characters that may appear unquoted in one (RFC 3986).
+_QUOTED_URL = re.compile(r"https?://[A-Za-z0-9\-._~!$&'()*+,/:;=?@\[\]%]*")
 
 
 def _no_progress(_url: str, _done: int, _total: int | None) -> None:
@@ -245,8 +247,20 @@ class Fetcher:
         policy = self.policy
         try:
             # requests drops Authorization when a redirect leads to another host.
-            return self.session.get(
-                url, headers=headers, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)
+            prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+            if _QUOTED_URL.fullmatch(url):
+                # Already quoted (apt's quoting of Debian pool names: %7e, %2b): sent byte for byte,
+                # where requests would rewrite %7e to ~ (equivalent, but not what apt asks).
+                prepared.url = url
+            # What Session.request adds: proxies, CA bundle and client certificate from the environment.
+            env = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
+            return self.session.send(
+                prepared,
+                stream=True,
+                timeout=(policy.connect_timeout, policy.read_timeout),
+                proxies=env["proxies"],
+                verify=env["verify"],
+                cert=env["cert"],
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Retry(f"cannot connect: {exc}") from exc
