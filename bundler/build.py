@@ -616,6 +616,7 @@ def _plan(
         images_mode=manifest.images_mode,
         registry=manifest.registry,
         registry_image=manifest.registry_image,
+        recommends=bool(manifest.debs and manifest.debs.recommends),
         cluster=_cluster_record(manifest),
         system_images=system.records() if system else (),
     )

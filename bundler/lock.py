@@ -173,6 +173,7 @@ class Lock:
     images_mode: str = "ssh-load"  # the installer's default for --images-mode
     registry: str = ""  # the installer's default for --registry
     registry_image: str = ""  # the locked image (a ref) the installer runs as the site registry
+    recommends: bool = False  # debs.recommends: apt installs the bundled Recommends too
     # A delta bundle: the bundle it builds on, and the members it takes from that one's unpacked copy.
     base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
     inherited: tuple[Member, ...] = ()
@@ -250,6 +251,8 @@ class Lock:
                 "images_mode": self.images_mode,
                 "registry": self.registry,
                 "registry_image": self.registry_image,
+                # Written only when set, so that bundles without it keep their exact bytes.
+                **({"recommends": True} if self.recommends else {}),
             },
             "base": dict(self.base),
             "inherited": [asdict(m) for m in self.inherited],
@@ -378,7 +381,7 @@ def _reference(value: str, where: str) -> None:
         raise LockError(f"{LOCK_NAME}: {where} {value!r}: {exc}") from None
 
 
-def _install(top: _Fields) -> dict[str, str]:
+def _install(top: _Fields) -> dict[str, Any]:
     install = top.get("install", dict) if "install" in top.obj else {}
     mode = install.get("images_mode", "ssh-load")
     registry = install.get("registry", "")
@@ -391,7 +394,10 @@ def _install(top: _Fields) -> dict[str, str]:
         raise LockError(f"{LOCK_NAME}: install.registry_image must be an image reference")
     if image:
         _reference(image, "install.registry_image")
-    return {"images_mode": mode, "registry": registry, "registry_image": image}
+    recommends = install.get("recommends", False)
+    if not isinstance(recommends, bool):
+        raise LockError(f"{LOCK_NAME}: install.recommends must be true or false")
+    return {"images_mode": mode, "registry": registry, "registry_image": image, "recommends": recommends}
 
 
 def _base(top: _Fields) -> dict[str, str]:

@@ -608,3 +608,13 @@ def test_index_not_matching_the_release_is_named_as_such(
 def test_apt_quoting_of_pool_names() -> None:
     assert debs.apt_quote("pool/e/engine_1%3a5.0~rc1+dfsg_amd64.deb") == f"pool/e/{ENGINE_REQUEST}"
     assert debs.apt_quote("pool/a b:c.deb") == "pool/a%20b:c.deb"  # ":" goes as it is, as apt sends it
+
+
+def test_recommends_in_the_manifest_reach_the_lock(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, debian_like: Archive
+) -> None:
+    manifest = _archive_manifest(project, debian_like, "[rec-app]", "  recommends: true\n")
+    result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    lock = archive.read_lock(Path(result.stdout.strip()))[0]
+    assert {d.name for d in lock.debs} == {"rec-app", "rec-lib"} and lock.recommends is True

@@ -430,7 +430,8 @@ def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, so
 def test_packages_install_from_the_bundle_only(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
 ) -> None:
-    """apt on each node installs the locked closure from the shipped repository, into a private root."""
+    """apt on each node installs the locked closure from the shipped repository, into a private root;
+    libfoo, requested after app (which needs it), is still requested: apt marks it manual."""
     from .aptrepo import CLOSURE
 
     client, nodes = ssh_cluster
@@ -439,7 +440,7 @@ def test_packages_install_from_the_bundle_only(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: pkgs\nversion: '1.0'\n"
         "platform: {os: debian, codename: bookworm, arch: amd64}\n"
         f"debs:\n  sources:\n    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n"
-        "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a]\n  exclude: [base-files]\n",
+        "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a, libfoo]\n  exclude: [base-files]\n",
         "pkgs.yaml",
     )
     site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
@@ -477,6 +478,9 @@ def test_packages_install_from_the_bundle_only(
         installed = {ln.split()[0]: ln.split()[1] for ln in listed.stdout.splitlines() if "installed" in ln}
         assert installed == {**CLOSURE, "base-files": "12.4"}
         assert (roots / node.name / "usr/share/doc/libfoo/README").read_text() == "libfoo 1:0.5\n"
+        states = (roots / node.name / "var/lib/apt/extended_states").read_text()
+        auto = {s.split("\n")[0].split(": ")[1] for s in states.split("\n\n") if "Auto-Installed: 1" in s}
+        assert auto == set(CLOSURE) - {"app", "cyc-a", "libfoo"}
 
 
 def test_preflight_refuses_before_anything_changes(

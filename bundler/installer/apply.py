@@ -751,8 +751,12 @@ def _debs_tar(lock: Lock, bundle_dir: Path, out: IO[bytes]) -> None:
             tar.add(str(path), arcname=path.name, recursive=False)
 
 
-def _packages_script(repo: str, packages: list[str], root: str | None) -> str:
-    """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists)."""
+def _packages_script(repo: str, packages: list[str], root: str | None, recommends: bool = False) -> str:
+    """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists).
+
+    Every requested package is named, so apt marks each as manually installed (a later
+    ``apt-get autoremove`` keeps it); with ``recommends`` apt also installs the Recommends the
+    bundle carries (the build resolved them as apt would)."""
     q = shlex.quote
     opts = [
         f"-o Dir::Etc::SourceList={q(repo + '.list')}",
@@ -786,7 +790,8 @@ def _packages_script(repo: str, packages: list[str], root: str | None) -> str:
         f"set -e; {prepare}mkdir -p {q(repo + '.lists')}/partial; "
         f"cd {q(repo)} && sha256sum -c --quiet SHA256SUMS; "
         f"echo 'deb [trusted=yes] file:{repo} ./' > {q(repo + '.list')}; "
-        f"{apt} update; {apt} -y --no-install-recommends install {' '.join(q(p) for p in packages)}"
+        f"{apt} update; {apt} -y --{'' if recommends else 'no-'}install-recommends install "
+        f"{' '.join(q(p) for p in packages)}"
     )
 
 
@@ -809,7 +814,8 @@ def _packages_on(
         remote.run(
             node,
             opts,
-            f"{sudo_prefix(node)}sh -c {shlex.quote(_packages_script(repo, requested, root))}",
+            f"{sudo_prefix(node)}sh -c "
+            + shlex.quote(_packages_script(repo, requested, root, lock.recommends)),
             timeout=3600,
         )
         result.done = requested
