@@ -33,12 +33,15 @@ import email.utils
 import hashlib
 import logging
 import lzma
+import os
 import subprocess
+import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from bundler import debs
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 MAX_RELEASE_BYTES = 16 * 1024 * 1024
 MAX_KEYRING_BYTES = 16 * 1024 * 1024
 MAX_INDEX_BYTES = 4 * 1024**3  # decompressed, when the Release does not list the plain size
-_CHUNK = 1 << 20
+_CHUNK = 256 * 1024  # compressed bytes read at a time: a few MiB decompressed, never the whole index
 _Decoder = Callable[[], Any]
 # apt's order (Acquire::CompressionTypes: xz bz2 lzma gz lz4 zst, then uncompressed).
 _COMPRESSIONS: tuple[tuple[str, _Decoder | None], ...] = (
@@ -69,12 +72,63 @@ _MIRROR_WRONG = (
 
 @dataclass(frozen=True)
 class SourceIndex:
-    """What one source offers, and what vouched for it (recorded in the lock)."""
+    """What vouched for one source's indexes (recorded in the lock)."""
 
     source: debs.Source
-    packages: list[debs.Package]
     signed_by: tuple[str, ...]  # primary-key fingerprints of the Release's good signatures
     keyring_sha256: str | None  # of the keyring bytes gpgv was given
+
+
+class Indexes:
+    """The sources' decompressed ``Packages`` indexes in one spill file, catalogued by name.
+
+    As apt keeps its lists on disk and maps them, the stanzas stay in a temporary file;
+    memory holds a name -> position catalogue, and a stanza is parsed only when the
+    resolution asks for that package. A reference packs (offset, length, source number)
+    into one int, the smallest Python object that carries them.
+    """
+
+    def __init__(self, arch: str) -> None:
+        self.arch = arch
+        self._file = tempfile.TemporaryFile(prefix="airbundle-packages-")  # noqa: SIM115 (closed by __exit__)
+        self._sources: list[tuple[str, int]] = []  # (base URL, pin) by source number
+        self.catalog = debs.Catalog(load=self._read)
+
+    def __enter__(self) -> Indexes:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._file.close()
+
+    def add(self, chunks: Iterable[bytes], source_url: str, pin: int) -> int:
+        """Spill and catalogue one decompressed index; returns how many packages it adds."""
+        number = len(self._sources)
+        if number > 0xFF:
+            raise FetchError("more than 255 Packages indexes; split the manifest's sources")
+        self._sources.append((source_url, pin))
+        start = self._file.seek(0, os.SEEK_END)
+
+        def spilled() -> Iterator[bytes]:
+            for chunk in chunks:
+                self._file.write(chunk)
+                yield chunk
+
+        count = 0
+        for offset, length, name, provides, required in debs.scan_packages(spilled(), self.arch, start):
+            if length < 1 << 24:  # a stanza over 16 MiB is no package index's
+                self.catalog.add(sys.intern(name), offset << 32 | length << 8 | number, provides, required)
+                count += 1
+        self._file.write(b"\n\n")  # the next index starts a stanza of its own
+        self._file.flush()
+        return count
+
+    def _read(self, ref: int) -> debs.Package:
+        offset, length, number = ref >> 32, ref >> 8 & 0xFFFFFF, ref & 0xFF
+        pkg = debs.parse_stanza(os.pread(self._file.fileno(), length, offset), *self._sources[number])
+        assert pkg is not None  # the scan kept only stanzas with a file and a SHA256
+        return pkg
 
 
 def _no_progress(_url: str, _done: int, _total: int | None) -> None:
@@ -306,9 +360,10 @@ def _fetch_index(
 
 
 def load(
-    fetcher: Fetcher, source: debs.Source, arch: str, now: datetime.datetime | None = None
+    fetcher: Fetcher, source: debs.Source, indexes: Indexes, now: datetime.datetime | None = None
 ) -> SourceIndex:
-    """Every package of ``source`` for ``arch`` (and ``all`` where apt reads it), from verified indexes.
+    """Catalogue every package of ``source`` for the indexes' architecture (and ``all`` where apt
+    reads it) in ``indexes``, from verified indexes.
 
     Raises:
         FetchError: unreachable source, bad or missing signature, expired Release,
@@ -333,12 +388,12 @@ def load(
     listed: dict[str, tuple[int, str]] = release["sha256"]
     by_hash = fields.get("Acquire-By-Hash", "").lower() == "yes"
     pin = _pin(fields)
+    arch = indexes.arch
     if source.flat:
         prefixes = [""]
     else:
         arches = _architectures(fields, arch, where)
         prefixes = [f"{c}/binary-{a}/" for c in source.components for a in arches]
-    packages: list[debs.Package] = []
     found_any = False
     for prefix in prefixes:
         got = _fetch_index(fetcher, source, listed, prefix, by_hash)
@@ -349,7 +404,7 @@ def load(
         path, decoder, limit = got
         what = f"{where}: {prefix}Packages"
         try:
-            packages.extend(debs.parse_packages(_decompressed(path, decoder, limit, what), source.url, pin))
+            indexes.add(_decompressed(path, decoder, limit, what), source.url, pin)
         except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
             raise FetchError(f"{what}: cannot read the cached index {path}: {exc}") from exc
         found_any = True
@@ -357,7 +412,7 @@ def load(
         raise FetchError(
             f"{where}: Release lists no Packages index for {arch}; check suite, components and platform.arch"
         )
-    return SourceIndex(source, packages, tuple(signed_by), keyring_sha)
+    return SourceIndex(source, tuple(signed_by), keyring_sha)
 
 
 def download(fetcher: Fetcher, pkg: debs.Package, progress: FetchProgress = _no_progress) -> Path:

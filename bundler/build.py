@@ -450,23 +450,19 @@ def _resolve_debs(manifest: Manifest, fetcher: Fetcher) -> tuple[debs.Resolution
     spec = manifest.debs
     assert spec is not None
     arch = manifest.platform.arch
-    indexes = [aptsource.load(fetcher, source, arch) for source in spec.sources]
     installed = _baseline(spec.baseline_file) if spec.baseline_file else []
-    resolver = debs.Resolver(
-        (p for index in indexes for p in index.packages),
-        arch,
-        exclude=spec.exclude,
-        installed=installed,
-        recommends=spec.recommends,
-    )
-    records = tuple(_apt_source_record(index) for index in indexes)
-    del indexes  # the resolver holds what it needs
-    if spec.baseline == "required":
-        resolver.assumed |= resolver.required_baseline()
-    try:
-        return resolver.resolve(spec.packages), records
-    except debs.ResolveError as exc:
-        raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
+    with aptsource.Indexes(arch) as indexes:
+        loaded = [aptsource.load(fetcher, source, indexes) for source in spec.sources]
+        resolver = debs.Resolver(
+            indexes.catalog, arch, exclude=spec.exclude, installed=installed, recommends=spec.recommends
+        )
+        if spec.baseline == "required":
+            resolver.assumed |= resolver.required_baseline()
+        try:
+            resolution = resolver.resolve(spec.packages)
+        except debs.ResolveError as exc:
+            raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
+    return resolution, tuple(_apt_source_record(index) for index in loaded)
 
 
 def _apt_source_record(index: aptsource.SourceIndex) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import hashlib
 import io
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,92 @@ def _show(rel: dict[str, Any]) -> str:
     return text
 
 
+# What the first pass over an index reads of each stanza: enough to catalogue it by name.
+_SCAN_RE = re.compile(
+    rb"^(Package|Architecture|Provides|Priority|Filename|SHA256):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)", re.M
+)
+
+
+@dataclass
+class Catalog:
+    """Every source's packages for one architecture, by name, each materialised only when asked.
+
+    A reference is whatever ``load`` turns into a ``Package``: the package itself for an
+    in-memory catalog (``Catalog.of``), or where its stanza sits in a spill file of
+    decompressed indexes (``bundler.aptsource``): as apt keeps its lists on disk and reads
+    only what a resolution touches, so a 65,000-package archive costs a few MiB, not hundreds.
+    """
+
+    load: Callable[[Any], Package] = field(default=lambda ref: ref)
+    refs: dict[str, list[Any]] = field(default_factory=dict)
+    provides: dict[str, list[tuple[Any, str | None]]] = field(
+        default_factory=dict
+    )  # virtual -> (ref, version)
+    required: set[str] = field(default_factory=set)  # names some version of which is Priority: required
+
+    def add(self, name: str, ref: Any, provides: str = "", required: bool = False) -> None:
+        self.refs.setdefault(name, []).append(ref)
+        for group in _relations(provides):
+            for rel in group:
+                ver = rel["version"][1] if rel.get("version") and rel["version"][0] == "=" else None
+                self.provides.setdefault(rel["name"], []).append((ref, ver))
+        if required:
+            self.required.add(name)
+
+    @classmethod
+    def of(cls, packages: Iterable[Package], arch: str) -> Catalog:
+        """An in-memory catalog of ``packages`` (those for ``arch`` and ``all``)."""
+        catalog = cls()
+        for pkg in packages:
+            if pkg.arch in (arch, "all"):
+                catalog.add(pkg.name, pkg, pkg.provides, pkg.priority == "required")
+        return catalog
+
+
+def _scanned(stanza: bytes, arch: str) -> tuple[str, str, bool] | None:
+    fields = dict(_SCAN_RE.findall(stanza))
+    name = fields.get(b"Package")
+    if not name or b"Filename" not in fields or b"SHA256" not in fields:
+        return None  # not a downloadable package: apt skips it too
+    if fields.get(b"Architecture", b"").decode() not in (arch, "all"):
+        return None
+    return (
+        name.decode(),
+        fields.get(b"Provides", b"").decode("utf-8", "replace"),
+        fields.get(b"Priority") == b"required",
+    )
+
+
+def scan_packages(
+    chunks: Iterable[bytes], arch: str, start: int = 0
+) -> Iterator[tuple[int, int, str, str, bool]]:
+    """First pass over a ``Packages`` stream: (offset, length, name, Provides, required) of each
+    downloadable stanza for ``arch`` or ``all``, offsets counted from ``start``; ``parse_stanza``
+    reads one in full later."""
+    offset = start
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk if rest else chunk
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            rest = data
+            continue
+        rest = data[cut + 2 :]
+        for stanza in data[:cut].split(b"\n\n"):
+            found = _scanned(stanza, arch) if stanza else None
+            if found:
+                yield (offset, len(stanza), *found)
+            offset += len(stanza) + 2
+    found = _scanned(rest, arch) if rest.strip() else None
+    if found:
+        yield (offset, len(rest), *found)
+
+
+def parse_stanza(stanza: bytes, source_url: str, pin: int = DEFAULT_PIN) -> Package | None:
+    """One ``Packages`` stanza as a Package; None when it names no file with a size and SHA256."""
+    return next(parse_packages([stanza], source_url, pin), None)
+
+
 @dataclass
 class Resolution:
     """The packages chosen, in a stable order, and why each was chosen."""
@@ -328,7 +414,7 @@ class Resolver:
 
     def __init__(
         self,
-        packages: Iterable[Package],
+        packages: Iterable[Package] | Catalog,
         arch: str,
         baseline: Iterable[str] = (),
         exclude: Iterable[str] = (),
@@ -336,15 +422,10 @@ class Resolver:
         recommends: bool = False,
     ) -> None:
         self.arch = arch
-        self.by_name: dict[str, list[Package]] = {}
-        self.providers: dict[str, list[_Provider]] = {}
-        for pkg in packages:
-            if pkg.arch not in (arch, "all"):
-                continue
-            self.by_name.setdefault(pkg.name, []).append(pkg)
-            if "\nProvides: " in pkg.control:
-                _index_provides(self.providers, pkg)
-        self._sorted: set[str] = set()  # names whose candidates are in apt's order already
+        self.catalog = packages if isinstance(packages, Catalog) else Catalog.of(packages, arch)
+        self._objects: dict[Any, Package] = {}  # ref -> its one Package object (identity matters below)
+        self._by_name: dict[str, list[Package]] = {}  # materialised, in apt's candidate order
+        self._providers: dict[str, list[_Provider]] = {}  # materialised
         self.assumed = set(baseline)
         self.exclude = set(exclude)
         self.installed: dict[str, Package] = {}
@@ -366,7 +447,22 @@ class Resolver:
 
     def required_baseline(self) -> set[str]:
         """Names of ``Priority: required`` packages: what a minimal target already has."""
-        return {name for name, pkgs in self.by_name.items() if any(p.priority == "required" for p in pkgs)}
+        return set(self.catalog.required)
+
+    def _pkg(self, ref: Any) -> Package:
+        pkg = self._objects.get(ref)
+        if pkg is None:
+            pkg = self._objects[ref] = self.catalog.load(ref)
+        return pkg
+
+    def providers(self, name: str) -> list[_Provider]:
+        """The source packages that provide ``name``, with the version they provide (if any)."""
+        out = self._providers.get(name)
+        if out is None:
+            out = self._providers[name] = [
+                (self._pkg(ref), ver) for ref, ver in self.catalog.provides.get(name, [])
+            ]
+        return out
 
     @staticmethod
     def _negative(pkg: Package) -> list[list[dict[str, Any]]]:
@@ -379,11 +475,12 @@ class Resolver:
 
     def _real(self, name: str) -> list[Package]:
         """The source packages named ``name`` in apt's candidate order: pin priority, then version."""
-        candidates = self.by_name.get(name, [])
-        if name not in self._sorted:
+        candidates = self._by_name.get(name)
+        if candidates is None:
+            candidates = [self._pkg(ref) for ref in self.catalog.refs.get(name, [])]
             # A stable sort: the same version from two sources keeps the first source's copy first.
             candidates.sort(key=lambda p: (p.pin, Version(p.version)), reverse=True)
-            self._sorted.add(name)
+            self._by_name[name] = candidates
         return candidates
 
     def _candidates(self, rel: dict[str, Any]) -> list[Package]:
@@ -393,7 +490,7 @@ class Resolver:
             for p in self._real(rel["name"])
             if _satisfies(p.version, rel.get("version")) and self._arch_ok(p, rel)
         ]
-        for pkg, provided in self.providers.get(rel["name"], []):
+        for pkg, provided in self.providers(rel["name"]):
             if self._provides(provided, rel) and self._arch_ok(pkg, rel):
                 out.append(pkg)
         return out
@@ -417,14 +514,18 @@ class Resolver:
                 return True
         elif name in self.assumed and wanted is None:
             return True  # present at a version nobody knows: only an unversioned relation is met
-        for prov, provided in self.providers.get(name, []):
+        for prov, provided in self.providers(name):
             if (
                 self.chosen.get(prov.name) is prov
                 and self._provides(provided, rel)
                 and self._arch_ok(prov, rel)
             ):
                 return True
-            if wanted is None and prov.name in self.assumed and self._current(prov.name) is None:
+            if (
+                prov.name in self.assumed
+                and self._current(prov.name) is None
+                and self._provides(provided, rel)
+            ):
                 return True  # Provides of a baseline package count
         return any(
             self._current(prov.name) is prov and self._provides(provided, rel)
@@ -538,7 +639,7 @@ class Resolver:
                 out.append(other)
         elif name in self.assumed and wanted is None and name != pkg.name:
             out.append(Package(name, "(baseline)", self.arch))
-        for prov, provided in self.providers.get(name, []):
+        for prov, provided in self.providers(name):
             if prov.name != pkg.name and self.chosen.get(prov.name) is prov and self._provides(provided, rel):
                 out.append(prov)
         for prov, provided in self.installed_providers.get(name, []):
@@ -572,8 +673,7 @@ class Resolver:
         if pkg.name == rel["name"] and _satisfies(pkg.version, rel.get("version")):
             return True
         return any(
-            prov is pkg and self._provides(provided, rel)
-            for prov, provided in self.providers.get(rel["name"], [])
+            prov is pkg and self._provides(provided, rel) for prov, provided in self.providers(rel["name"])
         )
 
     def _settle(self, pkg: Package, kind: str, rel: dict[str, Any], other: Package) -> bool:
@@ -624,7 +724,7 @@ class Resolver:
             rel: dict[str, Any] = {"name": name, "version": ("=", version) if version else None}
             candidates = self._candidates(rel)
             if not candidates:
-                known = sorted({p.version for p in self.by_name.get(name, [])}, key=Version, reverse=True)
+                known = sorted({p.version for p in self._real(name)}, key=Version, reverse=True)
                 hint = f" (available: {', '.join(known)})" if known else " (not found in any source)"
                 raise ResolveError(f"{request}{hint}")
             self._mark(candidates[0], "requested", [])
