@@ -687,11 +687,11 @@ def _debs_section(top: _Section, where: str, base: Path) -> DebsSpec:
     baseline = sec.get("baseline", str, default="required", required=False)
     baseline_file = None
     if baseline not in ("required", "none"):
-        if "/" not in baseline and "." not in baseline:
+        if not baseline.startswith("/") and not (base / baseline).is_file():
             raise sec.fail(
                 "baseline",
-                "must be 'required' (Priority: required packages are present), 'none', or a file: "
-                "a copy of a site node's /var/lib/dpkg/status (e.g. payloads/site-status)",
+                f"{baseline!r} is not a file here; give 'required' (Priority: required packages are "
+                "present), 'none', or a copy of a site node's /var/lib/dpkg/status (payloads/site-status)",
             )
         _, baseline_file = _local_path(sec, "baseline", base)
         baseline = "file"
