@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import build_command, compare, ensure_key, verdict
+from harness import build_command, build_vs_apt, ensure_key, report_lists, verdict
 
 from tests import realworld
 
@@ -90,20 +90,8 @@ def main() -> None:
                 f"debs real benchmark: {len(realworld.SITE_PACKAGES)} requested from {found.codename} "
                 f"+ {len(found.sources) - 1} companion suites; closure of {len(ours)}; {os.cpu_count()} CPUs"
             )
-            print(
-                f"  package lists identical: {ours == theirs} (airbundle {len(ours)}, apt-get {len(theirs)})"
-            )
-            if ours != theirs:
-                print(f"  only airbundle: {sorted(set(ours) - set(theirs))}")
-                print(f"  only apt-get: {sorted(set(theirs) - set(ours))}")
-            ratio, peak = compare(
-                "airbundle build (cold cache)",
-                build,
-                "apt-get update + --download-only",
-                apt_get,
-                runs=args.runs,
-                before=cold,
-            )
+            report_lists(ours, theirs)
+            ratio, peak = build_vs_apt(build, apt_get, args.runs, cold)
         print(verdict(ratio, 2.0, peak, 150))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -128,6 +128,16 @@ def apt_quote(path: str) -> str:
     return "".join(out)
 
 
+class _Field:
+    """A kept control field read as an attribute: ``pkg.depends`` is ``pkg.get("Depends")``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, pkg: Package, owner: type | None = None) -> str:
+        return pkg.get(self.name)
+
+
 @dataclass(frozen=True, slots=True)
 class Package:
     """One binary package: a ``Packages`` stanza (or a dpkg status entry), compactly.
@@ -156,25 +166,11 @@ class Package:
         end = self.control.find("\n", start)
         return self.control[start : None if end < 0 else end]
 
-    @property
-    def depends(self) -> str:
-        return self.get("Depends")
-
-    @property
-    def pre_depends(self) -> str:
-        return self.get("Pre-Depends")
-
-    @property
-    def provides(self) -> str:
-        return self.get("Provides")
-
-    @property
-    def multi_arch(self) -> str:
-        return self.get("Multi-Arch")
-
-    @property
-    def priority(self) -> str:
-        return self.get("Priority")
+    depends = _Field("Depends")
+    pre_depends = _Field("Pre-Depends")
+    provides = _Field("Provides")
+    multi_arch = _Field("Multi-Arch")
+    priority = _Field("Priority")
 
     @property
     def url(self) -> str:
@@ -205,8 +201,9 @@ def parse_release(text: str) -> dict[str, Any]:
     return {"fields": fields, "sha256": files}
 
 
-def _stanzas(chunks: Iterable[bytes]) -> Iterator[str]:
-    """The stanzas of a deb822 stream given as byte chunks (cut anywhere), one string each."""
+def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """What lies between blank lines in a deb822 stream given as byte chunks cut anywhere:
+    every stanza, and an empty piece for each extra blank line (so offsets can be counted)."""
     rest = b""
     for chunk in chunks:
         data = rest + chunk if rest else chunk
@@ -215,10 +212,15 @@ def _stanzas(chunks: Iterable[bytes]) -> Iterator[str]:
             rest = data
             continue
         rest = data[cut + 2 :]
-        # Cutting at a blank line never splits a UTF-8 sequence.
-        yield from data[:cut].decode("utf-8", "replace").split("\n\n")
-    if rest.strip():
-        yield rest.decode("utf-8", "replace")
+        yield from data[:cut].split(b"\n\n")
+    yield rest
+
+
+def _stanzas(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The stanzas of a deb822 stream given as byte chunks, one string each."""
+    for piece in _pieces(chunks):
+        if piece.strip():
+            yield piece.decode("utf-8", "replace")
 
 
 def _fields(stanza: str) -> tuple[dict[str, str], str]:
@@ -362,22 +364,11 @@ def scan_packages(
     downloadable stanza for ``arch`` or ``all``, offsets counted from ``start``; ``parse_stanza``
     reads one in full later."""
     offset = start
-    rest = b""
-    for chunk in chunks:
-        data = rest + chunk if rest else chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            rest = data
-            continue
-        rest = data[cut + 2 :]
-        for stanza in data[:cut].split(b"\n\n"):
-            found = _scanned(stanza, arch) if stanza else None
-            if found:
-                yield (offset, len(stanza), *found)
-            offset += len(stanza) + 2
-    found = _scanned(rest, arch) if rest.strip() else None
-    if found:
-        yield (offset, len(rest), *found)
+    for piece in _pieces(chunks):
+        found = _scanned(piece, arch) if piece.strip() else None
+        if found:
+            yield (offset, len(piece), *found)
+        offset += len(piece) + 2
 
 
 def parse_stanza(stanza: bytes, source_url: str, pin: int = DEFAULT_PIN) -> Package | None:
