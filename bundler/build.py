@@ -423,6 +423,7 @@ class DebsCollected:
     resolution: debs.Resolution
     paths: dict[str, Path]
     sources: tuple[dict[str, Any], ...]  # for the lock: what each source is and who signed it
+    baseline: dict[str, str]  # debs.baseline given as a dpkg status: name -> installed version
 
 
 MAX_STATUS_BYTES = 256 * 1024 * 1024
@@ -441,7 +442,9 @@ def _baseline(path: Path) -> list[debs.Package]:
     return installed
 
 
-def _resolve_debs(manifest: Manifest, fetcher: Fetcher) -> tuple[debs.Resolution, tuple[dict[str, Any], ...]]:
+def _resolve_debs(
+    manifest: Manifest, fetcher: Fetcher
+) -> tuple[debs.Resolution, tuple[dict[str, Any], ...], dict[str, str]]:
     """Resolve the ``debs`` section against its (verified) sources; downloads indexes only.
 
     All sources resolve together (main, updates and security suites of one archive, say):
@@ -462,7 +465,8 @@ def _resolve_debs(manifest: Manifest, fetcher: Fetcher) -> tuple[debs.Resolution
             resolution = resolver.resolve(spec.packages)
         except debs.ResolveError as exc:
             raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
-    return resolution, tuple(_apt_source_record(index) for index in loaded)
+    baseline = {name: pkg.version for name, pkg in resolver.installed.items()}
+    return resolution, tuple(_apt_source_record(index) for index in loaded), baseline
 
 
 def _apt_source_record(index: aptsource.SourceIndex) -> dict[str, Any]:
@@ -481,12 +485,11 @@ def _apt_source_record(index: aptsource.SourceIndex) -> dict[str, Any]:
 
 def _collect_debs(manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress) -> DebsCollected:
     """Resolve the ``debs`` section and download the closure into the cache."""
-    resolution, sources = _resolve_debs(manifest, fetcher)
+    resolution, sources, baseline = _resolve_debs(manifest, fetcher)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         paths = list(pool.map(lambda p: aptsource.download(fetcher, p, on_fetch), resolution.packages))
-    return DebsCollected(
-        resolution, {pkg.name: path for pkg, path in zip(resolution.packages, paths)}, sources
-    )
+    paths_by_name = {pkg.name: path for pkg, path in zip(resolution.packages, paths)}
+    return DebsCollected(resolution, paths_by_name, sources, baseline)
 
 
 def _deb_entries(
@@ -613,6 +616,7 @@ def _plan(
         registry=manifest.registry,
         registry_image=manifest.registry_image,
         recommends=bool(manifest.debs and manifest.debs.recommends),
+        deb_baseline=packages.baseline if packages else {},
         cluster=_cluster_record(manifest),
         system_images=system.records() if system else (),
     )

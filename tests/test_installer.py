@@ -863,3 +863,52 @@ def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: K
     (site / built.name).write_bytes(bytes(data))
     refused = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
     assert refused.returncode == 4 and "bin/rke: sha256" in refused.stderr, refused.stderr
+
+
+def test_preflight_compares_each_node_with_the_baseline(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
+) -> None:
+    """A bundle built for a dpkg-status baseline: preflight names the node that lacks something the
+    baseline has, and the one that has it older; a node matching it (or newer) passes."""
+    from .aptrepo import status_file
+
+    client, nodes = ssh_cluster
+    shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
+    baseline = [("base-files", "12.4", {}), ("extra-tool", "2.0", {})]
+    (project.root / "payloads" / "status").write_text(status_file(baseline))
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: pkgs\nversion: '1.0'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        f"debs:\n  sources:\n    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n"
+        "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a]\n  baseline: payloads/status\n",
+        "pkgs.yaml",
+    )
+    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+    roots = tmp_path / "roots"
+    states = [baseline, baseline[:1], [("base-files", "12.3", {}), ("extra-tool", "2.0", {})]]
+    states += [[("base-files", "12.4", {}), ("extra-tool", "2.1", {})]] * (len(nodes) - 3)
+    for node, state in zip(nodes, states):
+        status = roots / node.name / "var/lib/dpkg/status"
+        status.parent.mkdir(parents=True)
+        status.write_text(status_file(state))
+    run = _install(
+        site,
+        keys,
+        "--ssh-config",
+        str(client.config),
+        "--only",
+        "preflight",
+        "--apt-root",
+        f"{roots}/{{node}}",
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 6, out
+    lacking = [
+        line for line in out.splitlines() if "lacks 1 package(s) the bundle's debs.baseline has" in line
+    ]
+    assert len(lacking) == 1 and nodes[1].name in lacking[0] and "extra-tool 2.0" in lacking[0]
+    older = [
+        line for line in out.splitlines() if "has base-files 12.3, older than the baseline's 12.4" in line
+    ]
+    assert len(older) == 1 and nodes[2].name in older[0]
+    assert "Traceback" not in out

@@ -35,7 +35,7 @@ from bundler.errors import InstallError
 from bundler.installer import remote
 from bundler.installer.inventory import ClusterOptions, Node, with_kubernetes_version, with_private_registries
 from bundler.installer.journal import Journal
-from bundler.installer.plan import Route, kubernetes_version_problem
+from bundler.installer.plan import Route, baseline_gaps, kubernetes_version_problem
 from bundler.lock import Lock
 
 
@@ -460,6 +460,43 @@ def _registry_problems(
     return problems
 
 
+def _baseline_problems(
+    node: Node, opts: remote.SshOptions, baseline: dict[str, str], root: str | None
+) -> tuple[list[str], list[str]]:
+    """Compare the node's dpkg status with the baseline the bundle was built for (``debs.baseline``):
+    a package it lacks, or has older, can leave apt unable to install the bundle offline."""
+    q = shlex.quote
+    admindir = f" --admindir={q(root + '/var/lib/dpkg')}" if root else ""
+    listing = remote.run(
+        node,
+        opts,
+        f"dpkg-query{admindir} -W -f='${{Package}} ${{Version}} ${{db:Status-Status}}\n'; true",
+        60,
+    )
+    installed = {}
+    for line in remote.lines(listing):
+        name, version, status = [*line.split(), "", "", ""][:3]
+        if status == "installed":
+            installed[name] = version
+    missing, other = baseline_gaps(baseline, installed)
+    problems, warnings = [], []
+    if missing:
+        shown = ", ".join(f"{n} {baseline[n]}" for n in missing[:8]) + (" …" if len(missing) > 8 else "")
+        problems.append(
+            f"lacks {len(missing)} package(s) the bundle's debs.baseline has ({shown}); build the bundle "
+            "with this node's /var/lib/dpkg/status as the baseline, or install them first"
+        )
+    if other:  # the node's own dpkg orders the versions (the lock's were checked for shell safety)
+        script = "".join(f"dpkg --compare-versions {q(h)} lt {q(w)} && echo {q(n)}; " for n, h, w in other)
+        older = set(remote.lines(remote.run(node, opts, script + "true", 60)))
+        for name, have, want in other:
+            if name in older:
+                problems.append(f"has {name} {have}, older than the baseline's {want}")
+            else:
+                warnings.append(f"has {name} {have}, newer than the baseline's {want} (apt keeps it)")
+    return problems, warnings
+
+
 def _preflight_on(
     node: Node,
     lock: Lock,
@@ -470,6 +507,7 @@ def _preflight_on(
     registry: Route | None,
     cluster: ClusterOptions | None,
     hostnames: dict[str, str],
+    apt_root: str | None = None,
 ) -> NodeResult:
     result = NodeResult(node)
     try:
@@ -513,6 +551,11 @@ def _preflight_on(
                 node, facts, cluster, any(d.name == "docker-ce" for d in lock.debs)
             )
             problems += more
+        if lock.deb_baseline:
+            root = apt_root.replace("{node}", node.name) if apt_root else None
+            more, warnings = _baseline_problems(node, opts, lock.deb_baseline, root)
+            problems += more
+            result.warnings += warnings
         if problems:
             result.error = "; ".join(problems)
         else:
@@ -530,11 +573,13 @@ def preflight_phase(
     now: float,
     registry: Route | None = None,
     cluster: ClusterOptions | None = None,
+    apt_root: str | None = None,
 ) -> list[NodeResult]:
     """Check every node before anything changes: Docker and room for the images ``per_node`` names
     for it (``plan.node_images``); the node that will host the site registry: its port and disk;
-    and, given the ``cluster`` options of an rke bundle, what rke requires of every node. A result
-    per node (no node is touched)."""
+    given the ``cluster`` options of an rke bundle, what rke requires of every node; and, for a
+    bundle built for a dpkg-status baseline, that each node has what it assumes (``apt_root``:
+    the packages phase's private roots). A result per node (no node is touched)."""
     if cluster is not None:
         problem = kubernetes_version_problem(lock, cluster.kubernetes_version)
         if problem:
@@ -560,6 +605,7 @@ def preflight_phase(
                     registry,
                     cluster,
                     hostnames,
+                    apt_root,
                 ),
                 nodes,
             )

@@ -249,6 +249,7 @@ def _phases(
                     load_cluster_options(args.inventory)
                     if any(b.name == "rke" for b in lock.binaries)
                     else None,
+                    args.apt_root,
                 ),
             )
         elif phase == "packages":
