@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bundler import archive, debs
+from bundler.errors import FetchError
 
 from .aptrepo import CLOSURE, ENGINE_REQUEST, Served, build_archive, index_repo, status_file
 from .conftest import AptRepos, Keys, Project, run_cli
@@ -618,3 +619,60 @@ def test_recommends_in_the_manifest_reach_the_lock(
     assert result.exit_code == 0, result.stderr
     lock = archive.read_lock(Path(result.stdout.strip()))[0]
     assert {d.name for d in lock.debs} == {"rec-app", "rec-lib"} and lock.recommends is True
+
+
+@pytest.mark.parametrize("ext", [".xz", ".bz2", ".lzma", ".gz", ""])
+def test_every_compression_apt_lists_is_read_as_a_stream(tmp_path: Path, ext: str) -> None:
+    """Each decoder of apt's order, fed in small chunks; concatenated members (gzip -c a b) too."""
+    import bz2
+    import lzma
+
+    from bundler import aptsource
+
+    first, second = b"Package: a\nVersion: 1\n\n", b"Package: b\nVersion: 2\n"
+    pack = {
+        ".xz": lzma.compress,
+        ".bz2": bz2.compress,
+        ".lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE),
+        ".gz": lambda d: gzip.compress(d, mtime=0),
+        "": bytes,
+    }[ext]
+    path = tmp_path / f"Packages{ext}"
+    path.write_bytes(
+        pack(first) + pack(second) if ext in (".gz", ".bz2", ".xz", "") else pack(first + second)
+    )
+    decoder = dict(aptsource._COMPRESSIONS)[ext]
+    assert b"".join(aptsource._decompressed(path, decoder, 1000, "test")) == first + second
+    with pytest.raises(FetchError, match="decompresses to more than the 10 bytes"):
+        list(aptsource._decompressed(path, decoder, 10, "test"))
+
+
+def test_not_automatic_suites_lose_to_ordinary_ones() -> None:
+    """apt's candidate: pin priority first (backports: 1 or 100), then the version."""
+    ordinary = debs.Package("tool", "1.0", "amd64", "pool/t_1.0.deb", 1, "0" * 64)
+    backport = debs.Package("tool", "2.0~bpo", "amd64", "pool/t_2.0.deb", 1, "0" * 64, pin=100)
+    assert debs.Resolver([backport, ordinary], "amd64").resolve(["tool"]).packages == [ordinary]
+    assert debs.Resolver([backport, ordinary], "amd64").resolve(["tool=2.0~bpo"]).packages == [backport]
+
+
+@pytest.mark.parametrize(
+    "debs_extra, message",
+    [
+        ("  baseline: requred\n", "'requred' is not a file here; give 'required'"),
+        ("  recommends: maybe\n", "recommends"),
+    ],
+)
+def test_debs_section_mistakes_are_exit_2(
+    project: Project, keys: Keys, tmp_path: Path, apt_repos: AptRepos, debs_extra: str, message: str
+) -> None:
+    manifest = _manifest(project, apt_repos, "[prelib]", extra=debs_extra)
+    result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
+    assert result.exit_code == 2 and message in result.stderr and "pkgs.yaml:" in result.stderr
+
+
+def test_absolute_keyring_missing_is_exit_2(
+    project: Project, keys: Keys, tmp_path: Path, apt_repos: AptRepos
+) -> None:
+    source = f"    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n      keyring: /nonexistent/k.gpg\n"
+    result = _build(keys, _manifest(project, apt_repos, "[prelib]", source), tmp_path / "out", tmp_path / "c")
+    assert result.exit_code == 2 and "'/nonexistent/k.gpg' is not a file on this host" in result.stderr
