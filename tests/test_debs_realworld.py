@@ -10,6 +10,7 @@ reached. The roots and the download cache are kept between runs (tests/realworld
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tarfile
@@ -131,3 +132,49 @@ def test_baseline_status_gives_exactly_apts_list(
     status = (stock if which == "stock" else upgraded) / "var/lib/dpkg/status"
     lock = archive.read_lock(_build(real, keys, tmp_path, baseline=status))[0]
     assert {d.name: d.version for d in lock.debs} == apts_lists[which]
+
+
+@pytest.mark.parametrize("which", ["stock", "upgraded"])
+def test_installer_packages_phase_into_a_root(
+    real, site_bundle: Path, keys: Keys, tmp_path: Path, which: str
+) -> None:
+    """The installer's own packages phase, over SSH, into a node whose sshd is chrooted into a
+    copy of the root (OpenSSH's ChrootDirectory): apt there installs from the bundle's repository
+    only, every maintainer script runs inside the root, and dpkg --audit is clean."""
+    from .nodes import Client, Node, cluster_yml
+    from .test_installer import _install, _site
+
+    _, stock, upgraded = real
+    # sshd wants every folder of a ChrootDirectory owned by root and writable by no one else:
+    # not under /tmp, so next to the cached roots.
+    root = realworld.cache_root() / "nodes" / f"{which}-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(exist_ok=True)
+    realworld.copy_root(stock if which == "stock" else upgraded, root)
+    node = None
+    try:
+        with realworld.mounted_proc(root):
+            client = Client(tmp_path / "client")
+            node = Node(
+                "127.0.0.61", f"deb-{which}", client, docker=False, sshd_extra=f"ChrootDirectory {root}\n"
+            )
+            site = _site(site_bundle, tmp_path)
+            (site / "cluster.yml").write_text(cluster_yml([node], workers={node.name}))
+            run = _install(site, keys, "--ssh-config", str(client.config), "--only", "packages")
+            assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+            check = realworld.chroot(
+                root,
+                "dpkg --audit && dpkg-query -W -f='${Package} ${Version}\\n' "
+                + " ".join(realworld.SITE_PACKAGES),
+                network=False,
+            )
+        assert check.returncode == 0 and check.stdout.count("\n") == len(realworld.SITE_PACKAGES), (
+            check.stdout
+        )
+        lock = archive.read_lock(site_bundle)[0]
+        wanted = {d.name: d.version for d in lock.debs if d.name in realworld.SITE_PACKAGES}
+        assert dict(line.split() for line in check.stdout.splitlines()) == wanted
+    finally:
+        if node is not None:
+            node.stop()
+        shutil.rmtree(root, ignore_errors=True)
