@@ -28,6 +28,8 @@ pytestmark = [pytest.mark.realworld, pytest.mark.slow, pytest.mark.timeout(1800)
 
 @pytest.fixture(scope="module")
 def real() -> tuple[realworld.RealArchive, Path, Path]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: debootstrap, chroot, unshare -n and mounting /proc in the roots")
     found = realworld.archive()
     if isinstance(found, str):
         pytest.skip(found)

@@ -427,6 +427,40 @@ def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, so
     assert again.returncode == 0 and "already installed (verified again); nothing to do" in again.stdout
 
 
+def _debs_site(project, apt_repos, keys: Keys, tmp_path: Path, cache_dir: Path, nodes, tail: str) -> Path:
+    """A site for a bundle of the test apt repository's packages (``tail``: packages and the rest)."""
+    shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: pkgs\nversion: '1.0'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        f"debs:\n  sources:\n    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n"
+        f"      keyring: payloads/repo.gpg\n{tail}",
+        "pkgs.yaml",
+    )
+    return _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+
+
+def _status_roots(tmp_path: Path, nodes, states: list) -> Path:
+    """Private apt roots (``--apt-root``), one a node, each with a dpkg status of ``states``."""
+    from .aptrepo import status_file
+
+    roots = tmp_path / "roots"
+    for node, state in zip(nodes, states):
+        status = roots / node.name / "var/lib/dpkg/status"
+        status.parent.mkdir(parents=True)
+        status.write_text(status_file(state))
+    return roots
+
+
+def _only_in_roots(
+    site: Path, keys: Keys, client, phase: str, roots: Path
+) -> subprocess.CompletedProcess[str]:
+    """``install.sh --only PHASE`` with each node's packages under its private root."""
+    return _install(
+        site, keys, "--ssh-config", str(client.config), "--only", phase, "--apt-root", f"{roots}/{{node}}"
+    )
+
+
 def test_packages_install_from_the_bundle_only(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
 ) -> None:
@@ -435,33 +469,11 @@ def test_packages_install_from_the_bundle_only(
     from .aptrepo import CLOSURE
 
     client, nodes = ssh_cluster
-    shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
-    manifest = project.write_manifest(
-        "apiVersion: airbundle/v1\nkind: Bundle\nname: pkgs\nversion: '1.0'\n"
-        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
-        f"debs:\n  sources:\n    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n"
-        "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a, libfoo]\n  exclude: [base-files]\n",
-        "pkgs.yaml",
-    )
-    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
-    roots = tmp_path / "roots"
-    for node in nodes:  # each private root starts as a target that has base-files, as a real node does
-        status = roots / node.name / "var/lib/dpkg/status"
-        status.parent.mkdir(parents=True)
-        status.write_text(
-            "Package: base-files\nStatus: install ok installed\nPriority: required\nVersion: 12.4\n"
-            "Architecture: amd64\nMaintainer: T <t@example.invalid>\nDescription: base\n"
-        )
-    run = _install(
-        site,
-        keys,
-        "--ssh-config",
-        str(client.config),
-        "--only",
-        "packages",
-        "--apt-root",
-        f"{roots}/{{node}}",
-    )
+    tail = "  packages: [app, cyc-a, libfoo]\n  exclude: [base-files]\n"
+    site = _debs_site(project, apt_repos, keys, tmp_path, cache_dir, nodes, tail)
+    # Each private root starts as a target that has base-files, as a real node does.
+    roots = _status_roots(tmp_path, nodes, [[("base-files", "12.4", {})]] * len(nodes))
+    run = _only_in_roots(site, keys, client, "packages", roots)
     assert run.returncode == 0, run.stdout + run.stderr
     for node in nodes:
         listed = subprocess.run(
@@ -873,34 +885,14 @@ def test_preflight_compares_each_node_with_the_baseline(
     from .aptrepo import status_file
 
     client, nodes = ssh_cluster
-    shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
     baseline = [("base-files", "12.4", {}), ("extra-tool", "2.0", {})]
     (project.root / "payloads" / "status").write_text(status_file(baseline))
-    manifest = project.write_manifest(
-        "apiVersion: airbundle/v1\nkind: Bundle\nname: pkgs\nversion: '1.0'\n"
-        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
-        f"debs:\n  sources:\n    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n"
-        "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a]\n  baseline: payloads/status\n",
-        "pkgs.yaml",
-    )
-    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
-    roots = tmp_path / "roots"
+    tail = "  packages: [app, cyc-a]\n  baseline: payloads/status\n"
+    site = _debs_site(project, apt_repos, keys, tmp_path, cache_dir, nodes, tail)
     states = [baseline, baseline[:1], [("base-files", "12.3", {}), ("extra-tool", "2.0", {})]]
     states += [[("base-files", "12.4", {}), ("extra-tool", "2.1", {})]] * (len(nodes) - 3)
-    for node, state in zip(nodes, states):
-        status = roots / node.name / "var/lib/dpkg/status"
-        status.parent.mkdir(parents=True)
-        status.write_text(status_file(state))
-    run = _install(
-        site,
-        keys,
-        "--ssh-config",
-        str(client.config),
-        "--only",
-        "preflight",
-        "--apt-root",
-        f"{roots}/{{node}}",
-    )
+    roots = _status_roots(tmp_path, nodes, states)
+    run = _only_in_roots(site, keys, client, "preflight", roots)
     out = run.stdout + run.stderr
     assert run.returncode == 6, out
     lacking = [
