@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import build_command, compare, ensure_key
+from harness import build_command, build_vs_apt, ensure_key, report_lists
 
 from tests.aptrepo import GpgKey, Served, index_repo, make_deb
 
@@ -126,18 +126,8 @@ def main() -> None:
             f"debs benchmark: {args.packages} packages in the repository, {len(requests)} requested, "
             f"closure of {len(ours)}; {os.cpu_count()} CPUs"
         )
-        print(f"  package lists identical: {ours == theirs} (airbundle {len(ours)}, apt-get {len(theirs)})")
-        if ours != theirs:
-            only_ours, only_apt = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-            print(f"  only airbundle: {only_ours}; only apt-get: {only_apt}")
-        ratio, peak = compare(
-            "airbundle build (cold cache)",
-            build,
-            "apt-get update + --download-only",
-            apt_get,
-            runs=args.runs,
-            before=cold,
-        )
+        report_lists(ours, theirs)
+        ratio, peak = build_vs_apt(build, apt_get, args.runs, cold)
         print(f"  ratio {ratio:.2f}x, airbundle peak RSS {peak:.1f} MiB")
         served.close()
     finally:

@@ -87,6 +87,28 @@ def compare(
     return ratio, peak_a
 
 
+def build_vs_apt(
+    build: list[str], apt_get: list[str], runs: int, before: Callable[[], None]
+) -> tuple[float, float]:
+    """``compare`` a cold ``airbundle build`` with ``apt-get update`` + ``--download-only``."""
+    return compare(
+        "airbundle build (cold cache)",
+        build,
+        "apt-get update + --download-only",
+        apt_get,
+        runs=runs,
+        before=before,
+    )
+
+
+def report_lists(ours: list[str], theirs: list[str], peer: str = "apt-get") -> None:
+    """Print whether airbundle and its peer chose the same packages, and what differs."""
+    print(f"  package lists identical: {ours == theirs} (airbundle {len(ours)}, {peer} {len(theirs)})")
+    if ours != theirs:
+        only_ours, only_theirs = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        print(f"  only airbundle: {only_ours}; only {peer}: {only_theirs}")
+
+
 def make_payload(folder: str, sizes_mib: list[int]) -> None:
     """Files of incompressible bytes; a 64 MiB random block is reused with a per-file prefix."""
     os.makedirs(folder, exist_ok=True)

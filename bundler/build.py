@@ -44,6 +44,7 @@ from bundler import __version__, aptsource, archive, debs, images, oci, registry
 from bundler.cache import Cache, atomic_write, fsync_dir
 from bundler.errors import BundlerError, FetchError, InputError, IntegrityError, from_os_error, several
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
+from bundler.files import open_regular
 from bundler.lock import (
     INSTALL_SH,
     LOCK_NAME,
@@ -582,31 +583,80 @@ def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | Non
     return SystemImages(source, tuple(kept), tuple(dropped))
 
 
-def _resolve_debs(manifest: Manifest, fetcher: Fetcher) -> debs.Resolution:
-    """Resolve the ``debs`` section against its (verified) sources; downloads indexes only."""
+@dataclass
+class DebsCollected:
+    """The ``debs`` section resolved and downloaded: the closure, its cached files, the sources' records."""
+
+    resolution: debs.Resolution
+    paths: dict[str, Path]
+    sources: tuple[dict[str, Any], ...]  # for the lock: what each source is and who signed it
+    baseline: dict[str, str]  # debs.baseline given as a dpkg status: name -> installed version
+
+
+MAX_STATUS_BYTES = 256 * 1024 * 1024
+
+
+def _baseline(path: Path) -> list[debs.Package]:
+    """The installed packages of a dpkg status file (``debs.baseline: FILE``), read as a stream."""
+    fd = open_regular(path, "debs.baseline dpkg status file")
+    with os.fdopen(fd, "rb") as f:
+        installed = debs.parse_status(iter(lambda: f.read(1 << 20), b""))
+    if not installed:
+        raise InputError(
+            f"{path}: debs.baseline names no installed package; give a copy of a site node's "
+            "/var/lib/dpkg/status"
+        )
+    return installed
+
+
+def _resolve_debs(
+    manifest: Manifest, fetcher: Fetcher
+) -> tuple[debs.Resolution, tuple[dict[str, Any], ...], dict[str, str]]:
+    """Resolve the ``debs`` section against its (verified) sources; downloads indexes only.
+
+    All sources resolve together (main, updates and security suites of one archive, say):
+    apt's candidate rule picks among every source's versions of a package.
+    """
     spec = manifest.debs
     assert spec is not None
     arch = manifest.platform.arch
-    packages: list[debs.Package] = []
-    for source in spec.sources:
-        packages += aptsource.load(fetcher, source, arch)
-    resolver = debs.Resolver(packages, arch, exclude=spec.exclude)
-    if spec.baseline == "required":
-        resolver.present |= resolver.required_baseline()
-    try:
-        return resolver.resolve(spec.packages)
-    except debs.ResolveError as exc:
-        raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
+    installed = _baseline(spec.baseline_file) if spec.baseline_file else []
+    with aptsource.Indexes(arch) as indexes:
+        loaded = [aptsource.load(fetcher, source, indexes) for source in spec.sources]
+        resolver = debs.Resolver(
+            indexes.catalog, arch, exclude=spec.exclude, installed=installed, recommends=spec.recommends
+        )
+        if spec.baseline == "required":
+            resolver.assumed |= resolver.required_baseline()
+        try:
+            resolution = resolver.resolve(spec.packages)
+        except debs.ResolveError as exc:
+            raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
+    baseline = {name: pkg.version for name, pkg in resolver.installed.items()}
+    return resolution, tuple(_apt_source_record(index) for index in loaded), baseline
 
 
-def _collect_debs(
-    manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress
-) -> tuple[debs.Resolution, dict[str, Path]]:
+def _apt_source_record(index: aptsource.SourceIndex) -> dict[str, Any]:
+    """What the lock records of an apt source, including whether its signature was skipped."""
+    s = index.source
+    return {
+        "url": s.url,
+        "suite": s.suite,
+        "components": list(s.components),
+        "flat": s.flat,
+        "trusted": s.trusted,
+        "keyring_sha256": index.keyring_sha256,
+        "signed_by": list(index.signed_by),
+    }
+
+
+def _collect_debs(manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress) -> DebsCollected:
     """Resolve the ``debs`` section and download the closure into the cache."""
-    resolution = _resolve_debs(manifest, fetcher)
+    resolution, sources, baseline = _resolve_debs(manifest, fetcher)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         paths = list(pool.map(lambda p: aptsource.download(fetcher, p, on_fetch), resolution.packages))
-    return resolution, {pkg.name: path for pkg, path in zip(resolution.packages, paths)}
+    paths_by_name = {pkg.name: path for pkg, path in zip(resolution.packages, paths)}
+    return DebsCollected(resolution, paths_by_name, sources, baseline)
 
 
 def _deb_entries(
@@ -637,23 +687,6 @@ def _deb_entries(
     return entries, known, records
 
 
-def _apt_sources(manifest: Manifest) -> tuple[dict[str, Any], ...]:
-    """What the lock records of each apt source, including whether its signature was skipped."""
-    if manifest.debs is None:
-        return ()
-    return tuple(
-        {
-            "url": s.url,
-            "suite": s.suite,
-            "components": list(s.components),
-            "flat": s.flat,
-            "trusted": s.trusted,
-            "keyring_sha256": hashlib.sha256(s.keyring.read_bytes()).hexdigest() if s.keyring else None,
-        }
-        for s in manifest.debs.sources
-    )
-
-
 def _image_entries(collected: images.Collected) -> tuple[list[archive.Entry], dict[str, str]]:
     """The ``images/`` members: each blob once, then the layout files; and the blob digests."""
     entries = []
@@ -675,7 +708,7 @@ def _plan(
     jobs: int = 1,
     on_hash: Callable[[int, int], None] | None = None,
     collected: images.Collected | None = None,
-    packages: tuple[debs.Resolution, dict[str, Path]] | None = None,
+    packages: DebsCollected | None = None,
     system: SystemImages | None = None,
 ) -> tuple[list[archive.Entry], Lock]:
     """The members in bundle order and the lock that lists them."""
@@ -683,7 +716,7 @@ def _plan(
     known: dict[str, str] = {}
     deb_records: list[Deb] = []
     if packages is not None:
-        deb_entries, deb_shas, deb_records = _deb_entries(manifest, *packages)
+        deb_entries, deb_shas, deb_records = _deb_entries(manifest, packages.resolution, packages.paths)
         entries += deb_entries
         known.update(deb_shas)
     collected = collected or images.Collected()
@@ -745,12 +778,14 @@ def _plan(
         ),
         images=tuple(collected.images),
         debs=tuple(deb_records),
-        apt_sources=_apt_sources(manifest),
+        apt_sources=packages.sources if packages else (),
         min_workers=manifest.min_workers,
         image_roles=manifest.image_roles,
         images_mode=manifest.images_mode,
         registry=manifest.registry,
         registry_image=manifest.registry_image,
+        recommends=bool(manifest.debs and manifest.debs.recommends),
+        deb_baseline=packages.baseline if packages else {},
         cluster=_cluster_record(manifest),
         system_images=system.records() if system else (),
         placed_images=tuple(
@@ -899,7 +934,7 @@ def plan_bundle(
         size = hit.stat().st_size if hit else fetcher.content_length(b.url)
         items.append(PlanItem("binary", b.name, size, b.url, hit is not None))
     if manifest.debs:
-        for pkg in _resolve_debs(manifest, fetcher).packages:
+        for pkg in _resolve_debs(manifest, fetcher)[0].packages:
             cached = cache.get(pkg.sha256) is not None
             items.append(PlanItem("deb", f"{pkg.name} {pkg.version} {pkg.arch}", pkg.size, pkg.url, cached))
     want = f"linux/{_OCI_ARCH[manifest.platform.arch]}"

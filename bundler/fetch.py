@@ -39,6 +39,8 @@ FetchProgress = Callable[[str, int, "int | None"], None]
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _T = TypeVar("_T")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# An http(s) URL made only of characters that may appear unquoted in one (RFC 3986).
+_QUOTED_URL = re.compile(r"https?://[A-Za-z0-9\-._~!$&'()*+,/:;=?@\[\]%]*")
 
 
 def _no_progress(_url: str, _done: int, _total: int | None) -> None:
@@ -93,8 +95,9 @@ class Reply:
     url: str
 
 
-class _GaveUp(FetchError):
-    """Transient failures outlasted the retries (the partial download is kept)."""
+class GaveUp(FetchError):
+    """Transient failures outlasted the retries (the partial download is kept); trying
+    another URL on the same server is then pointless."""
 
 
 class _Retry(Exception):
@@ -163,13 +166,16 @@ class Fetcher:
         max_bytes: int | None = None,
         auth: Auth | None = None,
         same_url: bool = False,
+        why_mismatch: str = "the pin in the manifest or the upstream file is wrong",
     ) -> Path:
         """The cached file for ``sha256``, downloading ``url`` when it is not cached.
 
         With ``same_url``, a cached copy counts only when ``url`` itself has served these
         bytes before (``Cache.origins``); otherwise ``url`` is downloaded and checked again,
         so that a caller recording ``url`` (the lock's binaries) never names a URL that does
-        not serve them, e.g. a changed URL that now answers 404.
+        not serve them, e.g. a changed URL that now answers 404. ``why_mismatch`` says, in the
+        mismatch message, where the expected SHA-256 came from and so what is wrong (for an apt
+        index: the mirror, not any manifest).
 
         Raises:
             FetchError: the server failed past the retries, the body exceeded
@@ -182,7 +188,9 @@ class Fetcher:
             hit = self.cached(url, sha256, same_url)  # another build may have fetched it meanwhile
             if hit:
                 return hit
-            path = self._download(url, sha256, progress, max_bytes or self.policy.max_bytes, auth)
+            path = self._download(
+                url, sha256, progress, max_bytes or self.policy.max_bytes, auth, why_mismatch
+            )
             self.cache.add_origin(sha256, url)
             return path
 
@@ -202,7 +210,7 @@ class Fetcher:
                 return attempt_once()
             except _Retry as exc:
                 if attempt == policy.attempts:
-                    raise _GaveUp(f"{url}: giving up after {attempt} attempts: {exc}") from exc
+                    raise GaveUp(f"{url}: giving up after {attempt} attempts: {exc}") from exc
                 delay = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff)
                 if exc.delay is not None:
                     delay = min(exc.delay, policy.max_retry_after)
@@ -254,8 +262,20 @@ class Fetcher:
         policy = self.policy
         try:
             # requests drops Authorization when a redirect leads to another host.
-            return self.session.get(
-                url, headers=headers, stream=True, timeout=(policy.connect_timeout, policy.read_timeout)
+            prepared = self.session.prepare_request(requests.Request("GET", url, headers=headers))
+            if _QUOTED_URL.fullmatch(url):
+                # Already quoted (apt's quoting of Debian pool names: %7e, %2b): sent byte for byte,
+                # where requests would rewrite %7e to ~ (equivalent, but not what apt asks).
+                prepared.url = url
+            # What Session.request adds: proxies, CA bundle and client certificate from the environment.
+            env = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
+            return self.session.send(
+                prepared,
+                stream=True,
+                timeout=(policy.connect_timeout, policy.read_timeout),
+                proxies=env["proxies"],
+                verify=env["verify"],
+                cert=env["cert"],
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Retry(f"cannot connect: {exc}") from exc
@@ -280,12 +300,18 @@ class Fetcher:
             return
 
     def _download(
-        self, url: str, sha256: str, progress: FetchProgress, max_bytes: int, auth: Auth | None
+        self,
+        url: str,
+        sha256: str,
+        progress: FetchProgress,
+        max_bytes: int,
+        auth: Auth | None,
+        why_mismatch: str,
     ) -> Path:
         part = _Partial(self.cache.partial(sha256))
         try:
             self._retrying(url, lambda: self._attempt(url, part, progress, max_bytes, auth))
-        except _GaveUp:
+        except GaveUp:
             raise  # keep the partial file: the next build resumes it
         except FetchError:
             part.discard()
@@ -295,7 +321,7 @@ class Fetcher:
             part.discard()
             raise FetchError(
                 f"{url}: sha256 mismatch: expected {sha256}, got {actual} "
-                "(the pin in the manifest or the upstream file is wrong; nothing was cached)"
+                f"({why_mismatch}; nothing was cached)"
             )
         with open(part.path, "rb+") as f:
             os.fsync(f.fileno())

@@ -38,6 +38,8 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")  # a bundle's name
 ITEM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # binaries, steps, platform values, components
 
 # A cluster tool's Kubernetes version, e.g. v1.28.15-rancher1-1: a word on rke's command line.
+DEB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,127}")  # Debian policy 5.6.1
+DEB_VERSION_RE = re.compile(r"[0-9A-Za-z.+~:-]{1,128}")  # Debian policy 5.6.12
 K8S_VERSION_RE = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+(?:[-+][A-Za-z0-9.-]{1,48})?")
 CLUSTER_KEYS = ("kind", "kubernetes_version", "network_plugin", "tool")
 
@@ -192,6 +194,9 @@ class Lock:
     images_mode: str = "ssh-load"  # the installer's default for --images-mode
     registry: str = ""  # the installer's default for --registry
     registry_image: str = ""  # the locked image (a ref) the installer runs as the site registry
+    recommends: bool = False  # debs.recommends: apt installs the bundled Recommends too
+    # debs.baseline given as a dpkg status: what the closure assumes every node has (name -> version).
+    deb_baseline: dict[str, str] = field(default_factory=dict)
     # A delta bundle: the bundle it builds on, and the members it takes from that one's unpacked copy.
     base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
     inherited: tuple[Member, ...] = ()
@@ -306,12 +311,16 @@ class Lock:
                 "images_mode": self.images_mode,
                 "registry": self.registry,
                 "registry_image": self.registry_image,
+                # Written only when set, so that bundles without it keep their exact bytes.
+                **({"recommends": True} if self.recommends else {}),
             },
             "base": dict(self.base),
             "inherited": [asdict(m) for m in self.inherited],
             "cluster": dict(self.cluster),
             "system_images": [{"ref": s.ref, "roles": list(s.roles)} for s in self.system_images],
             "placed_images": [{"ref": p.ref, "roles": list(p.roles)} for p in self.placed_images],
+            # Written only when set, so that bundles without it keep their exact bytes.
+            **({"deb_baseline": dict(sorted(self.deb_baseline.items()))} if self.deb_baseline else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -435,7 +444,7 @@ def _reference(value: str, where: str) -> None:
         raise LockError(f"{LOCK_NAME}: {where} {value!r}: {exc}") from None
 
 
-def _install(top: _Fields) -> dict[str, str]:
+def _install(top: _Fields) -> dict[str, Any]:
     install = top.get("install", dict) if "install" in top.obj else {}
     mode = install.get("images_mode", "ssh-load")
     registry = install.get("registry", "")
@@ -448,7 +457,25 @@ def _install(top: _Fields) -> dict[str, str]:
         raise LockError(f"{LOCK_NAME}: install.registry_image must be an image reference")
     if image:
         _reference(image, "install.registry_image")
-    return {"images_mode": mode, "registry": registry, "registry_image": image}
+    recommends = install.get("recommends", False)
+    if not isinstance(recommends, bool):
+        raise LockError(f"{LOCK_NAME}: install.recommends must be true or false")
+    return {"images_mode": mode, "registry": registry, "registry_image": image, "recommends": recommends}
+
+
+def _deb_baseline(top: _Fields) -> dict[str, str]:
+    """The packages a dpkg-status baseline says every node has; they reach a shell on the nodes."""
+    if "deb_baseline" not in top.obj:
+        return {}
+    raw = top.get("deb_baseline", dict)
+    for name, version in raw.items():
+        if (
+            not DEB_NAME_RE.fullmatch(name)
+            or not isinstance(version, str)
+            or not DEB_VERSION_RE.fullmatch(version)
+        ):
+            raise LockError(f"{LOCK_NAME}: deb_baseline has an unreadable entry {name!r}: {version!r}")
+    return dict(raw)
 
 
 def _base(top: _Fields) -> dict[str, str]:
@@ -679,6 +706,7 @@ def _parse(doc: Any) -> Lock:
         cluster=_cluster(top, binaries),
         system_images=(),
         placed_images=(),
+        deb_baseline=_deb_baseline(top),
     )
     lock = replace(
         lock,

@@ -119,7 +119,11 @@ class DebsSpec:
     sources: tuple[Source, ...]
     packages: tuple[str, ...]
     exclude: tuple[str, ...] = ()
-    baseline: str = "required"  # required: Priority: required packages are assumed present; none
+    # required: Priority: required packages are present at some version; none; file: baseline_file,
+    # a dpkg status of the target, says exactly what is installed.
+    baseline: str = "required"
+    baseline_file: Path | None = None
+    recommends: bool = False  # add Recommends to the closure, as apt does by default
 
 
 @dataclass(frozen=True)
@@ -814,7 +818,11 @@ def _mirrors_section(top: _Section, where: str) -> dict[str, Mirror]:
 def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) -> DebsSpec:
     """``debs:``; each source is checked on its own, so two missing keyrings are named in one run."""
     sec = _Section(
-        top.get("debs", dict), where, "debs", top.line, ("sources", "packages", "exclude", "baseline")
+        top.get("debs", dict),
+        where,
+        "debs",
+        top.line,
+        ("sources", "packages", "exclude", "baseline", "recommends"),
     )
     sources = []
     before = len(problems.errors)
@@ -834,9 +842,18 @@ def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) ->
     if not packages:
         raise sec.fail("packages", "name at least one package")
     baseline = sec.get("baseline", str, default="required", required=False)
+    baseline_file = None
     if baseline not in ("required", "none"):
-        raise sec.fail("baseline", "must be 'required' (Priority: required packages are present) or 'none'")
-    return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline)
+        if not baseline.startswith("/") and not (base / baseline).is_file():
+            raise sec.fail(
+                "baseline",
+                f"{baseline!r} is not a file here; give 'required' (Priority: required packages are "
+                "present), 'none', or a copy of a site node's /var/lib/dpkg/status (payloads/site-status)",
+            )
+        _, baseline_file = _local_path(sec, "baseline", base)
+        baseline = "file"
+    recommends = sec.get("recommends", bool, default=False, required=False)
+    return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline, baseline_file, recommends)
 
 
 def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:
@@ -862,7 +879,17 @@ def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:
     keyring = None
     if "keyring" in src.data:
         raw = src.get("keyring", str)
-        if not raw.startswith("/") and not (base / raw).exists():
+        if raw.startswith("/"):
+            # The build host's own keyring (e.g. /usr/share/keyrings/debian-archive-keyring.gpg):
+            # a build input like the manifest itself; the lock records who signed, by fingerprint.
+            keyring = Path(raw)
+            if not keyring.is_file():
+                raise src.fail(
+                    "keyring",
+                    f"{raw!r} is not a file on this host; install the package that ships it "
+                    "(e.g. debian-archive-keyring) or give the key's file in the project",
+                )
+        elif not (base / raw).exists():
             # Docker publishes its key beside its repository; for the others: payloads/keys/README.md.
             example = f", e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}'" if "docker" in url else ""
             raise src.fail(
@@ -871,7 +898,8 @@ def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:
                 f"{example}, and check its fingerprint against the publisher's (payloads/keys/README.md; "
                 "README: 'Keys of apt repositories')",
             )
-        _, keyring = _local_path(src, "keyring", base)
+        else:
+            _, keyring = _local_path(src, "keyring", base)
     elif not trusted:
         raise ManifestError(
             f"{src.at()}: debs.sources[{i}] needs 'keyring' (the repository's public key, e.g. "

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
+import lzma
 import shutil
 import subprocess
 import threading
@@ -106,6 +108,16 @@ class GpgKey:
             ).stdout
         )
 
+    @property
+    def fingerprint(self) -> str:
+        listing = subprocess.run(
+            ["gpg", "--homedir", str(self.home), "--with-colons", "--list-keys"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
     def clearsign(self, src: Path, dest: Path) -> None:
         subprocess.run(
             [*self.gpg, "--yes", "--clearsign", "-o", str(dest), str(src)], check=True, capture_output=True
@@ -167,10 +179,11 @@ def index_flat(repo: Path, key: GpgKey) -> None:
 
 
 class Served:
-    """A folder served over HTTP on 127.0.0.1."""
+    """A folder served over HTTP on 127.0.0.1; ``paths`` records each request's path as sent."""
 
     def __init__(self, folder: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.paths: list[str] = []
+        handler = functools.partial(_QuietHandler, self.paths, directory=str(folder))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -181,6 +194,14 @@ class Served:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, paths: list[str], *args, **kwargs) -> None:
+        self.paths = paths
+        super().__init__(*args, **kwargs)
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        self.paths.append(self.path)
+        return super().send_head()
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -210,6 +231,115 @@ def build_repo(workdir: Path) -> tuple[Path, GpgKey, GpgKey]:
     shutil.copy(next(pool.glob("prelib_*.deb")), flat)
     index_flat(flat, key)
     return repo, key, other
+
+
+# A small archive shaped like Debian's: suite "stable" (as bookworm main: Architectures lists
+# "all", No-Support-for-Architecture-all: Packages, xz listed but missing so gz must be taken,
+# a binary-all index that does not match the Release) and "stable-security" (as
+# bookworm-security: no "all" at all, Acquire-By-Hash: yes, the named Packages.xz stale so
+# only by-hash is right, a pool file literally named with "%3a", "~" and "+").
+ARCHIVE_STABLE = [
+    ("perl-base", "5.36-1", "amd64", {"Priority": "required"}),
+    ("perl", "5.36-1", "amd64", {"Depends": "perl-base (= 5.36-1)"}),
+    ("sysv-utils", "3.0", "amd64", {"Priority": "required", "Provides": "lsb-base"}),
+    ("lsb-base", "11.6", "all", {}),
+    ("daemon-x", "1.0", "amd64", {"Depends": "lsb-base"}),
+    ("docs-all", "1.0", "all", {}),
+    ("conflict-a", "1.0", "amd64", {"Conflicts": "conflict-b"}),
+    ("conflict-b", "1.0", "amd64", {}),
+    ("oldtool", "1.0", "amd64", {}),
+    ("oldtool", "2.0", "amd64", {}),
+    ("breaker", "1.0", "amd64", {"Breaks": "oldtool (<< 2.0)"}),
+    ("stuck", "1.0", "amd64", {}),
+    ("breaker2", "1.0", "amd64", {"Breaks": "stuck (<< 2.0)"}),
+    ("needs-mta", "1.0", "amd64", {"Depends": "mail-transport-agent | mta-real"}),
+    ("mta-virt", "1.0", "amd64", {"Provides": "mail-transport-agent", "Conflicts": "mail-transport-agent"}),
+    ("mta-real", "1.0", "amd64", {"Provides": "mail-transport-agent", "Conflicts": "mail-transport-agent"}),
+    ("rec-app", "1.0", "amd64", {"Recommends": "rec-lib | rec-missing, rec-gone"}),
+    ("rec-lib", "1.0", "amd64", {}),
+]
+ARCHIVE_SECURITY = [
+    ("perl-base", "5.36-1+u3", "amd64", {"Priority": "required"}),
+    ("perl", "5.36-1+u3", "amd64", {"Depends": "perl-base (= 5.36-1+u3)"}),
+    ("engine", "1:5.0~rc1+dfsg", "amd64", {}),
+]
+ENGINE_FILE = "engine_1%3a5.0~rc1+dfsg_amd64.deb"  # what the pool holds, literally
+ENGINE_REQUEST = "engine_1%253a5.0%7erc1%2bdfsg_amd64.deb"  # what apt asks for
+
+
+def status_file(entries: list[tuple[str, str, dict[str, str]]]) -> str:
+    """A dpkg status file: (name, version, fields) installed on amd64."""
+    return "\n".join(
+        f"Package: {name}\nStatus: install ok installed\nPriority: optional\nVersion: {version}\n"
+        f"Architecture: amd64\nMaintainer: T <t@example.invalid>\nDescription: installed {name}\n"
+        + "".join(f"{k}: {v}\n" for k, v in fields.items())
+        for name, version, fields in entries
+    )
+
+
+def _release(dist: Path, fields: dict[str, str], key: GpgKey) -> None:
+    """Release (every file under dist, by SHA256) and its clearsigned InRelease."""
+    lines = [f"{k}: {v}" for k, v in fields.items()] + ["SHA256:"]
+    for path in sorted(p for p in dist.rglob("*") if p.is_file() and "by-hash" not in p.parts):
+        data = path.read_bytes()
+        lines.append(
+            f" {hashlib.sha256(data).hexdigest()} {len(data):>8} {path.relative_to(dist).as_posix()}"
+        )
+    (dist / "Release").write_text("\n".join(lines) + "\n")
+    key.clearsign(dist / "Release", dist / "InRelease")
+
+
+def build_archive(workdir: Path, key: GpgKey) -> Path:
+    """The Debian-shaped two-suite archive described at ARCHIVE_STABLE; returns its root."""
+    root = workdir / "archive"
+    src = workdir / "archive-src"
+    src.mkdir()
+    for suite, pool, packages in (
+        ("stable", "pool/main", ARCHIVE_STABLE),
+        ("stable-security", "pool/updates", ARCHIVE_SECURITY),
+    ):
+        (root / pool).mkdir(parents=True)
+        for name, version, arch, fields in packages:
+            deb = make_deb(src, name, version, arch, fields)
+            shutil.move(str(deb), root / pool / (ENGINE_FILE if name == "engine" else deb.name))
+        index = subprocess.run(
+            ["dpkg-scanpackages", "--multiversion", "--arch", "amd64", pool],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        ).stdout
+        dist = root / "dists" / suite
+        amd64 = dist / "main" / "binary-amd64"
+        amd64.mkdir(parents=True)
+        (amd64 / "Packages").write_bytes(index)  # listed (apt looks for it), then removed, as Debian does
+        (amd64 / "Packages.xz").write_bytes(lzma.compress(index))
+        (amd64 / "Packages.gz").write_bytes(gzip.compress(index, mtime=0))
+        common = {
+            "Origin": "Test",
+            "Suite": suite,
+            "Codename": suite,
+            "Date": "Sat, 01 Jan 2000 00:00:00 UTC",
+        }
+        if suite == "stable":
+            (dist / "main" / "binary-all").mkdir()
+            (dist / "main" / "binary-all" / "Packages").write_bytes(b"Package: docs-all\n")
+            fields = {**common, "Architectures": "all amd64", "Components": "main",
+                      "No-Support-for-Architecture-all": "Packages"}  # fmt: skip
+            _release(dist, fields, key)
+            (amd64 / "Packages.xz").unlink()  # listed, missing: the next compression must be tried
+            (amd64 / "Packages").unlink()
+            (dist / "main" / "binary-all" / "Packages").write_bytes(b"Package: not-what-release-says\n")
+        else:
+            by_hash = amd64 / "by-hash" / "SHA256"
+            by_hash.mkdir(parents=True)
+            for name in ("Packages.xz", "Packages.gz"):
+                data = (amd64 / name).read_bytes()
+                (by_hash / hashlib.sha256(data).hexdigest()).write_bytes(data)
+            fields = {**common, "Architectures": "amd64", "Components": "main", "Acquire-By-Hash": "yes"}
+            _release(dist, fields, key)
+            (amd64 / "Packages.xz").write_bytes(lzma.compress(b"Package: stale\n"))  # mid-update mirror
+            (amd64 / "Packages").unlink()
+    return root
 
 
 DEMO_PACKAGES = [

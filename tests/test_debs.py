@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
+from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
 
 from bundler import archive, debs
+from bundler.errors import FetchError
 
-from .aptrepo import CLOSURE, Served, index_repo
+from .aptrepo import CLOSURE, ENGINE_REQUEST, Served, build_archive, index_repo, status_file
 from .conftest import AptRepos, Keys, Project, run_cli
 
 
 def _packages(repo: AptRepos) -> list[debs.Package]:
-    text = (repo.root / "dists/stable/main/binary-amd64/Packages").read_text()
-    return debs.parse_packages(text, repo.url)
+    data = (repo.root / "dists/stable/main/binary-amd64/Packages").read_bytes()
+    return list(debs.parse_packages([data], repo.url))
 
 
 def _resolve(repo: AptRepos, *requests: str, arch: str = "amd64") -> dict[str, str]:
@@ -114,36 +119,54 @@ def test_bundle_debs_install_with_apt_offline(
         tar.extractall(site, members=[m for m in tar.getmembers() if m.name.startswith("debs/")])
     for deb in (site / "debs").glob("*.deb"):
         subprocess.run(["dpkg-deb", "--info", str(deb)], check=True, capture_output=True)
-    apt = tmp_path / "apt"
-    for sub in ("state/lists/partial", "cache/archives/partial"):
-        (apt / sub).mkdir(parents=True)
-    (apt / "status").write_text(
+    status = (
         "Package: base-files\nStatus: install ok installed\nPriority: required\nVersion: 12.4\n"
         "Architecture: amd64\nMaintainer: T <t@example.invalid>\nDescription: base\n"
     )
-    (apt / "sources.list").write_text(f"deb [trusted=yes] file:{site / 'debs'} ./\n")
+    sim = apt_simulate(
+        tmp_path / "apt", f"deb [trusted=yes] file:{site / 'debs'} ./\n", status, "app", "cyc-a"
+    )
+    assert sim.returncode == 0, sim.output
+    assert sim.installs == CLOSURE
+
+
+@dataclass
+class Simulated:
+    returncode: int
+    installs: dict[str, str]  # name -> the version apt would install
+    output: str
+    update: str = ""
+
+
+def apt_simulate(folder: Path, sources: str, status: str, *packages: str) -> Simulated:
+    """``apt-get -s install PACKAGES`` in a private apt root: these sources, this dpkg status."""
+    for sub in ("state/lists/partial", "cache/archives/partial"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "status").write_text(status)
+    (folder / "sources.list").write_text(sources)
     opts = [
-        f"-o=Dir::Etc::SourceList={apt / 'sources.list'}",
+        f"-o=Dir::Etc::SourceList={folder / 'sources.list'}",
         "-o=Dir::Etc::SourceParts=/dev/null",
-        f"-o=Dir::State={apt / 'state'}",
-        f"-o=Dir::Cache={apt / 'cache'}",
-        f"-o=Dir::State::status={apt / 'status'}",
+        f"-o=Dir::State={folder / 'state'}",
+        f"-o=Dir::Cache={folder / 'cache'}",
+        f"-o=Dir::State::status={folder / 'status'}",
         "-o=Debug::NoLocking=1",
         "-o=APT::Architecture=amd64",
         "-o=APT::Architectures=amd64",
+        "-o=Acquire::Languages=none",
+        "-o=APT::Sandbox::User=root",  # the private lists belong to root; no _apt sandbox warning
     ]
     env = {**os.environ, "LC_ALL": "C"}
-    subprocess.run(["apt-get", *opts, "update"], check=True, capture_output=True, env=env)
+    update = subprocess.run(["apt-get", *opts, "update"], capture_output=True, text=True, env=env)
+    assert update.returncode == 0 and "W:" not in update.stdout + update.stderr, update.stdout + update.stderr
     sim = subprocess.run(
-        ["apt-get", *opts, "-s", "install", "app", "cyc-a"], capture_output=True, text=True, env=env
+        ["apt-get", *opts, "--no-install-recommends", "-s", "install", *packages],
+        capture_output=True,
+        text=True,
+        env=env,
     )
-    assert sim.returncode == 0, sim.stdout + sim.stderr
-    installed = {
-        line.split()[1]: line.split()[2].strip("()[]")
-        for line in sim.stdout.splitlines()
-        if line.startswith("Inst ")
-    }
-    assert installed == CLOSURE
+    installs = {m[1]: m[2] for m in re.finditer(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+)", sim.stdout, re.M)}
+    return Simulated(sim.returncode, installs, sim.stdout + sim.stderr, update.stdout + update.stderr)
 
 
 def test_inspect_shows_the_packages(
@@ -358,3 +381,298 @@ def test_sbom_lists_the_packages(
     from cyclonedx.validation.json import JsonStrictValidator
 
     assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(bom)) is None
+
+
+# ------------------------------------------------ a Debian-shaped archive: suites read as apt reads them
+
+
+@dataclass
+class Archive:
+    root: Path
+    url: str
+    served: Served
+    keyring: Path
+    fingerprint: str
+
+
+@pytest.fixture(scope="module")
+def debian_like(apt_repos: AptRepos, tmp_path_factory: pytest.TempPathFactory):
+    """tests/aptrepo.py's two-suite archive (stable + stable-security), served on loopback."""
+    root = build_archive(tmp_path_factory.mktemp("archive"), apt_repos.key)  # type: ignore[arg-type]
+    served = Served(root)
+    yield Archive(root, served.url, served, apt_repos.keyring, apt_repos.key.fingerprint)  # type: ignore[attr-defined]
+    served.close()
+
+
+def _archive_manifest(
+    project: Project, archive_: Archive, packages: str, extra: str = "", keyring: str = "payloads/archive.gpg"
+) -> Path:
+    shutil.copy(archive_.keyring, project.root / "payloads" / "archive.gpg")
+    sources = "".join(
+        f"    - url: {archive_.url}\n      suite: {suite}\n      components: [main]\n      keyring: {keyring}\n"
+        for suite in ("stable", "stable-security")
+    )
+    return project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: site\nversion: '1.0'\n"
+        "platform: {os: debian, codename: stable, arch: amd64}\n"
+        f"debs:\n  sources:\n{sources}  packages: {packages}\n{extra}",
+        "site.yaml",
+    )
+
+
+def _extract_debs(bundle: Path, site: Path) -> Path:
+    with tarfile.open(bundle) as tar:
+        tar.extractall(site, members=[m for m in tar.getmembers() if m.name.startswith("debs/")])
+    return site / "debs"
+
+
+STOCK = [("perl-base", "5.36-1", {}), ("sysv-utils", "3.0", {"Provides": "lsb-base"})]
+PATCHED = [("perl-base", "5.36-1+u3", {}), ("sysv-utils", "3.0", {"Provides": "lsb-base"})]
+
+
+def test_security_suite_read_as_apt_reads_it(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, debian_like: Archive
+) -> None:
+    """binary-all never fetched where the Release rules it out, xz missing -> gz, by-hash over a
+    stale named index, the pool name quoted as apt quotes it, highest version across suites,
+    a versioned relation on a required package shipping that package, Provides of the baseline."""
+    debian_like.served.paths.clear()
+    manifest = _archive_manifest(project, debian_like, "[perl, engine, daemon-x, docs-all]")
+    result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    lock = archive.read_lock(Path(result.stdout.strip()))[0]
+    assert {d.name: (d.version, d.reason) for d in lock.debs} == {
+        "perl": ("5.36-1+u3", "requested"),
+        "perl-base": ("5.36-1+u3", "perl"),  # perl (= …u3) needs it, although required
+        "engine": ("1:5.0~rc1+dfsg", "requested"),
+        "daemon-x": ("1.0", "requested"),  # lsb-base not shipped: the baseline's sysv-utils provides it
+        "docs-all": ("1.0", "requested"),  # an arch-all package from the amd64 index
+    }
+    assert [s["signed_by"] for s in lock.apt_sources] == [[debian_like.fingerprint]] * 2
+    paths = debian_like.served.paths
+    assert not [p for p in paths if "binary-all" in p]
+    assert "/dists/stable/main/binary-amd64/Packages.xz" in paths  # tried first, missing
+    assert "/dists/stable/main/binary-amd64/Packages.gz" in paths
+    assert [p for p in paths if "stable-security" in p and "/by-hash/SHA256/" in p]
+    # apt's escapes (urllib3 writes their hex digits in capitals: the same URL, RFC 3986 2.1).
+    assert f"/pool/updates/{ENGINE_REQUEST}".lower() in [p.lower() for p in paths]
+
+    # apt, offline from the bundle alone, on a stock target and on one patched from security.
+    repo = _extract_debs(Path(result.stdout.strip()), tmp_path / "site")
+    for name, state in (("stock", STOCK), ("patched", PATCHED)):
+        sim = apt_simulate(
+            tmp_path / name,
+            f"deb [trusted=yes] file:{repo} ./\n",
+            status_file(state),
+            "perl",
+            "engine",
+            "daemon-x",
+            "docs-all",
+        )
+        assert sim.returncode == 0, sim.output
+
+
+def test_baseline_file_gives_apts_list(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, debian_like: Archive
+) -> None:
+    """debs.baseline: a target's dpkg status; the closure is what apt installs on that target,
+    including an installed package upgraded because a chosen one Breaks its version."""
+    status = status_file([*PATCHED, ("oldtool", "1.0", {})])
+    (project.root / "payloads" / "status").write_text(status)
+    wanted = ("perl", "daemon-x", "breaker", "needs-mta", "mta-real")
+    manifest = _archive_manifest(
+        project, debian_like, f"[{', '.join(wanted)}]", "  baseline: payloads/status\n"
+    )
+    result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    lock = archive.read_lock(Path(result.stdout.strip()))[0]
+    ours = {d.name: d.version for d in lock.debs}
+    sources = "".join(
+        f"deb [signed-by={debian_like.keyring}] {debian_like.url} {suite} main\n"
+        for suite in ("stable", "stable-security")
+    )
+    sim = apt_simulate(tmp_path / "apt", sources, status, *wanted)
+    assert sim.returncode == 0, sim.output + sim.update
+    assert ours == sim.installs
+    assert ours["oldtool"] == "2.0" and "perl-base" not in ours and "mta-virt" not in ours
+
+
+@pytest.mark.parametrize(
+    "packages, status, message",
+    [
+        (
+            "[conflict-a, conflict-b]",
+            None,
+            "conflict-a 1.0 (amd64) (conflict-a) and conflict-b 1.0 (amd64) (conflict-b) cannot be "
+            "installed together: conflict-a Conflicts: conflict-b",
+        ),
+        (
+            "[breaker2]",
+            [("stuck", "1.0", {})],
+            "breaker2 1.0 (amd64) (breaker2) and stuck 1.0 (amd64) (on the target) cannot be installed "
+            "together: breaker2 Breaks: stuck (<< 2.0)",
+        ),
+    ],
+)
+def test_conflicts_and_breaks_are_refused(
+    project: Project,
+    keys: Keys,
+    tmp_path: Path,
+    cache_dir: Path,
+    debian_like: Archive,
+    packages,
+    status,
+    message,
+) -> None:
+    extra = ""
+    if status:
+        (project.root / "payloads" / "status").write_text(status_file(status))
+        extra = "  baseline: payloads/status\n"
+    result = _build(
+        keys, _archive_manifest(project, debian_like, packages, extra), tmp_path / "out", cache_dir
+    )
+    assert result.exit_code == 5, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _archive_packages(archive_: Archive) -> list[debs.Package]:
+    out: list[debs.Package] = []
+    for suite in ("stable", "stable-security"):
+        data = gzip.decompress((archive_.root / f"dists/{suite}/main/binary-amd64/Packages.gz").read_bytes())
+        out += debs.parse_packages([data[i : i + 97] for i in range(0, len(data), 97)], archive_.url)
+    return out
+
+
+@pytest.mark.parametrize("order", [("needs-mta", "mta-real"), ("mta-real", "needs-mta")])
+def test_requested_stays_requested_whatever_the_order(debian_like: Archive, order: tuple[str, str]) -> None:
+    """apt marks the whole command line first: the requested alternative is taken, and stays requested."""
+    resolution = debs.Resolver(_archive_packages(debian_like), "amd64").resolve(order)
+    assert resolution.reasons == {"needs-mta": "requested", "mta-real": "requested"}
+
+
+def test_requested_dependency_stays_requested(apt_repos: AptRepos) -> None:
+    resolver = debs.Resolver(_packages(apt_repos), "amd64", baseline={"base-files"})
+    reasons = resolver.resolve(["app", "libfoo"]).reasons
+    assert reasons["libfoo"] == "requested" and reasons["prelib"] == "app"
+
+
+def test_recommends_are_added_as_apt_adds_them(debian_like: Archive) -> None:
+    packages = _archive_packages(debian_like)
+    assert set(debs.Resolver(packages, "amd64").resolve(["rec-app"]).reasons) == {"rec-app"}
+    with_recs = debs.Resolver(packages, "amd64", recommends=True).resolve(["rec-app"])
+    assert with_recs.reasons == {"rec-app": "requested", "rec-lib": "rec-app"}  # rec-gone: none, skipped
+
+
+def test_wrong_key_names_every_signer(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, debian_like: Archive, apt_repos: AptRepos
+) -> None:
+    manifest = _archive_manifest(project, debian_like, "[perl]")
+    shutil.copy(apt_repos.other_keyring, project.root / "payloads" / "archive.gpg")
+    result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    assert result.exit_code == 5, result.stderr
+    assert f"signed by {debian_like.fingerprint} (not in the keyring)" in result.stderr
+    assert "archive.gpg" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_keyring_by_absolute_path(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, debian_like: Archive
+) -> None:
+    """The build host's own keyring by absolute path (e.g. /usr/share/keyrings/…), recorded by fingerprint."""
+    manifest = _archive_manifest(project, debian_like, "[docs-all]", keyring=str(debian_like.keyring))
+    result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    lock = archive.read_lock(Path(result.stdout.strip()))[0]
+    assert lock.apt_sources[0]["signed_by"] == [debian_like.fingerprint]
+    assert str(debian_like.keyring) not in json.dumps(lock.apt_sources)  # a host path is no part of the lock
+
+
+def test_index_not_matching_the_release_is_named_as_such(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, debian_like: Archive
+) -> None:
+    root = tmp_path / "broken"
+    shutil.copytree(debian_like.root, root)
+    for index in (root / "dists/stable/main/binary-amd64").iterdir():
+        index.write_bytes(gzip.compress(b"Package: tampered\n"))
+    served = Served(root)
+    try:
+        manifest = _archive_manifest(project, dataclasses_replace(debian_like, url=served.url), "[perl]")
+        result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    finally:
+        served.close()
+    assert result.exit_code == 5
+    assert "no copy of main/binary-amd64/Packages matches the signed Release" in result.stderr
+    assert "does not match what the signed Release lists" in result.stderr
+    assert "pin" not in result.stderr
+
+
+def test_apt_quoting_of_pool_names() -> None:
+    assert debs.apt_quote("pool/e/engine_1%3a5.0~rc1+dfsg_amd64.deb") == f"pool/e/{ENGINE_REQUEST}"
+    assert debs.apt_quote("pool/a b:c.deb") == "pool/a%20b:c.deb"  # ":" goes as it is, as apt sends it
+
+
+def test_recommends_in_the_manifest_reach_the_lock(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, debian_like: Archive
+) -> None:
+    manifest = _archive_manifest(project, debian_like, "[rec-app]", "  recommends: true\n")
+    result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    lock = archive.read_lock(Path(result.stdout.strip()))[0]
+    assert {d.name for d in lock.debs} == {"rec-app", "rec-lib"} and lock.recommends is True
+
+
+@pytest.mark.parametrize("ext", [".xz", ".bz2", ".lzma", ".gz", ""])
+def test_every_compression_apt_lists_is_read_as_a_stream(tmp_path: Path, ext: str) -> None:
+    """Each decoder of apt's order, fed in small chunks; concatenated members (gzip -c a b) too."""
+    import bz2
+    import lzma
+
+    from bundler import aptsource
+
+    first, second = b"Package: a\nVersion: 1\n\n", b"Package: b\nVersion: 2\n"
+    pack = {
+        ".xz": lzma.compress,
+        ".bz2": bz2.compress,
+        ".lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE),
+        ".gz": lambda d: gzip.compress(d, mtime=0),
+        "": bytes,
+    }[ext]
+    path = tmp_path / f"Packages{ext}"
+    path.write_bytes(
+        pack(first) + pack(second) if ext in (".gz", ".bz2", ".xz", "") else pack(first + second)
+    )
+    decoder = dict(aptsource._COMPRESSIONS)[ext]
+    assert b"".join(aptsource._decompressed(path, decoder, 1000, "test")) == first + second
+    with pytest.raises(FetchError, match="decompresses to more than the 10 bytes"):
+        list(aptsource._decompressed(path, decoder, 10, "test"))
+
+
+def test_not_automatic_suites_lose_to_ordinary_ones() -> None:
+    """apt's candidate: pin priority first (backports: 1 or 100), then the version."""
+    ordinary = debs.Package("tool", "1.0", "amd64", "pool/t_1.0.deb", 1, "0" * 64)
+    backport = debs.Package("tool", "2.0~bpo", "amd64", "pool/t_2.0.deb", 1, "0" * 64, pin=100)
+    assert debs.Resolver([backport, ordinary], "amd64").resolve(["tool"]).packages == [ordinary]
+    assert debs.Resolver([backport, ordinary], "amd64").resolve(["tool=2.0~bpo"]).packages == [backport]
+
+
+@pytest.mark.parametrize(
+    "debs_extra, message",
+    [
+        ("  baseline: requred\n", "'requred' is not a file here; give 'required'"),
+        ("  recommends: maybe\n", "recommends"),
+    ],
+)
+def test_debs_section_mistakes_are_exit_2(
+    project: Project, keys: Keys, tmp_path: Path, apt_repos: AptRepos, debs_extra: str, message: str
+) -> None:
+    manifest = _manifest(project, apt_repos, "[prelib]", extra=debs_extra)
+    result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
+    assert result.exit_code == 2 and message in result.stderr and "pkgs.yaml:" in result.stderr
+
+
+def test_absolute_keyring_missing_is_exit_2(
+    project: Project, keys: Keys, tmp_path: Path, apt_repos: AptRepos
+) -> None:
+    source = f"    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n      keyring: /nonexistent/k.gpg\n"
+    result = _build(keys, _manifest(project, apt_repos, "[prelib]", source), tmp_path / "out", tmp_path / "c")
+    assert result.exit_code == 2 and "'/nonexistent/k.gpg' is not a file on this host" in result.stderr

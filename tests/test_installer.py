@@ -521,40 +521,53 @@ def test_resume_continues_only_this_bundle(built: Path, keys: Keys, tmp_path: Pa
     assert "--resume" not in _install(site, keys).stderr  # a failure no longer sends the operator to it
 
 
-def test_packages_install_from_the_bundle_only(
-    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
-) -> None:
-    """apt on each node installs the locked closure from the shipped repository, into a private root."""
-    from .aptrepo import CLOSURE
-
-    client, nodes = ssh_cluster
+def _debs_site(project, apt_repos, keys: Keys, tmp_path: Path, cache_dir: Path, nodes, tail: str) -> Path:
+    """A site for a bundle of the test apt repository's packages (``tail``: packages and the rest)."""
     shutil.copy(apt_repos.keyring, project.root / "payloads" / "repo.gpg")
     manifest = project.write_manifest(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: pkgs\nversion: '1.0'\n"
         "platform: {os: debian, codename: bookworm, arch: amd64}\n"
         f"debs:\n  sources:\n    - url: {apt_repos.url}\n      suite: stable\n      components: [main]\n"
-        "      keyring: payloads/repo.gpg\n  packages: [app, cyc-a]\n  exclude: [base-files]\n",
+        f"      keyring: payloads/repo.gpg\n{tail}",
         "pkgs.yaml",
     )
-    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+    return _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+
+
+def _status_roots(tmp_path: Path, nodes, states: list) -> Path:
+    """Private apt roots (``--apt-root``), one a node, each with a dpkg status of ``states``."""
+    from .aptrepo import status_file
+
     roots = tmp_path / "roots"
-    for node in nodes:  # each private root starts as a target that has base-files, as a real node does
+    for node, state in zip(nodes, states):
         status = roots / node.name / "var/lib/dpkg/status"
         status.parent.mkdir(parents=True)
-        status.write_text(
-            "Package: base-files\nStatus: install ok installed\nPriority: required\nVersion: 12.4\n"
-            "Architecture: amd64\nMaintainer: T <t@example.invalid>\nDescription: base\n"
-        )
-    run = _install(
-        site,
-        keys,
-        "--ssh-config",
-        str(client.config),
-        "--only",
-        "packages",
-        "--apt-root",
-        f"{roots}/{{node}}",
+        status.write_text(status_file(state))
+    return roots
+
+
+def _only_in_roots(
+    site: Path, keys: Keys, client, phase: str, roots: Path
+) -> subprocess.CompletedProcess[str]:
+    """``install.sh --only PHASE`` with each node's packages under its private root."""
+    return _install(
+        site, keys, "--ssh-config", str(client.config), "--only", phase, "--apt-root", f"{roots}/{{node}}"
     )
+
+
+def test_packages_install_from_the_bundle_only(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
+) -> None:
+    """apt on each node installs the locked closure from the shipped repository, into a private root;
+    libfoo, requested after app (which needs it), is still requested: apt marks it manual."""
+    from .aptrepo import CLOSURE
+
+    client, nodes = ssh_cluster
+    tail = "  packages: [app, cyc-a, libfoo]\n  exclude: [base-files]\n"
+    site = _debs_site(project, apt_repos, keys, tmp_path, cache_dir, nodes, tail)
+    # Each private root starts as a target that has base-files, as a real node does.
+    roots = _status_roots(tmp_path, nodes, [[("base-files", "12.4", {})]] * len(nodes))
+    run = _only_in_roots(site, keys, client, "packages", roots)
     assert run.returncode == 0, run.stdout + run.stderr
     for node in nodes:
         listed = subprocess.run(
@@ -571,6 +584,9 @@ def test_packages_install_from_the_bundle_only(
         installed = {ln.split()[0]: ln.split()[1] for ln in listed.stdout.splitlines() if "installed" in ln}
         assert installed == {**CLOSURE, "base-files": "12.4"}
         assert (roots / node.name / "usr/share/doc/libfoo/README").read_text() == "libfoo 1:0.5\n"
+        states = (roots / node.name / "var/lib/apt/extended_states").read_text()
+        auto = {s.split("\n")[0].split(": ")[1] for s in states.split("\n\n") if "Auto-Installed: 1" in s}
+        assert auto == set(CLOSURE) - {"app", "cyc-a", "libfoo"}
 
 
 def test_preflight_refuses_before_anything_changes(
@@ -958,3 +974,32 @@ def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: K
     (site / built.name).write_bytes(bytes(data))
     refused = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
     assert refused.returncode == 4 and "bin/rke: sha256" in refused.stderr, refused.stderr
+
+
+def test_preflight_compares_each_node_with_the_baseline(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
+) -> None:
+    """A bundle built for a dpkg-status baseline: preflight names the node that lacks something the
+    baseline has, and the one that has it older; a node matching it (or newer) passes."""
+    from .aptrepo import status_file
+
+    client, nodes = ssh_cluster
+    baseline = [("base-files", "12.4", {}), ("extra-tool", "2.0", {})]
+    (project.root / "payloads" / "status").write_text(status_file(baseline))
+    tail = "  packages: [app, cyc-a]\n  baseline: payloads/status\n"
+    site = _debs_site(project, apt_repos, keys, tmp_path, cache_dir, nodes, tail)
+    states = [baseline, baseline[:1], [("base-files", "12.3", {}), ("extra-tool", "2.0", {})]]
+    states += [[("base-files", "12.4", {}), ("extra-tool", "2.1", {})]] * (len(nodes) - 3)
+    roots = _status_roots(tmp_path, nodes, states)
+    run = _only_in_roots(site, keys, client, "preflight", roots)
+    out = run.stdout + run.stderr
+    assert run.returncode == 6, out
+    lacking = [
+        line for line in out.splitlines() if "lacks 1 package(s) the bundle's debs.baseline has" in line
+    ]
+    assert len(lacking) == 1 and nodes[1].name in lacking[0] and "extra-tool 2.0" in lacking[0]
+    older = [
+        line for line in out.splitlines() if "has base-files 12.3, older than the baseline's 12.4" in line
+    ]
+    assert len(older) == 1 and nodes[2].name in older[0]
+    assert "Traceback" not in out

@@ -342,3 +342,28 @@ def test_malformed_cluster_and_system_images_are_refused(where: tuple, value: ob
     with pytest.raises(LockError, match=message) as info:
         Lock.from_bytes(_changed(where, value, clustered()))
     assert info.value.exit_code == 4
+
+
+def test_deb_baseline_and_recommends_round_trip_and_stay_out_when_unset() -> None:
+    lock = dataclasses.replace(signed(), deb_baseline={"libc6": "2.36-9+deb12u4", "perl-base": "5.36.0-7"})
+    lock = dataclasses.replace(lock, recommends=True)
+    assert Lock.from_bytes(lock.to_bytes()) == lock
+    plain = json.loads(signed().to_bytes())
+    assert (
+        "deb_baseline" not in plain and "recommends" not in plain["install"]
+    )  # old bundles keep their bytes
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        (("deb_baseline",), {"libc6": "2.36; reboot"}),  # it reaches a shell on the nodes
+        (("deb_baseline",), {"Bad Name": "1.0"}),
+        (("deb_baseline",), {"libc6": 2}),
+        (("install", "recommends"), "yes"),
+    ],
+)
+def test_malformed_deb_baseline_and_recommends_are_refused(where: tuple, value: object) -> None:
+    with pytest.raises(LockError) as info:
+        Lock.from_bytes(_changed(where, value))
+    assert info.value.exit_code == 4

@@ -289,9 +289,15 @@ def _docker_group(user: str) -> str:
     )
 
 
-def _packages_script(repo: str, packages: list[str], root: str | None, docker_user: str | None = None) -> str:
-    """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists),
-    then, for ``docker_user``, the docker group (not in a private root: its groups are the machine's)."""
+def _packages_script(
+    repo: str, packages: list[str], root: str | None, recommends: bool = False, docker_user: str | None = None
+) -> str:
+    """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists).
+
+    Every requested package is named, so apt marks each as manually installed (a later
+    ``apt-get autoremove`` keeps it); with ``recommends`` apt also installs the Recommends the
+    bundle carries (the build resolved them as apt would). Then, for ``docker_user``, the docker
+    group (not in a private root: its groups are the machine's)."""
     q = shlex.quote
     opts = [
         f"-o Dir::Etc::SourceList={q(repo + '.list')}",
@@ -325,7 +331,8 @@ def _packages_script(repo: str, packages: list[str], root: str | None, docker_us
         f"set -e; {prepare}mkdir -p {q(repo + '.lists')}/partial; "
         f"cd {q(repo)} && sha256sum -c --quiet SHA256SUMS; "
         f"echo 'deb [trusted=yes] file:{repo} ./' > {q(repo + '.list')}; "
-        f"{apt} update; {apt} -y --no-install-recommends install {' '.join(q(p) for p in packages)}"
+        f"{apt} update; {apt} -y --{'' if recommends else 'no-'}install-recommends install "
+        f"{' '.join(q(p) for p in packages)}"
         + (f"; {_docker_group(docker_user)}" if docker_user and not root else "")
     )
 
@@ -351,7 +358,8 @@ def _packages_on(
         remote.run(
             node,
             opts,
-            f"{sudo_prefix(node)}sh -c {shlex.quote(_packages_script(repo, requested, root, docker_user))}",
+            f"{sudo_prefix(node)}sh -c "
+            + shlex.quote(_packages_script(repo, requested, root, lock.recommends, docker_user)),
             timeout=3600,
         )
         result.done = requested

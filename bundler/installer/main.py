@@ -121,7 +121,15 @@ def _facts(
     rke = any(b.name == "rke" for b in lock.binaries)
     cluster = load_cluster_options(options.inventory) if rke and "preflight" in options.phases else None
     return preflight.gather(
-        lock, nodes, node_images(lock, nodes), opts, time.time(), route, cluster, options.phases
+        lock,
+        nodes,
+        node_images(lock, nodes),
+        opts,
+        time.time(),
+        route,
+        cluster,
+        options.phases,
+        options.apt_root,
     )
 
 

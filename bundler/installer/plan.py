@@ -142,6 +142,20 @@ def cluster_file_problems(lock: Lock, options: ClusterOptions) -> list[str]:
     return problems
 
 
+def baseline_gaps(
+    baseline: dict[str, str], installed: dict[str, str]
+) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """What a node lacks of the dpkg-status baseline a bundle was built for (names), and what it
+    has at another version than the baseline's: (name, the node's version, the baseline's)."""
+    missing = sorted(name for name in baseline if name not in installed)
+    other = sorted(
+        (name, installed[name], version)
+        for name, version in baseline.items()
+        if name in installed and installed[name] != version
+    )
+    return missing, other
+
+
 def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...]]:
     """Node name → the images that node gets, in lock order: the workloads on the ``image_roles``
     nodes (on every node when none has such a role, as ``image_targets``) and the system images

@@ -17,7 +17,7 @@ from bundler import oci
 from bundler.errors import InstallError
 from bundler.installer import dockerload, remote
 from bundler.installer.inventory import ClusterOptions, Node
-from bundler.installer.plan import NodeFacts, Route, cluster_file_problems
+from bundler.installer.plan import NodeFacts, Route, baseline_gaps, cluster_file_problems
 from bundler.installer.results import NodeResult
 from bundler.lock import Lock
 
@@ -337,6 +337,43 @@ def _registry_problems(
     return problems
 
 
+def _baseline_problems(
+    node: Node, opts: remote.SshOptions, baseline: dict[str, str], root: str | None
+) -> tuple[list[str], list[str]]:
+    """Compare the node's dpkg status with the baseline the bundle was built for (``debs.baseline``):
+    a package it lacks, or has older, can leave apt unable to install the bundle offline."""
+    q = shlex.quote
+    admindir = f" --admindir={q(root + '/var/lib/dpkg')}" if root else ""
+    listing = remote.run(
+        node,
+        opts,
+        f"dpkg-query{admindir} -W -f='${{Package}} ${{Version}} ${{db:Status-Status}}\n'; true",
+        60,
+    )
+    installed = {}
+    for line in remote.lines(listing):
+        name, version, status = [*line.split(), "", "", ""][:3]
+        if status == "installed":
+            installed[name] = version
+    missing, other = baseline_gaps(baseline, installed)
+    problems, warnings = [], []
+    if missing:
+        shown = ", ".join(f"{n} {baseline[n]}" for n in missing[:8]) + (" …" if len(missing) > 8 else "")
+        problems.append(
+            f"lacks {len(missing)} package(s) the bundle's debs.baseline has ({shown}); build the bundle "
+            "with this node's /var/lib/dpkg/status as the baseline, or install them first"
+        )
+    if other:  # the node's own dpkg orders the versions (the lock's were checked for shell safety)
+        script = "".join(f"dpkg --compare-versions {q(h)} lt {q(w)} && echo {q(n)}; " for n, h, w in other)
+        older = set(remote.lines(remote.run(node, opts, script + "true", 60)))
+        for name, have, want in other:
+            if name in older:
+                problems.append(f"has {name} {have}, older than the baseline's {want}")
+            else:
+                warnings.append(f"has {name} {have}, newer than the baseline's {want} (apt keeps it)")
+    return problems, warnings
+
+
 def _preflight_on(
     node: Node,
     lock: Lock,
@@ -347,6 +384,7 @@ def _preflight_on(
     registry: Route | None,
     cluster: ClusterOptions | None,
     hostnames: dict[str, str],
+    apt_root: str | None = None,
 ) -> NodeResult:
     result = NodeResult(node)
     try:
@@ -388,6 +426,11 @@ def _preflight_on(
             hostnames[node.name] = _first(facts, "hostname")
             more, result.warnings = rke_problems(node, facts, cluster, bundled_docker_version(lock))
             problems += more
+        if lock.deb_baseline:
+            root = apt_root.replace("{node}", node.name) if apt_root else None
+            more, warnings = _baseline_problems(node, opts, lock.deb_baseline, root)
+            problems += more
+            result.warnings += warnings
         if problems:
             result.error = "; ".join(problems)
         else:
@@ -405,11 +448,13 @@ def preflight_phase(
     now: float,
     registry: Route | None = None,
     cluster: ClusterOptions | None = None,
+    apt_root: str | None = None,
 ) -> list[NodeResult]:
     """Check every node before anything changes: Docker and room for the images ``per_node`` names
     for it (``plan.node_images``); the node that will host the site registry: its port and disk;
-    and, given the ``cluster`` options of an rke bundle, what rke requires of every node. A result
-    per node (no node is touched)."""
+    given the ``cluster`` options of an rke bundle, what rke requires of every node; and, for a
+    bundle built for a dpkg-status baseline, that each node has what it assumes (``apt_root``:
+    the packages phase's private roots). A result per node (no node is touched)."""
     if cluster is not None:
         problems = cluster_file_problems(lock, cluster)
         if problems:
@@ -425,7 +470,16 @@ def preflight_phase(
     results = remote.for_each(
         nodes,
         lambda n: _preflight_on(
-            n, lock, opts, per_node.get(n.name, ()), n.name in targets, now, registry, cluster, hostnames
+            n,
+            lock,
+            opts,
+            per_node.get(n.name, ()),
+            n.name in targets,
+            now,
+            registry,
+            cluster,
+            hostnames,
+            apt_root,
         ),
     )
     if cluster is not None:
@@ -469,6 +523,7 @@ def gather(
     route: Route,
     cluster: ClusterOptions | None,
     phases: tuple[str, ...],
+    apt_root: str | None = None,
 ) -> dict[str, NodeFacts]:
     """The facts ``plan.make_plan`` plans from, for the ``phases`` to run: the preflight's checks
     (when it is one of them) and what each node already has; nothing on any node changes.
@@ -481,7 +536,7 @@ def gather(
     """
     checked: dict[str, NodeResult] = {}
     if "preflight" in phases:
-        results = preflight_phase(lock, nodes, per_node, opts, now, route, cluster)
+        results = preflight_phase(lock, nodes, per_node, opts, now, route, cluster, apt_root)
         checked = {r.node.name: r for r in results}
     want_images = "images" in phases
     want_binaries = "binaries" in phases and bool(lock.binaries)
