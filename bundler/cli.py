@@ -417,7 +417,11 @@ def _deb_table(lock: Any) -> list[str]:
     lines += [
         f"  {d.name:<{width}}  {d.version:<{vwidth}}  {d.arch:<5}  {_human(d.size):>10}  ({d.reason})"
         # Which nodes get it, once some packages go to the nodes of a role only (debs.roles).
-        + (f"  on {'/'.join(places[d.name]) or 'every'} nodes" if lock.deb_roles else "")
+        + (
+            f"  on {'/'.join(places[d.name]) + ' nodes' if places[d.name] else 'every node'}"
+            if lock.deb_roles
+            else ""
+        )
         for d in lock.debs
     ]
     return lines

@@ -621,7 +621,7 @@ def test_packages_by_role_land_on_their_nodes_only(
     text = run_cli("inspect", bundle)
     assert text.exit_code == 0, text.stderr
     assert re.search(r"\n\s+app\s+1\.0 .*\(requested\)\s+on worker nodes", text.stdout), text.stdout
-    assert re.search(r"\n\s+cyc-b\s+1\.0 .*\(cyc-a\)\s+on every nodes", text.stdout), text.stdout
+    assert re.search(r"\n\s+cyc-b\s+1\.0 .*\(cyc-a\)\s+on every node\n", text.stdout), text.stdout
     facts = json.loads(run_cli("inspect", bundle, "--json").stdout)
     roles = {d["name"]: d["roles"] for d in facts["debs"]}
     assert roles["app"] == ["worker"] and roles["libfoo"] == ["worker"] and roles["cyc-b"] is None
