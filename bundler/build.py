@@ -623,17 +623,49 @@ def _resolve_debs(
     installed = _baseline(spec.baseline_file) if spec.baseline_file else []
     with aptsource.Indexes(arch) as indexes:
         loaded = [aptsource.load(fetcher, source, indexes) for source in spec.sources]
-        resolver = debs.Resolver(
-            indexes.catalog, arch, exclude=spec.exclude, installed=installed, recommends=spec.recommends
-        )
-        if spec.baseline == "required":
-            resolver.assumed |= resolver.required_baseline()
-        try:
-            resolution = resolver.resolve(spec.packages)
-        except debs.ResolveError as exc:
-            raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}") from exc
+        resolutions = []
+        # One closure per distinct set of requests a node can have (debs.packages, plus those of
+        # its roles), each by a fresh resolver as apt on such a node would choose; the bundle's one
+        # flat repository carries their union.
+        for requests in spec.request_sets():
+            resolver = debs.Resolver(
+                indexes.catalog, arch, exclude=spec.exclude, installed=installed, recommends=spec.recommends
+            )
+            if spec.baseline == "required":
+                resolver.assumed |= resolver.required_baseline()
+            try:
+                resolutions.append((requests, resolver.resolve(requests)))
+            except debs.ResolveError as exc:
+                who = "" if requests == spec.packages else f" (for nodes that request {', '.join(requests)})"
+                raise FetchError(f"{manifest.path}: debs: cannot resolve {exc}{who}") from exc
+        resolution = _union(manifest, resolutions)
     baseline = {name: pkg.version for name, pkg in resolver.installed.items()}
     return resolution, tuple(_apt_source_record(index) for index in loaded), baseline
+
+
+def _union(manifest: Manifest, resolutions: list[tuple[tuple[str, ...], debs.Resolution]]) -> debs.Resolution:
+    """The closures of every set of requests as one: each package once; "requested" wins over a
+    dependency's reason (a node that requests it marks it so). Two closures choosing two versions
+    of one package are refused: the flat repository would offer apt both, and apt the newer."""
+    chosen: dict[str, debs.Package] = {}
+    reasons: dict[str, str] = {}
+    first: dict[str, tuple[str, ...]] = {}
+    for requests, resolution in resolutions:
+        for pkg in resolution.packages:
+            had = chosen.get(pkg.name)
+            if had is not None and (had.version, had.arch) != (pkg.version, pkg.arch):
+                raise InputError(
+                    f"{manifest.path}: debs.roles: {pkg.name} resolves to {had.version} for the nodes that "
+                    f"request {', '.join(first[pkg.name])} and to {pkg.version} for those that request "
+                    f"{', '.join(requests)}; pin it (name=version) in debs.packages"
+                )
+            chosen.setdefault(pkg.name, pkg)
+            first.setdefault(pkg.name, requests)
+            reason = resolution.reasons[pkg.name]
+            if pkg.name not in reasons or reason == "requested":
+                reasons[pkg.name] = reason
+    packages = sorted(chosen.values(), key=lambda p: (p.name, p.arch))  # one version of each name
+    return debs.Resolution(packages, reasons)
 
 
 def _apt_source_record(index: aptsource.SourceIndex) -> dict[str, Any]:
@@ -774,7 +806,8 @@ def _plan(
         binaries=tuple(binaries),
         files=tuple(filesets),
         steps=tuple(
-            Step(s.name, member, shas[member], s.on, s.nodes, s.serial, s.files) for s, member in scripts
+            Step(s.name, member, shas[member], s.on, s.nodes, s.serial, s.files, s.when, s.fixes)
+            for s, member in scripts
         ),
         images=tuple(collected.images),
         debs=tuple(deb_records),
@@ -786,6 +819,10 @@ def _plan(
         registry_image=manifest.registry_image,
         recommends=bool(manifest.debs and manifest.debs.recommends),
         deb_baseline=packages.baseline if packages else {},
+        deb_roles={
+            role: tuple(p.partition("=")[0] for p in names)
+            for role, names in (manifest.debs.roles.items() if manifest.debs else ())
+        },
         cluster=_cluster_record(manifest),
         system_images=system.records() if system else (),
         placed_images=tuple(

@@ -413,8 +413,15 @@ def _deb_table(lock: Any) -> list[str]:
     width = max(len("package"), *(len(d.name) for d in lock.debs))
     vwidth = max(len("version"), *(len(d.version) for d in lock.debs))
     lines = [f"  {'package':<{width}}  {'version':<{vwidth}}  arch   {'size':>10}  needed by"]
+    places = lock.deb_places()
     lines += [
         f"  {d.name:<{width}}  {d.version:<{vwidth}}  {d.arch:<5}  {_human(d.size):>10}  ({d.reason})"
+        # Which nodes get it, once some packages go to the nodes of a role only (debs.roles).
+        + (
+            f"  on {'/'.join(places[d.name]) + ' nodes' if places[d.name] else 'every node'}"
+            if lock.deb_roles
+            else ""
+        )
         for d in lock.debs
     ]
     return lines
@@ -552,6 +559,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             return
     system_set = {lock.find_image(s.ref) for s in lock.system_images}
     own_roles = {lock.find_image(p.ref): p.roles for p in lock.placed_images}
+    places = lock.deb_places()
     sizes: dict[str, int] = {}
     for m in lock.members:
         sizes[m.kind] = sizes.get(m.kind, 0) + m.size
@@ -591,6 +599,8 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
                 "on": list(s.nodes) or s.on,
                 "serial": s.serial,
                 "files": list(s.files),
+                "when": s.when,
+                "fixes": list(s.fixes),
             }
             for s in lock.steps
         ],
@@ -633,9 +643,11 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
                 "sha256": d.sha256,
                 "url": d.url,
                 "needed_by": d.reason,
+                "roles": list(places[d.name]) or None,  # the nodes of these roles get it; None: every node
             }
             for d in lock.debs
         ],
+        "deb_roles": {role: list(names) for role, names in sorted(lock.deb_roles.items())},
         "apt_sources": list(lock.apt_sources),
         "install": {
             "images_mode": lock.images_mode,
@@ -718,7 +730,9 @@ def _step_where(step: lock_.Step) -> str:
     if step.on == "control":
         return ""
     files = f", with {len(step.files)} file(s)" if step.files else ""
-    return f"  (on {step.target}{', one node after the other' if step.serial else ''}{files})"
+    before = ", before the cluster" if step.when == "before-cluster" else ""
+    fixes = f", fixes {', '.join(step.fixes)}" if step.fixes else ""
+    return f"  (on {step.target}{', one node after the other' if step.serial else ''}{files}{before}{fixes})"
 
 
 @cli.command(

@@ -124,6 +124,12 @@ class FileSet:
 # Where a step runs: "control" (here, on the node the installer runs on), "all" nodes, the nodes
 # of a role, or "nodes" (the names in ``Step.nodes``).
 STEP_ON = ("control", "all", *rkeimages.ROLES)
+# When a step runs: "before-cluster" (its own phase, ``prepare``: after the packages and binaries,
+# before the images and the cluster tool; the vendor's node preparation) or "after-cluster" (``steps``).
+STEP_WHEN = ("before-cluster", "after-cluster")
+# What a before-cluster step may declare it fixes: the preflight then warns instead of refusing on
+# its nodes, and the check runs again just before the cluster comes up.
+STEP_FIXES = ("swap",)
 NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,252}")  # an inventory node's name or address
 
 
@@ -138,6 +144,8 @@ class Step:
     nodes: tuple[str, ...] = ()  # with on "nodes": the inventory names of the nodes
     serial: bool = False  # on the nodes one after the other, not all at once
     files: tuple[str, ...] = ()  # bundle members copied to each node (checked there) before it runs
+    when: str = "after-cluster"  # one of STEP_WHEN: before the images and the cluster, or after them
+    fixes: tuple[str, ...] = ()  # preflight checks the step makes pass on its nodes (STEP_FIXES)
 
     @property
     def target(self) -> str:
@@ -206,6 +214,49 @@ class Lock:
     # Application images whose entry names its own roles (e.g. rancher-agent on every node);
     # the others go to the image_roles nodes.
     placed_images: tuple[RoledImage, ...] = ()
+    # debs.roles: role -> the requested packages (names) only the nodes of that role get; the
+    # other requested packages go to every node.
+    deb_roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def debs_for(self, roles: Iterable[str]) -> tuple[Deb, ...]:
+        """The requested packages a node with ``roles`` installs (apt adds their closure from the
+        bundled repository): every node's, and those ``deb_roles`` gives one of its roles."""
+        roles = set(roles)
+        by_role = {name for names in self.deb_roles.values() for name in names}
+        mine = {name for role, names in self.deb_roles.items() if role in roles for name in names}
+        return tuple(
+            d for d in self.debs if d.reason == "requested" and (d.name not in by_role or d.name in mine)
+        )
+
+    def deb_places(self) -> dict[str, tuple[str, ...]]:
+        """Package name -> the roles whose nodes get it, ``()`` for every node: a requested package's
+        roles from ``deb_roles``; a dependency's from the requested package its reason leads to
+        (the closure of every node's requests is resolved first, so a dependency they share with
+        a role's package leads to every node)."""
+        by_name = {d.name: d for d in self.debs}
+        roles_of: dict[str, list[str]] = {}
+        for role, names in sorted(self.deb_roles.items()):
+            for name in names:
+                roles_of.setdefault(name, []).append(role)
+        out = {}
+        for deb in self.debs:
+            name, seen = deb.name, set()
+            while by_name.get(name) and by_name[name].reason != "requested" and name not in seen:
+                seen.add(name)
+                name = by_name[name].reason
+            out[deb.name] = tuple(roles_of.get(name, ()))
+        return out
+
+    def fixed_before_cluster(self, check: str, roles: Iterable[str], name: str) -> Step | None:
+        """The before-cluster step that declares it fixes ``check`` on the node ``name`` with
+        ``roles`` (``Step.fixes``), if any."""
+        roles = set(roles)
+        for step in self.steps:
+            if step.when != "before-cluster" or check not in step.fixes:
+                continue
+            if step.on == "all" or step.on in roles or name in step.nodes:
+                return step
+        return None
 
     @property
     def workloads(self) -> tuple[oci.Image, ...]:
@@ -321,6 +372,11 @@ class Lock:
             "placed_images": [{"ref": p.ref, "roles": list(p.roles)} for p in self.placed_images],
             # Written only when set, so that bundles without it keep their exact bytes.
             **({"deb_baseline": dict(sorted(self.deb_baseline.items()))} if self.deb_baseline else {}),
+            **(
+                {"deb_roles": {r: list(n) for r, n in sorted(self.deb_roles.items())}}
+                if self.deb_roles
+                else {}
+            ),
         }
 
     def to_bytes(self) -> bytes:
@@ -478,6 +534,26 @@ def _deb_baseline(top: _Fields) -> dict[str, str]:
     return dict(raw)
 
 
+def _deb_roles(top: _Fields, debs: list[Deb]) -> dict[str, tuple[str, ...]]:
+    """``deb_roles``: for each node role, requested packages of the lock only its nodes get."""
+    if "deb_roles" not in top.obj:
+        return {}
+    requested = {d.name for d in debs if d.reason == "requested"}
+    out = {}
+    for role, names in top.get("deb_roles", dict).items():
+        if (
+            role not in rkeimages.ROLES
+            or not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n in requested for n in names)
+        ):
+            raise LockError(
+                f"{LOCK_NAME}: deb_roles: {role!r} must be a node role listing requested packages of debs"
+            )
+        out[role] = tuple(names)
+    return out
+
+
 def _base(top: _Fields) -> dict[str, str]:
     """A delta's base: its name and version become a folder name under --workdir, so both are checked."""
     if "base" not in top.obj or top.obj["base"] == {}:
@@ -566,8 +642,17 @@ def _step(f: _Fields) -> Step:
         if not isinstance(member, str) or check_member_path(member) or not member.startswith("files/"):
             raise LockError(f"{LOCK_NAME}: {f.where}.files must list members under files/")
     serial = f.get("serial", bool) if "serial" in f.obj else False
+    when = f.get("when", str) if "when" in f.obj else "after-cluster"
+    if when not in STEP_WHEN:
+        raise LockError(f"{LOCK_NAME}: {f.where}.when {when!r} must be one of {', '.join(STEP_WHEN)}")
+    fixes = f.get("fixes", list) if "fixes" in f.obj else []
+    if when == "before-cluster" and on == "control":
+        raise LockError(f"{LOCK_NAME}: {f.where}.when before-cluster needs a step on nodes")
+    if not all(x in STEP_FIXES for x in fixes) or (fixes and when != "before-cluster"):
+        raise LockError(f"{LOCK_NAME}: {f.where}.fixes must list some of {', '.join(STEP_FIXES)}, "
+                        "on a before-cluster step")  # fmt: skip
     return Step(f.match("name", ITEM_NAME_RE, "step name"), f.path("script"), f.sha("sha256"), on,
-                tuple(nodes), serial, tuple(files))  # fmt: skip
+                tuple(nodes), serial, tuple(files), when, tuple(fixes))  # fmt: skip
 
 
 def _parse(doc: Any) -> Lock:
@@ -707,6 +792,7 @@ def _parse(doc: Any) -> Lock:
         system_images=(),
         placed_images=(),
         deb_baseline=_deb_baseline(top),
+        deb_roles=_deb_roles(top, debs),
     )
     lock = replace(
         lock,

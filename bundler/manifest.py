@@ -39,7 +39,9 @@ from bundler.lock import (
     NAME_RE,
     NODE_NAME_RE,
     REGISTRY_RE,
+    STEP_FIXES,
     STEP_ON,
+    STEP_WHEN,
     check_dest,
     check_member_path,
 )
@@ -124,6 +126,21 @@ class DebsSpec:
     baseline: str = "required"
     baseline_file: Path | None = None
     recommends: bool = False  # add Recommends to the closure, as apt does by default
+    # debs.roles: node role -> packages only the nodes of that role get (``packages``: every node).
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def request_sets(self) -> list[tuple[str, ...]]:
+        """The distinct sets of requests a node can have: ``packages`` alone (a node of none of the
+        roles) and with the packages of each combination of the roles, each set once, in a stable
+        order. Each is resolved on its own, as apt on such a node would."""
+        named = sorted(self.roles)
+        out: list[tuple[str, ...]] = []
+        for mask in range(1 << len(named)):
+            extra = [p for i, role in enumerate(named) if mask >> i & 1 for p in self.roles[role]]
+            requests = tuple(dict.fromkeys([*self.packages, *extra]))
+            if requests not in out:
+                out.append(requests)
+        return out
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,8 @@ class StepSpec:
     nodes: tuple[str, ...] = ()
     serial: bool = False
     files: tuple[str, ...] = ()  # the bundle members under files/ copied to each node first
+    when: str = "after-cluster"  # lock.STEP_WHEN: before-cluster runs in the prepare phase
+    fixes: tuple[str, ...] = ()  # lock.STEP_FIXES: preflight checks it makes pass (before-cluster)
 
 
 @dataclass(frozen=True)
@@ -413,6 +432,24 @@ def _step_on(sec: _Section) -> tuple[str, tuple[str, ...]]:
     raise sec.fail("on", f"{value!r} must be one of {', '.join(STEP_ON)}, or a list of node names")
 
 
+def _step_when(sec: _Section) -> tuple[str, tuple[str, ...]]:
+    """A step's ``when:`` (after-cluster, the default, or before-cluster) and ``fixes:`` (the
+    preflight checks a before-cluster step makes pass, e.g. [swap])."""
+    when = sec.get("when", str, default="after-cluster", required=False)
+    if when not in STEP_WHEN:
+        raise sec.fail("when", f"{when!r} must be one of {', '.join(STEP_WHEN)}")
+    fixes = sec.get("fixes", list, default=[], required=False)
+    if not all(isinstance(x, str) and x in STEP_FIXES for x in fixes) or len(set(fixes)) < len(fixes):
+        raise sec.fail("fixes", f"must list some of {', '.join(STEP_FIXES)}, each once")
+    if fixes and when != "before-cluster":
+        raise sec.fail(
+            "fixes",
+            "goes with when: before-cluster (the preflight only lets a node through that a step "
+            "fixes before the cluster comes up)",
+        )
+    return when, tuple(fixes)
+
+
 def _step_files(sec: _Section, members: list[str]) -> tuple[str, ...]:
     """The bundle members a step's ``files:`` names: each a file or a folder under files/ that the
     manifest's ``files:`` section ships."""
@@ -563,7 +600,13 @@ def load_manifest(path: Path) -> Manifest:
             with problems.each():
                 if isinstance(item, dict) and True in item and "on" not in item:
                     item["on"] = item.pop(True)  # YAML 1.1 reads the key 'on' as the boolean true
-                sec = _Section(item, where, f"steps[{i}]", line, ("name", "script", "on", "serial", "files"))
+                sec = _Section(
+                    item,
+                    where,
+                    f"steps[{i}]",
+                    line,
+                    ("name", "script", "on", "serial", "files", "when", "fixes"),
+                )
                 raw, src = _local_path(sec, "script", base)
                 if not src.is_file():
                     raise sec.fail("script", f"{raw!r} is not a file")
@@ -574,9 +617,15 @@ def load_manifest(path: Path) -> Manifest:
                         "serial" if serial else "files",
                         "goes with a step on nodes (on: all, a role or names)",
                     )
+                when, fixes = _step_when(sec)
+                if when == "before-cluster" and on == "control":
+                    raise sec.fail(
+                        "when",
+                        "before-cluster goes with a step on nodes (on: all, a role or names)",
+                    )
                 steps.append(
                     StepSpec(sec.match("name", ITEM_NAME_RE, "step name"), raw, src, on, nodes, serial,
-                             _step_files(sec, members))
+                             _step_files(sec, members), when, fixes)
                 )  # fmt: skip
                 step_lines.append(line)
         _unique(where, [(s.name, line) for s, line in zip(steps, step_lines)])
@@ -822,7 +871,7 @@ def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) ->
         where,
         "debs",
         top.line,
-        ("sources", "packages", "exclude", "baseline", "recommends"),
+        ("sources", "packages", "exclude", "baseline", "recommends", "roles"),
     )
     sources = []
     before = len(problems.errors)
@@ -839,8 +888,9 @@ def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) ->
         for name in names:
             if not isinstance(name, str) or not PACKAGE_RE.fullmatch(name):
                 raise sec.fail(key, f"{name!r} is not a package name (or name=version)")
-    if not packages:
-        raise sec.fail("packages", "name at least one package")
+    roles = _debs_roles(sec, packages)
+    if not packages and not roles:
+        raise sec.fail("packages", "name at least one package (here or under roles:)")
     baseline = sec.get("baseline", str, default="required", required=False)
     baseline_file = None
     if baseline not in ("required", "none"):
@@ -853,7 +903,31 @@ def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) ->
         _, baseline_file = _local_path(sec, "baseline", base)
         baseline = "file"
     recommends = sec.get("recommends", bool, default=False, required=False)
-    return DebsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline, baseline_file, recommends)
+    return DebsSpec(
+        tuple(sources), tuple(packages), tuple(exclude), baseline, baseline_file, recommends, roles
+    )
+
+
+def _debs_roles(sec: _Section, packages: list[str]) -> dict[str, tuple[str, ...]]:
+    """``debs.roles: {worker: [heartbeat]}``: packages only the nodes of a role get."""
+    raw = sec.get("roles", dict, default={}, required=False)
+    every = {p.partition("=")[0] for p in packages}
+    out = {}
+    for role, names in raw.items():
+        if role not in rkeimages.ROLES:
+            raise sec.fail("roles", f"{role!r} is not a node role ({', '.join(rkeimages.ROLES)})")
+        if not isinstance(names, list) or not names:
+            raise sec.fail("roles", f"{role}: give a list of packages (e.g. {role}: [heartbeat])")
+        for name in names:
+            if not isinstance(name, str) or not PACKAGE_RE.fullmatch(name):
+                raise sec.fail("roles", f"{role}: {name!r} is not a package name (or name=version)")
+            if name.partition("=")[0] in every:
+                raise sec.fail(
+                    "roles",
+                    f"{role}: {name} is in debs.packages already (every node gets those); name it once",
+                )
+        out[str(role)] = tuple(names)
+    return out
 
 
 def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:

@@ -10,6 +10,7 @@ cannot: a real kernel (ip_nonlocal_bind, swap), a running chrony or heartbeat, R
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,13 +35,14 @@ STUBS = {
     '  run) echo "docker $*" >> "$FMP_ROOT/commands"; eval "image=\\${$#}"; echo "$image true" > "$FMP_ROOT/rancher" ;;\n'
     "esac\n",
 }
+# As manifests/fmp-rke.yaml has them: the preparation before the cluster, Rancher after the images.
 STEPS = [
-    ("admin-user", "all"),
-    ("swap-off", "all"),
-    ("hosts", "all"),
-    ("ntp", "all"),
-    ("heartbeat", "worker"),
-    ("rancher", "controlplane"),
+    ("admin-user", "all", "when: before-cluster, "),
+    ("swap-off", "all", "when: before-cluster, fixes: [swap], "),
+    ("hosts", "all", "when: before-cluster, "),
+    ("ntp", "all", "when: before-cluster, "),
+    ("heartbeat", "worker", "when: before-cluster, "),
+    ("rancher", "controlplane", ""),
 ]
 
 
@@ -51,8 +53,8 @@ def prep_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster)
     for script in REPO_SCRIPTS.glob("*.sh"):
         shutil.copy(script, project.root / "scripts" / "fmp" / script.name)
     steps = "".join(
-        f"  - {{name: {name}, script: scripts/fmp/{name}.sh, on: {on}, files: [files/fmp/lib.sh]}}\n"
-        for name, on in STEPS
+        f"  - {{name: {name}, script: scripts/fmp/{name}.sh, on: {on}, {when}files: [files/fmp/lib.sh]}}\n"
+        for name, on, when in STEPS
     )
     manifest = project.write_manifest(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: fmp-prep\nversion: '1.0'\n"
@@ -99,8 +101,24 @@ def test_node_preparation_writes_the_guides_files_and_a_second_run_changes_nothi
 ) -> None:
     site, client, roots = prep_site
     args = ("--ssh-config", str(client.config), "--values", "site.yaml")
+    dry = _install(site, keys, *args, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    planned = [a["key"] for p in json.loads(dry.stdout)["phases"] for a in p["actions"]]
     first = _install(site, keys, *args)
     assert first.returncode == 0, first.stdout + first.stderr
+    # The preparation ran in the prepare phase, after packages and binaries and before the images
+    # and the cluster; Rancher in the steps phase; the journal holds what the dry run planned.
+    phases = [ln[3:] for ln in first.stdout.splitlines() if ln.startswith("== ")]
+    assert phases.index("binaries") < phases.index("prepare") < phases.index("images") < phases.index("steps")
+    journal = json.loads((site / "work" / "state.json").read_text())["done"]
+    assert set(journal) == set(planned)
+    prepared = {k for k in planned if k.startswith("prepare/")}
+    assert prepared == {
+        f"prepare/{n}/{s}"
+        for n in ("cp-1", "worker-1", "worker-2")
+        for s in ("admin-user", "swap-off", "hosts", "ntp")
+    } | {"prepare/worker-1/heartbeat", "prepare/worker-2/heartbeat"}
+    assert {k for k in planned if k.startswith("steps/")} == {"steps/cp-1/rancher"}
     cp, w1, w2 = roots / "cp-1", roots / "worker-1", roots / "worker-2"
     for root in (cp, w1, w2):
         sudoers = root / "etc/sudoers.d/airbundle-fmpadmin"

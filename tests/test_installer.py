@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -587,6 +588,65 @@ def test_packages_install_from_the_bundle_only(
         states = (roots / node.name / "var/lib/apt/extended_states").read_text()
         auto = {s.split("\n")[0].split(": ")[1] for s in states.split("\n\n") if "Auto-Installed: 1" in s}
         assert auto == set(CLOSURE) - {"app", "cyc-a", "libfoo"}
+
+
+def _installed(root: Path) -> dict[str, str]:
+    """name -> version of what dpkg in the private root ``root`` has installed."""
+    listed = subprocess.run(
+        ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f=${Package} ${Version} ${Status}\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {ln.split()[0]: ln.split()[1] for ln in listed.stdout.splitlines() if "installed" in ln}
+
+
+def test_packages_by_role_land_on_their_nodes_only(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster
+) -> None:
+    """debs.roles: app (with its closure) goes to the workers only, cyc-a to every node; the lock,
+    inspect (text and JSON) and the dry run say so, and apt in each node's private root agrees."""
+    from .aptrepo import CLOSURE
+    from .conftest import run_cli
+
+    client, nodes = ssh_cluster
+    tail = "  packages: [cyc-a]\n  roles: {worker: [app]}\n  exclude: [base-files]\n"
+    site = _debs_site(project, apt_repos, keys, tmp_path, cache_dir, nodes, tail)
+    bundle = next(site.glob("*.tar"))
+    lock = json.loads(subprocess.run(["tar", "-xOf", bundle.name, "lock.json"], cwd=site,
+                                     capture_output=True, check=True).stdout)  # fmt: skip
+    assert lock["deb_roles"] == {"worker": ["app"]}
+    assert {d["name"] for d in lock["debs"]} == set(CLOSURE)  # one repository: every role's closure
+
+    text = run_cli("inspect", bundle)
+    assert text.exit_code == 0, text.stderr
+    assert re.search(r"\n\s+app\s+1\.0 .*\(requested\)\s+on worker nodes", text.stdout), text.stdout
+    assert re.search(r"\n\s+cyc-b\s+1\.0 .*\(cyc-a\)\s+on every node\n", text.stdout), text.stdout
+    facts = json.loads(run_cli("inspect", bundle, "--json").stdout)
+    roles = {d["name"]: d["roles"] for d in facts["debs"]}
+    assert roles["app"] == ["worker"] and roles["libfoo"] == ["worker"] and roles["cyc-b"] is None
+    assert facts["deb_roles"] == {"worker": ["app"]}
+
+    roots = _status_roots(tmp_path, nodes, [[("base-files", "12.4", {})]] * len(nodes))
+    base = ("--ssh-config", str(client.config), "--only", "packages", "--apt-root", f"{roots}/{{node}}")
+    dry = _install(site, keys, *base, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    phase = next(p for p in json.loads(dry.stdout)["phases"] if p["name"] == "packages")
+    planned: dict[str, set[str]] = {}
+    for action in phase["actions"]:
+        planned.setdefault(action["node"], set()).add(action["item"])
+    assert planned == {
+        "cp-1": {"cyc-a=1.0"},
+        "worker-1": {"cyc-a=1.0", "app=1.0"},
+        "worker-2": {"cyc-a=1.0", "app=1.0"},
+    }
+    assert not any(_installed(roots / n.name).keys() - {"base-files"} for n in nodes)  # dry: nothing
+
+    run = _install(site, keys, *base)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for node in nodes:
+        want = CLOSURE if node.name.startswith("worker") else {"cyc-a": "1.0", "cyc-b": "1.0"}
+        assert _installed(roots / node.name) == {**want, "base-files": "12.4"}, node.name
 
 
 def test_preflight_refuses_before_anything_changes(

@@ -215,6 +215,13 @@ def test_the_signed_sample_is_valid() -> None:
         # Attack: image names become repository paths on the site registry (/v2/NAME/...).
         (("images", 0, "ref"), "../../v2/x", r"images\[0\]\.ref '../../v2/x'"),
         (("images", 0, "tags"), ["registry:2", "a b"], r"images\[0\]\.tags 'a b'"),
+        # Attack: deb_roles names go to apt-get install on the nodes of a role: only requested
+        # packages of the lock, for node roles.
+        (("deb_roles",), {"worker": ["evil;reboot"]}, "deb_roles: 'worker' must be a node role listing"),
+        (("deb_roles",), {"root": []}, "deb_roles: 'root' must be a node role listing"),
+        # A step's when decides its phase; fixes lets a node through the preflight.
+        (("steps", 0, "when"), "never", r"steps\[0\]\.when 'never' must be one of before-cluster"),
+        (("steps", 0, "fixes"), ["swap"], r"steps\[0\]\.fixes must list some of swap, on a before-cluster"),
     ],
 )
 def test_signed_fields_are_checked_on_the_site(where: tuple, value: str, message: str) -> None:

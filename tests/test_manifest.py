@@ -113,6 +113,45 @@ def _load(project: Project, body: str, head: str = HEAD) -> str:
         ("install:\n  images_mode: pull\n", 7, "install.images_mode: must be one of ssh-load, registry"),
         ("install:\n  registry: http://r:5000\n", 7, "is not HOST:PORT"),
         ("install:\n  mode: registry\n", 7, "unknown key"),
+        (
+            "debs:\n  sources:\n    - url: http://x/\n      suite: s\n      components: [main]\n      trusted: true\n"
+            "  packages: [ab]\n  roles: {master: [b]}\n",
+            13,
+            "'master' is not a node role",
+        ),
+        (
+            "debs:\n  sources:\n    - url: http://x/\n      suite: s\n      components: [main]\n      trusted: true\n"
+            "  packages: [ab]\n  roles: {worker: []}\n",
+            13,
+            "worker: give a list of packages",
+        ),
+        (
+            "debs:\n  sources:\n    - url: http://x/\n      suite: s\n      components: [main]\n      trusted: true\n"
+            "  packages: [ab]\n  roles: {worker: [ab]}\n",
+            13,
+            "ab is in debs.packages already",
+        ),
+        (
+            "debs:\n  sources:\n    - url: http://x/\n      suite: s\n      components: [main]\n      trusted: true\n"
+            "  packages: [ab]\n  roles: {worker: [B!]}\n",
+            13,
+            "'B!' is not a package name",
+        ),
+        (
+            "steps:\n  - {name: a, script: scripts/storage.sh, on: all, when: early}\n",
+            7,
+            "'early' must be one of before-cluster, after-cluster",
+        ),
+        (
+            "steps:\n  - {name: a, script: scripts/storage.sh, on: all, fixes: [swap]}\n",
+            7,
+            "fixes: goes with when: before-cluster",
+        ),
+        (
+            "steps:\n  - {name: a, script: scripts/storage.sh, on: all, when: before-cluster, fixes: [dns]}\n",
+            7,
+            "fixes: must list some of swap",
+        ),
     ],
 )
 def test_bad_manifests_name_file_and_line(project: Project, body: str, line: int, expected: str) -> None:
@@ -273,7 +312,22 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
     (copy / "payloads" / "vendor" / "fmp_k8s" / "fmp_k8s_storage_inst.sh").write_text("echo storage\n")
     (copy / "payloads" / "vendor" / "fmp_v23.12.tgz").write_bytes(b"stand-in archive")
     m = load_manifest(copy / "manifests" / "fmp-rke.yaml")
-    assert [s.name for s in m.steps] == [
+    # The vendor guide's node preparation before the cluster (swap-off lets swap-on nodes through
+    # the preflight), Rancher on the control plane once its image is there, then the vendor's order.
+    prep = [(s.name, s.on, s.when, s.fixes, s.files) for s in m.steps[:6]]
+    lib = ("files/fmp/lib.sh",)
+    assert prep == [
+        ("admin-user", "all", "before-cluster", (), lib),
+        ("swap-off", "all", "before-cluster", ("swap",), lib),
+        ("hosts", "all", "before-cluster", (), lib),
+        ("ntp", "all", "before-cluster", (), lib),
+        ("heartbeat", "worker", "before-cluster", (), lib),
+        ("rancher", "controlplane", "after-cluster", (), lib),
+    ]
+    assert all((copy / s.script).is_file() for s in m.steps)
+    assert m.debs is not None and m.debs.roles == {"worker": ("heartbeat",)}
+    assert [s.on for s in m.steps[6:]] == ["control"] * 7
+    assert [s.name for s in m.steps[6:]] == [
         "create-rbds",
         "storage",
         "set-monitors",
@@ -299,5 +353,5 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
     assert m.cluster.kubernetes_version == KUBERNETES_VERSION and f"/{RKE_VERSION}/" in m.binaries[0].url
     assert 25 <= int(KUBERNETES_VERSION.split(".")[1]) <= 29
     refs = {str(i.ref): i.roles for i in m.images if i.ref is not None}
-    assert refs["docker.io/rancher/rancher:v2.7.9"] == ()
+    assert refs["docker.io/rancher/rancher:v2.7.9"] == ("controlplane",)  # where the rancher step runs
     assert refs["docker.io/rancher/rancher-agent:v2.7.9"] == ("controlplane", "etcd", "worker")

@@ -4,6 +4,8 @@ actions are left on which node in which phase. No node, no file: data in, data o
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import replace
 
 from bundler import oci
 from bundler.installer.inventory import Node
@@ -11,12 +13,15 @@ from bundler.installer.plan import (
     LOCAL,
     PHASES,
     NodeFacts,
+    PhasePlan,
     Plan,
     Route,
+    describe,
     journal_done,
     make_plan,
     render,
 )
+from bundler.installer.preflight import SWAP_ON, swap_problem, swap_verdict
 from bundler.lock import Binary, Deb, Lock, Step
 
 CP = Node("10.0.0.1", "root", ("controlplane", "etcd"), hostname_override="cp-1")
@@ -63,6 +68,10 @@ def _facts(**images: set[oci.Image]) -> dict[str, NodeFacts]:
     return out
 
 
+def _phase(plan: Plan, name: str) -> PhasePlan:
+    return next(p for p in plan.phases if p.name == name)
+
+
 def _keys(plan: Plan) -> set[str]:
     return {a.key for a in plan.actions}
 
@@ -83,14 +92,15 @@ def test_a_fresh_site_gets_every_action_in_phase_order() -> None:
         "preflight": [],  # checks, not actions: what the nodes said
         "packages": [f"packages/{n.name}/docker-ce=5:24.0.7" for n in NODES],  # requested only
         "binaries": [f"binaries/{n.name}//usr/local/bin/rke" for n in NODES],
+        "prepare": [],  # no before-cluster step
         "images": sorted(f"images/{w.name}/{i.config}" for w in (W1, W2) for i in (APP_A, APP_B)),
         "cluster": [f"cluster/{LOCAL}/rke-up"],
         "steps": [f"steps/{LOCAL}/deploy", f"steps/{LOCAL}/prepare"],
     }
     assert [a.item for a in plan.phases[-1].actions] == ["prepare", "deploy"]  # in the lock's order
-    assert [a.what for a in plan.phases[3].of("worker-1")] == ["test/app-a:1", "test/app-b:1"]
+    assert [a.what for a in _phase(plan, "images").of("worker-1")] == ["test/app-a:1", "test/app-b:1"]
     assert "images     worker-1             load test/app-a:1, test/app-b:1" in render(plan)
-    assert not plan.phases[3].of("cp-1")  # the control plane gets no workload
+    assert not _phase(plan, "images").of("cp-1")  # the control plane gets no workload
 
 
 def test_nothing_to_do_after_a_finished_install() -> None:
@@ -153,7 +163,7 @@ def test_an_image_present_under_another_name_is_only_tagged() -> None:
     assert [(a.kind, a.what) for a in images.of("worker-1")] == [("tag", "test/app-a:1"),
                                                                   ("load", "test/app-b:1")]  # fmt: skip
     registry = make_plan(_lock(), NODES, Route("registry", "10.0.0.9:5000"), frozenset(), facts)
-    assert [a.kind for a in registry.phases[3].of("worker-2")] == ["pull", "pull"]
+    assert [a.kind for a in _phase(registry, "images").of("worker-2")] == ["pull", "pull"]
 
 
 def test_preflight_failures_and_a_cluster_rke_cannot_build_refuse_the_plan() -> None:
@@ -176,3 +186,84 @@ def test_only_one_phase() -> None:
     plan = make_plan(_lock(), NODES, Route(), frozenset(), _facts(), phases=("images",))
     assert [p.name for p in plan.phases] == ["images"] and len(plan.actions) == 4
     assert plan.as_dict()["phases"][0]["actions"][0]["key"] == f"images/worker-1/{APP_A.config}"
+
+
+def test_packages_by_role_go_to_the_nodes_of_the_role() -> None:
+    """debs.roles: heartbeat (requested for workers) is in the workers' actions only; its
+    dependency comes with it (apt), and docker-ce goes everywhere."""
+    debs = (
+        *_lock().debs,
+        Deb("heartbeat", "1:3.0.6", "amd64", "debs/h.deb", "1" * 64, 1, "u", "requested"),
+        Deb("libpils2", "1.0", "amd64", "debs/p.deb", "2" * 64, 1, "u", "heartbeat"),
+    )
+    lock = replace(_lock(), debs=debs, deb_roles={"worker": ("heartbeat",)})
+    plan = make_plan(lock, NODES, Route(), frozenset(), _facts())
+    packages = _phase(plan, "packages")
+    assert [a.item for a in packages.of("cp-1")] == ["docker-ce=5:24.0.7"]
+    for worker in ("worker-1", "worker-2"):
+        assert [a.item for a in packages.of(worker)] == ["docker-ce=5:24.0.7", "heartbeat=1:3.0.6"]
+    assert lock.deb_places() == {
+        "docker-ce": (),
+        "libfoo": (),
+        "heartbeat": ("worker",),
+        "libpils2": ("worker",),
+    }
+    assert any(
+        ln.endswith("worker-1             install docker-ce=5:24.0.7, heartbeat=1:3.0.6")
+        for ln in render(plan)
+    )
+    assert any("heartbeat only on worker nodes: worker-1, worker-2" in ln for ln in describe(lock, NODES))
+    no_roles = json.loads(_lock().to_bytes())
+    assert "deb_roles" not in no_roles  # a bundle without debs.roles keeps its lock's bytes
+    assert json.loads(lock.to_bytes())["deb_roles"] == {"worker": ["heartbeat"]}
+
+
+def test_before_cluster_steps_run_after_packages_and_before_images_and_the_cluster() -> None:
+    """``when: before-cluster`` steps form the prepare phase (after packages and binaries, before
+    images and rke up); a finished one is skipped by the journal, the others run after the cluster."""
+    steps = (
+        Step(
+            "swap-off", "scripts/01-swap-off.sh", "1" * 64, on="all", when="before-cluster", fixes=("swap",)
+        ),
+        Step("heartbeat", "scripts/02-heartbeat.sh", "2" * 64, on="worker", when="before-cluster"),
+        Step("deploy", "scripts/03-deploy.sh", "d" * 64),
+    )
+    lock = replace(_lock(), steps=steps)
+    plan = make_plan(lock, NODES, Route(), frozenset(), _facts())
+    names = [p.name for p in plan.phases]
+    assert names.index("packages") < names.index("binaries") < names.index("prepare") < names.index("images")
+    assert names.index("prepare") < names.index("cluster") < names.index("steps")
+    prepare = _phase(plan, "prepare")
+    assert [a.key for a in prepare.of("cp-1")] == ["prepare/cp-1/swap-off"]
+    assert [a.item for a in prepare.of("worker-1")] == ["swap-off", "heartbeat"]
+    assert [a.key for a in _phase(plan, "steps").actions] == [f"steps/{LOCAL}/deploy"]
+    # The order of the actions is the order the real run keeps in its journal.
+    order = [a.key for a in plan.actions]
+    assert order.index("prepare/worker-2/heartbeat") < order.index(f"images/worker-1/{APP_A.config}")
+    assert order.index("prepare/cp-1/swap-off") < order.index(f"cluster/{LOCAL}/rke-up")
+
+    done = journal_done(_journal({"prepare/cp-1/swap-off", "prepare/worker-1/swap-off"}), "app", SHA)
+    again = make_plan(lock, NODES, Route(), done, _facts())
+    assert [a.key for a in _phase(again, "prepare").actions] == [
+        "prepare/worker-2/swap-off",
+        "prepare/worker-1/heartbeat",
+        "prepare/worker-2/heartbeat",
+    ]
+    written = json.loads(lock.to_bytes())["steps"]
+    assert written[0]["when"] == "before-cluster" and written[0]["fixes"] == ["swap"]
+    assert "when" not in written[2] and "fixes" not in written[2]  # an after-cluster step reads as before
+    assert "prepare    before the cluster, in order: swap-off (on all), heartbeat (on worker)" in describe(
+        lock, NODES
+    )
+
+
+def test_swap_on_is_a_warning_only_where_a_before_cluster_step_turns_it_off() -> None:
+    swap_off = Step("swap-off", "scripts/01-swap-off.sh", "1" * 64, on="worker", when="before-cluster",
+                    fixes=("swap",))  # fmt: skip
+    lock = replace(_lock(), steps=(swap_off,))
+    assert swap_verdict("0", lock, W1) == (None, None)
+    problem, warning = swap_verdict("1", lock, W1)
+    assert problem is None and warning and "step swap-off turns it off before the cluster" in warning
+    assert swap_verdict("1", lock, CP) == (SWAP_ON, None)  # the step does not run on cp-1
+    assert swap_verdict("1", _lock(), W1) == (SWAP_ON, None)  # no such step: refused as before
+    assert swap_problem({"swap": ["1"]}) and swap_problem({"swap": ["0"]}) is None

@@ -44,7 +44,7 @@ from bundler.installer.inventory import (
 )
 from bundler.installer.journal import Journal
 from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route
-from bundler.installer.preflight import RKE_PREFLIGHT_SCRIPT, parse_facts, rke_problems
+from bundler.installer.preflight import RKE_PREFLIGHT_SCRIPT, parse_facts, rke_problems, swap_problem
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
 from bundler.installer.steps import run_on_nodes, run_steps
@@ -345,7 +345,7 @@ def _packages_on(
     root = root_pattern.replace("{node}", node.name) if root_pattern else None
     if root:
         repo = root + repo
-    requested = [f"{d.name}={d.version}" for d in lock.debs if d.reason == "requested"]
+    requested = [f"{d.name}={d.version}" for d in lock.debs_for(node.roles)]  # its roles' too
     rke = any(b.name == "rke" for b in lock.binaries) and any(d.name == "docker-ce" for d in lock.debs)
     docker_user = node.user if rke and node.user != "root" else None
     try:
@@ -371,7 +371,8 @@ def _packages_on(
 def packages_phase(
     lock: Lock, bundle_dir: Path, nodes: list[Node], opts: remote.SshOptions, root_pattern: str | None = None
 ) -> list[NodeResult]:
-    """Install the bundle's requested packages on every node with apt, from the bundled repository only."""
+    """Install on every node the requested packages its roles need (``Lock.debs_for``) with apt,
+    from the bundled repository only (which carries every role's closure)."""
     return for_each(nodes, lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern))
 
 
@@ -423,7 +424,8 @@ def _rke_ready(ctx: Context, version: str) -> list[NodeResult]:
         try:
             facts = parse_facts(remote.run(node, ctx.opts, RKE_PREFLIGHT_SCRIPT, timeout=60))
             problems, _ = rke_problems(node, facts, cluster, None)
-            result.error = "; ".join(problems)
+            swap = swap_problem(facts)  # the preflight let it through for a before-cluster step
+            result.error = "; ".join(problems + ([swap] if swap else []))
         except InstallError as exc:
             result.error = str(exc)
         return result
@@ -463,4 +465,7 @@ def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 
 
 # One runner per phase, in the order of PHASES (the plan's builders follow the same order).
-RUNNERS: dict[str, Runner] = dict(zip(PHASES, (_preflight, _packages, _binaries, _images, _cluster, _steps)))
+# ``prepare`` and ``steps`` are one runner: each runs the steps its slice of the plan holds.
+RUNNERS: dict[str, Runner] = dict(
+    zip(PHASES, (_preflight, _packages, _binaries, _steps, _images, _cluster, _steps))
+)

@@ -19,7 +19,11 @@ from bundler import oci
 from bundler.installer.inventory import ClusterOptions, Node
 from bundler.lock import Lock, RoledImage, Step
 
-PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
+# ``prepare`` runs the steps marked ``when: before-cluster`` (the nodes' preparation: users, swap,
+# hosts, NTP, a package's configuration): after packages and binaries, whose tools such steps
+# use, and before the images and the cluster tool, which need the prepared nodes. ``steps`` runs
+# the others once the cluster is up.
+PHASES = ("preflight", "packages", "binaries", "prepare", "images", "cluster", "steps")
 
 
 @dataclass(frozen=True)
@@ -209,11 +213,21 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
     plat = lock.platform
     rke = any(b.name == "rke" for b in lock.binaries)
     every = ", ".join(n.name for n in nodes)
+    after = [s for s in lock.steps if s.when != "before-cluster"]
     lines = [
         f"preflight  on {every}: reachable over SSH, sudo, {plat.get('os')} {plat.get('codename')} "
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
         f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
+        *[
+            f"             {', '.join(names)} only on {role} nodes: "
+            + (", ".join(n.name for n in nodes if n.has(role)) or "no node")
+            for role, names in sorted(lock.deb_roles.items())
+        ],
         f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
+        "prepare    before the cluster, in order: "
+        + (
+            ", ".join(f"{s.name} (on {s.target})" for s in lock.steps if s.when == "before-cluster") or "none"
+        ),
         *_images_lines(lock, nodes, route),
         "cluster    "
         + (
@@ -223,11 +237,8 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
             else "skipped (no rke in the bundle)"
         ),
         "steps      in order: "
-        + (
-            ", ".join(s.name + ("" if s.on == "control" else f" (on {s.target})") for s in lock.steps)
-            or "none"
-        )
-        + (", the others on this node" if any(s.on != "control" for s in lock.steps) else ""),
+        + (", ".join(s.name + ("" if s.on == "control" else f" (on {s.target})") for s in after) or "none")
+        + (", the others on this node" if any(s.on != "control" for s in after) else ""),
     ]
     return lines
 
@@ -398,8 +409,11 @@ def _split(
 def _packages(x: _Inputs) -> PhasePlan:
     if not x.lock.debs:
         return PhasePlan("packages", notes=("no packages in the bundle",))
-    requested = [f"{d.name}={d.version}" for d in x.lock.debs if d.reason == "requested"]
-    return _split(x, "packages", {n.name: [(p, "install", p, None) for p in requested] for n in x.nodes})
+    wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
+    for node in x.nodes:  # every node's requests, and its roles' (``debs.roles``, Lock.debs_for)
+        requested = [f"{d.name}={d.version}" for d in x.lock.debs_for(node.roles)]
+        wanted[node.name] = [(p, "install", p, None) for p in requested]
+    return _split(x, "packages", wanted)
 
 
 def _binaries(x: _Inputs) -> PhasePlan:
@@ -474,39 +488,51 @@ def step_problems(lock: Lock, nodes: list[Node]) -> list[str]:
     ]
 
 
+def _prepare(x: _Inputs) -> PhasePlan:
+    return _step_phase(x, "prepare", "before-cluster")
+
+
 def _steps(x: _Inputs) -> PhasePlan:
+    return _step_phase(x, "steps", "after-cluster")
+
+
+def _step_phase(x: _Inputs, phase: str, when: str) -> PhasePlan:
+    """The steps of ``phase`` (those whose ``when`` is ``when``), each here or on its nodes."""
     notes: list[str] = []
     actions: list[Action] = []
     present: dict[str, list[str]] = {}
     on_nodes: set[str] = set()
     for step in x.lock.steps:
+        if step.when != when:
+            continue
         what = f"{step.name} ({step.script})"
         if step.on == "control":
-            if f"steps/{LOCAL}/{step.name}" in x.done:
+            if f"{phase}/{LOCAL}/{step.name}" in x.done:
                 notes.append(f"step {step.name}: done before, skipped")
             else:
-                actions.append(Action("steps", LOCAL, step.name, "run", what))
+                actions.append(Action(phase, LOCAL, step.name, "run", what))
             continue
         targets = step_nodes(step, x.nodes)
         if not targets:
             notes.append(f"step {step.name}: no node is {step.on}: nothing to run")
         for node in targets:
             on_nodes.add(node.name)
-            if f"steps/{node.name}/{step.name}" in x.done:
+            if f"{phase}/{node.name}/{step.name}" in x.done:
                 present.setdefault(node.name, []).append(step.name)
             else:
-                actions.append(Action("steps", node.name, step.name, "run", what))
+                actions.append(Action(phase, node.name, step.name, "run", what))
     return PhasePlan(
-        "steps",
+        phase,
         tuple(n for n in x.nodes if n.name in on_nodes),
         tuple(actions),
         {k: tuple(v) for k, v in present.items()},
-        notes=tuple(notes) or (() if actions or on_nodes else ("no steps",)),
+        notes=tuple(notes)
+        or (() if actions or on_nodes else ("no steps" if phase == "steps" else f"no {when} steps",)),
     )
 
 
 # One builder per phase, in the order of PHASES (``apply.RUNNERS`` follows the same order).
-_BUILDERS = dict(zip(PHASES, (_preflight, _packages, _binaries, _images, _cluster, _steps)))
+_BUILDERS = dict(zip(PHASES, (_preflight, _packages, _binaries, _prepare, _images, _cluster, _steps)))
 
 
 def make_plan(

@@ -128,6 +128,7 @@ _MERGED_MODULES = {
 _SSHD_FORWARDING = ("allowtcpforwarding", "allowstreamlocalforwarding", "disableforwarding")
 # One SSH call, as the inventory's user, changing nothing; one KEY=VALUE per line.
 RKE_PREFLIGHT_SCRIPT = (
+    'echo "swap=$(swapon --noheadings --show=NAME 2>/dev/null | wc -l)"; '
     'echo "uid=$(id -u)"; echo "groups=$(id -Gn | tr " " ,)"; echo "hostname=$(hostname)"; '
     "if ! command -v docker >/dev/null 2>&1; then echo docker=missing; "
     "elif v=$(docker version --format '{{.Server.Version}}' 2>&1); then echo \"docker=ok $v\"; "
@@ -374,6 +375,33 @@ def _baseline_problems(
     return problems, warnings
 
 
+SWAP_ON = "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
+
+
+def swap_verdict(swaps: str, lock: Lock, node: Node) -> tuple[str | None, str | None]:
+    """The preflight's word on a node's swap (``swaps``: how many swap areas are on): a problem, or,
+    when a before-cluster step of the bundle declares it turns swap off on this node (``fixes:
+    [swap]``), a warning: that step runs before the cluster, and the check runs again just
+    before ``rke up`` (``swap_problem``), so a step that did not do it still stops the install."""
+    if not (swaps.isdigit() and int(swaps) > 0):
+        return None, None
+    step = lock.fixed_before_cluster("swap", node.roles, node.name)
+    if step is None:
+        return SWAP_ON, None
+    return None, f"swap is on; step {step.name} turns it off before the cluster (checked again before rke up)"
+
+
+def swap_problem(facts: dict[str, list[str]]) -> str | None:
+    """Swap still on just before ``rke up`` (``RKE_PREFLIGHT_SCRIPT``'s ``swap`` fact), with the fix."""
+    swaps = _first(facts, "swap", "0")
+    if swaps.isdigit() and int(swaps) > 0:
+        return (
+            "swap is still on after the before-cluster steps (the kubelet refuses to run with swap); "
+            "see the swap step's log, or swapoff -a and remove it from fstab, then run the same command again"
+        )
+    return None
+
+
 def _preflight_on(
     node: Node,
     lock: Lock,
@@ -412,10 +440,9 @@ def _preflight_on(
             problems.append(
                 f"{int(free_kib) // 1024} MiB free under /var/lib, images need {need_kib // 1024} MiB"
             )
-        if swaps.isdigit() and int(swaps) > 0:
-            problems.append(
-                "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
-            )
+        problem, warning = swap_verdict(swaps, lock, node)
+        problems += [problem] if problem else []
+        result.warnings += [warning] if warning else []
         busy = busy_ports(node, listening)
         if busy:
             problems.append(f"ports already in use: {', '.join(busy)}")
@@ -424,8 +451,9 @@ def _preflight_on(
         if cluster is not None:  # the bundle brings the cluster up with rke: what rke needs here
             facts = parse_facts(remote.run(node, opts, RKE_PREFLIGHT_SCRIPT, timeout=60))
             hostnames[node.name] = _first(facts, "hostname")
-            more, result.warnings = rke_problems(node, facts, cluster, bundled_docker_version(lock))
+            more, warnings = rke_problems(node, facts, cluster, bundled_docker_version(lock))
             problems += more
+            result.warnings += warnings
         if lock.deb_baseline:
             root = apt_root.replace("{node}", node.name) if apt_root else None
             more, warnings = _baseline_problems(node, opts, lock.deb_baseline, root)
