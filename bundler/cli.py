@@ -735,7 +735,9 @@ def install(installer_options: tuple[str, ...]) -> None:
     """
     from bundler.installer.main import run
 
-    code = run(list(installer_options), prog="airbundle install")
+    # -q/-v given before the command (airbundle -q install ...) reach the installer too.
+    given = ["--quiet"] * _VERBOSITY["quiet"] + ["--verbose"] * _VERBOSITY["verbose"]
+    code = run([*given, *installer_options], prog="airbundle install")
     if code:
         raise click.exceptions.Exit(code)
 

@@ -91,7 +91,10 @@ done
 umask 077
 work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")  # a fresh folder only root can read
 trap 'rm -rf "$work"' EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C: one line and the shell's code for SIGINT. While the installer runs, it says so itself
+# (and keeps its journal consistent), so this script only exits with it.
+running=0
+trap '[ "$running" = 1 ] || echo "install.sh: interrupted" >&2; exit 130' INT TERM
 
 # --- the operator's keys: every --pubkey file as allowed_signers lines for ssh-keygen, read
 # exactly as OpenSSH reads them (principals, option names in any case, valid-after,
@@ -208,7 +211,9 @@ odd=$(find "$work/b" ! -type d \( ! -type f -o -links +1 \) | head -n 1)
 (cd "$work/b" && sha256sum -c --quiet ../installer.sha256 >"$work/sums.log" 2>&1) \
     || die 4 "$bundle: the installer files do not match lock.json ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); do not install this bundle"
 set +e
+running=1
 python3 -I -S "$work/b/installer/run.py" "$@"
 code=$?
+running=0
 set -e
 exit "$code"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler import oci
-from bundler.installer.inventory import ClusterOptions, Node
+from bundler.installer.inventory import ClusterOptions, Node, role_problems
 from bundler.lock import Lock, RoledImage, Step
 
 PHASES = ("preflight", "packages", "binaries", "images", "cluster", "steps")
@@ -90,6 +90,34 @@ def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
     workers = [n for n in nodes if n.has("worker")]
     if min_workers and len(workers) < min_workers:
         out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({min_workers})")
+    return out
+
+
+def brings_up_cluster(lock: Lock) -> bool:
+    """Whether the bundle brings a cluster up itself (a cluster kind, or its own rke)."""
+    return bool(lock.cluster.get("kind")) or any(b.name == "rke" for b in lock.binaries)
+
+
+def topology_problems(lock: Lock, nodes: list[Node]) -> list[str]:
+    """What in the inventory's topology stops a real install until the operator confirms it:
+    a role the bundle needs that no node has (``inventory.role_problems``), fewer workers than
+    the lock's ``min_workers`` and, when the bundle brings the cluster up, an etcd count that
+    is too small or even (``etcd_quorum``). Shared roles stay a warning (``topology_warnings``)."""
+    cluster = brings_up_cluster(lock)
+    out = role_problems(nodes, cluster)
+    workers = [n for n in nodes if n.has("worker")]
+    if lock.min_workers and len(workers) < lock.min_workers:
+        out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({lock.min_workers})")
+    etcd = [n for n in nodes if n.has("etcd")]
+    if cluster and etcd:
+        quorum, tolerated = etcd_quorum(len(etcd))
+        if len(etcd) < 3:
+            out.append(
+                f"{len(etcd)} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
+                "a fault-tolerant cluster needs at least 3"
+            )
+        elif len(etcd) % 2 == 0:
+            out.append(f"{len(etcd)} etcd nodes (even): tolerates no more failures than {len(etcd) - 1}")
     return out
 
 
