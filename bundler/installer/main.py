@@ -96,7 +96,7 @@ def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
         out.close()
         print(
             "airbundle install: interrupted; what finished is in the journal: run the same command "
-            "again to continue",
+            f"again to continue (logs: {options.workdir / 'logs'})",
             file=sys.stderr,
         )
         return 130
