@@ -770,7 +770,11 @@ def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     trusted = _trusted(pubkeys)
     if out.is_dir():  # -o names a folder, as build's -o does
         out = out / (index.name[: -len(archive.PARTS_SUFFIX)] + ".tar")
-    digest = archive.join_parts(index, trusted, out)
+    bars = _Bars()
+    try:
+        digest = archive.join_parts(index, trusted, out, lambda n, total: bars.advance("joining", n, total))
+    finally:
+        bars.close()
     _note(f"sha256 {digest}")
     click.echo(str(out))
 

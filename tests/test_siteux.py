@@ -8,12 +8,15 @@ nodes (sshd and dockerd each, ``tests/nodes.py``); the terminal cases under a re
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -36,6 +39,8 @@ def _on_terminal(site: Path, argv: list[str], answer: bytes | None, timeout: flo
     """Run ``argv`` in ``site`` with stdin, stdout and stderr on a pseudo-terminal; type ``answer``
     when it asks; (exit code, everything it wrote there)."""
     controller, terminal = pty.openpty()
+    # A terminal of 100 columns: a pty starts at 0x0, where tqdm (join's bar) draws nothing.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     env = {**os.environ, "PATH": SITE_PATH, "TERM": "xterm"}
     proc = subprocess.Popen(argv, cwd=site, env=env, stdin=terminal, stdout=terminal, stderr=terminal)
     os.close(terminal)
