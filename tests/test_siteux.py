@@ -156,6 +156,9 @@ def _interrupt(site: Path, keys: Keys, client, at: str) -> tuple[int, str, str]:
     proc = subprocess.Popen(
         argv, cwd=site, env={**os.environ, "PATH": SITE_PATH}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # As from an operator's shell: SIGINT at its default, even when these tests run in the
+        # background (where sh and python would inherit it ignored, and Ctrl-C would do nothing).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         before = _until(proc, at)

@@ -32,6 +32,9 @@ after stock tools have checked it.
   --workdir DIR      where to unpack [/var/lib/airbundle]
   --dry-run          the go/no-go check: verify, ask every node, show the plan; change nothing;
                      exit as the install would (--offline: ask no node; --json: the plan as JSON)
+  --yes              install although the inventory's topology has problems (too few workers,
+                     an even or too small etcd count, a role nobody has); else a terminal asks
+  -q, -v             errors only / also each node's log (anywhere on the line); logs: WORKDIR/logs
   --resume, --only PHASE, --allow-downgrade, --allow-expired, --ssh-config FILE, --apt-root DIR,
   --images-mode MODE, --registry HOST:PORT, --registry-node NAME and the other --registry-*
   options: see the README, "3. Install" and "Images through a site registry"

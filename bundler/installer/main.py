@@ -211,9 +211,8 @@ def _install(
         f"to {final} ({human(total)} in {time.monotonic() - started:.0f} s)"
         + (f"; installed before: {before}" if installed and before != "nothing" else "")
     )
-    for warning in topology_warnings(nodes, lock.min_workers):
-        if not any(warning in p for p in topology_problems(lock, nodes)):
-            out.line(f"warning: {warning}", err=True, always=True)
+    for warning in _warnings_left(nodes, lock, topology_problems(lock, nodes)):
+        out.line(f"warning: {warning}", err=True, always=True)
     opts = SshOptions(options.ssh_config)
     facts = _facts(options, lock, nodes, route, opts)
     plan = make_plan(lock, nodes, route, journal_done(journal.state, lock.name, decision.lock_sha256),
@@ -353,6 +352,12 @@ def _report(phase: PhasePlan, results: list[NodeResult], out: Progress, logs: Pa
         raise InstallError(message)
 
 
+def _warnings_left(nodes: list[Node], lock: Lock, problems: list[str]) -> list[str]:
+    """The topology warnings that no problem already names (the same subject before its ":")."""
+    subjects = {p.split(":")[0] for p in problems}
+    return [w for w in topology_warnings(nodes, lock.min_workers) if w.split(":")[0] not in subjects]
+
+
 def _node_log(logs: Path, phase: str, node: str, lines: list[str]) -> Path:
     """Append a phase's lines for ``node`` to ``logs/PHASE/NODE.log`` (kept across runs, stamped)."""
     folder = logs / phase
@@ -390,9 +395,8 @@ def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Nod
     for problem in problems:
         anyway = " (--yes: installing anyway)" if options.yes else ""
         print(f"problem: {options.inventory}: {problem}{anyway}", file=out)
-    for warning in topology_warnings(nodes, lock.min_workers):
-        if not any(warning in p for p in problems):
-            print(f"warning: {warning}", file=out)
+    for warning in _warnings_left(nodes, lock, problems):
+        print(f"warning: {warning}", file=out)
     print("the plan:", file=out)
     print("\n".join("  " + line for line in describe(lock, nodes, route)), file=out)
     if Journal.completed(state, lock.name, decision.lock_sha256) and not options.only:

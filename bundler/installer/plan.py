@@ -117,7 +117,11 @@ def topology_problems(lock: Lock, nodes: list[Node]) -> list[str]:
                 "a fault-tolerant cluster needs at least 3"
             )
         elif len(etcd) % 2 == 0:
-            out.append(f"{len(etcd)} etcd nodes (even): tolerates no more failures than {len(etcd) - 1}")
+            less = etcd_quorum(len(etcd) - 1)
+            out.append(
+                f"{len(etcd)} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
+                f"no better than {len(etcd) - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
+            )
     return out
 
 
