@@ -62,24 +62,31 @@ def etcd_quorum(members: int) -> tuple[int, int]:
     return quorum, max(0, members - quorum)
 
 
+def _etcd_count(members: int) -> list[str]:
+    """What is wrong with ``members`` etcd nodes (none: nothing here, a missing role is said
+    elsewhere): fewer than 3, or even, with quorum and tolerated failures."""
+    quorum, tolerated = etcd_quorum(members)
+    if 0 < members < 3:
+        return [
+            f"{members} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
+            "a fault-tolerant cluster needs at least 3"
+        ]
+    if members and members % 2 == 0:
+        less = etcd_quorum(members - 1)
+        return [
+            f"{members} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
+            f"no better than {members - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
+        ]
+    return []
+
+
 def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
     """What the cluster documents warn about: etcd count, shared roles, too few workers."""
     out = []
     etcd = [n for n in nodes if n.has("etcd")]
-    quorum, tolerated = etcd_quorum(len(etcd))
     if not etcd:
         out.append("no node has the etcd role: rke cannot build a cluster")
-    elif len(etcd) < 3:
-        out.append(
-            f"{len(etcd)} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
-            "a fault-tolerant cluster needs at least 3"
-        )
-    elif len(etcd) % 2 == 0:
-        less = etcd_quorum(len(etcd) - 1)
-        out.append(
-            f"{len(etcd)} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
-            f"no better than {len(etcd) - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
-        )
+    out += _etcd_count(len(etcd))
     if not any(n.has("controlplane") for n in nodes):
         out.append("no node has the controlplane role: rke cannot build a cluster")
     shared = [n.name for n in nodes if n.has("controlplane") and n.has("worker")]
@@ -108,20 +115,8 @@ def topology_problems(lock: Lock, nodes: list[Node]) -> list[str]:
     workers = [n for n in nodes if n.has("worker")]
     if lock.min_workers and len(workers) < lock.min_workers:
         out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({lock.min_workers})")
-    etcd = [n for n in nodes if n.has("etcd")]
-    if cluster and etcd:
-        quorum, tolerated = etcd_quorum(len(etcd))
-        if len(etcd) < 3:
-            out.append(
-                f"{len(etcd)} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
-                "a fault-tolerant cluster needs at least 3"
-            )
-        elif len(etcd) % 2 == 0:
-            less = etcd_quorum(len(etcd) - 1)
-            out.append(
-                f"{len(etcd)} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
-                f"no better than {len(etcd) - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
-            )
+    if cluster:
+        out += _etcd_count(sum(1 for n in nodes if n.has("etcd")))
     return out
 
 
