@@ -1312,10 +1312,15 @@ def _atomic(path: Path, data: bytes) -> None:
         _write_all(fd, data)
 
 
-def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
+def join_parts(
+    index: Path,
+    trusted: list[signing.PublicKey],
+    out: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> str:
     """Write the whole bundle from its checked parts to ``out`` (temp, fsync, rename); its SHA-256.
 
-    The parts are never modified or removed.
+    The parts are never modified or removed. ``progress(n, total)`` is told each chunk written.
 
     Raises:
         SignatureError, IntegrityError: as ``load_parts``, or the joined bytes differ from
@@ -1327,6 +1332,7 @@ def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
         raise InputError(f"-o {out}: that is {index.name} or one of its files; write the bundle elsewhere")
     digest = hashlib.sha256()
     buf = memoryview(bytearray(CHUNK))
+    total = sum(p.size for p in parts)
     with atomic_output(out) as fd:
         for part in parts:
             with open(index.parent / part.name, "rb", buffering=0) as f:
@@ -1336,6 +1342,8 @@ def join_parts(index: Path, trusted: list[signing.PublicKey], out: Path) -> str:
                         break
                     digest.update(buf[:n])
                     _write_all(fd, buf[:n])
+                    if progress:
+                        progress(n, total)
         if digest.hexdigest() != whole:
             raise IntegrityError(f"{index.name}: the joined parts hash to {digest.hexdigest()}, not {whole}")
     return whole

@@ -106,6 +106,7 @@ INSTALLER_FILES = {
     "installer/bundler/rkeimages.py": "rkeimages.py",
     "installer/bundler/installer/__init__.py": "installer/__init__.py",
     "installer/bundler/installer/main.py": "installer/main.py",
+    "installer/bundler/installer/progress.py": "installer/progress.py",
     "installer/bundler/installer/inventory.py": "installer/inventory.py",
     "installer/bundler/installer/journal.py": "installer/journal.py",
     "installer/bundler/installer/plan.py": "installer/plan.py",

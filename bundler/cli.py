@@ -749,7 +749,9 @@ def install(installer_options: tuple[str, ...]) -> None:
     """
     from bundler.installer.main import run
 
-    code = run(list(installer_options), prog="airbundle install")
+    # -q/-v given before the command (airbundle -q install ...) reach the installer too.
+    given = ["--quiet"] * _VERBOSITY["quiet"] + ["--verbose"] * _VERBOSITY["verbose"]
+    code = run([*given, *installer_options], prog="airbundle install")
     if code:
         raise click.exceptions.Exit(code)
 
@@ -782,7 +784,11 @@ def join(parts: Path, pubkeys: tuple[Path, ...], out: Path) -> None:
     trusted = _trusted(pubkeys)
     if out.is_dir():  # -o names a folder, as build's -o does
         out = out / (index.name[: -len(archive.PARTS_SUFFIX)] + ".tar")
-    digest = archive.join_parts(index, trusted, out)
+    bars = _Bars()
+    try:
+        digest = archive.join_parts(index, trusted, out, lambda n, total: bars.advance("joining", n, total))
+    finally:
+        bars.close()
     _note(f"sha256 {digest}")
     click.echo(str(out))
 

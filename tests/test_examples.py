@@ -175,3 +175,43 @@ def test_links_resolve_inside_the_repository(doc: str) -> None:
         if anchor:
             headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.M)
             assert anchor in {_slug(h) for h in headings}, f"{doc}: no heading for #{anchor}"
+
+
+def install_examples(prog: str) -> list[list[str]]:
+    """The installer's help examples (``sh install.sh --help`` or ``airbundle install --help``) as
+    argument lists for its parser: continuation lines joined, comments and the leading
+    ``VAR=...`` assignment left out, the command itself (``sh install.sh``, ``airbundle install``) cut."""
+    import shlex
+
+    from bundler.installer.options import parser
+
+    text = parser(prog).format_help()
+    block = text.split("Examples:\n", 1)[1].split("\n\n--dry-run", 1)[0]
+    joined = re.sub(r"\\\n\s*", " ", block)
+    out = []
+    for line in joined.splitlines():
+        words = shlex.split(line, comments=True)
+        while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
+            words.pop(0)
+        if words:
+            cut = 2  # "sh install.sh" or "airbundle install"
+            assert " ".join(words[:cut]) == prog.replace("install.sh", "sh install.sh"), line
+            out.append(words[cut:])
+    return out
+
+
+@pytest.mark.parametrize("prog", ["install.sh", "airbundle install"])
+def test_install_examples_parse_and_name_the_bundle_build_writes(prog: str) -> None:
+    """What can be checked of the installer's examples without a site: each is valid input to its
+    one parser (as written), and names the bundle the build examples write (fmp-rke-23.12.1.tar).
+    Running them needs reachable nodes through the operator's ~/.ssh/config and the default work
+    folder (/var/lib/airbundle); tests/test_installer.py plays the same commands with --ssh-config
+    and --workdir against loopback nodes."""
+    from bundler.installer.options import parse
+
+    examples = install_examples(prog)
+    assert len(examples) == 4
+    for argv in examples:
+        options = parse(argv, prog)
+        assert options.bundle == Path("fmp-rke-23.12.1.tar") and options.inventory == Path("cluster.yml")
+    assert any("dist/fmp-rke-23.12.1.tar" in e or "fmp-rke-23.12.1.tar" in e for e in help_examples("build"))

@@ -165,7 +165,7 @@ def test_node_preparation_writes_the_guides_files_and_a_second_run_changes_nothi
     ]
     assert not any(c.startswith("docker") for c in commands["worker-1"])
     # The secret reaches the node's file, never a log or the screen.
-    logs = "".join(p.read_text() for p in (site / "work" / "logs").iterdir())
+    logs = "".join(p.read_text() for p in (site / "work" / "logs").rglob("*") if p.is_file())
     assert SECRET not in logs + first.stdout + first.stderr
 
     before = _tree(roots)

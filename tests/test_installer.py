@@ -83,7 +83,12 @@ def test_install_sh_verifies_and_unpacks_with_stock_tools(built: Path, keys: Key
     again = _install(site, keys)  # unpacking again replaces the folder whole
     assert again.returncode == 6 and (unpacked / "bin" / "rke").is_file()
     assert not stale.exists() and f"removing {stale}, left by an interrupted unpack" in again.stdout
-    assert sorted(p.name for p in (site / "work").iterdir()) == ["demo-1.0.0", "state.json", "state.lock"]
+    assert sorted(p.name for p in (site / "work").iterdir()) == [
+        "demo-1.0.0",
+        "logs",
+        "state.json",
+        "state.lock",
+    ]
 
 
 def test_install_sh_refuses_another_key(built: Path, other_keys: Keys, tmp_path: Path) -> None:
@@ -406,8 +411,10 @@ def full_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, source_engin
     return site, client, nodes, dest, out_file
 
 
-def _full(site: Path, keys: Keys, client, *extra: str) -> subprocess.CompletedProcess[str]:
-    return _install(site, keys, "--ssh-config", str(client.config), "--values", "site.yaml", *extra)
+def _full(site: Path, keys: Keys, client, *extra: str, yes: bool = True) -> subprocess.CompletedProcess[str]:
+    """Install ``full_site``; its one etcd node is a topology problem, confirmed with --yes unless not ``yes``."""
+    confirm = ("--yes",) if yes else ()
+    return _install(site, keys, "--ssh-config", str(client.config), "--values", "site.yaml", *confirm, *extra)
 
 
 def test_whole_install_then_resume_after_a_failed_step(full_site, keys: Keys, source_engine) -> None:
@@ -490,6 +497,9 @@ def test_dry_run_is_the_plan_the_install_then_follows(full_site, keys: Keys) -> 
     assert _journal_keys(site) == plan - {"steps/local/monitors", "steps/local/deploy"}
     rest = _full(site, keys, client, "--dry-run", "--json")
     assert rest.returncode == 0, rest.stderr
+    # The journal says the install stopped halfway: never "installed now: 2.0".
+    assert "installed now: 2.0 partly, not complete (failed: " in rest.stderr and "monitors" in rest.stderr
+    assert "no complete install before it" in rest.stderr
     assert _plan_keys(rest) == {"steps/local/monitors", "steps/local/deploy"}  # the nodes have the rest
 
     (site / "site.yaml").write_text(f"OUT_FILE: {out_file}\nCEPH_MONITORS: 10.0.0.1\n")
@@ -498,6 +508,7 @@ def test_dry_run_is_the_plan_the_install_then_follows(full_site, keys: Keys) -> 
     assert _journal_keys(site) == plan
     finished = _full(site, keys, client, "--dry-run")
     assert finished.returncode == 0 and "already installed; nothing to do" in finished.stdout
+    assert "installed now: 2.0 (complete)" in finished.stdout
 
 
 def test_install_sh_never_hands_on_a_bundle_it_did_not_check(built: Path, keys: Keys, tmp_path: Path) -> None:
@@ -676,7 +687,8 @@ def test_preflight_refuses_before_anything_changes(
         and "2380" not in run.stdout.split("worker-1")[1].splitlines()[0]
     )
     assert "preflight: failed on cp-1, worker-1, worker-2" in run.stderr
-    assert not (site / "work" / "logs").exists()  # no step ran
+    assert [p.name for p in (site / "work" / "logs").iterdir()] == ["preflight"]  # no step ran
+    assert "FAILED: OS codename bookworm" in (site / "work" / "logs" / "preflight" / "cp-1.log").read_text()
 
 
 def test_busy_ports_by_role() -> None:

@@ -47,6 +47,7 @@ RANK: dict[str, float] = {
     "bundler.installer.siteregistry": 6,
     "bundler.installer.apply": 6.5,
     "bundler.installer.options": 6.5,
+    "bundler.installer.progress": 3,
     "bundler.installer.main": 7,
     "bundler.installer.run": 8,
 }
@@ -62,7 +63,14 @@ OWNERS = {
     "cyclonedx": {"bundler.sbom"},
     "packageurl": {"bundler.sbom"},
 }
-CLIS = {"bundler.cli", "bundler.__main__", "bundler.installer.main", "bundler.installer.run"}
+# progress is the installer CLI's own printer (only main makes one; it writes, never exits).
+CLIS = {
+    "bundler.cli",
+    "bundler.__main__",
+    "bundler.installer.main",
+    "bundler.installer.run",
+    "bundler.installer.progress",
+}
 SITE_FORBIDDEN = {"bundler.manifest", "bundler.cache", "bundler.fetch", "bundler.build", "bundler.cli"}
 
 

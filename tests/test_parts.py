@@ -160,3 +160,19 @@ def test_join_never_writes_over_its_parts(split: tuple[Path, Path], keys: Keys) 
         result = run_cli("join", index, "--pubkey", keys.pub_path, "-o", target)
         assert result.exit_code == 2 and "write the bundle elsewhere" in result.stderr
     assert first.read_bytes() == before
+
+
+def test_join_shows_its_progress_on_a_terminal(split: tuple[Path, Path], keys: Keys, tmp_path: Path) -> None:
+    """``join`` of a large bundle used to be silent: on a terminal it draws a "joining" bar (bytes
+    of total); in a pipe it draws none."""
+    from .conftest import AIRBUNDLE
+    from .test_siteux import _on_terminal
+
+    index, built = split
+    argv = [AIRBUNDLE, "join", str(index), "--pubkey", str(keys.pub_path), "-o", str(tmp_path / "j.tar")]
+    code, said = _on_terminal(tmp_path, argv, None)
+    assert code == 0, said
+    assert "joining" in said and "B/" in said  # tqdm's bar: bytes done of total
+    assert (tmp_path / "j.tar").read_bytes() == built.read_bytes()
+    piped = run_cli("join", index, "--pubkey", keys.pub_path, "-o", tmp_path / "k.tar")
+    assert piped.exit_code == 0 and "joining" not in piped.stderr

@@ -267,3 +267,34 @@ def test_swap_on_is_a_warning_only_where_a_before_cluster_step_turns_it_off() ->
     assert swap_verdict("1", lock, CP) == (SWAP_ON, None)  # the step does not run on cp-1
     assert swap_verdict("1", _lock(), W1) == (SWAP_ON, None)  # no such step: refused as before
     assert swap_problem({"swap": ["1"]}) and swap_problem({"swap": ["0"]}) is None
+
+
+def test_topology_problems_are_what_stops_an_install_until_confirmed() -> None:
+    """Roles nobody has, too few workers, an etcd count too small or even (when the bundle brings
+    the cluster up) are problems; shared roles stay a warning, and no warning repeats a problem."""
+    from dataclasses import replace
+
+    from bundler.installer.main import _warnings_left
+    from bundler.installer.plan import topology_problems
+
+    lock = _lock()
+    etcd = [
+        Node(f"10.0.1.{i}", "root", ("controlplane", "etcd"), hostname_override=f"cp-{i}") for i in range(4)
+    ]
+    assert topology_problems(lock, [*etcd[:3], W1, W2]) == []
+    assert topology_problems(lock, NODES) == [
+        "1 etcd node(s): quorum 1, tolerates 0 failure(s); a fault-tolerant cluster needs at least 3"
+    ]
+    even = topology_problems(lock, [*etcd, W1])
+    assert len(even) == 1 and "4 etcd nodes (even)" in even[0] and "use an odd number" in even[0]
+    assert _warnings_left([*etcd, W1], lock, even) == []  # said once, as the problem
+    assert topology_problems(replace(lock, min_workers=3), [*etcd[:3], W1, W2]) == [
+        "2 worker(s), fewer than the bundle's min_workers (3)"
+    ]
+    assert topology_problems(lock, etcd[:3]) == ["no node has the worker role"]
+    plain = replace(lock, binaries=())  # no cluster of its own: etcd is none of its business
+    assert topology_problems(plain, NODES) == [] and topology_problems(plain, [CP]) == [
+        "no node has the worker role"
+    ]
+    shared = Node("10.0.0.9", "root", ("controlplane", "etcd", "worker"), hostname_override="all-in-one")
+    assert any("share all-in-one" in w for w in _warnings_left([*etcd[:2], shared], lock, []))

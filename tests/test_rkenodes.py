@@ -148,7 +148,7 @@ def rke_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster, 
 
 def test_system_images_reach_every_node_by_role(rke_site, keys: Keys) -> None:
     site, client, nodes, pushed = rke_site
-    first = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+    first = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
     assert first.returncode == 0, first.stdout + first.stderr
     workers = {r for r, roles in CANAL_ROLES.items() if "worker" in roles}
     control = {r for r, roles in CANAL_ROLES.items() if {"controlplane", "etcd"} & set(roles)}
@@ -160,7 +160,7 @@ def test_system_images_reach_every_node_by_role(rke_site, keys: Keys) -> None:
         for ref in want[node.name]:  # each under its familiar name, with the locked ID
             assert engine.images.get(ref.removeprefix("docker.io/")).id == pushed[ref].config
         assert f"{node.name:<20} ok: {len(want[node.name])} loaded, 0 already present, " in first.stdout
-    again = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+    again = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
     assert again.returncode == 0, again.stdout + again.stderr
     for node in nodes:
         assert f"{node.name:<20} ok: 0 loaded, {len(want[node.name])} already present\n" in again.stdout
@@ -171,7 +171,7 @@ def test_a_cluster_yml_with_another_kubernetes_version_is_refused(rke_site, keys
     site, client, nodes, _ = rke_site
     inventory = site / "cluster.yml"
     inventory.write_text(inventory.read_text() + "kubernetes_version: v1.27.16-rancher1-1\n")
-    run = _install(site, keys, "--ssh-config", str(client.config))
+    run = _install(site, keys, "--yes", "--ssh-config", str(client.config))
     assert run.returncode == 6, run.stdout + run.stderr
     assert "v1.27.16-rancher1-1" in run.stderr and KUBERNETES_VERSION in run.stderr
     assert "system images" in run.stderr
@@ -224,7 +224,7 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
     roles = {"cp-1": "[controlplane, etcd]", "worker-1": "[worker]", "worker-2": "[worker]"}
     (site / "cluster.yml").write_text(rke_cluster_yml(nodes, roles, client.key))
     try:
-        images = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+        images = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
         assert images.returncode == 0, images.stdout + images.stderr
         lock = _bundle_lock(site)
         for node in nodes:
@@ -247,7 +247,7 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
                 f"{nodes[1].address}, port: 2222, user: abnodock",
             )
         )
-        early = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
+        early = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config),
                          env={"HOME": str(site)})  # fmt: skip
         assert early.returncode == 6, early.stdout + early.stderr
         assert "abnodock cannot use Docker without sudo" in early.stdout and "worker-1" in early.stdout
@@ -255,12 +255,12 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
         # rke drops a node it cannot tunnel to (here: worker-2's Docker socket is not where cluster.yml
         # says) and exits 0; the installer reads its warning and fails, naming the node.
         (site / "cluster.yml").write_text(good.replace(str(nodes[2].engine.sock), "/nonexistent/docker.sock"))
-        short = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
+        short = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config),
                          env={"HOME": str(site)})  # fmt: skip
         assert short.returncode == 6, short.stdout + short.stderr
         assert f"cluster: rke up left out {nodes[2].address} (it could not reach Docker there" in short.stderr
         (site / "cluster.yml").write_text(good)
-        up = _install(site, keys, "--only", "cluster", "--ssh-config", str(client.config),
+        up = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config),
                       env={"HOME": str(site)})  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
         copy = (site / "work/cluster.yml").read_text()
@@ -270,7 +270,7 @@ def test_the_cluster_phase_brings_the_cluster_up_from_the_bundles_images(
         running = {n.name: {c.name for c in n.engine.client.containers.list()} for n in nodes}
         assert {"etcd", "kube-apiserver", "kubelet"} <= running["cp-1"]
         assert {"nginx-proxy", "kubelet", "kube-proxy"} <= running["worker-1"]
-        again = _install(site, keys, "--only", "images", "--ssh-config", str(client.config))
+        again = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
         assert again.returncode == 0, again.stdout + again.stderr
         for node in nodes:  # a re-run sends nothing
             assert f"{node.name:<20} ok: 0 loaded, " in again.stdout, node.name
@@ -290,7 +290,7 @@ def test_system_images_reach_every_node_through_the_site_registry(rke_site, keys
     registry = Registry("open")
     try:
         args = ("--only", "images", "--ssh-config", str(client.config), "--registry", registry.host)
-        first = _install(site, keys, *args)
+        first = _install(site, keys, "--yes", *args)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "loaded" not in first.stdout  # pulled from the registry, not streamed over SSH
         workers = {r for r, roles in CANAL_ROLES.items() if "worker" in roles}
@@ -300,7 +300,7 @@ def test_system_images_reach_every_node_through_the_site_registry(rke_site, keys
             ids = {i.id for i in node.engine.client.images.list()}
             assert ids == {pushed[r].config for r in want[node.name]}, node.name
             assert f"{node.name:<20} ok: {len(want[node.name])} pulled" in first.stdout
-        again = _install(site, keys, *args)
+        again = _install(site, keys, "--yes", *args)
         assert again.returncode == 0, again.stdout + again.stderr
         assert ": 0 blobs sent (0 bytes)" in again.stdout
     finally:

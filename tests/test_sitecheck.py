@@ -169,7 +169,7 @@ def test_install_sh_installs_from_its_checked_copies(built: Path, keys: Keys, tm
     for pubkey in (site.signers.name, str(keys.pub_path)):
         run = subprocess.run(
             ["sh", str(INSTALL_SH), "--bundle", site.bundle.name, "--pubkey", pubkey, "--inventory",
-             "cluster.yml", "--workdir", "work", "--dry-run", "--offline"],
+             "cluster.yml", "--workdir", "work", "--dry-run", "--offline", "--yes"],
             cwd=site.root, env=site.env(), capture_output=True, text=True,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
@@ -344,7 +344,7 @@ def _parts_install(index: Path, keys: Keys, tmp_path: Path) -> subprocess.Comple
     )
     return subprocess.run(
         ["sh", str(INSTALL_SH), "--bundle", index.name, "--pubkey", str(keys.pub_path),
-         "--inventory", "cluster.yml", "--workdir", "work", "--dry-run", "--offline"],
+         "--inventory", "cluster.yml", "--workdir", "work", "--dry-run", "--offline", "--yes"],
         cwd=index.parent, capture_output=True, text=True,
         env={"PATH": SITE_PATH, "HOME": str(tmp_path), "TMPDIR": str(tmp_path / "tmp")},
     )  # fmt: skip

@@ -220,7 +220,15 @@ def test_the_cluster_phase_gives_rke_the_registry(full_site, keys: Keys) -> None
 
     site, client, _, _, _ = full_site
     env = {"AIRBUNDLE_REGISTRY_PASSWORD": "s3cret"}
-    args = ("--ssh-config", str(client.config), "--only", "cluster", "--registry", "10.254.73.9:5443")
+    args = (
+        "--yes",
+        "--ssh-config",
+        str(client.config),
+        "--only",
+        "cluster",
+        "--registry",
+        "10.254.73.9:5443",
+    )
     plan = _install(site, keys, *args, "--registry-user", "puller", "--dry-run", env=env)
     assert "with private_registries: 10.254.73.9:5443 (default)" in plan.stdout
     done = _install(site, keys, *args, "--registry-user", "puller", env=env)

@@ -68,6 +68,8 @@ class Context:
     private: Path  # a folder only this installer can write: checked copies of what runs here
     echo: Callable[[str], None]
     apt_root: str | None = None
+    # (phase, node, bytes done, bytes total) for the CLI's bars; nothing by default.
+    progress: Callable[[str, str, int, int], None] = lambda phase, node, done, total: None
 
 
 Runner = Callable[[Context, PhasePlan], "list[NodeResult]"]  # a string: list[...] is 3.9+ at runtime
@@ -128,7 +130,10 @@ def _load_on(node: Node, phase: PhasePlan, by_id: dict[str, oci.Image], ctx: Con
         wanted = [by_id[a.item] for a in actions if a.kind == "load"]
         loaded: list[oci.Image] = []
         if wanted:
-            loaded, result.sent = load_missing(node, wanted, ctx.bundle_dir / "images", ctx.opts)
+            loaded, result.sent = load_missing(
+                node, wanted, ctx.bundle_dir / "images", ctx.opts,
+                lambda sent, total: ctx.progress("images", node.name, sent, total),
+            )  # fmt: skip
         for action in actions:
             ensure_tags(node, ctx.opts, by_id[action.item])
         result.done = [t for i in loaded for t in i.tags]

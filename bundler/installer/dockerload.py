@@ -13,28 +13,41 @@ import json
 import shlex
 import tarfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from bundler import oci
 from bundler.installer import remote
 from bundler.installer.inventory import Node
 
 
-class _Counter:
-    """A write-only file that counts what passes through it to ``out``."""
+def _no_progress(_sent: int) -> None:
+    pass
 
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out, self.count = out, 0
+
+class _Counter:
+    """A write-only file that counts what passes through it to ``out``, telling ``progress``."""
+
+    def __init__(self, out: IO[bytes], progress: Callable[[int], None] = _no_progress) -> None:
+        self.out, self.count, self.progress = out, 0, progress
 
     def write(self, data: bytes) -> int:
         self.count += len(data)
+        self.progress(self.count)
         return self.out.write(data)
 
 
-def docker_load_tar(images: list[oci.Image], images_dir: Path, out: IO[bytes]) -> int:
+def blobs_size(images: list[oci.Image], images_dir: Path) -> int:
+    """The bytes of ``images``' blobs, each once: what ``docker_load_tar`` sends, headers aside."""
+    digests = {d for i in images for d in [i.config, *(la.digest for la in i.layers)]}
+    return sum((images_dir / oci.blob_path(d)).stat().st_size for d in digests)
+
+
+def docker_load_tar(
+    images: list[oci.Image], images_dir: Path, out: IO[bytes], progress: Callable[[int], None] = _no_progress
+) -> int:
     """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``;
-    returns the bytes written."""
-    counter = _Counter(out)
+    returns the bytes written (``progress`` is told the running count)."""
+    counter = _Counter(out, progress)
     manifest = json.dumps(
         [
             {
@@ -66,17 +79,25 @@ def present_ids(node: Node, opts: remote.SshOptions) -> set[str]:
 
 
 def load_missing(
-    node: Node, images: list[oci.Image], images_dir: Path, opts: remote.SshOptions
+    node: Node,
+    images: list[oci.Image],
+    images_dir: Path,
+    opts: remote.SshOptions,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[oci.Image], int]:
-    """``docker load`` on ``node`` those of ``images`` its engine lacks; (those loaded, bytes sent)."""
+    """``docker load`` on ``node`` those of ``images`` its engine lacks; (those loaded, bytes sent).
+
+    ``progress(sent, total)`` follows the stream (total: the blobs' bytes, each once)."""
     present = present_ids(node, opts)
     missing = [i for i in images if i.config not in present]
     sent = 0
     if missing:
+        total = blobs_size(missing, images_dir)
+        tell = (lambda n: progress(n, total)) if progress else _no_progress
 
         def send(out: IO[bytes]) -> None:
             nonlocal sent
-            sent = docker_load_tar(missing, images_dir, out)
+            sent = docker_load_tar(missing, images_dir, out, tell)
 
         remote.stream(node, opts, "docker load --quiet", send)
     return missing, sent

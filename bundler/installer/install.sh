@@ -32,6 +32,9 @@ after stock tools have checked it.
   --workdir DIR      where to unpack [/var/lib/airbundle]
   --dry-run          the go/no-go check: verify, ask every node, show the plan; change nothing;
                      exit as the install would (--offline: ask no node; --json: the plan as JSON)
+  --yes              install although the inventory's topology has problems (too few workers,
+                     an even or too small etcd count, a role nobody has); else a terminal asks
+  -q, -v             errors only / also each node's log (anywhere on the line); logs: WORKDIR/logs
   --resume, --only PHASE, --allow-downgrade, --allow-expired, --ssh-config FILE, --apt-root DIR,
   --images-mode MODE, --registry HOST:PORT, --registry-node NAME and the other --registry-*
   options: see the README, "3. Install" and "Images through a site registry"
@@ -91,7 +94,10 @@ done
 umask 077
 work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")  # a fresh folder only root can read
 trap 'rm -rf "$work"' EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C: one line and the shell's code for SIGINT. While the installer runs, it says so itself
+# (and keeps its journal consistent), so this script only exits with it.
+running=0
+trap '[ "$running" = 1 ] || echo "install.sh: interrupted" >&2; exit 130' INT TERM
 
 # --- the operator's keys: every --pubkey file as allowed_signers lines for ssh-keygen, read
 # exactly as OpenSSH reads them (principals, option names in any case, valid-after,
@@ -208,7 +214,9 @@ odd=$(find "$work/b" ! -type d \( ! -type f -o -links +1 \) | head -n 1)
 (cd "$work/b" && sha256sum -c --quiet ../installer.sha256 >"$work/sums.log" 2>&1) \
     || die 4 "$bundle: the installer files do not match lock.json ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); do not install this bundle"
 set +e
+running=1
 python3 -I -S "$work/b/installer/run.py" "$@"
 code=$?
+running=0
 set -e
 exit "$code"

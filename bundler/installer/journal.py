@@ -91,13 +91,48 @@ class Journal:
         os.replace(tmp, self.path)
 
     def begin(self, name: str, version: str, lock_sha256: str) -> None:
-        """Start (or continue) installing this bundle; work done for another bundle is forgotten."""
+        """Start (or continue) installing this bundle; work done for another bundle is forgotten.
+
+        Its entry says ``partial`` until ``complete`` (or ``failed``/``interrupted``), and keeps the
+        last version that did complete (``last_complete``), so that reports never call a bundle
+        whose install stopped halfway "installed"."""
         current = self.state["installed"].get(name, {})
         if current.get("lock_sha256") != lock_sha256:
             self.state["done"] = {}
         complete = bool(current.get("complete")) and current.get("lock_sha256") == lock_sha256
-        self.state["installed"][name] = {"version": version, "lock_sha256": lock_sha256, "complete": complete}
+        last = current.get("version") if current.get("complete") else current.get("last_complete")
+        entry = {"version": version, "lock_sha256": lock_sha256, "complete": complete,
+                 "status": "complete" if complete else "partial"}  # fmt: skip
+        if last:
+            entry["last_complete"] = last
+        self.state["installed"][name] = entry
         self.save()
+
+    def stopped(self, name: str, status: str, reason: str) -> None:
+        """The install of ``name`` stopped: ``failed`` (with the error) or ``interrupted``. A complete
+        entry stays complete (a re-run of one phase that failed does not undo the install)."""
+        entry = self.state["installed"].get(name)
+        if not isinstance(entry, dict) or entry.get("complete"):
+            return
+        entry.update(status=status, reason=reason)
+        self.save()
+
+    @staticmethod
+    def status(state: dict[str, Any], name: str) -> str:
+        """What the journal says of ``name``, for reports: ``nothing``, ``1.0.2 (complete)``, or
+        ``1.0.2 partly (failed: ...); 1.0.1 was the last complete``."""
+        entry = state["installed"].get(name)
+        if not isinstance(entry, dict) or not entry.get("version"):
+            return "nothing"
+        version = entry["version"]
+        if entry.get("complete"):
+            return f"{version} (complete)"
+        how = entry.get("status") or "partial"
+        reason = f": {entry['reason']}" if entry.get("reason") else ""
+        before = entry.get("last_complete")
+        return f"{version} partly, not complete ({how}{reason}); " + (
+            f"{before} was the last complete install" if before else "no complete install before it"
+        )
 
     def is_complete(self, name: str, lock_sha256: str) -> bool:
         """Whether exactly this bundle finished installing before."""
@@ -110,7 +145,10 @@ class Journal:
         return bool(entry.get("complete")) and entry.get("lock_sha256") == lock_sha256
 
     def complete(self, name: str) -> None:
-        self.state["installed"][name]["complete"] = True
+        """Every phase of ``name`` finished: the install is complete."""
+        entry = self.state["installed"][name]
+        entry.update(complete=True, status="complete", last_complete=entry["version"])
+        entry.pop("reason", None)
         self.save()
 
     def is_done(self, phase: str, node: str, item: str) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -50,8 +51,10 @@ from bundler.installer.plan import (
     node_images,
     render,
     step_problems,
+    topology_problems,
     topology_warnings,
 )
+from bundler.installer.progress import Progress, human
 from bundler.installer.remote import SshOptions
 from bundler.installer.results import NodeResult
 from bundler.lock import MAX_LOCK_BYTES, Lock
@@ -71,6 +74,7 @@ def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
         options = parse(argv, prog)
     except SystemExit as exc:  # argparse printed the help, the version or a usage error
         return exc.code if isinstance(exc.code, int) else 2
+    out = Progress.for_streams(sys.stdout, sys.stderr, quiet=bool(options.quiet))
     try:
         check_workdir(options.workdir)
         trusted = _read_keys(options.pubkey)
@@ -85,7 +89,17 @@ def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
         if options.dry_run:
             return _dry_run(options, trusted, nodes)
         with Journal(options.workdir) as journal:
-            return _install(options, trusted, nodes, values, journal)
+            return _install(options, trusted, nodes, values, journal, out)
+    except KeyboardInterrupt:
+        # Ctrl-C: the journal holds every action that finished (each recorded as it did, atomically),
+        # so the same command continues; no traceback, the shell's code for SIGINT.
+        out.close()
+        print(
+            "airbundle install: interrupted; what finished is in the journal: run the same command "
+            f"again to continue (logs: {options.workdir / 'logs'})",
+            file=sys.stderr,
+        )
+        return 130
     except OSError as exc:  # the machine, not the bundle: disk full, permissions, a folder in the way
         error = from_os_error(exc, "installing", InstallError)
         print(f"airbundle install: error: {error}", file=sys.stderr)
@@ -133,12 +147,37 @@ def _facts(
     )
 
 
+def _confirm_topology(options: Options, problems: list[str], out: Progress) -> None:
+    """Let an install with topology problems go on only when the operator says so: ``--yes``, or
+    "y" typed on a terminal; anything else stops it (exit 6) before anything is unpacked."""
+    if not problems:
+        return
+    listing = "".join(f"\n  - {p}" for p in problems)
+    if options.yes:
+        out.line(f"warning: {options.inventory}: installing anyway (--yes):{listing}", err=True, always=True)
+        return
+    refusal = (
+        f"{options.inventory}: the inventory's topology has problems:{listing}\n"
+        "fix the inventory, or pass --yes to install anyway"
+    )
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        out.line(refusal.split("\nfix")[0], err=True, always=True)
+        try:
+            answer = input("install anyway? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() in ("y", "yes"):
+            return
+    raise InstallError(refusal)
+
+
 def _install(
     options: Options,
     trusted: list[signing.PublicKey],
     nodes: list[Node],
     values: SiteValues,
     journal: Journal,
+    out: Progress,
 ) -> int:
     # One open, one read of the head, one decision, one read of every member: the bytes the
     # decision was made on are the bytes unpacked (a file swapped in meanwhile is never read).
@@ -147,20 +186,33 @@ def _install(
         lock = decision.lock
         _check_fit(options, journal.state, lock, decision.lock_sha256, nodes)
         route = images_route(options, lock, nodes)  # a bad choice stops before anything is unpacked
+        if options.only != "preflight":  # the preflight alone changes nothing: no need to confirm
+            _confirm_topology(options, topology_problems(lock, nodes), out)
         base = options.workdir / decision.base_folder if decision.base_folder else None
         _remove_stale_staging(options.workdir, f"{lock.name}-{lock.version}")
-        final, report = bundle.extract(decision, options.workdir, inherit_from=base)
+        total = sum(m.size for m in lock.members)
+        started = time.monotonic()
+        count = out.counter("verify+unpack", total)
+        final, report = bundle.extract(decision, options.workdir, count, base)
+        out.finish("verify+unpack")
     installed = decision.installed
     if journal.is_complete(lock.name, decision.lock_sha256) and not options.only:
-        print(f"{lock.name} {lock.version} is already installed (verified again); nothing to do")
+        out.line(
+            f"{lock.name} {lock.version} is already installed (verified again); nothing to do "
+            "(the journal records this install as complete)"
+        )
         return 0
-    journal.begin(lock.name, lock.version, decision.lock_sha256)
-    print(
-        f"{lock.name} {lock.version}: verified (signed by {report.signer.fingerprint}), unpacked to {final}"
-        + (f"; {installed} was installed before" if installed and installed != lock.version else "")
+    before = Journal.status(journal.state, lock.name)
+    # A preflight-only run installs nothing: the journal does not record it as an install.
+    if options.only != "preflight":
+        journal.begin(lock.name, lock.version, decision.lock_sha256)
+    out.line(
+        f"{lock.name} {lock.version}: verified (signed by {report.signer.fingerprint}) and unpacked "
+        f"to {final} ({human(total)} in {time.monotonic() - started:.0f} s)"
+        + (f"; installed before: {before}" if installed and before != "nothing" else "")
     )
-    for warning in topology_warnings(nodes, lock.min_workers):
-        print(f"warning: {warning}", file=sys.stderr)
+    for warning in _warnings_left(nodes, lock, topology_problems(lock, nodes)):
+        out.line(f"warning: {warning}", err=True, always=True)
     opts = SshOptions(options.ssh_config)
     facts = _facts(options, lock, nodes, route, opts)
     plan = make_plan(lock, nodes, route, journal_done(journal.state, lock.name, decision.lock_sha256),
@@ -168,16 +220,35 @@ def _install(
     # What runs here (rke, the steps) runs from copies checked against the lock as they are made,
     # in a folder only this process can write: the unpacked folder is not read again to run it.
     private = Path(tempfile.mkdtemp(prefix="airbundle-run-"))
+    logs = options.workdir / "logs"
+
+    def bar(phase: str, node: str, done: int, total: int) -> None:
+        out.update(f"{phase} {node}", done, total)
+
     try:
         site = with_inventory(values, nodes)
         context = Context(lock, final, opts, route, options.workdir, options.inventory, site, journal,
-                          private, print, options.apt_root)  # fmt: skip
-        apply(plan, context, _report)
+                          private, out.line, options.apt_root, bar)  # fmt: skip
+        apply(plan, context, lambda phase, results: _report(phase, results, out, logs, options.verbose))
+    except InstallError as exc:
+        out.close()
+        if options.only != "preflight":
+            journal.stopped(lock.name, "failed", str(exc).splitlines()[0])
+        out.line(f"logs: {logs}", err=True, always=True)
+        raise
+    except KeyboardInterrupt:
+        if options.only != "preflight":
+            journal.stopped(lock.name, "interrupted", "Ctrl-C")
+        raise
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    if not options.only:
+    if options.only == "preflight":
+        out.line(f"preflight passed on every node; nothing was installed (logs: {logs})")
+    elif not options.only:
         journal.complete(lock.name)
-        print(f"{lock.name} {lock.version} is installed")
+        out.line(f"{lock.name} {lock.version} is installed, complete (logs: {logs})")
+    else:
+        out.line(f"phase {options.only} done (logs: {logs})")
     return 0
 
 
@@ -255,25 +326,48 @@ def _site_facts(args: Options, trusted: list[signing.PublicKey], state: dict[str
     )
 
 
-def _report(phase: PhasePlan, results: list[NodeResult]) -> None:
-    """One line per node; raises ``InstallError`` naming the failed nodes (and the phase's refusals)."""
+def _report(phase: PhasePlan, results: list[NodeResult], out: Progress, logs: Path, verbose: int = 0) -> None:
+    """One line per node, also kept in ``logs/PHASE/NODE.log``; raises ``InstallError`` naming the
+    failed nodes (and the phase's refusals)."""
     for r in results:
+        out.finish(f"{phase.name} {r.node.name}")
+        lines = []
         if r.error:
-            print(f"  {r.node.name:<20} FAILED: {r.error}")
+            lines.append(f"FAILED: {r.error}")
         elif phase.name == "images":
             sent = f", {r.sent} bytes sent" if r.sent else ""
-            print(f"  {r.node.name:<20} ok: {len(r.done)} {r.verb}, {len(r.skipped)} already present{sent}")
+            lines.append(f"ok: {len(r.done)} {r.verb}, {len(r.skipped)} already present{sent}")
         else:
             notes = "; ".join(r.skipped)
-            print(
-                f"  {r.node.name:<20} ok: {', '.join(r.done) or 'nothing to do'}"
-                + (f" (note: {notes})" if notes else "")
-            )
-        for warning in r.warnings:
-            print(f"  {r.node.name:<20} warning: {warning}")
+            note = f" (note: {notes})" if notes else ""
+            lines.append(f"ok: {', '.join(r.done) or 'nothing to do'}{note}")
+        lines += [f"warning: {w}" for w in r.warnings]
+        log = _node_log(logs, phase.name, r.node.name, lines)
+        for line in lines:
+            out.line(f"  {r.node.name:<20} {line}", always=bool(r.error))
+        if verbose:
+            out.line(f"  {r.node.name:<20} log: {log}")
     message = failure_message(phase.name, [r.node.name for r in results if r.error], phase.refusals)
     if message:
         raise InstallError(message)
+
+
+def _warnings_left(nodes: list[Node], lock: Lock, problems: list[str]) -> list[str]:
+    """The topology warnings that no problem already names (the same subject before its ":")."""
+    subjects = {p.split(":")[0] for p in problems}
+    return [w for w in topology_warnings(nodes, lock.min_workers) if w.split(":")[0] not in subjects]
+
+
+def _node_log(logs: Path, phase: str, node: str, lines: list[str]) -> Path:
+    """Append a phase's lines for ``node`` to ``logs/PHASE/NODE.log`` (kept across runs, stamped)."""
+    folder = logs / phase
+    folder.mkdir(parents=True, exist_ok=True)
+    # The name comes from the inventory: a path (../../etc/x) or control bytes must not leave logs/.
+    path = folder / ((re.sub(r"[^A-Za-z0-9._-]", "_", node).lstrip(".") or "_") + ".log")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(path, "a") as f:
+        f.writelines(f"{stamp} {line}\n" for line in lines)
+    return path
 
 
 def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
@@ -291,14 +385,17 @@ def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Nod
     _check_fit(options, state, lock, decision.lock_sha256, nodes)
     route = images_route(options, lock, nodes)
     out = sys.stderr if options.json else sys.stdout  # --json: stdout is the plan alone
-    installed = decision.installed
     print(
         f"{lock.name} {lock.version}: signature by {report.signer.fingerprint} and "
-        f"{len(lock.members)} members verified; installed now: {installed or 'nothing'}",
+        f"{len(lock.members)} members verified; installed now: {Journal.status(state, lock.name)}",
         file=out,
     )
     print("nodes: " + ", ".join(f"{n.name} ({'/'.join(n.roles)})" for n in nodes), file=out)
-    for warning in topology_warnings(nodes, lock.min_workers):
+    problems = topology_problems(lock, nodes) if options.only != "preflight" else []
+    for problem in problems:
+        anyway = " (--yes: installing anyway)" if options.yes else ""
+        print(f"problem: {options.inventory}: {problem}{anyway}", file=out)
+    for warning in _warnings_left(nodes, lock, problems):
         print(f"warning: {warning}", file=out)
     print("the plan:", file=out)
     print("\n".join("  " + line for line in describe(lock, nodes, route)), file=out)
@@ -319,8 +416,14 @@ def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Nod
     refusal = plan.refusal()
     if refusal:
         print(f"airbundle install: error: {refusal}", file=sys.stderr)
-        return InstallError.exit_code
-    return 0
+    if problems and not options.yes:
+        print(
+            f"airbundle install: error: the install would stop: {options.inventory}: the inventory's "
+            f"topology has problems: {'; '.join(problems)}; fix the inventory, or pass --yes to install "
+            "anyway",
+            file=sys.stderr,
+        )
+    return InstallError.exit_code if refusal or (problems and not options.yes) else 0
 
 
 def main() -> None:

@@ -151,6 +151,15 @@ def parser(prog: str = "install.sh") -> argparse.ArgumentParser:
         help="install packages under DIR ({node} = node name) instead "
         "of the nodes' own systems (tests, image builds)",
     )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="install although the inventory's topology has problems (too few workers, an even or "
+        "too small etcd count, a role nobody has); without it a terminal asks, anything else stops",
+    )
+    # Counted like the airbundle CLI's, and anywhere on the line (argparse takes options in any order).
+    p.add_argument("-q", "--quiet", action="count", default=0, help="errors only: no progress, no node lines")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more: where each node's log is")
     p.add_argument("--version", action="version", version=f"airbundle installer {__version__}")
     return p
 
@@ -183,6 +192,9 @@ class Options:
     registry_user: str | None = None
     registry_chunk: str | None = None
     apt_root: str | None = None
+    yes: bool = False
+    quiet: int = 0
+    verbose: int = 0
 
     @property
     def phases(self) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler import oci
-from bundler.installer.inventory import ClusterOptions, Node
+from bundler.installer.inventory import ClusterOptions, Node, role_problems
 from bundler.lock import Lock, RoledImage, Step
 
 # ``prepare`` runs the steps marked ``when: before-cluster`` (the nodes' preparation: users, swap,
@@ -66,24 +66,31 @@ def etcd_quorum(members: int) -> tuple[int, int]:
     return quorum, max(0, members - quorum)
 
 
+def _etcd_count(members: int) -> list[str]:
+    """What is wrong with ``members`` etcd nodes (none: nothing here, a missing role is said
+    elsewhere): fewer than 3, or even, with quorum and tolerated failures."""
+    quorum, tolerated = etcd_quorum(members)
+    if 0 < members < 3:
+        return [
+            f"{members} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
+            "a fault-tolerant cluster needs at least 3"
+        ]
+    if members and members % 2 == 0:
+        less = etcd_quorum(members - 1)
+        return [
+            f"{members} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
+            f"no better than {members - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
+        ]
+    return []
+
+
 def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
     """What the cluster documents warn about: etcd count, shared roles, too few workers."""
     out = []
     etcd = [n for n in nodes if n.has("etcd")]
-    quorum, tolerated = etcd_quorum(len(etcd))
     if not etcd:
         out.append("no node has the etcd role: rke cannot build a cluster")
-    elif len(etcd) < 3:
-        out.append(
-            f"{len(etcd)} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
-            "a fault-tolerant cluster needs at least 3"
-        )
-    elif len(etcd) % 2 == 0:
-        less = etcd_quorum(len(etcd) - 1)
-        out.append(
-            f"{len(etcd)} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
-            f"no better than {len(etcd) - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
-        )
+    out += _etcd_count(len(etcd))
     if not any(n.has("controlplane") for n in nodes):
         out.append("no node has the controlplane role: rke cannot build a cluster")
     shared = [n.name for n in nodes if n.has("controlplane") and n.has("worker")]
@@ -94,6 +101,26 @@ def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
     workers = [n for n in nodes if n.has("worker")]
     if min_workers and len(workers) < min_workers:
         out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({min_workers})")
+    return out
+
+
+def brings_up_cluster(lock: Lock) -> bool:
+    """Whether the bundle brings a cluster up itself (a cluster kind, or its own rke)."""
+    return bool(lock.cluster.get("kind")) or any(b.name == "rke" for b in lock.binaries)
+
+
+def topology_problems(lock: Lock, nodes: list[Node]) -> list[str]:
+    """What in the inventory's topology stops a real install until the operator confirms it:
+    a role the bundle needs that no node has (``inventory.role_problems``), fewer workers than
+    the lock's ``min_workers`` and, when the bundle brings the cluster up, an etcd count that
+    is too small or even (``etcd_quorum``). Shared roles stay a warning (``topology_warnings``)."""
+    cluster = brings_up_cluster(lock)
+    out = role_problems(nodes, cluster)
+    workers = [n for n in nodes if n.has("worker")]
+    if lock.min_workers and len(workers) < lock.min_workers:
+        out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({lock.min_workers})")
+    if cluster:
+        out += _etcd_count(sum(1 for n in nodes if n.has("etcd")))
     return out
 
 
