@@ -559,6 +559,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
             return
     system_set = {lock.find_image(s.ref) for s in lock.system_images}
     own_roles = {lock.find_image(p.ref): p.roles for p in lock.placed_images}
+    system_roles = {lock.find_image(s.ref): s.roles for s in lock.system_images}
     places = lock.deb_places()
     sizes: dict[str, int] = {}
     for m in lock.members:
@@ -620,10 +621,7 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
                 "ref": im.ref,
                 "system": im in system_set,
                 # the node roles that get it: the system rule's, its entry's own, else image_roles
-                "roles": list(
-                    next((r.roles for r in lock.system_images if lock.find_image(r.ref) == im), ())
-                    or own_roles.get(im, lock.image_roles)
-                ),
+                "roles": list(system_roles.get(im) or own_roles.get(im, lock.image_roles)),
                 "tags": list(im.tags),
                 "config": im.config,
                 "manifest": im.manifest,

@@ -288,26 +288,31 @@ def _mapping(doc: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _with_default(text: str, keys: tuple[str, ...], value: str) -> str:
+    """``cluster.yml`` text with ``value`` at ``keys`` (a path of mappings) when the file names
+    nothing there; unchanged when it names something, or when ``value`` is empty."""
+    if not value:
+        return text
+    loaded = yaml.safe_load(text) or {}
+    doc: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+    node = doc
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    if node.get(keys[-1]):
+        return text
+    node[keys[-1]] = value
+    return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
+
+
 def with_network_plugin(text: str, plugin: str) -> str:
     """``cluster.yml`` text with ``network: {plugin: plugin}`` when it names none (rke would take
     canal, whose images a bundle for another plugin does not carry); unchanged when it names one."""
-    if not plugin:
-        return text
-    doc = yaml.safe_load(text) or {}
-    network = _mapping(doc, "network")
-    if network.get("plugin"):
-        return text
-    doc["network"] = {**network, "plugin": plugin}
-    return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
+    return _with_default(text, ("network", "plugin"), plugin)
 
 
 def with_kubernetes_version(text: str, version: str) -> str:
     """``cluster.yml`` text with ``kubernetes_version: version`` when it names none (the bundle's
     version: the one whose system images it carries); unchanged when it names one."""
-    if not version:
-        return text
-    doc = yaml.safe_load(text) or {}
-    if isinstance(doc, dict) and doc.get("kubernetes_version"):
-        return text
-    doc["kubernetes_version"] = version
-    return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
+    return _with_default(text, ("kubernetes_version",), version)
