@@ -680,15 +680,15 @@ def test_preflight_refuses_before_anything_changes(
         busy.listen()
         run = _install(site, keys, "--ssh-config", str(client.config))
     assert run.returncode == 6
-    assert "cp-1                 FAILED: OS codename bookworm, the bundle is for jammy" in run.stdout
+    assert "cp-1                 FAILED: OS debian bookworm, the bundle is for ubuntu jammy" in run.stdout
     assert "ports already in use: 2380 (etcd)" in run.stdout
     assert (
-        "worker-1             FAILED: OS codename bookworm" in run.stdout
+        "worker-1             FAILED: OS debian bookworm" in run.stdout
         and "2380" not in run.stdout.split("worker-1")[1].splitlines()[0]
     )
     assert "preflight: failed on cp-1, worker-1, worker-2" in run.stderr
     assert [p.name for p in (site / "work" / "logs").iterdir()] == ["preflight"]  # no step ran
-    assert "FAILED: OS codename bookworm" in (site / "work" / "logs" / "preflight" / "cp-1.log").read_text()
+    assert "FAILED: OS debian bookworm" in (site / "work" / "logs" / "preflight" / "cp-1.log").read_text()
 
 
 def test_busy_ports_by_role() -> None:

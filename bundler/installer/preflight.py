@@ -1,7 +1,7 @@
 """The preflight: what every node says about itself, checked before anything changes.
 
 ``preflight_phase`` asks every node (in parallel, changing nothing) for its
-architecture, OS codename, clock, sudo, Docker and free space and, for a bundle
+architecture, OS (ID and codename), clock, sudo, Docker and free space and, for a bundle
 that brings the cluster up with rke, what rke requires; the node that will host the
 site registry, its port and disk. ``gather`` adds what each node already has (image
 IDs and tags, the binaries' SHA-256) and returns the facts ``plan.make_plan`` plans
@@ -9,7 +9,7 @@ from. It never changes a node and never decides what to install.
 """
 
 import shlex
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from bundler import oci
 from bundler.compat import replace
@@ -31,7 +31,7 @@ _UNAME_ARCH = {
 }
 MAX_CLOCK_SKEW = 5  # seconds; etcd and TLS need clocks that agree
 PREFLIGHT_SCRIPT = (
-    'uname -m; . /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-unknown}"; date +%s; '
+    'uname -m; . /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-unknown} ${ID:-unknown}"; date +%s; '
     "command -v docker >/dev/null 2>&1 && echo docker || echo no-docker; "
     "df -Pk /var/lib 2>/dev/null | awk 'NR==2 {print $4}'; "
     "swapon --noheadings --show=NAME 2>/dev/null | wc -l; "
@@ -377,6 +377,22 @@ def _baseline_problems(
 SWAP_ON = "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
 
 
+def os_problem(platform: Mapping[str, str], os_id: str, codename: str) -> Optional[str]:
+    """Why a node's OS (``ID`` and ``VERSION_CODENAME`` of its /etc/os-release) is not the bundle's
+    platform, or None.
+
+    Debian and its derivatives are told apart by both: Ubuntu 22.04 is ``ubuntu jammy``, Astra Linux
+    SE 1.7 ``astra 1.7_x86-64`` and 1.8 ``astra 1.8_x86-64`` (its point releases 1.7.5 and 1.7.6 share
+    the codename and the repository layout, so one bundle serves both).
+    """
+    want_os, want_codename = platform.get("os"), platform.get("codename")
+    if want_os and os_id != want_os:
+        return f"OS {os_id} {codename}, the bundle is for {want_os} {want_codename}; build one for this OS"
+    if codename != want_codename:
+        return f"OS codename {codename}, the bundle is for {want_codename}; build one for {os_id} {codename}"
+    return None
+
+
 def swap_verdict(swaps: str, lock: Lock, node: Node) -> Tuple[Optional[str], Optional[str]]:
     """The preflight's word on a node's swap (``swaps``: how many swap areas are on): a problem, or,
     when a before-cluster step of the bundle declares it turns swap off on this node (``fixes:
@@ -418,14 +434,16 @@ def _preflight_on(
         fields = list(remote.lines(remote.run(node, opts, PREFLIGHT_SCRIPT, timeout=60)))
         if len(fields) < 7:
             raise InstallError(f"{node.name}: unexpected preflight answer: {fields}")
-        machine, codename, clock, docker, free_kib, swaps, sudo = fields[:7]
+        machine, os_line, clock, docker, free_kib, swaps, sudo = fields[:7]
+        codename, os_id = (os_line.split() + ["unknown", "unknown"])[:2]
         listening = {int(p) for p in (fields[7] if len(fields) > 7 else "").split() if p.isdigit()}
         problems = []
         want_arch = lock.platform.get("arch")
         if _UNAME_ARCH.get(machine, machine) != want_arch:
             problems.append(f"architecture {machine}, the bundle is for {want_arch}")
-        if codename != lock.platform.get("codename"):
-            problems.append(f"OS codename {codename}, the bundle is for {lock.platform.get('codename')}")
+        wrong_os = os_problem(lock.platform, os_id, codename)
+        if wrong_os:
+            problems.append(wrong_os)
         if abs(int(clock) - now) > MAX_CLOCK_SKEW:
             problems.append(
                 f"clock is {int(clock) - now:+.0f} s off this node's (more than {MAX_CLOCK_SKEW} s)"
