@@ -435,7 +435,7 @@ def _preflight_on(
         if len(fields) < 7:
             raise InstallError(f"{node.name}: unexpected preflight answer: {fields}")
         machine, os_line, clock, docker, free_kib, swaps, sudo = fields[:7]
-        codename, os_id = (os_line.split() + ["unknown", "unknown"])[:2]
+        codename, os_id = [*os_line.split(), "unknown", "unknown"][:2]
         listening = {int(p) for p in (fields[7] if len(fields) > 7 else "").split() if p.isdigit()}
         problems = []
         want_arch = lock.platform.get("arch")
