@@ -660,6 +660,19 @@ def test_packages_by_role_land_on_their_nodes_only(
         assert _installed(roots / node.name) == {**want, "base-files": "12.4"}, node.name
 
 
+def platform_site(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, nodes, os_id: str, codename: str
+) -> Path:
+    """A site whose one-step bundle is for OS_ID CODENAME (amd64), its inventory the given nodes."""
+    manifest = project.write_manifest(
+        f"apiVersion: airbundle/v1\nkind: Bundle\nname: {os_id}-only\nversion: '1.0'\n"
+        f"platform: {{os: {os_id}, codename: {codename}, arch: amd64}}\n"
+        "steps:\n  - {name: storage, script: scripts/storage.sh}\n",
+        f"{os_id}.yaml",
+    )
+    return _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+
+
 def test_preflight_refuses_before_anything_changes(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster
 ) -> None:
@@ -667,13 +680,7 @@ def test_preflight_refuses_before_anything_changes(
     import socket
 
     client, nodes = ssh_cluster
-    manifest = project.write_manifest(
-        "apiVersion: airbundle/v1\nkind: Bundle\nname: jammy-only\nversion: '1.0'\n"
-        "platform: {os: ubuntu, codename: jammy, arch: amd64}\n"
-        "steps:\n  - {name: storage, script: scripts/storage.sh}\n",
-        "jammy.yaml",
-    )
-    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+    site = platform_site(project, keys, tmp_path, cache_dir, nodes, "ubuntu", "jammy")
     with socket.socket() as busy:  # the nodes share this host's ports: 2380 (etcd) is now taken
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", 2380))

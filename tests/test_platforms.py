@@ -15,7 +15,7 @@ import pytest
 from bundler.installer.preflight import os_problem
 
 from .conftest import Keys
-from .test_installer import _install, _node_site
+from .test_installer import _install, platform_site
 
 # /etc/os-release of Astra Linux SE 1.7 (x86-64), as the system ships it.
 ASTRA_17 = (
@@ -74,13 +74,7 @@ def test_an_astra_bundle_passes_on_astra_and_is_refused_on_debian(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, astra_and_debian
 ) -> None:
     client, nodes = astra_and_debian
-    manifest = project.write_manifest(
-        "apiVersion: airbundle/v1\nkind: Bundle\nname: astra-site\nversion: '1.0'\n"
-        "platform: {os: astra, codename: 1.7_x86-64, arch: amd64}\n"
-        "steps:\n  - {name: storage, script: scripts/storage.sh}\n",
-        "astra.yaml",
-    )
-    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+    site = platform_site(project, keys, tmp_path, cache_dir, nodes, "astra", "1.7_x86-64")
     (site / "cluster.yml").write_text(
         "nodes:\n"
         "  - {address: 127.0.0.51, port: 2222, user: root, role: [controlplane, etcd, worker], hostname_override: ast-1}\n"
