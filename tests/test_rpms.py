@@ -1,0 +1,366 @@
+"""rpm packages: real rpms (rpmbuild, rpmsign), a signed rpm-md repository (createrepo_c, gpg) on
+loopback, the closure compared with dnf's own answer in a private root, and the bundle's rpms/
+installed offline by dnf --installroot."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bundler import archive, rpmsolve, rpmsource
+
+from .aptrepo import GpgKey, Served
+from .conftest import Keys, Project, run_cli
+from .rpmrepo import CLOSURE, Dnf, Rpm, index, make_repo, sign_repomd, sign_rpms
+
+pytestmark = pytest.mark.skipif(shutil.which("createrepo_c") is None, reason="make installs createrepo-c")
+
+
+@dataclass
+class Repo:
+    root: Path
+    url: str
+    key: GpgKey
+    other_key: GpgKey
+
+    def files(self) -> rpmsolve.SourceFiles:
+        data = self.root / "repodata"
+        primary = next(data.glob("*-primary.xml.gz"))
+        filelists = next(data.glob("*-filelists.xml.gz"))
+        return rpmsolve.SourceFiles(primary, primary.name, filelists, filelists.name)
+
+
+@pytest.fixture(scope="module")
+def rpm_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
+    """The signed repository of tests/rpmrepo.py's packages, served on loopback."""
+    work = tmp_path_factory.mktemp("rpmrepo")
+    key = GpgKey(work / "gpg", "Test Rpm Repo <rpm@example.invalid>")
+    other = GpgKey(work / "other", "Someone Else <else@example.invalid>")
+    root = make_repo(work, key)
+    served = Served(root)
+    yield Repo(root, served.url, key, other)
+    served.close()
+    key.close()
+    other.close()
+
+
+def _dnf_repo(url: str, key: GpgKey, repo_gpgcheck: bool = True) -> dict[str, str]:
+    return {
+        "src": f"[src]\nname=src\nbaseurl={url}\ngpgcheck=1\nrepo_gpgcheck={int(repo_gpgcheck)}\n"
+        f"gpgkey=file://{key.armored}\n"
+    }
+
+
+@pytest.fixture(scope="module")
+def dnf_roots(rpm_repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dnf]:
+    """dnf private roots holding a baseline: bash; bash and selinux-policy (installed by dnf itself)."""
+    roots = {}
+    for name, base in (("bash", ["bash"]), ("selinux", ["bash", "selinux-policy"])):
+        dnf = Dnf(tmp_path_factory.mktemp(f"dnf-{name}"))
+        run = subprocess.run(
+            [*dnf.args(_dnf_repo(f"file://{rpm_repo.root}", rpm_repo.key)), "install", *base],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        roots[name] = dnf
+    return roots
+
+
+BASELINES = {
+    "bash": [rpmsolve.Installed("bash", "5.1-1", "x86_64")],
+    "selinux": [
+        rpmsolve.Installed("bash", "5.1-1", "x86_64"),
+        rpmsolve.Installed("selinux-policy", "3.14-1", "noarch"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "baseline, requests",
+    [
+        ("bash", ["app", "cyc-a"]),  # versioned (epoch wins), file, rich or, multilib, a cycle
+        ("selinux", ["app"]),  # (app-selinux if selinux-policy): the baseline has the condition
+        ("bash", ["oldtool"]),  # obsoleted: dnf installs the package that obsoletes it
+        ("bash", ["legacy32"]),  # i686 on x86_64, with the i686 build of its library
+        ("bash", ["libfoo-1.5"]),  # a pinned version
+        ("bash", ["postfix", "conf-data"]),
+    ],
+)
+def test_closure_is_dnfs(
+    rpm_repo: Repo, dnf_roots: dict[str, Dnf], baseline: str, requests: list[str]
+) -> None:
+    """libsolv through bundler.rpmsolve chooses exactly what dnf install would, package and version."""
+    _, dnf_says, out = dnf_roots[baseline].would_install(
+        _dnf_repo(f"file://{rpm_repo.root}", rpm_repo.key), *requests
+    )
+    assert dnf_says, out
+    ours = rpmsolve.resolve(
+        [rpm_repo.files()], "x86_64", [r.replace("-1.5", "=1.5") for r in requests], BASELINES[baseline]
+    )
+    assert {c.name: c.evr for c in ours} == dnf_says
+    if requests == ["legacy32"]:
+        assert {c.arch for c in ours} == {"i686"}
+
+
+def test_closure_reasons_and_arch(rpm_repo: Repo) -> None:
+    ours = {
+        c.name: c for c in rpmsolve.resolve([rpm_repo.files()], "x86_64", ["app", "cyc-a"], BASELINES["bash"])
+    }
+    assert {n: c.evr for n, c in ours.items()} == CLOSURE
+    assert ours["libfoo"].reason == "app" and ours["app"].reason == "requested"
+    assert ours["libmulti"].arch == "x86_64"  # multilib: the best arch, not both
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ("broken", "nothing provides missing-lib >= 1 needed by broken-1.0-1.x86_64"),
+        ("armonly", "armonly: no package of that name"),  # aarch64 only: nothing for x86_64
+        ("nope", "nope: no package of that name"),
+        ("libfoo=9", "libfoo=9: no such version (available: 1:0.5-1, 2.1-1, 1.5-1)"),  # rpm order
+    ],
+)
+def test_closure_failures_say_why(rpm_repo: Repo, request_: str, message: str) -> None:
+    with pytest.raises(rpmsolve.ResolveError, match=re.escape(message)):
+        rpmsolve.resolve([rpm_repo.files()], "x86_64", [request_], BASELINES["bash"])
+
+
+def test_exclude_is_assumed_present(rpm_repo: Repo) -> None:
+    ours = rpmsolve.resolve([rpm_repo.files()], "x86_64", ["postfix"], (), exclude=["libbig"])
+    assert [c.name for c in ours] == ["postfix"]
+
+
+def test_rpm_qa_baseline_parses() -> None:
+    text = "bash-5.1-1.x86_64\ngpg-pubkey-fcc9f3e4-1.(none)\nkernel-0:4.18.0-372.9.1.el8.x86_64\n"
+    assert rpmsolve.parse_rpm_qa(text, "qa.txt") == [
+        rpmsolve.Installed("bash", "5.1-1", "x86_64"),
+        rpmsolve.Installed("kernel", "4.18.0-372.9.1.el8", "x86_64"),
+    ]
+    with pytest.raises(Exception, match=r"qa.txt:1: 'nonsense' is not NAME-VERSION-RELEASE.ARCH"):
+        rpmsolve.parse_rpm_qa("nonsense\n", "qa.txt")
+
+
+# --- the build ----------------------------------------------------------------------------------
+
+
+def _manifest(
+    project: Project, url: str, key: GpgKey | None, packages: str = "[app, cyc-a]", extra: str = ""
+) -> Path:
+    gpgkey = ""
+    if key is not None:
+        shutil.copy(key.armored, project.root / "payloads" / "rpm.asc")
+        gpgkey = "\n      gpgkey: payloads/rpm.asc"
+    (project.root / "payloads" / "rpm-qa.txt").write_text("bash-5.1-1.x86_64\n")
+    return project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: rocky\nversion: '1.0'\n"
+        "platform: {os: rocky, codename: '8', arch: amd64}\n"
+        f"rpms:\n  sources:\n    - url: {url}{gpgkey}\n  packages: {packages}\n"
+        f"  baseline: payloads/rpm-qa.txt\n{extra}",
+        "rocky.yaml",
+    )
+
+
+def _build(keys: Keys, manifest: Path, out: Path, cache: Path, *more: str):
+    return run_cli("build", manifest, "-o", out, "--key", keys.key_path, "--cache", cache, *more)
+
+
+def test_bundle_rpms_install_with_dnf_offline(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, rpm_repo: Repo
+) -> None:
+    result = _build(keys, _manifest(project, rpm_repo.url, rpm_repo.key), tmp_path / "out", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    bundle = Path(result.stdout.strip())
+    report = archive.verify_bundle(bundle, [keys.pub])
+    assert report.problems == []
+    lock = report.lock
+    assert {r.name: r.version for r in lock.rpms} == CLOSURE
+    assert {r.name: r.reason for r in lock.rpms}["libfoo"] == "app"
+    assert lock.rpm_sources[0]["signed_by"] == [rpm_repo.key.fingerprint]
+    assert "rpms/repodata/repomd.xml" in {m.path for m in lock.members}
+    assert {m.kind for m in lock.members if m.path.startswith("rpms/")} == {"rpm"}
+    assert "libfoo" in result.stderr and "1:0.5-1" in result.stderr  # the resolution table
+
+    site = tmp_path / "site"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(site, members=[m for m in tar.getmembers() if m.name.startswith(("rpms/", "sbom"))])
+    bom = json.loads((site / "sbom.cdx.json").read_text())
+    purls = {c.get("purl") for c in bom["components"]}
+    assert "pkg:rpm/rocky/libfoo@0.5-1?arch=x86_64&epoch=1" in purls
+    # dnf installs from the bundle's repository alone, no network: file:// and the source's key.
+    dnf = Dnf(tmp_path / "dnf")
+    repo = {
+        "bundle": f"[bundle]\nname=bundle\nbaseurl=file://{site / 'rpms'}\ngpgcheck=1\ngpgkey=file://{rpm_repo.key.armored}\n"
+    }
+    base = subprocess.run(
+        [*dnf.args(_dnf_repo(f"file://{rpm_repo.root}", rpm_repo.key)), "install", "bash"],
+        capture_output=True,
+        text=True,
+    )
+    assert base.returncode == 0, base.stdout + base.stderr
+    run = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            *dnf.args(repo),
+            "--disablerepo=*",
+            "--enablerepo=bundle",
+            "install",
+            "app",
+            "cyc-a",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    installed = subprocess.run(
+        ["rpm", "--root", str(dnf.folder / "root"), "-qa", "--qf", "%{NAME}\n"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert set(CLOSURE) | {"bash"} <= set(installed)
+
+
+def test_bundle_rpms_are_deterministic(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, rpm_repo: Repo
+) -> None:
+    manifest = _manifest(project, rpm_repo.url, rpm_repo.key, "[postfix, conf-data]")
+    first = _build(keys, manifest, tmp_path / "one", cache_dir)
+    second = _build(keys, manifest, tmp_path / "two", tmp_path / "other-cache")
+    assert first.exit_code == 0 and second.exit_code == 0, first.stderr + second.stderr
+    assert Path(first.stdout.strip()).read_bytes() == Path(second.stdout.strip()).read_bytes()
+
+
+def test_inspect_and_dry_run_list_the_rpms(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, rpm_repo: Repo
+) -> None:
+    manifest = _manifest(
+        project, rpm_repo.url, rpm_repo.key, "[postfix]", "  roles:\n    worker: [conf-data]\n"
+    )
+    plan = run_cli("build", manifest, "--dry-run", "--cache", cache_dir)
+    assert plan.exit_code == 0, plan.stderr
+    assert "rpm     postfix 3.5-1 x86_64" in plan.stdout and "conf-data 2.0-1 noarch" in plan.stdout
+    result = _build(keys, manifest, tmp_path / "out", cache_dir)
+    assert result.exit_code == 0, result.stderr
+    text = run_cli("inspect", result.stdout.strip()).stdout
+    assert "rpms:" in text and "libbig" in text and "(postfix)" in text and "on worker nodes" in text
+    facts = json.loads(run_cli("inspect", result.stdout.strip(), "--json").stdout)
+    assert facts["rpm_roles"] == {"worker": ["conf-data"]}
+    assert {r["name"] for r in facts["rpms"]} == {"postfix", "libbig", "conf-data"}
+
+
+# --- refusals: the mirror's fault is exit 5, and nothing is written at the final path ------------
+
+
+@pytest.fixture
+def repo_copy(rpm_repo: Repo, tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    root = tmp_path / "repo-copy"
+    shutil.copytree(rpm_repo.root, root)
+    served = Served(root)
+    yield root, served.url
+    served.close()
+
+
+def _refused(project: Project, keys: Keys, tmp_path: Path, url: str, key: GpgKey, words: list[str]) -> None:
+    out = tmp_path / "out"
+    result = _build(keys, _manifest(project, url, key, "[postfix]"), out, tmp_path / "fresh-cache")
+    assert result.exit_code == 5, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(out.glob("*.tar")) and not list(out.glob("*.sha256"))
+
+
+def test_tampered_repomd_is_refused(
+    project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo, repo_copy: tuple[Path, str]
+) -> None:
+    root, url = repo_copy
+    repomd = root / "repodata" / "repomd.xml"
+    repomd.write_bytes(repomd.read_bytes().replace(b"<revision>", b"<revision>1"))
+    _refused(project, keys, tmp_path, url, rpm_repo.key, ["repodata/repomd.xml", "BAD signature"])
+
+
+def test_unsigned_repomd_is_refused_when_a_key_is_given(
+    project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo, repo_copy: tuple[Path, str]
+) -> None:
+    root, url = repo_copy
+    (root / "repodata" / "repomd.xml.asc").unlink()
+    _refused(project, keys, tmp_path, url, rpm_repo.key, ["repomd.xml.asc", "not signed"])
+
+
+def test_repomd_signed_by_another_key_is_refused(
+    project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo, repo_copy: tuple[Path, str]
+) -> None:
+    root, url = repo_copy
+    sign_repomd(root, rpm_repo.other_key)
+    _refused(project, keys, tmp_path, url, rpm_repo.key, ["repomd.xml", "not in the keyring"])
+
+
+def test_tampered_primary_is_refused(
+    project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo, repo_copy: tuple[Path, str]
+) -> None:
+    root, url = repo_copy
+    primary = next((root / "repodata").glob("*-primary.xml.gz"))
+    data = primary.read_bytes()
+    primary.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size: the checksum tells
+    _refused(project, keys, tmp_path, url, rpm_repo.key, [primary.name, "does not match"])
+    primary.write_bytes(data + b"\0")  # longer than repomd.xml says: cut off while streaming
+    _refused(project, keys, tmp_path, url, rpm_repo.key, [primary.name, "exceeds"])
+
+
+def test_tampered_package_is_refused(
+    project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo, repo_copy: tuple[Path, str]
+) -> None:
+    root, url = repo_copy
+    package = root / "Packages" / "libbig-1.0-1.x86_64.rpm"
+    package.write_bytes(package.read_bytes()[:-1] + b"X")
+    _refused(project, keys, tmp_path, url, rpm_repo.key, ["libbig-1.0-1.x86_64.rpm", "primary.xml"])
+
+
+def test_package_signed_by_another_key_is_refused(
+    project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo, repo_copy: tuple[Path, str]
+) -> None:
+    """Metadata regenerated and signed with the repository's key, but an rpm re-signed by someone else:
+    only the rpm's own signature can tell (dnf's gpgcheck)."""
+    root, url = repo_copy
+    sign_rpms(rpm_repo.other_key, [root / "Packages" / "libbig-1.0-1.x86_64.rpm"])
+    shutil.rmtree(root / "repodata")
+    index(root, rpm_repo.key)
+    _refused(
+        project, keys, tmp_path, url, rpm_repo.key, ["libbig-1.0-1.x86_64.rpm", "rpm signature check failed"]
+    )
+
+
+def test_unsigned_package_is_refused(project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo) -> None:
+    work = tmp_path / "unsigned"
+    root = make_repo(work, rpm_repo.key, [Rpm("postfix", "3.5-1", "x86_64")], sign=False)
+    served = Served(root)
+    try:
+        _refused(project, keys, tmp_path, served.url, rpm_repo.key, ["postfix-3.5-1.x86_64.rpm", "unsigned"])
+    finally:
+        served.close()
+
+
+def test_armored_key_is_made_for_rpmkeys(rpm_repo: Repo) -> None:
+    binary = rpm_repo.key.keyring.read_bytes()
+    assert rpmsource.armored(binary).strip() == rpm_repo.key.armored.read_bytes().strip().replace(b"\r", b"")
+
+
+def test_manifest_mistakes_are_exit_2(project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo) -> None:
+    manifest = _manifest(project, rpm_repo.url, rpm_repo.key, "['bad name']")
+    result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
+    assert result.exit_code == 2 and "rpms.packages" in result.stderr and "rocky.yaml:" in result.stderr
+    text = (
+        manifest.read_text().replace("payloads/rpm.asc", "payloads/missing.asc").replace("'bad name'", "app")
+    )
+    manifest.write_text(text)
+    result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
+    assert result.exit_code == 2 and "gpgkey" in result.stderr and "missing.asc" in result.stderr
