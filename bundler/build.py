@@ -132,6 +132,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/options.py": "installer/options.py",
     "installer/bundler/installer/preflight.py": "installer/preflight.py",
     "installer/bundler/installer/results.py": "installer/results.py",
+    "installer/bundler/installer/rpmroute.py": "installer/rpmroute.py",
     "installer/bundler/installer/steps.py": "installer/steps.py",
     "installer/bundler/installer/push.py": "installer/push.py",
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
@@ -750,8 +751,10 @@ class RpmsCollected:
     chosen: list[tuple[rpms.Package, str]]  # the closure's packages and why each is there
     paths: dict[str, Path]  # file name -> cached rpm
     sources: tuple[dict[str, Any], ...]  # for the lock: each source's URL, key and signers
+    keys: tuple[bytes | None, ...] = ()  # each source's gpgkey bytes (None: none given)
 
 
+RPM_KEY_PREFIX = "RPM-GPG-KEY-source-"  # rpms/RPM-GPG-KEY-source-N: source N's key, armored
 MAX_RPM_QA_BYTES = 64 * 1024 * 1024
 
 
@@ -817,7 +820,7 @@ def _collect_rpms(manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: Fet
         {"url": x.source.url, "gpgkey_sha256": x.gpgkey_sha256, "signed_by": list(x.signed_by)}
         for x in loaded
     )
-    return RpmsCollected(chosen, by_file, records)
+    return RpmsCollected(chosen, by_file, records, tuple(x.gpgkey for x in loaded))
 
 
 def _rpm_entries(
@@ -835,6 +838,12 @@ def _rpm_entries(
         records.append(Rpm(pkg.name, pkg.evr, pkg.arch, member, pkg.sha256, pkg.size, url, reason))
     for name, data in rpmrepo.repodata(collected.paths, source_date_epoch()).items():
         entries.append(archive.Entry(f"rpms/{name}", "0644", len(data), data=data))
+    # The sources' keys travel with the repository: dnf on the site checks each rpm's signature
+    # with them (gpgcheck), as it would from the source itself.
+    for i, key in enumerate(collected.keys):
+        if key is not None:
+            data = rpmsource.armored(key)
+            entries.append(archive.Entry(f"rpms/{RPM_KEY_PREFIX}{i}", "0644", len(data), data=data))
     return entries, known, records
 
 

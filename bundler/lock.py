@@ -239,6 +239,16 @@ class Lock:
             d for d in self.debs if d.reason == "requested" and (d.name not in by_role or d.name in mine)
         )
 
+    def rpms_for(self, roles: Iterable[str]) -> tuple[Rpm, ...]:
+        """The requested rpms a node with ``roles`` installs (dnf adds their closure from the bundled
+        repository): every node's, and those ``rpm_roles`` gives one of its roles."""
+        roles = set(roles)
+        by_role = {name for names in self.rpm_roles.values() for name in names}
+        mine = {name for role, names in self.rpm_roles.items() if role in roles for name in names}
+        return tuple(
+            r for r in self.rpms if r.reason == "requested" and (r.name not in by_role or r.name in mine)
+        )
+
     def deb_places(self) -> dict[str, tuple[str, ...]]:
         """Package name -> the roles whose nodes get it, ``()`` for every node: a requested package's
         roles from ``deb_roles``; a dependency's from the requested package its reason leads to

@@ -43,6 +43,7 @@ RANK: dict[str, float] = {
     "bundler.installer.inventory": 3,
     "bundler.installer.journal": 2,
     "bundler.installer.results": 3.5,
+    "bundler.installer.rpmroute": 3,
     "bundler.installer.plan": 4,
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,

@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,114 @@ def test_manifest_mistakes_are_exit_2(project: Project, keys: Keys, tmp_path: Pa
     manifest.write_text(text)
     result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
     assert result.exit_code == 2 and "gpgkey" in result.stderr and "missing.asc" in result.stderr
+
+
+# --- the installer's rpm route on loopback nodes (each node's system: a private root) -----------
+
+ROCKY_8 = 'NAME="Rocky Linux"\nVERSION="8.6 (Green Obsidian)"\nID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="8.6"\n'
+ROCKY_9 = ROCKY_8.replace('"8.6', '"9.2')
+
+
+def _roots(tmp_path: Path, nodes, os_releases: list[str | None]) -> Path:
+    """One private root a node (``--apt-root``), each with this os-release (None: the host's is read)."""
+    roots = tmp_path / "roots"
+    for node, text in zip(nodes, os_releases):
+        (roots / node.name / "etc").mkdir(parents=True)
+        if text is not None:
+            (roots / node.name / "etc" / "os-release").write_text(text)
+    return roots
+
+
+def _rpm_site(project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, rpm_repo: Repo, nodes) -> Path:
+    from .test_installer import _node_site
+
+    manifest = _manifest(
+        project, rpm_repo.url, rpm_repo.key, "[postfix]", "  roles:\n    worker: [conf-data]\n"
+    )
+    return _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+
+
+def test_installer_installs_rpms_per_role_with_dnf(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, rpm_repo: Repo, ssh_cluster
+) -> None:
+    """Rocky 8 nodes (private roots): the bundle's repository is copied to each node and dnf installs
+    its roles' requests from it alone, checking the rpms against the bundled source key."""
+    from .test_installer import _install
+
+    client, nodes = ssh_cluster
+    site = _rpm_site(project, keys, tmp_path, cache_dir, rpm_repo, nodes)
+    roots = _roots(tmp_path, nodes, [ROCKY_8] * len(nodes))
+    base = ("--ssh-config", str(client.config), "--apt-root", f"{roots}/{{node}}")
+    dry = _install(site, keys, *base, "--dry-run")
+    assert "rpm packages with dnf (or yum) from the bundled repository only" in dry.stdout, (
+        dry.stdout + dry.stderr
+    )
+    run = _install(site, keys, *base, "--only", "packages")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for node in nodes:
+        listed = subprocess.run(
+            ["rpm", "--root", str(roots / node.name), "-qa", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\n"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        installed = dict(line.split() for line in listed.splitlines() if not line.startswith("gpg-pubkey"))
+        expected = {"postfix": "3.5-1", "libbig": "1.0-1"}
+        if node.name.startswith("worker"):
+            expected["conf-data"] = "2.0-1"
+        assert installed == expected, (node.name, listed)
+        assert "gpg-pubkey" in listed  # dnf imported the bundled key to check the rpms (gpgcheck=1)
+        repo = roots / node.name / "var/lib/airbundle/rpms/rocky-1.0"
+        assert (repo / "repodata" / "repomd.xml").is_file() and (repo / "RPM-GPG-KEY-source-0").is_file()
+
+
+def test_preflight_matches_the_os_to_the_packages(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, rpm_repo: Repo, ssh_cluster
+) -> None:
+    """An rpm bundle for Rocky 8: a Debian node (the host's own os-release) and a Rocky 9 node are
+    refused by name with what to do; the Rocky 8 node passes that check."""
+    from .test_installer import _install
+
+    client, nodes = ssh_cluster
+    site = _rpm_site(project, keys, tmp_path, cache_dir, rpm_repo, nodes)
+    roots = _roots(tmp_path, nodes, [ROCKY_8, None, ROCKY_9])
+    run = _install(
+        site,
+        keys,
+        "--ssh-config",
+        str(client.config),
+        "--only",
+        "preflight",
+        "--apt-root",
+        f"{roots}/{{node}}",
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 6, out
+    debian = [line for line in out.splitlines() if "carries rpm packages (dnf)" in line]
+    assert len(debian) == 1 and nodes[1].name in debian[0] and "debian 12" in debian[0], out
+    rocky9 = [line for line in out.splitlines() if "OS rocky 9.2, the bundle is for rocky 8" in line]
+    assert len(rocky9) == 1 and nodes[2].name in rocky9[0], out
+    assert not any(
+        nodes[0].name in line and "OS " in line for line in out.splitlines() if "bundle is for" in line
+    )
+    assert not list(roots.glob("*/var/lib/airbundle"))  # the preflight changed nothing
+    assert "Traceback" not in out
+
+
+def test_os_problem_refuses_debian_packages_on_rocky() -> None:
+    from bundler.installer.rpmroute import os_problem, parse_os
+    from bundler.lock import Deb, Lock
+
+    lock = Lock("x", "1.0", {"os": "debian", "codename": "bookworm", "arch": "amd64"}, "b", "0" * 64, 0, ())
+    lock = dataclasses_replace(
+        lock, debs=(Deb("a", "1", "amd64", "debs/a.deb", "0" * 64, 1, "u", "requested"),)
+    )
+    alma = parse_os('os="almalinux"|"9.3"|"rhel centos fedora"')
+    assert "installs rpm packages with dnf, but the bundle carries Debian packages" in str(
+        os_problem(lock, alma, "unknown")
+    )
+    assert os_problem(lock, parse_os("os=debian|12|"), "bookworm") is None
+    assert (
+        os_problem(lock, parse_os("os=debian|11|"), "bullseye")
+        == "OS codename bullseye, the bundle is for bookworm"
+    )

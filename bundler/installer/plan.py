@@ -10,7 +10,7 @@ No I/O here: data in, data out (``tests/test_layers.py`` checks it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,11 +244,16 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
     lines = [
         f"preflight  on {every}: reachable over SSH, sudo, {plat.get('os')} {plat.get('codename')} "
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
-        f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
+        f"packages   on {every}: "
+        + (
+            f"{len(lock.rpms)} rpm packages with dnf (or yum) from the bundled repository only"
+            if lock.rpms
+            else f"{len(lock.debs)} Debian packages from the bundled repository only"
+        ),
         *[
             f"             {', '.join(names)} only on {role} nodes: "
             + (", ".join(n.name for n in nodes if n.has(role)) or "no node")
-            for role, names in sorted(lock.deb_roles.items())
+            for role, names in sorted({**lock.deb_roles, **lock.rpm_roles}.items())
         ],
         f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
         "prepare    before the cluster, in order: "
@@ -433,12 +438,18 @@ def _split(
     return PhasePlan(phase, tuple(n for n in x.nodes if n.name in wanted), tuple(actions), present)
 
 
+def rpm_requests(lock: Lock, roles: Iterable[str]) -> list[str]:
+    """The rpms a node with ``roles`` names to dnf, as ``name-[epoch:]version-release.arch``."""
+    return [f"{r.name}-{r.version}.{r.arch}" for r in lock.rpms_for(roles)]
+
+
 def _packages(x: _Inputs) -> PhasePlan:
-    if not x.lock.debs:
+    if not x.lock.debs and not x.lock.rpms:
         return PhasePlan("packages", notes=("no packages in the bundle",))
     wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
     for node in x.nodes:  # every node's requests, and its roles' (``debs.roles``, Lock.debs_for)
         requested = [f"{d.name}={d.version}" for d in x.lock.debs_for(node.roles)]
+        requested += rpm_requests(x.lock, node.roles)  # rpms.roles likewise (Lock.rpms_for)
         wanted[node.name] = [(p, "install", p, None) for p in requested]
     return _split(x, "packages", wanted)
 
