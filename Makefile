@@ -53,6 +53,7 @@ bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/images_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/debs_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/debs_real_bench.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/rpms_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/parts_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/images_mode_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/verify_many_bench.py

@@ -476,3 +476,32 @@ def test_os_problem_refuses_debian_packages_on_rocky() -> None:
         os_problem(lock, parse_os("os=debian|11|"), "bullseye")
         == "OS codename bullseye, the bundle is for bookworm"
     )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("name", "x; rm -rf /"),  # reaches dnf install on the nodes
+        ("version", "1.0-1 $(reboot)"),
+        ("arch", "x86_64`id`"),
+    ],
+)
+def test_signed_rpm_fields_are_checked_on_the_site(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, rpm_repo: Repo, field: str, value: str
+) -> None:
+    """The site parses rpm names, versions and arches by rpm's characters before they reach dnf."""
+    from bundler.lock import Lock, LockError
+
+    result = _build(
+        keys, _manifest(project, rpm_repo.url, rpm_repo.key, "[postfix]"), tmp_path / "out", cache_dir
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(archive.read_lock(Path(result.stdout.strip()))[0].to_bytes())
+    Lock.from_bytes(json.dumps(doc).encode())  # the lock as built parses
+    doc["rpms"][0][field] = value
+    with pytest.raises(LockError, match="rpms\\[0\\] has an unusable name, version or arch"):
+        Lock.from_bytes(json.dumps(doc).encode())
+    doc = json.loads(archive.read_lock(Path(result.stdout.strip()))[0].to_bytes())
+    doc["rpm_roles"] = {"worker": ["libbig"]}  # a dependency, not a request
+    with pytest.raises(LockError, match="rpm_roles"):
+        Lock.from_bytes(json.dumps(doc).encode())

@@ -81,13 +81,18 @@ def rpms_tar(lock: Lock, bundle_dir: Path, out: IO[bytes]) -> None:
         info = tarfile.TarInfo("SHA256SUMS")
         info.size = len(sums)
         tar.addfile(info, io.BytesIO(sums))
-        for member in sorted(m.path for m in lock.members if m.path.startswith("rpms/")):
+        for member in _members(lock):
             tar.add(str(bundle_dir / member), arcname=member[len("rpms/") :], recursive=False)
+
+
+def _members(lock: Lock) -> List[str]:
+    """The ``rpms/`` members, carried or (a delta bundle) inherited from the base's unpacked copy."""
+    return sorted(m.path for m in list(lock.members) + list(lock.inherited) if m.path.startswith("rpms/"))
 
 
 def key_files(lock: Lock) -> List[str]:
     """The bundled keys' file names (one per source that named a gpgkey)."""
-    names = [posixpath.basename(m.path) for m in lock.members if m.path.startswith("rpms/")]
+    names = [posixpath.basename(path) for path in _members(lock)]
     return sorted(n for n in names if n.startswith(KEY_PREFIX))
 
 
