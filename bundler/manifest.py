@@ -616,6 +616,18 @@ def load_manifest(path: Path) -> Manifest:
     if "rpms" in top.data:
         with problems.each():
             rpms = _rpms_section(top, where, base, problems)
+            if "debs" in top.data:
+                # The packages phase takes one route per bundle: apt or dnf, as the platform says.
+                raise top.fail(
+                    "rpms",
+                    "a bundle is for one platform: give debs (Debian/Ubuntu) or rpms (Rocky/RHEL), not both",
+                )
+            if platform.os and not platform.codename.isdigit():
+                raise top.fail(
+                    "rpms",
+                    f"platform.codename {platform.codename!r} must be the major release for rpms "
+                    '(e.g. platform: {os: rocky, codename: "8", arch: amd64})',
+                )
 
     steps: list[StepSpec] = []
     step_lines: list[int] = []

@@ -505,3 +505,20 @@ def test_signed_rpm_fields_are_checked_on_the_site(
     doc["rpm_roles"] = {"worker": ["libbig"]}  # a dependency, not a request
     with pytest.raises(LockError, match="rpm_roles"):
         Lock.from_bytes(json.dumps(doc).encode())
+
+
+def test_one_platform_per_bundle(project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo) -> None:
+    """debs and rpms together, or an rpm platform without its major release, are exit 2 by line."""
+    manifest = _manifest(project, rpm_repo.url, rpm_repo.key, "[postfix]")
+    text = manifest.read_text()
+    manifest.write_text(text.replace("codename: '8'", "codename: green"))
+    result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
+    assert result.exit_code == 2 and "rocky.yaml:" in result.stderr and "major release" in result.stderr
+    manifest.write_text(
+        text
+        + "debs:\n  sources:\n    - {url: 'http://127.0.0.1:9/', suite: s, components: [main], trusted: true}\n  packages: [x]\n"
+    )
+    result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
+    assert (
+        result.exit_code == 2 and "give debs (Debian/Ubuntu) or rpms (Rocky/RHEL), not both" in result.stderr
+    )
