@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := python3 python3-venv openssh-client openssh-server tar coreutils sed diffutils openssl time \
                 iproute2 util-linux \
                 docker.io busybox-static skopeo docker-registry containerd \
-                dpkg-dev apt-utils gpg gpgv python3-yaml debootstrap debian-archive-keyring
+                dpkg-dev apt-utils gpg gpgv python3-yaml debootstrap debian-archive-keyring \
+                rpm createrepo-c python3-solv dnf dnf-plugins-core
 PYTEST_ARGS ?=
 
 .PHONY: all install debs test lint fix demo bench clean
@@ -52,6 +53,7 @@ bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/images_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/debs_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/debs_real_bench.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/rpms_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/parts_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/images_mode_bench.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/verify_many_bench.py

@@ -227,6 +227,23 @@ def _gpgv(keyring: bytes, keyring_name: str, args: list[str], where: str) -> tup
         return (out.read_bytes() if out.exists() else b""), good
 
 
+def check_detached(keyring: bytes, keyring_name: str, signature: Path, data: Path, where: str) -> list[str]:
+    """The good signers of ``data`` by its detached ``signature`` (gpgv, the same rules as a
+    Release.gpg): the one owner of gpgv, for apt's and rpm-md's (``repomd.xml.asc``) signatures."""
+    return _gpgv(keyring, keyring_name, [str(signature), str(data)], where)[1]
+
+
+def decompressed(path: Path, name: str, limit: int, what: str) -> Iterator[bytes]:
+    """The decompressed bytes of a cached metadata file whose listed ``name`` ends in a compression
+    suffix (.xz, .bz2, .lzma, .gz, or none), a chunk at a time, at most ``limit`` of them."""
+    for ext, decoder in _COMPRESSIONS:
+        if ext and name.endswith(ext):
+            return _decompressed(path, decoder, limit, what)
+    if name.endswith((".zst", ".zck")):
+        raise FetchError(f"{what}: {name} is compressed with zstd/zchunk, which airbundle cannot read")
+    return _decompressed(path, None, limit, what)
+
+
 def _strip_clearsign(text: bytes) -> bytes:
     """The message of a clearsigned document, without checking it (for ``trusted`` sources)."""
     _, _, rest = text.partition(b"\n\n")

@@ -40,11 +40,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bundler import __version__, aptsource, archive, debs, images, oci, registry, rkeimages, sbom, signing
+from bundler import (
+    __version__,
+    aptsource,
+    archive,
+    debs,
+    images,
+    oci,
+    registry,
+    rkeimages,
+    rpmrepo,
+    rpms,
+    rpmsolve,
+    rpmsource,
+    sbom,
+    signing,
+)
 from bundler.cache import Cache, atomic_write, fsync_dir
 from bundler.errors import BundlerError, FetchError, InputError, IntegrityError, from_os_error, several
 from bundler.fetch import Fetcher, FetchPolicy, FetchProgress
-from bundler.files import open_regular
+from bundler.files import open_regular, read_capped
 from bundler.lock import (
     INSTALL_SH,
     LOCK_NAME,
@@ -55,6 +70,7 @@ from bundler.lock import (
     Lock,
     Member,
     RoledImage,
+    Rpm,
     Step,
     SystemImage,
     fold,
@@ -117,6 +133,8 @@ INSTALLER_FILES = {
     "installer/bundler/installer/options.py": "installer/options.py",
     "installer/bundler/installer/preflight.py": "installer/preflight.py",
     "installer/bundler/installer/results.py": "installer/results.py",
+    "installer/bundler/installer/rpmroute.py": "installer/rpmroute.py",
+    "installer/bundler/installer/nodeos.py": "installer/nodeos.py",
     "installer/bundler/installer/steps.py": "installer/steps.py",
     "installer/bundler/installer/push.py": "installer/push.py",
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
@@ -358,7 +376,14 @@ def installer_entries() -> list[archive.Entry]:
 # DESIGN.md order after install.sh: installer/, debs/, bin/, images/, files/, scripts/;
 # sorted within each group so the bundle does not depend on manifest order.
 _GROUPS = {"installer": 1, "debs": 2, "bin": 3, "images": 4, "files": 5, "scripts": 6}
-_KINDS = {"bin": "binary", "files": "file", "scripts": "script", "images": "image", "debs": "deb"}
+_KINDS = {
+    "bin": "binary",
+    "files": "file",
+    "scripts": "script",
+    "images": "image",
+    "debs": "deb",
+    "rpms": "rpm",
+}
 
 
 def _bundle_order(entry: archive.Entry) -> tuple[int, str]:
@@ -721,6 +746,109 @@ def _deb_entries(
     return entries, known, records
 
 
+@dataclass
+class RpmsCollected:
+    """The ``rpms`` section resolved, downloaded and signature-checked."""
+
+    chosen: list[tuple[rpms.Package, str]]  # the closure's packages and why each is there
+    paths: dict[str, Path]  # file name -> cached rpm
+    sources: tuple[dict[str, Any], ...]  # for the lock: each source's URL, key and signers
+    keys: tuple[bytes | None, ...] = ()  # each source's gpgkey bytes (None: none given)
+
+
+RPM_KEY_PREFIX = "RPM-GPG-KEY-source-"  # rpms/RPM-GPG-KEY-source-N: source N's key, armored
+MAX_RPM_QA_BYTES = 64 * 1024 * 1024
+
+
+def _resolve_rpms(manifest: Manifest, fetcher: Fetcher) -> tuple[list[tuple[rpms.Package, str]], list[Any]]:
+    """The closure of every set of requests a node can have (``rpms.packages`` and its roles'),
+    decided by libsolv against the verified sources; one version of each package across them."""
+    spec = manifest.rpms
+    assert spec is not None
+    loaded = [rpmsource.load(fetcher, source, i) for i, source in enumerate(spec.sources)]
+    files = [rpmsolve.SourceFiles(x.primary, x.primary_name, x.filelists, x.filelists_name) for x in loaded]
+    installed: list[rpmsolve.Installed] = []
+    if spec.baseline_file is not None:
+        text = read_capped(spec.baseline_file, "rpms.baseline (rpm -qa output)", MAX_RPM_QA_BYTES)
+        installed = rpmsolve.parse_rpm_qa(text.decode("utf-8", "replace"), str(spec.baseline_file))
+    arch = rpmsolve.target_arch(manifest.platform.arch)
+    chosen: dict[tuple[str, str], tuple[rpms.Package, str]] = {}
+    first: dict[tuple[str, str], tuple[str, ...]] = {}
+    for requests in spec.request_sets():
+        try:
+            result = rpmsolve.resolve(files, arch, requests, installed, spec.exclude)
+        except rpmsolve.ResolveError as exc:
+            who = "" if requests == spec.packages else f" (for nodes that request {', '.join(requests)})"
+            raise FetchError(f"{manifest.path}: rpms: cannot resolve: {exc}{who}") from exc
+        for c in result:
+            pkg = loaded[c.source].packages.get((c.name, c.evr, c.arch))
+            if pkg is None:
+                raise FetchError(
+                    f"{spec.sources[c.source].describe()}: {c.name}-{c.evr}.{c.arch} is not in primary.xml"
+                )
+            key = (pkg.name, pkg.arch)
+            had = chosen.get(key)
+            if had is not None and had[0].evr != pkg.evr:
+                raise InputError(
+                    f"{manifest.path}: rpms.roles: {pkg.name} resolves to {had[0].evr} for the nodes that "
+                    f"request {', '.join(first[key])} and to {pkg.evr} for those that request "
+                    f"{', '.join(requests)}; pin it (name=version) in rpms.packages"
+                )
+            first.setdefault(key, requests)
+            if had is None or c.reason == "requested":
+                chosen[key] = (pkg, c.reason)
+    return sorted(chosen.values(), key=lambda pr: (pr[0].name, pr[0].arch)), loaded
+
+
+def _collect_rpms(manifest: Manifest, fetcher: Fetcher, jobs: int, on_fetch: FetchProgress) -> RpmsCollected:
+    """Resolve the ``rpms`` section, download the closure by primary.xml's SHA-256, and check each
+    rpm's own signature against its source's key (rpmkeys, a private database)."""
+    spec = manifest.rpms
+    assert spec is not None
+    chosen, loaded = _resolve_rpms(manifest, fetcher)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        paths = list(
+            pool.map(
+                lambda pr: rpmsource.download(fetcher, spec.sources[pr[0].source], pr[0], on_fetch), chosen
+            )
+        )
+    by_file = {pkg.file_name: path for (pkg, _), path in zip(chosen, paths)}
+    for i, source in enumerate(loaded):
+        if source.gpgkey is None:
+            continue
+        mine = {pkg.file_name: by_file[pkg.file_name] for pkg, _ in chosen if pkg.source == i}
+        rpmsource.check_signatures(source.gpgkey, str(source.source.gpgkey), mine, source.source.describe())
+    records = tuple(
+        {"url": x.source.url, "gpgkey_sha256": x.gpgkey_sha256, "signed_by": list(x.signed_by)}
+        for x in loaded
+    )
+    return RpmsCollected(chosen, by_file, records, tuple(x.gpgkey for x in loaded))
+
+
+def _rpm_entries(
+    manifest: Manifest, collected: RpmsCollected
+) -> tuple[list[archive.Entry], dict[str, str], list[Rpm]]:
+    """The ``rpms/`` members (the rpms, then the repository's ``repodata/``) and lock records."""
+    spec = manifest.rpms
+    assert spec is not None
+    entries, known, records = [], {}, []
+    for pkg, reason in collected.chosen:
+        member = f"rpms/{pkg.file_name}"
+        entries.append(archive.Entry(member, "0644", pkg.size, source=collected.paths[pkg.file_name]))
+        known[member] = pkg.sha256
+        url = f"{spec.sources[pkg.source].url.rstrip('/')}/{pkg.href}"
+        records.append(Rpm(pkg.name, pkg.evr, pkg.arch, member, pkg.sha256, pkg.size, url, reason))
+    for name, data in rpmrepo.repodata(collected.paths, source_date_epoch()).items():
+        entries.append(archive.Entry(f"rpms/{name}", "0644", len(data), data=data))
+    # The sources' keys travel with the repository: dnf on the site checks each rpm's signature
+    # with them (gpgcheck), as it would from the source itself.
+    for i, key in enumerate(collected.keys):
+        if key is not None:
+            data = rpmsource.armored(key)
+            entries.append(archive.Entry(f"rpms/{RPM_KEY_PREFIX}{i}", "0644", len(data), data=data))
+    return entries, known, records
+
+
 def _image_entries(collected: images.Collected) -> tuple[list[archive.Entry], dict[str, str]]:
     """The ``images/`` members: each blob once, then the layout files; and the blob digests."""
     entries = []
@@ -744,11 +872,17 @@ def _plan(
     collected: images.Collected | None = None,
     packages: DebsCollected | None = None,
     system: SystemImages | None = None,
+    rpm_packages: RpmsCollected | None = None,
 ) -> tuple[list[archive.Entry], Lock]:
     """The members in bundle order and the lock that lists them."""
     entries = installer_entries()
     known: dict[str, str] = {}
     deb_records: list[Deb] = []
+    rpm_records: list[Rpm] = []
+    if rpm_packages is not None:
+        rpm_entries, rpm_shas, rpm_records = _rpm_entries(manifest, rpm_packages)
+        entries += rpm_entries
+        known.update(rpm_shas)
     if packages is not None:
         deb_entries, deb_shas, deb_records = _deb_entries(manifest, packages.resolution, packages.paths)
         entries += deb_entries
@@ -830,6 +964,12 @@ def _plan(
         placed_images=tuple(
             RoledImage(i.ref, collected.roles[i.ref]) for i in collected.images if i.ref in collected.roles
         ),
+        rpms=tuple(rpm_records),
+        rpm_sources=rpm_packages.sources if rpm_packages else (),
+        rpm_roles={
+            role: tuple(p.partition("=")[0] for p in names)
+            for role, names in (manifest.rpms.roles.items() if manifest.rpms else ())
+        },
     )
     misplaced = lock.misplaced()
     if misplaced:
@@ -891,7 +1031,7 @@ def _refuse_clashes(manifest: Manifest, entries: list[archive.Entry], origins: d
 # What a delta may leave out: the big, content-addressed parts and the payload files (a large,
 # unchanged files: member is as much a waste to carry again as an image layer). Scripts and the
 # installer always travel: they are small and the site runs them from the bundle's own copy.
-_INHERITABLE = ("image", "deb", "binary", "file")
+_INHERITABLE = ("image", "deb", "rpm", "binary", "file")
 
 
 def base_lock(base: Path, key: signing.PublicKey) -> tuple[Lock, str]:
@@ -976,6 +1116,11 @@ def plan_bundle(
         for pkg in _resolve_debs(manifest, fetcher)[0].packages:
             cached = cache.get(pkg.sha256) is not None
             items.append(PlanItem("deb", f"{pkg.name} {pkg.version} {pkg.arch}", pkg.size, pkg.url, cached))
+    if manifest.rpms:
+        for rpm, _reason in _resolve_rpms(manifest, fetcher)[0]:
+            cached = cache.get(rpm.sha256) is not None
+            url = f"{manifest.rpms.sources[rpm.source].url.rstrip('/')}/{rpm.href}"
+            items.append(PlanItem("rpm", f"{rpm.name} {rpm.evr} {rpm.arch}", rpm.size, url, cached))
     want = f"linux/{_OCI_ARCH[manifest.platform.arch]}"
     system_specs = system.specs(manifest) if system else []
     specs = [*manifest.images, *system_specs]
@@ -1075,10 +1220,13 @@ def build_bundle(
         tool = manifest.cluster and next(b for b in manifest.binaries if b.name == manifest.cluster.tool)
         system = system_images(manifest, fetched[tool.sha256] if tool else None)
         packages = _collect_debs(manifest, fetcher, jobs, on_fetch) if manifest.debs else None
+        rpm_packages = _collect_rpms(manifest, fetcher, jobs, on_fetch) if manifest.rpms else None
         system_specs = system.specs(manifest) if system else []
         collected = _collect_images(manifest, fetcher, jobs, on_fetch, system_specs, mirror_map)
     with _environment("reading the bundle's files", manifest.base):
-        entries, lock = _plan(manifest, cache, fetched, jobs, on_hash, collected, packages, system)
+        entries, lock = _plan(
+            manifest, cache, fetched, jobs, on_hash, collected, packages, system, rpm_packages
+        )
     if checked.expires:
         lock = dataclasses.replace(lock, expires=checked.expires)
     if base is not None:

@@ -364,6 +364,8 @@ def build(
     lock = result.lock
     if lock.debs:
         _note("\n".join(_deb_table(lock)))
+    if lock.rpms:
+        _note("\n".join(_rpm_table(lock)))
     if lock.system_images:
         _note("\n".join(_system_table(lock)))
     _note(
@@ -423,6 +425,21 @@ def _deb_table(lock: Any) -> list[str]:
             else ""
         )
         for d in lock.debs
+    ]
+    return lines
+
+
+def _rpm_table(lock: Any) -> list[str]:
+    """The rpm closure, one line each: name, epoch:version-release, arch, size and why it is there
+    (a requested package of a role says the role: rpms.roles)."""
+    width = max(len("rpm"), *(len(r.name) for r in lock.rpms))
+    vwidth = max(len("version"), *(len(r.version) for r in lock.rpms))
+    roles_of = {name: role for role, names in sorted(lock.rpm_roles.items()) for name in names}
+    lines = [f"  {'rpm':<{width}}  {'version':<{vwidth}}  {'arch':<7} {'size':>10}  needed by"]
+    lines += [
+        f"  {r.name:<{width}}  {r.version:<{vwidth}}  {r.arch:<7} {_human(r.size):>10}  ({r.reason})"
+        + (f"  on {roles_of[r.name]} nodes" if r.name in roles_of and r.reason == "requested" else "")
+        for r in lock.rpms
     ]
     return lines
 
@@ -647,6 +664,20 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         ],
         "deb_roles": {role: list(names) for role, names in sorted(lock.deb_roles.items())},
         "apt_sources": list(lock.apt_sources),
+        "rpms": [
+            {
+                "name": r.name,
+                "version": r.version,
+                "arch": r.arch,
+                "size": r.size,
+                "sha256": r.sha256,
+                "url": r.url,
+                "needed_by": r.reason,
+            }
+            for r in lock.rpms
+        ],
+        "rpm_roles": {role: list(names) for role, names in sorted(lock.rpm_roles.items())},
+        "rpm_sources": list(lock.rpm_sources),
         "install": {
             "images_mode": lock.images_mode,
             "registry": lock.registry or None,
@@ -717,6 +748,9 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
     if lock.debs:
         lines.append(f"  debs:     ({_count(len(lock.debs), 'package')}, a flat apt repository in debs/)")
         lines += ["  " + line for line in _deb_table(lock)]
+    if lock.rpms:
+        lines.append(f"  rpms:     ({_count(len(lock.rpms), 'package')}, an rpm-md repository in rpms/)")
+        lines += ["  " + line for line in _rpm_table(lock)]
     if lock.steps:
         lines.append("  steps:")
         lines += [f"    {i}. {s.name:<17} {s.script}{_step_where(s)}" for i, s in enumerate(lock.steps, 1)]

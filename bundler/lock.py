@@ -12,7 +12,7 @@ No I/O happens here: callers pass bytes and objects.
 import json
 import re
 import unicodedata
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from bundler import oci, rkeimages, versions
 from bundler.compat import asdict, dataclass, field, replace
@@ -25,7 +25,7 @@ REGISTRY_RE = re.compile(r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}")  # a site registry,
 SIG_NAME = "lock.json.sig"
 INSTALL_SH = "install.sh"
 MAX_LOCK_BYTES = 16 * 1024 * 1024  # a lock of 100k members is ~15 MB; refuse more unparsed
-MEMBER_KINDS = ("installer", "binary", "file", "script", "image", "deb", "sbom")
+MEMBER_KINDS = ("installer", "binary", "file", "script", "image", "deb", "rpm", "sbom")
 MODES = ("0644", "0755")
 
 # The names the manifest accepts and the site re-checks: they become folder and file names there
@@ -41,6 +41,8 @@ K8S_VERSION_RE = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+(?:[-+][A-Za-z0-9.-]{1,48})
 CLUSTER_KEYS = ("kind", "kubernetes_version", "network_plugin", "tool")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# An rpm's name, epoch:version-release and arch, as words the installer names to dnf.
+_RPM_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+~^:-]{0,254}")
 # Member paths travel into tar headers, sha256sum lines and shell commands: keep
 # them to a plain character set (no quotes, backslashes, control characters).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9._+@=:,~ -]+")
@@ -165,6 +167,11 @@ class Deb:
 
 
 @dataclass(frozen=True)
+class Rpm(Deb):
+    """An rpm in ``rpms/`` (``version`` is rpm's ``epoch:version-release``, no epoch when 0)."""
+
+
+@dataclass(frozen=True)
 class RoledImage:
     """A locked image and the node roles that get it: a system image (one the cluster tool itself
     needs, ``rke up``) or an application image whose ``images:`` entry names its own ``roles``."""
@@ -214,6 +221,10 @@ class Lock:
     # debs.roles: role -> the requested packages (names) only the nodes of that role get; the
     # other requested packages go to every node.
     deb_roles: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    # rpms: the closure for Rocky/RHEL nodes, its sources (who signed) and its requests by role.
+    rpms: Tuple[Rpm, ...] = ()
+    rpm_sources: Tuple[Dict[str, Any], ...] = field(default=())
+    rpm_roles: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
     def debs_for(self, roles: Iterable[str]) -> Tuple[Deb, ...]:
         """The requested packages a node with ``roles`` installs (apt adds their closure from the
@@ -223,6 +234,16 @@ class Lock:
         mine = {name for role, names in self.deb_roles.items() if role in roles for name in names}
         return tuple(
             d for d in self.debs if d.reason == "requested" and (d.name not in by_role or d.name in mine)
+        )
+
+    def rpms_for(self, roles: Iterable[str]) -> Tuple[Rpm, ...]:
+        """The requested rpms a node with ``roles`` installs (dnf adds their closure from the bundled
+        repository): every node's, and those ``rpm_roles`` gives one of its roles."""
+        roles = set(roles)
+        by_role = {name for names in self.rpm_roles.values() for name in names}
+        mine = {name for role, names in self.rpm_roles.items() if role in roles for name in names}
+        return tuple(
+            r for r in self.rpms if r.reason == "requested" and (r.name not in by_role or r.name in mine)
         )
 
     def deb_places(self) -> Dict[str, Tuple[str, ...]]:
@@ -372,6 +393,16 @@ class Lock:
             **(
                 {"deb_roles": {r: list(n) for r, n in sorted(self.deb_roles.items())}}
                 if self.deb_roles
+                else {}
+            ),
+            # Written only when the bundle carries rpms, so that other bundles keep their exact bytes.
+            **(
+                {
+                    "rpms": [asdict(r) for r in self.rpms],
+                    "rpm_sources": [dict(a) for a in self.rpm_sources],
+                    "rpm_roles": {r: list(n) for r, n in sorted(self.rpm_roles.items())},
+                }
+                if self.rpms
                 else {}
             ),
         }
@@ -531,13 +562,13 @@ def _deb_baseline(top: _Fields) -> Dict[str, str]:
     return dict(raw)
 
 
-def _deb_roles(top: _Fields, debs: List[Deb]) -> Dict[str, Tuple[str, ...]]:
-    """``deb_roles``: for each node role, requested packages of the lock only its nodes get."""
-    if "deb_roles" not in top.obj:
+def _deb_roles(top: _Fields, debs: Sequence[Deb], key: str = "deb_roles") -> Dict[str, Tuple[str, ...]]:
+    """``deb_roles`` (or ``rpm_roles``): for each node role, requested packages only its nodes get."""
+    if key not in top.obj:
         return {}
     requested = {d.name for d in debs if d.reason == "requested"}
     out = {}
-    for role, names in top.get("deb_roles", dict).items():
+    for role, names in top.get(key, dict).items():
         if (
             role not in rkeimages.ROLES
             or not isinstance(names, list)
@@ -545,7 +576,8 @@ def _deb_roles(top: _Fields, debs: List[Deb]) -> Dict[str, Tuple[str, ...]]:
             or not all(isinstance(n, str) and n in requested for n in names)
         ):
             raise LockError(
-                f"{LOCK_NAME}: deb_roles: {role!r} must be a node role listing requested packages of debs"
+                f"{LOCK_NAME}: {key}: {role!r} must be a node role listing requested packages of "
+                f"{key.partition('_')[0]}s"
             )
         out[role] = tuple(names)
     return out
@@ -744,6 +776,24 @@ def _parse(doc: Any) -> Lock:
             )
         )
     blob_refs += [d.path for d in debs]
+    rpm_records = []
+    for i, raw in enumerate(top.items("rpms") if "rpms" in top.obj else []):
+        f = _Fields(raw, f"rpms[{i}]")
+        rpm_records.append(
+            Rpm(
+                name=f.get("name", str),
+                version=f.get("version", str),
+                arch=f.get("arch", str),
+                path=f.path("path"),
+                sha256=f.sha("sha256"),
+                size=f.size("size"),
+                url=f.get("url", str),
+                reason=f.get("reason", str),
+            )
+        )
+        if not _RPM_WORD.fullmatch(rpm_records[-1].name + rpm_records[-1].version + rpm_records[-1].arch):
+            raise LockError(f"{LOCK_NAME}: rpms[{i}] has an unusable name, version or arch")
+    blob_refs += [r.path for r in rpm_records]
     inherited = []
     for i, raw in enumerate(top.items("inherited")):
         f = _Fields(raw, f"inherited[{i}]")
@@ -790,6 +840,9 @@ def _parse(doc: Any) -> Lock:
         placed_images=(),
         deb_baseline=_deb_baseline(top),
         deb_roles=_deb_roles(top, debs),
+        rpms=tuple(rpm_records),
+        rpm_sources=tuple(top.items("rpm_sources")) if "rpm_sources" in top.obj else (),
+        rpm_roles=_deb_roles(top, rpm_records, "rpm_roles") if "rpm_roles" in top.obj else {},
     )
     lock = replace(
         lock,

@@ -46,6 +46,8 @@ from bundler.lock import (
     check_member_path,
 )
 from bundler.oci import ImageFormatError, Reference, parse_reference
+from bundler.rpms import REQUEST_RE as RPM_REQUEST_RE
+from bundler.rpms import Source as RpmSource
 
 API_VERSION = "airbundle/v1"
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -114,6 +116,34 @@ class ImageSpec:
         return str(self.archive) if self.archive else f"{self.ref} (from {self.source})"
 
 
+def request_sets(packages: tuple[str, ...], roles: dict[str, tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The distinct sets of requests a node can have: ``packages`` alone (a node of none of the
+    roles) and with the packages of each combination of the roles, each set once, in a stable
+    order. Each is resolved on its own, as apt (or dnf) on such a node would."""
+    named = sorted(roles)
+    out: list[tuple[str, ...]] = []
+    for mask in range(1 << len(named)):
+        extra = [p for i, role in enumerate(named) if mask >> i & 1 for p in roles[role]]
+        requests = tuple(dict.fromkeys([*packages, *extra]))
+        if requests not in out:
+            out.append(requests)
+    return out
+
+
+@dataclass(frozen=True)
+class RpmsSpec:
+    """The ``rpms`` section: rpm-md sources, the packages to install and those assumed present."""
+
+    sources: tuple[RpmSource, ...]
+    packages: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    baseline_file: Path | None = None  # ``rpm -qa`` output of a site node: what it has installed
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def request_sets(self) -> list[tuple[str, ...]]:
+        return [r for r in request_sets(self.packages, self.roles) if r]
+
+
 @dataclass(frozen=True)
 class DebsSpec:
     """The ``debs`` section: apt sources, the packages to install and those assumed present."""
@@ -130,17 +160,7 @@ class DebsSpec:
     roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def request_sets(self) -> list[tuple[str, ...]]:
-        """The distinct sets of requests a node can have: ``packages`` alone (a node of none of the
-        roles) and with the packages of each combination of the roles, each set once, in a stable
-        order. Each is resolved on its own, as apt on such a node would."""
-        named = sorted(self.roles)
-        out: list[tuple[str, ...]] = []
-        for mask in range(1 << len(named)):
-            extra = [p for i, role in enumerate(named) if mask >> i & 1 for p in self.roles[role]]
-            requests = tuple(dict.fromkeys([*self.packages, *extra]))
-            if requests not in out:
-                out.append(requests)
-        return out
+        return request_sets(self.packages, self.roles)
 
 
 @dataclass(frozen=True)
@@ -244,6 +264,7 @@ class Manifest:
     steps: tuple[StepSpec, ...]
     images: tuple[ImageSpec, ...] = ()
     debs: DebsSpec | None = None
+    rpms: RpmsSpec | None = None
     description: str = ""
     min_workers: int = 0
     image_roles: tuple[str, ...] = ("worker",)
@@ -591,6 +612,22 @@ def load_manifest(path: Path) -> Manifest:
     if "debs" in top.data:
         with problems.each():
             debs = _debs_section(top, where, base, problems)
+    rpms = None
+    if "rpms" in top.data:
+        with problems.each():
+            rpms = _rpms_section(top, where, base, problems)
+            if "debs" in top.data:
+                # The packages phase takes one route per bundle: apt or dnf, as the platform says.
+                raise top.fail(
+                    "rpms",
+                    "a bundle is for one platform: give debs (Debian/Ubuntu) or rpms (Rocky/RHEL), not both",
+                )
+            if platform.os and not platform.codename.isdigit():
+                raise top.fail(
+                    "rpms",
+                    f"platform.codename {platform.codename!r} must be the major release for rpms "
+                    '(e.g. platform: {os: rocky, codename: "8", arch: amd64})',
+                )
 
     steps: list[StepSpec] = []
     step_lines: list[int] = []
@@ -663,6 +700,7 @@ def load_manifest(path: Path) -> Manifest:
         steps=tuple(steps),
         images=tuple(images),
         debs=debs,
+        rpms=rpms,
         cluster=cluster,
         mirrors=mirrors,
         **rest,
@@ -680,6 +718,7 @@ _TOP_KEYS = (
     "image_roles",
     "install",
     "debs",
+    "rpms",
     "binaries",
     "images",
     "files",
@@ -908,8 +947,74 @@ def _debs_section(top: _Section, where: str, base: Path, problems: _Problems) ->
     )
 
 
-def _debs_roles(sec: _Section, packages: list[str]) -> dict[str, tuple[str, ...]]:
-    """``debs.roles: {worker: [heartbeat]}``: packages only the nodes of a role get."""
+def _rpms_section(top: _Section, where: str, base: Path, problems: _Problems) -> RpmsSpec:
+    """``rpms:`` (rpm-md sources for Rocky/RHEL sites); each source is checked on its own."""
+    sec = _Section(
+        top.get("rpms", dict),
+        where,
+        "rpms",
+        top.line,
+        ("sources", "packages", "exclude", "baseline", "roles"),
+    )
+    sources = []
+    before = len(problems.errors)
+    for i, (item, line) in enumerate(sec.items("sources")):
+        with problems.each():
+            sources.append(_rpm_source(item, where, i, line, base))
+    if len(problems.errors) > before:
+        raise _Reported()
+    if not sources:
+        raise ManifestError(f"{sec.at()}: rpms needs at least one source")
+    packages = sec.get("packages", list, default=[], required=False)
+    exclude = sec.get("exclude", list, default=[], required=False)
+    for key, names in (("packages", packages), ("exclude", exclude)):
+        for name in names:
+            if (
+                not isinstance(name, str)
+                or not RPM_REQUEST_RE.fullmatch(name)
+                or (key == "exclude" and "=" in name)
+            ):
+                raise sec.fail(
+                    key,
+                    f"{name!r} is not a package name" + (" (or name=version)" if key == "packages" else ""),
+                )
+    roles = _debs_roles(sec, packages, "rpms", RPM_REQUEST_RE)
+    if not packages and not roles:
+        raise sec.fail("packages", "name at least one package (here or under roles:)")
+    baseline_file = None
+    if "baseline" in sec.data:
+        _, baseline_file = _local_path(sec, "baseline", base)
+    return RpmsSpec(tuple(sources), tuple(packages), tuple(exclude), baseline_file, roles)
+
+
+def _rpm_source(item: Any, where: str, i: int, line: int, base: Path) -> RpmSource:
+    """One ``rpms.sources`` entry: an rpm-md repository URL and, normally, its signing key."""
+    src = _Section(item, where, f"rpms.sources[{i}]", line, ("url", "gpgkey"))
+    url = src.get("url", str)
+    if not url.startswith(("http://", "https://")):
+        raise src.fail("url", f"{url!r} must be an http(s) URL (the folder that holds repodata/)")
+    gpgkey = None
+    if "gpgkey" in src.data:
+        raw = src.get("gpgkey", str)
+        if raw.startswith("/"):
+            gpgkey = Path(raw)
+            if not gpgkey.is_file():
+                raise src.fail("gpgkey", f"{raw!r} is not a file on this host")
+        elif not (base / raw).exists():
+            raise src.fail(
+                "gpgkey",
+                f"{raw!r} does not exist; put the repository's public key there (e.g. Rocky's "
+                "RPM-GPG-KEY-Rocky-9) and check its fingerprint against the publisher's",
+            )
+        else:
+            _, gpgkey = _local_path(src, "gpgkey", base)
+    return RpmSource(url, gpgkey)
+
+
+def _debs_roles(
+    sec: _Section, packages: list[str], section: str = "debs", pattern: re.Pattern[str] = PACKAGE_RE
+) -> dict[str, tuple[str, ...]]:
+    """``debs.roles: {worker: [heartbeat]}`` (or ``rpms.roles``): packages only the nodes of a role get."""
     raw = sec.get("roles", dict, default={}, required=False)
     every = {p.partition("=")[0] for p in packages}
     out = {}
@@ -919,12 +1024,12 @@ def _debs_roles(sec: _Section, packages: list[str]) -> dict[str, tuple[str, ...]
         if not isinstance(names, list) or not names:
             raise sec.fail("roles", f"{role}: give a list of packages (e.g. {role}: [heartbeat])")
         for name in names:
-            if not isinstance(name, str) or not PACKAGE_RE.fullmatch(name):
+            if not isinstance(name, str) or not pattern.fullmatch(name):
                 raise sec.fail("roles", f"{role}: {name!r} is not a package name (or name=version)")
             if name.partition("=")[0] in every:
                 raise sec.fail(
                     "roles",
-                    f"{role}: {name} is in debs.packages already (every node gets those); name it once",
+                    f"{role}: {name} is in {section}.packages already (every node gets those); name it once",
                 )
         out[str(role)] = tuple(names)
     return out

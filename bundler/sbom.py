@@ -3,7 +3,8 @@ user of ``cyclonedx-python-lib`` and ``packageurl``.
 
 One document covers everything the bundle carries: container images
 (``pkg:oci`` with their manifest digest), Debian packages (``pkg:deb`` with
-version and architecture), binaries (SHA-256 and download URL) and files. It
+version and architecture), rpms (``pkg:rpm``, epoch as a qualifier), binaries (SHA-256 and
+download URL) and files. It
 is made from the lock alone, so the same lock gives the same bytes: the
 serial number is derived from the lock's content and the timestamp is the
 build's ``SOURCE_DATE_EPOCH``. The SBOM is itself a member the lock covers.
@@ -87,6 +88,23 @@ def make_sbom(lock: Lock) -> bytes:
                 ),
                 hashes=_sha256(deb.sha256),
                 external_references=_download(deb.url),
+            )
+        )
+    for rpm in lock.rpms:
+        # purl's rpm type: the epoch is a qualifier, the version is version-release.
+        epoch, _, evr = rpm.version.rpartition(":")
+        qualifiers = {"arch": rpm.arch, **({"epoch": epoch} if epoch else {})}
+        components.append(
+            Component(
+                name=rpm.name,
+                version=rpm.version,
+                type=ComponentType.LIBRARY,
+                bom_ref=f"rpm:{rpm.name}.{rpm.arch}",
+                purl=PackageURL(
+                    type="rpm", namespace=distro, name=rpm.name, version=evr, qualifiers=qualifiers
+                ),
+                hashes=_sha256(rpm.sha256),
+                external_references=_download(rpm.url),
             )
         )
     for binary in lock.binaries:

@@ -31,6 +31,11 @@ RANK: dict[str, float] = {
     "bundler.images": 5,
     "bundler.registry": 6,
     "bundler.aptsource": 6,
+    "bundler.rpms": 1,
+    "bundler.rpmsolve": 5,
+    "bundler.rpmrepo": 5,
+    "bundler.rpmsource": 6.5,
+    "bundler.solvhelper": 0,
     "bundler.build": 7,
     "bundler.cli": 8,
     "bundler.__main__": 9,
@@ -39,6 +44,8 @@ RANK: dict[str, float] = {
     "bundler.installer.inventory": 3,
     "bundler.installer.journal": 2,
     "bundler.installer.results": 3.5,
+    "bundler.installer.rpmroute": 3,
+    "bundler.installer.nodeos": 3,
     "bundler.installer.plan": 4,
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,
@@ -63,10 +70,12 @@ OWNERS = {
     "debian": {"bundler.debs"},
     "cyclonedx": {"bundler.sbom"},
     "packageurl": {"bundler.sbom"},
+    "solv": {"bundler.solvhelper"},
 }
 # progress is the installer CLI's own printer (only main makes one; it writes, never exits).
 CLIS = {
     "bundler.cli",
+    "bundler.solvhelper",  # a program of its own: the system python3 runs it for bundler.rpmsolve
     "bundler.__main__",
     "bundler.installer.main",
     "bundler.installer.run",

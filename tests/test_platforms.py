@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.installer.preflight import os_problem
+from bundler.installer.nodeos import os_problem, parse_os
+from bundler.lock import Lock
 
 from .conftest import Keys
 from .test_installer import _install, platform_site
@@ -50,7 +51,8 @@ ASTRA_17 = (
     ],
 )
 def test_os_problem(platform: dict[str, str], os_id: str, codename: str, expect: str | None) -> None:
-    problem = os_problem(platform, os_id, codename)
+    lock = Lock("x", "1.0", {**platform, "arch": "amd64"}, "b", "0" * 64, 0, ())
+    problem = os_problem(lock, parse_os(f"os={os_id}|x|debian"), codename)
     assert (problem is None) if expect is None else (problem is not None and problem.startswith(expect))
 
 

@@ -29,7 +29,7 @@ from typing import IO, Callable, Dict, List, Optional
 from bundler import archive, oci
 from bundler.compat import dataclass, replace
 from bundler.errors import InstallError
-from bundler.installer import remote, siteregistry
+from bundler.installer import remote, rpmroute, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import (
     Node,
@@ -41,7 +41,7 @@ from bundler.installer.inventory import (
     with_private_registries,
 )
 from bundler.installer.journal import Journal
-from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route
+from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route, rpm_requests
 from bundler.installer.preflight import RKE_PREFLIGHT_SCRIPT, parse_facts, rke_problems, swap_problem
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
@@ -344,9 +344,40 @@ def _packages_script(
     )
 
 
+def _rpms_on(
+    node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions, root: Optional[str]
+) -> NodeResult:
+    """The rpm route (Rocky/RHEL nodes): the bundle's rpm-md repository copied to the node and its
+    roles' requests installed with dnf (or yum) from it alone (``rpmroute``)."""
+    result = NodeResult(node)
+    repo = f"/var/lib/airbundle/rpms/{lock.name}-{lock.version}"
+    if root:
+        repo = root + repo
+    requested = rpm_requests(lock, node.roles)
+    script = rpmroute.install_script(
+        repo, requested, rpmroute.key_files(lock), root, lock.platform.get("codename", "")
+    )
+    try:
+        remote.stream(
+            node,
+            opts,
+            f"{sudo_prefix(node)}sh -c {shlex.quote(f'mkdir -p {repo} && tar -x -C {repo}')}",
+            lambda out: rpmroute.rpms_tar(lock, bundle_dir, out),
+        )
+        remote.run(node, opts, f"{sudo_prefix(node)}sh -c " + shlex.quote(script), timeout=3600)
+        result.done = requested
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
+
+
 def _packages_on(
     node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions, root_pattern: Optional[str]
 ) -> NodeResult:
+    if lock.rpms:
+        return _rpms_on(
+            node, lock, bundle_dir, opts, root_pattern.replace("{node}", node.name) if root_pattern else None
+        )
     result = NodeResult(node)
     repo = f"/var/lib/airbundle/debs/{lock.name}-{lock.version}"
     root = root_pattern.replace("{node}", node.name) if root_pattern else None

@@ -9,7 +9,7 @@ No I/O here: data in, data out (``tests/test_layers.py`` checks it).
 """
 
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from bundler import oci
 from bundler.compat import dataclass, field
@@ -241,11 +241,16 @@ def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]
     lines = [
         f"preflight  on {every}: reachable over SSH, sudo, {plat.get('os')} {plat.get('codename')} "
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
-        f"packages   on {every}: {len(lock.debs)} Debian packages from the bundled repository only",
+        f"packages   on {every}: "
+        + (
+            f"{len(lock.rpms)} rpm packages with dnf (or yum) from the bundled repository only"
+            if lock.rpms
+            else f"{len(lock.debs)} Debian packages from the bundled repository only"
+        ),
         *[
             f"             {', '.join(names)} only on {role} nodes: "
             + (", ".join(n.name for n in nodes if n.has(role)) or "no node")
-            for role, names in sorted(lock.deb_roles.items())
+            for role, names in sorted({**lock.deb_roles, **lock.rpm_roles}.items())
         ],
         f"binaries   on {every}: " + (", ".join(f"{b.dest} ({b.mode})" for b in lock.binaries) or "none"),
         "prepare    before the cluster, in order: "
@@ -430,12 +435,18 @@ def _split(
     return PhasePlan(phase, tuple(n for n in x.nodes if n.name in wanted), tuple(actions), present)
 
 
+def rpm_requests(lock: Lock, roles: Iterable[str]) -> List[str]:
+    """The rpms a node with ``roles`` names to dnf, as ``name-[epoch:]version-release.arch``."""
+    return [f"{r.name}-{r.version}.{r.arch}" for r in lock.rpms_for(roles)]
+
+
 def _packages(x: _Inputs) -> PhasePlan:
-    if not x.lock.debs:
+    if not x.lock.debs and not x.lock.rpms:
         return PhasePlan("packages", notes=("no packages in the bundle",))
     wanted: Dict[str, List[Tuple[str, str, str, Optional[bool]]]] = {}
     for node in x.nodes:  # every node's requests, and its roles' (``debs.roles``, Lock.debs_for)
         requested = [f"{d.name}={d.version}" for d in x.lock.debs_for(node.roles)]
+        requested += rpm_requests(x.lock, node.roles)  # rpms.roles likewise (Lock.rpms_for)
         wanted[node.name] = [(p, "install", p, None) for p in requested]
     return _split(x, "packages", wanted)
 

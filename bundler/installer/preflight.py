@@ -9,13 +9,14 @@ from. It never changes a node and never decides what to install.
 """
 
 import shlex
-from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from bundler import oci
 from bundler.compat import replace
 from bundler.errors import InstallError
 from bundler.installer import dockerload, remote
 from bundler.installer.inventory import ClusterOptions, Node
+from bundler.installer.nodeos import OS_RELEASE_LINE, is_rpm_bundle, os_problem, parse_os
 from bundler.installer.plan import NodeFacts, Route, baseline_gaps, cluster_file_problems
 from bundler.installer.results import NodeResult
 from bundler.lock import Lock
@@ -31,13 +32,15 @@ _UNAME_ARCH = {
 }
 MAX_CLOCK_SKEW = 5  # seconds; etcd and TLS need clocks that agree
 PREFLIGHT_SCRIPT = (
-    'uname -m; . /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-unknown} ${ID:-unknown}"; date +%s; '
+    'uname -m; f=/etc/os-release; r="${AIRBUNDLE_ROOT:-}"; '
+    'if [ -n "$r" ] && [ -r "$r/etc/os-release" ]; then f="$r/etc/os-release"; fi; . "$f" 2>/dev/null; '
+    'echo "${VERSION_CODENAME:-unknown}"; date +%s; '
     "command -v docker >/dev/null 2>&1 && echo docker || echo no-docker; "
     "df -Pk /var/lib 2>/dev/null | awk 'NR==2 {print $4}'; "
     "swapon --noheadings --show=NAME 2>/dev/null | wc -l; "
     'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then echo root-ok; else echo no-sudo; fi; '
     "(ss -Htln 2>/dev/null || netstat -tln 2>/dev/null | tail -n +3) | awk '{print $4}' | sed 's/.*://' "
-    "| sort -un | tr '\\n' ' '; echo"
+    "| sort -un | tr '\\n' ' '; echo; " + OS_RELEASE_LINE
 )
 # Ports Kubernetes (RKE) needs free on a node, by role ("all": every node). The kubelet (10250) and
 # kube-proxy's health check (10256) run on every node; the controller manager and the scheduler
@@ -377,22 +380,6 @@ def _baseline_problems(
 SWAP_ON = "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
 
 
-def os_problem(platform: Mapping[str, str], os_id: str, codename: str) -> Optional[str]:
-    """Why a node's OS (``ID`` and ``VERSION_CODENAME`` of its /etc/os-release) is not the bundle's
-    platform, or None.
-
-    Debian and its derivatives are told apart by both: Ubuntu 22.04 is ``ubuntu jammy``, Astra Linux
-    SE 1.7 ``astra 1.7_x86-64`` and 1.8 ``astra 1.8_x86-64`` (its point releases 1.7.5 and 1.7.6 share
-    the codename and the repository layout, so one bundle serves both).
-    """
-    want_os, want_codename = platform.get("os"), platform.get("codename")
-    if want_os and os_id != want_os:
-        return f"OS {os_id} {codename}, the bundle is for {want_os} {want_codename}; build one for this OS"
-    if codename != want_codename:
-        return f"OS codename {codename}, the bundle is for {want_codename}; build one for {os_id} {codename}"
-    return None
-
-
 def swap_verdict(swaps: str, lock: Lock, node: Node) -> Tuple[Optional[str], Optional[str]]:
     """The preflight's word on a node's swap (``swaps``: how many swap areas are on): a problem, or,
     when a before-cluster step of the bundle declares it turns swap off on this node (``fixes:
@@ -431,19 +418,24 @@ def _preflight_on(
 ) -> NodeResult:
     result = NodeResult(node)
     try:
-        fields = list(remote.lines(remote.run(node, opts, PREFLIGHT_SCRIPT, timeout=60)))
+        root = apt_root.replace("{node}", node.name) if apt_root else None
+        # A private root (--apt-root) stands for the node's system: its os-release says the OS.
+        script = (f"AIRBUNDLE_ROOT={shlex.quote(root)}; " if root else "") + PREFLIGHT_SCRIPT
+        answer = list(remote.lines(remote.run(node, opts, script, timeout=60)))
+        os_line = next((f for f in reversed(answer) if f.startswith("os=")), "os=")
+        fields = [f for f in answer if not f.startswith("os=")]
         if len(fields) < 7:
             raise InstallError(f"{node.name}: unexpected preflight answer: {fields}")
-        machine, os_line, clock, docker, free_kib, swaps, sudo = fields[:7]
-        codename, os_id = [*os_line.split(), "unknown", "unknown"][:2]
+        machine, codename, clock, docker, free_kib, swaps, sudo = fields[:7]
         listening = {int(p) for p in (fields[7] if len(fields) > 7 else "").split() if p.isdigit()}
+        node_os = parse_os(os_line)
         problems = []
         want_arch = lock.platform.get("arch")
         if _UNAME_ARCH.get(machine, machine) != want_arch:
             problems.append(f"architecture {machine}, the bundle is for {want_arch}")
-        wrong_os = os_problem(lock.platform, os_id, codename)
-        if wrong_os:
-            problems.append(wrong_os)
+        os_wrong = os_problem(lock, node_os, codename)
+        if os_wrong:
+            problems.append(os_wrong)
         if abs(int(clock) - now) > MAX_CLOCK_SKEW:
             problems.append(
                 f"clock is {int(clock) - now:+.0f} s off this node's (more than {MAX_CLOCK_SKEW} s)"
@@ -472,14 +464,17 @@ def _preflight_on(
             problems += more
             result.warnings += warnings
         if lock.deb_baseline:
-            root = apt_root.replace("{node}", node.name) if apt_root else None
             more, warnings = _baseline_problems(node, opts, lock.deb_baseline, root)
             problems += more
             result.warnings += warnings
         if problems:
             result.error = "; ".join(problems)
         else:
-            result.done.append(f"{machine} {codename}")
+            result.done.append(
+                f"{machine} {node_os['id']} {node_os['version_id']}"
+                if is_rpm_bundle(lock)
+                else f"{machine} {codename}"
+            )
     except (InstallError, ValueError) as exc:
         result.error = str(exc)
     return result
