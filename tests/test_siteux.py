@@ -73,13 +73,15 @@ def test_topology_problems_stop_the_install_until_confirmed(full_site, keys: Key
     site, client, _nodes, _dest, out_file = full_site
     dry = _full(site, keys, client, "--dry-run", yes=False)
     assert dry.returncode == 6, dry.stdout + dry.stderr
-    assert "problem: cluster.yml: 1 etcd node(s): quorum 1, tolerates 0 failure(s)" in dry.stdout
+    assert "problem: cluster.yml:3: 1 etcd node(s): quorum 1, tolerates 0 failure(s)" in dry.stdout
     assert "the install would stop: cluster.yml: the inventory's topology has problems" in dry.stderr
     assert "pass --yes to install anyway" in dry.stderr and "Traceback" not in dry.stderr
 
     stopped = _full(site, keys, client, yes=False)
     assert stopped.returncode == 6, stopped.stdout + stopped.stderr
-    assert "1 etcd node(s)" in stopped.stderr and "pass --yes to install anyway" in stopped.stderr
+    assert (
+        "cluster.yml:3: 1 etcd node(s)" in stopped.stderr and "pass --yes to install anyway" in stopped.stderr
+    )
     assert not (site / "work" / "full-2.0").exists() and not (site / "work" / "state.json").exists()
 
     _complete_values(site, out_file)
@@ -110,7 +112,7 @@ def test_no_worker_is_a_problem_and_lines_without_a_terminal(built: Path, keys: 
         )
     )
     dry = _install(site, keys, "--dry-run", "--offline")
-    assert dry.returncode == 6 and "problem: cluster.yml: no node has the worker role" in dry.stdout
+    assert dry.returncode == 6 and "problem: cluster.yml:1: no node has the worker role" in dry.stdout
     confirmed = _install(site, keys, "--dry-run", "--offline", "--yes")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "no node has the worker role (--yes: installing anyway)" in confirmed.stdout

@@ -35,6 +35,7 @@ from bundler.installer.inventory import (
     load_cluster_options,
     load_inventory,
     load_values,
+    nodes_line,
     with_inventory,
 )
 from bundler.installer.journal import Journal
@@ -47,6 +48,7 @@ from bundler.installer.plan import (
     describe,
     failure_message,
     journal_done,
+    located_topology_problems,
     make_plan,
     node_images,
     render,
@@ -187,7 +189,7 @@ def _install(
         _check_fit(options, journal.state, lock, decision.lock_sha256, nodes)
         route = images_route(options, lock, nodes)  # a bad choice stops before anything is unpacked
         if options.only != "preflight":  # the preflight alone changes nothing: no need to confirm
-            _confirm_topology(options, topology_problems(lock, nodes), out)
+            _confirm_topology(options, _located_problems(options, lock, nodes), out)
         base = options.workdir / decision.base_folder if decision.base_folder else None
         _remove_stale_staging(options.workdir, f"{lock.name}-{lock.version}")
         total = sum(m.size for m in lock.members)
@@ -352,6 +354,11 @@ def _report(phase: PhasePlan, results: list[NodeResult], out: Progress, logs: Pa
         raise InstallError(message)
 
 
+def _located_problems(options: Options, lock: Lock, nodes: list[Node]) -> list[str]:
+    """The topology problems with the inventory's ``FILE:LINE`` (the node list's, or a node's)."""
+    return located_topology_problems(lock, nodes, str(options.inventory), nodes_line(options.inventory))
+
+
 def _warnings_left(nodes: list[Node], lock: Lock, problems: list[str]) -> list[str]:
     """The topology warnings that no problem already names (the same subject before its ":")."""
     subjects = {p.split(":")[0] for p in problems}
@@ -392,9 +399,9 @@ def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Nod
     )
     print("nodes: " + ", ".join(f"{n.name} ({'/'.join(n.roles)})" for n in nodes), file=out)
     problems = topology_problems(lock, nodes) if options.only != "preflight" else []
-    for problem in problems:
+    for problem in _located_problems(options, lock, nodes) if problems else []:
         anyway = " (--yes: installing anyway)" if options.yes else ""
-        print(f"problem: {options.inventory}: {problem}{anyway}", file=out)
+        print(f"problem: {problem}{anyway}", file=out)
     for warning in _warnings_left(nodes, lock, problems):
         print(f"warning: {warning}", file=out)
     print("the plan:", file=out)
