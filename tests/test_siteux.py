@@ -21,9 +21,18 @@ import time
 from pathlib import Path
 
 from .conftest import Keys
-from .test_installer import SITE_PATH, _empty_engines, _full, _install, _node_site, _site, full_site
+from .test_installer import (
+    SITE_PATH,
+    _empty_engines,
+    _full,
+    _install,
+    _node_site,
+    _site,
+    full_site,
+    image_site,
+)
 
-__all__ = ["full_site"]  # the fixture, used by the tests below
+__all__ = ["full_site", "image_site"]  # the fixtures, used by the tests below
 
 
 def _state(site: Path) -> dict:
@@ -225,3 +234,44 @@ def test_node_logs_stay_in_the_logs_folder(tmp_path: Path) -> None:
         assert path.parent == logs / "images" and not path.name.startswith("."), path
         assert path.read_text().endswith(" ok\n")
     assert not (tmp_path / "escape.log").exists()
+
+
+def test_packages_draw_a_bar_per_node_on_a_terminal(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster, source_engine
+) -> None:
+    """On a terminal the packages phase draws a bar per node (bytes of the repository sent of its
+    total); the report's line per node stays, with the bytes sent."""
+    from .test_installer import _debs_site, _status_roots
+
+    client, nodes = ssh_cluster
+    site = _debs_site(
+        project, apt_repos, keys, tmp_path, cache_dir, nodes, "  packages: [app]\n  exclude: [base-files]\n"
+    )
+    roots = _status_roots(tmp_path, nodes, [[("base-files", "12.4", {})]] * len(nodes))
+    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--workdir",
+            str(site / "work"), "--ssh-config", str(client.config), "--only", "packages",
+            "--apt-root", f"{roots}/{{node}}"]  # fmt: skip
+    code, said = _on_terminal(site, argv, None)
+    assert code == 0, said
+    for node in nodes:
+        assert f"packages {node.name} [" in said, said  # its bar, "kB/" of the total
+        assert "of packages sent)" in said
+    assert "phase packages done" in said
+
+
+def test_the_registry_push_draws_its_bar_on_a_terminal(image_site, keys: Keys) -> None:
+    """The push into the site registry: one bar with bytes and blobs of total, then the line."""
+    from .registries import Registry
+
+    site, client, _nodes = image_site
+    registry = Registry("open")
+    try:
+        argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--workdir",
+                str(site / "work"), "--ssh-config", str(client.config), "--only", "images",
+                "--images-mode", "registry", "--registry", registry.host]  # fmt: skip
+        code, said = _on_terminal(site, argv, None)
+        assert code == 0, said
+        assert f"push {registry.host} [" in said and "/5 blobs" in said, said
+        assert "; of 5 blobs" in said and "phase images done" in said
+    finally:
+        registry.stop()

@@ -224,8 +224,11 @@ def _install(
     private = Path(tempfile.mkdtemp(prefix="airbundle-run-"))
     logs = options.workdir / "logs"
 
-    def bar(phase: str, node: str, done: int, total: int) -> None:
-        out.update(f"{phase} {node}", done, total)
+    def bar(phase: str, node: str, done: int, total: int, note: str = "") -> None:
+        if total and done >= total:  # done: off the status line (the node's report line follows)
+            out.finish(f"{phase} {node}")
+        else:
+            out.update(f"{phase} {node}", done, total, note)
 
     try:
         site = with_inventory(values, nodes)
@@ -339,6 +342,8 @@ def _report(phase: PhasePlan, results: list[NodeResult], out: Progress, logs: Pa
         elif phase.name == "images":
             sent = f", {r.sent} bytes sent" if r.sent else ""
             lines.append(f"ok: {len(r.done)} {r.verb}, {len(r.skipped)} already present{sent}")
+        elif phase.name == "packages" and r.sent:
+            lines.append(f"ok: {', '.join(r.done) or 'nothing to do'} ({human(r.sent)} of packages sent)")
         else:
             notes = "; ".join(r.skipped)
             note = f" (note: {notes})" if notes else ""
