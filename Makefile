@@ -34,9 +34,9 @@ lint: install
 	$(BIN)/ruff check bundler tests bench tools
 	$(BIN)/ruff format --check bundler tests bench tools
 	$(BIN)/mypy bundler
-	# The installer and the core it carries into bundles must run on python3 3.7 (Astra SE 1.7).
-	$(BIN)/vermin --target=3.7- --no-tips --eval-annotations=no --violations --quiet \
-	    bundler/__init__.py bundler/errors.py bundler/oci.py bundler/lock.py bundler/signing.py bundler/versions.py \
+	# The installer and the core it carries into bundles must run on python3 3.6 (Rocky Linux 8 platform-python) and later.
+	$(BIN)/vermin --target=3.6- --no-tips --eval-annotations=no --violations --quiet \
+	    bundler/__init__.py bundler/compat.py bundler/errors.py bundler/oci.py bundler/lock.py bundler/signing.py bundler/versions.py \
 	    bundler/files.py bundler/trust.py bundler/archive.py bundler/rkeimages.py bundler/installer
 
 fix: install

@@ -91,11 +91,12 @@ def source_date_epoch() -> int:
 
 
 # The installer that travels in every bundle: bundle member -> file of this package. Only the
-# site-safe core (standard library, 3.7+; cryptography optional) goes along.
+# site-safe core (standard library, 3.6+; cryptography optional) goes along.
 INSTALLER_FILES = {
     "installer/run.py": "installer/run.py",
     "installer/bundler/__init__.py": "__init__.py",
     "installer/bundler/errors.py": "errors.py",
+    "installer/bundler/compat.py": "compat.py",
     "installer/bundler/oci.py": "oci.py",
     "installer/bundler/lock.py": "lock.py",
     "installer/bundler/signing.py": "signing.py",
@@ -121,7 +122,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
     **{
         f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
-        for name in ["__init__.py", "yaml/LICENSE"]
+        for name in ["__init__.py", "yaml/LICENSE", "dataclasses.py", "dataclasses.LICENSE"]
         + [
             f"yaml/{m}.py"
             for m in (

@@ -964,8 +964,16 @@ def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:
                     "(e.g. debian-archive-keyring) or give the key's file in the project",
                 )
         elif not (base / raw).exists():
-            # Docker publishes its key beside its repository; for the others: payloads/keys/README.md.
-            example = f", e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}'" if "docker" in url else ""
+            # Docker publishes its key beside its repository; Astra's is on every Astra host (apt trusts
+            # it there); for the others: payloads/keys/README.md.
+            example = ""
+            if "docker" in url:
+                example = f", e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}'"
+            elif "astra" in url or "astra" in raw:
+                example = (
+                    f", e.g. on an Astra host of that release 'apt-key exportall > {raw}' "
+                    "(the keys its apt trusts for Astra's repositories)"
+                )
             raise src.fail(
                 "keyring",
                 f"{raw!r} does not exist; put the repository's public key there (armored or binary)"

@@ -369,3 +369,73 @@ if __name__ == "__main__":
     import sys
 
     main(Path(sys.argv[1]))
+
+
+def index_suite(
+    repo: Path, key: GpgKey, suite: str, components: tuple[str, ...], arch: str = "amd64"
+) -> None:
+    """Packages and a signed InRelease for ``repo/dists/SUITE/COMPONENT`` from ``repo/pool/COMPONENT``
+    (each component its own index, as Astra's and Debian's archives have them)."""
+    for component in components:
+        folder = repo / "dists" / suite / component / f"binary-{arch}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (repo / "pool" / component).mkdir(parents=True, exist_ok=True)
+        packages = subprocess.run(
+            ["dpkg-scanpackages", "--multiversion", "--arch", arch, f"pool/{component}"],
+            cwd=repo, check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        (folder / "Packages").write_bytes(packages)
+        (folder / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
+    dist = repo / "dists" / suite
+    options = [
+        f"Suite={suite}",
+        f"Codename={suite}",
+        f"Architectures={arch}",
+        f"Components={' '.join(components)}",
+    ]
+    release = subprocess.run(
+        ["apt-ftparchive", *[a for o in options for a in ("-o", f"APT::FTPArchive::Release::{o}")], "release", "."],
+        cwd=dist, check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    (dist / "Release").write_bytes(release)
+    key.clearsign(dist / "Release", dist / "InRelease")
+
+
+# Astra Linux SE 1.7's layout, in small: one tree per repository under astra/stable/1.7_x86-64/,
+# suite 1.7_x86-64, components main, contrib and non-free; docker.io's closure spans two of them.
+ASTRA_SUITE = "1.7_x86-64"
+ASTRA_REPOSITORIES = {
+    "repository-main": {
+        "main": [
+            (
+                "docker.io",
+                "20.10.25+dfsg1-2astra1",
+                "amd64",
+                {"Depends": "containerd (>= 1.4), runc, iptables"},
+            ),
+            ("containerd", "1.4.13~ds1-1astra1", "amd64", {}),
+            ("iptables", "1.8.7-1astra1", "amd64", {}),
+        ],
+        "contrib": [("runc", "1.1.5+ds1-1astra1", "amd64", {})],
+        "non-free": [],
+    },
+    "repository-extended": {
+        "main": [("containerd", "1.6.20~ds1-1astra2", "amd64", {})],
+        "contrib": [],
+        "non-free": [],
+    },
+}
+
+
+def build_astra(workdir: Path, key: GpgKey) -> Path:
+    """Astra-shaped repositories under ``workdir/served``; serve that folder."""
+    served = workdir / "served"
+    for name, components in ASTRA_REPOSITORIES.items():
+        repo = served / "astra" / "stable" / ASTRA_SUITE / name
+        for component, packages in components.items():
+            pool = repo / "pool" / component
+            pool.mkdir(parents=True, exist_ok=True)
+            for pkg, version, arch, fields in packages:
+                shutil.move(str(make_deb(workdir, pkg, version, arch, fields)), pool)
+        index_suite(repo, key, ASTRA_SUITE, tuple(components))
+    return served

@@ -74,6 +74,7 @@ class Node:
         user: str = "root",
         docker_group: bool = True,
         sshd_extra: str = "",
+        os_release: str | None = None,
     ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
@@ -85,6 +86,12 @@ class Node:
             ensure_user(user, docker_group)
             self.root.chmod(0o711)  # sshd reads authorized_keys as the user
         self.certs = self.root / "certs.d"
+        # Another OS for this node's processes: its own /etc/os-release, bound over the host's in the
+        # node's mount namespace (e.g. Astra Linux SE's), so a preflight over SSH reads that one.
+        self.os_release = None
+        if os_release is not None:
+            self.os_release = self.root / "os-release"
+            self.os_release.write_text(os_release)
         self.netns = netns
         self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
@@ -115,6 +122,10 @@ class Node:
             enter = ["nsenter", "-t", str(self.engine.proc.pid), "-m", *(["-n"] if self.netns else [])]
         elif self.netns:
             enter = ["nsenter", f"--net=/run/netns/{self.netns}"]
+        if self.os_release is not None:
+            if not enter:  # a mount namespace of its own, as the engine's would be
+                enter = ["unshare", "--mount", "--propagation", "private"]
+            enter += ["sh", "-c", 'mount --bind "$0" /etc/os-release && exec "$@"', str(self.os_release)]
         subprocess.run(
             [
                 *enter,

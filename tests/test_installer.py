@@ -663,6 +663,19 @@ def test_packages_by_role_land_on_their_nodes_only(
         assert _installed(roots / node.name) == {**want, "base-files": "12.4"}, node.name
 
 
+def platform_site(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, nodes, os_id: str, codename: str
+) -> Path:
+    """A site whose one-step bundle is for OS_ID CODENAME (amd64), its inventory the given nodes."""
+    manifest = project.write_manifest(
+        f"apiVersion: airbundle/v1\nkind: Bundle\nname: {os_id}-only\nversion: '1.0'\n"
+        f"platform: {{os: {os_id}, codename: {codename}, arch: amd64}}\n"
+        "steps:\n  - {name: storage, script: scripts/storage.sh}\n",
+        f"{os_id}.yaml",
+    )
+    return _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+
+
 def test_preflight_refuses_before_anything_changes(
     project, keys: Keys, tmp_path: Path, cache_dir: Path, ssh_cluster
 ) -> None:
@@ -670,28 +683,22 @@ def test_preflight_refuses_before_anything_changes(
     import socket
 
     client, nodes = ssh_cluster
-    manifest = project.write_manifest(
-        "apiVersion: airbundle/v1\nkind: Bundle\nname: jammy-only\nversion: '1.0'\n"
-        "platform: {os: ubuntu, codename: jammy, arch: amd64}\n"
-        "steps:\n  - {name: storage, script: scripts/storage.sh}\n",
-        "jammy.yaml",
-    )
-    site = _node_site(manifest, keys, tmp_path, cache_dir, nodes)
+    site = platform_site(project, keys, tmp_path, cache_dir, nodes, "ubuntu", "jammy")
     with socket.socket() as busy:  # the nodes share this host's ports: 2380 (etcd) is now taken
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", 2380))
         busy.listen()
         run = _install(site, keys, "--ssh-config", str(client.config))
     assert run.returncode == 6
-    assert "cp-1                 FAILED: OS codename bookworm, the bundle is for jammy" in run.stdout
+    assert "cp-1                 FAILED: OS debian bookworm, the bundle is for ubuntu jammy" in run.stdout
     assert "ports already in use: 2380 (etcd)" in run.stdout
     assert (
-        "worker-1             FAILED: OS codename bookworm" in run.stdout
+        "worker-1             FAILED: OS debian bookworm" in run.stdout
         and "2380" not in run.stdout.split("worker-1")[1].splitlines()[0]
     )
     assert "preflight: failed on cp-1, worker-1, worker-2" in run.stderr
     assert [p.name for p in (site / "work" / "logs").iterdir()] == ["preflight"]  # no step ran
-    assert "FAILED: OS codename bookworm" in (site / "work" / "logs" / "preflight" / "cp-1.log").read_text()
+    assert "FAILED: OS debian bookworm" in (site / "work" / "logs" / "preflight" / "cp-1.log").read_text()
 
 
 def test_busy_ports_by_role() -> None:
@@ -1017,27 +1024,41 @@ def test_images_mode_from_the_manifest_and_the_options(
     assert not (site / "work").exists() or not any((site / "work").glob("demo-*"))  # nothing unpacked
 
 
+def _pyenv_python(minor: int) -> Path | None:
+    """pyenv's python3.MINOR, or None when this machine has none."""
+    for folder in sorted((Path.home() / ".pyenv" / "versions").glob(f"3.{minor}.*")):
+        if re.fullmatch(rf"3\.{minor}\.\d+", folder.name) and (folder / "bin" / "python3").is_file():
+            return folder / "bin" / "python3"
+    return None
+
+
 def _oldest_python() -> Path | None:
-    """The oldest python3 (3.7 or later: what the carried installer supports) installed by pyenv."""
-    found = []
-    for folder in (Path.home() / ".pyenv" / "versions").glob("3.*"):
-        match = re.fullmatch(r"3\.(\d+)\.\d+", folder.name)
-        if match and int(match.group(1)) >= 7 and (folder / "bin" / "python3").is_file():
-            found.append((int(match.group(1)), folder / "bin" / "python3"))
-    return min(found)[1] if found else None
+    """The oldest python3 the carried installer supports (3.6: Rocky Linux 8's platform-python), or
+    the oldest later one pyenv has."""
+    for minor in range(6, 14):
+        found = _pyenv_python(minor)
+        if found is not None:
+            return found
+    return None
+
+
+def _shim(tmp_path: Path, python: Path) -> Path:
+    """A folder whose ``python3`` is ``python``: put first on PATH, it plays the site's python3."""
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "python3").symlink_to(python)
+    return shim
 
 
 def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: Keys, tmp_path: Path) -> None:
     """install.sh runs the bundle's installer on the site's python3; on the oldest one the
-    installer supports it still makes the whole trust decision (signature through stock
+    installer supports (3.6) it still makes the whole trust decision (signature through stock
     ssh-keygen, since there is no cryptography), audits and hashes every member and plans,
     and still refuses a bundle signed by another key."""
     oldest = _oldest_python()
     if oldest is None:
-        pytest.skip("no pyenv python3 3.7+ under ~/.pyenv/versions to play the site's oldest python3")
-    shim = tmp_path / "oldest"
-    shim.mkdir()
-    (shim / "python3").symlink_to(oldest)
+        pytest.skip("no pyenv python3 3.6+ under ~/.pyenv/versions to play the site's oldest python3")
+    shim = _shim(tmp_path, oldest)
     site = _site(built, tmp_path)
     env = {"PATH": f"{shim}:{SITE_PATH}"}
     version = subprocess.run([shim / "python3", "--version"], capture_output=True, text=True).stdout.strip()
@@ -1046,11 +1067,100 @@ def test_the_carried_installer_decides_on_the_oldest_python(built: Path, keys: K
     dry = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
     assert dry.returncode == 0, f"{version}: {dry.stderr}"
     assert "members verified" in dry.stdout and "the plan:" in dry.stdout
+    assert f"install.sh: using {shim / 'python3'} ({version})" in dry.stderr  # it says which python runs
     data = bytearray(built.read_bytes())  # one payload byte changed: only the Python side sees it
     data[data.index(b"rke stand-in") + 3] ^= 1
     (site / built.name).write_bytes(bytes(data))
     refused = subprocess.run(argv, cwd=site, env={**os.environ, **env}, capture_output=True, text=True)
     assert refused.returncode == 4 and "bin/rke: sha256" in refused.stderr, refused.stderr
+
+
+def test_a_whole_install_on_python_36(full_site, keys: Keys, source_engine) -> None:
+    """Rocky Linux 8's stock python is 3.6: the whole install (binaries, images to every node over
+    SSH, rke up, the steps, the journal) runs on it, and a second run finds nothing to do."""
+    python36 = _pyenv_python(6)
+    if python36 is None:
+        pytest.skip("no pyenv python 3.6 under ~/.pyenv/versions to play Rocky Linux 8's platform-python")
+    site, client, nodes, dest, out_file = full_site
+    shim = _shim(site.parent, python36)
+    (site / "site.yaml").write_text(f"OUT_FILE: {out_file}\nCEPH_MONITORS: [10.0.0.1]\n")
+    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--workdir",
+            str(site / "work"), "--ssh-config", str(client.config), "--values", "site.yaml", "--yes"]  # fmt: skip
+    env = {**os.environ, "PATH": f"{shim}:{SITE_PATH}"}
+    first = subprocess.run(argv, cwd=site, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "(Python 3.6." in first.stderr
+    assert dest.read_bytes() == RKE_STANDIN and "rke stand-in: cluster up from" in first.stdout
+    src = source_engine.engine.client
+    for node in nodes[1:]:
+        assert {src.images.get(t).id for t in ("test/app-a:1", "test/app-b:1")} <= {
+            i.id for i in node.engine.client.images.list()
+        }
+    assert out_file.read_text().splitlines()[1:] == [
+        "monitors 10.0.0.1",
+        f"deploy with {site / 'work' / 'kube_config_cluster.yml'}",
+    ]
+    assert "full 2.0 is installed" in first.stdout
+    again = subprocess.run(argv, cwd=site, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "already installed (verified again); nothing to do" in again.stdout
+
+
+def _no_python_path(tmp_path: Path) -> Path:
+    """A PATH folder with every command of /usr/bin but python: a node with no ``python3`` command."""
+    folder = tmp_path / "nopython"
+    folder.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if not tool.name.startswith("python"):
+            (folder / tool.name).symlink_to(tool)
+    return folder
+
+
+def test_install_sh_falls_back_to_platform_python(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """Rocky/RHEL 8 has no python3 command unless one was installed, only /usr/libexec/platform-python
+    (3.6): install.sh uses it and says so. Played in a private mount namespace whose /usr/libexec
+    holds only a platform-python (pyenv's 3.6), with no python3 on PATH."""
+    python36 = _pyenv_python(6) or _oldest_python()
+    if python36 is None:
+        pytest.skip("no pyenv python3 under ~/.pyenv/versions to play platform-python")
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is needed for a private /usr/libexec")
+    site = _site(built, tmp_path)
+    bare = _no_python_path(tmp_path)
+    script = (
+        "mount -t tmpfs airbundle-test /usr/libexec && "
+        f"ln -s {python36} /usr/libexec/platform-python && "
+        f"PATH={bare} exec sh install.sh --pubkey {keys.pub_path} --inventory cluster.yml --dry-run --offline"
+    )
+    run = subprocess.run(["unshare", "--mount", "sh", "-c", script], cwd=site, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "install.sh: using /usr/libexec/platform-python (Python 3." in run.stderr
+    assert "the plan:" in run.stdout
+    assert (
+        Path("/usr/libexec").is_dir() and not Path("/usr/libexec/platform-python").exists()
+    )  # host untouched
+
+
+@pytest.mark.parametrize("python", [None, "2.7"])
+def test_install_sh_without_a_usable_python(
+    built: Path, keys: Keys, tmp_path: Path, python: str | None
+) -> None:
+    """No python3 and no platform-python, or one older than 3.6: exit 6 naming what is needed, and no
+    installer code runs (nothing unpacked)."""
+    site = _site(built, tmp_path)
+    bare = _no_python_path(tmp_path)
+    if python is not None:
+        old = sorted((Path.home() / ".pyenv" / "versions").glob(f"{python}.*"))
+        if not old:
+            pytest.skip(f"no pyenv python {python} to play a too-old python3")
+        (bare / "python3").symlink_to(old[0] / "bin" / "python")
+    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml",
+            "--workdir", str(site / "work")]  # fmt: skip
+    run = subprocess.run(
+        argv, cwd=site, env={**os.environ, "PATH": str(bare)}, capture_output=True, text=True
+    )
+    assert run.returncode == 6, run.stderr
+    assert "Python 3.6 or later" in run.stderr or "python3 (3.6 or later) is required" in run.stderr
+    assert not (site / "work").exists()
 
 
 def test_preflight_compares_each_node_with_the_baseline(

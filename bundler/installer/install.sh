@@ -10,7 +10,7 @@
 #     (valid-after, valid-before, namespaces; cert-authority is refused);
 #   - install.sh and every installer file, extracted (first occurrence only) into a fresh private
 #     folder and checked there with sha256sum -c against the lock.
-# Then it runs those very copies with python3 in isolated mode (no site-packages, no pip, no
+# Then it runs those very copies with python3 (or platform-python, 3.6+) in isolated mode (no site-packages, no pip, no
 # network); that installer verifies every other member before unpacking anything.
 # Exit codes: 2 usage or key file, 3 trust refused, 4 integrity (a bad or hostile bundle).
 set -eu
@@ -87,9 +87,19 @@ if [ -z "$bundle" ]; then
 fi
 # A FIFO or device would make tar wait forever (or read without end): only a regular file is a bundle.
 [ -f "$bundle" ] || die 2 "$bundle: no such bundle, or not a regular file (a FIFO, folder or device); give the bundle's .tar or .parts.json"
-for tool in tar ssh-keygen sha256sum sed grep sort uniq cut find python3; do
+for tool in tar ssh-keygen sha256sum sed grep sort uniq cut find; do
     command -v "$tool" >/dev/null 2>&1 || die 6 "$tool is required on this node"
 done
+# The installer needs Python 3.6 or later: python3 when there is one, else Rocky/RHEL 8's stock
+# platform-python (that system has no python3 command unless it was installed).
+python=$(command -v python3 2>/dev/null || true)
+if [ -z "$python" ] && [ -x /usr/libexec/platform-python ]; then
+    python=/usr/libexec/platform-python
+fi
+[ -n "$python" ] || die 6 "python3 (3.6 or later) is required on this node; install it (on Rocky/RHEL 8, /usr/libexec/platform-python also does)"
+pyversion=$("$python" -I -S -c 'import sys; print("%d.%d.%d" % sys.version_info[:3]); sys.exit(sys.version_info < (3, 6))' 2>/dev/null) \
+    || die 6 "$python${pyversion:+ (Python $pyversion)} cannot run the installer: Python 3.6 or later is needed"
+echo "install.sh: using $python (Python $pyversion)" >&2
 
 umask 077
 work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")  # a fresh folder only root can read
@@ -215,7 +225,7 @@ odd=$(find "$work/b" ! -type d \( ! -type f -o -links +1 \) | head -n 1)
     || die 4 "$bundle: the installer files do not match lock.json ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); do not install this bundle"
 set +e
 running=1
-python3 -I -S "$work/b/installer/run.py" "$@"
+"$python" -I -S "$work/b/installer/run.py" "$@"
 code=$?
 running=0
 set -e

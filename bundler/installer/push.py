@@ -6,7 +6,7 @@ rather than sent again; the rest go up streamed from the unpacked
 ``images/`` folder, in one monolithic ``PUT`` or, above ``Access.chunk``
 bytes, in ``PATCH`` chunks (for registries behind proxies that cap request
 bodies). Manifests are put under their tags. So a re-run, or a delta bundle,
-sends only what is new. Runs on the site with python3 3.7+ (``http.client``
+sends only what is new. Runs on the site with python3 3.6+ (``http.client``
 and ``ssl``, no requests).
 
 HTTPS is tried first, verified against ``Access.ca`` (else the system's CAs);
@@ -16,19 +16,17 @@ token from the realm its challenge names. This module does not start
 registries or touch nodes (see ``siteregistry``).
 """
 
-from __future__ import annotations
-
 import base64
 import http.client
 import json
 import re
 import ssl
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from bundler import oci
+from bundler.compat import dataclass, field, tls_verify_failure
 from bundler.errors import InstallError
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
@@ -39,7 +37,7 @@ class Access:
     """How to reach a site registry."""
 
     address: str  # HOST:PORT
-    ca: Path | None = None  # the CA its certificate chains to (else the system's CAs)
+    ca: Optional[Path] = None  # the CA its certificate chains to (else the system's CAs)
     user: str = ""
     password: str = ""
     chunk: int = 0  # blobs above this many bytes go up in PATCH chunks of this size; 0 = one PUT
@@ -57,7 +55,7 @@ class PushReport:
     bytes_total: int = 0
     chunks: int = 0  # PATCH requests of chunked uploads
     scheme: str = "https"
-    images: list[str] = field(default_factory=list)  # REGISTRY/REPO@DIGEST of each image
+    images: List[str] = field(default_factory=list)  # REGISTRY/REPO@DIGEST of each image
 
 
 class _Slice:
@@ -103,9 +101,9 @@ def _exchange(
     method: str,
     path: str,
     body: object,
-    headers: dict[str, str],
+    headers: Dict[str, str],
     timeout: float = 300,
-) -> tuple[int, dict[str, str], bytes]:
+) -> Tuple[int, Dict[str, str], bytes]:
     """One HTTP(S) request on a fresh connection: (status, lower-cased headers, body); raises ``OSError``."""
     conn = _connection(scheme, netloc, context, timeout)
     try:
@@ -126,10 +124,10 @@ class Client:
         self.scheme = "https"
         self.context = ssl.create_default_context(cafile=str(access.ca) if access.ca else None)
         self.auth = ""  # the Authorization header the registry last accepted
-        self.tokens: dict[str, str] = {}  # Bearer scope -> token
+        self.tokens: Dict[str, str] = {}  # Bearer scope -> token
         # One kept-alive connection for every request: a TLS handshake per blob request would
         # cost more than the request itself on a LAN.
-        self.conn: http.client.HTTPConnection | None = None
+        self.conn: Optional[http.client.HTTPConnection] = None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -140,12 +138,13 @@ class Client:
         """One ``GET /v2/`` (TLS first): a registry down, untrusted or locked is named before uploads."""
         try:
             status, headers, _ = self._send("GET", "/v2/")
-        except ssl.SSLCertVerificationError as exc:
-            raise InstallError(
-                f"registry {self.address}: its TLS certificate is not trusted here ({exc.verify_message}); "
-                "give the CA that signed it with --registry-ca FILE"
-            ) from None
         except ssl.SSLError as exc:
+            untrusted = tls_verify_failure(exc)
+            if untrusted is not None:
+                raise InstallError(
+                    f"registry {self.address}: its TLS certificate is not trusted here ({untrusted}); "
+                    "give the CA that signed it with --registry-ca FILE"
+                ) from None
             if self.access.ca is not None:
                 raise InstallError(
                     f"registry {self.address}: TLS failed ({exc.reason}) though --registry-ca was given; "
@@ -161,8 +160,8 @@ class Client:
             )
 
     def _send(
-        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
+        self, method: str, path: str, body: object = None, headers: Optional[Dict[str, str]] = None
+    ) -> Tuple[int, Dict[str, str], bytes]:
         while True:
             fresh = self.conn is None
             if self.conn is None:
@@ -186,8 +185,8 @@ class Client:
                 ) from exc
 
     def request(
-        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
+        self, method: str, path: str, body: object = None, headers: Optional[Dict[str, str]] = None
+    ) -> Tuple[int, Dict[str, str], bytes]:
         """Send a request with the credentials the registry asked for; answers a 401 challenge once."""
         headers = dict(headers or {})
         if self.auth:
@@ -202,8 +201,8 @@ class Client:
         return status, answer, data
 
     def _authorize(
-        self, method: str, path: str, body: object, headers: dict[str, str], answer: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
+        self, method: str, path: str, body: object, headers: Dict[str, str], answer: Dict[str, str]
+    ) -> Tuple[int, Dict[str, str], bytes]:
         challenge = answer.get("www-authenticate", "")
         if not self.access.user:
             raise InstallError(
@@ -227,7 +226,7 @@ class Client:
             )
         return status, answer, data
 
-    def _token(self, params: dict[str, str], basic: str) -> str:
+    def _token(self, params: Dict[str, str], basic: str) -> str:
         realm = urllib.parse.urlsplit(params.get("realm", ""))
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise InstallError(
@@ -252,12 +251,12 @@ class Client:
         doc = json.loads(data.decode())
         return str(doc.get("token") or doc.get("access_token") or "")
 
-    def check(self, status: int, want: tuple[int, ...], what: str, body: bytes) -> None:
+    def check(self, status: int, want: Tuple[int, ...], what: str, body: bytes) -> None:
         if status not in want:
             raise InstallError(f"registry {self.address}: {what} answered HTTP {status}: {body[:200]!r}")
 
 
-def repository(image: oci.Image) -> tuple[str, str | None]:
+def repository(image: oci.Image) -> Tuple[str, Optional[str]]:
     """(repository path on the site registry, tag) for an image: its name without the domain."""
     ref = oci.parse_reference(image.ref) if not image.ref.startswith("sha256:") else None
     if ref is None:
@@ -275,7 +274,7 @@ def _no_progress(_blobs: int, _of: int, _done: int, _total: int) -> None:
 
 
 def push_images(
-    images: list[oci.Image], images_dir: Path, access: Access, progress: PushProgress = _no_progress
+    images: List[oci.Image], images_dir: Path, access: Access, progress: PushProgress = _no_progress
 ) -> PushReport:
     """Push ``images`` (from the lock, their blobs in ``images_dir``) into the registry ``access`` names;
     ``progress`` follows the blobs and bytes (each distinct blob once) as they go up.
@@ -291,16 +290,17 @@ def push_images(
 
 
 def _push(
-    reg: Client, images: list[oci.Image], images_dir: Path, access: Access, progress: PushProgress
+    reg: Client, images: List[oci.Image], images_dir: Path, access: Access, progress: PushProgress
 ) -> PushReport:
     reg.connect()
     report = PushReport(scheme=reg.scheme)
-    pushed: dict[str, str] = {}  # digest -> repository it is already in (for mounts)
-    sizes: dict[str, int] = {}
+    pushed: Dict[str, str] = {}  # digest -> repository it is already in (for mounts)
+    sizes: Dict[str, int] = {}
     for image in images:
         for digest in [image.config, *(layer.digest for layer in image.layers)]:
             sizes.setdefault(digest, (images_dir / oci.blob_path(digest)).stat().st_size)
-    total, done, counted = sum(sizes.values()), [0], set()
+    total, done = sum(sizes.values()), [0]
+    counted: Set[str] = set()
     report.blobs_total, report.bytes_total = len(sizes), total
 
     def count(digest: str) -> None:
@@ -346,7 +346,7 @@ def _push(
     return report
 
 
-def _target(location: str, extra: list[tuple[str, str]] = []) -> str:  # noqa: B006 - never mutated
+def _target(location: str, extra: List[Tuple[str, str]] = []) -> str:  # noqa: B006 - never mutated
     """The path and query of an upload ``Location`` (absolute or not), with ``extra`` query items."""
     parts = urllib.parse.urlsplit(location)
     query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), *extra])

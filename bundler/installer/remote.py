@@ -6,17 +6,14 @@ and keep-alives; host keys are checked as the operator's ssh config says
 node through ssh's stdin as a stream, never through a temporary copy.
 """
 
-from __future__ import annotations
-
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, TypeVar
+from typing import IO, Callable, Iterator, List, Optional, TypeVar
 
+from bundler.compat import dataclass
 from bundler.errors import InstallError
 from bundler.installer.inventory import Node
 
@@ -35,11 +32,11 @@ class RemoteError(InstallError):
 class SshOptions:
     """How to reach the nodes."""
 
-    config: Path | None = None
+    config: Optional[Path] = None
     connect_timeout: int = 10
 
 
-def ssh_argv(node: Node, opts: SshOptions, command: str) -> list[str]:
+def ssh_argv(node: Node, opts: SshOptions, command: str) -> List[str]:
     argv = ["ssh"]
     if opts.config is not None:
         argv += ["-F", str(opts.config)]
@@ -71,7 +68,7 @@ def rke_key_path(node: Node) -> str:
     return os.path.expanduser(node.ssh_key_path or RKE_DEFAULT_KEY)
 
 
-def rke_login_argv(node: Node, connect_timeout: int = 10) -> list[str]:
+def rke_login_argv(node: Node, connect_timeout: int = 10) -> List[str]:
     """An ssh that logs in as rke would: only cluster.yml's key, the node's user and port."""
     return [
         "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
@@ -83,7 +80,7 @@ def rke_login_argv(node: Node, connect_timeout: int = 10) -> list[str]:
     ]  # fmt: skip
 
 
-def rke_login_problem(node: Node, connect_timeout: int = 10) -> str | None:
+def rke_login_problem(node: Node, connect_timeout: int = 10) -> Optional[str]:
     """Why rke could not log in to ``node`` (None when it can): the key cluster.yml names is missing
     or unreadable here, or the node refuses it, or the node cannot be reached the way rke dials it.
     The installer's own ssh may still get in (through the operator's ssh config or agent), which
@@ -101,7 +98,7 @@ def rke_login_problem(node: Node, connect_timeout: int = 10) -> str | None:
             f"public half is in ~{node.user}/.ssh/authorized_keys on the node"
         )
     try:
-        done = subprocess.run(  # noqa: UP022 - Python 3.6 on the site has no capture_output/text
+        done = subprocess.run(  # Python 3.6 on the site: no capture_output, no text
             rke_login_argv(node, connect_timeout),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -172,7 +169,11 @@ def run(node: Node, opts: SshOptions, command: str, timeout: float = 600) -> str
     """Run ``command`` on ``node``; its stdout, or ``RemoteError``."""
     try:
         done = subprocess.run(
-            ssh_argv(node, opts, command), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
+            ssh_argv(node, opts, command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
@@ -189,8 +190,8 @@ def stream(
         ssh_argv(node, opts, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    out: list[bytes] = []
-    err: list[bytes] = []
+    out: List[bytes] = []
+    err: List[bytes] = []
     # Drain stdout and stderr while writing, so a chatty command cannot block the pipe.
     readers = [
         threading.Thread(target=lambda f=f, sink=sink: sink.append(f.read()), daemon=True)
@@ -228,7 +229,7 @@ def sudo_prefix(node: Node) -> str:
     return "" if node.user == "root" else "sudo -n "
 
 
-def for_each(nodes: list[Node], work: Callable[[Node], T]) -> list[T]:
+def for_each(nodes: List[Node], work: Callable[[Node], T]) -> List[T]:
     """``work`` on every node at once (a thread each); the answers in the nodes' order."""
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
         return list(pool.map(work, nodes))

@@ -14,8 +14,6 @@ node's ``/etc/docker/certs.d/HOST:PORT/ca.crt`` (Docker reads it at each pull);
 trust, log in, push (``push``), then every target pulls each image by digest.
 """
 
-from __future__ import annotations
-
 import hashlib
 import io
 import ipaddress
@@ -27,11 +25,11 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Dict, List, Optional, Set
 
 from bundler import oci
+from bundler.compat import dataclass
 from bundler.errors import InstallError
 from bundler.installer import remote
 from bundler.installer.dockerload import ensure_tags, load_missing
@@ -57,14 +55,14 @@ class Tls:
     ca: Path
 
 
-def _openssl(args: list[str], cwd: Path) -> None:
+def _openssl(args: List[str], cwd: Path) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise InstallError(
             "making the site registry's certificate needs openssl on this node; install it, or give "
             "a site certificate with --registry-cert and --registry-key"
         )
-    done = subprocess.run([openssl, *args], cwd=str(cwd), capture_output=True)
+    done = subprocess.run([openssl, *args], cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
         raise InstallError(f"openssl {args[0]} failed in {cwd}: {' '.join(detail)}")
@@ -88,7 +86,7 @@ def _still_good(cert: Path, ca: Path) -> bool:
         return True  # nothing here can check it (or make another); keep what an earlier run made
     for args in (["verify", "-CAfile", str(ca), str(cert)],
                  ["x509", "-checkend", str(RENEW_BEFORE), "-noout", "-in", str(cert)]):  # fmt: skip
-        if subprocess.run(["openssl", *args], capture_output=True).returncode != 0:
+        if subprocess.run(["openssl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE).returncode != 0:
             return False
     return True
 
@@ -285,9 +283,9 @@ def _pull(node: Node, pulled: str, route: Route, opts: remote.SshOptions) -> Non
 
 def _pull_on(
     node: Node,
-    images: list[oci.Image],
-    fresh: set[str],
-    pulls: dict[oci.Image, str],
+    images: List[oci.Image],
+    fresh: Set[str],
+    pulls: Dict[oci.Image, str],
     route: Route,
     opts: remote.SshOptions,
 ) -> NodeResult:
@@ -321,8 +319,8 @@ def deliver(
     route: Route,
     tls_folder: Path,
     echo: Callable[[str], None],
-    progress: PushProgress | None = None,
-) -> list[NodeResult]:
+    progress: Optional[PushProgress] = None,
+) -> List[NodeResult]:
     """The registry route of the images phase: start the registry (``--registry-node``), make
     every node of ``phase`` trust it (and log in), push every image those nodes get (what they
     have too: the registry is where the cluster pulls from later), then have each node pull by
@@ -345,7 +343,7 @@ def deliver(
         ca = tls.ca
         start_on(route.node, image, images_dir, route.address, route.data, tls, opts, echo)
     access = Access(route.address, ca, route.user, route.password, route.chunk)
-    trusted: list[str] = []
+    trusted: List[str] = []
 
     def prepare(node: Node) -> NodeResult:
         result = NodeResult(node)
