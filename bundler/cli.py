@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from bundler import __version__, archive, files, signing
+from bundler import __version__, archive, files, oci, signing
 from bundler import lock as lock_
 from bundler.cache import atomic_write, default_root
 from bundler.errors import (
@@ -646,6 +646,8 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
                 "source": im.source,
                 "layers": len(im.layers),
                 "size": im.size,
+                # plain `skopeo inspect` parses only OCI manifests; --raw reads every image
+                "skopeo_inspect": "--raw" if _docker_manifest(im) else "yes",
             }
             for im in lock.images
         ],
@@ -738,11 +740,16 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         )
         lines += [
             f"    {', '.join(im.tags) or im.ref:<28} {_human(im.size):>10}  {im.config[7:19]}  {im.platform}"
-            f"  ({_count(len(im.layers), 'layer')}, {im.source})"
+            f"  ({_count(len(im.layers), 'layer')}, {im.source}{_DOCKER if _docker_manifest(im) else ''})"
             f"  on {', '.join(own_roles.get(im, lock.image_roles))}"
             for im in lock.images
             if im not in system_set
         ]
+        if any(_docker_manifest(im) for im in lock.images):
+            lines.append(
+                "    (a Docker manifest, as its registry serves it, reads with 'skopeo inspect --raw "
+                "[--config] oci:images:NAME' or 'skopeo copy'; plain 'skopeo inspect' wants an OCI one)"
+            )
     if lock.system_images:
         lines += _system_table(lock)
     if lock.debs:
@@ -755,6 +762,14 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
         lines.append("  steps:")
         lines += [f"    {i}. {s.name:<17} {s.script}{_step_where(s)}" for i, s in enumerate(lock.steps, 1)]
     click.echo("\n".join(lines))
+
+
+_DOCKER = ", Docker manifest"
+
+
+def _docker_manifest(image: oci.Image) -> bool:
+    """Whether the image's manifest is Docker's schema 2 (kept as the registry served it)."""
+    return image.media_type == oci.DOCKER_MANIFEST
 
 
 def _step_where(step: lock_.Step) -> str:

@@ -313,7 +313,11 @@ def layout_files(images: List[Image], manifest_sizes: Dict[str, int]) -> Dict[st
             platform = {"os": os_, "architecture": arch, **({"variant": variant} if variant else {})}
             index.append(
                 {
-                    "mediaType": image.media_type,
+                    # skopeo and containers/image find a name in index.json only on an entry typed
+                    # as an OCI manifest (or index): a registry's Docker schema2 manifest is listed
+                    # under the OCI type, its blob kept byte for byte (same digest, same image ID).
+                    # docker load reads manifest.json, containerd and the installer the blob itself.
+                    "mediaType": OCI_MANIFEST if image.media_type == DOCKER_MANIFEST else image.media_type,
                     "digest": image.manifest,
                     "size": manifest_sizes[image.manifest],
                     "platform": platform,

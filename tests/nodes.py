@@ -80,6 +80,7 @@ class Node:
         if not Path(sshd).exists():
             pytest.fail("sshd is not installed; run 'make install' (it installs openssh-server)")
         self.address, self.name, self.user = address, name, user
+        self.client_key = client.key
         self.root = Path(tempfile.mkdtemp(prefix=f"ab-{name}-", dir="/tmp"))
         if user != "root":
             ensure_user(user, docker_group)
@@ -167,7 +168,8 @@ class Node:
 
 def cluster_yml(nodes: list[Node], workers: set[str]) -> str:
     """An RKE cluster.yml for the test nodes: the named ones are workers, the others control plane."""
-    lines = ["nodes:"]
+    # The key rke logs in with (cluster.yml's own; rke reads no ssh config): the operator's.
+    lines = [f"ssh_key_path: {nodes[0].client_key}", "nodes:"] if nodes else ["nodes:"]
     for node in nodes:
         role = "[worker]" if node.name in workers else "[controlplane, etcd]"
         lines.append(

@@ -27,9 +27,9 @@ from .conftest import AIRBUNDLE, DEMO_MANIFEST, RKE_BYTES, Origin, run_cli
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
-# `install` is the site installer's own (its examples need an inventory of reachable nodes and
-# are played by tests/test_installer.py); every other command's examples run here, in this
-# order, since later ones use what earlier ones wrote (keys/, dist/, dvd/).
+# `install` is the site installer's own: its examples run against loopback nodes in
+# test_install_examples_run_as_written_on_loopback_nodes; every other command's examples run
+# here, in this order, since later ones use what earlier ones wrote (keys/, dist/, dvd/).
 ORDER = ["keygen", "build", "verify", "inspect", "join"]
 NOT_HERE = {"install"}
 
@@ -215,3 +215,90 @@ def test_install_examples_parse_and_name_the_bundle_build_writes(prog: str) -> N
         options = parse(argv, prog)
         assert options.bundle == Path("fmp-rke-23.12.1.tar") and options.inventory == Path("cluster.yml")
     assert any("dist/fmp-rke-23.12.1.tar" in e or "fmp-rke-23.12.1.tar" in e for e in help_examples("build"))
+
+
+def install_example_lines(prog: str) -> list[str]:
+    """The installer's help examples as written (continuation lines joined, comments left out)."""
+    from bundler.installer.options import parser
+
+    text = parser(prog).format_help()
+    block = text.split("Examples:\n", 1)[1].split("\n\n--dry-run", 1)[0]
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+# What a site needs for the registry examples: a registry image in the bundle (--registry-node)
+# and the site's registry at 10.0.0.5 (no test may send traffic there); those two stay parsed
+# only (test_install_examples_parse_and_name_the_bundle_build_writes), the others run here.
+NEEDS_A_SITE_REGISTRY = ("--registry-node", "--registry ")
+
+
+def test_install_examples_run_as_written_on_loopback_nodes(tmp_path: Path, keys, ssh_cluster) -> None:
+    """``sh install.sh --help``'s dry run and install run as written, in a site folder laid out as
+    the README says (the bundle, install.sh taken from it, allowed_signers, cluster.yml, site.yaml),
+    against loopback nodes reached through ``~/.ssh/config`` and installing to
+    ``/var/lib/airbundle``: both are this test's own, in a private mount namespace (a tmpfs over
+    /root and /var/lib seen by the installer only). The bundle is a stand-in fmp-rke 23.12.1
+    (files and steps on the control node; no rke, whose bring-up tests/test_rkenodes.py plays)."""
+    from .nodes import cluster_yml
+
+    client, nodes = ssh_cluster
+    project = tmp_path / "project"
+    (project / "payloads" / "app").mkdir(parents=True)
+    (project / "payloads" / "app" / "deploy.yaml").write_text("kind: Deployment\n")
+    (project / "scripts").mkdir()
+    for step in ("storage", "services"):
+        (project / "scripts" / f"{step}.sh").write_text(f"#!/bin/sh\necho {step} for $SITE_NAME\n")
+    manifest = project / "fmp-rke.yaml"
+    manifest.write_text(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: fmp-rke\nversion: '23.12.1'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        "files:\n  - {src: payloads/app/, dest: app}\n"
+        "steps:\n  - {name: storage, script: scripts/storage.sh}\n  - {name: services, script: scripts/services.sh}\n"
+    )
+    built = run_cli(
+        "build", manifest, "-o", tmp_path / "dist", "--key", keys.key_path, "--cache", tmp_path / "c"
+    )
+    assert built.exit_code == 0, built.stderr
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(built.stdout.strip(), site / "fmp-rke-23.12.1.tar")
+    subprocess.run(["tar", "-xf", "fmp-rke-23.12.1.tar", "install.sh"], cwd=site, check=True)
+    (site / "allowed_signers").write_text("airbundle " + keys.pub_path.read_text())
+    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
+    (site / "site.yaml").write_text("SITE_NAME: plant-7\n")
+    home = (
+        f"mount -t tmpfs tmpfs /root && mkdir -m 700 /root/.ssh && cp {client.config} /root/.ssh/config"
+        " && mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/airbundle"
+    )
+    ran = []
+    for example in install_example_lines("install.sh"):
+        if any(word in example for word in NEEDS_A_SITE_REGISTRY):
+            continue
+        done = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"{home} && cd {site} && {example}",
+            ],
+            env={**os.environ, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, (
+            f"{example!r} failed as written (exit {done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+        assert "Traceback" not in done.stderr
+        ran.append((example, done.stdout))
+    assert [e for e, _ in ran] == [
+        "sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml --dry-run",
+        "sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml --values site.yaml",
+    ]
+    assert "the plan:" in ran[0][1]
+    assert "fmp-rke 23.12.1 is installed, complete (logs: /var/lib/airbundle/logs)" in ran[1][1], ran[1][1]
+    assert not Path("/var/lib/airbundle").exists()  # the namespace's own, gone with it

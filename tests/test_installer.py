@@ -581,6 +581,9 @@ def test_packages_install_from_the_bundle_only(
     roots = _status_roots(tmp_path, nodes, [[("base-files", "12.4", {})]] * len(nodes))
     run = _only_in_roots(site, keys, client, "packages", roots)
     assert run.returncode == 0, run.stdout + run.stderr
+    for node in nodes:  # no terminal: one line per node, with the bytes it was sent
+        assert re.search(rf"  {node.name} +ok: .* \(\d+\.\d kB of packages sent\)", run.stdout), run.stdout
+    assert "[#" not in run.stderr and "\r" not in run.stderr
     for node in nodes:
         listed = subprocess.run(
             [
@@ -938,6 +941,8 @@ def test_images_through_a_site_registry(image_site, keys: Keys, source_engine) -
         first = _install(site, keys, *args, "--registry", registry.host)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "5 blobs sent" in first.stdout and "1 mounted, 0 already there" in first.stdout  # shared base
+        assert re.search(r"; of 5 blobs, \d+ bytes in all", first.stdout), first.stdout  # distinct blobs
+        assert "[#" not in first.stderr and "\r" not in first.stderr  # no terminal: no bars
         src = source_engine.engine.client
         want = {src.images.get("test/app-a:1").id, src.images.get("test/app-b:1").id}
         for node in nodes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from bundler import oci
 from bundler.installer.inventory import Node
@@ -298,3 +299,32 @@ def test_topology_problems_are_what_stops_an_install_until_confirmed() -> None:
     ]
     shared = Node("10.0.0.9", "root", ("controlplane", "etcd", "worker"), hostname_override="all-in-one")
     assert any("share all-in-one" in w for w in _warnings_left([*etcd[:2], shared], lock, []))
+
+
+def test_topology_problems_name_the_inventory_line(tmp_path: Path) -> None:
+    """Each topology problem says where in the inventory it is: an etcd count at the first etcd
+    node's line (naming the others'), too few or no workers at the ``nodes:`` key."""
+    from dataclasses import replace
+
+    from bundler.installer.inventory import load_inventory, nodes_line
+    from bundler.installer.plan import located_topology_problems
+
+    inventory = tmp_path / "cluster.yml"
+    inventory.write_text(
+        "ssh_key_path: ~/.ssh/id_ed25519\n"
+        "nodes:\n"
+        "  - address: 10.0.1.1\n    user: root\n    role: [controlplane, etcd]\n"
+        "  - address: 10.0.1.2\n    user: root\n    role: [controlplane, etcd]\n"
+        "  - address: 10.0.1.3\n    user: root\n    role: [worker]\n"
+    )
+    nodes = load_inventory(inventory)
+    assert [n.line for n in nodes] == [3, 6, 9] and nodes_line(inventory) == 2
+    problems = located_topology_problems(replace(_lock(), min_workers=2), nodes, str(inventory), 2)
+    assert problems == [
+        f"{inventory}:2: 1 worker(s), fewer than the bundle's min_workers (2)",
+        f"{inventory}:3: 2 etcd node(s): quorum 2, tolerates 0 failure(s); a fault-tolerant cluster needs "
+        "at least 3 (etcd nodes on lines 3, 6)",
+    ]
+    no_worker = located_topology_problems(_lock(), nodes[:2], str(inventory), 2)
+    assert no_worker[0] == f"{inventory}:2: no node has the worker role"
+    assert located_topology_problems(_lock(), [], "x.yml", 0)[0].startswith("x.yml: no node has")

@@ -226,3 +226,73 @@ def test_redirect_to_another_host_drops_authorization(
         assert all("Authorization" not in h for h in proxy.storage_headers)
     finally:
         proxy.close()
+
+
+def test_skopeo_reads_every_image_of_the_bundle(
+    project: Project,
+    keys: Keys,
+    tmp_path: Path,
+    cache_dir: Path,
+    registries: Registries,
+    source_engine: SourceEngine,
+    fresh_engine,
+) -> None:
+    """The real skopeo (1.9 on Debian 12) finds every image of ``images/`` by its name: one pulled
+    from a registry (a Docker schema2 manifest, kept byte for byte: same manifest digest, same
+    image ID) and one from the local engine (an OCI manifest). ``--raw`` and ``--raw --config``
+    give the signed bytes and ``skopeo copy`` copies either; plain ``skopeo inspect`` reads the
+    OCI one, and ``inspect`` names the Docker one, for which it cannot. containerd still imports them."""
+    import subprocess
+    import tarfile
+
+    host = registries.open.host  # type: ignore[attr-defined]
+    manifest = project.write_manifest(
+        "apiVersion: airbundle/v1\nkind: Bundle\nname: both\nversion: '1.0'\n"
+        "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        f"images:\n  - ref: {host}/test/app-a:1\n  - ref: test/app-b:1\n    from: daemon\n",
+        "both.yaml",
+    )
+    env = {**source_engine.engine.env, "DOCKER_CONFIG": str(tmp_path / "no-docker-config")}  # type: ignore[attr-defined]
+    result = run_cli(
+        "build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir, env=env
+    )
+    assert result.exit_code == 0, result.stderr
+    bundle = Path(result.stdout.strip())
+    lock = archive.verify_bundle(bundle, [keys.pub]).lock
+    pulled, local = lock.images
+    assert pulled.media_type == oci.DOCKER_MANIFEST and local.media_type == oci.OCI_MANIFEST
+    src = source_engine.engine.client  # type: ignore[attr-defined]
+    assert pulled.config == src.images.get("test/app-a:1").id  # the image ID as the registry has it
+    with tarfile.open(bundle) as tar:
+        tar.extractall(tmp_path / "x", members=[m for m in tar.getmembers() if m.name.startswith("images/")])
+    layout = tmp_path / "x" / "images"
+    (tmp_path / "copy").mkdir()
+
+    def skopeo(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["skopeo", *args], capture_output=True, timeout=60)
+
+    for image, name in ((pulled, f"{host}/test/app-a:1"), (local, "docker.io/test/app-b:1")):
+        raw = skopeo("inspect", "--raw", f"oci:{layout}:{name}")
+        assert raw.returncode == 0, raw.stderr.decode()
+        assert oci.sha256_digest(raw.stdout) == image.manifest  # the blob, byte for byte
+        config = skopeo("inspect", "--raw", "--config", f"oci:{layout}:{name}")
+        assert config.returncode == 0 and oci.sha256_digest(config.stdout) == image.config
+        copied = skopeo("copy", f"oci:{layout}:{name}", f"dir:{tmp_path / 'copy' / image.config[7:19]}")
+        assert copied.returncode == 0, copied.stderr.decode()
+    plain = skopeo("inspect", f"oci:{layout}:docker.io/test/app-b:1")
+    assert plain.returncode == 0 and json.loads(plain.stdout)["Digest"] == local.manifest
+    said = run_cli("inspect", bundle)
+    assert f"{host}/test/app-a:1" in said.stdout and "registry, Docker manifest)" in said.stdout
+    assert "skopeo inspect --raw" in said.stdout and "daemon, Docker manifest" not in said.stdout
+    listed = json.loads(run_cli("inspect", bundle, "--json").stdout)["images"]
+    assert [i["skopeo_inspect"] for i in listed] == ["--raw", "yes"]
+
+    # containerd imports the layout as before (index.json lists the Docker manifest as OCI).
+    load_tar = _images_tar(bundle, tmp_path)
+    ctr = ["ctr", "--address", str(fresh_engine.root / "exec/containerd/containerd.sock"), "-n", "ab-skopeo"]  # type: ignore[attr-defined]
+    subprocess.run([*ctr, "images", "import", load_tar], check=True, capture_output=True)
+    shown = subprocess.run([*ctr, "images", "ls"], check=True, capture_output=True, text=True).stdout
+    assert pulled.manifest in shown and local.manifest in shown
+    with open(load_tar, "rb") as f:
+        fresh_engine.client.images.load(f)  # type: ignore[attr-defined]
+    assert fresh_engine.client.images.get(f"{host}/test/app-a:1").id == pulled.config  # type: ignore[attr-defined]

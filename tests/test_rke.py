@@ -423,3 +423,53 @@ def test_the_demo_serves_this_standin_as_its_pinned_rke() -> None:
     assert (
         f"kubernetes_version: {rke_standin.KUBERNETES_VERSION}" in (root / "manifests/demo.yaml").read_text()
     )
+
+
+def test_preflight_logs_in_as_rke_would(rke_nodes, rke_site, keys: Keys, tmp_path: Path) -> None:
+    """rke logs in with cluster.yml's ssh_key_path alone (no ssh config, no agent): a node that does
+    not accept that key, or a key missing here, stops the install at the preflight (exit 6), naming
+    the node and the key, although the installer's own ssh (the operator's config) gets in; nothing
+    is installed."""
+    from .nodes import rke_cluster_yml
+    from .test_installer import _install
+
+    client, nodes = rke_nodes
+    other = tmp_path / "other_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    missing = tmp_path / "no-such-key"
+    pair = [nodes["cp-1"], nodes["wk-1"]]
+    text = (
+        rke_cluster_yml(pair, ROLES, client.key)
+        .replace(", hostname_override: cp-1", f", hostname_override: cp-1, ssh_key_path: {other}")
+        .replace(", hostname_override: wk-1", f", hostname_override: wk-1, ssh_key_path: {missing}")
+    )
+    (rke_site / "cluster.yml").write_text(text)
+    run = _install(rke_site, keys, "--ssh-config", str(client.config), "--yes")
+    assert run.returncode == 6, run.stdout + run.stderr
+    cp = _line(run.stdout, "cp-1")
+    assert f"FAILED: rke could not log in as root@127.0.0.41:2222 with key {other}" in cp
+    assert "the node refuses it" in cp and f"put {other}.pub in ~root/.ssh/authorized_keys" in cp
+    wk = _line(run.stdout, "wk-1")
+    assert f"rke could not log in: its key {missing} (ssh_key_path {missing}) is missing or unreadable" in wk
+    assert "preflight: failed on cp-1, wk-1" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "node-bin" / "rke").exists()  # the binaries phase never ran
+    # With the key the nodes accept, rke's login is no problem.
+    (rke_site / "cluster.yml").write_text(rke_cluster_yml(pair[:1], ROLES, client.key))
+    ok = _install(rke_site, keys, "--only", "preflight", "--ssh-config", str(client.config))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_rke_login_check_leaves_agent_and_inline_keys_to_rke(tmp_path: Path) -> None:
+    """A node rke reaches through the agent (ssh_agent_auth) or an inline ssh_key is not checked
+    with a key file; one with neither falls back to rke's default ~/.ssh/id_rsa."""
+    from bundler.installer import remote
+    from bundler.installer.inventory import load_inventory
+
+    inventory = tmp_path / "cluster.yml"
+    inventory.write_text(
+        "ssh_agent_auth: true\nnodes:\n  - {address: 127.0.0.170, user: root, role: [worker]}\n"
+    )
+    assert remote.rke_login_problem(load_inventory(inventory)[0]) is None
+    inventory.write_text("nodes:\n  - {address: 127.0.0.170, user: root, role: [worker]}\n")
+    node = load_inventory(inventory)[0]
+    assert remote.rke_key_path(node).endswith("/.ssh/id_rsa")

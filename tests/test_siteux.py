@@ -21,9 +21,18 @@ import time
 from pathlib import Path
 
 from .conftest import Keys
-from .test_installer import SITE_PATH, _empty_engines, _full, _install, _node_site, _site, full_site
+from .test_installer import (
+    SITE_PATH,
+    _empty_engines,
+    _full,
+    _install,
+    _node_site,
+    _site,
+    full_site,
+    image_site,
+)
 
-__all__ = ["full_site"]  # the fixture, used by the tests below
+__all__ = ["full_site", "image_site"]  # the fixtures, used by the tests below
 
 
 def _state(site: Path) -> dict:
@@ -73,13 +82,15 @@ def test_topology_problems_stop_the_install_until_confirmed(full_site, keys: Key
     site, client, _nodes, _dest, out_file = full_site
     dry = _full(site, keys, client, "--dry-run", yes=False)
     assert dry.returncode == 6, dry.stdout + dry.stderr
-    assert "problem: cluster.yml: 1 etcd node(s): quorum 1, tolerates 0 failure(s)" in dry.stdout
+    assert "problem: cluster.yml:3: 1 etcd node(s): quorum 1, tolerates 0 failure(s)" in dry.stdout
     assert "the install would stop: cluster.yml: the inventory's topology has problems" in dry.stderr
     assert "pass --yes to install anyway" in dry.stderr and "Traceback" not in dry.stderr
 
     stopped = _full(site, keys, client, yes=False)
     assert stopped.returncode == 6, stopped.stdout + stopped.stderr
-    assert "1 etcd node(s)" in stopped.stderr and "pass --yes to install anyway" in stopped.stderr
+    assert (
+        "cluster.yml:3: 1 etcd node(s)" in stopped.stderr and "pass --yes to install anyway" in stopped.stderr
+    )
     assert not (site / "work" / "full-2.0").exists() and not (site / "work" / "state.json").exists()
 
     _complete_values(site, out_file)
@@ -110,7 +121,7 @@ def test_no_worker_is_a_problem_and_lines_without_a_terminal(built: Path, keys: 
         )
     )
     dry = _install(site, keys, "--dry-run", "--offline")
-    assert dry.returncode == 6 and "problem: cluster.yml: no node has the worker role" in dry.stdout
+    assert dry.returncode == 6 and "problem: cluster.yml:1: no node has the worker role" in dry.stdout
     confirmed = _install(site, keys, "--dry-run", "--offline", "--yes")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "no node has the worker role (--yes: installing anyway)" in confirmed.stdout
@@ -223,3 +234,44 @@ def test_node_logs_stay_in_the_logs_folder(tmp_path: Path) -> None:
         assert path.parent == logs / "images" and not path.name.startswith("."), path
         assert path.read_text().endswith(" ok\n")
     assert not (tmp_path / "escape.log").exists()
+
+
+def test_packages_draw_a_bar_per_node_on_a_terminal(
+    project, keys: Keys, tmp_path: Path, cache_dir: Path, apt_repos, ssh_cluster, source_engine
+) -> None:
+    """On a terminal the packages phase draws a bar per node (bytes of the repository sent of its
+    total); the report's line per node stays, with the bytes sent."""
+    from .test_installer import _debs_site, _status_roots
+
+    client, nodes = ssh_cluster
+    site = _debs_site(
+        project, apt_repos, keys, tmp_path, cache_dir, nodes, "  packages: [app]\n  exclude: [base-files]\n"
+    )
+    roots = _status_roots(tmp_path, nodes, [[("base-files", "12.4", {})]] * len(nodes))
+    argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--workdir",
+            str(site / "work"), "--ssh-config", str(client.config), "--only", "packages",
+            "--apt-root", f"{roots}/{{node}}"]  # fmt: skip
+    code, said = _on_terminal(site, argv, None)
+    assert code == 0, said
+    for node in nodes:
+        assert f"packages {node.name} [" in said, said  # its bar, "kB/" of the total
+        assert "of packages sent)" in said
+    assert "phase packages done" in said
+
+
+def test_the_registry_push_draws_its_bar_on_a_terminal(image_site, keys: Keys) -> None:
+    """The push into the site registry: one bar with bytes and blobs of total, then the line."""
+    from .registries import Registry
+
+    site, client, _nodes = image_site
+    registry = Registry("open")
+    try:
+        argv = ["sh", "install.sh", "--pubkey", str(keys.pub_path), "--inventory", "cluster.yml", "--workdir",
+                str(site / "work"), "--ssh-config", str(client.config), "--only", "images",
+                "--images-mode", "registry", "--registry", registry.host]  # fmt: skip
+        code, said = _on_terminal(site, argv, None)
+        assert code == 0, said
+        assert f"push {registry.host} [" in said and "/5 blobs" in said, said
+        assert "; of 5 blobs" in said and "phase images done" in said
+    finally:
+        registry.stop()

@@ -66,8 +66,9 @@ class Context:
     private: Path  # a folder only this installer can write: checked copies of what runs here
     echo: Callable[[str], None]
     apt_root: Optional[str] = None
-    # (phase, node, bytes done, bytes total) for the CLI's bars; nothing by default.
-    progress: Callable[[str, str, int, int], None] = lambda phase, node, done, total: None
+    # (phase, node, bytes done, bytes total[, note]) for the CLI's bars; nothing by default. A bar
+    # whose done reaches its total leaves the status line.
+    progress: Callable[..., None] = lambda phase, node, done, total, note="": None
 
 
 Runner = Callable[[Context, PhasePlan], "list[NodeResult]"]  # a string: list[...] is 3.9+ at runtime
@@ -115,7 +116,13 @@ def _preflight(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
 def _images(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     if ctx.route.mode == "registry":
         tls = ctx.workdir / "registry-tls"
-        return siteregistry.deliver(ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo)
+
+        def pushed(blobs: int, of: int, done: int, total: int) -> None:
+            ctx.progress("push", ctx.route.address, done, total, f"{blobs}/{of} blobs")
+
+        return siteregistry.deliver(
+            ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo, pushed
+        )
     by_id = {i.config: i for i in ctx.lock.images}
     return for_each(list(phase.nodes), lambda node: _load_on(node, phase, by_id, ctx))
 
@@ -271,9 +278,34 @@ def rke_up(
 # ---------------------------------------------------------------- packages
 
 
+def _sums(lock: Lock) -> bytes:
+    return "".join(f"{d.sha256}  {posixpath.basename(d.path)}\n" for d in lock.debs).encode()
+
+
+def _debs_tar_size(lock: Lock, bundle_dir: Path) -> int:
+    """About the bytes ``_debs_tar`` writes (a header block and the data in 512-byte blocks per
+    member, the end blocks, tar's 10240-byte records): the total of the packages' bar."""
+    sizes = [len(_sums(lock))] + [p.stat().st_size for p in (bundle_dir / "debs").iterdir()]
+    size = sum(512 + -(-n // 512) * 512 for n in sizes) + 1024
+    return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+class _Counting:
+    """A writable that passes every write on and tells ``sent`` the bytes written so far."""
+
+    def __init__(self, out: IO[bytes], sent: Callable[[int], None]) -> None:
+        self.out, self.sent, self.written = out, sent, 0
+
+    def write(self, data: bytes) -> int:
+        self.out.write(data)
+        self.written += len(data)
+        self.sent(self.written)
+        return len(data)
+
+
 def _debs_tar(lock: Lock, bundle_dir: Path, out: IO[bytes]) -> None:
     """The bundle's flat apt repository plus a SHA256SUMS of its .debs, as a tar stream."""
-    sums = "".join(f"{d.sha256}  {posixpath.basename(d.path)}\n" for d in lock.debs).encode()
+    sums = _sums(lock)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo("SHA256SUMS")
         info.size = len(sums)
@@ -372,7 +404,12 @@ def _rpms_on(
 
 
 def _packages_on(
-    node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions, root_pattern: Optional[str]
+    node: Node,
+    lock: Lock,
+    bundle_dir: Path,
+    opts: remote.SshOptions,
+    root_pattern: Optional[str],
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> NodeResult:
     if lock.rpms:
         return _rpms_on(
@@ -386,13 +423,24 @@ def _packages_on(
     requested = [f"{d.name}={d.version}" for d in lock.debs_for(node.roles)]  # its roles' too
     rke = any(b.name == "rke" for b in lock.binaries) and any(d.name == "docker-ce" for d in lock.debs)
     docker_user = node.user if rke and node.user != "root" else None
+    total = _debs_tar_size(lock, bundle_dir)
+    sent = [0]
+
+    def tell(n: int) -> None:
+        sent[0] = n
+        if progress is not None:
+            progress(min(n, total), total)
+
     try:
         remote.stream(
             node,
             opts,
             f"{sudo_prefix(node)}sh -c {shlex.quote(f'mkdir -p {repo} && tar -x -C {repo}')}",
-            lambda out: _debs_tar(lock, bundle_dir, out),
+            lambda out: _debs_tar(lock, bundle_dir, _Counting(out, tell)),  # type: ignore[arg-type]
         )
+        result.sent = sent[0]
+        if progress is not None:
+            progress(total, total)  # the bar ends at its total (the estimate may be a block off)
         remote.run(
             node,
             opts,
@@ -412,15 +460,25 @@ def packages_phase(
     nodes: List[Node],
     opts: remote.SshOptions,
     root_pattern: Optional[str] = None,
+    progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> List[NodeResult]:
     """Install on every node the requested packages its roles need (``Lock.debs_for``) with apt,
-    from the bundled repository only (which carries every role's closure)."""
-    return for_each(nodes, lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern))
+    from the bundled repository only (which carries every role's closure); ``progress(node,
+    sent, total)`` follows each node's copy of the repository."""
+
+    def one(n: Node) -> NodeResult:
+        tell = (lambda done, total: progress(n.name, done, total)) if progress else None
+        return _packages_on(n, lock, bundle_dir, opts, root_pattern, tell)
+
+    return for_each(nodes, one)
 
 
 def _packages(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     todo = [n for n in phase.nodes if phase.of(n.name)]
-    done = {r.node.name: r for r in packages_phase(ctx.lock, ctx.bundle_dir, todo, ctx.opts, ctx.apt_root)}
+    bar = lambda node, sent, total: ctx.progress("packages", node, sent, total)  # noqa: E731
+    done = {
+        r.node.name: r for r in packages_phase(ctx.lock, ctx.bundle_dir, todo, ctx.opts, ctx.apt_root, bar)
+    }
     return [done.get(n.name) or NodeResult(n, skipped=["installed before"]) for n in phase.nodes]
 
 

@@ -54,6 +54,12 @@ class Node:
     port: int = 22
     ssh_key_path: Optional[str] = None
     hostname_override: Optional[str] = None
+    # The node's line in the inventory (0: not read from a file), for FILE:LINE in messages
+    # about it; not part of what a node is, so two equal nodes on two lines compare equal.
+    line: int = field(default=0, compare=False)
+    # rke logs in with something other than ssh_key_path (``ssh_agent_auth: true`` or an inline
+    # ``ssh_key``): the preflight's rke-login check cannot stand in for it and is left out.
+    rke_key_elsewhere: bool = field(default=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -140,6 +146,8 @@ def load_inventory(path: Path) -> List[Node]:
             port,
             key if isinstance(key, str) else None,
             host if isinstance(host, str) else None,
+            at,
+            any(bool(raw.get(k) or doc.get(k)) for k in ("ssh_agent_auth", "ssh_key")),
         )
         if node.name in names:
             # The reports, the journal and Kubernetes itself tell nodes apart by this name.
@@ -152,9 +160,16 @@ def load_inventory(path: Path) -> List[Node]:
     return nodes
 
 
+def nodes_line(path: Path) -> int:
+    """The 1-based line of the inventory's ``nodes:`` key (0 when unknown): where a problem of the
+    whole node list (no worker, too few workers) is, for ``FILE:LINE``."""
+    return _node_lines(path).get((-1, ""), 0)
+
+
 def _node_lines(path: Path) -> Dict[Tuple[int, str], int]:
-    """(node index, key) → 1-based line of that key in the file; (index, "") → the node's own line.
-    Read from the YAML's node tree (marks), since the loaded data has no lines."""
+    """(node index, key) → 1-based line of that key in the file; (index, "") → the node's own line;
+    (-1, "") → the ``nodes:`` key's line. Read from the YAML's node tree (marks), since the loaded
+    data has no lines."""
     try:
         text = files.read_capped(path, "inventory", MAX_INVENTORY_BYTES).decode("utf-8")
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -165,6 +180,7 @@ def _node_lines(path: Path) -> Dict[Tuple[int, str], int]:
         return out
     for key, value in tree.value:
         if getattr(key, "value", None) == "nodes" and isinstance(value, yaml.SequenceNode):
+            out[(-1, "")] = key.start_mark.line + 1
             for i, item in enumerate(value.value):
                 out[(i, "")] = item.start_mark.line + 1
                 if isinstance(item, yaml.MappingNode):

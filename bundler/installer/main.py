@@ -33,6 +33,7 @@ from bundler.installer.inventory import (
     load_cluster_options,
     load_inventory,
     load_values,
+    nodes_line,
     with_inventory,
 )
 from bundler.installer.journal import Journal
@@ -45,6 +46,7 @@ from bundler.installer.plan import (
     describe,
     failure_message,
     journal_done,
+    located_topology_problems,
     make_plan,
     node_images,
     render,
@@ -185,7 +187,7 @@ def _install(
         _check_fit(options, journal.state, lock, decision.lock_sha256, nodes)
         route = images_route(options, lock, nodes)  # a bad choice stops before anything is unpacked
         if options.only != "preflight":  # the preflight alone changes nothing: no need to confirm
-            _confirm_topology(options, topology_problems(lock, nodes), out)
+            _confirm_topology(options, _located_problems(options, lock, nodes), out)
         base = options.workdir / decision.base_folder if decision.base_folder else None
         _remove_stale_staging(options.workdir, f"{lock.name}-{lock.version}")
         total = sum(m.size for m in lock.members)
@@ -220,8 +222,11 @@ def _install(
     private = Path(tempfile.mkdtemp(prefix="airbundle-run-"))
     logs = options.workdir / "logs"
 
-    def bar(phase: str, node: str, done: int, total: int) -> None:
-        out.update(f"{phase} {node}", done, total)
+    def bar(phase: str, node: str, done: int, total: int, note: str = "") -> None:
+        if total and done >= total:  # done: off the status line (the node's report line follows)
+            out.finish(f"{phase} {node}")
+        else:
+            out.update(f"{phase} {node}", done, total, note)
 
     try:
         site = with_inventory(values, nodes)
@@ -335,6 +340,8 @@ def _report(phase: PhasePlan, results: List[NodeResult], out: Progress, logs: Pa
         elif phase.name == "images":
             sent = f", {r.sent} bytes sent" if r.sent else ""
             lines.append(f"ok: {len(r.done)} {r.verb}, {len(r.skipped)} already present{sent}")
+        elif phase.name == "packages" and r.sent:
+            lines.append(f"ok: {', '.join(r.done) or 'nothing to do'} ({human(r.sent)} of packages sent)")
         else:
             notes = "; ".join(r.skipped)
             note = f" (note: {notes})" if notes else ""
@@ -348,6 +355,11 @@ def _report(phase: PhasePlan, results: List[NodeResult], out: Progress, logs: Pa
     message = failure_message(phase.name, [r.node.name for r in results if r.error], phase.refusals)
     if message:
         raise InstallError(message)
+
+
+def _located_problems(options: Options, lock: Lock, nodes: List[Node]) -> List[str]:
+    """The topology problems with the inventory's ``FILE:LINE`` (the node list's, or a node's)."""
+    return located_topology_problems(lock, nodes, str(options.inventory), nodes_line(options.inventory))
 
 
 def _warnings_left(nodes: List[Node], lock: Lock, problems: List[str]) -> List[str]:
@@ -390,9 +402,9 @@ def _dry_run(options: Options, trusted: List[signing.PublicKey], nodes: List[Nod
     )
     print("nodes: " + ", ".join(f"{n.name} ({'/'.join(n.roles)})" for n in nodes), file=out)
     problems = topology_problems(lock, nodes) if options.only != "preflight" else []
-    for problem in problems:
+    for problem in _located_problems(options, lock, nodes) if problems else []:
         anyway = " (--yes: installing anyway)" if options.yes else ""
-        print(f"problem: {options.inventory}: {problem}{anyway}", file=out)
+        print(f"problem: {problem}{anyway}", file=out)
     for warning in _warnings_left(nodes, lock, problems):
         print(f"warning: {warning}", file=out)
     print("the plan:", file=out)

@@ -111,13 +111,32 @@ def topology_problems(lock: Lock, nodes: List[Node]) -> List[str]:
     a role the bundle needs that no node has (``inventory.role_problems``), fewer workers than
     the lock's ``min_workers`` and, when the bundle brings the cluster up, an etcd count that
     is too small or even (``etcd_quorum``). Shared roles stay a warning (``topology_warnings``)."""
+    return [text for _, text in _topology(lock, nodes)]
+
+
+def located_topology_problems(lock: Lock, nodes: List[Node], inventory: str, nodes_line: int) -> List[str]:
+    """``topology_problems`` as ``INVENTORY:LINE: problem``: an etcd count at the first etcd
+    node's line (naming the others' lines), a problem of the whole list at the ``nodes:`` key's
+    line (``nodes_line``; 0 when unknown, then ``INVENTORY:`` alone)."""
+    out = []
+    for line, text in _topology(lock, nodes):
+        line = line or nodes_line
+        out.append(f"{inventory}:{line}: {text}" if line else f"{inventory}: {text}")
+    return out
+
+
+def _topology(lock: Lock, nodes: List[Node]) -> List[Tuple[int, str]]:
+    """The topology problems, each with the inventory line it is at (0: the node list itself)."""
     cluster = brings_up_cluster(lock)
-    out = role_problems(nodes, cluster)
+    out = [(0, text) for text in role_problems(nodes, cluster)]
     workers = [n for n in nodes if n.has("worker")]
     if lock.min_workers and len(workers) < lock.min_workers:
-        out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({lock.min_workers})")
+        out.append((0, f"{len(workers)} worker(s), fewer than the bundle's min_workers ({lock.min_workers})"))
     if cluster:
-        out += _etcd_count(sum(1 for n in nodes if n.has("etcd")))
+        etcd = [n for n in nodes if n.has("etcd")]
+        lines = [n.line for n in etcd if n.line]
+        others = f" (etcd nodes on lines {', '.join(map(str, lines))})" if len(lines) > 1 else ""
+        out += [(lines[0] if lines else 0, text + others) for text in _etcd_count(len(etcd))]
     return out
 
 

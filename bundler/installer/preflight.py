@@ -458,6 +458,8 @@ def _preflight_on(
         if registry is not None and registry.node == node:
             problems += _registry_problems(node, opts, registry, lock, listening)
         if cluster is not None:  # the bundle brings the cluster up with rke: what rke needs here
+            login = remote.rke_login_problem(node, opts.connect_timeout)
+            problems += [login] if login else []
             facts = parse_facts(remote.run(node, opts, RKE_PREFLIGHT_SCRIPT, timeout=60))
             hostnames[node.name] = _first(facts, "hostname")
             more, warnings = rke_problems(node, facts, cluster, bundled_docker_version(lock))

@@ -37,7 +37,7 @@ class Progress:
         self.out, self.err = out, err
         self.terminal = terminal and not quiet
         self.quiet = quiet
-        self._bars: Dict[str, Tuple[int, int]] = {}  # key -> (done, total), in start order
+        self._bars: Dict[str, Tuple[int, int, str]] = {}  # key -> (done, total, note), in start order
         self._lock = threading.Lock()
         self._drawn = False
         self._last = 0.0
@@ -48,14 +48,16 @@ class Progress:
         tty = err.isatty() and os.environ.get("TERM", "") != "dumb"
         return cls(out, err, tty, quiet)
 
-    def update(self, key: str, done: int, total: int) -> None:
-        """Bar ``key`` is at ``done`` of ``total`` bytes (drawn on a terminal only)."""
+    def update(self, key: str, done: int, total: int, note: str = "") -> None:
+        """Bar ``key`` is at ``done`` of ``total`` bytes (drawn on a terminal only); ``note`` is
+        shown after it (e.g. "3/5 blobs")."""
         if not self.terminal:
             return
         with self._lock:
-            self._bars[key] = (done, total)
+            new = key not in self._bars  # a bar that starts is drawn at once, however soon
+            self._bars[key] = (done, total, note)
             now = time.monotonic()
-            if now - self._last >= REDRAW_SECONDS:
+            if new or now - self._last >= REDRAW_SECONDS:
                 self._last = now
                 self._draw()
 
@@ -111,11 +113,13 @@ class Progress:
             return
         width = shutil.get_terminal_size((80, 24)).columns - 1
         parts = []
-        for key, (done, total) in self._bars.items():
+        for key, (done, total, note) in self._bars.items():
             share = min(1.0, done / total) if total else 0.0
             filled = int(share * 10)
             bar = "#" * filled + "." * (10 - filled)
-            parts.append(f"{key} [{bar}] {share:4.0%} {human(done)}/{human(total)}")
+            parts.append(
+                f"{key} [{bar}] {share:4.0%} {human(done)}/{human(total)}" + (f" {note}" if note else "")
+            )
         text = " | ".join(parts)
         self.err.write("\r\x1b[K" + text[:width])
         self.err.flush()

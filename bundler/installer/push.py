@@ -23,7 +23,7 @@ import re
 import ssl
 import urllib.parse
 from pathlib import Path
-from typing import IO, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from bundler import oci
 from bundler.compat import dataclass, field, tls_verify_failure
@@ -51,6 +51,8 @@ class PushReport:
     blobs_mounted: int = 0
     blobs_present: int = 0
     bytes_sent: int = 0
+    blobs_total: int = 0  # the distinct blobs of the images pushed, and their bytes
+    bytes_total: int = 0
     chunks: int = 0  # PATCH requests of chunked uploads
     scheme: str = "https"
     images: List[str] = field(default_factory=list)  # REGISTRY/REPO@DIGEST of each image
@@ -262,23 +264,52 @@ def repository(image: oci.Image) -> Tuple[str, Optional[str]]:
     return ref.path, ref.tag
 
 
-def push_images(images: List[oci.Image], images_dir: Path, access: Access) -> PushReport:
-    """Push ``images`` (from the lock, their blobs in ``images_dir``) into the registry ``access`` names.
+# (blobs done, blobs in all, bytes done, bytes in all): a blob the registry had, or mounted, counts
+# as done with its bytes, so the bar ends at its total whatever was there before.
+PushProgress = Callable[[int, int, int, int], None]
+
+
+def _no_progress(_blobs: int, _of: int, _done: int, _total: int) -> None:
+    pass
+
+
+def push_images(
+    images: List[oci.Image], images_dir: Path, access: Access, progress: PushProgress = _no_progress
+) -> PushReport:
+    """Push ``images`` (from the lock, their blobs in ``images_dir``) into the registry ``access`` names;
+    ``progress`` follows the blobs and bytes (each distinct blob once) as they go up.
 
     Raises:
         InstallError: the registry refused a request, is unreachable or untrusted (exit 6).
     """
     reg = Client(access)
     try:
-        return _push(reg, images, images_dir, access)
+        return _push(reg, images, images_dir, access, progress)
     finally:
         reg.close()
 
 
-def _push(reg: Client, images: List[oci.Image], images_dir: Path, access: Access) -> PushReport:
+def _push(
+    reg: Client, images: List[oci.Image], images_dir: Path, access: Access, progress: PushProgress
+) -> PushReport:
     reg.connect()
     report = PushReport(scheme=reg.scheme)
     pushed: Dict[str, str] = {}  # digest -> repository it is already in (for mounts)
+    sizes: Dict[str, int] = {}
+    for image in images:
+        for digest in [image.config, *(layer.digest for layer in image.layers)]:
+            sizes.setdefault(digest, (images_dir / oci.blob_path(digest)).stat().st_size)
+    total, done = sum(sizes.values()), [0]
+    counted: Set[str] = set()
+    report.blobs_total, report.bytes_total = len(sizes), total
+
+    def count(digest: str) -> None:
+        if digest not in counted:  # a blob shared by two images is one blob of the total
+            counted.add(digest)
+            done[0] += sizes[digest]
+            progress(len(counted), len(sizes), done[0], total)
+
+    progress(0, len(sizes), 0, total)
     for image in images:
         repo, tag = repository(image)
         for digest in [image.config, *(layer.digest for layer in image.layers)]:
@@ -286,16 +317,25 @@ def _push(reg: Client, images: List[oci.Image], images_dir: Path, access: Access
             if status == 200:
                 report.blobs_present += 1
                 pushed.setdefault(digest, repo)
+                count(digest)
                 continue
             if digest in pushed and pushed[digest] != repo:
                 query = urllib.parse.urlencode({"mount": digest, "from": pushed[digest]})
                 status, _, body = reg.request("POST", f"/v2/{repo}/blobs/uploads/?{query}")
                 if status == 201:
                     report.blobs_mounted += 1
+                    count(digest)
                     continue
-            report.bytes_sent += _upload(reg, repo, digest, images_dir / oci.blob_path(digest), report)
+
+            def sending(n: int, at: int = done[0]) -> None:
+                progress(len(counted), len(sizes), at + n, total)
+
+            report.bytes_sent += _upload(
+                reg, repo, digest, images_dir / oci.blob_path(digest), report, sending
+            )
             report.blobs_sent += 1
             pushed[digest] = repo
+            count(digest)
         manifest = (images_dir / oci.blob_path(image.manifest)).read_bytes()
         target = tag or image.manifest  # an untagged image is put under its digest
         status, _, body = reg.request(
@@ -313,7 +353,27 @@ def _target(location: str, extra: List[Tuple[str, str]] = []) -> str:  # noqa: B
     return f"{parts.path}?{query}" if query else parts.path
 
 
-def _upload(reg: Client, repo: str, digest: str, path: Path, report: PushReport) -> int:
+class _Counted:
+    """A readable body that tells ``sent`` how many bytes of it have been read (rewindable when
+    the file under it is: a resent request starts the count again)."""
+
+    def __init__(self, f: Any, sent: Callable[[int], None], base: int = 0) -> None:
+        self.f, self.sent, self.base, self.read_so_far = f, sent, base, 0
+
+    def seek(self, offset: int) -> None:
+        self.f.seek(offset)
+        self.read_so_far = offset
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.read_so_far += len(data)
+        self.sent(self.base + self.read_so_far)
+        return data
+
+
+def _upload(
+    reg: Client, repo: str, digest: str, path: Path, report: PushReport, sent: Callable[[int], None]
+) -> int:
     status, headers, body = reg.request("POST", f"/v2/{repo}/blobs/uploads/")
     reg.check(status, (202,), f"starting an upload to {repo}", body)
     location = headers.get("location", "")
@@ -326,7 +386,7 @@ def _upload(reg: Client, repo: str, digest: str, path: Path, report: PushReport)
                 status, headers, body = reg.request(
                     "PATCH",
                     _target(location),
-                    _Slice(f, length),
+                    _Counted(_Slice(f, length), sent, start),
                     {
                         **octets,
                         "Content-Length": str(length),
@@ -341,7 +401,10 @@ def _upload(reg: Client, repo: str, digest: str, path: Path, report: PushReport)
             )
         else:
             status, _, body = reg.request(
-                "PUT", _target(location, [("digest", digest)]), f, {**octets, "Content-Length": str(size)}
+                "PUT",
+                _target(location, [("digest", digest)]),
+                _Counted(f, sent),
+                {**octets, "Content-Length": str(size)},
             )
     reg.check(status, (201,), f"uploading {digest} to {repo}", body)
     return size

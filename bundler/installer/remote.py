@@ -6,6 +6,7 @@ and keep-alives; host keys are checked as the operator's ssh config says
 node through ssh's stdin as a stream, never through a temporary copy.
 """
 
+import os
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,71 @@ def ssh_argv(node: Node, opts: SshOptions, command: str) -> List[str]:
     if node.ssh_key_path:
         argv += ["-i", node.ssh_key_path]
     return [*argv, f"{node.user}@{node.address}", command]
+
+
+# rke v1.4.11 (hosts/tunnel.go) reads the key at ssh_key_path (``~/`` is $HOME), logs in as the
+# node's user on its port with that key alone, and accepts any host key (InsecureIgnoreHostKey):
+# no ssh config, no agent (unless ssh_agent_auth), no known_hosts.
+RKE_DEFAULT_KEY = "~/.ssh/id_rsa"
+
+
+def rke_key_path(node: Node) -> str:
+    """The key file rke logs in to ``node`` with: its ``ssh_key_path`` (or the file's), else rke's default."""
+    return os.path.expanduser(node.ssh_key_path or RKE_DEFAULT_KEY)
+
+
+def rke_login_argv(node: Node, connect_timeout: int = 10) -> List[str]:
+    """An ssh that logs in as rke would: only cluster.yml's key, the node's user and port."""
+    return [
+        "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none", "-o", "PreferredAuthentications=publickey",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-o", f"ConnectTimeout={connect_timeout}", "-i", rke_key_path(node), "-p", str(node.port),
+        f"{node.user}@{node.address}", "true",
+    ]  # fmt: skip
+
+
+def rke_login_problem(node: Node, connect_timeout: int = 10) -> Optional[str]:
+    """Why rke could not log in to ``node`` (None when it can): the key cluster.yml names is missing
+    or unreadable here, or the node refuses it, or the node cannot be reached the way rke dials it.
+    The installer's own ssh may still get in (through the operator's ssh config or agent), which
+    is why this is checked apart: ``rke up`` would leave such a node out."""
+    if node.rke_key_elsewhere:  # the agent or an inline key: what rke reads there is not ours to see
+        return None
+    key = rke_key_path(node)
+    said = (
+        f"ssh_key_path {node.ssh_key_path}" if node.ssh_key_path else f"no ssh_key_path (rke's default {key})"
+    )
+    if not os.access(key, os.R_OK):
+        return (
+            f"rke could not log in: its key {key} ({said}) is missing or unreadable on this host; "
+            "set ssh_key_path in cluster.yml (for the node or the whole file) to the private key whose "
+            f"public half is in ~{node.user}/.ssh/authorized_keys on the node"
+        )
+    try:
+        done = subprocess.run(  # Python 3.6 on the site: no capture_output, no text
+            rke_login_argv(node, connect_timeout),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,  # noqa: UP021
+            timeout=connect_timeout + 20,
+        )
+    except subprocess.TimeoutExpired:
+        return f"rke could not log in as {node.user}@{node.address}:{node.port} with {key}: no answer"
+    if done.returncode == 0:
+        return None
+    detail = [line.strip() for line in done.stderr.strip().splitlines() if line.strip()]
+    tail = " / ".join(detail[-2:]) or f"ssh exit code {done.returncode}"
+    if "Permission denied" in done.stderr:
+        return (
+            f"rke could not log in as {node.user}@{node.address}:{node.port} with key {key} ({said}): "
+            f"the node refuses it ({tail}); put {key}.pub in ~{node.user}/.ssh/authorized_keys on the "
+            "node, or set ssh_key_path in cluster.yml to the key the node accepts (rke uses no ssh "
+            "config and no agent)"
+        )
+    return f"rke could not log in as {node.user}@{node.address}:{node.port} with key {key} ({tail})"
 
 
 def ssh_problem(node: Node, stderr: str) -> str:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Callable, Dict, List, Set
+from typing import IO, Callable, Dict, List, Optional, Set
 
 from bundler import oci
 from bundler.compat import dataclass
@@ -35,7 +35,7 @@ from bundler.installer import remote
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import Node
 from bundler.installer.plan import PhasePlan, Route
-from bundler.installer.push import Access, Client, push_images
+from bundler.installer.push import Access, Client, PushProgress, push_images
 from bundler.installer.remote import sudo_prefix
 from bundler.installer.results import NodeResult
 from bundler.lock import Lock
@@ -319,11 +319,12 @@ def deliver(
     route: Route,
     tls_folder: Path,
     echo: Callable[[str], None],
+    progress: Optional[PushProgress] = None,
 ) -> List[NodeResult]:
     """The registry route of the images phase: start the registry (``--registry-node``), make
     every node of ``phase`` trust it (and log in), push every image those nodes get (what they
     have too: the registry is where the cluster pulls from later), then have each node pull by
-    digest the images its actions name.
+    digest the images its actions name. ``progress`` follows the push (blobs and bytes of total).
 
     Raises:
         InstallError: the registry could not be started or pushed to (exit 6); a node's own
@@ -362,13 +363,14 @@ def deliver(
         echo(f"  CA for {route.address} written to {CERTS_D} on {', '.join(sorted(trusted))}")
     wanted = {a.item for a in phase.actions} | {i for items in phase.present.values() for i in items}
     union = [i for i in lock.images if i.config in wanted]
-    report = push_images(union, images_dir, access)
+    report = push_images(union, images_dir, access, *([progress] if progress else []))
     pulls = dict(zip(union, report.images))
     echo(
         f"  registry {route.address}: {report.blobs_sent} blobs sent ({report.bytes_sent} bytes"
         + (f", {report.chunks} chunks" if report.chunks else "")
         + f"), {report.blobs_mounted} mounted, {report.blobs_present} already there"
         + ("" if report.scheme == "https" else " (plain HTTP: no TLS)")
+        + f"; of {report.blobs_total} blobs, {report.bytes_total} bytes in all"
     )
     bad = {r.node.name for r in failed}
 
