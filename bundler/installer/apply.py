@@ -31,7 +31,7 @@ from typing import IO, Callable
 
 from bundler import archive, oci
 from bundler.errors import InstallError
-from bundler.installer import remote, siteregistry
+from bundler.installer import ctrimport, remote, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import (
     Node,
@@ -43,7 +43,7 @@ from bundler.installer.inventory import (
     with_private_registries,
 )
 from bundler.installer.journal import Journal
-from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route
+from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route, cluster_kind, runtime
 from bundler.installer.preflight import RKE_PREFLIGHT_SCRIPT, parse_facts, rke_problems, swap_problem
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
@@ -117,9 +117,41 @@ def _preflight(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 def _images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     if ctx.route.mode == "registry":
         tls = ctx.workdir / "registry-tls"
-        return siteregistry.deliver(ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo)
+        return siteregistry.deliver(
+            ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo, runtime(ctx.lock)
+        )
     by_id = {i.config: i for i in ctx.lock.images}
+    if runtime(ctx.lock) == "containerd":
+        return for_each(list(phase.nodes), lambda node: _import_on(node, phase, by_id, ctx))
     return for_each(list(phase.nodes), lambda node: _load_on(node, phase, by_id, ctx))
+
+
+def _import_on(node: Node, phase: PhasePlan, by_id: dict[str, oci.Image], ctx: Context) -> NodeResult:
+    """``ctr -n k8s.io images import`` on ``node`` the images its actions name, point their names at
+    the locked manifests, then read them back: a digest other than the locked one fails the node."""
+    actions = phase.of(node.name)
+    result = NodeResult(node, skipped=[t for i in phase.present.get(node.name, ()) for t in by_id[i].tags])
+    result.verb = "imported"
+    try:
+        wanted = [by_id[a.item] for a in actions if a.kind == "import"]
+        imported: list[oci.Image] = []
+        if wanted:
+            imported, result.sent = ctrimport.import_missing(
+                node, wanted, ctx.bundle_dir / "images", ctx.opts,
+                lambda sent, total: ctx.progress("images", node.name, sent, total),
+            )  # fmt: skip
+        if actions:
+            _, found = ctrimport.present(node, ctx.opts)
+            for action in actions:
+                ctrimport.ensure_names(node, ctx.opts, by_id[action.item], found)
+            wrong = ctrimport.check(node, ctx.opts, [by_id[a.item] for a in actions])
+            if wrong:
+                raise InstallError(f"images: on {node.name}: " + "; ".join(wrong))
+        result.done = [t for i in imported for t in i.tags]
+        result.skipped += [t for a in actions if by_id[a.item] not in imported for t in by_id[a.item].tags]
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
 
 
 def _load_on(node: Node, phase: PhasePlan, by_id: dict[str, oci.Image], ctx: Context) -> NodeResult:
@@ -399,8 +431,14 @@ def private_registry(route: Route) -> dict[str, object]:
 
 
 def _cluster(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    """The bring-up of the lock's cluster kind (``BRINGUPS``), when the plan has it to do."""
     if not phase.actions:
         return []
+    return BRINGUPS[cluster_kind(ctx.lock)](ctx, phase)
+
+
+def _rke_bringup(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    """rke's bring-up: its requirements checked again on every node, then ``rke up`` here."""
     rke = next(b for b in ctx.lock.binaries if b.name == "rke")
     registries = [private_registry(ctx.route)] if ctx.route.mode == "registry" else []
     tool = archive.verified_copy(ctx.bundle_dir / rke.path, ctx.lock.member(rke.path), ctx.private / "rke")
@@ -468,6 +506,10 @@ def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
             break  # the next step does not start
     return results
 
+
+# A cluster kind's bring-up (``kinds.Kind``'s site half): it runs in the cluster phase, here or
+# on the nodes, and leaves the kind's kubeconfig in the work folder. A new kind adds its entry.
+BRINGUPS: dict[str, Runner] = {"rke": _rke_bringup}
 
 # One runner per phase, in the order of PHASES (the plan's builders follow the same order).
 # ``prepare`` and ``steps`` are one runner: each runs the steps its slice of the plan holds.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundler import oci
+from bundler import kinds, oci
 from bundler.installer.inventory import ClusterOptions, Node, role_problems
 from bundler.lock import Lock, RoledImage, Step
 
@@ -41,9 +41,11 @@ class Route:
     password: str = field(default="", repr=False)
     chunk: int = 0  # upload blobs above this size in chunks
 
-    def describe(self) -> str:
+    def describe(self, runtime: str = "docker") -> str:
         if self.mode != "registry":
-            return "over SSH into docker load"
+            return "over SSH into " + (
+                "ctr -n k8s.io images import" if runtime == "containerd" else "docker load"
+            )
         where = (
             f"a registry the installer runs on {self.node.name} ({self.data})"
             if self.node
@@ -102,6 +104,21 @@ def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
     if min_workers and len(workers) < min_workers:
         out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({min_workers})")
     return out
+
+
+def runtime(lock: Lock) -> str:
+    """Where the nodes' images go: the cluster kind's runtime (``kinds.Kind.runtime``), else Docker."""
+    kind = lock.cluster.get("kind", "")
+    return kinds.KINDS[kind].runtime if kind in kinds.KINDS else "docker"
+
+
+def cluster_kind(lock: Lock) -> str:
+    """The kind whose bring-up the cluster phase runs: the lock's ``cluster.kind``, or ``rke`` for a
+    bundle that carries an ``rke`` binary without a ``cluster:`` section (the first bundles); "" none."""
+    kind = lock.cluster.get("kind", "")
+    if not kind and any(b.name == "rke" for b in lock.binaries):
+        return "rke"
+    return kind
 
 
 def brings_up_cluster(lock: Lock) -> bool:
@@ -213,7 +230,7 @@ def _images_lines(lock: Lock, nodes: list[Node], route: Route) -> list[str]:
     lines = [
         f"images     on {', '.join(app_nodes) or 'no node'}: {len(unplaced)} "
         f"{'application ' if lock.system_images else ''}images ({tags}), only those missing, in parallel, "
-        + route.describe()
+        + route.describe(runtime(lock))
     ]
 
     def by_role(records: tuple[RoledImage, ...]) -> list[str]:
@@ -258,7 +275,9 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
         *_images_lines(lock, nodes, route),
         "cluster    "
         + (
-            "rke up --config <inventory> on this node"
+            KUBEADM_BY_HAND
+            if cluster_kind(lock) == "kubeadm"
+            else "rke up --config <inventory> on this node"
             + (f", with private_registries: {route.address} (default)" if route.mode == "registry" else "")
             if rke
             else "skipped (no rke in the bundle)"
@@ -272,6 +291,12 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
 
 # ---------------------------------------------------------------- the plan as data
 
+# kubeadm's images, packages and binaries are placed by the phases before; its HA bring-up
+# (keepalived + haproxy, init, joins) is not automated yet.
+KUBEADM_BY_HAND = (
+    "kubeadm: the images are in containerd on every node; run kubeadm init and join as the README's "
+    "section 'kubeadm (HA behind a VIP)' shows (this release does not run them)"
+)
 LOCAL = "local"  # in actions and the journal: the node the installer runs on (rke up, steps)
 
 
@@ -283,8 +308,10 @@ class NodeFacts:
     warnings: tuple[str, ...] = ()  # what it could not tell, or advice
     summary: str = ""  # what the preflight found, e.g. "x86_64 bookworm"
     checked: bool = False  # the preflight's checks ran on it
-    images: frozenset[str] | None = None  # image IDs its Docker engine holds
-    tags: Mapping[str, str] | None = None  # tag -> the image ID it points at there
+    # Docker: the image IDs its engine holds; containerd: the manifest digests its k8s.io namespace holds
+    images: frozenset[str] | None = None
+    # Docker: tag -> the image ID it points at there; containerd: full name -> manifest digest
+    tags: Mapping[str, str] | None = None
     binaries: Mapping[str, str] | None = None  # a binary's dest -> the SHA-256 found there ("" if none)
 
 
@@ -462,7 +489,8 @@ def _binaries(x: _Inputs) -> PhasePlan:
 
 
 def _images(x: _Inputs) -> PhasePlan:
-    verb = "pull" if x.route.mode == "registry" else "load"
+    containerd = runtime(x.lock) == "containerd"
+    verb = "pull" if x.route.mode == "registry" else ("import" if containerd else "load")
     wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
     for node in x.nodes:
         if not x.per_node.get(node.name):
@@ -471,11 +499,14 @@ def _images(x: _Inputs) -> PhasePlan:
         items: list[tuple[str, str, str, bool | None]] = []
         for image in x.per_node[node.name]:
             names = ", ".join(image.tags) or image.ref
+            # containerd holds manifests under full names; Docker image IDs under familiar tags
+            key = image.manifest if containerd else image.config
+            labels = oci.full_names(image) if containerd else image.tags
             if fact.images is None or fact.tags is None:
                 items.append((image.config, verb, names, None))
-            elif image.config not in fact.images:
+            elif key not in fact.images:
                 items.append((image.config, verb, names, False))
-            elif any(fact.tags.get(t) != image.config for t in image.tags):
+            elif any(fact.tags.get(t) != key for t in labels):
                 items.append((image.config, "tag", names, False))
             else:
                 items.append((image.config, verb, names, True))
@@ -486,7 +517,10 @@ def _images(x: _Inputs) -> PhasePlan:
 
 
 def _cluster(x: _Inputs) -> PhasePlan:
-    if not any(b.name == "rke" for b in x.lock.binaries):
+    kind = cluster_kind(x.lock)
+    if kind == "kubeadm":
+        return PhasePlan("cluster", notes=(KUBEADM_BY_HAND,))
+    if kind != "rke" or not any(b.name == "rke" for b in x.lock.binaries):
         return PhasePlan("cluster", notes=("no rke in the bundle: skipped",))
     if f"cluster/{LOCAL}/rke-up" in x.done:
         return PhasePlan("cluster", notes=("rke up: done before, skipped",))
