@@ -63,13 +63,15 @@ def ensure_user(name: str, docker_group: bool) -> None:
 
 class Containerd:
     """A containerd of one node: its own root, state and socket under ``folder``, in its own mount
-    namespace where ``certs`` is mounted on /etc/containerd/certs.d."""
+    namespace where ``certs`` is mounted on /etc/containerd/certs.d and ``kube`` on /etc/kubernetes."""
 
-    def __init__(self, folder: Path, certs: Path) -> None:
+    def __init__(self, folder: Path, certs: Path, kube: Path) -> None:
         self.root = folder
         self.sock = folder / "c.sock"
         certs.mkdir(parents=True, exist_ok=True)
+        kube.mkdir(parents=True, exist_ok=True)
         Path("/etc/containerd/certs.d").mkdir(parents=True, exist_ok=True)
+        Path("/etc/kubernetes").mkdir(parents=True, exist_ok=True)
         config = folder / "config.toml"
         config.write_text(
             "version = 2\n"
@@ -78,9 +80,10 @@ class Containerd:
             f'[grpc]\n  address = "{self.sock}"\n[ttrpc]\n  address = "{self.sock}.ttrpc"\n'
         )
         self.log = open(folder / "containerd.log", "wb")  # noqa: SIM115 - closed in stop()
-        bind = 'mount --bind "$0" /etc/containerd/certs.d && exec "$@"'
+        # its own /etc/containerd/certs.d and /etc/kubernetes (what kubeadm writes on a node)
+        bind = 'mount --bind "$0" /etc/containerd/certs.d && mount --bind "$1" /etc/kubernetes && shift && exec "$@"'
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(certs),
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(certs), str(kube),
              "containerd", "-c", str(config)],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -139,6 +142,7 @@ class Node:
         docker_group: bool = True,
         sshd_extra: str = "",
         containerd: bool = False,
+        env: str = "",
     ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
@@ -153,7 +157,11 @@ class Node:
         self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
         self.ctr_certs = self.root / "containerd-certs.d"
         self.containerd = (
-            Containerd(Path(tempfile.mkdtemp(prefix=f"ab-{name}-c", dir="/tmp")), self.ctr_certs)
+            Containerd(
+                Path(tempfile.mkdtemp(prefix=f"ab-{name}-c", dir="/tmp")),
+                self.ctr_certs,
+                self.root / "kubernetes",
+            )
             if containerd
             else None
         )
@@ -169,6 +177,7 @@ class Node:
             f"NODE_NAME={name} DOCKER_CONFIG={self.root / 'docker-config'}"
             + (f" DOCKER_HOST={self.engine.host}" if self.engine else "")
             + (f" CONTAINERD_ADDRESS={self.containerd.sock}" if self.containerd else "")
+            + (f" {env}" if env else "")
         )
         (self.root / "sshd_config").write_text(
             f"ListenAddress {address}:{SSH_PORT}\nHostKey {hostkey}\n"

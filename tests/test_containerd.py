@@ -26,6 +26,8 @@ from .test_installer import _install, _site
 
 # Addresses no other test uses.
 NODES = (("127.0.0.51", "kc-cp"), ("127.0.0.52", "kc-w1"), ("127.0.0.53", "kc-w2"))
+MORE_NODES = (("127.0.0.55", "kc-cp2"), ("127.0.0.56", "kc-cp3"))
+VIP = "127.0.0.60"  # the control-plane endpoint's address
 
 MANIFEST = """
 apiVersion: airbundle/v1
@@ -37,7 +39,7 @@ binaries:
   - name: kubeadm
     url: {url}
     sha256: {sha}
-    dest: /usr/local/bin/kubeadm
+    dest: /tmp/ab-kc-bin/kubeadm
 images:
   - ref: {app}
 cluster:
@@ -48,15 +50,25 @@ cluster:
 
 
 @pytest.fixture(scope="module")
-def ctr_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, list[object]]]:
-    """Three loopback nodes with sshd and their own containerd (no Docker): kc-cp, kc-w1, kc-w2."""
+def kubeadm_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The kubeadm stand-in's shared cluster state (what the API server would hold) and its log."""
+    return tmp_path_factory.mktemp("kubeadm-state")
+
+
+@pytest.fixture(scope="module")
+def ctr_cluster(
+    tmp_path_factory: pytest.TempPathFactory, kubeadm_state: Path
+) -> Iterator[tuple[object, list[object]]]:
+    """Loopback nodes with sshd and their own containerd (no Docker): kc-cp, kc-w1, kc-w2 (the first
+    three, which most tests use), then kc-cp2 and kc-cp3 for the HA bring-up."""
     from .nodes import Client, Node
 
     client = Client(tmp_path_factory.mktemp("ssh-client"))
     nodes: list[Node] = []
+    env = f"KUBEADM_STANDIN_STATE={kubeadm_state}"
     try:
-        for address, name in NODES:
-            nodes.append(Node(address, name, client, docker=False, containerd=True))
+        for address, name in (*NODES, *MORE_NODES):
+            nodes.append(Node(address, name, client, docker=False, containerd=True, env=env))
         yield client, nodes
     finally:
         for node in nodes:
@@ -138,8 +150,9 @@ def ctr_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ctr_cluster, 
     from .nodes import cluster_yml
 
     reg, pushed = kube_registry
-    client, nodes = ctr_cluster
-    for node in nodes:
+    client, every = ctr_cluster
+    nodes = every[:3]
+    for node in every:
         node.containerd.clear()
     site = _site(_build(project, keys, tmp_path, cache_dir, reg.host), tmp_path)
     (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"kc-w1", "kc-w2"}))
@@ -310,3 +323,120 @@ def test_two_control_planes_without_a_vip_stop_the_install_before_anything_runs(
     assert "Traceback" not in run.stderr and not (site / "work" / "logs").exists()
     for node in nodes:
         assert node.containerd.images() == {}
+
+
+# ---------------------------------------------------------------- kubeadm's HA bring-up
+
+
+class _Listener:
+    """Something answering on the control-plane endpoint (in place of haproxy behind keepalived's VIP)."""
+
+    def __init__(self, address: str, port: int) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        import socket
+
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept(): a close alone leaves it listening
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def ha_site(ctr_site, ctr_cluster, kubeadm_state: Path, keys: Keys):
+    """The kubeadm bundle's site with an HA inventory: kc-cp, kc-cp2, kc-cp3 behind vip: VIP:6443,
+    kc-w1 and kc-w2 workers; the images and the pinned kubeadm already on the nodes."""
+    import shutil
+
+    from .nodes import SSH_PORT
+
+    site, client, _, _ = ctr_site
+    _, every = ctr_cluster
+    for item in kubeadm_state.iterdir():
+        item.unlink()
+    for node in every:  # empty, not replaced: the node's /etc/kubernetes is a bind mount of it
+        for item in (node.root / "kubernetes").iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    roles = {"kc-cp": "[controlplane, etcd]", "kc-cp2": "[controlplane, etcd]", "kc-cp3": "[controlplane, etcd]",
+             "kc-w1": "[worker]", "kc-w2": "[worker]"}  # fmt: skip
+    lines = [f"vip: {VIP}:6443", "nodes:"] + [
+        f"  - {{address: {n.address}, port: {SSH_PORT}, user: root, role: {roles[n.name]}, hostname_override: {n.name}}}"
+        for n in every
+    ]
+    (site / "cluster.yml").write_text("\n".join(lines) + "\n")
+    for phase in ("binaries", "images"):
+        run = _install(site, keys, "--yes", "--only", phase, "--ssh-config", str(client.config))
+        assert run.returncode == 0, run.stdout + run.stderr
+    return site, client, every, kubeadm_state
+
+
+def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> None:
+    site, client, _, state = ha_site
+    listener = _Listener(VIP, 6443)
+    try:
+        run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    finally:
+        listener.close()
+    assert run.returncode == 0, run.stdout + run.stderr
+    log = (state / "log").read_text().splitlines()
+    assert log[0] == f"init kc-cp endpoint={VIP}:6443"
+    assert log[1:3] == [
+        f"join-control-plane kc-cp2 endpoint={VIP}:6443",
+        f"join-control-plane kc-cp3 endpoint={VIP}:6443",
+    ]
+    assert sorted(log[3:]) == [
+        f"join-worker kc-w1 endpoint={VIP}:6443",
+        f"join-worker kc-w2 endpoint={VIP}:6443",
+    ]
+    admin = site / "work" / "admin.conf"
+    assert f"https://{VIP}:6443" in admin.read_text() and (admin.stat().st_mode & 0o777) == 0o600
+    cluster = json.loads((state / "cluster.json").read_text())
+    for text in (
+        run.stdout,
+        run.stderr,
+        *[p.read_text() for p in (site / "work" / "logs").glob("kubeadm-*.log")],
+    ):
+        assert cluster["token"] not in text and cluster["key"] not in text  # never echoed nor logged
+    again = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    assert again.returncode == 0 and "done before, skipped" in again.stdout
+    assert len((state / "log").read_text().splitlines()) == 5
+
+
+def test_a_vip_nobody_answers_on_fails_like_kubeadm(ha_site, keys: Keys) -> None:
+    site, client, _, state = ha_site
+    run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    assert run.returncode == 6, run.stdout + run.stderr
+    assert "kubeadm init failed on kc-cp" in run.stdout + run.stderr
+    assert f"dial tcp {VIP}:6443: connect: connection refused" in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and not (state / "log").exists()
+
+
+def test_kubeadm_init_refuses_a_node_without_its_images(ha_site, keys: Keys) -> None:
+    site, client, every, state = ha_site
+    subprocess.run(every[0].containerd.ctr("images", "rm", "registry.k8s.io/etcd:3.5.15-0"), check=True,
+                   capture_output=True)  # fmt: skip
+    listener = _Listener(VIP, 6443)
+    try:
+        run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    finally:
+        listener.close()
+    assert run.returncode == 6, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    assert "[ERROR ImagePull]: failed to pull image registry.k8s.io/etcd:3.5.15-0" in out, out
+    assert "kubeadm init failed on kc-cp" in out and not (state / "log").exists()

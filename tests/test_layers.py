@@ -46,6 +46,7 @@ RANK: dict[str, float] = {
     "bundler.installer.ctrimport": 4.6,
     "bundler.installer.preflight": 5,
     "bundler.installer.steps": 5,
+    "bundler.installer.kubeadmup": 5,
     "bundler.installer.siteregistry": 6,
     "bundler.installer.apply": 6.5,
     "bundler.installer.options": 6.5,

@@ -29,14 +29,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Callable
 
-from bundler import archive, oci
+from bundler import archive, kinds, oci
 from bundler.errors import InstallError
-from bundler.installer import ctrimport, remote, siteregistry
+from bundler.installer import ctrimport, kubeadmup, remote, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import (
     Node,
     SiteValues,
     load_cluster_options,
+    load_endpoint,
     load_inventory,
     with_kubernetes_version,
     with_network_plugin,
@@ -481,7 +482,8 @@ def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     """The steps in order, each here or on its nodes; a step failing on a node stops the phase
     after that step (the other nodes finish it), one failing here stops it at once."""
     env = {**os.environ, **ctx.values.shared, "BUNDLE_DIR": str(ctx.bundle_dir)}
-    kubeconfig = ctx.workdir / "kube_config_cluster.yml"
+    kind = kinds.KINDS.get(cluster_kind(ctx.lock))
+    kubeconfig = ctx.workdir / (kind.kubeconfig if kind else "kube_config_cluster.yml")
     if kubeconfig.exists():
         env["KUBECONFIG"] = str(kubeconfig)
     logs = ctx.workdir / "logs"
@@ -509,7 +511,23 @@ def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 
 # A cluster kind's bring-up (``kinds.Kind``'s site half): it runs in the cluster phase, here or
 # on the nodes, and leaves the kind's kubeconfig in the work folder. A new kind adds its entry.
-BRINGUPS: dict[str, Runner] = {"rke": _rke_bringup}
+def _kubeadm_bringup(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    """kubeadm's bring-up over SSH with the bundle's kubeadm at its dest on the nodes (kubeadmup)."""
+    tool = next(b for b in ctx.lock.binaries if b.name == ctx.lock.cluster.get("tool"))
+    results = kubeadmup.bring_up(
+        load_inventory(ctx.inventory),
+        load_endpoint(ctx.inventory),
+        tool.dest,
+        ctx.lock.cluster.get("kubernetes_version", ""),
+        ctx.opts,
+        ctx.workdir,
+        ctx.echo,
+    )
+    # the plan's one action (here) is done once every node is: the journal then skips it
+    return results if any(r.error for r in results) else [*results, NodeResult(HERE, done=["kubeadm up"])]
+
+
+BRINGUPS: dict[str, Runner] = {"rke": _rke_bringup, "kubeadm": _kubeadm_bringup}
 
 # One runner per phase, in the order of PHASES (the plan's builders follow the same order).
 # ``prepare`` and ``steps`` are one runner: each runs the steps its slice of the plan holds.

@@ -275,7 +275,7 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
         *_images_lines(lock, nodes, route),
         "cluster    "
         + (
-            KUBEADM_BY_HAND
+            KUBEADM_UP
             if cluster_kind(lock) == "kubeadm"
             else "rke up --config <inventory> on this node"
             + (f", with private_registries: {route.address} (default)" if route.mode == "registry" else "")
@@ -291,11 +291,11 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
 
 # ---------------------------------------------------------------- the plan as data
 
-# kubeadm's images, packages and binaries are placed by the phases before; its HA bring-up
-# (keepalived + haproxy, init, joins) is not automated yet.
-KUBEADM_BY_HAND = (
-    "kubeadm: the images are in containerd on every node; run kubeadm init and join as the README's "
-    "section 'kubeadm (HA behind a VIP)' shows (this release does not run them)"
+# kubeadm's bring-up over SSH (installer/kubeadmup.py); keepalived, haproxy and containerd's
+# configuration are not automated yet (README: "kubeadm (HA behind a VIP)").
+KUBEADM_UP = (
+    "kubeadm init on the first control plane (--control-plane-endpoint VIP:PORT --upload-certs with a vip:), "
+    "the other control planes joined one at a time, the workers in parallel"
 )
 LOCAL = "local"  # in actions and the journal: the node the installer runs on (rke up, steps)
 
@@ -519,7 +519,9 @@ def _images(x: _Inputs) -> PhasePlan:
 def _cluster(x: _Inputs) -> PhasePlan:
     kind = cluster_kind(x.lock)
     if kind == "kubeadm":
-        return PhasePlan("cluster", notes=(KUBEADM_BY_HAND,))
+        if f"cluster/{LOCAL}/kubeadm-up" in x.done:
+            return PhasePlan("cluster", notes=("kubeadm init and joins: done before, skipped",))
+        return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "kubeadm-up", "run", KUBEADM_UP),))
     if kind != "rke" or not any(b.name == "rke" for b in x.lock.binaries):
         return PhasePlan("cluster", notes=("no rke in the bundle: skipped",))
     if f"cluster/{LOCAL}/rke-up" in x.done:
