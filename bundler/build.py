@@ -46,6 +46,7 @@ from bundler import (
     archive,
     debs,
     images,
+    kinds,
     oci,
     registry,
     rkeimages,
@@ -121,6 +122,7 @@ INSTALLER_FILES = {
     "installer/bundler/files.py": "files.py",
     "installer/bundler/trust.py": "trust.py",
     "installer/bundler/rkeimages.py": "rkeimages.py",
+    "installer/bundler/kinds.py": "kinds.py",
     "installer/bundler/installer/__init__.py": "installer/__init__.py",
     "installer/bundler/installer/main.py": "installer/main.py",
     "installer/bundler/installer/progress.py": "installer/progress.py",
@@ -130,6 +132,8 @@ INSTALLER_FILES = {
     "installer/bundler/installer/remote.py": "installer/remote.py",
     "installer/bundler/installer/apply.py": "installer/apply.py",
     "installer/bundler/installer/dockerload.py": "installer/dockerload.py",
+    "installer/bundler/installer/ctrimport.py": "installer/ctrimport.py",
+    "installer/bundler/installer/kubeadmup.py": "installer/kubeadmup.py",
     "installer/bundler/installer/options.py": "installer/options.py",
     "installer/bundler/installer/preflight.py": "installer/preflight.py",
     "installer/bundler/installer/results.py": "installer/results.py",
@@ -517,8 +521,10 @@ def _runs_here(manifest: Manifest) -> str:
 
 
 def _ask_tool(manifest: Manifest, binary: Path) -> list[str]:
-    """``TOOL config --system-images --version V`` with the manifest's pinned binary (checked against
-    its sha256 again as it is copied out of the cache to run): the image references it prints.
+    """The cluster kind's image-list command (``kinds.Kind.images_argv``: ``rke config --system-images
+    --version V``, ``kubeadm config images list --kubernetes-version V``) with the manifest's pinned
+    binary (checked against its sha256 again as it is copied out of the cache to run): the image
+    references it prints.
 
     rke's log lines go to stdout too (logrus, e.g. ``level=info msg="Generating images list ..."``):
     only whitespace-free lines are image references. ``RANCHER_METADATA_URL`` is dropped from its
@@ -531,7 +537,7 @@ def _ask_tool(manifest: Manifest, binary: Path) -> list[str]:
     cluster = manifest.cluster
     assert cluster is not None
     spec = next(b for b in manifest.binaries if b.name == cluster.tool)
-    argv_tail = ["config", "--system-images", "--version", cluster.kubernetes_version]
+    argv_tail = kinds.kind_of(cluster.kind).images_argv(cluster.kubernetes_version)
     command = " ".join([cluster.tool, *argv_tail])
     with tempfile.TemporaryDirectory(prefix="airbundle-tool-") as tmp:
         exe = Path(tmp) / spec.name
@@ -552,7 +558,8 @@ def _ask_tool(manifest: Manifest, binary: Path) -> list[str]:
         raise InputError(
             f"{cluster.where}: the pinned {spec.name} refused `{command}` (exit {run.returncode}): "
             f"{text[-800:] or 'no output'}; pick a kubernetes_version this {spec.name} release supports "
-            f"(`{spec.name} config --list-version --all`) or list cluster.system_images"
+            + (f"(`{spec.name} config --list-version --all`) " if cluster.kind == "rke" else "")
+            + "or list cluster.system_images"
         )
     refs = []
     for raw in run.stdout.decode(errors="replace").splitlines():
@@ -572,7 +579,7 @@ def _ask_tool(manifest: Manifest, binary: Path) -> list[str]:
 
 def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | None:
     """The system images the manifest's cluster needs: ``cluster.system_images`` when given, else
-    the list the pinned tool prints on a linux/amd64 host; filtered by ``bundler.rkeimages``.
+    the list the pinned tool prints on a linux/amd64 host; filtered by the kind's rule (``kinds``).
 
     Raises:
         InputError: neither is possible (exit 2, naming what is needed), or the tool refused.
@@ -583,7 +590,9 @@ def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | Non
     if cluster.system_images:
         refs, source = list(cluster.system_images), "cluster.system_images"
     else:
-        source = f"{cluster.tool} config --system-images --version {cluster.kubernetes_version}"
+        source = " ".join(
+            [cluster.tool, *kinds.kind_of(cluster.kind).images_argv(cluster.kubernetes_version)]
+        )
         why = _runs_here(manifest) if binary is not None else f"the pinned {cluster.tool} is not at hand"
         if not why:
             try:
@@ -596,7 +605,7 @@ def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | Non
                 f"are needed: {why}. Build on a linux/amd64 host where the pinned {cluster.tool} runs "
                 f"(it prints them: `{source}`), or list them under cluster.system_images"
             )
-    kept, dropped = rkeimages.select(refs, cluster.network_plugin)
+    kept, dropped = kinds.kind_of(cluster.kind).select(refs, cluster.network_plugin)
     for choice in kept:
         if not choice.known:
             log.warning(

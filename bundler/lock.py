@@ -14,7 +14,7 @@ import re
 import unicodedata
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from bundler import oci, rkeimages, versions
+from bundler import kinds, oci, rkeimages, versions
 from bundler.compat import asdict, dataclass, field, replace
 from bundler.errors import IntegrityError
 
@@ -122,7 +122,7 @@ class FileSet:
 
 # Where a step runs: "control" (here, on the node the installer runs on), "all" nodes, the nodes
 # of a role, or "nodes" (the names in ``Step.nodes``).
-STEP_ON = ("control", "all", *rkeimages.ROLES)
+STEP_ON = ("control", "all", *kinds.ALL_ROLES)
 # When a step runs: "before-cluster" (its own phase, ``prepare``: after the packages and binaries,
 # before the images and the cluster tool; the vendor's node preparation) or "after-cluster" (``steps``).
 STEP_WHEN = ("before-cluster", "after-cluster")
@@ -570,7 +570,7 @@ def _deb_roles(top: _Fields, debs: Sequence[Deb], key: str = "deb_roles") -> Dic
     out = {}
     for role, names in top.get(key, dict).items():
         if (
-            role not in rkeimages.ROLES
+            role not in kinds.ALL_ROLES
             or not isinstance(names, list)
             or not names
             or not all(isinstance(n, str) and n in requested for n in names)
@@ -609,10 +609,8 @@ def _cluster(top: _Fields, binaries: List[Binary]) -> Dict[str, str]:
         "network_plugin": f.get("network_plugin", str),
         "tool": f.match("tool", ITEM_NAME_RE, "binary name"),
     }
-    if out["kind"] not in rkeimages.CLUSTER_KINDS:
-        raise LockError(
-            f"{LOCK_NAME}: cluster.kind {out['kind']!r} is not one of {', '.join(rkeimages.CLUSTER_KINDS)}"
-        )
+    if out["kind"] not in kinds.KINDS:
+        raise LockError(f"{LOCK_NAME}: cluster.kind {out['kind']!r} is not one of {', '.join(kinds.KINDS)}")
     if out["network_plugin"] not in rkeimages.NETWORK_PLUGINS:
         raise LockError(
             f"{LOCK_NAME}: cluster.network_plugin {out['network_plugin']!r} is not one of "
@@ -638,9 +636,9 @@ def _roled_images(top: _Fields, lock: Lock, key: str) -> Tuple[RoledImage, ...]:
         if lock.find_image(ref) is None:
             raise LockError(f"{LOCK_NAME}: {key}[{i}].ref {ref!r} is not one of the locked images")
         roles = f.get("roles", list)
-        if not roles or not all(r in rkeimages.ROLES for r in roles) or len(set(roles)) != len(roles):
+        if not roles or not all(r in kinds.ALL_ROLES for r in roles) or len(set(roles)) != len(roles):
             raise LockError(
-                f"{LOCK_NAME}: {key}[{i}].roles must list some of {', '.join(rkeimages.ROLES)}, each once"
+                f"{LOCK_NAME}: {key}[{i}].roles must list some of {', '.join(kinds.ALL_ROLES)}, each once"
             )
         image = lock.find_image(ref)
         if id(image) in seen:  # the same image, under this name or another of its names

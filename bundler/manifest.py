@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from bundler import files as userfiles
-from bundler import rkeimages, versions
+from bundler import kinds, rkeimages, versions
 from bundler.debs import Source
 from bundler.errors import InputError, ManifestError, several
 from bundler.lock import (
@@ -845,16 +845,18 @@ def _cluster_section(top: _Section, where: str, binaries: list[str]) -> ClusterS
         ("kind", "kubernetes_version", "network_plugin", "tool", "system_images"),
     )
     kind = sec.get("kind", str)
-    if kind not in rkeimages.CLUSTER_KINDS:
+    if kind not in kinds.KINDS:
         raise sec.fail(
             "kind",
-            f"{kind!r} is not a cluster kind this airbundle knows ({', '.join(rkeimages.CLUSTER_KINDS)})",
+            f"{kind!r} is not a cluster kind this airbundle knows ({', '.join(kinds.KINDS)})",
         )
     version = sec.match("kubernetes_version", K8S_VERSION_RE, "Kubernetes version (e.g. v1.28.15-rancher1-1)")
-    plugin = sec.get("network_plugin", str, default=rkeimages.DEFAULT_NETWORK_PLUGIN, required=False)
+    # rke deploys a network plugin itself; kubeadm deploys none (the bundle's steps apply one).
+    default_plugin = rkeimages.DEFAULT_NETWORK_PLUGIN if kind == "rke" else "none"
+    plugin = sec.get("network_plugin", str, default=default_plugin, required=False)
     if plugin not in rkeimages.NETWORK_PLUGINS:
         raise sec.fail("network_plugin", f"{plugin!r} must be one of {', '.join(rkeimages.NETWORK_PLUGINS)}")
-    tool = sec.get("tool", str, default="rke", required=False)
+    tool = sec.get("tool", str, default=kinds.KINDS[kind].tool, required=False)
     if tool not in binaries:
         raise sec.fail(
             "tool",
@@ -1019,8 +1021,8 @@ def _debs_roles(
     every = {p.partition("=")[0] for p in packages}
     out = {}
     for role, names in raw.items():
-        if role not in rkeimages.ROLES:
-            raise sec.fail("roles", f"{role!r} is not a node role ({', '.join(rkeimages.ROLES)})")
+        if role not in kinds.ALL_ROLES:
+            raise sec.fail("roles", f"{role!r} is not a node role ({', '.join(kinds.ALL_ROLES)})")
         if not isinstance(names, list) or not names:
             raise sec.fail("roles", f"{role}: give a list of packages (e.g. {role}: [heartbeat])")
         for name in names:
@@ -1126,7 +1128,7 @@ def _roles(sec: _Section, key: str, default: list[str]) -> tuple[str, ...]:
     if key not in sec.data:
         return tuple(default)
     roles = sec.get(key, list)
-    allowed = rkeimages.ROLES
+    allowed = kinds.ALL_ROLES
     if not roles or not all(r in allowed for r in roles) or len(set(roles)) != len(roles):
         raise sec.fail(key, f"must list some of {', '.join(allowed)}, each once")
     return tuple(roles)

@@ -172,6 +172,17 @@ class Image:
         return sum(layer.size for layer in self.layers)
 
 
+def full_names(image: Image) -> Tuple[str, ...]:
+    """The full names of ``image`` (``docker.io/library/busybox:1``): what containerd and the
+    kubelet look images up by, where Docker shows the familiar ``busybox:1``."""
+    out: List[str] = []
+    for tag in image.tags or (image.ref,):
+        name = str(parse_reference(tag))
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
 def layer_media_type(head: bytes) -> str:
     """The OCI layer media type for a blob starting with ``head`` (tar, gzip or zstd)."""
     if head.startswith(GZIP_MAGIC):

@@ -11,6 +11,11 @@ is the node's own folder (``Node.certs``), so a registry CA written there over
 SSH is trusted by that node's engine only. ``SiteNet`` is a network namespace
 joined to the host by a veth pair: a node inside it has a non-loopback address,
 which Docker treats as a registry whose TLS certificate it must verify.
+
+A node made with ``containerd=True`` runs its own ``containerd`` instead (``Containerd``: its
+own root, state and socket, CRI off), in a mount namespace where ``/etc/containerd/certs.d``
+is the node's own folder (``Node.ctr_certs``); sshd's ``SetEnv CONTAINERD_ADDRESS`` points
+``ctr`` at that socket, as ``DOCKER_HOST`` does for ``docker``.
 """
 
 from __future__ import annotations
@@ -56,6 +61,68 @@ def ensure_user(name: str, docker_group: bool) -> None:
     subprocess.run(["gpasswd", "-a" if docker_group else "-d", name, "docker"], capture_output=True)
 
 
+class Containerd:
+    """A containerd of one node: its own root, state and socket under ``folder``, in its own mount
+    namespace where ``certs`` is mounted on /etc/containerd/certs.d and ``kube`` on /etc/kubernetes."""
+
+    def __init__(self, folder: Path, certs: Path, kube: Path) -> None:
+        self.root = folder
+        self.sock = folder / "c.sock"
+        certs.mkdir(parents=True, exist_ok=True)
+        kube.mkdir(parents=True, exist_ok=True)
+        Path("/etc/containerd/certs.d").mkdir(parents=True, exist_ok=True)
+        Path("/etc/kubernetes").mkdir(parents=True, exist_ok=True)
+        config = folder / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{folder / "root"}"\nstate = "{folder / "state"}"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.sock}"\n[ttrpc]\n  address = "{self.sock}.ttrpc"\n'
+        )
+        self.log = open(folder / "containerd.log", "wb")  # noqa: SIM115 - closed in stop()
+        # its own /etc/containerd/certs.d and /etc/kubernetes (what kubeadm writes on a node)
+        bind = 'mount --bind "$0" /etc/containerd/certs.d && mount --bind "$1" /etc/kubernetes && shift && exec "$@"'
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(certs), str(kube),
+             "containerd", "-c", str(config)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while subprocess.run(self.ctr("version"), capture_output=True).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"containerd did not start: {(folder / 'containerd.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def ctr(self, *args: str) -> list[str]:
+        """``ctr`` against this containerd, in the ``k8s.io`` namespace."""
+        return ["ctr", "-a", str(self.sock), "-n", "k8s.io", *args]
+
+    def images(self) -> dict[str, str]:
+        """name -> manifest digest of what its ``k8s.io`` namespace holds."""
+        out = subprocess.run(self.ctr("images", "ls"), capture_output=True, text=True, check=True).stdout
+        return {f[0]: f[2] for f in (line.split() for line in out.splitlines()[1:]) if len(f) >= 3}
+
+    def clear(self) -> None:
+        """Remove every image (each test starts from an empty namespace)."""
+        names = list(self.images())
+        if names:
+            subprocess.run(self.ctr("images", "rm", *names), capture_output=True, check=True)
+        subprocess.run(self.ctr("content", "prune", "references"), capture_output=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        # its snapshots may stay mounted in its namespace only, which is gone with it
+        subprocess.run(["rm", "-rf", str(self.root)], capture_output=True)
+
+
 class Node:
     """One node: sshd on ADDRESS:2222 (root by default, key only) and its own Docker engine.
 
@@ -75,6 +142,8 @@ class Node:
         docker_group: bool = True,
         sshd_extra: str = "",
         os_release: str | None = None,
+        containerd: bool = False,
+        env: str = "",
     ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
@@ -94,6 +163,16 @@ class Node:
             self.os_release.write_text(os_release)
         self.netns = netns
         self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
+        self.ctr_certs = self.root / "containerd-certs.d"
+        self.containerd = (
+            Containerd(
+                Path(tempfile.mkdtemp(prefix=f"ab-{name}-c", dir="/tmp")),
+                self.ctr_certs,
+                self.root / "kubernetes",
+            )
+            if containerd
+            else None
+        )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
         hostkey = self.root / "hostkey"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
@@ -102,8 +181,11 @@ class Node:
         if self.engine is not None and user != "root":
             self.engine.root.chmod(0o711)  # the socket itself is root:docker 0660
         # Its own docker client config too: a ``docker login`` on one node is not seen by the others.
-        env = f"NODE_NAME={name} DOCKER_CONFIG={self.root / 'docker-config'}" + (
-            f" DOCKER_HOST={self.engine.host}" if self.engine else ""
+        env = (
+            f"NODE_NAME={name} DOCKER_CONFIG={self.root / 'docker-config'}"
+            + (f" DOCKER_HOST={self.engine.host}" if self.engine else "")
+            + (f" CONTAINERD_ADDRESS={self.containerd.sock}" if self.containerd else "")
+            + (f" {env}" if env else "")
         )
         (self.root / "sshd_config").write_text(
             f"ListenAddress {address}:{SSH_PORT}\nHostKey {hostkey}\n"
@@ -120,6 +202,8 @@ class Node:
         enter: list[str] = []
         if self.engine is not None:  # into the engine's namespaces: its certs.d, its network
             enter = ["nsenter", "-t", str(self.engine.proc.pid), "-m", *(["-n"] if self.netns else [])]
+        elif self.containerd is not None:  # into containerd's mount namespace: its certs.d
+            enter = ["nsenter", "-t", str(self.containerd.proc.pid), "-m"]
         elif self.netns:
             enter = ["nsenter", f"--net=/run/netns/{self.netns}"]
         if self.os_release is not None:
@@ -163,6 +247,8 @@ class Node:
             self.kill_sshd()
         if self.engine:
             self.engine.stop()
+        if self.containerd:
+            self.containerd.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

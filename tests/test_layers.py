@@ -20,6 +20,7 @@ RANK: dict[str, float] = {
     "bundler.signing": 1,
     "bundler.versions": 1,
     "bundler.rkeimages": 1,
+    "bundler.kinds": 1.5,
     "bundler.lock": 2,
     "bundler.files": 1,
     "bundler.trust": 2.5,
@@ -50,8 +51,10 @@ RANK: dict[str, float] = {
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,
     "bundler.installer.dockerload": 4.5,
+    "bundler.installer.ctrimport": 4.6,
     "bundler.installer.preflight": 5,
     "bundler.installer.steps": 5,
+    "bundler.installer.kubeadmup": 5,
     "bundler.installer.siteregistry": 6,
     "bundler.installer.apply": 6.5,
     "bundler.installer.options": 6.5,
@@ -164,7 +167,14 @@ def test_the_carried_installer_parses_as_python_36() -> None:
 
 
 # Modules that decide on data alone: no file, process, network or clock access (DESIGN.md).
-PURE = {"bundler.trust", "bundler.lock", "bundler.oci", "bundler.rkeimages", "bundler.installer.plan"}
+PURE = {
+    "bundler.trust",
+    "bundler.lock",
+    "bundler.oci",
+    "bundler.rkeimages",
+    "bundler.kinds",
+    "bundler.installer.plan",
+}
 IO_MODULES = {"os", "io", "subprocess", "socket", "shutil", "tempfile", "fcntl", "http", "urllib", "time"}
 
 

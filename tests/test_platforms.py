@@ -64,8 +64,8 @@ def astra_and_debian(tmp_path_factory: pytest.TempPathFactory):
     client = Client(tmp_path_factory.mktemp("ssh-client-platforms"))
     nodes = []
     try:
-        nodes.append(Node("127.0.0.51", "ast-1", client, docker=False, os_release=ASTRA_17))
-        nodes.append(Node("127.0.0.52", "deb-1", client, docker=False))
+        nodes.append(Node("127.0.0.91", "ast-1", client, docker=False, os_release=ASTRA_17))
+        nodes.append(Node("127.0.0.92", "deb-1", client, docker=False))
         yield client, nodes
     finally:
         for node in nodes:
@@ -79,8 +79,8 @@ def test_an_astra_bundle_passes_on_astra_and_is_refused_on_debian(
     site = platform_site(project, keys, tmp_path, cache_dir, nodes, "astra", "1.7_x86-64")
     (site / "cluster.yml").write_text(
         "nodes:\n"
-        "  - {address: 127.0.0.51, port: 2222, user: root, role: [controlplane, etcd, worker], hostname_override: ast-1}\n"
-        "  - {address: 127.0.0.52, port: 2222, user: root, role: [worker], hostname_override: deb-1}\n"
+        "  - {address: 127.0.0.91, port: 2222, user: root, role: [controlplane, etcd, worker], hostname_override: ast-1}\n"
+        "  - {address: 127.0.0.92, port: 2222, user: root, role: [worker], hostname_override: deb-1}\n"
     )
     run = _install(site, keys, "--ssh-config", str(client.config), "--only", "preflight", "--yes")
     assert run.returncode == 6, run.stdout + run.stderr

@@ -26,22 +26,23 @@ import tarfile
 from pathlib import Path
 from typing import IO, Callable, Dict, List, Optional
 
-from bundler import archive, oci
+from bundler import archive, kinds, oci
 from bundler.compat import dataclass, replace
 from bundler.errors import InstallError
-from bundler.installer import remote, rpmroute, siteregistry
+from bundler.installer import ctrimport, kubeadmup, remote, rpmroute, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import (
     Node,
     SiteValues,
     load_cluster_options,
+    load_endpoint,
     load_inventory,
     with_kubernetes_version,
     with_network_plugin,
     with_private_registries,
 )
 from bundler.installer.journal import Journal
-from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route, rpm_requests
+from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route, cluster_kind, rpm_requests, runtime
 from bundler.installer.preflight import RKE_PREFLIGHT_SCRIPT, parse_facts, rke_problems, swap_problem
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
@@ -121,10 +122,40 @@ def _images(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
             ctx.progress("push", ctx.route.address, done, total, f"{blobs}/{of} blobs")
 
         return siteregistry.deliver(
-            ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo, pushed
+            ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo, pushed, runtime(ctx.lock)
         )
     by_id = {i.config: i for i in ctx.lock.images}
+    if runtime(ctx.lock) == "containerd":
+        return for_each(list(phase.nodes), lambda node: _import_on(node, phase, by_id, ctx))
     return for_each(list(phase.nodes), lambda node: _load_on(node, phase, by_id, ctx))
+
+
+def _import_on(node: Node, phase: PhasePlan, by_id: Dict[str, oci.Image], ctx: Context) -> NodeResult:
+    """``ctr -n k8s.io images import`` on ``node`` the images its actions name, point their names at
+    the locked manifests, then read them back: a digest other than the locked one fails the node."""
+    actions = phase.of(node.name)
+    result = NodeResult(node, skipped=[t for i in phase.present.get(node.name, ()) for t in by_id[i].tags])
+    result.verb = "imported"
+    try:
+        wanted = [by_id[a.item] for a in actions if a.kind == "import"]
+        imported: List[oci.Image] = []
+        if wanted:
+            imported, result.sent = ctrimport.import_missing(
+                node, wanted, ctx.bundle_dir / "images", ctx.opts,
+                lambda sent, total: ctx.progress("images", node.name, sent, total),
+            )  # fmt: skip
+        if actions:
+            _, found = ctrimport.present(node, ctx.opts)
+            for action in actions:
+                ctrimport.ensure_names(node, ctx.opts, by_id[action.item], found)
+            wrong = ctrimport.check(node, ctx.opts, [by_id[a.item] for a in actions])
+            if wrong:
+                raise InstallError(f"images: on {node.name}: " + "; ".join(wrong))
+        result.done = [t for i in imported for t in i.tags]
+        result.skipped += [t for a in actions if by_id[a.item] not in imported for t in by_id[a.item].tags]
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
 
 
 def _load_on(node: Node, phase: PhasePlan, by_id: Dict[str, oci.Image], ctx: Context) -> NodeResult:
@@ -494,8 +525,14 @@ def private_registry(route: Route) -> Dict[str, object]:
 
 
 def _cluster(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
+    """The bring-up of the lock's cluster kind (``BRINGUPS``), when the plan has it to do."""
     if not phase.actions:
         return []
+    return BRINGUPS[cluster_kind(ctx.lock)](ctx, phase)
+
+
+def _rke_bringup(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
+    """rke's bring-up: its requirements checked again on every node, then ``rke up`` here."""
     rke = next(b for b in ctx.lock.binaries if b.name == "rke")
     registries = [private_registry(ctx.route)] if ctx.route.mode == "registry" else []
     tool = archive.verified_copy(ctx.bundle_dir / rke.path, ctx.lock.member(rke.path), ctx.private / "rke")
@@ -538,7 +575,8 @@ def _steps(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     """The steps in order, each here or on its nodes; a step failing on a node stops the phase
     after that step (the other nodes finish it), one failing here stops it at once."""
     env = {**os.environ, **ctx.values.shared, "BUNDLE_DIR": str(ctx.bundle_dir)}
-    kubeconfig = ctx.workdir / "kube_config_cluster.yml"
+    kind = kinds.KINDS.get(cluster_kind(ctx.lock))
+    kubeconfig = ctx.workdir / (kind.kubeconfig if kind else "kube_config_cluster.yml")
     if kubeconfig.exists():
         env["KUBECONFIG"] = str(kubeconfig)
     logs = ctx.workdir / "logs"
@@ -563,6 +601,26 @@ def _steps(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
             break  # the next step does not start
     return results
 
+
+# A cluster kind's bring-up (``kinds.Kind``'s site half): it runs in the cluster phase, here or
+# on the nodes, and leaves the kind's kubeconfig in the work folder. A new kind adds its entry.
+def _kubeadm_bringup(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
+    """kubeadm's bring-up over SSH with the bundle's kubeadm at its dest on the nodes (kubeadmup)."""
+    tool = next(b for b in ctx.lock.binaries if b.name == ctx.lock.cluster.get("tool"))
+    results = kubeadmup.bring_up(
+        load_inventory(ctx.inventory),
+        load_endpoint(ctx.inventory),
+        tool.dest,
+        ctx.lock.cluster.get("kubernetes_version", ""),
+        ctx.opts,
+        ctx.workdir,
+        ctx.echo,
+    )
+    # the plan's one action (here) is done once every node is: the journal then skips it
+    return results if any(r.error for r in results) else [*results, NodeResult(HERE, done=["kubeadm up"])]
+
+
+BRINGUPS: Dict[str, Runner] = {"rke": _rke_bringup, "kubeadm": _kubeadm_bringup}
 
 # One runner per phase, in the order of PHASES (the plan's builders follow the same order).
 # ``prepare`` and ``steps`` are one runner: each runs the steps its slice of the plan holds.

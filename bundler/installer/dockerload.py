@@ -22,7 +22,7 @@ def _no_progress(_sent: int) -> None:
     pass
 
 
-class _Counter:
+class Counter:
     """A write-only file that counts what passes through it to ``out``, telling ``progress``."""
 
     def __init__(self, out: IO[bytes], progress: Callable[[int], None] = _no_progress) -> None:
@@ -45,7 +45,7 @@ def docker_load_tar(
 ) -> int:
     """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``;
     returns the bytes written (``progress`` is told the running count)."""
-    counter = _Counter(out, progress)
+    counter = Counter(out, progress)
     manifest = json.dumps(
         [
             {

@@ -14,12 +14,14 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from bundler import files
+from bundler import files, kinds
 from bundler.compat import dataclass, field
 from bundler.errors import InputError
 from bundler.installer._vendor import yaml
 
-ROLES = ("controlplane", "etcd", "worker")
+# RKE's three, and ``loadbalancer`` (a kubeadm cluster's keepalived + haproxy nodes in front of the
+# control planes, as in Kubitect's HA example): one inventory format for both kinds.
+ROLES = kinds.ALL_ROLES
 MAX_INVENTORY_BYTES = 1024 * 1024
 # The keys rke reads on a node (RKEConfigNode); any other one is a typo rke would ignore in silence
 # (``prot: 22`` would mean port 22), so the installer refuses it.
@@ -199,6 +201,79 @@ def role_problems(nodes: List[Node], cluster: bool) -> List[str]:
         if not any(role in n.roles for n in nodes):
             problems.append(f"no node has the {role} role")
     return problems
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The control-plane endpoint of a kubeadm cluster: ``vip:`` in cluster.yml, ADDRESS[:PORT]."""
+
+    address: str
+    port: int = 6443  # the API servers' port, which haproxy forwards
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+def load_endpoint(path: Path) -> Optional[Endpoint]:
+    """The ``vip:`` of cluster.yml (``10.0.0.100`` or ``10.0.0.100:6443``), or None when absent.
+
+    Raises:
+        InputError: a ``vip:`` that is not ADDRESS[:PORT] (the file and line named).
+    """
+    doc = _load(path, "inventory (RKE cluster.yml)")
+    raw = doc.get("vip") if isinstance(doc, dict) else None
+    if raw is None:
+        return None
+    line = _top_line(path, "vip")
+    text = str(raw)
+    address, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if not re.fullmatch(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", address) or (port and not port.isdigit()):
+        raise InputError(
+            f"{path}:{line}: vip: {text!r} is not an IPv4 address with an optional port "
+            "(e.g. vip: 10.0.0.100 or vip: 10.0.0.100:6443)"
+        )
+    number = int(port) if port else 6443
+    if not 0 < number < 65536:
+        raise InputError(f"{path}:{line}: vip: port {number} is not a TCP port")
+    return Endpoint(address, number)
+
+
+def vip_problem(path: Path, nodes: List[Node], endpoint: Optional[Endpoint]) -> Optional[str]:
+    """Why a kubeadm inventory cannot work: more than one control plane without a ``vip:``
+    (``kubeadm init --control-plane-endpoint`` needs one address that reaches them all, and
+    ``kubeadm join --control-plane`` refuses a cluster initialised without it), or load-balancer
+    nodes without a ``vip:`` to carry. None when it fits."""
+    control = [n for n in nodes if n.has("controlplane")]
+    balancers = [n for n in nodes if n.has("loadbalancer")]
+    if endpoint is not None or (len(control) < 2 and not balancers):
+        return None
+    lines = _node_lines(path)
+    if balancers:
+        at = lines.get((nodes.index(balancers[0]), ""), 0)
+        return (
+            f"{path}:{at}: node {balancers[0].name} has the loadbalancer role but cluster.yml has no "
+            "vip: (the address keepalived holds): add vip: ADDRESS[:PORT] at the top level"
+        )
+    at = lines.get((nodes.index(control[1]), ""), 0)
+    return (
+        f"{path}:{at}: {len(control)} control-plane nodes ({', '.join(n.name for n in control)}) need one "
+        "endpoint in front of them: add vip: ADDRESS[:PORT] at the top level of cluster.yml (kubeadm init "
+        "--control-plane-endpoint) and give nodes the loadbalancer role, or keep one control plane"
+    )
+
+
+def _top_line(path: Path, key: str) -> int:
+    """The 1-based line of a top-level ``key`` of the YAML file (0 when not found)."""
+    try:
+        tree = yaml.compose(files.read_capped(path, "inventory", MAX_INVENTORY_BYTES).decode("utf-8"),
+                            Loader=yaml.SafeLoader)  # fmt: skip
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return 0
+    if isinstance(tree, yaml.MappingNode):
+        for k, _ in tree.value:
+            if getattr(k, "value", None) == key:
+                return int(k.start_mark.line) + 1
+    return 0
 
 
 def load_cluster_options(path: Path) -> ClusterOptions:

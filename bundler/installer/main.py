@@ -31,9 +31,11 @@ from bundler.installer.inventory import (
     Node,
     SiteValues,
     load_cluster_options,
+    load_endpoint,
     load_inventory,
     load_values,
     nodes_line,
+    vip_problem,
     with_inventory,
 )
 from bundler.installer.journal import Journal
@@ -43,6 +45,7 @@ from bundler.installer.plan import (
     PhasePlan,
     Plan,
     Route,
+    cluster_kind,
     describe,
     failure_message,
     journal_done,
@@ -117,6 +120,10 @@ def _check_fit(
     problems = step_problems(lock, nodes)
     if problems:
         raise InputError(f"{options.inventory}: {problems[0]}")
+    if cluster_kind(lock) == "kubeadm":
+        problem = vip_problem(options.inventory, nodes, load_endpoint(options.inventory))
+        if problem:
+            raise InputError(problem)
     if not options.resume:
         return
     entry = state["installed"].get(lock.name)

@@ -11,7 +11,7 @@ No I/O here: data in, data out (``tests/test_layers.py`` checks it).
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
-from bundler import oci
+from bundler import kinds, oci
 from bundler.compat import dataclass, field
 from bundler.installer.inventory import ClusterOptions, Node, role_problems
 from bundler.lock import Lock, RoledImage, Step
@@ -38,9 +38,11 @@ class Route:
     password: str = field(default="", repr=False)
     chunk: int = 0  # upload blobs above this size in chunks
 
-    def describe(self) -> str:
+    def describe(self, runtime: str = "docker") -> str:
         if self.mode != "registry":
-            return "over SSH into docker load"
+            return "over SSH into " + (
+                "ctr -n k8s.io images import" if runtime == "containerd" else "docker load"
+            )
         where = (
             f"a registry the installer runs on {self.node.name} ({self.data})"
             if self.node
@@ -99,6 +101,21 @@ def topology_warnings(nodes: List[Node], min_workers: int = 0) -> List[str]:
     if min_workers and len(workers) < min_workers:
         out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({min_workers})")
     return out
+
+
+def runtime(lock: Lock) -> str:
+    """Where the nodes' images go: the cluster kind's runtime (``kinds.Kind.runtime``), else Docker."""
+    kind = lock.cluster.get("kind", "")
+    return kinds.KINDS[kind].runtime if kind in kinds.KINDS else "docker"
+
+
+def cluster_kind(lock: Lock) -> str:
+    """The kind whose bring-up the cluster phase runs: the lock's ``cluster.kind``, or ``rke`` for a
+    bundle that carries an ``rke`` binary without a ``cluster:`` section (the first bundles); "" none."""
+    kind = lock.cluster.get("kind", "")
+    if not kind and any(b.name == "rke" for b in lock.binaries):
+        return "rke"
+    return kind
 
 
 def brings_up_cluster(lock: Lock) -> bool:
@@ -229,7 +246,7 @@ def _images_lines(lock: Lock, nodes: List[Node], route: Route) -> List[str]:
     lines = [
         f"images     on {', '.join(app_nodes) or 'no node'}: {len(unplaced)} "
         f"{'application ' if lock.system_images else ''}images ({tags}), only those missing, in parallel, "
-        + route.describe()
+        + route.describe(runtime(lock))
     ]
 
     def by_role(records: Tuple[RoledImage, ...]) -> List[str]:
@@ -279,7 +296,9 @@ def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]
         *_images_lines(lock, nodes, route),
         "cluster    "
         + (
-            "rke up --config <inventory> on this node"
+            KUBEADM_UP
+            if cluster_kind(lock) == "kubeadm"
+            else "rke up --config <inventory> on this node"
             + (f", with private_registries: {route.address} (default)" if route.mode == "registry" else "")
             if rke
             else "skipped (no rke in the bundle)"
@@ -293,6 +312,12 @@ def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]
 
 # ---------------------------------------------------------------- the plan as data
 
+# kubeadm's bring-up over SSH (installer/kubeadmup.py); keepalived, haproxy and containerd's
+# configuration are not automated yet (README: "kubeadm (HA behind a VIP)").
+KUBEADM_UP = (
+    "kubeadm init on the first control plane (--control-plane-endpoint VIP:PORT --upload-certs with a vip:), "
+    "the other control planes joined one at a time, the workers in parallel"
+)
 LOCAL = "local"  # in actions and the journal: the node the installer runs on (rke up, steps)
 
 
@@ -304,8 +329,10 @@ class NodeFacts:
     warnings: Tuple[str, ...] = ()  # what it could not tell, or advice
     summary: str = ""  # what the preflight found, e.g. "x86_64 bookworm"
     checked: bool = False  # the preflight's checks ran on it
-    images: Optional[FrozenSet[str]] = None  # image IDs its Docker engine holds
-    tags: Optional[Mapping[str, str]] = None  # tag -> the image ID it points at there
+    # Docker: the image IDs its engine holds; containerd: the manifest digests its k8s.io namespace holds
+    images: Optional[FrozenSet[str]] = None
+    # Docker: tag -> the image ID it points at there; containerd: full name -> manifest digest
+    tags: Optional[Mapping[str, str]] = None
     binaries: Optional[Mapping[str, str]] = None  # a binary's dest -> the SHA-256 found there ("" if none)
 
 
@@ -489,7 +516,8 @@ def _binaries(x: _Inputs) -> PhasePlan:
 
 
 def _images(x: _Inputs) -> PhasePlan:
-    verb = "pull" if x.route.mode == "registry" else "load"
+    containerd = runtime(x.lock) == "containerd"
+    verb = "pull" if x.route.mode == "registry" else ("import" if containerd else "load")
     wanted: Dict[str, List[Tuple[str, str, str, Optional[bool]]]] = {}
     for node in x.nodes:
         if not x.per_node.get(node.name):
@@ -498,11 +526,14 @@ def _images(x: _Inputs) -> PhasePlan:
         items: List[Tuple[str, str, str, Optional[bool]]] = []
         for image in x.per_node[node.name]:
             names = ", ".join(image.tags) or image.ref
+            # containerd holds manifests under full names; Docker image IDs under familiar tags
+            key = image.manifest if containerd else image.config
+            labels = oci.full_names(image) if containerd else image.tags
             if fact.images is None or fact.tags is None:
                 items.append((image.config, verb, names, None))
-            elif image.config not in fact.images:
+            elif key not in fact.images:
                 items.append((image.config, verb, names, False))
-            elif any(fact.tags.get(t) != image.config for t in image.tags):
+            elif any(fact.tags.get(t) != key for t in labels):
                 items.append((image.config, "tag", names, False))
             else:
                 items.append((image.config, verb, names, True))
@@ -513,7 +544,12 @@ def _images(x: _Inputs) -> PhasePlan:
 
 
 def _cluster(x: _Inputs) -> PhasePlan:
-    if not any(b.name == "rke" for b in x.lock.binaries):
+    kind = cluster_kind(x.lock)
+    if kind == "kubeadm":
+        if f"cluster/{LOCAL}/kubeadm-up" in x.done:
+            return PhasePlan("cluster", notes=("kubeadm init and joins: done before, skipped",))
+        return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "kubeadm-up", "run", KUBEADM_UP),))
+    if kind != "rke" or not any(b.name == "rke" for b in x.lock.binaries):
         return PhasePlan("cluster", notes=("no rke in the bundle: skipped",))
     if f"cluster/{LOCAL}/rke-up" in x.done:
         return PhasePlan("cluster", notes=("rke up: done before, skipped",))

@@ -14,10 +14,10 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 from bundler import oci
 from bundler.compat import replace
 from bundler.errors import InstallError
-from bundler.installer import dockerload, remote
+from bundler.installer import ctrimport, dockerload, remote
 from bundler.installer.inventory import ClusterOptions, Node
 from bundler.installer.nodeos import OS_RELEASE_LINE, is_rpm_bundle, os_problem, parse_os
-from bundler.installer.plan import NodeFacts, Route, baseline_gaps, cluster_file_problems
+from bundler.installer.plan import NodeFacts, Route, baseline_gaps, cluster_file_problems, runtime
 from bundler.installer.results import NodeResult
 from bundler.lock import Lock
 
@@ -404,6 +404,21 @@ def swap_problem(facts: Dict[str, List[str]]) -> Optional[str]:
     return None
 
 
+def _containerd_problems(node: Node, opts: remote.SshOptions, lock: Lock) -> List[str]:
+    """A node whose images go into containerd: ``ctr`` must reach it, unless the bundle brings it."""
+    if any(d.name in ("containerd", "containerd.io") for d in lock.debs):
+        return []  # the packages phase installs it before the images phase
+    answer = remote.run(
+        node, opts, f"{remote.sudo_prefix(node)}{ctrimport.CTR} version >/dev/null 2>&1 && echo ok || echo no"
+    ).strip()
+    if answer == "ok":
+        return []
+    return [
+        "ctr cannot reach containerd (the images go into its k8s.io namespace) and the bundle does not "
+        "carry containerd: install and start containerd there"
+    ]
+
+
 def _preflight_on(
     node: Node,
     lock: Lock,
@@ -442,7 +457,10 @@ def _preflight_on(
             )
         if sudo != "root-ok":
             problems.append(f"{node.user} cannot use sudo without a password")
-        if needs_docker and docker != "docker" and not any(d.name == "docker-ce" for d in lock.debs):
+        containerd = runtime(lock) == "containerd"
+        if needs_docker and containerd:
+            problems += _containerd_problems(node, opts, lock)
+        elif needs_docker and docker != "docker" and not any(d.name == "docker-ce" for d in lock.debs):
             problems.append("no docker, and the bundle does not carry docker-ce")
         need_kib = sum(i.size for i in images) * 2 // 1024  # docker load unpacks beside the layers
         if needs_docker and free_kib.isdigit() and int(free_kib) < need_kib:
@@ -549,7 +567,8 @@ def _have(node: Node, lock: Lock, opts: remote.SshOptions, images: bool, binarie
     """What ``node`` already has (image IDs and tags, binaries); nothing when it cannot tell (the
     journal decides then, and the phase that tries the node reports why it failed)."""
     try:
-        ids, tags = dockerload.present(node, opts) if images else (None, None)
+        present = ctrimport.present if runtime(lock) == "containerd" else dockerload.present
+        ids, tags = present(node, opts) if images else (None, None)
         found = _binaries_found(node, lock, opts) if binaries else None
     except InstallError:
         return NodeFacts()

@@ -8,7 +8,11 @@ registry's data folder there, and runs the registry container (host network,
 ``--restart always``) unless one with the same image, address and certificate
 already runs; then waits until it answers. ``trust_on`` writes the CA to a
 node's ``/etc/docker/certs.d/HOST:PORT/ca.crt`` (Docker reads it at each pull);
-``login_on`` runs ``docker login`` there, the password on stdin.
+``login_on`` runs ``docker login`` there, the password on stdin. For nodes whose images go
+into containerd (``plan.runtime``), ``trust_on`` writes the CA and a ``hosts.toml`` naming it
+under ``/etc/containerd/certs.d/HOST:PORT/`` (containerd's registry host configuration, read
+by ``ctr --hosts-dir`` and by the CRI plugin with ``config_path``) and each node pulls with
+``ctr -n k8s.io images pull --hosts-dir``.
 
 ``deliver`` is the registry route of the images phase: start,
 trust, log in, push (``push``), then every target pulls each image by digest.
@@ -31,7 +35,7 @@ from typing import IO, Callable, Dict, List, Optional, Set
 from bundler import oci
 from bundler.compat import dataclass
 from bundler.errors import InstallError
-from bundler.installer import remote
+from bundler.installer import ctrimport, remote
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import Node
 from bundler.installer.plan import PhasePlan, Route
@@ -43,6 +47,7 @@ from bundler.lock import Lock
 CONTAINER = "airbundle-registry"
 DEFAULT_DATA = "/var/lib/airbundle/registry"
 CERTS_D = "/etc/docker/certs.d"
+CONTAINERD_CERTS_D = "/etc/containerd/certs.d"
 START_TIMEOUT = 30.0
 
 
@@ -235,20 +240,38 @@ def _wait(node: Node, access: Access, opts: remote.SshOptions) -> None:
             client.close()
 
 
-def trust_on(node: Node, address: str, ca: Path, opts: remote.SshOptions) -> bool:
-    """Make ``node``'s Docker trust ``ca`` for ``address``; False when it already did."""
-    data = ca.read_bytes()
-    folder = f"{CERTS_D}/{address}"
-    path = shlex.quote(f"{folder}/ca.crt")
-    have = remote.run(node, opts, f"sha256sum {path} 2>/dev/null || true").split()
+def hosts_toml(address: str) -> bytes:
+    """containerd's ``hosts.toml`` for the site registry at ``address``: pull and resolve there
+    over HTTPS, trusting the CA written beside it."""
+    return (
+        f'server = "https://{address}"\n\n[host."https://{address}"]\n'
+        f'  capabilities = ["pull", "resolve"]\n  ca = "{CONTAINERD_CERTS_D}/{address}/ca.crt"\n'
+    ).encode()
+
+
+def _write_on(node: Node, folder: str, name: str, data: bytes, opts: remote.SshOptions) -> bool:
+    """``folder/name`` on ``node`` holds ``data`` (written beside, then renamed); False when it did."""
+    path = shlex.quote(f"{folder}/{name}")
+    have = remote.run(node, opts, f"{sudo_prefix(node)}sha256sum {path} 2>/dev/null || true").split()
     if have and have[0] == hashlib.sha256(data).hexdigest():
         return False
     script = (
-        f"set -e; mkdir -p {shlex.quote(folder)}; t=$(mktemp {shlex.quote(folder)}/.ca.XXXXXX); "
+        f"set -e; mkdir -p {shlex.quote(folder)}; t=$(mktemp {shlex.quote(folder)}/.ab.XXXXXX); "
         f'cat > "$t"; chmod 0644 "$t"; mv "$t" {path}'
     )
     remote.stream(node, opts, f"{sudo_prefix(node)}sh -c {shlex.quote(script)}", _bytes(data))
     return True
+
+
+def trust_on(node: Node, address: str, ca: Path, opts: remote.SshOptions, runtime: str = "docker") -> bool:
+    """Make ``node``'s Docker (or containerd: the CA and a ``hosts.toml``) trust ``ca`` for
+    ``address``; False when it already did."""
+    data = ca.read_bytes()
+    if runtime == "containerd":
+        folder = f"{CONTAINERD_CERTS_D}/{address}"
+        wrote = _write_on(node, folder, "ca.crt", data, opts)
+        return _write_on(node, folder, "hosts.toml", hosts_toml(address), opts) or wrote
+    return _write_on(node, f"{CERTS_D}/{address}", "ca.crt", data, opts)
 
 
 def login_on(node: Node, access: Access, opts: remote.SshOptions) -> None:
@@ -311,6 +334,48 @@ def _pull_on(
     return result
 
 
+def _ctr_pull_on(
+    node: Node,
+    images: List[oci.Image],
+    fresh: Set[str],
+    pulls: Dict[oci.Image, str],
+    route: Route,
+    opts: remote.SshOptions,
+) -> NodeResult:
+    """containerd's pull of ``images`` by digest on ``node`` through ``hosts.toml`` (its CA), each
+    then named by its full names and checked against the locked manifest digest."""
+    result = NodeResult(node, verb="pulled")
+    ctr = f"{sudo_prefix(node)}{ctrimport.CTR}"
+    try:
+        for image in images:
+            pulled = pulls[image]
+            try:
+                remote.run(
+                    node,
+                    opts,
+                    f"{ctr} images pull --hosts-dir {CONTAINERD_CERTS_D} {shlex.quote(pulled)}",
+                    timeout=3600,
+                )
+            except remote.RemoteError as exc:
+                if any(mark in str(exc) for mark in _UNTRUSTED):
+                    raise InstallError(
+                        f"{node.name}: containerd there does not trust the TLS certificate of "
+                        f"{route.address}, so it cannot pull {pulled}; put the site CA and a hosts.toml "
+                        f"naming it in {CONTAINERD_CERTS_D}/{route.address}/ on {node.name} (the installer "
+                        f"does it when given --registry-ca FILE) ({exc})"
+                    ) from None
+                raise
+            for name in oci.full_names(image):
+                remote.run(node, opts, f"{ctr} images tag --force {shlex.quote(pulled)} {shlex.quote(name)}")
+            (result.done if image.config in fresh else result.skipped).append(pulled)
+        wrong = ctrimport.check(node, opts, images)
+        if wrong:
+            raise InstallError(f"{node.name}: " + "; ".join(wrong))
+    except InstallError as exc:
+        result.error = str(exc)
+    return result
+
+
 def deliver(
     lock: Lock,
     bundle_dir: Path,
@@ -320,6 +385,7 @@ def deliver(
     tls_folder: Path,
     echo: Callable[[str], None],
     progress: Optional[PushProgress] = None,
+    runtime: str = "docker",
 ) -> List[NodeResult]:
     """The registry route of the images phase: start the registry (``--registry-node``), make
     every node of ``phase`` trust it (and log in), push every image those nodes get (what they
@@ -344,11 +410,22 @@ def deliver(
         start_on(route.node, image, images_dir, route.address, route.data, tls, opts, echo)
     access = Access(route.address, ca, route.user, route.password, route.chunk)
     trusted: List[str] = []
+    if runtime == "containerd" and route.user:
+        raise InstallError(
+            f"images: the nodes pull with containerd, and the installer does not log containerd in to "
+            f"{route.address} (--registry-user): use a registry open to pulls from the nodes, or "
+            "--images-mode ssh-load"
+        )
+    if runtime == "containerd" and ca is None:
+        raise InstallError(
+            f"images: the nodes pull from {route.address} with containerd, which needs the registry's CA "
+            "in its hosts.toml: give --registry-ca FILE"
+        )
 
     def prepare(node: Node) -> NodeResult:
         result = NodeResult(node)
         try:
-            if ca is not None and trust_on(node, route.address, ca, opts):
+            if ca is not None and trust_on(node, route.address, ca, opts, runtime):
                 trusted.append(node.name)
             if route.user:
                 login_on(node, access, opts)
@@ -360,7 +437,8 @@ def deliver(
     every = [*targets, route.node] if route.node is not None and route.node not in targets else targets
     failed = [r for r in remote.for_each(every, prepare) if r.error]
     if trusted:
-        echo(f"  CA for {route.address} written to {CERTS_D} on {', '.join(sorted(trusted))}")
+        where = CONTAINERD_CERTS_D if runtime == "containerd" else CERTS_D
+        echo(f"  CA for {route.address} written to {where} on {', '.join(sorted(trusted))}")
     wanted = {a.item for a in phase.actions} | {i for items in phase.present.values() for i in items}
     union = [i for i in lock.images if i.config in wanted]
     report = push_images(union, images_dir, access, *([progress] if progress else []))
@@ -377,6 +455,7 @@ def deliver(
     def pull(node: Node) -> NodeResult:
         fresh = {a.item for a in phase.of(node.name) if a.kind == "pull"}
         mine = {a.item for a in phase.of(node.name)} | set(phase.present.get(node.name, ()))
-        return _pull_on(node, [i for i in union if i.config in mine], fresh, pulls, route, opts)
+        pull_on = _ctr_pull_on if runtime == "containerd" else _pull_on
+        return pull_on(node, [i for i in union if i.config in mine], fresh, pulls, route, opts)
 
     return failed + remote.for_each([n for n in targets if n.name not in bad], pull)

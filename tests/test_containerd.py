@@ -1,0 +1,442 @@
+"""containerd as the image target of a kubeadm bundle, on real loopback nodes: each node's own
+containerd (its own root, state and socket), reached over that node's sshd.
+
+The build asks the pinned kubeadm (tests/standins/kubeadm) for its images and pulls them, through
+``--mirror``, from a loopback registry; the installer streams each node's images over SSH into
+``ctr -n k8s.io images import`` and reads them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bundler import archive, kinds
+
+from .conftest import Keys, Project, run_cli
+from .kubeadm_standin import IMAGES, KUBERNETES_VERSION, ROLES, standin_bytes
+from .rke_images import Pushed, Pusher
+from .rke_standin import APP_IMAGE
+from .test_installer import _install, _site
+
+# Addresses no other test uses.
+NODES = (("127.0.0.51", "kc-cp"), ("127.0.0.52", "kc-w1"), ("127.0.0.53", "kc-w2"))
+MORE_NODES = (("127.0.0.55", "kc-cp2"), ("127.0.0.56", "kc-cp3"))
+VIP = "127.0.0.60"  # the control-plane endpoint's address
+
+MANIFEST = """
+apiVersion: airbundle/v1
+kind: Bundle
+name: kube
+version: "1.0.0"
+platform: {{os: ubuntu, codename: jammy, arch: amd64}}
+binaries:
+  - name: kubeadm
+    url: {url}
+    sha256: {sha}
+    dest: /tmp/ab-kc-bin/kubeadm
+images:
+  - ref: {app}
+cluster:
+  kind: kubeadm
+  kubernetes_version: {version}
+  tool: kubeadm
+"""
+
+
+@pytest.fixture(scope="module")
+def kubeadm_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The kubeadm stand-in's shared cluster state (what the API server would hold) and its log."""
+    return tmp_path_factory.mktemp("kubeadm-state")
+
+
+@pytest.fixture(scope="module")
+def ctr_cluster(
+    tmp_path_factory: pytest.TempPathFactory, kubeadm_state: Path
+) -> Iterator[tuple[object, list[object]]]:
+    """Loopback nodes with sshd and their own containerd (no Docker): kc-cp, kc-w1, kc-w2 (the first
+    three, which most tests use), then kc-cp2 and kc-cp3 for the HA bring-up."""
+    from .nodes import Client, Node
+
+    client = Client(tmp_path_factory.mktemp("ssh-client"))
+    nodes: list[Node] = []
+    env = f"KUBEADM_STANDIN_STATE={kubeadm_state}"
+    try:
+        for address, name in (*NODES, *MORE_NODES):
+            nodes.append(Node(address, name, client, docker=False, containerd=True, env=env))
+        yield client, nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def kube_registry() -> Iterator[tuple[object, dict[str, Pushed]]]:
+    """A loopback registry serving kubeadm's images (registry.k8s.io's paths) and the app image."""
+    from .registries import Registry
+
+    reg = Registry("open")
+    try:
+        pusher = Pusher(reg.host)
+        pushed = {}
+        for ref in [*IMAGES, APP_IMAGE]:
+            path = ref.split("/", 1)[1]  # without the registry: Pusher strips docker.io/
+            pushed[ref] = pusher.push("docker.io/" + path)
+        yield reg, pushed
+    finally:
+        reg.stop()
+
+
+def _manifest(project: Project) -> Path:
+    data = standin_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    url = project.origin.add(f"/kubeadm-{sha[:12]}", data)
+    text = MANIFEST.format(url=url, sha=sha, app=APP_IMAGE, version=KUBERNETES_VERSION)
+    return project.write_manifest(text, "kube.yaml")
+
+
+def _build(project: Project, keys: Keys, tmp_path: Path, cache: Path, host: str) -> Path:
+    built = run_cli("build", _manifest(project), "-o", tmp_path / "out", "--key", keys.key_path,
+                    "--cache", cache, "--mirror", f"registry.k8s.io={host}",
+                    "--mirror", f"docker.io={host}")  # fmt: skip
+    assert built.exit_code == 0, built.stderr
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def test_kubeadm_rule_gives_the_roles_kubeadm_runs_them_on() -> None:
+    kept, dropped = kinds.KINDS["kubeadm"].select(IMAGES, "none")
+    assert dropped == []
+    assert {c.ref: c.roles for c in kept} == ROLES
+    assert all(c.known for c in kept)
+    assert kinds.pause_image(IMAGES) == "registry.k8s.io/pause:3.9"
+    assert kinds.KINDS["kubeadm"].images_argv("v1.28.15") == [
+        "config", "images", "list", "--kubernetes-version", "v1.28.15",
+    ]  # fmt: skip
+    assert kinds.KINDS["rke"].runtime == "docker" and kinds.KINDS["kubeadm"].runtime == "containerd"
+
+
+def test_the_build_asks_the_pinned_kubeadm_for_its_images(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path, kube_registry
+) -> None:
+    reg, pushed = kube_registry
+    bundle = _build(project, keys, tmp_path, cache_dir, reg.host)
+    with archive.Bundle(bundle, None) as opened:
+        lock = opened.unverified()[0]
+    assert lock.cluster["kind"] == "kubeadm" and lock.cluster["network_plugin"] == "none"
+    assert {s.ref: s.roles for s in lock.system_images} == ROLES
+    for ref in IMAGES:
+        image = lock.find_image(ref)
+        assert image is not None and image.manifest == pushed[ref].manifest, ref
+
+
+def test_a_kubernetes_version_kubeadm_refuses_stops_the_build(
+    project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    manifest = _manifest(project)
+    manifest.write_text(manifest.read_text().replace(KUBERNETES_VERSION, "v1.26.1"))
+    built = run_cli("build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", cache_dir)
+    assert built.exit_code == 2, built.stderr
+    assert "kubeadm config images list --kubernetes-version v1.26.1" in built.stderr
+    assert "kube.yaml:" in built.stderr and "Traceback" not in built.stderr
+
+
+@pytest.fixture
+def ctr_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ctr_cluster, kube_registry):
+    from .nodes import cluster_yml
+
+    reg, pushed = kube_registry
+    client, every = ctr_cluster
+    nodes = every[:3]
+    for node in every:
+        node.containerd.clear()
+    site = _site(_build(project, keys, tmp_path, cache_dir, reg.host), tmp_path)
+    (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"kc-w1", "kc-w2"}))
+    return site, client, nodes, pushed
+
+
+def _over_ssh(client, node, command: str) -> str:
+    return subprocess.run(
+        ["ssh", "-F", str(client.config), "-p", "2222", f"root@{node.address}", command],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_images_land_in_containerds_k8s_io_namespace_by_role(ctr_site, keys: Keys) -> None:
+    site, client, nodes, pushed = ctr_site
+    first = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
+    assert first.returncode == 0, first.stdout + first.stderr
+    want = {
+        "kc-cp": {r for r, roles in ROLES.items() if "controlplane" in roles},
+        "kc-w1": {r for r, roles in ROLES.items() if "worker" in roles} | {APP_IMAGE},
+        "kc-w2": {r for r, roles in ROLES.items() if "worker" in roles} | {APP_IMAGE},
+    }
+    assert "registry.k8s.io/etcd:3.5.15-0" in want["kc-cp"] and APP_IMAGE not in want["kc-cp"]
+    for node in nodes:
+        held = node.containerd.images()
+        assert held == {r: pushed[r].manifest for r in want[node.name]}, node.name  # locked digests
+        listed = _over_ssh(client, node, "ctr -n k8s.io images ls")  # what an operator sees there
+        for ref in want[node.name]:
+            assert ref in listed and pushed[ref].manifest in listed
+        assert f"{node.name:<20} ok: {len(want[node.name])} imported, 0 already present, " in first.stdout
+    assert "bytes sent" in first.stdout or "sent" in first.stdout
+    again = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    for node in nodes:
+        assert f"{node.name:<20} ok: 0 imported, {len(want[node.name])} already present\n" in again.stdout
+
+
+def test_a_name_at_another_digest_is_put_back_and_checked(ctr_site, keys: Keys) -> None:
+    """A node whose name points elsewhere (someone re-tagged it) gets the locked image back."""
+    site, client, nodes, pushed = ctr_site
+    first = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
+    assert first.returncode == 0, first.stdout + first.stderr
+    worker = nodes[1].containerd
+    pause, proxy = "registry.k8s.io/pause:3.9", IMAGES[3]
+    subprocess.run(worker.ctr("images", "tag", "--force", proxy, pause), check=True, capture_output=True)
+    assert worker.images()[pause] == pushed[proxy].manifest
+    again = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert worker.images()[pause] == pushed[pause].manifest
+
+
+def test_dry_run_says_where_the_images_go(ctr_site, keys: Keys) -> None:
+    site, client, _, _ = ctr_site
+    run = _install(site, keys, "--yes", "--dry-run", "--offline", "--ssh-config", str(client.config))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "over SSH into ctr -n k8s.io images import" in run.stdout
+    assert f"7 system images for kubeadm {KUBERNETES_VERSION}" in run.stdout
+
+
+def test_the_oci_tar_names_each_image_for_containerd(tmp_path: Path) -> None:
+    """The stream ctr imports: an OCI layout whose index names each manifest by its full name."""
+    from bundler import oci
+    from bundler.installer import ctrimport
+
+    blobs = tmp_path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    digests = {}
+    for name, data in (("manifest", b"{}"), ("config", b'{"c":1}'), ("layer", b"layer")):
+        digest = oci.sha256_digest(data)
+        (blobs / digest.split(":")[1]).write_bytes(data)
+        digests[name] = digest
+    image = oci.Image("docker.io/library/busybox:1", ("busybox:1",), "registry", digests["manifest"],
+                      oci.OCI_MANIFEST, digests["config"], "linux/amd64",
+                      (oci.Layer(digests["layer"], 5, oci.OCI_LAYER),))  # fmt: skip
+    out = tmp_path / "x.tar"
+    with open(out, "wb") as f:
+        sent = ctrimport.oci_tar([image], tmp_path, f)
+    assert sent == out.stat().st_size
+    import tarfile
+
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+    assert names[:2] == ["oci-layout", "index.json"] and len(names) == 5
+    assert index["manifests"][0]["annotations"] == {"io.containerd.image.name": "docker.io/library/busybox:1"}
+    assert index["manifests"][0]["digest"] == digests["manifest"]
+
+
+# ---------------------------------------------------------------- registry mode: hosts.toml with the CA
+
+REGISTRY_IP = "127.0.0.54"  # the site registry's own address (no other test uses it)
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A site registry over TLS with a certificate from a site CA: (HOST:PORT, the CA file)."""
+    import shutil
+    import time
+
+    import requests
+
+    from .registries import free_port, site_certificate
+
+    folder = tmp_path / "site-registry"
+    folder.mkdir()
+    ca, cert, key = site_certificate(folder, REGISTRY_IP)
+    address = f"{REGISTRY_IP}:{free_port(REGISTRY_IP)}"
+    (folder / "config.yml").write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+        f"http:\n  addr: {address}\n  tls:\n    certificate: {cert}\n    key: {key}\n"
+    )
+    log = open(folder / "registry.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([shutil.which("docker-registry") or "docker-registry", "serve",
+                             str(folder / "config.yml")], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"https://{address}/v2/", timeout=1, verify=str(ca))
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    folder / "registry.log"
+                ).read_text()
+                time.sleep(0.1)
+        yield address, ca
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_registry_mode_pulls_through_hosts_toml_with_the_site_ca(ctr_site, keys: Keys, tls_registry) -> None:
+    site, client, nodes, pushed = ctr_site
+    address, ca = tls_registry
+    args = ("--yes", "--ssh-config", str(client.config), "--only", "images", "--registry", address)
+    without = _install(site, keys, *args, env={"SSL_CERT_FILE": str(ca)})
+    assert without.returncode == 6, without.stdout + without.stderr
+    assert "give --registry-ca FILE" in without.stderr and "Traceback" not in without.stderr
+    run = _install(site, keys, *args, "--registry-ca", str(ca))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"CA for {address} written to /etc/containerd/certs.d on kc-cp, kc-w1, kc-w2" in run.stdout
+    for node in nodes:
+        hosts = (node.ctr_certs / address / "hosts.toml").read_text()
+        assert f'server = "https://{address}"' in hosts
+        assert f'ca = "/etc/containerd/certs.d/{address}/ca.crt"' in hosts
+        assert (node.ctr_certs / address / "ca.crt").read_bytes() == ca.read_bytes()
+        held = node.containerd.images()
+        want = {r for r, roles in ROLES.items() if set(roles) & set(("worker",) if "w" in node.name[3:] else
+                                                                     ("controlplane",))}  # fmt: skip
+        if node.name != "kc-cp":
+            want.add(APP_IMAGE)
+        for ref in want:
+            assert held.get(ref) == pushed[ref].manifest, (node.name, ref)
+    again = _install(site, keys, *args, "--registry-ca", str(ca))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "CA for" not in again.stdout
+    assert "kc-w1                ok: 0 pulled, 4 already present" in again.stdout
+
+
+def test_two_control_planes_without_a_vip_stop_the_install_before_anything_runs(ctr_site, keys: Keys) -> None:
+    site, client, nodes, _ = ctr_site
+    inventory = site / "cluster.yml"
+    inventory.write_text(inventory.read_text().replace("role: [worker]", "role: [controlplane, etcd]", 1))
+    run = _install(site, keys, "--yes", "--ssh-config", str(client.config))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "cluster.yml:3: 2 control-plane nodes (kc-cp, kc-w1) need one endpoint" in run.stderr
+    assert "Traceback" not in run.stderr and not (site / "work" / "logs").exists()
+    for node in nodes:
+        assert node.containerd.images() == {}
+
+
+# ---------------------------------------------------------------- kubeadm's HA bring-up
+
+
+class _Listener:
+    """Something answering on the control-plane endpoint (in place of haproxy behind keepalived's VIP)."""
+
+    def __init__(self, address: str, port: int) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        import socket
+
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept(): a close alone leaves it listening
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def ha_site(ctr_site, ctr_cluster, kubeadm_state: Path, keys: Keys):
+    """The kubeadm bundle's site with an HA inventory: kc-cp, kc-cp2, kc-cp3 behind vip: VIP:6443,
+    kc-w1 and kc-w2 workers; the images and the pinned kubeadm already on the nodes."""
+    import shutil
+
+    from .nodes import SSH_PORT
+
+    site, client, _, _ = ctr_site
+    _, every = ctr_cluster
+    for item in kubeadm_state.iterdir():
+        item.unlink()
+    for node in every:  # empty, not replaced: the node's /etc/kubernetes is a bind mount of it
+        for item in (node.root / "kubernetes").iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    roles = {"kc-cp": "[controlplane, etcd]", "kc-cp2": "[controlplane, etcd]", "kc-cp3": "[controlplane, etcd]",
+             "kc-w1": "[worker]", "kc-w2": "[worker]"}  # fmt: skip
+    lines = [f"vip: {VIP}:6443", "nodes:"] + [
+        f"  - {{address: {n.address}, port: {SSH_PORT}, user: root, role: {roles[n.name]}, hostname_override: {n.name}}}"
+        for n in every
+    ]
+    (site / "cluster.yml").write_text("\n".join(lines) + "\n")
+    for phase in ("binaries", "images"):
+        run = _install(site, keys, "--yes", "--only", phase, "--ssh-config", str(client.config))
+        assert run.returncode == 0, run.stdout + run.stderr
+    return site, client, every, kubeadm_state
+
+
+def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> None:
+    site, client, _, state = ha_site
+    listener = _Listener(VIP, 6443)
+    try:
+        run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    finally:
+        listener.close()
+    assert run.returncode == 0, run.stdout + run.stderr
+    log = (state / "log").read_text().splitlines()
+    assert log[0] == f"init kc-cp endpoint={VIP}:6443"
+    assert log[1:3] == [
+        f"join-control-plane kc-cp2 endpoint={VIP}:6443",
+        f"join-control-plane kc-cp3 endpoint={VIP}:6443",
+    ]
+    assert sorted(log[3:]) == [
+        f"join-worker kc-w1 endpoint={VIP}:6443",
+        f"join-worker kc-w2 endpoint={VIP}:6443",
+    ]
+    admin = site / "work" / "admin.conf"
+    assert f"https://{VIP}:6443" in admin.read_text() and (admin.stat().st_mode & 0o777) == 0o600
+    cluster = json.loads((state / "cluster.json").read_text())
+    for text in (
+        run.stdout,
+        run.stderr,
+        *[p.read_text() for p in (site / "work" / "logs").glob("kubeadm-*.log")],
+    ):
+        assert cluster["token"] not in text and cluster["key"] not in text  # never echoed nor logged
+    again = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    assert again.returncode == 0 and "done before, skipped" in again.stdout
+    assert len((state / "log").read_text().splitlines()) == 5
+
+
+def test_a_vip_nobody_answers_on_fails_like_kubeadm(ha_site, keys: Keys) -> None:
+    site, client, _, state = ha_site
+    run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    assert run.returncode == 6, run.stdout + run.stderr
+    assert "kubeadm init failed on kc-cp" in run.stdout + run.stderr
+    assert f"dial tcp {VIP}:6443: connect: connection refused" in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and not (state / "log").exists()
+
+
+def test_kubeadm_init_refuses_a_node_without_its_images(ha_site, keys: Keys) -> None:
+    site, client, every, state = ha_site
+    subprocess.run(every[0].containerd.ctr("images", "rm", "registry.k8s.io/etcd:3.5.15-0"), check=True,
+                   capture_output=True)  # fmt: skip
+    listener = _Listener(VIP, 6443)
+    try:
+        run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    finally:
+        listener.close()
+    assert run.returncode == 6, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    assert "[ERROR ImagePull]: failed to pull image registry.k8s.io/etcd:3.5.15-0" in out, out
+    assert "kubeadm init failed on kc-cp" in out and not (state / "log").exists()

@@ -1,0 +1,67 @@
+"""The kubeadm kind's inventory: RKE's cluster.yml with the ``loadbalancer`` role and a ``vip:``
+(the control-plane endpoint), and the refusal of more than one control plane without one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bundler.errors import InputError
+from bundler.installer.inventory import Endpoint, load_endpoint, load_inventory, vip_problem
+
+HA = """\
+ssh_key_path: /root/.ssh/id_ed25519
+vip: 10.10.0.5
+nodes:
+  - {address: 10.10.0.11, user: ubuntu, role: [loadbalancer]}
+  - {address: 10.10.0.12, user: ubuntu, role: [loadbalancer]}
+  - {address: 10.10.0.21, user: ubuntu, role: [controlplane, etcd]}
+  - {address: 10.10.0.22, user: ubuntu, role: [controlplane, etcd]}
+  - {address: 10.10.0.23, user: ubuntu, role: [controlplane, etcd]}
+  - {address: 10.10.0.31, user: ubuntu, role: [worker]}
+"""
+
+
+def _file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cluster.yml"
+    path.write_text(text)
+    return path
+
+
+def test_an_ha_inventory_with_load_balancers_and_a_vip_is_read(tmp_path: Path) -> None:
+    path = _file(tmp_path, HA)
+    nodes = load_inventory(path)
+    assert [n.roles for n in nodes][:2] == [("loadbalancer",), ("loadbalancer",)]
+    endpoint = load_endpoint(path)
+    assert endpoint == Endpoint("10.10.0.5", 6443) and str(endpoint) == "10.10.0.5:6443"
+    assert vip_problem(path, nodes, endpoint) is None
+    assert load_endpoint(_file(tmp_path, HA.replace("vip: 10.10.0.5", "vip: 10.10.0.5:8443"))) == Endpoint(
+        "10.10.0.5", 8443
+    )
+
+
+def test_more_than_one_control_plane_without_a_vip_is_refused_with_its_line(tmp_path: Path) -> None:
+    text = HA.replace("vip: 10.10.0.5\n", "").replace("role: [loadbalancer]", "role: [worker]")
+    path = _file(tmp_path, text)
+    problem = vip_problem(path, load_inventory(path), load_endpoint(path))
+    assert problem is not None
+    assert problem.startswith(f"{path}:6: 3 control-plane nodes (10.10.0.21, 10.10.0.22, 10.10.0.23)")
+    assert "vip: ADDRESS[:PORT]" in problem
+    one = _file(tmp_path, "nodes:\n  - {address: 10.0.0.1, user: u, role: [controlplane, etcd, worker]}\n")
+    assert vip_problem(one, load_inventory(one), None) is None  # one control plane needs no endpoint
+
+
+def test_load_balancer_nodes_without_a_vip_are_refused(tmp_path: Path) -> None:
+    path = _file(tmp_path, HA.replace("vip: 10.10.0.5\n", ""))
+    problem = vip_problem(path, load_inventory(path), load_endpoint(path))
+    assert problem is not None and problem.startswith(f"{path}:3: node 10.10.0.11 has the loadbalancer role")
+
+
+@pytest.mark.parametrize(
+    "bad", ["vip: 10.10.0\n", "vip: ten\n", "vip: 10.10.0.5:http\n", "vip: 10.1.1.1:70000\n"]
+)
+def test_a_malformed_vip_names_the_file_and_line(tmp_path: Path, bad: str) -> None:
+    path = _file(tmp_path, "nodes:\n  - {address: 10.0.0.1, user: u, role: [worker]}\n" + bad)
+    with pytest.raises(InputError, match=rf"^{path}:3: vip: "):
+        load_endpoint(path)
