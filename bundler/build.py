@@ -119,6 +119,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/steps.py": "installer/steps.py",
     "installer/bundler/installer/push.py": "installer/push.py",
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
+    "installer/bundler/installer/topology.py": "installer/topology.py",
     **{
         f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
         for name in ["__init__.py", "yaml/LICENSE"]

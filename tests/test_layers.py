@@ -38,6 +38,7 @@ RANK: dict[str, float] = {
     "bundler.installer.inventory": 3,
     "bundler.installer.journal": 2,
     "bundler.installer.results": 3.5,
+    "bundler.installer.topology": 1,
     "bundler.installer.plan": 4,
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,
@@ -143,7 +144,14 @@ def test_the_carried_installer_parses_as_python_37() -> None:
 
 
 # Modules that decide on data alone: no file, process, network or clock access (DESIGN.md).
-PURE = {"bundler.trust", "bundler.lock", "bundler.oci", "bundler.rkeimages", "bundler.installer.plan"}
+PURE = {
+    "bundler.trust",
+    "bundler.lock",
+    "bundler.oci",
+    "bundler.rkeimages",
+    "bundler.installer.plan",
+    "bundler.installer.topology",
+}
 IO_MODULES = {"os", "io", "subprocess", "socket", "shutil", "tempfile", "fcntl", "http", "urllib", "time"}
 
 

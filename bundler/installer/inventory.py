@@ -56,6 +56,8 @@ class Node:
     port: int = 22
     ssh_key_path: str | None = None
     hostname_override: str | None = None
+    # The node's line in the inventory, for FILE:LINE in the topology's findings; not part of its identity.
+    line: int = field(default=0, compare=False)
 
     @property
     def name(self) -> str:
@@ -142,6 +144,7 @@ def load_inventory(path: Path) -> list[Node]:
             port,
             key if isinstance(key, str) else None,
             host if isinstance(host, str) else None,
+            at,
         )
         if node.name in names:
             # The reports, the journal and Kubernetes itself tell nodes apart by this name.

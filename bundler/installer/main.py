@@ -27,7 +27,7 @@ from typing import Any
 
 from bundler import archive, files, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
-from bundler.installer import preflight
+from bundler.installer import preflight, topology
 from bundler.installer.apply import Context, apply
 from bundler.installer.inventory import (
     Node,
@@ -44,6 +44,7 @@ from bundler.installer.plan import (
     PhasePlan,
     Plan,
     Route,
+    brings_up_cluster,
     describe,
     failure_message,
     journal_done,
@@ -51,7 +52,9 @@ from bundler.installer.plan import (
     node_images,
     render,
     step_problems,
+    topology_findings,
     topology_problems,
+    topology_rules,
     topology_warnings,
 )
 from bundler.installer.progress import Progress, human
@@ -187,7 +190,7 @@ def _install(
         _check_fit(options, journal.state, lock, decision.lock_sha256, nodes)
         route = images_route(options, lock, nodes)  # a bad choice stops before anything is unpacked
         if options.only != "preflight":  # the preflight alone changes nothing: no need to confirm
-            _confirm_topology(options, topology_problems(lock, nodes), out)
+            _confirm_topology(options, _problem_texts(options, lock, nodes), out)
         base = options.workdir / decision.base_folder if decision.base_folder else None
         _remove_stale_staging(options.workdir, f"{lock.name}-{lock.version}")
         total = sum(m.size for m in lock.members)
@@ -211,7 +214,7 @@ def _install(
         f"to {final} ({human(total)} in {time.monotonic() - started:.0f} s)"
         + (f"; installed before: {before}" if installed and before != "nothing" else "")
     )
-    for warning in _warnings_left(nodes, lock, topology_problems(lock, nodes)):
+    for warning in _warnings_left(nodes, lock, topology_problems(lock, nodes, options.demo), options.demo):
         out.line(f"warning: {warning}", err=True, always=True)
     opts = SshOptions(options.ssh_config)
     facts = _facts(options, lock, nodes, route, opts)
@@ -352,10 +355,20 @@ def _report(phase: PhasePlan, results: list[NodeResult], out: Progress, logs: Pa
         raise InstallError(message)
 
 
-def _warnings_left(nodes: list[Node], lock: Lock, problems: list[str]) -> list[str]:
-    """The topology warnings that no problem already names (the same subject before its ":")."""
+def _problem_texts(options: Options, lock: Lock, nodes: list[Node]) -> list[str]:
+    """The topology's problems as ``INVENTORY[:LINE]: message`` (``plan.topology_findings``)."""
+    return topology.problems(topology_findings(lock, nodes, options.demo), str(options.inventory))
+
+
+def _warnings_left(nodes: list[Node], lock: Lock, problems: list[str], demo: bool = False) -> list[str]:
+    """The topology warnings that no problem already names (the same subject before its ":"): the
+    rke-era warnings, then the kind's own (a --demo install's shared roles)."""
     subjects = {p.split(":")[0] for p in problems}
-    return [w for w in topology_warnings(nodes, lock.min_workers) if w.split(":")[0] not in subjects]
+    rke = topology_rules(lock).kind in ("rke", "")  # the older warnings speak rke's roles
+    old = topology_warnings(nodes, lock.min_workers) if rke else []
+    out = [w for w in old if w.split(":")[0] not in subjects]
+    extra = topology.warnings(topology_findings(lock, nodes, demo))
+    return out + [w for w in extra if w.split(":")[0] not in {o.split(":")[0] for o in out}]
 
 
 def _node_log(logs: Path, phase: str, node: str, lines: list[str]) -> Path:
@@ -391,12 +404,18 @@ def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Nod
         file=out,
     )
     print("nodes: " + ", ".join(f"{n.name} ({'/'.join(n.roles)})" for n in nodes), file=out)
-    problems = topology_problems(lock, nodes) if options.only != "preflight" else []
+    problems = _problem_texts(options, lock, nodes) if options.only != "preflight" else []
     for problem in problems:
         anyway = " (--yes: installing anyway)" if options.yes else ""
-        print(f"problem: {options.inventory}: {problem}{anyway}", file=out)
-    for warning in _warnings_left(nodes, lock, problems):
+        print(f"problem: {problem}{anyway}", file=out)
+    for warning in _warnings_left(nodes, lock, [p.split(": ", 1)[-1] for p in problems], options.demo):
         print(f"warning: {warning}", file=out)
+    if brings_up_cluster(lock):
+        kind = topology_rules(lock).kind
+        voters = sum(
+            1 for n in nodes if topology.QUORUM_ROLE.get(kind, "etcd") in topology.roles_of(kind, n.roles)
+        )
+        print(topology.quorum_summary(kind, voters), file=out)
     print("the plan:", file=out)
     print("\n".join("  " + line for line in describe(lock, nodes, route)), file=out)
     if Journal.completed(state, lock.name, decision.lock_sha256) and not options.only:

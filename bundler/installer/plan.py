@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bundler import oci
-from bundler.installer.inventory import ClusterOptions, Node, role_problems
+from bundler.installer import topology
+from bundler.installer.inventory import ClusterOptions, Node
 from bundler.lock import Lock, RoledImage, Step
 
 # ``prepare`` runs the steps marked ``when: before-cluster`` (the nodes' preparation: users, swap,
@@ -61,27 +62,13 @@ class Route:
 
 
 def etcd_quorum(members: int) -> tuple[int, int]:
-    """(quorum, failures tolerated) of an etcd cluster: 3 → (2, 1), 5 → (3, 2)."""
-    quorum = members // 2 + 1
-    return quorum, max(0, members - quorum)
+    """(quorum, failures tolerated) of an etcd cluster: 3 → (2, 1), 5 → (3, 2) (``topology.quorum``)."""
+    return topology.quorum(members)
 
 
 def _etcd_count(members: int) -> list[str]:
-    """What is wrong with ``members`` etcd nodes (none: nothing here, a missing role is said
-    elsewhere): fewer than 3, or even, with quorum and tolerated failures."""
-    quorum, tolerated = etcd_quorum(members)
-    if 0 < members < 3:
-        return [
-            f"{members} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
-            "a fault-tolerant cluster needs at least 3"
-        ]
-    if members and members % 2 == 0:
-        less = etcd_quorum(members - 1)
-        return [
-            f"{members} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
-            f"no better than {members - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
-        ]
-    return []
+    """What is wrong with ``members`` etcd nodes (``topology.count_problems``)."""
+    return topology.count_problems(members, "etcd")
 
 
 def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
@@ -109,19 +96,27 @@ def brings_up_cluster(lock: Lock) -> bool:
     return bool(lock.cluster.get("kind")) or any(b.name == "rke" for b in lock.binaries)
 
 
-def topology_problems(lock: Lock, nodes: list[Node]) -> list[str]:
+def topology_rules(lock: Lock, demo: bool = False) -> topology.Rules:
+    """The topology rules of the bundle's cluster kind and product (``topology.Rules``)."""
+    kind = lock.cluster.get("kind") or ("rke" if brings_up_cluster(lock) else "")
+    forbid = lock.cluster.get("shared_roles") == "demo-only"
+    return topology.Rules(kind, lock.min_workers, forbid, demo)
+
+
+def topology_findings(lock: Lock, nodes: list[Node], demo: bool = False) -> list[topology.Finding]:
+    """Problems and warnings of the inventory's topology under the bundle's rules (with lines)."""
+    kind = topology_rules(lock, demo).kind
+    members = [topology.Member(n.name, topology.roles_of(kind, n.roles), n.line) for n in nodes]
+    return topology.check(members, topology_rules(lock, demo))
+
+
+def topology_problems(lock: Lock, nodes: list[Node], demo: bool = False) -> list[str]:
     """What in the inventory's topology stops a real install until the operator confirms it:
-    a role the bundle needs that no node has (``inventory.role_problems``), fewer workers than
-    the lock's ``min_workers`` and, when the bundle brings the cluster up, an etcd count that
-    is too small or even (``etcd_quorum``). Shared roles stay a warning (``topology_warnings``)."""
-    cluster = brings_up_cluster(lock)
-    out = role_problems(nodes, cluster)
-    workers = [n for n in nodes if n.has("worker")]
-    if lock.min_workers and len(workers) < lock.min_workers:
-        out.append(f"{len(workers)} worker(s), fewer than the bundle's min_workers ({lock.min_workers})")
-    if cluster:
-        out += _etcd_count(sum(1 for n in nodes if n.has("etcd")))
-    return out
+    a role the bundle needs that no node has, fewer workers than the lock's ``min_workers`` and,
+    when the bundle brings the cluster up, a quorum that is too small or even, and shared roles
+    the product forbids without ``--demo`` (``topology.check``). Other shared roles stay a
+    warning (``topology_warnings``)."""
+    return [f.message for f in topology_findings(lock, nodes, demo) if f.severity == "problem"]
 
 
 def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> list[Node]:
