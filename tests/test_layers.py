@@ -39,6 +39,7 @@ RANK: dict[str, float] = {
     "bundler.installer.journal": 2,
     "bundler.installer.results": 3.5,
     "bundler.installer.topology": 1,
+    "bundler.installer.k0sctl": 3.2,
     "bundler.installer.plan": 4,
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,

@@ -27,13 +27,12 @@ from typing import Any
 
 from bundler import archive, files, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
-from bundler.installer import preflight, topology
+from bundler.installer import k0sctl, preflight, topology
 from bundler.installer.apply import Context, apply
 from bundler.installer.inventory import (
     Node,
     SiteValues,
     load_cluster_options,
-    load_inventory,
     load_values,
     with_inventory,
 )
@@ -81,7 +80,9 @@ def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
     try:
         check_workdir(options.workdir)
         trusted = _read_keys(options.pubkey)
-        nodes = load_inventory(options.inventory)
+        nodes = k0sctl.load_nodes(
+            options.inventory
+        )  # k0sctl.yaml or RKE cluster.yml, told apart by apiVersion
         values = load_values(options.values)  # checked now: a bad file stops the install before anything runs
         unknown = sorted(set(values.nodes) - {n.name for n in nodes} - {n.address for n in nodes})
         if unknown:
@@ -120,6 +121,17 @@ def _check_fit(
     problems = step_problems(lock, nodes)
     if problems:
         raise InputError(f"{options.inventory}: {problems[0]}")
+    kind, is_k0sctl = lock.cluster.get("kind", ""), k0sctl.is_k0sctl(options.inventory)
+    if is_k0sctl and kind != "k0s":
+        raise InputError(
+            f"{options.inventory}: a k0sctl.yaml, but {lock.name} {lock.version} brings up "
+            f"{kind or 'no cluster of its own'}; give its inventory (an RKE cluster.yml)"
+        )
+    if kind == "k0s" and not is_k0sctl:
+        raise InputError(
+            f"{options.inventory}: {lock.name} {lock.version} brings up a k0s cluster: give the cluster's "
+            f"k0sctl.yaml (apiVersion: {k0sctl.API_VERSION}, kind: Cluster, spec.hosts)"
+        )
     if not options.resume:
         return
     entry = state["installed"].get(lock.name)
