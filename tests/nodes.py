@@ -74,6 +74,7 @@ class Node:
         user: str = "root",
         docker_group: bool = True,
         sshd_extra: str = "",
+        binds: tuple[str, ...] = (),
     ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
@@ -85,6 +86,11 @@ class Node:
             self.root.chmod(0o711)  # sshd reads authorized_keys as the user
         self.certs = self.root / "certs.d"
         self.netns = netns
+        # Folders of this machine the node sees as its own (e.g. /var/lib/k0s, /usr/local/bin): sshd
+        # runs in a private mount namespace where each is bound to ``self.root/binds/PATH``.
+        self.binds = {target: self.root / "binds" / target.strip("/").replace("/", "_") for target in binds}
+        for own in self.binds.values():
+            own.mkdir(parents=True)
         self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
         hostkey = self.root / "hostkey"
@@ -114,6 +120,13 @@ class Node:
             enter = ["nsenter", "-t", str(self.engine.proc.pid), "-m", *(["-n"] if self.netns else [])]
         elif self.netns:
             enter = ["nsenter", f"--net=/run/netns/{self.netns}"]
+        if self.binds and self.engine is None:
+            mounts = []
+            for target, own in self.binds.items():
+                Path(target).mkdir(parents=True, exist_ok=True)
+                mounts.append(f"mount --bind {own} {target}")
+            enter = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     " && ".join([*mounts, 'exec "$@"']), "sh", *enter]  # fmt: skip
         subprocess.run(
             [
                 *enter,

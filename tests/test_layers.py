@@ -19,6 +19,8 @@ RANK: dict[str, float] = {
     "bundler.signing": 1,
     "bundler.versions": 1,
     "bundler.rkeimages": 1,
+    "bundler.k0simages": 1,
+    "bundler.k0sbuild": 4.5,
     "bundler.lock": 2,
     "bundler.files": 1,
     "bundler.trust": 2.5,
@@ -150,6 +152,7 @@ PURE = {
     "bundler.lock",
     "bundler.oci",
     "bundler.rkeimages",
+    "bundler.k0simages",
     "bundler.installer.plan",
     "bundler.installer.topology",
 }

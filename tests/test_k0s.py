@@ -1,0 +1,213 @@
+"""The k0s kind (issue 16, point 4): the stand-ins for k0s and k0sctl on loopback nodes (each its own
+sshd on 127.0.0.15x:2222 in a private mount namespace where /var/lib/k0s and /usr/local/bin are
+folders of its own), and the image list the build takes from the pinned k0s."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bundler import k0simages
+
+from .k0s_standin import AIRGAP_IMAGES, K0S_VERSION, K0SCTL_VERSION, standin_bytes
+from .nodes import SSH_PORT, Client, Node
+
+ADDRESSES = {f"k0s-{i}": f"127.0.0.{150 + i}" for i in range(1, 6)}  # c1-c3 controllers, 4-5 workers
+ROLES = {
+    "k0s-1": "controller",
+    "k0s-2": "controller",
+    "k0s-3": "controller",
+    "k0s-4": "worker",
+    "k0s-5": "worker",
+}
+BINDS = ("/var/lib/k0s", "/usr/local/bin")
+
+
+def test_the_installer_knows_the_list_the_standin_prints() -> None:
+    """bundler/k0simages.py (the code under test) and the stand-in's knowledge, written apart, agree."""
+    assert list(k0simages.KNOWN[K0S_VERSION]) == AIRGAP_IMAGES
+    assert k0simages.kubernetes_version(K0S_VERSION) == "v1.28.15"
+    assert (
+        k0simages.parse_list("time=x level=info msg=hi\n" + "\n".join(AIRGAP_IMAGES) + "\n") == AIRGAP_IMAGES
+    )
+
+
+@pytest.fixture(scope="module")
+def k0s_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, dict[str, Node]]]:
+    client = Client(tmp_path_factory.mktemp("k0s-client"))
+    nodes: dict[str, Node] = {}
+    try:
+        for name, address in ADDRESSES.items():
+            nodes[name] = Node(address, name, client, docker=False, binds=BINDS)
+        yield client, nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def _data(node: Node) -> Path:
+    return node.binds["/var/lib/k0s"]
+
+
+def _reset(nodes: dict[str, Node], k0s: bytes | None = None) -> None:
+    """Every node as fresh: no k0s state, no images; the pinned k0s in its /usr/local/bin."""
+    for node in nodes.values():
+        for folder in node.binds.values():
+            subprocess.run(["sh", "-c", f'rm -rf "{folder}"/* "{folder}"/.[!.]*'], check=True)
+        exe = node.binds["/usr/local/bin"] / "k0s"
+        exe.write_bytes(standin_bytes("k0s") if k0s is None else k0s)
+        exe.chmod(0o755)
+
+
+def _airgap_bundle(names: list[str]) -> bytes:
+    """A docker-archive (``docker image save``) naming ``names``: what k0s reads the names from."""
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": [n], "Layers": []} for n in names]).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    return out.getvalue()
+
+
+def _give_images(node: Node, names: list[str] = AIRGAP_IMAGES) -> None:
+    images = _data(node) / "images"
+    images.mkdir(exist_ok=True)
+    (images / "airgap.tar").write_bytes(_airgap_bundle(names))
+
+
+def _k0sctl_yaml(tmp_path: Path, client: Client, roles: dict[str, str] = ROLES) -> Path:
+    hosts = "".join(
+        f"  - role: {role}\n    ssh:\n      address: {ADDRESSES[name]}\n      user: root\n"
+        f"      port: {SSH_PORT}\n      keyPath: {client.key}\n"
+        for name, role in roles.items()
+    )
+    path = tmp_path / "k0sctl.yaml"
+    path.write_text(
+        "apiVersion: k0sctl.k0sproject.io/v1beta1\nkind: Cluster\nmetadata:\n  name: kuma\nspec:\n"
+        f"  hosts:\n{hosts}  k0s:\n    version: {K0S_VERSION}\n"
+    )
+    return path
+
+
+def _k0sctl(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = tmp_path / "k0sctl"
+    exe.write_bytes(standin_bytes("k0sctl"))
+    exe.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_KNOWN_HOSTS"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # its python3 has PyYAML, as rke's
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _log(nodes: dict[str, Node]) -> list[tuple[float, str, str]]:
+    """Every node's stand-in log, merged in wall-clock order: (stamp, node, what)."""
+    out = []
+    for node in nodes.values():
+        path = _data(node) / "standin.log"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            stamp, name, what = line.split(" ", 2)
+            out.append((float(stamp), name, what))
+    return sorted(out)
+
+
+def test_k0s_standin_lists_its_images_and_version(tmp_path: Path) -> None:
+    exe = tmp_path / "k0s"
+    exe.write_bytes(standin_bytes("k0s"))
+    exe.chmod(0o755)
+    said = subprocess.run([str(exe), "airgap", "list-images"], capture_output=True, text=True, check=True)
+    assert said.stdout.split() == AIRGAP_IMAGES
+    assert subprocess.run([str(exe), "version"], capture_output=True, text=True).stdout.strip() == K0S_VERSION
+    # a token needs a running controller, as k0s (it reads the admin kubeconfig it writes)
+    data = ["--data-dir", str(tmp_path / "data")]
+    refused = subprocess.run(
+        [str(exe), "token", "create", "--role=worker", *data], capture_output=True, text=True
+    )
+    assert (
+        refused.returncode == 1 and "check if the control plane is initialized on this node" in refused.stderr
+    )
+    worker = subprocess.run([str(exe), "install", "worker", *data], capture_output=True, text=True)
+    assert worker.returncode == 1 and "needs --token-file" in worker.stderr
+
+
+def test_k0sctl_apply_brings_up_ha_in_order_over_ssh(k0s_nodes, tmp_path: Path) -> None:
+    """3 controllers and 2 workers as KUMA's guide wants: the first controller is installed and started
+    before any token is made; the other controllers join before the workers; every join uses a token
+    of its role; the workers' image bundles hold every image under its exact name."""
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    for name in ("k0s-4", "k0s-5"):
+        _give_images(nodes[name])
+    assert _k0sctl(tmp_path, "version").stdout.startswith(f"version: {K0SCTL_VERSION}")
+    done = _k0sctl(tmp_path, "apply", "--config", str(_k0sctl_yaml(tmp_path, client)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"k0s cluster version {K0S_VERSION} is now installed" in done.stdout
+    events = [(node, what) for _, node, what in _log(nodes)]
+    assert events[:2] == [("k0s-1", "install controller"), ("k0s-1", "start controller")]
+    joins = [(n, w) for n, w in events if w.startswith("install")]
+    assert [n for n, _ in joins] == ["k0s-1", "k0s-2", "k0s-3", "k0s-4", "k0s-5"]
+    assert all("--token-file" in w for n, w in joins[1:])
+    assert [w for n, w in events if w.startswith("token")] == ["token create controller"] * 2 + [
+        "token create worker"
+    ] * 2
+    assert all(n == "k0s-1" for n, w in events if w.startswith("token"))
+    kubeconfig = _k0sctl(tmp_path, "kubeconfig", "--config", str(tmp_path / "k0sctl.yaml"))
+    assert kubeconfig.returncode == 0 and f"https://{ADDRESSES['k0s-1']}:6443" in kubeconfig.stdout
+
+
+def test_k0sctl_fails_like_the_tool_when_a_worker_lacks_an_image(k0s_nodes, tmp_path: Path) -> None:
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    _give_images(nodes["k0s-4"])
+    _give_images(nodes["k0s-5"], AIRGAP_IMAGES[:-1])  # no pause
+    done = _k0sctl(tmp_path, "apply", "--config", str(_k0sctl_yaml(tmp_path, client)))
+    assert done.returncode == 1
+    assert 'level=fatal msg="failed on 1 hosts:' in done.stdout
+    assert (
+        f"[ssh] {ADDRESSES['k0s-5']}:{SSH_PORT}: /var/lib/k0s/images: no image bundle holds registry.k8s.io/pause:3.8"
+        in done.stdout
+    )
+    assert _log(nodes) == []  # nothing installed
+
+
+def test_k0sctl_fails_like_the_tool_when_a_host_lacks_k0s(k0s_nodes, tmp_path: Path) -> None:
+    """Without the pinned k0s on a host k0sctl would download it, which an isolated site cannot."""
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    (nodes["k0s-3"].binds["/usr/local/bin"] / "k0s").unlink()
+    done = _k0sctl(tmp_path, "apply", "--config", str(_k0sctl_yaml(tmp_path, client)))
+    assert done.returncode == 1
+    assert f"[ssh] {ADDRESSES['k0s-3']}:{SSH_PORT}: download k0s binary" in done.stdout
+    assert "lookup github.com: no such host" in done.stdout
+
+
+def test_k0sctl_reaches_hosts_as_the_file_says(k0s_nodes, tmp_path: Path) -> None:
+    """Another key than the host accepts, or another port: k0sctl cannot connect, naming the host."""
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    path = _k0sctl_yaml(tmp_path, client)
+    path.write_text(path.read_text().replace(f"port: {SSH_PORT}", "port: 2223", 1))
+    done = _k0sctl(tmp_path, "apply", "--config", str(path))
+    assert done.returncode == 1 and f"[ssh] {ADDRESSES['k0s-1']}:2223" in done.stdout
+
+
+def test_k0s_worker_refuses_to_start_without_its_images(k0s_nodes, tmp_path: Path) -> None:
+    """k0s itself: a worker whose image bundles lack an image fails at start, naming it."""
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    node = nodes["k0s-4"]
+    ssh = ["ssh", "-F", str(client.config), "-p", str(SSH_PORT), f"root@{node.address}"]
+    token = tmp_path / "t"
+    token.write_text("not a token")
+    subprocess.run([*ssh, "cat > /tmp/k0s-test-token"], input=b"x", check=True)
+    bad = subprocess.run(
+        [*ssh, "k0s install worker --token-file /tmp/k0s-test-token"], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "failed to decode join token" in bad.stderr
