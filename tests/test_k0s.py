@@ -211,3 +211,140 @@ def test_k0s_worker_refuses_to_start_without_its_images(k0s_nodes, tmp_path: Pat
         [*ssh, "k0s install worker --token-file /tmp/k0s-test-token"], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "failed to decode join token" in bad.stderr
+
+
+# ---------------------------------------------------------------- the build: k0s's list from the pinned k0s
+
+K0S_MANIFEST = """
+apiVersion: airbundle/v1
+kind: Bundle
+name: kuma-test
+version: "1.0.0"
+platform: {{os: ubuntu, codename: jammy, arch: amd64}}
+min_workers: 2
+binaries:
+  - name: k0s
+    url: {k0s_url}
+    sha256: {k0s_sha}
+    dest: /usr/local/bin/k0s
+  - name: k0sctl
+    url: {k0sctl_url}
+    sha256: {k0sctl_sha}
+    dest: /usr/local/bin/k0sctl
+cluster:
+  kind: k0s
+  version: {version}
+  tool: k0s
+  k0sctl: k0sctl
+  shared_roles: demo-only
+"""
+
+
+@pytest.fixture(scope="module")
+def k0s_mirror() -> Iterator[object]:
+    """A loopback registry serving k0s's airgap images under quay/ and k8s/ (for --mirror)."""
+    from .registries import Registry
+    from .rke_images import Pusher
+
+    reg = Registry("open")
+    try:
+        pusher = Pusher(reg.host)
+        for ref in AIRGAP_IMAGES:
+            registry, rest = ref.split("/", 1)
+            pusher.push(f"docker.io/{rest}", "quay" if registry == "quay.io" else "k8s")
+        yield reg
+    finally:
+        reg.stop()
+
+
+def _k0s_manifest(project, version: str = K0S_VERSION) -> Path:
+    import hashlib
+
+    k0s, k0sctl = standin_bytes("k0s"), standin_bytes("k0sctl")
+    fields = {"version": version}
+    for name, data in (("k0s", k0s), ("k0sctl", k0sctl)):
+        sha = hashlib.sha256(data).hexdigest()
+        fields[f"{name}_url"] = project.origin.add(f"/{name}-{sha[:12]}", data)
+        fields[f"{name}_sha"] = sha
+    return project.write_manifest(K0S_MANIFEST.format(**fields), "kuma.yaml")
+
+
+def test_build_takes_the_airgap_list_from_the_pinned_k0s(project, keys, tmp_path: Path, k0s_mirror) -> None:
+    from bundler import archive
+
+    from .conftest import run_cli
+
+    reg = k0s_mirror
+    manifest = _k0s_manifest(project)
+    mirrors = ["--mirror", f"quay.io={reg.host}/quay", "--mirror", f"registry.k8s.io={reg.host}/k8s"]
+    result = run_cli(
+        "build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", tmp_path / "c", *mirrors
+    )
+    assert result.exit_code == 0, result.stderr
+    bundle = Path(result.stdout.strip().splitlines()[-1])
+    assert archive.verify_bundle(bundle, [keys.pub]).problems == []
+    with archive.Bundle(bundle, None) as opened:
+        lock = opened.unverified()[0]
+    assert lock.cluster == {
+        "kind": "k0s",
+        "kubernetes_version": K0S_VERSION,
+        "network_plugin": "kuberouter",
+        "tool": "k0s",
+        "k0sctl": "k0sctl",
+        "shared_roles": "demo-only",
+    }
+    assert [(s.ref, s.roles) for s in lock.system_images] == [(r, ("worker",)) for r in AIRGAP_IMAGES]
+    assert all(lock.find_image(r) is not None for r in AIRGAP_IMAGES)
+
+
+def test_build_refuses_a_k0s_of_another_release(project, keys, tmp_path: Path) -> None:
+    from .conftest import run_cli
+
+    manifest = _k0s_manifest(project, "v1.28.14+k0s.0")
+    result = run_cli(
+        "build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", tmp_path / "c"
+    )
+    assert result.exit_code == 2
+    assert f"cluster.version is v1.28.14+k0s.0, but the pinned k0s is {K0S_VERSION}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "old, new, words",
+    [
+        ("  version: v1.28.15+k0s.0", "  version: v1.28.15", "k0s version (e.g. v1.28.15+k0s.0)"),
+        ("  k0sctl: k0sctl", "  k0sctl: k0sctl2", "'k0sctl2' must name a binaries: entry"),
+        ("  shared_roles: demo-only", "  shared_roles: never", "'never' must be one of allowed, demo-only"),
+        ("  version: v1.28.15+k0s.0", "  kubernetes_version: v1.28.15", "goes with another cluster kind"),
+    ],
+)
+def test_bad_k0s_cluster_sections(project, old: str, new: str, words: str) -> None:
+    from bundler.errors import ManifestError
+    from bundler.manifest import load_manifest
+
+    manifest = _k0s_manifest(project)
+    manifest.write_text(manifest.read_text().replace(old, new))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(manifest)
+    assert "kuma.yaml:" in str(info.value) and words in str(info.value), info.value
+
+
+def test_kuma_manifest_is_complete_but_for_the_release_checksums(tmp_path: Path) -> None:
+    from bundler.errors import ManifestError
+    from bundler.manifest import load_manifest
+
+    root = Path(__file__).resolve().parent.parent / "manifests"
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root / "kuma-k0s.yaml")
+    assert [p.split(": ", 2)[1] for p in info.value.problems] == ["binaries[0].sha256", "binaries[1].sha256"]
+    copy = tmp_path / "manifests" / "kuma-k0s.yaml"
+    copy.parent.mkdir()
+    copy.write_text(
+        (root / "kuma-k0s.yaml")
+        .read_text()
+        .replace("0" * 64, "ab" * 32)
+        .replace("# PLACEHOLDER: see above", "")
+    )
+    manifest = load_manifest(copy)
+    assert manifest.cluster is not None and manifest.min_workers == 2
+    assert (manifest.cluster.kind, manifest.cluster.kubernetes_version) == ("k0s", K0S_VERSION)
+    assert (manifest.cluster.k0sctl, manifest.cluster.shared_roles) == ("k0sctl", "demo-only")
