@@ -135,6 +135,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
     "installer/bundler/installer/topology.py": "installer/topology.py",
     "installer/bundler/installer/k0sctl.py": "installer/k0sctl.py",
+    "installer/bundler/installer/k0s.py": "installer/k0s.py",
     **{
         f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
         for name in ["__init__.py", "yaml/LICENSE"]

@@ -348,3 +348,84 @@ def test_kuma_manifest_is_complete_but_for_the_release_checksums(tmp_path: Path)
     assert manifest.cluster is not None and manifest.min_workers == 2
     assert (manifest.cluster.kind, manifest.cluster.kubernetes_version) == ("k0s", K0S_VERSION)
     assert (manifest.cluster.k0sctl, manifest.cluster.shared_roles) == ("k0sctl", "demo-only")
+
+
+# ---------------------------------------------------------------- the site: installer/k0s.py on loopback nodes
+
+
+def _built_k0s(project, keys, tmp_path: Path, reg) -> tuple[object, Path]:
+    """A k0s bundle built with the stand-ins, its lock and images/ unpacked (as the installer's are)."""
+    from bundler.lock import Lock
+
+    from .conftest import run_cli
+
+    manifest = _k0s_manifest(project)
+    mirrors = ["--mirror", f"quay.io={reg.host}/quay", "--mirror", f"registry.k8s.io={reg.host}/k8s"]
+    result = run_cli(
+        "build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", tmp_path / "c", *mirrors
+    )
+    assert result.exit_code == 0, result.stderr
+    bundle = Path(result.stdout.strip().splitlines()[-1])
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xf", str(bundle), "-C", str(unpacked), "lock.json", "images", "bin"], check=True)
+    return Lock.from_bytes((unpacked / "lock.json").read_bytes()), unpacked
+
+
+@pytest.mark.parametrize("with_k0sctl", [True, False], ids=["k0sctl-apply", "k0s-tokens"])
+def test_site_bring_up_places_images_then_brings_up_ha(
+    k0s_nodes, project, keys, tmp_path: Path, k0s_mirror, monkeypatch, with_k0sctl: bool
+) -> None:
+    """installer/k0s.py: the workers' images as one tar into /var/lib/k0s/images on each worker (not
+    on the controllers; a second run sends nothing), then the bring-up in HA order, the kubeconfig left."""
+    from bundler.installer import k0s, k0sctl
+    from bundler.installer.remote import SshOptions
+
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # the stand-in's PyYAML
+    lock, unpacked = _built_k0s(project, keys, tmp_path, k0s_mirror)
+    config = k0sctl.load(_k0sctl_yaml(tmp_path, client))
+    opts = SshOptions(client.config)
+    tar, sha = k0s.write_image_bundle(lock, unpacked, tmp_path / "work" / "k0s-images.tar")
+    assert [k0s.place_images(h.node, opts, tar, sha) for h in config.workers] == ["placed", "placed"]
+    assert [k0s.place_images(h.node, opts, tar, sha) for h in config.workers] == ["present", "present"]
+    for name, node in nodes.items():
+        placed = _data(node) / "images" / k0s.BUNDLE_NAME
+        assert placed.exists() == (ROLES[name] == "worker")
+    said: list[str] = []
+    exe = None
+    if with_k0sctl:
+        exe = tmp_path / "k0sctl"
+        exe.write_bytes((unpacked / "bin" / "k0sctl").read_bytes())
+        exe.chmod(0o755)
+    kubeconfig = k0s.bring_up(config, opts, tmp_path / "work", said.append, exe)
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert f"https://{ADDRESSES['k0s-1']}:6443" in kubeconfig.read_text()
+    events = [(node, what) for _, node, what in _log(nodes)]
+    assert events[:2] == [("k0s-1", "install controller"), ("k0s-1", "start controller")]
+    installs = [n for n, w in events if w.startswith("install")]
+    assert installs == ["k0s-1", "k0s-2", "k0s-3", "k0s-4", "k0s-5"]  # controllers before workers
+    starts = [n for n, w in events if w.startswith("start")]
+    assert starts == installs  # each started (the workers found every image) before the next joined
+    assert [w for n, w in events if w.startswith("token")] == ["token create controller"] * 2 + [
+        "token create worker"
+    ] * 2
+
+
+def test_site_bring_up_names_the_node_k0s_refused(k0s_nodes, tmp_path: Path) -> None:
+    """Without images on a worker, k0s refuses to start there: the error names the node and what k0s said."""
+    from bundler.errors import InstallError
+    from bundler.installer import k0s, k0sctl
+    from bundler.installer.remote import SshOptions
+
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    _give_images(nodes["k0s-4"])
+    config = k0sctl.load(_k0sctl_yaml(tmp_path, client))
+    with pytest.raises(InstallError) as caught:
+        k0s.bring_up(config, SshOptions(client.config), tmp_path / "work", lambda _: None)
+    assert "cluster: k0s-5" in str(caught.value) or ADDRESSES["k0s-5"] in str(caught.value)
+    assert "image bundles in /var/lib/k0s/images lack" in str(caught.value)
+    assert caught.value.exit_code == 6
+    assert not (tmp_path / "work" / "kubeconfig-k0s").exists()

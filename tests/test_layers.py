@@ -42,6 +42,7 @@ RANK: dict[str, float] = {
     "bundler.installer.results": 3.5,
     "bundler.installer.topology": 1,
     "bundler.installer.k0sctl": 3.2,
+    "bundler.installer.k0s": 5,
     "bundler.installer.plan": 4,
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,
