@@ -220,7 +220,7 @@ apiVersion: airbundle/v1
 kind: Bundle
 name: kuma-test
 version: "1.0.0"
-platform: {{os: ubuntu, codename: jammy, arch: amd64}}
+platform: {{os: debian, codename: bookworm, arch: amd64}}
 min_workers: 2
 binaries:
   - name: k0s
@@ -429,3 +429,47 @@ def test_site_bring_up_names_the_node_k0s_refused(k0s_nodes, tmp_path: Path) -> 
     assert "image bundles in /var/lib/k0s/images lack" in str(caught.value)
     assert caught.value.exit_code == 6
     assert not (tmp_path / "work" / "kubeconfig-k0s").exists()
+
+
+def test_install_sh_brings_up_a_k0s_bundle_from_its_k0sctl_yaml(
+    k0s_nodes, project, keys, tmp_path: Path, k0s_mirror
+) -> None:
+    """The whole site journey for a k0s bundle: install.sh given the site's k0sctl.yaml; the dry run
+    names the quorum row; the install places k0s and k0sctl, the images on the workers only, and
+    k0sctl brings the cluster up in HA order; a second run does nothing."""
+    from .conftest import run_cli
+    from .test_installer import _install, _site
+
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    for node in nodes.values():
+        (node.binds["/usr/local/bin"] / "k0s").unlink()  # the bundle brings it
+    manifest = _k0s_manifest(project)
+    mirrors = [
+        "--mirror",
+        f"quay.io={k0s_mirror.host}/quay",
+        "--mirror",
+        f"registry.k8s.io={k0s_mirror.host}/k8s",
+    ]
+    result = run_cli(
+        "build", manifest, "-o", tmp_path / "out", "--key", keys.key_path, "--cache", tmp_path / "c", *mirrors
+    )
+    assert result.exit_code == 0, result.stderr
+    site = _site(Path(result.stdout.strip().splitlines()[-1]), tmp_path)
+    (site / "cluster.yml").write_text(_k0sctl_yaml(tmp_path, client).read_text())  # read by its apiVersion
+    ssh = ("--ssh-config", str(client.config))
+    dry = _install(site, keys, "--dry-run", *ssh)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "quorum: 3 controller node(s): quorum 2, tolerates 1 failure(s)" in dry.stdout
+    assert f"into /var/lib/k0s/images on {ADDRESSES['k0s-4']}, {ADDRESSES['k0s-5']}" in dry.stdout
+    assert f"k0sctl apply --config <inventory> on this node (k0s {K0S_VERSION})" in dry.stdout
+    done = _install(site, keys, *ssh)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name, node in nodes.items():
+        assert (node.binds["/usr/local/bin"] / "k0s").exists()
+        assert (_data(node) / "images" / "airbundle-images.tar").exists() == (ROLES[name] == "worker")
+    events = [(n, w) for _, n, w in _log(nodes)]
+    assert [n for n, w in events if w.startswith("install")] == ["k0s-1", "k0s-2", "k0s-3", "k0s-4", "k0s-5"]
+    assert "k0s cluster version" in (site / "work" / "logs" / "k0sctl-apply.log").read_text()
+    again = _install(site, keys, *ssh)
+    assert again.returncode == 0 and "already installed" in again.stdout, again.stdout + again.stderr

@@ -186,3 +186,11 @@ def test_install_sh_tells_a_k0sctl_yaml_from_a_cluster_yml(built: Path, keys, tm
     (site / "cluster.yml").write_text(DOCS)
     other = _install(site, keys, "--dry-run", "--offline")
     assert other.returncode == 2 and "cluster.yml: a k0sctl.yaml, but demo" in other.stderr, other.stderr
+
+
+def test_the_readmes_k0sctl_yaml_reads_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("apiVersion: k0sctl.k0sproject.io/v1beta1\n", 1)[1].split("```", 1)[0]
+    config = k0sctl.load(_write(tmp_path, "apiVersion: k0sctl.k0sproject.io/v1beta1\n" + block))
+    assert [h.role for h in config.hosts] == ["controller"] * 3 + ["worker"] * 2
+    assert config.version == "v1.28.15+k0s.0"

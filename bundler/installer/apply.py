@@ -31,7 +31,7 @@ from typing import IO, Callable
 
 from bundler import archive, oci
 from bundler.errors import InstallError
-from bundler.installer import remote, siteregistry
+from bundler.installer import k0s, k0sctl, remote, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import (
     Node,
@@ -115,6 +115,8 @@ def _preflight(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 
 
 def _images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    if ctx.lock.cluster.get("kind") == "k0s":
+        return _k0s_images(ctx, phase)
     if ctx.route.mode == "registry":
         tls = ctx.workdir / "registry-tls"
         return siteregistry.deliver(ctx.lock, ctx.bundle_dir, phase, ctx.opts, ctx.route, tls, ctx.echo)
@@ -398,9 +400,39 @@ def private_registry(route: Route) -> dict[str, object]:
     return entry
 
 
+def _k0s_images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+    """k0s: the workers' images as one tar, copied into /var/lib/k0s/images (``k0s.place_images``)."""
+    todo = [n for n in phase.nodes if phase.of(n.name)]
+    if not todo:
+        return [NodeResult(n, skipped=["airgap images placed before"]) for n in phase.nodes]
+    tar, sha = k0s.write_image_bundle(ctx.lock, ctx.bundle_dir, ctx.workdir / "k0s" / "airgap-images.tar")
+
+    def one(node: Node) -> NodeResult:
+        result = NodeResult(node)
+        try:
+            said = k0s.place_images(node, ctx.opts, tar, sha)
+            (result.done if said == "placed" else result.skipped).append("k0s-airgap")
+        except InstallError as exc:
+            result.error = str(exc)
+        return result
+
+    return for_each(todo, one)
+
+
 def _cluster(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     if not phase.actions:
         return []
+    if ctx.lock.cluster.get("kind") == "k0s":
+        name = ctx.lock.cluster.get("k0sctl")
+        tool = None
+        if name:
+            binary = next(b for b in ctx.lock.binaries if b.name == name)
+            tool = archive.verified_copy(
+                ctx.bundle_dir / binary.path, ctx.lock.member(binary.path), ctx.private / name
+            )
+        kubeconfig = k0s.bring_up(k0sctl.load(ctx.inventory), ctx.opts, ctx.workdir, ctx.echo, tool)
+        ctx.echo(f"  kubeconfig: {kubeconfig}")
+        return [NodeResult(HERE, done=["k0s-up"])]
     rke = next(b for b in ctx.lock.binaries if b.name == "rke")
     registries = [private_registry(ctx.route)] if ctx.route.mode == "registry" else []
     tool = archive.verified_copy(ctx.bundle_dir / rke.path, ctx.lock.member(rke.path), ctx.private / "rke")

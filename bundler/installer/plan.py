@@ -24,6 +24,7 @@ from bundler.lock import Lock, RoledImage, Step
 # hosts, NTP, a package's configuration): after packages and binaries, whose tools such steps
 # use, and before the images and the cluster tool, which need the prepared nodes. ``steps`` runs
 # the others once the cluster is up.
+K0S = "k0s"  # the cluster kind whose phases branch here (the lead wires it into the kind interface)
 PHASES = ("preflight", "packages", "binaries", "prepare", "images", "cluster", "steps")
 
 
@@ -186,6 +187,8 @@ def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...
     """Node name → the images that node gets, in lock order: the workloads on the ``image_roles``
     nodes (on every node when none has such a role, as ``image_targets``) and the system images
     whose roles meet the node's (``Lock.images_for``). A node that gets nothing maps to ``()``."""
+    if lock.cluster.get("kind") == K0S:  # k0s imports its own bundle file: no engine gets images
+        return {n.name: () for n in nodes}
     targets = {n.name for n in image_targets(nodes, lock.image_roles)}
     unplaced = set(lock.workloads) - set(lock.placed)  # the image_roles ones; placed ones keep theirs
     out = {}
@@ -230,6 +233,34 @@ def _images_lines(lock: Lock, nodes: list[Node], route: Route) -> list[str]:
     return lines
 
 
+def _k0s_lines(lock: Lock, nodes: list[Node]) -> list[str]:
+    """The images phase of a k0s bundle for ``--dry-run``: one bundle file, on the workload nodes."""
+    workers = ", ".join(n.name for n in nodes if n.has("worker")) or "no node"
+    return [
+        f"images     {len(lock.system_images)} k0s airgap images (and the workloads' own) as one file into "
+        f"/var/lib/k0s/images on {workers} (k0s imports it; controllers run no pods)"
+    ]
+
+
+def _k0s_cluster_line(lock: Lock) -> str:
+    version = lock.cluster.get("kubernetes_version", "")
+    if lock.cluster.get("k0sctl"):
+        return f"k0sctl apply --config <inventory> on this node (k0s {version}), then k0sctl kubeconfig"
+    return (
+        f"k0s {version}: install controller on the first controller, then the other controllers and "
+        "the workers joined with tokens created there"
+    )
+
+
+def _cluster_line(lock: Lock, rke: bool, route: Route) -> str:
+    if lock.cluster.get("kind") == K0S:
+        return _k0s_cluster_line(lock)
+    if not rke:
+        return "skipped (no rke in the bundle)"
+    registry = f", with private_registries: {route.address} (default)" if route.mode == "registry" else ""
+    return "rke up --config <inventory> on this node" + registry
+
+
 def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
@@ -250,14 +281,8 @@ def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]
         + (
             ", ".join(f"{s.name} (on {s.target})" for s in lock.steps if s.when == "before-cluster") or "none"
         ),
-        *_images_lines(lock, nodes, route),
-        "cluster    "
-        + (
-            "rke up --config <inventory> on this node"
-            + (f", with private_registries: {route.address} (default)" if route.mode == "registry" else "")
-            if rke
-            else "skipped (no rke in the bundle)"
-        ),
+        *(_k0s_lines(lock, nodes) if lock.cluster.get("kind") == K0S else _images_lines(lock, nodes, route)),
+        "cluster    " + _cluster_line(lock, rke, route),
         "steps      in order: "
         + (", ".join(s.name + ("" if s.on == "control" else f" (on {s.target})") for s in after) or "none")
         + (", the others on this node" if any(s.on != "control" for s in after) else ""),
@@ -456,7 +481,20 @@ def _binaries(x: _Inputs) -> PhasePlan:
     return _split(x, "binaries", wanted)
 
 
+def _k0s_images(x: _Inputs) -> PhasePlan:
+    """k0s: one image bundle file into /var/lib/k0s/images on every node that runs workloads."""
+    nodes = tuple(n for n in x.nodes if n.has("worker"))
+    todo = tuple(
+        Action("images", n.name, "k0s-airgap", "place", "airgap images into /var/lib/k0s/images")
+        for n in nodes
+        if f"images/{n.name}/k0s-airgap" not in x.done
+    )
+    return PhasePlan("images", nodes, todo)
+
+
 def _images(x: _Inputs) -> PhasePlan:
+    if x.lock.cluster.get("kind") == K0S:
+        return _k0s_images(x)
     verb = "pull" if x.route.mode == "registry" else "load"
     wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
     for node in x.nodes:
@@ -481,6 +519,11 @@ def _images(x: _Inputs) -> PhasePlan:
 
 
 def _cluster(x: _Inputs) -> PhasePlan:
+    if x.lock.cluster.get("kind") == K0S:
+        if f"cluster/{LOCAL}/k0s-up" in x.done:
+            return PhasePlan("cluster", notes=("k0s: brought up before, skipped",))
+        how = "k0sctl apply" if x.lock.cluster.get("k0sctl") else "k0s install, joined with tokens"
+        return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "k0s-up", "run", how),))
     if not any(b.name == "rke" for b in x.lock.binaries):
         return PhasePlan("cluster", notes=("no rke in the bundle: skipped",))
     if f"cluster/{LOCAL}/rke-up" in x.done:
