@@ -18,11 +18,9 @@ members into a fresh folder, renamed into place when complete.
 The site's install logic (nodes, phases, journal) is not handled here.
 """
 
-from __future__ import annotations
-
 import bisect
 import contextlib
-import dataclasses
+from bundler.compat import dataclasses
 import errno
 import hashlib
 import json
@@ -34,11 +32,19 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from bundler.compat import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable  # typing's: collections.abc's is not subscriptable before 3.9
+from typing import (
+    BinaryIO,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+    Union,
+)  # typing's: collections.abc's is not subscriptable before 3.9
 
 from bundler import files, signing, trust
 from bundler import lock as lockmod
@@ -76,9 +82,9 @@ class Entry:
     path: str
     mode: str
     size: int
-    data: bytes | None = None
-    source: Path | None = None
-    sha256: str | None = None
+    data: Optional[bytes] = None
+    source: Optional[Path] = None
+    sha256: Optional[str] = None
 
 
 def tar_header(path: str, size: int, mode: str, mtime: int) -> bytes:
@@ -93,7 +99,7 @@ def tar_header(path: str, size: int, mode: str, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
-def _segments(entries: list[Entry], mtime: int) -> Iterator[bytes | Entry]:
+def _segments(entries: List[Entry], mtime: int) -> Iterator[Union[bytes, Entry]]:
     """The archive as a sequence of literal bytes and member bodies (each ``Entry``), in order."""
     total = 0
     for entry in entries:
@@ -153,7 +159,7 @@ class _Written:
         self.cond = threading.Condition()
         self.count = 0
         self.closed = False  # no more bytes will come (done, or the write failed)
-        self.mismatch: IntegrityError | None = None  # set by the member hasher
+        self.mismatch: Optional[IntegrityError] = None  # set by the member hasher
 
     def add(self, n: int) -> None:
         with self.cond:
@@ -176,9 +182,9 @@ class _Written:
 def _hash_stream(
     fd: int,
     base: int,
-    spans: list[tuple[int, int, Entry]],
+    spans: List[Tuple[int, int, Entry]],
     written: _Written,
-    out: dict[str, object],
+    out: Dict[str, object],
 ) -> None:
     """SHA-256 of output ranges, read back from ``fd`` as the writer finishes them (a thread).
 
@@ -221,7 +227,7 @@ def _hash_stream(
 
 
 def write_tar(
-    fd: int, entries: list[Entry], mtime: int = 0, progress: Progress = _no_progress, fsync: bool = False
+    fd: int, entries: List[Entry], mtime: int = 0, progress: Progress = _no_progress, fsync: bool = False
 ) -> str:
     """Write ``entries`` as a deterministic tar to ``fd``; return the archive's SHA-256.
 
@@ -238,7 +244,7 @@ def write_tar(
     """
     segments = list(_segments(entries, mtime))
     base = os.lseek(fd, 0, os.SEEK_CUR)
-    spans: list[tuple[int, int, Entry]] = []
+    spans: List[Tuple[int, int, Entry]] = []
     total = 0
     for seg in segments:
         size = len(seg) if isinstance(seg, bytes) else seg.size
@@ -246,7 +252,7 @@ def write_tar(
             spans.append((total, total + size, seg))
         total += size
     written = _Written()
-    result: dict[str, object] = {}
+    result: Dict[str, object] = {}
     whole = Entry("", "0644", total)  # no sha256: the span of the archive digest
     hashers = [
         threading.Thread(
@@ -297,7 +303,7 @@ def write_tar(
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, fsync: bool = True, stale: tuple[Path, ...] = ()) -> Iterator[int]:
+def atomic_output(path: Path, fsync: bool = True, stale: Tuple[Path, ...] = ()) -> Iterator[int]:
     """A file descriptor (read-write) that becomes ``path`` (mode 0644) only if the block completes.
 
     The data goes to a temporary file beside ``path``, is fsynced, then renamed over
@@ -331,7 +337,7 @@ def atomic_output(path: Path, fsync: bool = True, stale: tuple[Path, ...] = ()) 
         raise
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: Union[bytes, memoryview]) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -350,11 +356,11 @@ class Source:
     ``seek``/``read`` give ``TarReader`` a file-like view.
     """
 
-    def __init__(self, paths: list[Path], parts: list[Part] | None = None) -> None:
+    def __init__(self, paths: List[Path], parts: "Optional[List[Part]]" = None) -> None:
         self.paths = paths
         self.parts = parts  # with their signed SHA-256s, for a bundle in parts
-        self.fds: list[int] = []
-        self.starts: list[int] = []
+        self.fds: List[int] = []
+        self.starts: List[int] = []
         self.size = 0
         try:
             for path in paths:
@@ -369,7 +375,7 @@ class Source:
             raise
         self.pos = 0
 
-    def __enter__(self) -> Source:
+    def __enter__(self) -> "Source":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -436,9 +442,9 @@ class TarMember:
     offset: int  # where its data starts
 
 
-def _parse_pax(data: bytes, name: str) -> dict[str, str]:
+def _parse_pax(data: bytes, name: str) -> Dict[str, str]:
     """Parse PAX extended-header records (``"%d %s=%s\\n"``); a record given twice is refused."""
-    records: dict[str, str] = {}
+    records: Dict[str, str] = {}
     pos = 0
     while pos < len(data):
         if data[pos:].strip(b"\0") == b"":
@@ -475,7 +481,7 @@ def _name_of(f: object) -> str:
     return f"bundle in parts {paths[0]} ... {paths[-1].name}"
 
 
-def not_a_bundle(path: Path, head: bytes) -> BundlerError | None:
+def not_a_bundle(path: Path, head: bytes) -> Optional[BundlerError]:
     """What ``path`` is when its first bytes show it is no bundle at all, with what to do instead.
 
     A ``.sha256`` (or ``.parts.sha256``) checksum file is bad input (exit 2); a gzipped bundle is
@@ -506,7 +512,7 @@ class TarReader:
 
     WINDOW = 64 * 1024  # headers of small members are read 64 KiB at a time, not block by block
 
-    def __init__(self, fileobj: Source | BinaryIO, size: int) -> None:
+    def __init__(self, fileobj: Union[Source, BinaryIO], size: int) -> None:
         self.f = fileobj
         self.size = size
         self.pos = 0
@@ -533,7 +539,7 @@ class TarReader:
         self.pos += BLOCK
         return block
 
-    def next(self) -> TarMember | None:
+    def next(self) -> Optional[TarMember]:
         """The next member, or None at the end-of-archive marker."""
         if self.ended:
             return None
@@ -543,7 +549,7 @@ class TarReader:
                 if self.pos
                 else f"{self._where()} is empty (0 bytes); it is not a tar archive"
             )
-        pax: dict[str, str] = {}
+        pax: Dict[str, str] = {}
         while True:
             block = self._block("a member header")
             if block == b"\0" * BLOCK:
@@ -635,7 +641,7 @@ class Head:
     """The signed head of a bundle: lock bytes, signature bytes and the reader after them."""
 
     lock_bytes: bytes
-    sig_bytes: bytes | None
+    sig_bytes: Optional[bytes]
     reader: TarReader
 
 
@@ -647,10 +653,10 @@ class VerifyReport:
     signer: signing.PublicKey
     members: int = 0
     bytes: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    problems: List[Problem] = field(default_factory=list)
 
 
-def read_head(f: Source | BinaryIO, size: int) -> Head:
+def read_head(f: Union[Source, BinaryIO], size: int) -> Head:
     """Read ``lock.json`` and ``lock.json.sig``, which must be the first two members.
 
     Raises:
@@ -674,7 +680,7 @@ def read_head(f: Source | BinaryIO, size: int) -> Head:
     return Head(lock_bytes, None, reader)
 
 
-def checker() -> signing.Checker | None:
+def checker() -> Optional[signing.Checker]:
     """The Ed25519 check this host can do: ``cryptography`` (None: the default), else stock ssh-keygen."""
     return None if signing.HAVE_CRYPTOGRAPHY else _ssh_keygen_check
 
@@ -755,7 +761,7 @@ class Bundle:
     against the decided lock.
     """
 
-    def __init__(self, path: Path, trusted: list[signing.PublicKey] | None = None) -> None:
+    def __init__(self, path: Path, trusted: Optional[List[signing.PublicKey]] = None) -> None:
         self.path = path
         self.src = open_source(path, trusted)
         try:
@@ -772,13 +778,13 @@ class Bundle:
             self.src.close()
             raise
 
-    def __enter__(self) -> Bundle:
+    def __enter__(self) -> "Bundle":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.src.close()
 
-    def unverified(self) -> tuple[lockmod.Lock, signing.PublicKey | None]:
+    def unverified(self) -> Tuple[lockmod.Lock, Optional[signing.PublicKey]]:
         """The lock as it stands and the signer its signature names, neither checked (for ``inspect``)."""
         sig = self.head.sig_bytes
         return lockmod.Lock.from_bytes(self.head.lock_bytes), (
@@ -805,7 +811,7 @@ class Bundle:
         """The trust decision on this bundle's head (see ``trust.decide``)."""
         return trust.decide(self.head.lock_bytes, self.head.sig_bytes, facts, checker())
 
-    def audit(self, decision: trust.Decision) -> tuple[list[TarMember], list[Problem]]:
+    def audit(self, decision: trust.Decision) -> Tuple[List[TarMember], List[Problem]]:
         """Every member header after the head, judged against the lock: (members to hash, problems)."""
         audit = trust.Audit(decision.lock)
         todo = []
@@ -822,8 +828,8 @@ class Bundle:
         return todo, audit.finish()
 
     def _each(
-        self, todo: list[TarMember], jobs: int | None, work: Callable[[TarMember, memoryview], str]
-    ) -> list[str]:
+        self, todo: List[TarMember], jobs: Optional[int], work: Callable[[TarMember, memoryview], str]
+    ) -> List[str]:
         """Run ``work`` on every member in order, in up to ``jobs`` threads (one buffer each).
 
         Members go to the threads in batches of about ``CHUNK`` bytes (at least one member),
@@ -831,13 +837,13 @@ class Bundle:
         """
         local = threading.local()
 
-        def run(batch: list[TarMember]) -> list[str]:
+        def run(batch: List[TarMember]) -> List[str]:
             buf = getattr(local, "buf", None)
             if buf is None:
                 buf = local.buf = memoryview(bytearray(CHUNK))
             return [work(member, buf) for member in batch]
 
-        batches: list[list[TarMember]] = []
+        batches: List[List[TarMember]] = []
         weight = CHUNK
         for member in todo:
             if weight >= CHUNK:
@@ -850,8 +856,8 @@ class Bundle:
             return [digest for done in pool.map(run, batches) for digest in done]
 
     def _digest_problems(
-        self, audit_lock: lockmod.Lock, todo: list[TarMember], digests: list[str]
-    ) -> list[Problem]:
+        self, audit_lock: lockmod.Lock, todo: List[TarMember], digests: List[str]
+    ) -> List[Problem]:
         want = {m.path: m.sha256 for m in audit_lock.members}
         out = []
         for member, digest in zip(todo, digests):
@@ -863,7 +869,7 @@ class Bundle:
         return out
 
     def verify(
-        self, decision: trust.Decision, jobs: int | None = None, progress: Progress = _no_progress
+        self, decision: trust.Decision, jobs: Optional[int] = None, progress: Progress = _no_progress
     ) -> VerifyReport:
         """Check every member's size, mode and SHA-256 against the decided lock; writes nothing."""
         todo, problems = self.audit(decision)
@@ -887,9 +893,9 @@ class Bundle:
         decision: trust.Decision,
         workdir: Path,
         progress: Progress = _no_progress,
-        inherit_from: Path | None = None,
-        jobs: int | None = None,
-    ) -> tuple[Path, VerifyReport]:
+        inherit_from: Optional[Path] = None,
+        jobs: Optional[int] = None,
+    ) -> Tuple[Path, VerifyReport]:
         """Unpack exactly the decided lock's members into ``workdir/NAME-VERSION``, in one read.
 
         The member headers are audited first (nothing is written when one is refused).
@@ -952,15 +958,15 @@ class Bundle:
         return final, report
 
 
-def facts(trusted: list[signing.PublicKey], allow_expired: bool = False) -> trust.SiteFacts:
+def facts(trusted: List[signing.PublicKey], allow_expired: bool = False) -> trust.SiteFacts:
     """The facts for a decision that installs nothing: the keys and this host's clock."""
     return trust.SiteFacts(tuple(trusted), time.time(), allow_expired)
 
 
 def verify_bundle(
     path: Path,
-    trusted: list[signing.PublicKey],
-    jobs: int | None = None,
+    trusted: List[signing.PublicKey],
+    jobs: Optional[int] = None,
     progress: Progress = _no_progress,
     allow_expired: bool = False,
 ) -> VerifyReport:
@@ -984,8 +990,8 @@ def verify_bundle(
 
 
 def read_lock(
-    path: Path, trusted: list[signing.PublicKey] | None = None
-) -> tuple[lockmod.Lock, signing.PublicKey | None, bytes | None]:
+    path: Path, trusted: Optional[List[signing.PublicKey]] = None
+) -> Tuple[lockmod.Lock, Optional[signing.PublicKey], Optional[bytes]]:
     """Read a bundle's lock without touching the payload.
 
     With ``trusted`` keys the whole trust decision is made (raising on refusal; an
@@ -1026,7 +1032,7 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def _make_folders(root: str, names: list[str]) -> None:
+def _make_folders(root: str, names: List[str]) -> None:
     """Every folder the members need, made fresh under ``root`` (never through a link: all are new)."""
     folders = sorted(
         {"/".join(parts[:i]) for parts in (n.split("/") for n in names) for i in range(1, len(parts))}
@@ -1063,7 +1069,7 @@ def _extract_member(
     return digest.hexdigest()
 
 
-def _inherit(lock: lockmod.Lock, base_dir: Path | None, staging: str) -> None:
+def _inherit(lock: lockmod.Lock, base_dir: Optional[Path], staging: str) -> None:
     """Copy a delta's inherited members from its base's unpacked folder, each checked by SHA-256."""
     if base_dir is None:
         raise TrustError(
@@ -1135,12 +1141,12 @@ def _replace_folder(staging: str, final: Path, workdir: Path) -> None:
 
 def extract_bundle(
     path: Path,
-    trusted: list[signing.PublicKey],
+    trusted: List[signing.PublicKey],
     workdir: Path,
     progress: Progress = _no_progress,
     allow_expired: bool = False,
-    inherit_from: Path | None = None,
-) -> tuple[Path, VerifyReport]:
+    inherit_from: Optional[Path] = None,
+) -> Tuple[Path, VerifyReport]:
     """Decide on a bundle, then unpack exactly its lock's members into ``workdir/NAME-VERSION``.
 
     A delta bundle's inherited members are copied from ``inherit_from`` (its base's
@@ -1168,7 +1174,7 @@ class Part:
     sha256: str
 
 
-def parts_file(path: Path) -> Path | None:
+def parts_file(path: Path) -> Optional[Path]:
     """The ``NAME-VERSION.parts.json`` that ``path`` is (or belongs to, for ``NAME-VERSION.tar.NNN``)."""
     if path.name.endswith(PARTS_SUFFIX):
         return path
@@ -1185,8 +1191,8 @@ def _hash_part(path: Path) -> str:
 
 
 def load_parts(
-    path: Path, trusted: list[signing.PublicKey] | None = None, hash_parts: bool = False
-) -> tuple[list[Part], str]:
+    path: Path, trusted: Optional[List[signing.PublicKey]] = None, hash_parts: bool = False
+) -> Tuple[List[Part], str]:
     """The parts a ``.parts.json`` lists, checked: signature (when ``trusted``), presence and size,
     and each part's SHA-256 when ``hash_parts`` (``join`` does; ``verify`` instead checks every
     member in one pass and names the part that holds a bad one).
@@ -1236,7 +1242,7 @@ def load_parts(
     return parts, whole
 
 
-def open_source(path: Path, trusted: list[signing.PublicKey] | None = None) -> Source:
+def open_source(path: Path, trusted: Optional[List[signing.PublicKey]] = None) -> Source:
     """A ``Source`` for a bundle file, or for the parts its ``.parts.json`` (or any part) names."""
     index = parts_file(path)
     if index is None:
@@ -1314,9 +1320,9 @@ def _atomic(path: Path, data: bytes) -> None:
 
 def join_parts(
     index: Path,
-    trusted: list[signing.PublicKey],
+    trusted: List[signing.PublicKey],
     out: Path,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> str:
     """Write the whole bundle from its checked parts to ``out`` (temp, fsync, rename); its SHA-256.
 

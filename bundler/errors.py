@@ -6,7 +6,8 @@ exits. Programmer errors stay ``ValueError``/``RuntimeError`` and show a
 traceback (exit 1). This module imports nothing.
 """
 
-from __future__ import annotations
+from typing import List, Optional, Tuple, Type
+
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -32,7 +33,7 @@ class InputError(BundlerError):
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, message: str = "", problems: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str = "", problems: Tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems = problems or (message,)
 
@@ -72,7 +73,7 @@ class IntegrityError(BundlerError):
 
     exit_code = EXIT_INTEGRITY
 
-    def __init__(self, message: str, member: str | None = None) -> None:
+    def __init__(self, message: str, member: Optional[str] = None) -> None:
         super().__init__(message)
         self.member = member
 
@@ -89,7 +90,7 @@ class InstallError(BundlerError):
     exit_code = EXIT_INSTALL
 
 
-def several(errors: list[InputError], kind: type[InputError] = InputError, where: str = "") -> InputError:
+def several(errors: List[InputError], kind: Type[InputError] = InputError, where: str = "") -> InputError:
     """All of ``errors`` as one ``kind`` (exit 2), so that one run names every mistake.
 
     One error stays as it is; several become one message, a line per problem, with the
@@ -119,7 +120,7 @@ _OS_ADVICE = {
 }
 
 
-def from_os_error(exc: OSError, doing: str, kind: type[BundlerError], path: object = None) -> BundlerError:
+def from_os_error(exc: OSError, doing: str, kind: Type[BundlerError], path: object = None) -> BundlerError:
     """``exc`` as a ``kind`` error (its exit code) naming the path, what was being done and what to do.
 
     ``doing`` is a short phrase such as "writing the bundle". Both CLIs use this one mapping

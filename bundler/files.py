@@ -7,11 +7,10 @@ a huge or endless file cannot exhaust memory. It travels in bundles (python3 3.7
 Not here: writing (see ``archive.atomic_output``) or hashing payloads.
 """
 
-from __future__ import annotations
-
 import os
 import stat
 from pathlib import Path
+from typing import Type, Union
 
 from bundler.errors import BundlerError, InputError, from_os_error
 
@@ -25,7 +24,7 @@ _KINDS = {
 
 
 def open_regular(
-    path: Path | str, what: str, kind: type[BundlerError] = InputError, follow: bool = True
+    path: Union[Path, str], what: str, kind: Type[BundlerError] = InputError, follow: bool = True
 ) -> int:
     """A read-only descriptor for ``path``, which must be a regular file; raises ``kind`` naming it.
 
@@ -49,7 +48,7 @@ def open_regular(
 
 
 def read_capped(
-    path: Path | str, what: str, limit: int, kind: type[BundlerError] = InputError, follow: bool = True
+    path: Union[Path, str], what: str, limit: int, kind: Type[BundlerError] = InputError, follow: bool = True
 ) -> bytes:
     """A small regular file's bytes, refusing more than ``limit`` bytes (errors are ``kind``, naming it)."""
     fd = open_regular(path, what, kind, follow)

@@ -9,14 +9,11 @@ strictly. The encoding puts one member per line with ``path`` just before
 No I/O happens here: callers pass bytes and objects.
 """
 
-from __future__ import annotations
-
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from bundler.compat import asdict, dataclass, field, replace
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from bundler import k0simages, oci, rkeimages, versions
 from bundler.errors import IntegrityError
@@ -56,7 +53,7 @@ class LockError(IntegrityError):
     """``lock.json`` is malformed or inconsistent (exit 4: the signed content is bad)."""
 
 
-def check_member_path(path: str) -> str | None:
+def check_member_path(path: str) -> Optional[str]:
     """Why ``path`` is not a safe, relative bundle member name, or None when it is."""
     if not path or len(path.encode()) > 4096:
         return "empty or too long"
@@ -74,7 +71,7 @@ def check_member_path(path: str) -> str | None:
     return None
 
 
-def check_dest(path: str) -> str | None:
+def check_dest(path: str) -> Optional[str]:
     """Why ``path`` is not an absolute, normalized file path on a node, or None when it is."""
     if not path.startswith("/"):
         return "is not absolute"
@@ -144,11 +141,11 @@ class Step:
     script: str  # member path under scripts/
     sha256: str
     on: str = "control"  # one of STEP_ON, or "nodes"
-    nodes: tuple[str, ...] = ()  # with on "nodes": the inventory names of the nodes
+    nodes: Tuple[str, ...] = ()  # with on "nodes": the inventory names of the nodes
     serial: bool = False  # on the nodes one after the other, not all at once
-    files: tuple[str, ...] = ()  # bundle members copied to each node (checked there) before it runs
+    files: Tuple[str, ...] = ()  # bundle members copied to each node (checked there) before it runs
     when: str = "after-cluster"  # one of STEP_WHEN: before the images and the cluster, or after them
-    fixes: tuple[str, ...] = ()  # preflight checks the step makes pass on its nodes (STEP_FIXES)
+    fixes: Tuple[str, ...] = ()  # preflight checks the step makes pass on its nodes (STEP_FIXES)
 
     @property
     def target(self) -> str:
@@ -176,7 +173,7 @@ class RoledImage:
     needs, ``rke up``) or an application image whose ``images:`` entry names its own ``roles``."""
 
     ref: str  # resolves with Lock.find_image
-    roles: tuple[str, ...]  # some of controlplane, etcd, worker (bundler.rkeimages)
+    roles: Tuple[str, ...]  # some of controlplane, etcd, worker (bundler.rkeimages)
 
 
 SystemImage = RoledImage  # the name the cluster's records go by
@@ -188,40 +185,40 @@ class Lock:
 
     name: str
     version: str
-    platform: dict[str, str]
+    platform: Dict[str, str]
     builder: str
     manifest_sha256: str
     source_date_epoch: int
-    members: tuple[Member, ...]
-    binaries: tuple[Binary, ...] = ()
-    files: tuple[FileSet, ...] = ()
-    steps: tuple[Step, ...] = ()
-    images: tuple[oci.Image, ...] = ()
-    debs: tuple[Deb, ...] = ()
-    apt_sources: tuple[dict[str, Any], ...] = field(default=())
+    members: Tuple[Member, ...]
+    binaries: Tuple[Binary, ...] = ()
+    files: Tuple[FileSet, ...] = ()
+    steps: Tuple[Step, ...] = ()
+    images: Tuple[oci.Image, ...] = ()
+    debs: Tuple[Deb, ...] = ()
+    apt_sources: Tuple[Dict[str, Any], ...] = field(default=())
     min_workers: int = 0  # the installer warns when the inventory has fewer workers
-    image_roles: tuple[str, ...] = ("worker",)  # node roles that receive the images
+    image_roles: Tuple[str, ...] = ("worker",)  # node roles that receive the images
     expires: int = 0  # epoch seconds after which sites refuse the bundle; 0 = never
     images_mode: str = "ssh-load"  # the installer's default for --images-mode
     registry: str = ""  # the installer's default for --registry
     registry_image: str = ""  # the locked image (a ref) the installer runs as the site registry
     recommends: bool = False  # debs.recommends: apt installs the bundled Recommends too
     # debs.baseline given as a dpkg status: what the closure assumes every node has (name -> version).
-    deb_baseline: dict[str, str] = field(default_factory=dict)
+    deb_baseline: Dict[str, str] = field(default_factory=dict)
     # A delta bundle: the bundle it builds on, and the members it takes from that one's unpacked copy.
-    base: dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
-    inherited: tuple[Member, ...] = ()
+    base: Dict[str, str] = field(default_factory=dict)  # name, version, lock_sha256
+    inherited: Tuple[Member, ...] = ()
     # The cluster tool (kind, kubernetes_version, network_plugin, tool); empty without a cluster.
-    cluster: dict[str, str] = field(default_factory=dict)
-    system_images: tuple[SystemImage, ...] = ()  # the cluster tool's own images, with their roles
+    cluster: Dict[str, str] = field(default_factory=dict)
+    system_images: Tuple[SystemImage, ...] = ()  # the cluster tool's own images, with their roles
     # Application images whose entry names its own roles (e.g. rancher-agent on every node);
     # the others go to the image_roles nodes.
-    placed_images: tuple[RoledImage, ...] = ()
+    placed_images: Tuple[RoledImage, ...] = ()
     # debs.roles: role -> the requested packages (names) only the nodes of that role get; the
     # other requested packages go to every node.
-    deb_roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    deb_roles: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
-    def debs_for(self, roles: Iterable[str]) -> tuple[Deb, ...]:
+    def debs_for(self, roles: Iterable[str]) -> Tuple[Deb, ...]:
         """The requested packages a node with ``roles`` installs (apt adds their closure from the
         bundled repository): every node's, and those ``deb_roles`` gives one of its roles."""
         roles = set(roles)
@@ -231,13 +228,13 @@ class Lock:
             d for d in self.debs if d.reason == "requested" and (d.name not in by_role or d.name in mine)
         )
 
-    def deb_places(self) -> dict[str, tuple[str, ...]]:
+    def deb_places(self) -> Dict[str, Tuple[str, ...]]:
         """Package name -> the roles whose nodes get it, ``()`` for every node: a requested package's
         roles from ``deb_roles``; a dependency's from the requested package its reason leads to
         (the closure of every node's requests is resolved first, so a dependency they share with
         a role's package leads to every node)."""
         by_name = {d.name: d for d in self.debs}
-        roles_of: dict[str, list[str]] = {}
+        roles_of: Dict[str, List[str]] = {}
         for role, names in sorted(self.deb_roles.items()):
             for name in names:
                 roles_of.setdefault(name, []).append(role)
@@ -250,7 +247,7 @@ class Lock:
             out[deb.name] = tuple(roles_of.get(name, ()))
         return out
 
-    def fixed_before_cluster(self, check: str, roles: Iterable[str], name: str) -> Step | None:
+    def fixed_before_cluster(self, check: str, roles: Iterable[str], name: str) -> Optional[Step]:
         """The before-cluster step that declares it fixes ``check`` on the node ``name`` with
         ``roles`` (``Step.fixes``), if any."""
         roles = set(roles)
@@ -262,7 +259,7 @@ class Lock:
         return None
 
     @property
-    def workloads(self) -> tuple[oci.Image, ...]:
+    def workloads(self) -> Tuple[oci.Image, ...]:
         """The application images the ``image_roles`` nodes get: all but the system images and
         ``registry_image``, which only the registry's node runs."""
         tool = self.find_image(self.registry_image) if self.registry_image else None
@@ -270,12 +267,12 @@ class Lock:
         return tuple(i for i in self.images if i != tool and i not in system)
 
     @property
-    def placed(self) -> tuple[oci.Image, ...]:
+    def placed(self) -> Tuple[oci.Image, ...]:
         """The workloads whose entry named their own roles (``placed_images``)."""
         named = {self.find_image(p.ref) for p in self.placed_images}
         return tuple(i for i in self.workloads if i in named)
 
-    def misplaced(self) -> list[str]:
+    def misplaced(self) -> List[str]:
         """``placed_images`` refs that are also a system image or the registry image: an image takes
         its nodes from one rule only (the system rule's, its entry's, or the registry node)."""
         others = {id(self.find_image(s.ref)) for s in self.system_images}
@@ -283,7 +280,7 @@ class Lock:
             others.add(id(self.find_image(self.registry_image)))
         return [p.ref for p in self.placed_images if id(self.find_image(p.ref)) in others]
 
-    def images_for(self, roles: Iterable[str]) -> tuple[oci.Image, ...]:
+    def images_for(self, roles: Iterable[str]) -> Tuple[oci.Image, ...]:
         """The images a node with ``roles`` gets, in lock order, each once: the workloads when it
         has one of ``image_roles`` (a placed one when it has one of that image's own roles), and
         the system images whose roles meet its roles."""
@@ -298,7 +295,7 @@ class Lock:
                 chosen.add(image)
         return tuple(i for i in self.images if i in chosen)
 
-    def find_image(self, ref: str) -> oci.Image | None:
+    def find_image(self, ref: str) -> Optional[oci.Image]:
         """The locked image ``ref`` names (by its reference or one of its tags, normalized), if any;
         the first in lock order. One lookup in an index built once per lock, so that callers may
         ask per record and per node without cost growing with the square of the images."""
@@ -308,8 +305,8 @@ class Lock:
             return None
         return self._image_index().get(want)
 
-    def _image_index(self) -> dict[oci.Reference, oci.Image]:
-        index: dict[oci.Reference, oci.Image] | None = self.__dict__.get("_index")
+    def _image_index(self) -> Dict[oci.Reference, oci.Image]:
+        index: Optional[Dict[oci.Reference, oci.Image]] = self.__dict__.get("_index")
         if index is None:
             index = {}
             for image in self.images:
@@ -333,7 +330,7 @@ class Lock:
                 return m
         raise KeyError(path)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         """Plain data, as ``lock.json`` holds it."""
         return {
             "format": FORMAT,
@@ -400,7 +397,7 @@ class Lock:
         return "".join(f"{m.sha256}  {m.path}\n" for m in self.members)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Lock:
+    def from_bytes(cls, data: bytes) -> "Lock":
         """Parse untrusted ``lock.json`` bytes.
 
         Raises:
@@ -430,7 +427,7 @@ class _Fields:
         self.obj = obj
         self.where = where
 
-    def get(self, key: str, kind: type | tuple[type, ...]) -> Any:
+    def get(self, key: str, kind: Union[type, Tuple[type, ...]]) -> Any:
         if key not in self.obj:
             raise LockError(f"{LOCK_NAME}: {self.where} lacks {key!r}")
         value = self.obj[key]
@@ -456,7 +453,7 @@ class _Fields:
             raise LockError(f"{LOCK_NAME}: {self.where}.{key} is not a sha256:<64 hex> digest")
         return str(value)
 
-    def checked(self, key: str, check: Callable[[str], str | None]) -> str:
+    def checked(self, key: str, check: Callable[[str], Optional[str]]) -> str:
         """The string at ``key`` when ``check`` finds no problem with it (a phrase to follow the value)."""
         value = self.get(key, str)
         problem = check(value)
@@ -484,11 +481,11 @@ class _Fields:
     def name(self, key: str) -> str:
         return key if self.where == "document" else f"{self.where}.{key}"
 
-    def items(self, key: str) -> list[Any]:
+    def items(self, key: str) -> List[Any]:
         return list(self.get(key, list)) if key in self.obj else []
 
 
-def _image_roles(top: _Fields) -> tuple[str, ...]:
+def _image_roles(top: _Fields) -> Tuple[str, ...]:
     roles = top.items("image_roles") if "image_roles" in top.obj else ["worker"]
     if not roles or not all(r in ("controlplane", "etcd", "worker") for r in roles):
         raise LockError(f"{LOCK_NAME}: image_roles must list some of controlplane, etcd, worker")
@@ -503,7 +500,7 @@ def _reference(value: str, where: str) -> None:
         raise LockError(f"{LOCK_NAME}: {where} {value!r}: {exc}") from None
 
 
-def _install(top: _Fields) -> dict[str, Any]:
+def _install(top: _Fields) -> Dict[str, Any]:
     install = top.get("install", dict) if "install" in top.obj else {}
     mode = install.get("images_mode", "ssh-load")
     registry = install.get("registry", "")
@@ -522,7 +519,7 @@ def _install(top: _Fields) -> dict[str, Any]:
     return {"images_mode": mode, "registry": registry, "registry_image": image, "recommends": recommends}
 
 
-def _deb_baseline(top: _Fields) -> dict[str, str]:
+def _deb_baseline(top: _Fields) -> Dict[str, str]:
     """The packages a dpkg-status baseline says every node has; they reach a shell on the nodes."""
     if "deb_baseline" not in top.obj:
         return {}
@@ -537,7 +534,7 @@ def _deb_baseline(top: _Fields) -> dict[str, str]:
     return dict(raw)
 
 
-def _deb_roles(top: _Fields, debs: list[Deb]) -> dict[str, tuple[str, ...]]:
+def _deb_roles(top: _Fields, debs: List[Deb]) -> Dict[str, Tuple[str, ...]]:
     """``deb_roles``: for each node role, requested packages of the lock only its nodes get."""
     if "deb_roles" not in top.obj:
         return {}
@@ -557,7 +554,7 @@ def _deb_roles(top: _Fields, debs: list[Deb]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _base(top: _Fields) -> dict[str, str]:
+def _base(top: _Fields) -> Dict[str, str]:
     """A delta's base: its name and version become a folder name under --workdir, so both are checked."""
     if "base" not in top.obj or top.obj["base"] == {}:
         return {}
@@ -569,7 +566,7 @@ def _base(top: _Fields) -> dict[str, str]:
     }
 
 
-def _cluster(top: _Fields, binaries: list[Binary]) -> dict[str, str]:
+def _cluster(top: _Fields, binaries: List[Binary]) -> Dict[str, str]:
     """``cluster``: exactly kind, kubernetes_version, network_plugin and tool (a bundled binary)."""
     if "cluster" not in top.obj or top.obj["cluster"] == {}:
         return {}
@@ -606,11 +603,11 @@ def _cluster(top: _Fields, binaries: list[Binary]) -> dict[str, str]:
     return out
 
 
-def _roled_images(top: _Fields, lock: Lock, key: str) -> tuple[RoledImage, ...]:
+def _roled_images(top: _Fields, lock: Lock, key: str) -> Tuple[RoledImage, ...]:
     """``system_images`` or ``placed_images``: each a locked image (by reference) with the node
     roles that get it."""
-    out: list[RoledImage] = []
-    seen: set[int] = set()
+    out: List[RoledImage] = []
+    seen: Set[int] = set()
     for i, raw in enumerate(top.items(key)):
         f = _Fields(raw, f"{key}[{i}]")
         extra = sorted(set(f.obj) - {"ref", "roles"})
@@ -675,7 +672,7 @@ def _parse(doc: Any) -> Lock:
             "this airbundle cannot read it (use the airbundle that built it)"
         )
     members = []
-    seen: dict[str, str] = {}
+    seen: Dict[str, str] = {}
     for i, raw in enumerate(top.items("members")):
         f = _Fields(raw, f"members[{i}]")
         kind = f.get("kind", str)

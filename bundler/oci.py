@@ -11,13 +11,11 @@ bundle's ``images/`` folder (``oci-layout``, ``index.json`` and Docker's
 Fetching, saving and ingesting images happen in ``bundler.images``.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from bundler.compat import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -67,8 +65,8 @@ class Reference:
 
     domain: str
     path: str
-    tag: str | None = None
-    digest: str | None = None
+    tag: Optional[str] = None
+    digest: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -120,9 +118,9 @@ def parse_reference(text: str) -> Reference:
     return Reference(domain, path, tag, digest)
 
 
-def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     """``json.loads`` object hook refusing duplicate keys (which JSON parsers resolve differently)."""
-    out: dict[str, Any] = {}
+    out: Dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
             raise ValueError(f"duplicate key {key!r}")
@@ -159,13 +157,13 @@ class Image:
     """One image in the bundle's store (the lock records these fields)."""
 
     ref: str  # fully qualified, e.g. docker.io/rancher/rancher:v2.7.9
-    tags: tuple[str, ...]  # familiar names written to manifest.json RepoTags
+    tags: Tuple[str, ...]  # familiar names written to manifest.json RepoTags
     source: str  # registry | daemon | archive
     manifest: str  # digest of the manifest blob
     media_type: str  # the manifest's media type
     config: str  # digest of the config blob = the image ID
     platform: str  # os/arch[/variant]
-    layers: tuple[Layer, ...]
+    layers: Tuple[Layer, ...]
 
     @property
     def size(self) -> int:
@@ -182,7 +180,7 @@ def layer_media_type(head: bytes) -> str:
     return OCI_LAYER
 
 
-def config_platform(config: bytes, what: str) -> tuple[str, list[str]]:
+def config_platform(config: bytes, what: str) -> Tuple[str, List[str]]:
     """(``os/arch[/variant]``, the rootfs diff IDs) from an image config."""
     doc = load_json(config, what)
     if not isinstance(doc, dict):
@@ -198,7 +196,7 @@ def config_platform(config: bytes, what: str) -> tuple[str, list[str]]:
     return platform, [check_digest(d, f"{what} diff_id") for d in diff_ids]
 
 
-def synthesize_manifest(config_digest: str, config_size: int, layers: list[Layer]) -> bytes:
+def synthesize_manifest(config_digest: str, config_size: int, layers: List[Layer]) -> bytes:
     """A canonical OCI image manifest for an image that came without one (``docker save``)."""
     return canonical(
         {
@@ -215,11 +213,11 @@ class SavedImage:
     """One entry of a ``docker save`` ``manifest.json``: member paths inside the archive."""
 
     config: str
-    layers: tuple[str, ...]
-    repo_tags: tuple[str, ...]
+    layers: Tuple[str, ...]
+    repo_tags: Tuple[str, ...]
 
 
-def parse_docker_manifest(data: bytes, what: str) -> list[SavedImage]:
+def parse_docker_manifest(data: bytes, what: str) -> List[SavedImage]:
     """Parse a ``docker save`` ``manifest.json``."""
     doc = load_json(data, what)
     if not isinstance(doc, list) or not doc:
@@ -237,7 +235,7 @@ def parse_docker_manifest(data: bytes, what: str) -> list[SavedImage]:
     return out
 
 
-def parse_index(data: bytes, what: str) -> list[tuple[str, str, dict[str, Any]]]:
+def parse_index(data: bytes, what: str) -> List[Tuple[str, str, Dict[str, Any]]]:
     """(media type, digest, annotations) of each entry of an OCI ``index.json``."""
     doc = load_json(data, what)
     manifests = doc.get("manifests") if isinstance(doc, dict) else None
@@ -248,7 +246,7 @@ def parse_index(data: bytes, what: str) -> list[tuple[str, str, dict[str, Any]]]
         if not isinstance(entry, dict):
             raise ImageFormatError(f"{what}: manifests[{i}] is not an object")
         notes = entry.get("annotations")
-        annotations: dict[str, Any] = notes if isinstance(notes, dict) else {}
+        annotations: Dict[str, Any] = notes if isinstance(notes, dict) else {}
         out.append(
             (
                 str(entry.get("mediaType", "")),
@@ -259,7 +257,7 @@ def parse_index(data: bytes, what: str) -> list[tuple[str, str, dict[str, Any]]]
     return out
 
 
-def parse_manifest(data: bytes, what: str) -> tuple[str, str, list[Layer]]:
+def parse_manifest(data: bytes, what: str) -> Tuple[str, str, List[Layer]]:
     """(media type, config digest, layers) of an image manifest (OCI or Docker schema 2)."""
     doc = load_json(data, what)
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
@@ -290,7 +288,7 @@ def blob_path(digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[-1]
 
 
-def layout_files(images: list[Image], manifest_sizes: dict[str, int]) -> dict[str, bytes]:
+def layout_files(images: List[Image], manifest_sizes: Dict[str, int]) -> Dict[str, bytes]:
     """``oci-layout``, ``index.json`` and Docker's ``manifest.json`` for the bundle's store.
 
     ``manifest.json`` lists each image once with all its tags, in the order given,

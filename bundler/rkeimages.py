@@ -21,10 +21,10 @@ An image the rule does not know goes to every node (``Choice.known`` is False, a
 build says so). Pure: no I/O; carried in bundles (python3 3.7).
 """
 
-from __future__ import annotations
+from typing import Iterable, List, Tuple
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+
+from bundler.compat import dataclass
 
 ROLES = ("controlplane", "etcd", "worker")
 CLUSTER_KINDS = ("rke",)  # more kinds come later (kubeadm, k0s), each with its own rule
@@ -102,12 +102,12 @@ class Choice:
 
     ref: str
     component: str  # a COMPONENT_ROLES key, or "unknown", or "unused"
-    roles: tuple[str, ...]  # the node roles that need it; empty when the cluster does not
+    roles: Tuple[str, ...]  # the node roles that need it; empty when the cluster does not
     known: bool = True  # False: the rule does not know the image (it goes to every node)
     why: str = ""  # for an unused image: what it is for
 
 
-def repository_key(ref: str) -> tuple[str, str]:
+def repository_key(ref: str) -> Tuple[str, str]:
     """(namespace, key) of a reference: ``docker.io/rancher/mirrored-calico-node:v3.26.3`` →
     ``("rancher", "calico-node")``."""
     name = ref.split("@", 1)[0]
@@ -140,11 +140,11 @@ def classify(ref: str, network_plugin: str) -> Choice:
     return Choice(ref, "unknown", EVERY_NODE, known=False)
 
 
-def select(refs: Iterable[str], network_plugin: str) -> tuple[list[Choice], list[Choice]]:
+def select(refs: Iterable[str], network_plugin: str) -> Tuple[List[Choice], List[Choice]]:
     """(kept, left out): the images a cluster with ``network_plugin`` needs, in the given order,
     each once, with their roles; and those it does not need."""
-    kept: list[Choice] = []
-    dropped: list[Choice] = []
+    kept: List[Choice] = []
+    dropped: List[Choice] = []
     seen = set()
     for ref in refs:
         if ref in seen:

@@ -12,18 +12,16 @@ without it (verification there falls back to stock ``ssh-keygen``, which the
 installer drives).
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
-import dataclasses
+from bundler.compat import dataclasses
 import datetime
 import hashlib
 import re
 import struct
 import time
-from dataclasses import dataclass
-from typing import Callable
+from bundler.compat import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 from bundler.errors import KeyFileError, SignatureError, UntrustedKeyError
 
@@ -82,9 +80,9 @@ class PublicKey:
     raw: bytes  # the 32-byte Ed25519 point
     comment: str = ""
     # From allowed_signers options: the key's validity window (epoch seconds) and namespaces.
-    valid_after: int | None = None
-    valid_before: int | None = None
-    namespaces: tuple[str, ...] | None = None
+    valid_after: Optional[int] = None
+    valid_before: Optional[int] = None
+    namespaces: Optional[Tuple[str, ...]] = None
 
     @property
     def blob(self) -> bytes:
@@ -107,7 +105,7 @@ class PublicKey:
         return f"256 {self.fingerprint} {self.comment or 'no comment'} (ED25519)"
 
     @classmethod
-    def from_blob(cls, blob: bytes, comment: str = "") -> PublicKey:
+    def from_blob(cls, blob: bytes, comment: str = "") -> "PublicKey":
         """Parse an SSH wire-format key blob; raises ``ValueError``."""
         reader = _Reader(blob)
         key_type = reader.string()
@@ -128,12 +126,12 @@ class PrivateKey:
         self.public = PublicKey(raw=raw, comment=comment)
 
     @classmethod
-    def generate(cls, comment: str = "") -> PrivateKey:
+    def generate(cls, comment: str = "") -> "PrivateKey":
         """A fresh random key."""
         _require_cryptography()
         return cls(Ed25519PrivateKey.generate(), comment)
 
-    def to_pem(self, passphrase: bytes | None = None) -> bytes:
+    def to_pem(self, passphrase: Optional[bytes] = None) -> bytes:
         """PKCS#8 PEM, encrypted with the best available scheme when a passphrase is given."""
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
@@ -163,7 +161,7 @@ def _is_encrypted(pem: bytes, openssh: bool) -> bool:
         return False
 
 
-def load_private_key(pem: bytes, source: str, passphrase: bytes | None = None) -> PrivateKey:
+def load_private_key(pem: bytes, source: str, passphrase: Optional[bytes] = None) -> PrivateKey:
     """Load a PKCS#8 (or OpenSSH) Ed25519 private key.
 
     Args:
@@ -213,7 +211,7 @@ MAX_PATTERN = 1000
 _KEY_TYPES = ("ssh-", "ecdsa-", "sk-")
 
 
-def parse_public_keys(text: str, source: str) -> list[PublicKey]:
+def parse_public_keys(text: str, source: str) -> List[PublicKey]:
     """Every ``ssh-ed25519`` key a ``.pub`` or ``allowed_signers`` file trusts for airbundle.
 
     An ``allowed_signers`` line is read as OpenSSH's ``ssh-keygen -Y verify -I airbundle``
@@ -228,10 +226,10 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
     Raises:
         KeyFileError: a line it cannot read (naming it), or no key for airbundle at all.
     """
-    keys: list[PublicKey] = []
-    skipped: list[str] = []
-    pub_lines: list[int] = []
-    allowed_lines: list[int] = []
+    keys: List[PublicKey] = []
+    skipped: List[str] = []
+    pub_lines: List[int] = []
+    allowed_lines: List[int] = []
     # Lines end at "\n" only, as OpenSSH's getline() reads them: str.splitlines() would also end
     # one at a CR, VT, FF or U+2028, turning "# retired<CR>airbundle KEY" from a comment into a key.
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -287,9 +285,9 @@ def parse_public_keys(text: str, source: str) -> list[PublicKey]:
     return keys
 
 
-def _fields(line: str, where: str) -> list[str]:
+def _fields(line: str, where: str) -> List[str]:
     """Whitespace-separated fields, where double-quoted text (option values) may hold spaces."""
-    out: list[str] = []
+    out: List[str] = []
     current = ""
     quoted = False
     for ch in line:
@@ -308,7 +306,7 @@ def _fields(line: str, where: str) -> list[str]:
     return out
 
 
-def _key(fields: list[str], where: str) -> PublicKey:
+def _key(fields: List[str], where: str) -> PublicKey:
     """``KEY [COMMENT]`` after ``ssh-ed25519``."""
     try:
         blob = base64.b64decode(fields[0], validate=True)
@@ -364,7 +362,7 @@ _OPTIONS = re.compile(r'[A-Za-z-]+(?:="[^"\\ \t]*")?(?:,[A-Za-z-]+(?:="[^"\\ \t]
 
 def _with_options(key: PublicKey, options: str, where: str) -> PublicKey:
     """Apply allowed_signers options (namespaces, valid-after, valid-before; names in any case)."""
-    found: dict[str, str] = {}
+    found: Dict[str, str] = {}
     if options and not _OPTIONS.fullmatch(options):
         # A leading, trailing or doubled comma, a backslash escape, a space: OpenSSH skips such
         # a line (or reads it otherwise); airbundle will not guess.
@@ -503,10 +501,10 @@ def _cryptography_check(sig: SshSig, message: bytes, _armored: bytes) -> bool:
 def verify(
     message: bytes,
     armored: bytes,
-    trusted: list[PublicKey],
+    trusted: List[PublicKey],
     namespace: str = NAMESPACE,
-    checker: Checker | None = None,
-    now: float | None = None,
+    checker: Optional[Checker] = None,
+    now: Optional[float] = None,
 ) -> PublicKey:
     """Check an SSHSIG over ``message`` against the trusted keys.
 
@@ -537,7 +535,7 @@ def verify(
         )
     # As ssh-keygen does: every allowed_signers line for this key is tried; the first that
     # permits the namespace and the time wins. The first refusal is reported.
-    refusals: list[str] = []
+    refusals: List[str] = []
     for key in trusted:
         if key.raw != sig.public_key.raw:
             continue

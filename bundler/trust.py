@@ -22,12 +22,10 @@ Not here: reading files, hashing payload bytes, or the Ed25519 arithmetic itself
 which the caller injects as ``checker`` (``cryptography``, else stock ``ssh-keygen``).
 """
 
-from __future__ import annotations
-
 import hashlib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+from bundler.compat import dataclass, field
 
 from bundler import lock as lockmod
 from bundler import signing, versions
@@ -80,7 +78,7 @@ def unsafe(name: str, why: str) -> IntegrityError:
     return IntegrityError(f"unsafe member {name!r}: {why}; the bundle is refused", member=name)
 
 
-def pax_size(name: str, records: Mapping[str, str]) -> int | None:
+def pax_size(name: str, records: Mapping[str, str]) -> Optional[int]:
     """The PAX ``size`` record as a number (None when absent); only plain decimal digits are accepted."""
     text = records.get("size")
     if text is None:
@@ -166,7 +164,7 @@ class SiteFacts:
     SHA-256 of their ``lock.json``. Both matter only with ``installing``.
     """
 
-    trusted: tuple[signing.PublicKey, ...]
+    trusted: Tuple[signing.PublicKey, ...]
     now: float
     allow_expired: bool = False
     installing: bool = False
@@ -174,7 +172,7 @@ class SiteFacts:
     installed_locks: Mapping[str, str] = field(default_factory=dict)  # name -> its lock's SHA-256
     allow_downgrade: bool = False
     unpacked: Mapping[str, str] = field(default_factory=dict)
-    platform: Mapping[str, str] | None = None  # the site's os/codename/arch, when it states them
+    platform: Optional[Mapping[str, str]] = None  # the site's os/codename/arch, when it states them
 
 
 @dataclass(frozen=True)
@@ -185,12 +183,12 @@ class Decision:
     lock_bytes: bytes
     lock_sha256: str
     signer: signing.PublicKey
-    installed: str | None = None  # the version of this name installed before, if any
-    base_folder: str | None = None  # a delta's base, as a folder name in the work folder
+    installed: Optional[str] = None  # the version of this name installed before, if any
+    base_folder: Optional[str] = None  # a delta's base, as a folder name in the work folder
 
 
 def decide(
-    lock_bytes: bytes, sig_bytes: bytes | None, facts: SiteFacts, checker: signing.Checker | None = None
+    lock_bytes: bytes, sig_bytes: Optional[bytes], facts: SiteFacts, checker: Optional[signing.Checker] = None
 ) -> Decision:
     """Decide whether the head of a bundle is trusted; ``checker`` does the Ed25519 check.
 
@@ -250,7 +248,7 @@ def check_tree(lock: lockmod.Lock) -> None:
                 )
 
 
-def platform_problem(lock: lockmod.Lock, site: Mapping[str, str]) -> str | None:
+def platform_problem(lock: lockmod.Lock, site: Mapping[str, str]) -> Optional[str]:
     """Why the bundle's platform does not fit the site's (None when it does); absent site keys fit."""
     for key in ("os", "codename", "arch"):
         want, have = lock.platform.get(key), site.get(key)
@@ -290,7 +288,7 @@ def check_downgrade(name: str, version: str, installed: object, allow_downgrade:
 
 
 def check_rebuild(
-    lock: lockmod.Lock, installed: object, recorded: str | None, lock_sha256: str, allow_downgrade: bool
+    lock: lockmod.Lock, installed: object, recorded: Optional[str], lock_sha256: str, allow_downgrade: bool
 ) -> None:
     """Refuse another bundle of the installed version (exit 3) unless allowed: a version names one
     bundle, so an older build that reused the number must not replace the installed one."""
@@ -340,9 +338,9 @@ class Audit:
 
     def __init__(self, lock: lockmod.Lock) -> None:
         self.expected = {m.path: m for m in lock.members}
-        self.found: dict[str, int] = {}
-        self.folded: dict[str, str] = {}
-        self.problems: list[Problem] = []
+        self.found: Dict[str, int] = {}
+        self.folded: Dict[str, str] = {}
+        self.problems: List[Problem] = []
 
     def add(self, name: str, size: int, mode: int) -> bool:
         """Record one member; True when its bytes must be hashed (listed, right size and mode)."""
@@ -366,14 +364,14 @@ class Audit:
             return True
         return False
 
-    def finish(self) -> list[Problem]:
+    def finish(self) -> List[Problem]:
         """Every problem found, the missing members included."""
         for name in self.expected:
             if name not in self.found:
                 self.problems.append(Problem(name, "missing: listed in lock.json but not in the bundle"))
         return self.problems
 
-    def digest_problem(self, name: str, digest: str, where: str = "") -> Problem | None:
+    def digest_problem(self, name: str, digest: str, where: str = "") -> Optional[Problem]:
         """The problem when a member's bytes hash to ``digest`` rather than the locked SHA-256."""
         want = self.expected[name].sha256
         return None if digest == want else Problem(name, f"sha256 {digest}, lock.json says {want}{where}")

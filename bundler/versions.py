@@ -30,10 +30,8 @@ rebuild with a higher build installs over its predecessor and going back needs
 their spelling, so the order is total.
 """
 
-from __future__ import annotations
-
 import re
-from typing import Any
+from typing import Any, List, Optional, Tuple
 
 from bundler.errors import InputError
 
@@ -52,25 +50,25 @@ class VersionError(InputError):
         self.reason = reason
 
 
-def _idents(text: str, what: str, version: str) -> list[str]:
+def _idents(text: str, what: str, version: str) -> List[str]:
     idents = text.split(".")
     if "" in idents:
         raise VersionError(version, f"has an empty part in its {what} (two dots, or one at an end)")
     return idents
 
 
-def _natural(ident: str) -> tuple[Any, ...]:
+def _natural(ident: str) -> Tuple[Any, ...]:
     """Runs of digits as numbers (first), runs of letters as text."""
     # Letters compare case-folded: 1.0.0-RC2 is newer than 1.0.0-rc1, whatever the spelling.
     return tuple((0, int(run), "") if run.isdigit() else (1, 0, run.lower()) for run in _RUNS.findall(ident))
 
 
-def _pre_ident(ident: str) -> tuple[Any, ...]:
+def _pre_ident(ident: str) -> Tuple[Any, ...]:
     """Semver: numeric identifiers numerically and before alphanumeric ones (here compared naturally)."""
     return (0, int(ident), ()) if ident.isdigit() else (1, 0, _natural(ident))
 
 
-def check(version: str) -> str | None:
+def check(version: str) -> Optional[str]:
     """Why ``version`` is not a valid bundle version (a phrase to follow it), or None when it is."""
     try:
         key(version)
@@ -79,7 +77,7 @@ def check(version: str) -> str | None:
     return None
 
 
-def _split(version: str) -> tuple[str, str | None, str | None]:
+def _split(version: str) -> Tuple[str, Optional[str], Optional[str]]:
     """``version``'s release, pre-release and build metadata (None when absent), checked."""
     if not version:
         raise VersionError(version, "is empty")
@@ -118,7 +116,7 @@ def _split(version: str) -> tuple[str, str | None, str | None]:
     return rest[:cut], pre, build if plus else None
 
 
-def key(version: str) -> tuple[Any, ...]:
+def key(version: str) -> Tuple[Any, ...]:
     """The sort key of ``version`` (the order in this module's docstring).
 
     Raises:

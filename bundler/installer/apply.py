@@ -15,8 +15,6 @@ logged. Nodes run in parallel; one node failing does not stop the others in its 
 What to do is not decided here (``plan``).
 """
 
-from __future__ import annotations
-
 import io
 import os
 import posixpath
@@ -25,9 +23,9 @@ import shlex
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass, replace
+from bundler.compat import dataclass, replace
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable, Dict, IO, List, Optional
 
 from bundler import archive, oci
 from bundler.errors import InstallError
@@ -67,7 +65,7 @@ class Context:
     journal: Journal
     private: Path  # a folder only this installer can write: checked copies of what runs here
     echo: Callable[[str], None]
-    apt_root: str | None = None
+    apt_root: Optional[str] = None
     # (phase, node, bytes done, bytes total) for the CLI's bars; nothing by default.
     progress: Callable[[str, str, int, int], None] = lambda phase, node, done, total: None
 
@@ -75,7 +73,7 @@ class Context:
 Runner = Callable[[Context, PhasePlan], "list[NodeResult]"]  # a string: list[...] is 3.9+ at runtime
 
 
-def apply(plan: Plan, ctx: Context, report: Callable[[PhasePlan, list[NodeResult]], None]) -> None:
+def apply(plan: Plan, ctx: Context, report: Callable[[PhasePlan, List[NodeResult]], None]) -> None:
     """Run ``plan``'s phases in order; after each, mark in the journal the actions of every node
     that succeeded, then ``report`` the results (it raises to stop the install at a failure)."""
     for phase in plan.phases:
@@ -99,7 +97,7 @@ def _mark(journal: Journal, phase: PhasePlan, result: NodeResult) -> None:
 # ---------------------------------------------------------------- preflight (facts gathered before)
 
 
-def _preflight(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+def _preflight(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     return [
         NodeResult(
             n,
@@ -114,7 +112,7 @@ def _preflight(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 # ---------------------------------------------------------------- images (either route)
 
 
-def _images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+def _images(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     if ctx.lock.cluster.get("kind") == "k0s":
         return _k0s_images(ctx, phase)
     if ctx.route.mode == "registry":
@@ -124,13 +122,13 @@ def _images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     return for_each(list(phase.nodes), lambda node: _load_on(node, phase, by_id, ctx))
 
 
-def _load_on(node: Node, phase: PhasePlan, by_id: dict[str, oci.Image], ctx: Context) -> NodeResult:
+def _load_on(node: Node, phase: PhasePlan, by_id: Dict[str, oci.Image], ctx: Context) -> NodeResult:
     """``docker load`` on ``node`` the images its actions name, then point their tags at them."""
     actions = phase.of(node.name)
     result = NodeResult(node, skipped=[t for i in phase.present.get(node.name, ()) for t in by_id[i].tags])
     try:
         wanted = [by_id[a.item] for a in actions if a.kind == "load"]
-        loaded: list[oci.Image] = []
+        loaded: List[oci.Image] = []
         if wanted:
             loaded, result.sent = load_missing(
                 node, wanted, ctx.bundle_dir / "images", ctx.opts,
@@ -148,7 +146,7 @@ def _load_on(node: Node, phase: PhasePlan, by_id: dict[str, oci.Image], ctx: Con
 # ---------------------------------------------------------------- binaries
 
 
-def _binaries(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+def _binaries(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     by_dest = {b.dest: b for b in ctx.lock.binaries}
 
     def one(node: Node) -> NodeResult:
@@ -168,7 +166,7 @@ def _copy_from(source: Path) -> Callable[[IO[bytes]], None]:
     return write
 
 
-def _binaries_on(node: Node, binaries: list[Binary], bundle_dir: Path, opts: remote.SshOptions) -> NodeResult:
+def _binaries_on(node: Node, binaries: List[Binary], bundle_dir: Path, opts: remote.SshOptions) -> NodeResult:
     """Install ``binaries`` on ``node``, each checked by SHA-256 there before it is renamed into place."""
     result = NodeResult(node)
     try:
@@ -209,9 +207,9 @@ def rke_up(
     rke: Path,
     inventory: Path,
     workdir: Path,
-    env: dict[str, str],
+    env: Dict[str, str],
     echo: Callable[[str], None],
-    registries: list[dict[str, object]] | None = None,
+    registries: Optional[List[Dict[str, object]]] = None,
     kubernetes_version: str = "",
     network_plugin: str = "",
 ) -> Path:
@@ -249,7 +247,7 @@ def rke_up(
             stderr=subprocess.STDOUT,
         )
         assert proc.stdout is not None
-        dropped: list[str] = []
+        dropped: List[str] = []
         for line in proc.stdout:
             log.write(line)
             text = line.decode(errors="replace").rstrip("\n")
@@ -297,7 +295,11 @@ def _docker_group(user: str) -> str:
 
 
 def _packages_script(
-    repo: str, packages: list[str], root: str | None, recommends: bool = False, docker_user: str | None = None
+    repo: str,
+    packages: List[str],
+    root: Optional[str],
+    recommends: bool = False,
+    docker_user: Optional[str] = None,
 ) -> str:
     """Shell that installs ``packages`` with apt from ``repo`` only (its own source list and lists).
 
@@ -345,7 +347,7 @@ def _packages_script(
 
 
 def _packages_on(
-    node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions, root_pattern: str | None
+    node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions, root_pattern: Optional[str]
 ) -> NodeResult:
     result = NodeResult(node)
     repo = f"/var/lib/airbundle/debs/{lock.name}-{lock.version}"
@@ -376,14 +378,18 @@ def _packages_on(
 
 
 def packages_phase(
-    lock: Lock, bundle_dir: Path, nodes: list[Node], opts: remote.SshOptions, root_pattern: str | None = None
-) -> list[NodeResult]:
+    lock: Lock,
+    bundle_dir: Path,
+    nodes: List[Node],
+    opts: remote.SshOptions,
+    root_pattern: Optional[str] = None,
+) -> List[NodeResult]:
     """Install on every node the requested packages its roles need (``Lock.debs_for``) with apt,
     from the bundled repository only (which carries every role's closure)."""
     return for_each(nodes, lambda n: _packages_on(n, lock, bundle_dir, opts, root_pattern))
 
 
-def _packages(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+def _packages(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     todo = [n for n in phase.nodes if phase.of(n.name)]
     done = {r.node.name: r for r in packages_phase(ctx.lock, ctx.bundle_dir, todo, ctx.opts, ctx.apt_root)}
     return [done.get(n.name) or NodeResult(n, skipped=["installed before"]) for n in phase.nodes]
@@ -392,15 +398,15 @@ def _packages(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 # ---------------------------------------------------------------- cluster and steps (here)
 
 
-def private_registry(route: Route) -> dict[str, object]:
+def private_registry(route: Route) -> Dict[str, object]:
     """The RKE ``private_registries`` entry for the route's registry (the default for system images)."""
-    entry: dict[str, object] = {"url": route.address, "is_default": True}
+    entry: Dict[str, object] = {"url": route.address, "is_default": True}
     if route.user:
         entry.update(user=route.user, password=route.password)
     return entry
 
 
-def _k0s_images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+def _k0s_images(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     """k0s: the workers' images as one tar, copied into /var/lib/k0s/images (``k0s.place_images``)."""
     todo = [n for n in phase.nodes if phase.of(n.name)]
     if not todo:
@@ -419,7 +425,7 @@ def _k0s_images(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     return for_each(todo, one)
 
 
-def _cluster(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+def _cluster(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     if not phase.actions:
         return []
     if ctx.lock.cluster.get("kind") == "k0s":
@@ -448,7 +454,7 @@ def _cluster(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     return [NodeResult(HERE, done=["rke up"])]
 
 
-def _rke_ready(ctx: Context, version: str) -> list[NodeResult]:
+def _rke_ready(ctx: Context, version: str) -> List[NodeResult]:
     """rke's requirements checked again on every node just before ``rke up``: Docker may have come
     from the bundle since the preflight (and its group with it). The failing nodes' results, with
     the fix; none when every node is ready."""
@@ -471,7 +477,7 @@ def _rke_ready(ctx: Context, version: str) -> list[NodeResult]:
     return results if any(r.error for r in results) else []
 
 
-def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
+def _steps(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     """The steps in order, each here or on its nodes; a step failing on a node stops the phase
     after that step (the other nodes finish it), one failing here stops it at once."""
     env = {**os.environ, **ctx.values.shared, "BUNDLE_DIR": str(ctx.bundle_dir)}
@@ -479,7 +485,7 @@ def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
     if kubeconfig.exists():
         env["KUBECONFIG"] = str(kubeconfig)
     logs = ctx.workdir / "logs"
-    results: list[NodeResult] = []
+    results: List[NodeResult] = []
     for step in ctx.lock.steps:
         todo = [a for a in phase.actions if a.item == step.name]
         if not todo:
@@ -503,6 +509,6 @@ def _steps(ctx: Context, phase: PhasePlan) -> list[NodeResult]:
 
 # One runner per phase, in the order of PHASES (the plan's builders follow the same order).
 # ``prepare`` and ``steps`` are one runner: each runs the steps its slice of the plan holds.
-RUNNERS: dict[str, Runner] = dict(
+RUNNERS: Dict[str, Runner] = dict(
     zip(PHASES, (_preflight, _packages, _binaries, _steps, _images, _cluster, _steps))
 )

@@ -6,14 +6,12 @@ the fly from the unpacked ``images/`` folder, no temporary copy); ``ensure_tags`
 each tag at its locked image ID. It does not choose which images a node gets (``plan``).
 """
 
-from __future__ import annotations
-
 import io
 import json
 import shlex
 import tarfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable, Dict, FrozenSet, IO, List, Optional, Set, Tuple
 
 from bundler import oci
 from bundler.installer import remote
@@ -36,14 +34,14 @@ class _Counter:
         return self.out.write(data)
 
 
-def blobs_size(images: list[oci.Image], images_dir: Path) -> int:
+def blobs_size(images: List[oci.Image], images_dir: Path) -> int:
     """The bytes of ``images``' blobs, each once: what ``docker_load_tar`` sends, headers aside."""
     digests = {d for i in images for d in [i.config, *(la.digest for la in i.layers)]}
     return sum((images_dir / oci.blob_path(d)).stat().st_size for d in digests)
 
 
 def docker_load_tar(
-    images: list[oci.Image], images_dir: Path, out: IO[bytes], progress: Callable[[int], None] = _no_progress
+    images: List[oci.Image], images_dir: Path, out: IO[bytes], progress: Callable[[int], None] = _no_progress
 ) -> int:
     """Write a ``docker load`` archive of ``images`` to ``out``, streaming the blobs from ``images_dir``;
     returns the bytes written (``progress`` is told the running count)."""
@@ -73,18 +71,18 @@ def docker_load_tar(
     return counter.count
 
 
-def present_ids(node: Node, opts: remote.SshOptions) -> set[str]:
+def present_ids(node: Node, opts: remote.SshOptions) -> Set[str]:
     """The image IDs the node's engine holds."""
     return set(remote.lines(remote.run(node, opts, "docker images --no-trunc --quiet")))
 
 
 def load_missing(
     node: Node,
-    images: list[oci.Image],
+    images: List[oci.Image],
     images_dir: Path,
     opts: remote.SshOptions,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[oci.Image], int]:
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Tuple[List[oci.Image], int]:
     """``docker load`` on ``node`` those of ``images`` its engine lacks; (those loaded, bytes sent).
 
     ``progress(sent, total)`` follows the stream (total: the blobs' bytes, each once)."""
@@ -113,11 +111,11 @@ def ensure_tags(node: Node, opts: remote.SshOptions, image: oci.Image) -> None:
             remote.run(node, opts, f"docker tag {image.config} {shlex.quote(tag)}")
 
 
-def present(node: Node, opts: remote.SshOptions) -> tuple[frozenset[str], dict[str, str]]:
+def present(node: Node, opts: remote.SshOptions) -> Tuple[FrozenSet[str], Dict[str, str]]:
     """The image IDs the node's engine holds, and the image ID each of its tags points at."""
     out = remote.run(node, opts, "docker images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'")
-    ids: set[str] = set()
-    tags: dict[str, str] = {}
+    ids: Set[str] = set()
+    tags: Dict[str, str] = {}
     for line in remote.lines(out):
         image_id, _, tag = line.partition(" ")
         ids.add(image_id)

@@ -10,12 +10,10 @@ Parsing uses the PyYAML the installer carries (``safe_load``: no Python
 tags). Errors name the file, the node and what to fix (exit 2).
 """
 
-from __future__ import annotations
-
 import re
-from dataclasses import dataclass, field
+from bundler.compat import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 
 from bundler import files
 from bundler.errors import InputError
@@ -52,10 +50,10 @@ class Node:
 
     address: str
     user: str
-    roles: tuple[str, ...]
+    roles: Tuple[str, ...]
     port: int = 22
-    ssh_key_path: str | None = None
-    hostname_override: str | None = None
+    ssh_key_path: Optional[str] = None
+    hostname_override: Optional[str] = None
     # The node's line in the inventory, for FILE:LINE in the topology's findings; not part of its identity.
     line: int = field(default=0, compare=False)
 
@@ -71,11 +69,11 @@ class Node:
 class ClusterOptions:
     """The cluster-wide settings of ``cluster.yml`` that the preflight checks against."""
 
-    kubernetes_version: str | None = None
+    kubernetes_version: Optional[str] = None
     ignore_docker_version: bool = False
     # What else in cluster.yml changes which images rke wants (checked against the bundle's).
-    network_plugin: str | None = None  # network.plugin
-    dns_provider: str | None = None  # dns.provider
+    network_plugin: Optional[str] = None  # network.plugin
+    dns_provider: Optional[str] = None  # dns.provider
     nodelocal: bool = False  # dns.nodelocal names an address: NodeLocal DNSCache
     system_images: bool = False  # a system_images: override
 
@@ -90,7 +88,7 @@ def _load(path: Path, what: str) -> Any:
         raise InputError(f"{path}{line}: not a valid {what}: {getattr(exc, 'problem', None) or exc}") from exc
 
 
-def load_inventory(path: Path) -> list[Node]:
+def load_inventory(path: Path) -> List[Node]:
     """The nodes of an RKE ``cluster.yml``.
 
     Raises:
@@ -103,8 +101,8 @@ def load_inventory(path: Path) -> list[Node]:
         raise InputError(f"{path}: no 'nodes:' list; the inventory is an RKE cluster.yml with nodes")
     lines = _node_lines(path)
     nodes = []
-    seen: dict[tuple[str, int], int] = {}
-    names: dict[str, int] = {}
+    seen: Dict[Tuple[str, int], int] = {}
+    names: Dict[str, int] = {}
     for i, raw in enumerate(raw_nodes):
         at = lines.get((i, ""), 0)
         where = f"{path}:{at}: nodes[{i}]" if at else f"{path}: nodes[{i}]"
@@ -157,7 +155,7 @@ def load_inventory(path: Path) -> list[Node]:
     return nodes
 
 
-def _node_lines(path: Path) -> dict[tuple[int, str], int]:
+def _node_lines(path: Path) -> Dict[Tuple[int, str], int]:
     """(node index, key) → 1-based line of that key in the file; (index, "") → the node's own line.
     Read from the YAML's node tree (marks), since the loaded data has no lines."""
     try:
@@ -165,7 +163,7 @@ def _node_lines(path: Path) -> dict[tuple[int, str], int]:
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
     except (UnicodeDecodeError, yaml.YAMLError):
         return {}
-    out: dict[tuple[int, str], int] = {}
+    out: Dict[Tuple[int, str], int] = {}
     if not isinstance(tree, yaml.MappingNode):
         return out
     for key, value in tree.value:
@@ -178,7 +176,7 @@ def _node_lines(path: Path) -> dict[tuple[int, str], int]:
     return out
 
 
-def role_problems(nodes: list[Node], cluster: bool) -> list[str]:
+def role_problems(nodes: List[Node], cluster: bool) -> List[str]:
     """What the inventory's roles lack: a cluster brought up by the bundle needs an etcd and a
     controlplane node (rke: "Cluster must have at least one etcd plane host"), and every
     inventory a worker (without one, workloads have nowhere to run). Pure."""
@@ -220,22 +218,22 @@ def load_cluster_options(path: Path) -> ClusterOptions:
 class SiteValues:
     """The ``--values`` file: site variables for every step, and per node (``nodes: {NAME: {...}}``)."""
 
-    shared: dict[str, str] = field(default_factory=dict)
-    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    shared: Dict[str, str] = field(default_factory=dict)
+    nodes: Dict[str, Dict[str, str]] = field(default_factory=dict)
 
-    def for_node(self, name: str) -> dict[str, str]:
+    def for_node(self, name: str) -> Dict[str, str]:
         """The variables a step on node ``name`` gets: the shared ones, overridden by the node's own."""
         return {**self.shared, **self.nodes.get(name, {})}
 
 
-def with_inventory(values: SiteValues, nodes: list[Node]) -> SiteValues:
+def with_inventory(values: SiteValues, nodes: List[Node]) -> SiteValues:
     """``values`` plus ``AIRBUNDLE_NODES`` for every step: one line per node, "NAME ADDRESS ROLES"
     (roles comma-separated), so that a step can write /etc/hosts or a cluster's peers."""
     table = "\n".join(f"{n.name} {n.address} {','.join(n.roles)}" for n in nodes)
     return SiteValues({**values.shared, "AIRBUNDLE_NODES": table}, values.nodes)
 
 
-def _variables(doc: dict[Any, Any], where: str) -> dict[str, str]:
+def _variables(doc: Dict[Any, Any], where: str) -> Dict[str, str]:
     out = {}
     for key, value in doc.items():
         if not isinstance(key, str) or not _VALUE_NAME.fullmatch(key):
@@ -248,7 +246,7 @@ def _variables(doc: dict[Any, Any], where: str) -> dict[str, str]:
     return out
 
 
-def load_values(path: Path | None) -> SiteValues:
+def load_values(path: Optional[Path]) -> SiteValues:
     """Site variables for the staged steps: NAME: value (exported as environment variables), and
     under ``nodes:`` the same per node name, for the steps that run on that node."""
     if path is None:
@@ -267,7 +265,7 @@ def load_values(path: Path | None) -> SiteValues:
     )
 
 
-def with_private_registries(text: str, entries: list[dict[str, object]]) -> str:
+def with_private_registries(text: str, entries: List[Dict[str, object]]) -> str:
     """``cluster.yml`` text with ``entries`` in its ``private_registries`` (same ``url`` replaced).
 
     Only the default flag is exclusive: an entry marked ``is_default`` clears the
@@ -286,18 +284,18 @@ def with_private_registries(text: str, entries: list[dict[str, object]]) -> str:
     return str(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
 
 
-def _mapping(doc: dict[str, Any], key: str) -> dict[str, Any]:
+def _mapping(doc: Dict[str, Any], key: str) -> Dict[str, Any]:
     value = doc.get(key)
     return value if isinstance(value, dict) else {}
 
 
-def _with_default(text: str, keys: tuple[str, ...], value: str) -> str:
+def _with_default(text: str, keys: Tuple[str, ...], value: str) -> str:
     """``cluster.yml`` text with ``value`` at ``keys`` (a path of mappings) when the file names
     nothing there; unchanged when it names something, or when ``value`` is empty."""
     if not value:
         return text
     loaded = yaml.safe_load(text) or {}
-    doc: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+    doc: Dict[str, Any] = loaded if isinstance(loaded, dict) else {}
     node = doc
     for key in keys[:-1]:
         if not isinstance(node.get(key), dict):

@@ -8,14 +8,12 @@ second installer out. Whether a version may replace the installed one is the tru
 decision's (``bundler.trust.check_downgrade``), made on what this journal records.
 """
 
-from __future__ import annotations
-
 import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
 from bundler import files
 from bundler.errors import InstallError
@@ -31,9 +29,9 @@ class Journal:
         self.folder = folder
         self.path = folder / "state.json"
         self._lock_fd = -1
-        self.state: dict[str, Any] = {"format": FORMAT, "installed": {}, "done": {}}
+        self.state: Dict[str, Any] = {"format": FORMAT, "installed": {}, "done": {}}
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> "Journal":
         self.folder.mkdir(parents=True, exist_ok=True)
         try:  # never through a link: as root, O_CREAT would make a file wherever it points
             self._lock_fd = os.open(self.folder / "state.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -57,7 +55,7 @@ class Journal:
         os.close(self._lock_fd)
 
     @staticmethod
-    def read(folder: Path) -> dict[str, Any]:
+    def read(folder: Path) -> Dict[str, Any]:
         """The journal's content (empty when there is none); raises ``InstallError`` when unreadable."""
         path = folder / "state.json"
         if not os.path.lexists(path):
@@ -118,7 +116,7 @@ class Journal:
         self.save()
 
     @staticmethod
-    def status(state: dict[str, Any], name: str) -> str:
+    def status(state: Dict[str, Any], name: str) -> str:
         """What the journal says of ``name``, for reports: ``nothing``, ``1.0.2 (complete)``, or
         ``1.0.2 partly (failed: ...); 1.0.1 was the last complete``."""
         entry = state["installed"].get(name)
@@ -139,7 +137,7 @@ class Journal:
         return self.completed(self.state, name, lock_sha256)
 
     @staticmethod
-    def completed(state: dict[str, Any], name: str, lock_sha256: str) -> bool:
+    def completed(state: Dict[str, Any], name: str, lock_sha256: str) -> bool:
         """Whether ``state`` (``read``) records exactly this bundle as finished."""
         entry = state["installed"].get(name, {})
         return bool(entry.get("complete")) and entry.get("lock_sha256") == lock_sha256

@@ -11,8 +11,6 @@ and the applying: it prints the plan and exits as the install would. It prints; 
 modules below it only report through callbacks and raised errors.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os
@@ -23,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 from bundler import archive, files, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
@@ -62,7 +60,7 @@ from bundler.installer.results import NodeResult
 from bundler.lock import MAX_LOCK_BYTES, Lock
 
 
-def _read_keys(paths: list[Path]) -> list[signing.PublicKey]:
+def _read_keys(paths: List[Path]) -> List[signing.PublicKey]:
     keys = []
     for path in paths:
         text = files.read_capped(path, "public key", 1 << 20).decode("utf-8", "replace")
@@ -70,7 +68,7 @@ def _read_keys(paths: list[Path]) -> list[signing.PublicKey]:
     return keys
 
 
-def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
+def run(argv: Optional[List[str]] = None, prog: str = "install.sh") -> int:
     """Parse ``argv`` and install; returns the exit code (errors are printed, never raised)."""
     try:
         options = parse(argv, prog)
@@ -114,7 +112,7 @@ def run(argv: list[str] | None = None, prog: str = "install.sh") -> int:
 
 
 def _check_fit(
-    options: Options, state: dict[str, Any], lock: Lock, lock_sha256: str, nodes: list[Node]
+    options: Options, state: Dict[str, Any], lock: Lock, lock_sha256: str, nodes: List[Node]
 ) -> None:
     """Refuse (exit 2) steps naming nodes the inventory lacks, and a ``--resume`` with nothing to
     continue (it continues an unfinished install of this very bundle only)."""
@@ -144,8 +142,8 @@ def _check_fit(
 
 
 def _facts(
-    options: Options, lock: Lock, nodes: list[Node], route: Route, opts: SshOptions
-) -> dict[str, NodeFacts]:
+    options: Options, lock: Lock, nodes: List[Node], route: Route, opts: SshOptions
+) -> Dict[str, NodeFacts]:
     """What the nodes say, for the phases to run (``preflight.gather``)."""
     rke = any(b.name == "rke" for b in lock.binaries)
     cluster = load_cluster_options(options.inventory) if rke and "preflight" in options.phases else None
@@ -162,7 +160,7 @@ def _facts(
     )
 
 
-def _confirm_topology(options: Options, problems: list[str], out: Progress) -> None:
+def _confirm_topology(options: Options, problems: List[str], out: Progress) -> None:
     """Let an install with topology problems go on only when the operator says so: ``--yes``, or
     "y" typed on a terminal; anything else stops it (exit 6) before anything is unpacked."""
     if not problems:
@@ -188,8 +186,8 @@ def _confirm_topology(options: Options, problems: list[str], out: Progress) -> N
 
 def _install(
     options: Options,
-    trusted: list[signing.PublicKey],
-    nodes: list[Node],
+    trusted: List[signing.PublicKey],
+    nodes: List[Node],
     values: SiteValues,
     journal: Journal,
     out: Progress,
@@ -306,7 +304,7 @@ def check_workdir(workdir: Path) -> None:
             )
 
 
-def _site_facts(args: Options, trusted: list[signing.PublicKey], state: dict[str, Any]) -> trust.SiteFacts:
+def _site_facts(args: Options, trusted: List[signing.PublicKey], state: Dict[str, Any]) -> trust.SiteFacts:
     """What this site knows for the trust decision: keys, clock, the journal, the unpacked bundles.
 
     ``unpacked`` maps each ``NAME-VERSION`` folder of an installed name to the SHA-256 of its
@@ -341,7 +339,7 @@ def _site_facts(args: Options, trusted: list[signing.PublicKey], state: dict[str
     )
 
 
-def _report(phase: PhasePlan, results: list[NodeResult], out: Progress, logs: Path, verbose: int = 0) -> None:
+def _report(phase: PhasePlan, results: List[NodeResult], out: Progress, logs: Path, verbose: int = 0) -> None:
     """One line per node, also kept in ``logs/PHASE/NODE.log``; raises ``InstallError`` naming the
     failed nodes (and the phase's refusals)."""
     for r in results:
@@ -367,12 +365,12 @@ def _report(phase: PhasePlan, results: list[NodeResult], out: Progress, logs: Pa
         raise InstallError(message)
 
 
-def _problem_texts(options: Options, lock: Lock, nodes: list[Node]) -> list[str]:
+def _problem_texts(options: Options, lock: Lock, nodes: List[Node]) -> List[str]:
     """The topology's problems as ``INVENTORY[:LINE]: message`` (``plan.topology_findings``)."""
     return topology.problems(topology_findings(lock, nodes, options.demo), str(options.inventory))
 
 
-def _warnings_left(nodes: list[Node], lock: Lock, problems: list[str], demo: bool = False) -> list[str]:
+def _warnings_left(nodes: List[Node], lock: Lock, problems: List[str], demo: bool = False) -> List[str]:
     """The topology warnings that no problem already names (the same subject before its ":"): the
     rke-era warnings, then the kind's own (a --demo install's shared roles)."""
     subjects = {p.split(":")[0] for p in problems}
@@ -383,7 +381,7 @@ def _warnings_left(nodes: list[Node], lock: Lock, problems: list[str], demo: boo
     return out + [w for w in extra if w.split(":")[0] not in {o.split(":")[0] for o in out}]
 
 
-def _node_log(logs: Path, phase: str, node: str, lines: list[str]) -> Path:
+def _node_log(logs: Path, phase: str, node: str, lines: List[str]) -> Path:
     """Append a phase's lines for ``node`` to ``logs/PHASE/NODE.log`` (kept across runs, stamped)."""
     folder = logs / phase
     folder.mkdir(parents=True, exist_ok=True)
@@ -395,7 +393,7 @@ def _node_log(logs: Path, phase: str, node: str, lines: list[str]) -> Path:
     return path
 
 
-def _dry_run(options: Options, trusted: list[signing.PublicKey], nodes: list[Node]) -> int:
+def _dry_run(options: Options, trusted: List[signing.PublicKey], nodes: List[Node]) -> int:
     """Verify, gather the nodes' facts (unless ``--offline``), print the plan; change nothing.
 
     Exits as the install would: 3 or 4 for the bundle, 6 when the preflight would stop it."""

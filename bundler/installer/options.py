@@ -7,12 +7,11 @@ follow, checked whole (exit 2) before anything is unpacked. It reads no bundle a
 contacts no node.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
-from dataclasses import dataclass
+from bundler.compat import dataclass
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 from bundler import __version__, archive
 from bundler.errors import InputError
@@ -175,41 +174,41 @@ class Options:
     """Everything the installer was told, checked (``parse``)."""
 
     bundle: Path
-    pubkey: list[Path]
+    pubkey: List[Path]
     inventory: Path
-    values: Path | None = None
+    values: Optional[Path] = None
     workdir: Path = Path(DEFAULT_WORKDIR)
     allow_expired: bool = False
     dry_run: bool = False
     offline: bool = False
     json: bool = False
     resume: bool = False
-    only: str | None = None
+    only: Optional[str] = None
     allow_downgrade: bool = False
-    ssh_config: Path | None = None
-    images_mode: str | None = None
-    registry: str | None = None
-    registry_node: str | None = None
+    ssh_config: Optional[Path] = None
+    images_mode: Optional[str] = None
+    registry: Optional[str] = None
+    registry_node: Optional[str] = None
     registry_port: int = 5000
     registry_data: str = DEFAULT_REGISTRY_DATA
-    registry_ca: Path | None = None
-    registry_cert: Path | None = None
-    registry_key: Path | None = None
-    registry_user: str | None = None
-    registry_chunk: str | None = None
-    apt_root: str | None = None
+    registry_ca: Optional[Path] = None
+    registry_cert: Optional[Path] = None
+    registry_key: Optional[Path] = None
+    registry_user: Optional[str] = None
+    registry_chunk: Optional[str] = None
+    apt_root: Optional[str] = None
     yes: bool = False
     demo: bool = False
     quiet: int = 0
     verbose: int = 0
 
     @property
-    def phases(self) -> tuple[str, ...]:
+    def phases(self) -> Tuple[str, ...]:
         """The phases to run: every one, or the one ``--only`` names."""
         return (self.only,) if self.only else PHASES
 
 
-def parse(argv: list[str] | None, prog: str = "install.sh") -> Options:
+def parse(argv: Optional[List[str]], prog: str = "install.sh") -> Options:
     """The installer's options from ``argv``; a usage error exits 2 through argparse (``SystemExit``)."""
     p = parser(prog)
     ns = p.parse_args(argv)
@@ -225,7 +224,7 @@ def parse(argv: list[str] | None, prog: str = "install.sh") -> Options:
     return Options(**fields)
 
 
-def images_route(args: Options, lock: Lock, nodes: list[Node]) -> Route:
+def images_route(args: Options, lock: Lock, nodes: List[Node]) -> Route:
     """How images reach the nodes: the options, else the manifest's ``install`` defaults; checked whole."""
     explicit = args.registry or args.registry_node
     mode = args.images_mode or ("registry" if explicit else lock.images_mode)

@@ -8,12 +8,9 @@ topology warnings and the prose overview of what the bundle brings (``describe``
 No I/O here: data in, data out (``tests/test_layers.py`` checks it).
 """
 
-from __future__ import annotations
-
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from bundler.compat import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Union
 
 from bundler import oci
 from bundler.installer import topology
@@ -34,11 +31,11 @@ class Route:
 
     mode: str = "ssh-load"
     address: str = ""  # HOST:PORT of the site registry
-    node: Node | None = None  # the node the installer runs the registry on (--registry-node)
+    node: Optional[Node] = None  # the node the installer runs the registry on (--registry-node)
     data: str = ""  # the registry's data folder on that node
-    ca: Path | None = None  # the CA the nodes' Docker must trust for ``address``
-    cert: Path | None = None  # a site certificate and key for the registry the installer runs
-    key: Path | None = None
+    ca: Optional[Path] = None  # the CA the nodes' Docker must trust for ``address``
+    cert: Optional[Path] = None  # a site certificate and key for the registry the installer runs
+    key: Optional[Path] = None
     user: str = ""  # credentials for an existing registry
     password: str = field(default="", repr=False)
     chunk: int = 0  # upload blobs above this size in chunks
@@ -62,17 +59,17 @@ class Route:
         )
 
 
-def etcd_quorum(members: int) -> tuple[int, int]:
+def etcd_quorum(members: int) -> Tuple[int, int]:
     """(quorum, failures tolerated) of an etcd cluster: 3 → (2, 1), 5 → (3, 2) (``topology.quorum``)."""
     return topology.quorum(members)
 
 
-def _etcd_count(members: int) -> list[str]:
+def _etcd_count(members: int) -> List[str]:
     """What is wrong with ``members`` etcd nodes (``topology.count_problems``)."""
     return topology.count_problems(members, "etcd")
 
 
-def topology_warnings(nodes: list[Node], min_workers: int = 0) -> list[str]:
+def topology_warnings(nodes: List[Node], min_workers: int = 0) -> List[str]:
     """What the cluster documents warn about: etcd count, shared roles, too few workers."""
     out = []
     etcd = [n for n in nodes if n.has("etcd")]
@@ -104,14 +101,14 @@ def topology_rules(lock: Lock, demo: bool = False) -> topology.Rules:
     return topology.Rules(kind, lock.min_workers, forbid, demo)
 
 
-def topology_findings(lock: Lock, nodes: list[Node], demo: bool = False) -> list[topology.Finding]:
+def topology_findings(lock: Lock, nodes: List[Node], demo: bool = False) -> List[topology.Finding]:
     """Problems and warnings of the inventory's topology under the bundle's rules (with lines)."""
     kind = topology_rules(lock, demo).kind
     members = [topology.Member(n.name, topology.roles_of(kind, n.roles), n.line) for n in nodes]
     return topology.check(members, topology_rules(lock, demo))
 
 
-def topology_problems(lock: Lock, nodes: list[Node], demo: bool = False) -> list[str]:
+def topology_problems(lock: Lock, nodes: List[Node], demo: bool = False) -> List[str]:
     """What in the inventory's topology stops a real install until the operator confirms it:
     a role the bundle needs that no node has, fewer workers than the lock's ``min_workers`` and,
     when the bundle brings the cluster up, a quorum that is too small or even, and shared roles
@@ -120,14 +117,14 @@ def topology_problems(lock: Lock, nodes: list[Node], demo: bool = False) -> list
     return [f.message for f in topology_findings(lock, nodes, demo) if f.severity == "problem"]
 
 
-def image_targets(nodes: list[Node], roles: tuple[str, ...] = ("worker",)) -> list[Node]:
+def image_targets(nodes: List[Node], roles: Tuple[str, ...] = ("worker",)) -> List[Node]:
     """The nodes that receive the bundle's images: those with one of ``roles`` (the manifest's
     ``image_roles``, workers by default), or every node when none has such a role."""
     targets = [n for n in nodes if any(n.has(r) for r in roles)]
     return targets or list(nodes)
 
 
-def kubernetes_version_problem(lock: Lock, site_version: str | None) -> str | None:
+def kubernetes_version_problem(lock: Lock, site_version: Optional[str]) -> Optional[str]:
     """Why the site's ``cluster.yml`` cannot be used with this bundle: it names a Kubernetes version
     other than the lock's, whose system images the bundle carries (rke would want others)."""
     locked = lock.cluster.get("kubernetes_version", "")
@@ -140,7 +137,7 @@ def kubernetes_version_problem(lock: Lock, site_version: str | None) -> str | No
     )
 
 
-def cluster_file_problems(lock: Lock, options: ClusterOptions) -> list[str]:
+def cluster_file_problems(lock: Lock, options: ClusterOptions) -> List[str]:
     """What in the site's ``cluster.yml`` would make rke want images the bundle does not carry:
     another Kubernetes version, another network plugin, kube-dns, NodeLocal DNS, or its own
     ``system_images``. rke up itself would finish; pods would then wait for images forever."""
@@ -170,8 +167,8 @@ def cluster_file_problems(lock: Lock, options: ClusterOptions) -> list[str]:
 
 
 def baseline_gaps(
-    baseline: dict[str, str], installed: dict[str, str]
-) -> tuple[list[str], list[tuple[str, str, str]]]:
+    baseline: Dict[str, str], installed: Dict[str, str]
+) -> Tuple[List[str], List[Tuple[str, str, str]]]:
     """What a node lacks of the dpkg-status baseline a bundle was built for (names), and what it
     has at another version than the baseline's: (name, the node's version, the baseline's)."""
     missing = sorted(name for name in baseline if name not in installed)
@@ -183,7 +180,7 @@ def baseline_gaps(
     return missing, other
 
 
-def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...]]:
+def node_images(lock: Lock, nodes: List[Node]) -> Dict[str, Tuple[oci.Image, ...]]:
     """Node name → the images that node gets, in lock order: the workloads on the ``image_roles``
     nodes (on every node when none has such a role, as ``image_targets``) and the system images
     whose roles meet the node's (``Lock.images_for``). A node that gets nothing maps to ``()``."""
@@ -202,7 +199,7 @@ def node_images(lock: Lock, nodes: list[Node]) -> dict[str, tuple[oci.Image, ...
     return out
 
 
-def _images_lines(lock: Lock, nodes: list[Node], route: Route) -> list[str]:
+def _images_lines(lock: Lock, nodes: List[Node], route: Route) -> List[str]:
     """The images phase for ``--dry-run``: application and system images apart, and who gets which."""
     per_node = node_images(lock, nodes)
     unplaced = [i for i in lock.workloads if i not in set(lock.placed)]
@@ -214,7 +211,7 @@ def _images_lines(lock: Lock, nodes: list[Node], route: Route) -> list[str]:
         + route.describe()
     ]
 
-    def by_role(records: tuple[RoledImage, ...]) -> list[str]:
+    def by_role(records: Tuple[RoledImage, ...]) -> List[str]:
         out = []
         for record in records:
             image = lock.find_image(record.ref)
@@ -233,7 +230,7 @@ def _images_lines(lock: Lock, nodes: list[Node], route: Route) -> list[str]:
     return lines
 
 
-def _k0s_lines(lock: Lock, nodes: list[Node]) -> list[str]:
+def _k0s_lines(lock: Lock, nodes: List[Node]) -> List[str]:
     """The images phase of a k0s bundle for ``--dry-run``: one bundle file, on the workload nodes."""
     workers = ", ".join(n.name for n in nodes if n.has("worker")) or "no node"
     return [
@@ -261,7 +258,7 @@ def _cluster_line(lock: Lock, rke: bool, route: Route) -> str:
     return "rke up --config <inventory> on this node" + registry
 
 
-def describe(lock: Lock, nodes: list[Node], route: Route = Route()) -> list[str]:
+def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
     rke = any(b.name == "rke" for b in lock.binaries)
@@ -299,13 +296,13 @@ LOCAL = "local"  # in actions and the journal: the node the installer runs on (r
 class NodeFacts:
     """What one node said before the plan was made (``preflight.gather``); ``None``: not asked."""
 
-    problems: tuple[str, ...] = ()  # why the preflight refuses it (unreachable included)
-    warnings: tuple[str, ...] = ()  # what it could not tell, or advice
+    problems: Tuple[str, ...] = ()  # why the preflight refuses it (unreachable included)
+    warnings: Tuple[str, ...] = ()  # what it could not tell, or advice
     summary: str = ""  # what the preflight found, e.g. "x86_64 bookworm"
     checked: bool = False  # the preflight's checks ran on it
-    images: frozenset[str] | None = None  # image IDs its Docker engine holds
-    tags: Mapping[str, str] | None = None  # tag -> the image ID it points at there
-    binaries: Mapping[str, str] | None = None  # a binary's dest -> the SHA-256 found there ("" if none)
+    images: Optional[FrozenSet[str]] = None  # image IDs its Docker engine holds
+    tags: Optional[Mapping[str, str]] = None  # tag -> the image ID it points at there
+    binaries: Optional[Mapping[str, str]] = None  # a binary's dest -> the SHA-256 found there ("" if none)
 
 
 @dataclass(frozen=True)
@@ -329,15 +326,15 @@ class PhasePlan:
     """One phase: the nodes it reports on, the actions left, what each node already has."""
 
     name: str
-    nodes: tuple[Node, ...] = ()  # one report line each
-    actions: tuple[Action, ...] = ()
-    present: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # node -> items already there
+    nodes: Tuple[Node, ...] = ()  # one report line each
+    actions: Tuple[Action, ...] = ()
+    present: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # node -> items already there
     problems: Mapping[str, str] = field(default_factory=dict)  # node -> why it fails (preflight)
-    warnings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()  # phase-wide lines: "no packages in the bundle", "step x: done before"
-    refusals: tuple[str, ...] = ()  # cluster-wide reasons to stop (preflight)
+    warnings: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
+    notes: Tuple[str, ...] = ()  # phase-wide lines: "no packages in the bundle", "step x: done before"
+    refusals: Tuple[str, ...] = ()  # cluster-wide reasons to stop (preflight)
 
-    def of(self, node: str) -> tuple[Action, ...]:
+    def of(self, node: str) -> Tuple[Action, ...]:
         """The actions left on ``node``."""
         return tuple(a for a in self.actions if a.node == node)
 
@@ -348,14 +345,14 @@ class Plan:
 
     name: str
     version: str
-    phases: tuple[PhasePlan, ...]
+    phases: Tuple[PhasePlan, ...]
     offline: bool = False
 
     @property
-    def actions(self) -> tuple[Action, ...]:
+    def actions(self) -> Tuple[Action, ...]:
         return tuple(a for p in self.phases for a in p.actions)
 
-    def refusal(self) -> str | None:
+    def refusal(self) -> Optional[str]:
         """Why the install stops before changing anything (the preflight's failures), or None."""
         for phase in self.phases:
             message = failure_message(phase.name, list(phase.problems), phase.refusals)
@@ -363,7 +360,7 @@ class Plan:
                 return message
         return None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> Dict[str, Any]:
         """The plan as JSON-ready data (``--dry-run --json``)."""
         return {
             "bundle": self.name,
@@ -387,7 +384,7 @@ class Plan:
         }
 
 
-def failure_message(phase: str, failed: list[str], refusals: tuple[str, ...] = ()) -> str | None:
+def failure_message(phase: str, failed: List[str], refusals: Tuple[str, ...] = ()) -> Optional[str]:
     """The error that stops an install at ``phase``: the nodes that failed, and cluster-wide reasons."""
     if not failed and not refusals:
         return None
@@ -395,7 +392,7 @@ def failure_message(phase: str, failed: list[str], refusals: tuple[str, ...] = (
     return f"{phase}: {'; '.join(parts)}; fix that and run the same command again (finished work is skipped)"
 
 
-def journal_done(state: Mapping[str, Any], name: str, lock_sha256: str) -> frozenset[str]:
+def journal_done(state: Mapping[str, Any], name: str, lock_sha256: str) -> FrozenSet[str]:
     """The journal's finished items that count for this bundle: none when it recorded another one."""
     entry = state.get("installed", {}).get(name)
     if not isinstance(entry, dict) or entry.get("lock_sha256") != lock_sha256:
@@ -406,11 +403,11 @@ def journal_done(state: Mapping[str, Any], name: str, lock_sha256: str) -> froze
 @dataclass(frozen=True)
 class _Inputs:
     lock: Lock
-    nodes: tuple[Node, ...]
+    nodes: Tuple[Node, ...]
     route: Route
-    done: frozenset[str]
-    facts: Mapping[str, NodeFacts] | None
-    per_node: Mapping[str, tuple[oci.Image, ...]]
+    done: FrozenSet[str]
+    facts: Optional[Mapping[str, NodeFacts]]
+    per_node: Mapping[str, Tuple[oci.Image, ...]]
 
     def fact(self, node: Node) -> NodeFacts:
         return (self.facts or {}).get(node.name) or NodeFacts()
@@ -420,7 +417,7 @@ def _preflight(x: _Inputs) -> PhasePlan:
     if x.facts is None:
         return PhasePlan("preflight", notes=("not run: --offline, no node was contacted",))
     problems = {n.name: "; ".join(x.fact(n).problems) for n in x.nodes if x.fact(n).problems}
-    refusals: tuple[str, ...] = ()
+    refusals: Tuple[str, ...] = ()
     if x.lock.cluster.get("kind") == "rke" or any(b.name == "rke" for b in x.lock.binaries):
         refusals = tuple(w for w in topology_warnings(list(x.nodes)) if "cannot build a cluster" in w)
     return PhasePlan(
@@ -434,7 +431,7 @@ def _preflight(x: _Inputs) -> PhasePlan:
 
 
 def _split(
-    x: _Inputs, phase: str, wanted: Mapping[str, list[tuple[str, str, str, bool | None]]]
+    x: _Inputs, phase: str, wanted: Mapping[str, List[Tuple[str, str, str, Optional[bool]]]]
 ) -> PhasePlan:
     """Per node, (item, kind, what, there) -> actions and present items; ``there`` is what the node
     said (None: not asked, then the journal tells)."""
@@ -456,7 +453,7 @@ def _split(
 def _packages(x: _Inputs) -> PhasePlan:
     if not x.lock.debs:
         return PhasePlan("packages", notes=("no packages in the bundle",))
-    wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
+    wanted: Dict[str, List[Tuple[str, str, str, Optional[bool]]]] = {}
     for node in x.nodes:  # every node's requests, and its roles' (``debs.roles``, Lock.debs_for)
         requested = [f"{d.name}={d.version}" for d in x.lock.debs_for(node.roles)]
         wanted[node.name] = [(p, "install", p, None) for p in requested]
@@ -466,7 +463,7 @@ def _packages(x: _Inputs) -> PhasePlan:
 def _binaries(x: _Inputs) -> PhasePlan:
     if not x.lock.binaries:
         return PhasePlan("binaries", notes=("no binaries in the bundle",))
-    wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
+    wanted: Dict[str, List[Tuple[str, str, str, Optional[bool]]]] = {}
     for node in x.nodes:
         found = x.fact(node).binaries
         wanted[node.name] = [
@@ -496,12 +493,12 @@ def _images(x: _Inputs) -> PhasePlan:
     if x.lock.cluster.get("kind") == K0S:
         return _k0s_images(x)
     verb = "pull" if x.route.mode == "registry" else "load"
-    wanted: dict[str, list[tuple[str, str, str, bool | None]]] = {}
+    wanted: Dict[str, List[Tuple[str, str, str, Optional[bool]]]] = {}
     for node in x.nodes:
         if not x.per_node.get(node.name):
             continue
         fact = x.fact(node)
-        items: list[tuple[str, str, str, bool | None]] = []
+        items: List[Tuple[str, str, str, Optional[bool]]] = []
         for image in x.per_node[node.name]:
             names = ", ".join(image.tags) or image.ref
             if fact.images is None or fact.tags is None:
@@ -532,7 +529,7 @@ def _cluster(x: _Inputs) -> PhasePlan:
     return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "rke-up", "run", f"rke up{registry}"),))
 
 
-def step_nodes(step: Step, nodes: list[Node] | tuple[Node, ...]) -> tuple[Node, ...]:
+def step_nodes(step: Step, nodes: Union[List[Node], Tuple[Node, ...]]) -> Tuple[Node, ...]:
     """The nodes a step on nodes runs on (inventory order): all, those of its role, or those it names."""
     if step.on == "all":
         return tuple(nodes)
@@ -541,7 +538,7 @@ def step_nodes(step: Step, nodes: list[Node] | tuple[Node, ...]) -> tuple[Node, 
     return tuple(n for n in nodes if n.has(step.on))
 
 
-def step_problems(lock: Lock, nodes: list[Node]) -> list[str]:
+def step_problems(lock: Lock, nodes: List[Node]) -> List[str]:
     """What in the lock's steps does not fit the inventory: a node name no node has."""
     known = {n.name for n in nodes} | {n.address for n in nodes}
     return [
@@ -563,10 +560,10 @@ def _steps(x: _Inputs) -> PhasePlan:
 
 def _step_phase(x: _Inputs, phase: str, when: str) -> PhasePlan:
     """The steps of ``phase`` (those whose ``when`` is ``when``), each here or on its nodes."""
-    notes: list[str] = []
-    actions: list[Action] = []
-    present: dict[str, list[str]] = {}
-    on_nodes: set[str] = set()
+    notes: List[str] = []
+    actions: List[Action] = []
+    present: Dict[str, List[str]] = {}
+    on_nodes: Set[str] = set()
     for step in x.lock.steps:
         if step.when != when:
             continue
@@ -602,11 +599,11 @@ _BUILDERS = dict(zip(PHASES, (_preflight, _packages, _binaries, _prepare, _image
 
 def make_plan(
     lock: Lock,
-    nodes: list[Node],
+    nodes: List[Node],
     route: Route = Route(),
-    done: frozenset[str] = frozenset(),
-    facts: Mapping[str, NodeFacts] | None = None,
-    phases: tuple[str, ...] = PHASES,
+    done: FrozenSet[str] = frozenset(),
+    facts: Optional[Mapping[str, NodeFacts]] = None,
+    phases: Tuple[str, ...] = PHASES,
 ) -> Plan:
     """The install of ``lock`` on ``nodes`` as ordered phases of the actions still to do.
 
@@ -619,15 +616,15 @@ def make_plan(
     return Plan(lock.name, lock.version, tuple(_BUILDERS[p](inputs) for p in phases), facts is None)
 
 
-def _grouped(actions: tuple[Action, ...]) -> list[str]:
+def _grouped(actions: Tuple[Action, ...]) -> List[str]:
     """``load a, b; tag c``: the actions of one node, those of a kind together, in order."""
-    kinds: dict[str, list[str]] = {}
+    kinds: Dict[str, List[str]] = {}
     for action in actions:
         kinds.setdefault(action.kind, []).append(action.what)
     return [f"{kind} {', '.join(whats)}" for kind, whats in kinds.items()]
 
 
-def render(plan: Plan) -> list[str]:
+def render(plan: Plan) -> List[str]:
     """The plan for people, phase by phase and node by node (``--dry-run`` prints it)."""
     lines = []
     for phase in plan.phases:

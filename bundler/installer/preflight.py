@@ -8,10 +8,9 @@ IDs and tags, the binaries' SHA-256) and returns the facts ``plan.make_plan`` pl
 from. It never changes a node and never decides what to install.
 """
 
-from __future__ import annotations
-
 import shlex
-from dataclasses import replace
+from typing import Dict, List, Optional, Set, Tuple, Union
+from bundler.compat import replace
 
 from bundler import oci
 from bundler.errors import InstallError
@@ -44,7 +43,7 @@ PREFLIGHT_SCRIPT = (
 # kube-proxy's health check (10256) run on every node; the controller manager and the scheduler
 # serve 10257 and 10259 (their old insecure ports 10252 and 10251 are gone since Kubernetes 1.24);
 # RKE's nginx ingress listens on 80 and 443 of every worker (host network).
-ROLE_PORTS: dict[str, list[int | tuple[int, int]]] = {
+ROLE_PORTS: Dict[str, List[Union[int, Tuple[int, int]]]] = {
     "all": [10250, 10256],
     "controlplane": [6443, 10257, 10259],
     "etcd": [2379, 2380],
@@ -52,7 +51,7 @@ ROLE_PORTS: dict[str, list[int | tuple[int, int]]] = {
 }
 
 
-def busy_ports(node: Node, listening: set[int]) -> list[str]:
+def busy_ports(node: Node, listening: Set[int]) -> List[str]:
     """The ports this node's roles need that something already listens on."""
     busy = []
     for role in ("all", *node.roles):
@@ -72,7 +71,7 @@ def busy_ports(node: Node, listening: set[int]) -> list[str]:
 # From rancher/kontainer-driver-metadata pkg/rke/k8s_docker_info.go, which rke releases embed.
 _RKE_DOCKER_LEGACY = ("1.13", "17.03", "17.06", "17.09", "18.06", "18.09", "19.03", "20.10")
 _RKE_DOCKER_OLD = ("1.11", "1.12", "1.13", "17.03")
-RKE_DOCKER_VERSIONS: dict[str, tuple[str, ...]] = {
+RKE_DOCKER_VERSIONS: Dict[str, Tuple[str, ...]] = {
     "1.8": _RKE_DOCKER_OLD,
     **{f"1.{m}": (*_RKE_DOCKER_OLD, "18.06", "18.09", "19.03", "20.10") for m in (9, 10, 11)},
     **{f"1.{m}": (*_RKE_DOCKER_OLD, "17.06", "17.09", "18.06", "18.09", "19.03", "20.10") for m in (12, 13)},
@@ -160,20 +159,20 @@ RKE_PREFLIGHT_SCRIPT = (
 )
 
 
-def parse_facts(text: str) -> dict[str, list[str]]:
+def parse_facts(text: str) -> Dict[str, List[str]]:
     """KEY=VALUE lines (``sshd KEY VALUE`` lines under ``sshd``), each key's values in order."""
-    facts: dict[str, list[str]] = {}
+    facts: Dict[str, List[str]] = {}
     for line in remote.lines(text):
         key, _, value = line.partition(" ") if line.startswith("sshd ") else line.partition("=")
         facts.setdefault(key, []).append(value.strip())
     return facts
 
 
-def _first(facts: dict[str, list[str]], key: str, default: str = "") -> str:
+def _first(facts: Dict[str, List[str]], key: str, default: str = "") -> str:
     return (facts.get(key) or [default])[0]
 
 
-def rke_docker_accepted(version: str, kubernetes_version: str | None) -> tuple[bool, tuple[str, ...]]:
+def rke_docker_accepted(version: str, kubernetes_version: Optional[str]) -> Tuple[bool, Tuple[str, ...]]:
     """Whether rke accepts Docker ``version`` for ``kubernetes_version``, as rke compares (major.minor)."""
     minor = RKE_DEFAULT_K8S_MINOR
     if kubernetes_version:
@@ -183,7 +182,7 @@ def rke_docker_accepted(version: str, kubernetes_version: str | None) -> tuple[b
     return mine in accepted, accepted
 
 
-def bundled_docker_version(lock: Lock) -> str | None:
+def bundled_docker_version(lock: Lock) -> Optional[str]:
     """The upstream version of the bundle's docker-ce (``5:24.0.9-1~ubuntu.22.04~jammy`` → ``24.0.9``),
     or None when the bundle carries none."""
     deb = next((d for d in lock.debs if d.name == "docker-ce"), None)
@@ -193,12 +192,12 @@ def bundled_docker_version(lock: Lock) -> str | None:
 
 
 def rke_problems(
-    node: Node, facts: dict[str, list[str]], cluster: ClusterOptions, docker_from_bundle: str | None
-) -> tuple[list[str], list[str]]:
+    node: Node, facts: Dict[str, List[str]], cluster: ClusterOptions, docker_from_bundle: Optional[str]
+) -> Tuple[List[str], List[str]]:
     """What stops rke on ``node`` (problems) and what the node cannot tell (warnings), from its facts
     and the version of the bundle's docker-ce (``docker_from_bundle``, None without one)."""
-    problems: list[str] = []
-    warnings: list[str] = []
+    problems: List[str] = []
+    warnings: List[str] = []
     user = node.user
     docker = _first(facts, "docker", "missing")
     if docker_from_bundle is not None and not cluster.ignore_docker_version:
@@ -239,7 +238,7 @@ def rke_problems(
                 f"({', '.join(v + '.x' for v in accepted)}); "
                 "install one of those, or set 'ignore_docker_version: true' in cluster.yml"
             )
-    settings: dict[str, str] = {}
+    settings: Dict[str, str] = {}
     for line in facts.get("sshd", []):
         key, _, value = line.partition(" ")
         settings.setdefault(key.lower(), value.strip().lower())  # sshd: the first value wins
@@ -294,7 +293,7 @@ def rke_problems(
     return problems, warnings
 
 
-def duplicate_names(nodes: list[Node], hostnames: dict[str, str]) -> dict[str, str]:
+def duplicate_names(nodes: List[Node], hostnames: Dict[str, str]) -> Dict[str, str]:
     """Node name → problem, for nodes whose Kubernetes name (hostname_override, else the hostname
     they report) another node has too."""
     names = {n.name: n.hostname_override or hostnames.get(n.name, "") for n in nodes}
@@ -314,8 +313,8 @@ def duplicate_names(nodes: list[Node], hostnames: dict[str, str]) -> dict[str, s
 
 
 def _registry_problems(
-    node: Node, opts: remote.SshOptions, route: Route, lock: Lock, listening: set[int]
-) -> list[str]:
+    node: Node, opts: remote.SshOptions, route: Route, lock: Lock, listening: Set[int]
+) -> List[str]:
     """What stops ``node`` hosting the site registry: its port taken by another program, too little disk."""
     q = shlex.quote
     # The nearest existing folder of the data path tells the free space of the disk it will be on.
@@ -339,8 +338,8 @@ def _registry_problems(
 
 
 def _baseline_problems(
-    node: Node, opts: remote.SshOptions, baseline: dict[str, str], root: str | None
-) -> tuple[list[str], list[str]]:
+    node: Node, opts: remote.SshOptions, baseline: Dict[str, str], root: Optional[str]
+) -> Tuple[List[str], List[str]]:
     """Compare the node's dpkg status with the baseline the bundle was built for (``debs.baseline``):
     a package it lacks, or has older, can leave apt unable to install the bundle offline."""
     q = shlex.quote
@@ -378,7 +377,7 @@ def _baseline_problems(
 SWAP_ON = "swap is on (the kubelet refuses to run with swap; swapoff -a and remove it from fstab)"
 
 
-def swap_verdict(swaps: str, lock: Lock, node: Node) -> tuple[str | None, str | None]:
+def swap_verdict(swaps: str, lock: Lock, node: Node) -> Tuple[Optional[str], Optional[str]]:
     """The preflight's word on a node's swap (``swaps``: how many swap areas are on): a problem, or,
     when a before-cluster step of the bundle declares it turns swap off on this node (``fixes:
     [swap]``), a warning: that step runs before the cluster, and the check runs again just
@@ -391,7 +390,7 @@ def swap_verdict(swaps: str, lock: Lock, node: Node) -> tuple[str | None, str | 
     return None, f"swap is on; step {step.name} turns it off before the cluster (checked again before rke up)"
 
 
-def swap_problem(facts: dict[str, list[str]]) -> str | None:
+def swap_problem(facts: Dict[str, List[str]]) -> Optional[str]:
     """Swap still on just before ``rke up`` (``RKE_PREFLIGHT_SCRIPT``'s ``swap`` fact), with the fix."""
     swaps = _first(facts, "swap", "0")
     if swaps.isdigit() and int(swaps) > 0:
@@ -406,13 +405,13 @@ def _preflight_on(
     node: Node,
     lock: Lock,
     opts: remote.SshOptions,
-    images: tuple[oci.Image, ...],
+    images: Tuple[oci.Image, ...],
     needs_docker: bool,
     now: float,
-    registry: Route | None,
-    cluster: ClusterOptions | None,
-    hostnames: dict[str, str],
-    apt_root: str | None = None,
+    registry: Optional[Route],
+    cluster: Optional[ClusterOptions],
+    hostnames: Dict[str, str],
+    apt_root: Optional[str] = None,
 ) -> NodeResult:
     result = NodeResult(node)
     try:
@@ -470,14 +469,14 @@ def _preflight_on(
 
 def preflight_phase(
     lock: Lock,
-    nodes: list[Node],
-    per_node: dict[str, tuple[oci.Image, ...]],
+    nodes: List[Node],
+    per_node: Dict[str, Tuple[oci.Image, ...]],
     opts: remote.SshOptions,
     now: float,
-    registry: Route | None = None,
-    cluster: ClusterOptions | None = None,
-    apt_root: str | None = None,
-) -> list[NodeResult]:
+    registry: Optional[Route] = None,
+    cluster: Optional[ClusterOptions] = None,
+    apt_root: Optional[str] = None,
+) -> List[NodeResult]:
     """Check every node before anything changes: Docker and room for the images ``per_node`` names
     for it (``plan.node_images``); the node that will host the site registry: its port and disk;
     given the ``cluster`` options of an rke bundle, what rke requires of every node; and, for a
@@ -494,7 +493,7 @@ def preflight_phase(
         targets.add(registry.node.name)  # it runs the registry's container
     else:
         registry = None
-    hostnames: dict[str, str] = {}
+    hostnames: Dict[str, str] = {}
     results = remote.for_each(
         nodes,
         lambda n: _preflight_on(
@@ -519,7 +518,7 @@ def preflight_phase(
     return results
 
 
-def _binaries_found(node: Node, lock: Lock, opts: remote.SshOptions) -> dict[str, str]:
+def _binaries_found(node: Node, lock: Lock, opts: remote.SshOptions) -> Dict[str, str]:
     """Each binary's dest -> the SHA-256 of the file there ("" when there is none)."""
     dests = " ".join(shlex.quote(b.dest) for b in lock.binaries)
     out = remote.run(node, opts, f"{remote.sudo_prefix(node)}sha256sum {dests} 2>/dev/null || true")
@@ -544,15 +543,15 @@ def _have(node: Node, lock: Lock, opts: remote.SshOptions, images: bool, binarie
 
 def gather(
     lock: Lock,
-    nodes: list[Node],
-    per_node: dict[str, tuple[oci.Image, ...]],
+    nodes: List[Node],
+    per_node: Dict[str, Tuple[oci.Image, ...]],
     opts: remote.SshOptions,
     now: float,
     route: Route,
-    cluster: ClusterOptions | None,
-    phases: tuple[str, ...],
-    apt_root: str | None = None,
-) -> dict[str, NodeFacts]:
+    cluster: Optional[ClusterOptions],
+    phases: Tuple[str, ...],
+    apt_root: Optional[str] = None,
+) -> Dict[str, NodeFacts]:
     """The facts ``plan.make_plan`` plans from, for the ``phases`` to run: the preflight's checks
     (when it is one of them) and what each node already has; nothing on any node changes.
 
@@ -562,7 +561,7 @@ def gather(
     Raises:
         InstallError: the cluster's ``cluster.yml`` asks for another Kubernetes version (exit 6).
     """
-    checked: dict[str, NodeResult] = {}
+    checked: Dict[str, NodeResult] = {}
     if "preflight" in phases:
         results = preflight_phase(lock, nodes, per_node, opts, now, route, cluster, apt_root)
         checked = {r.node.name: r for r in results}

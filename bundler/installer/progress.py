@@ -12,13 +12,11 @@ gets the report's own lines only (one per node per phase). No colour is used, so
 has nothing to turn off.
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 import threading
 import time
-from typing import Callable, TextIO
+from typing import Callable, Dict, TextIO, Tuple
 
 REDRAW_SECONDS = 0.1  # a bar redrawn at most ten times a second: cheap even at 1 GB/s
 
@@ -39,13 +37,13 @@ class Progress:
         self.out, self.err = out, err
         self.terminal = terminal and not quiet
         self.quiet = quiet
-        self._bars: dict[str, tuple[int, int]] = {}  # key -> (done, total), in start order
+        self._bars: Dict[str, Tuple[int, int]] = {}  # key -> (done, total), in start order
         self._lock = threading.Lock()
         self._drawn = False
         self._last = 0.0
 
     @classmethod
-    def for_streams(cls, out: TextIO, err: TextIO, quiet: bool = False) -> Progress:
+    def for_streams(cls, out: TextIO, err: TextIO, quiet: bool = False) -> "Progress":
         """Bars only when stderr is a terminal that can redraw a line."""
         tty = err.isatty() and os.environ.get("TERM", "") != "dumb"
         return cls(out, err, tty, quiet)

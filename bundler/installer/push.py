@@ -16,17 +16,15 @@ token from the realm its challenge names. This module does not start
 registries or touch nodes (see ``siteregistry``).
 """
 
-from __future__ import annotations
-
 import base64
 import http.client
 import json
 import re
 import ssl
 import urllib.parse
-from dataclasses import dataclass, field
+from bundler.compat import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Dict, IO, List, Optional, Tuple
 
 from bundler import oci
 from bundler.errors import InstallError
@@ -39,7 +37,7 @@ class Access:
     """How to reach a site registry."""
 
     address: str  # HOST:PORT
-    ca: Path | None = None  # the CA its certificate chains to (else the system's CAs)
+    ca: Optional[Path] = None  # the CA its certificate chains to (else the system's CAs)
     user: str = ""
     password: str = ""
     chunk: int = 0  # blobs above this many bytes go up in PATCH chunks of this size; 0 = one PUT
@@ -55,7 +53,7 @@ class PushReport:
     bytes_sent: int = 0
     chunks: int = 0  # PATCH requests of chunked uploads
     scheme: str = "https"
-    images: list[str] = field(default_factory=list)  # REGISTRY/REPO@DIGEST of each image
+    images: List[str] = field(default_factory=list)  # REGISTRY/REPO@DIGEST of each image
 
 
 class _Slice:
@@ -101,9 +99,9 @@ def _exchange(
     method: str,
     path: str,
     body: object,
-    headers: dict[str, str],
+    headers: Dict[str, str],
     timeout: float = 300,
-) -> tuple[int, dict[str, str], bytes]:
+) -> Tuple[int, Dict[str, str], bytes]:
     """One HTTP(S) request on a fresh connection: (status, lower-cased headers, body); raises ``OSError``."""
     conn = _connection(scheme, netloc, context, timeout)
     try:
@@ -124,10 +122,10 @@ class Client:
         self.scheme = "https"
         self.context = ssl.create_default_context(cafile=str(access.ca) if access.ca else None)
         self.auth = ""  # the Authorization header the registry last accepted
-        self.tokens: dict[str, str] = {}  # Bearer scope -> token
+        self.tokens: Dict[str, str] = {}  # Bearer scope -> token
         # One kept-alive connection for every request: a TLS handshake per blob request would
         # cost more than the request itself on a LAN.
-        self.conn: http.client.HTTPConnection | None = None
+        self.conn: Optional[http.client.HTTPConnection] = None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -159,8 +157,8 @@ class Client:
             )
 
     def _send(
-        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
+        self, method: str, path: str, body: object = None, headers: Optional[Dict[str, str]] = None
+    ) -> Tuple[int, Dict[str, str], bytes]:
         while True:
             fresh = self.conn is None
             if self.conn is None:
@@ -184,8 +182,8 @@ class Client:
                 ) from exc
 
     def request(
-        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
+        self, method: str, path: str, body: object = None, headers: Optional[Dict[str, str]] = None
+    ) -> Tuple[int, Dict[str, str], bytes]:
         """Send a request with the credentials the registry asked for; answers a 401 challenge once."""
         headers = dict(headers or {})
         if self.auth:
@@ -200,8 +198,8 @@ class Client:
         return status, answer, data
 
     def _authorize(
-        self, method: str, path: str, body: object, headers: dict[str, str], answer: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
+        self, method: str, path: str, body: object, headers: Dict[str, str], answer: Dict[str, str]
+    ) -> Tuple[int, Dict[str, str], bytes]:
         challenge = answer.get("www-authenticate", "")
         if not self.access.user:
             raise InstallError(
@@ -225,7 +223,7 @@ class Client:
             )
         return status, answer, data
 
-    def _token(self, params: dict[str, str], basic: str) -> str:
+    def _token(self, params: Dict[str, str], basic: str) -> str:
         realm = urllib.parse.urlsplit(params.get("realm", ""))
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise InstallError(
@@ -250,12 +248,12 @@ class Client:
         doc = json.loads(data.decode())
         return str(doc.get("token") or doc.get("access_token") or "")
 
-    def check(self, status: int, want: tuple[int, ...], what: str, body: bytes) -> None:
+    def check(self, status: int, want: Tuple[int, ...], what: str, body: bytes) -> None:
         if status not in want:
             raise InstallError(f"registry {self.address}: {what} answered HTTP {status}: {body[:200]!r}")
 
 
-def repository(image: oci.Image) -> tuple[str, str | None]:
+def repository(image: oci.Image) -> Tuple[str, Optional[str]]:
     """(repository path on the site registry, tag) for an image: its name without the domain."""
     ref = oci.parse_reference(image.ref) if not image.ref.startswith("sha256:") else None
     if ref is None:
@@ -263,7 +261,7 @@ def repository(image: oci.Image) -> tuple[str, str | None]:
     return ref.path, ref.tag
 
 
-def push_images(images: list[oci.Image], images_dir: Path, access: Access) -> PushReport:
+def push_images(images: List[oci.Image], images_dir: Path, access: Access) -> PushReport:
     """Push ``images`` (from the lock, their blobs in ``images_dir``) into the registry ``access`` names.
 
     Raises:
@@ -276,10 +274,10 @@ def push_images(images: list[oci.Image], images_dir: Path, access: Access) -> Pu
         reg.close()
 
 
-def _push(reg: Client, images: list[oci.Image], images_dir: Path, access: Access) -> PushReport:
+def _push(reg: Client, images: List[oci.Image], images_dir: Path, access: Access) -> PushReport:
     reg.connect()
     report = PushReport(scheme=reg.scheme)
-    pushed: dict[str, str] = {}  # digest -> repository it is already in (for mounts)
+    pushed: Dict[str, str] = {}  # digest -> repository it is already in (for mounts)
     for image in images:
         repo, tag = repository(image)
         for digest in [image.config, *(layer.digest for layer in image.layers)]:
@@ -307,7 +305,7 @@ def _push(reg: Client, images: list[oci.Image], images_dir: Path, access: Access
     return report
 
 
-def _target(location: str, extra: list[tuple[str, str]] = []) -> str:  # noqa: B006 - never mutated
+def _target(location: str, extra: List[Tuple[str, str]] = []) -> str:  # noqa: B006 - never mutated
     """The path and query of an upload ``Location`` (absolute or not), with ``extra`` query items."""
     parts = urllib.parse.urlsplit(location)
     query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), *extra])

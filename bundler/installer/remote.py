@@ -6,15 +6,12 @@ and keep-alives; host keys are checked as the operator's ssh config says
 node through ssh's stdin as a stream, never through a temporary copy.
 """
 
-from __future__ import annotations
-
 import subprocess
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from bundler.compat import dataclass
 from pathlib import Path
-from typing import IO, Callable, TypeVar
+from typing import Callable, IO, Iterator, List, Optional, TypeVar
 
 from bundler.errors import InstallError
 from bundler.installer.inventory import Node
@@ -34,11 +31,11 @@ class RemoteError(InstallError):
 class SshOptions:
     """How to reach the nodes."""
 
-    config: Path | None = None
+    config: Optional[Path] = None
     connect_timeout: int = 10
 
 
-def ssh_argv(node: Node, opts: SshOptions, command: str) -> list[str]:
+def ssh_argv(node: Node, opts: SshOptions, command: str) -> List[str]:
     argv = ["ssh"]
     if opts.config is not None:
         argv += ["-F", str(opts.config)]
@@ -123,8 +120,8 @@ def stream(
         ssh_argv(node, opts, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    out: list[bytes] = []
-    err: list[bytes] = []
+    out: List[bytes] = []
+    err: List[bytes] = []
     # Drain stdout and stderr while writing, so a chatty command cannot block the pipe.
     readers = [
         threading.Thread(target=lambda f=f, sink=sink: sink.append(f.read()), daemon=True)
@@ -162,7 +159,7 @@ def sudo_prefix(node: Node) -> str:
     return "" if node.user == "root" else "sudo -n "
 
 
-def for_each(nodes: list[Node], work: Callable[[Node], T]) -> list[T]:
+def for_each(nodes: List[Node], work: Callable[[Node], T]) -> List[T]:
     """``work`` on every node at once (a thread each); the answers in the nodes' order."""
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
         return list(pool.map(work, nodes))

@@ -4,9 +4,10 @@ Only the data; the phases in ``apply``, ``siteregistry`` and ``preflight`` fill 
 ``main`` prints it. No I/O here.
 """
 
-from __future__ import annotations
+from typing import List, Optional
 
-from dataclasses import dataclass, field
+
+from bundler.compat import dataclass, field
 
 from bundler.installer.inventory import Node
 
@@ -16,10 +17,10 @@ class NodeResult:
     """What one phase did on one node."""
 
     node: Node
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)  # what the node could not tell, or advice
+    done: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    error: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)  # what the node could not tell, or advice
     sent: int = 0  # bytes this node was sent (image streams)
     verb: str = "loaded"  # how images reached it: loaded (ssh-load) or pulled (registry)
-    items: list[str] | None = None  # the plan's items this result stands for (None: all of the node's)
+    items: Optional[List[str]] = None  # the plan's items this result stands for (None: all of the node's)

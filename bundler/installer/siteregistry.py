@@ -14,8 +14,6 @@ node's ``/etc/docker/certs.d/HOST:PORT/ca.crt`` (Docker reads it at each pull);
 trust, log in, push (``push``), then every target pulls each image by digest.
 """
 
-from __future__ import annotations
-
 import hashlib
 import io
 import ipaddress
@@ -27,9 +25,9 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from bundler.compat import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable, Dict, IO, List, Set
 
 from bundler import oci
 from bundler.errors import InstallError
@@ -57,7 +55,7 @@ class Tls:
     ca: Path
 
 
-def _openssl(args: list[str], cwd: Path) -> None:
+def _openssl(args: List[str], cwd: Path) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise InstallError(
@@ -285,9 +283,9 @@ def _pull(node: Node, pulled: str, route: Route, opts: remote.SshOptions) -> Non
 
 def _pull_on(
     node: Node,
-    images: list[oci.Image],
-    fresh: set[str],
-    pulls: dict[oci.Image, str],
+    images: List[oci.Image],
+    fresh: Set[str],
+    pulls: Dict[oci.Image, str],
     route: Route,
     opts: remote.SshOptions,
 ) -> NodeResult:
@@ -321,7 +319,7 @@ def deliver(
     route: Route,
     tls_folder: Path,
     echo: Callable[[str], None],
-) -> list[NodeResult]:
+) -> List[NodeResult]:
     """The registry route of the images phase: start the registry (``--registry-node``), make
     every node of ``phase`` trust it (and log in), push every image those nodes get (what they
     have too: the registry is where the cluster pulls from later), then have each node pull by
@@ -344,7 +342,7 @@ def deliver(
         ca = tls.ca
         start_on(route.node, image, images_dir, route.address, route.data, tls, opts, echo)
     access = Access(route.address, ca, route.user, route.password, route.chunk)
-    trusted: list[str] = []
+    trusted: List[str] = []
 
     def prepare(node: Node) -> NodeResult:
         result = NodeResult(node)

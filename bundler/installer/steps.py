@@ -10,15 +10,12 @@ node's output goes to its own log, ``logs/NN-STEP.NODE.log``. Which steps run wh
 plan's (``plan.step_nodes``); the journal is ``apply``'s.
 """
 
-from __future__ import annotations
-
 import io
 import shlex
 import subprocess
 import tarfile
-from collections.abc import Collection
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable, Collection, Dict, IO, List, Optional, Tuple
 
 from bundler import archive
 from bundler.errors import InstallError
@@ -37,12 +34,12 @@ def run_steps(
     lock: Lock,
     bundle_dir: Path,
     logs: Path,
-    env: dict[str, str],
+    env: Dict[str, str],
     journal: Journal,
     echo: Callable[[str], None],
     private: Path,
-    names: Collection[str] | None = None,
-) -> list[str]:
+    names: Optional[Collection[str]] = None,
+) -> List[str]:
     """Run the staged scripts (``names`` of them: the plan's) in order here; skip those the journal
     has; stop at the first failure, having recorded each step that finished.
 
@@ -91,7 +88,7 @@ def _index(lock: Lock, step: Step) -> int:
     return lock.steps.index(step) + 1
 
 
-def _env_file(values: dict[str, str]) -> bytes:
+def _env_file(values: Dict[str, str]) -> bytes:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(values.items())).encode()
 
 
@@ -133,9 +130,9 @@ def run_on_node(
     lock: Lock,
     bundle_dir: Path,
     log_path: Path,
-    values: dict[str, str],
+    values: Dict[str, str],
     opts: remote.SshOptions,
-) -> tuple[NodeResult, list[str]]:
+) -> Tuple[NodeResult, List[str]]:
     """Run ``step`` on ``node`` (as root: sudo for another user); its result and output lines."""
     result = NodeResult(node, items=[step.name])
     env = {**values, "NODE_NAME": node.name, "NODE_ADDRESS": node.address, "NODE_ROLES": " ".join(node.roles)}
@@ -163,14 +160,14 @@ def run_on_node(
 
 def run_on_nodes(
     step: Step,
-    nodes: list[Node],
+    nodes: List[Node],
     lock: Lock,
     bundle_dir: Path,
     logs: Path,
     values: SiteValues,
     opts: remote.SshOptions,
     echo: Callable[[str], None],
-) -> list[NodeResult]:
+) -> List[NodeResult]:
     """Run ``step`` on ``nodes``: all at once, or one after the other (``serial``); every node
     finishes it even when one fails. Each node gets the shared values with its own over them."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -179,7 +176,7 @@ def run_on_nodes(
     echo(f"step {step.name}: {step.script} on {where}{' (one after the other)' if step.serial else ''} "
          f"(logs: {logs}/{index:02d}-{step.name}.NODE.log)")  # fmt: skip
 
-    def one(node: Node) -> tuple[NodeResult, list[str]]:
+    def one(node: Node) -> Tuple[NodeResult, List[str]]:
         log_path = logs / f"{index:02d}-{step.name}.{node.name}.log"
         return run_on_node(step, node, lock, bundle_dir, log_path, values.for_node(node.name), opts)
 
