@@ -46,6 +46,8 @@ from bundler import (
     archive,
     debs,
     images,
+    k0sbuild,
+    k0simages,
     kinds,
     oci,
     registry,
@@ -123,6 +125,7 @@ INSTALLER_FILES = {
     "installer/bundler/trust.py": "trust.py",
     "installer/bundler/rkeimages.py": "rkeimages.py",
     "installer/bundler/kinds.py": "kinds.py",
+    "installer/bundler/k0simages.py": "k0simages.py",
     "installer/bundler/installer/__init__.py": "installer/__init__.py",
     "installer/bundler/installer/main.py": "installer/main.py",
     "installer/bundler/installer/progress.py": "installer/progress.py",
@@ -142,6 +145,9 @@ INSTALLER_FILES = {
     "installer/bundler/installer/steps.py": "installer/steps.py",
     "installer/bundler/installer/push.py": "installer/push.py",
     "installer/bundler/installer/siteregistry.py": "installer/siteregistry.py",
+    "installer/bundler/installer/topology.py": "installer/topology.py",
+    "installer/bundler/installer/k0sctl.py": "installer/k0sctl.py",
+    "installer/bundler/installer/k0s.py": "installer/k0s.py",
     **{
         f"installer/bundler/installer/_vendor/{name}": f"installer/_vendor/{name}"
         for name in ["__init__.py", "yaml/LICENSE", "dataclasses.py", "dataclasses.LICENSE"]
@@ -587,6 +593,8 @@ def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | Non
     cluster = manifest.cluster
     if cluster is None:
         return None
+    if cluster.kind == k0simages.KIND:
+        return _k0s_images(manifest, binary)
     if cluster.system_images:
         refs, source = list(cluster.system_images), "cluster.system_images"
     else:
@@ -617,6 +625,35 @@ def system_images(manifest: Manifest, binary: Path | None) -> SystemImages | Non
     if not kept:
         raise InputError(f"{cluster.where}: no system image is left for this cluster from {source}")
     return SystemImages(source, tuple(kept), tuple(dropped))
+
+
+def _k0s_images(manifest: Manifest, binary: Path | None) -> SystemImages:
+    """k0s's airgap images: ``cluster.system_images``, else what the pinned k0s lists
+    (``k0sbuild.list_images``); every one for the nodes that run workloads (``k0simages.select``)."""
+    cluster = manifest.cluster
+    assert cluster is not None
+    source = f"{cluster.tool} airgap list-images"
+    if cluster.system_images:
+        refs, source = list(cluster.system_images), "cluster.system_images"
+    else:
+        why = _runs_here(manifest) if binary is not None else f"the pinned {cluster.tool} is not at hand"
+        if not why:
+            try:
+                refs = k0sbuild.list_images(manifest, binary)  # type: ignore[arg-type]
+            except OSError as exc:
+                why = f"the pinned {cluster.tool} cannot run here ({exc.strerror or exc})"
+        if why:
+            raise InputError(
+                f"{cluster.where}: cluster: the airgap images of k0s {cluster.kubernetes_version} are "
+                f"needed: {why}. Build on a linux/amd64 host where the pinned {cluster.tool} runs (it "
+                f"prints them: `{source}`), or list them under cluster.system_images"
+            )
+    kept = []
+    for ref, roles, known in k0simages.select(refs):
+        if not known:
+            log.warning("k0s image %s: not in a k0s release airbundle knows; the workers get it", ref)
+        kept.append(rkeimages.Choice(ref, "k0s", roles, known))
+    return SystemImages(source, tuple(kept), ())
 
 
 @dataclass
@@ -1004,12 +1041,15 @@ def _cluster_record(manifest: Manifest) -> dict[str, str]:
     cluster = manifest.cluster
     if cluster is None:
         return {}
-    return {
+    out = {
         "kind": cluster.kind,
         "kubernetes_version": cluster.kubernetes_version,
         "network_plugin": cluster.network_plugin,
         "tool": cluster.tool,
     }
+    # Only when given: other bundles keep their lock's bytes.
+    out.update({k: v for k, v in (("k0sctl", cluster.k0sctl), ("shared_roles", cluster.shared_roles)) if v})
+    return out
 
 
 def _refuse_clashes(manifest: Manifest, entries: list[archive.Entry], origins: dict[str, str]) -> None:

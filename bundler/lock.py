@@ -14,7 +14,7 @@ import re
 import unicodedata
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from bundler import kinds, oci, rkeimages, versions
+from bundler import k0simages, kinds, oci, rkeimages, versions
 from bundler.compat import asdict, dataclass, field, replace
 from bundler.errors import IntegrityError
 
@@ -38,7 +38,10 @@ ITEM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # binaries, steps, plat
 DEB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,127}")  # Debian policy 5.6.1
 DEB_VERSION_RE = re.compile(r"[0-9A-Za-z.+~:-]{1,128}")  # Debian policy 5.6.12
 K8S_VERSION_RE = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+(?:[-+][A-Za-z0-9.-]{1,48})?")
-CLUSTER_KEYS = ("kind", "kubernetes_version", "network_plugin", "tool")
+CLUSTER_KEYS = ("kind", "kubernetes_version", "network_plugin", "tool", "k0sctl", "shared_roles")
+# Written only when the manifest gives them (a k0s bundle's k0sctl, a product's rule on shared
+# roles), so that other bundles keep their lock's bytes.
+CLUSTER_OPTIONAL = ("k0sctl", "shared_roles")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # An rpm's name, epoch:version-release and arch, as words the installer names to dnf.
@@ -609,13 +612,24 @@ def _cluster(top: _Fields, binaries: List[Binary]) -> Dict[str, str]:
         "network_plugin": f.get("network_plugin", str),
         "tool": f.match("tool", ITEM_NAME_RE, "binary name"),
     }
-    if out["kind"] not in kinds.KINDS:
-        raise LockError(f"{LOCK_NAME}: cluster.kind {out['kind']!r} is not one of {', '.join(kinds.KINDS)}")
-    if out["network_plugin"] not in rkeimages.NETWORK_PLUGINS:
+    for key in CLUSTER_OPTIONAL:
+        if key in f.obj:
+            out[key] = f.get(key, str)
+    known = (*kinds.KINDS, k0simages.KIND)
+    if out["kind"] not in known:
+        raise LockError(f"{LOCK_NAME}: cluster.kind {out['kind']!r} is not one of {', '.join(known)}")
+    plugins = k0simages.NETWORK_PROVIDERS if out["kind"] == k0simages.KIND else rkeimages.NETWORK_PLUGINS
+    if out["network_plugin"] not in plugins:
         raise LockError(
             f"{LOCK_NAME}: cluster.network_plugin {out['network_plugin']!r} is not one of "
-            f"{', '.join(rkeimages.NETWORK_PLUGINS)}"
+            f"{', '.join(plugins)}"
         )
+    if out.get("shared_roles", "allowed") not in k0simages.SHARED_ROLES:
+        raise LockError(
+            f"{LOCK_NAME}: cluster.shared_roles must be one of {', '.join(k0simages.SHARED_ROLES)}"
+        )
+    if "k0sctl" in out and out["k0sctl"] not in [b.name for b in binaries]:
+        raise LockError(f"{LOCK_NAME}: cluster.k0sctl {out['k0sctl']!r} is not one of the bundle's binaries")
     if out["tool"] not in [b.name for b in binaries]:
         raise LockError(f"{LOCK_NAME}: cluster.tool {out['tool']!r} is not one of the bundle's binaries")
     return out

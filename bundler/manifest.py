@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from bundler import files as userfiles
-from bundler import kinds, rkeimages, versions
+from bundler import k0simages, kinds, rkeimages, versions
 from bundler.debs import Source
 from bundler.errors import InputError, ManifestError, several
 from bundler.lock import (
@@ -188,6 +188,8 @@ class ClusterSpec:
     tool: str = "rke"  # a binaries: entry
     system_images: tuple[str, ...] = ()  # explicit list (normalized refs); empty: ask the tool
     where: str = ""  # FILE:LINE of the section
+    k0sctl: str = ""  # k0s: a binaries: entry holding k0sctl, which then brings the cluster up
+    shared_roles: str = ""  # "demo-only": the product allows controller+worker nodes only for a demo
 
 
 # A registry (as image references name it) and a mirror: HOST[:PORT][/PREFIX], optionally http(s)://.
@@ -842,27 +844,57 @@ def _cluster_section(top: _Section, where: str, binaries: list[str]) -> ClusterS
         where,
         "cluster",
         top.line,
-        ("kind", "kubernetes_version", "network_plugin", "tool", "system_images"),
+        (
+            "kind",
+            "kubernetes_version",
+            "version",
+            "network_plugin",
+            "tool",
+            "system_images",
+            "k0sctl",
+            "shared_roles",
+        ),
     )
     kind = sec.get("kind", str)
-    if kind not in kinds.KINDS:
-        raise sec.fail(
-            "kind",
-            f"{kind!r} is not a cluster kind this airbundle knows ({', '.join(kinds.KINDS)})",
+    known = (*kinds.KINDS, k0simages.KIND)
+    if kind not in known:
+        raise sec.fail("kind", f"{kind!r} is not a cluster kind this airbundle knows ({', '.join(known)})")
+    k0s = kind == k0simages.KIND
+    allowed = ("version", "k0sctl", "shared_roles") if k0s else ("kubernetes_version",)
+    for key in sec.data:
+        if key in ("kubernetes_version", "version", "k0sctl", "shared_roles") and key not in allowed:
+            raise sec.fail(
+                str(key), f"goes with another cluster kind; a {kind} cluster takes {', '.join(allowed)}"
+            )
+    plugins: tuple[str, ...]
+    if k0s:  # k0s's own release version names the Kubernetes it brings up: v1.28.15+k0s.0
+        version = sec.match("version", k0simages.VERSION_RE, "k0s version (e.g. v1.28.15+k0s.0)")
+        plugins, default_plugin = k0simages.NETWORK_PROVIDERS, k0simages.DEFAULT_NETWORK_PROVIDER
+    else:
+        version = sec.match(
+            "kubernetes_version", K8S_VERSION_RE, "Kubernetes version (e.g. v1.28.15-rancher1-1)"
         )
-    version = sec.match("kubernetes_version", K8S_VERSION_RE, "Kubernetes version (e.g. v1.28.15-rancher1-1)")
-    # rke deploys a network plugin itself; kubeadm deploys none (the bundle's steps apply one).
-    default_plugin = rkeimages.DEFAULT_NETWORK_PLUGIN if kind == "rke" else "none"
+        # rke deploys a network plugin itself; kubeadm deploys none (the bundle's steps apply one).
+        plugins = rkeimages.NETWORK_PLUGINS
+        default_plugin = rkeimages.DEFAULT_NETWORK_PLUGIN if kind == "rke" else "none"
     plugin = sec.get("network_plugin", str, default=default_plugin, required=False)
-    if plugin not in rkeimages.NETWORK_PLUGINS:
-        raise sec.fail("network_plugin", f"{plugin!r} must be one of {', '.join(rkeimages.NETWORK_PLUGINS)}")
-    tool = sec.get("tool", str, default=kinds.KINDS[kind].tool, required=False)
+    if plugin not in plugins:  # (a tuple of either kind's names)
+        raise sec.fail("network_plugin", f"{plugin!r} must be one of {', '.join(plugins)}")
+    tool = sec.get(
+        "tool", str, default=kinds.KINDS[kind].tool if kind in kinds.KINDS else kind, required=False
+    )
     if tool not in binaries:
         raise sec.fail(
             "tool",
             f"{tool!r} must name a binaries: entry (the pinned {kind} that lists the system images "
             "and brings the cluster up)",
         )
+    k0sctl = sec.get("k0sctl", str, default="", required=False)
+    if k0sctl and k0sctl not in binaries:
+        raise sec.fail("k0sctl", f"{k0sctl!r} must name a binaries: entry (the pinned k0sctl)")
+    shared = sec.get("shared_roles", str, default="", required=False)
+    if shared and shared not in k0simages.SHARED_ROLES:
+        raise sec.fail("shared_roles", f"{shared!r} must be one of {', '.join(k0simages.SHARED_ROLES)}")
     refs = []
     if "system_images" in sec.data:
         items = sec.items("system_images")
@@ -878,7 +910,9 @@ def _cluster_section(top: _Section, where: str, binaries: list[str]) -> ClusterS
             except ImageFormatError as exc:
                 raise ManifestError(f"{where}:{line}: cluster.system_images: {exc}") from None
         _unique(where, [(r, line) for r, (_, line) in zip(refs, items)])
-    return ClusterSpec(kind, version, plugin, tool, tuple(refs), where=sec.at())
+    return ClusterSpec(
+        kind, version, plugin, tool, tuple(refs), where=sec.at(), k0sctl=k0sctl, shared_roles=shared
+    )
 
 
 def _mirrors_section(top: _Section, where: str) -> dict[str, Mirror]:

@@ -144,6 +144,7 @@ class Node:
         os_release: str | None = None,
         containerd: bool = False,
         env: str = "",
+        binds: tuple[str, ...] = (),
     ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
@@ -162,6 +163,11 @@ class Node:
             self.os_release = self.root / "os-release"
             self.os_release.write_text(os_release)
         self.netns = netns
+        # Folders of this machine the node sees as its own (e.g. /var/lib/k0s, /usr/local/bin): sshd
+        # runs in a private mount namespace where each is bound to ``self.root/binds/PATH``.
+        self.binds = {target: self.root / "binds" / target.strip("/").replace("/", "_") for target in binds}
+        for own in self.binds.values():
+            own.mkdir(parents=True)
         self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
         self.ctr_certs = self.root / "containerd-certs.d"
         self.containerd = (
@@ -206,6 +212,13 @@ class Node:
             enter = ["nsenter", "-t", str(self.containerd.proc.pid), "-m"]
         elif self.netns:
             enter = ["nsenter", f"--net=/run/netns/{self.netns}"]
+        if self.binds and self.engine is None:
+            mounts = []
+            for target, own in self.binds.items():
+                Path(target).mkdir(parents=True, exist_ok=True)
+                mounts.append(f"mount --bind {own} {target}")
+            enter = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     " && ".join([*mounts, 'exec "$@"']), "sh", *enter]  # fmt: skip
         if self.os_release is not None:
             if not enter:  # a mount namespace of its own, as the engine's would be
                 enter = ["unshare", "--mount", "--propagation", "private"]

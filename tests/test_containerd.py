@@ -319,7 +319,9 @@ def test_two_control_planes_without_a_vip_stop_the_install_before_anything_runs(
     inventory.write_text(inventory.read_text().replace("role: [worker]", "role: [controlplane, etcd]", 1))
     run = _install(site, keys, "--yes", "--ssh-config", str(client.config))
     assert run.returncode == 2, run.stdout + run.stderr
-    assert "cluster.yml:4: 2 control-plane nodes (kc-cp, kc-w1) need one endpoint" in run.stderr  # kc-w1's line
+    assert (
+        "cluster.yml:4: 2 control-plane nodes (kc-cp, kc-w1) need one endpoint" in run.stderr
+    )  # kc-w1's line
     assert "Traceback" not in run.stderr and not (site / "work" / "logs").exists()
     for node in nodes:
         assert node.containerd.images() == {}

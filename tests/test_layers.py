@@ -21,6 +21,8 @@ RANK: dict[str, float] = {
     "bundler.versions": 1,
     "bundler.rkeimages": 1,
     "bundler.kinds": 1.5,
+    "bundler.k0simages": 1,
+    "bundler.k0sbuild": 4.5,
     "bundler.lock": 2,
     "bundler.files": 1,
     "bundler.trust": 2.5,
@@ -47,6 +49,9 @@ RANK: dict[str, float] = {
     "bundler.installer.results": 3.5,
     "bundler.installer.rpmroute": 3,
     "bundler.installer.nodeos": 3,
+    "bundler.installer.topology": 1,
+    "bundler.installer.k0sctl": 3.2,
+    "bundler.installer.k0s": 5,
     "bundler.installer.plan": 4,
     "bundler.installer.remote": 4,
     "bundler.installer.push": 4,
@@ -174,6 +179,8 @@ PURE = {
     "bundler.rkeimages",
     "bundler.kinds",
     "bundler.installer.plan",
+    "bundler.k0simages",
+    "bundler.installer.topology",
 }
 IO_MODULES = {"os", "io", "subprocess", "socket", "shutil", "tempfile", "fcntl", "http", "urllib", "time"}
 

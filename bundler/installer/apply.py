@@ -29,7 +29,7 @@ from typing import IO, Callable, Dict, List, Optional
 from bundler import archive, kinds, oci
 from bundler.compat import dataclass, replace
 from bundler.errors import InstallError
-from bundler.installer import ctrimport, kubeadmup, remote, rpmroute, siteregistry
+from bundler.installer import ctrimport, k0s, k0sctl, kubeadmup, remote, rpmroute, siteregistry
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import (
     Node,
@@ -115,6 +115,8 @@ def _preflight(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
 
 
 def _images(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
+    if ctx.lock.cluster.get("kind") == "k0s":
+        return _k0s_images(ctx, phase)
     if ctx.route.mode == "registry":
         tls = ctx.workdir / "registry-tls"
 
@@ -524,11 +526,44 @@ def private_registry(route: Route) -> Dict[str, object]:
     return entry
 
 
+def _k0s_images(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
+    """k0s: the workers' images as one tar, copied into /var/lib/k0s/images (``k0s.place_images``)."""
+    todo = [n for n in phase.nodes if phase.of(n.name)]
+    if not todo:
+        return [NodeResult(n, skipped=["airgap images placed before"]) for n in phase.nodes]
+    tar, sha = k0s.write_image_bundle(ctx.lock, ctx.bundle_dir, ctx.workdir / "k0s" / "airgap-images.tar")
+
+    def one(node: Node) -> NodeResult:
+        result = NodeResult(node)
+        try:
+            said = k0s.place_images(node, ctx.opts, tar, sha)
+            (result.done if said == "placed" else result.skipped).append("k0s-airgap")
+        except InstallError as exc:
+            result.error = str(exc)
+        return result
+
+    return for_each(todo, one)
+
+
 def _cluster(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     """The bring-up of the lock's cluster kind (``BRINGUPS``), when the plan has it to do."""
     if not phase.actions:
         return []
     return BRINGUPS[cluster_kind(ctx.lock)](ctx, phase)
+
+
+def _k0s_bringup(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
+    """k0s's bring-up (``installer/k0s.py``): the bundle's k0sctl apply, else k0s's own joins."""
+    name = ctx.lock.cluster.get("k0sctl")
+    tool = None
+    if name:
+        binary = next(b for b in ctx.lock.binaries if b.name == name)
+        tool = archive.verified_copy(
+            ctx.bundle_dir / binary.path, ctx.lock.member(binary.path), ctx.private / name
+        )
+    kubeconfig = k0s.bring_up(k0sctl.load(ctx.inventory), ctx.opts, ctx.workdir, ctx.echo, tool)
+    ctx.echo(f"  kubeconfig: {kubeconfig}")
+    return [NodeResult(HERE, done=["k0s-up"])]
 
 
 def _rke_bringup(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
@@ -576,7 +611,13 @@ def _steps(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     after that step (the other nodes finish it), one failing here stops it at once."""
     env = {**os.environ, **ctx.values.shared, "BUNDLE_DIR": str(ctx.bundle_dir)}
     kind = kinds.KINDS.get(cluster_kind(ctx.lock))
-    kubeconfig = ctx.workdir / (kind.kubeconfig if kind else "kube_config_cluster.yml")
+    kubeconfig = ctx.workdir / (
+        kind.kubeconfig
+        if kind
+        else k0s.KUBECONFIG
+        if cluster_kind(ctx.lock) == "k0s"
+        else "kube_config_cluster.yml"
+    )
     if kubeconfig.exists():
         env["KUBECONFIG"] = str(kubeconfig)
     logs = ctx.workdir / "logs"
@@ -620,7 +661,7 @@ def _kubeadm_bringup(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
     return results if any(r.error for r in results) else [*results, NodeResult(HERE, done=["kubeadm up"])]
 
 
-BRINGUPS: Dict[str, Runner] = {"rke": _rke_bringup, "kubeadm": _kubeadm_bringup}
+BRINGUPS: Dict[str, Runner] = {"rke": _rke_bringup, "kubeadm": _kubeadm_bringup, "k0s": _k0s_bringup}
 
 # One runner per phase, in the order of PHASES (the plan's builders follow the same order).
 # ``prepare`` and ``steps`` are one runner: each runs the steps its slice of the plan holds.

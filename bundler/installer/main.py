@@ -25,14 +25,13 @@ from typing import Any, Dict, List, Optional
 
 from bundler import archive, files, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
-from bundler.installer import preflight
+from bundler.installer import k0sctl, preflight, topology
 from bundler.installer.apply import Context, apply
 from bundler.installer.inventory import (
     Node,
     SiteValues,
     load_cluster_options,
     load_endpoint,
-    load_inventory,
     load_values,
     nodes_line,
     vip_problem,
@@ -45,6 +44,7 @@ from bundler.installer.plan import (
     PhasePlan,
     Plan,
     Route,
+    brings_up_cluster,
     cluster_kind,
     describe,
     failure_message,
@@ -54,7 +54,9 @@ from bundler.installer.plan import (
     node_images,
     render,
     step_problems,
+    topology_findings,
     topology_problems,
+    topology_rules,
     topology_warnings,
 )
 from bundler.installer.progress import Progress, human
@@ -81,7 +83,9 @@ def run(argv: Optional[List[str]] = None, prog: str = "install.sh") -> int:
     try:
         check_workdir(options.workdir)
         trusted = _read_keys(options.pubkey)
-        nodes = load_inventory(options.inventory)
+        nodes = k0sctl.load_nodes(
+            options.inventory
+        )  # k0sctl.yaml or RKE cluster.yml, told apart by apiVersion
         values = load_values(options.values)  # checked now: a bad file stops the install before anything runs
         unknown = sorted(set(values.nodes) - {n.name for n in nodes} - {n.address for n in nodes})
         if unknown:
@@ -120,6 +124,17 @@ def _check_fit(
     problems = step_problems(lock, nodes)
     if problems:
         raise InputError(f"{options.inventory}: {problems[0]}")
+    kind, is_k0sctl = lock.cluster.get("kind", ""), k0sctl.is_k0sctl(options.inventory)
+    if is_k0sctl and kind != "k0s":
+        raise InputError(
+            f"{options.inventory}: a k0sctl.yaml, but {lock.name} {lock.version} brings up "
+            f"{kind or 'no cluster of its own'}; give its inventory (an RKE cluster.yml)"
+        )
+    if kind == "k0s" and not is_k0sctl:
+        raise InputError(
+            f"{options.inventory}: {lock.name} {lock.version} brings up a k0s cluster: give the cluster's "
+            f"k0sctl.yaml (apiVersion: {k0sctl.API_VERSION}, kind: Cluster, spec.hosts)"
+        )
     if cluster_kind(lock) == "kubeadm":
         problem = vip_problem(options.inventory, nodes, load_endpoint(options.inventory))
         if problem:
@@ -218,7 +233,9 @@ def _install(
         f"to {final} ({human(total)} in {time.monotonic() - started:.0f} s)"
         + (f"; installed before: {before}" if installed and before != "nothing" else "")
     )
-    for warning in _warnings_left(nodes, lock, topology_problems(lock, nodes)):
+    for warning in _warnings_left(
+        nodes, lock, topology_problems(lock, nodes, options.demo, _vip(options, lock)), options.demo
+    ):
         out.line(f"warning: {warning}", err=True, always=True)
     opts = SshOptions(options.ssh_config)
     facts = _facts(options, lock, nodes, route, opts)
@@ -364,15 +381,30 @@ def _report(phase: PhasePlan, results: List[NodeResult], out: Progress, logs: Pa
         raise InstallError(message)
 
 
+def _vip(options: Options, lock: Lock) -> str:
+    """The inventory's control-plane endpoint address for a kubeadm bundle ("" otherwise)."""
+    if cluster_kind(lock) != "kubeadm":
+        return ""
+    endpoint = load_endpoint(options.inventory)
+    return endpoint.address if endpoint else ""
+
+
 def _located_problems(options: Options, lock: Lock, nodes: List[Node]) -> List[str]:
-    """The topology problems with the inventory's ``FILE:LINE`` (the node list's, or a node's)."""
-    return located_topology_problems(lock, nodes, str(options.inventory), nodes_line(options.inventory))
+    """The topology problems with the inventory's ``FILE:LINE`` (the node's at fault, or the list's)."""
+    return located_topology_problems(
+        lock, nodes, str(options.inventory), nodes_line(options.inventory), options.demo, _vip(options, lock)
+    )
 
 
-def _warnings_left(nodes: List[Node], lock: Lock, problems: List[str]) -> List[str]:
-    """The topology warnings that no problem already names (the same subject before its ":")."""
+def _warnings_left(nodes: List[Node], lock: Lock, problems: List[str], demo: bool = False) -> List[str]:
+    """The topology warnings that no problem already names (the same subject before its ":"): the
+    rke-era warnings, then the kind's own (a --demo install's shared roles)."""
     subjects = {p.split(":")[0] for p in problems}
-    return [w for w in topology_warnings(nodes, lock.min_workers) if w.split(":")[0] not in subjects]
+    rke = topology_rules(lock).kind in ("rke", "")  # the older warnings speak rke's roles
+    old = topology_warnings(nodes, lock.min_workers) if rke else []
+    out = [w for w in old if w.split(":")[0] not in subjects]
+    extra = topology.warnings(topology_findings(lock, nodes, demo))
+    return out + [w for w in extra if w.split(":")[0] not in {o.split(":")[0] for o in out}]
 
 
 def _node_log(logs: Path, phase: str, node: str, lines: List[str]) -> Path:
@@ -408,12 +440,22 @@ def _dry_run(options: Options, trusted: List[signing.PublicKey], nodes: List[Nod
         file=out,
     )
     print("nodes: " + ", ".join(f"{n.name} ({'/'.join(n.roles)})" for n in nodes), file=out)
-    problems = topology_problems(lock, nodes) if options.only != "preflight" else []
+    problems = (
+        topology_problems(lock, nodes, options.demo, _vip(options, lock))
+        if options.only != "preflight"
+        else []
+    )
     for problem in _located_problems(options, lock, nodes) if problems else []:
         anyway = " (--yes: installing anyway)" if options.yes else ""
         print(f"problem: {problem}{anyway}", file=out)
-    for warning in _warnings_left(nodes, lock, problems):
+    for warning in _warnings_left(nodes, lock, problems, options.demo):
         print(f"warning: {warning}", file=out)
+    if brings_up_cluster(lock):
+        kind = topology_rules(lock).kind
+        voters = sum(
+            1 for n in nodes if topology.QUORUM_ROLE.get(kind, "etcd") in topology.roles_of(kind, n.roles)
+        )
+        print(topology.quorum_summary(kind, voters), file=out)
     print("the plan:", file=out)
     print("\n".join("  " + line for line in describe(lock, nodes, route)), file=out)
     if Journal.completed(state, lock.name, decision.lock_sha256) and not options.only:

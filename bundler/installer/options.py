@@ -156,6 +156,12 @@ def parser(prog: str = "install.sh") -> argparse.ArgumentParser:
         help="install although the inventory's topology has problems (too few workers, an even or "
         "too small etcd count, a role nobody has); without it a terminal asks, anything else stops",
     )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="a demonstration install: nodes may combine the control-plane and worker roles even "
+        "where the product allows that only for a demo (a warning instead of a problem)",
+    )
     # Counted like the airbundle CLI's, and anywhere on the line (argparse takes options in any order).
     p.add_argument("-q", "--quiet", action="count", default=0, help="errors only: no progress, no node lines")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more: where each node's log is")
@@ -192,6 +198,7 @@ class Options:
     registry_chunk: Optional[str] = None
     apt_root: Optional[str] = None
     yes: bool = False
+    demo: bool = False
     quiet: int = 0
     verbose: int = 0
 

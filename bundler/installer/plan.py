@@ -13,13 +13,15 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set,
 
 from bundler import kinds, oci
 from bundler.compat import dataclass, field
-from bundler.installer.inventory import ClusterOptions, Node, role_problems
+from bundler.installer import topology
+from bundler.installer.inventory import ClusterOptions, Node
 from bundler.lock import Lock, RoledImage, Step
 
 # ``prepare`` runs the steps marked ``when: before-cluster`` (the nodes' preparation: users, swap,
 # hosts, NTP, a package's configuration): after packages and binaries, whose tools such steps
 # use, and before the images and the cluster tool, which need the prepared nodes. ``steps`` runs
 # the others once the cluster is up.
+K0S = "k0s"  # the cluster kind whose phases branch here (the lead wires it into the kind interface)
 PHASES = ("preflight", "packages", "binaries", "prepare", "images", "cluster", "steps")
 
 
@@ -60,27 +62,13 @@ class Route:
 
 
 def etcd_quorum(members: int) -> Tuple[int, int]:
-    """(quorum, failures tolerated) of an etcd cluster: 3 → (2, 1), 5 → (3, 2)."""
-    quorum = members // 2 + 1
-    return quorum, max(0, members - quorum)
+    """(quorum, failures tolerated) of an etcd cluster: 3 → (2, 1), 5 → (3, 2) (``topology.quorum``)."""
+    return topology.quorum(members)
 
 
 def _etcd_count(members: int) -> List[str]:
-    """What is wrong with ``members`` etcd nodes (none: nothing here, a missing role is said
-    elsewhere): fewer than 3, or even, with quorum and tolerated failures."""
-    quorum, tolerated = etcd_quorum(members)
-    if 0 < members < 3:
-        return [
-            f"{members} etcd node(s): quorum {quorum}, tolerates {tolerated} failure(s); "
-            "a fault-tolerant cluster needs at least 3"
-        ]
-    if members and members % 2 == 0:
-        less = etcd_quorum(members - 1)
-        return [
-            f"{members} etcd nodes (even): quorum {quorum}, tolerates {tolerated} failure(s), "
-            f"no better than {members - 1} (quorum {less[0]}, tolerates {less[1]}); use an odd number"
-        ]
-    return []
+    """What is wrong with ``members`` etcd nodes (``topology.count_problems``)."""
+    return topology.count_problems(members, "etcd")
 
 
 def topology_warnings(nodes: List[Node], min_workers: int = 0) -> List[str]:
@@ -123,37 +111,43 @@ def brings_up_cluster(lock: Lock) -> bool:
     return bool(lock.cluster.get("kind")) or any(b.name == "rke" for b in lock.binaries)
 
 
-def topology_problems(lock: Lock, nodes: List[Node]) -> List[str]:
+def topology_rules(lock: Lock, demo: bool = False, vip: str = "") -> topology.Rules:
+    """The topology rules of the bundle's cluster kind and product (``topology.Rules``); ``vip``:
+    the inventory's control-plane endpoint, if it gives one (kubeadm)."""
+    kind = lock.cluster.get("kind") or ("rke" if brings_up_cluster(lock) else "")
+    forbid = lock.cluster.get("shared_roles") == "demo-only"
+    return topology.Rules(kind, lock.min_workers, forbid, demo, vip)
+
+
+def topology_findings(
+    lock: Lock, nodes: List[Node], demo: bool = False, vip: str = ""
+) -> List[topology.Finding]:
+    """Problems and warnings of the inventory's topology under the bundle's rules (with lines)."""
+    rules = topology_rules(lock, demo, vip)
+    members = [topology.Member(n.name, topology.roles_of(rules.kind, n.roles), n.line) for n in nodes]
+    return topology.check(members, rules)
+
+
+def topology_problems(lock: Lock, nodes: List[Node], demo: bool = False, vip: str = "") -> List[str]:
     """What in the inventory's topology stops a real install until the operator confirms it:
-    a role the bundle needs that no node has (``inventory.role_problems``), fewer workers than
-    the lock's ``min_workers`` and, when the bundle brings the cluster up, an etcd count that
-    is too small or even (``etcd_quorum``). Shared roles stay a warning (``topology_warnings``)."""
-    return [text for _, text in _topology(lock, nodes)]
+    a role the bundle needs that no node has, fewer workers than the lock's ``min_workers`` and,
+    when the bundle brings the cluster up, a quorum that is too small or even, and shared roles
+    the product forbids without ``--demo`` (``topology.check``). Other shared roles stay a
+    warning (``topology_warnings``)."""
+    return [f.message for f in topology_findings(lock, nodes, demo, vip) if f.severity == "problem"]
 
 
-def located_topology_problems(lock: Lock, nodes: List[Node], inventory: str, nodes_line: int) -> List[str]:
-    """``topology_problems`` as ``INVENTORY:LINE: problem``: an etcd count at the first etcd
-    node's line (naming the others' lines), a problem of the whole list at the ``nodes:`` key's
-    line (``nodes_line``; 0 when unknown, then ``INVENTORY:`` alone)."""
+def located_topology_problems(
+    lock: Lock, nodes: List[Node], inventory: str, nodes_line: int, demo: bool = False, vip: str = ""
+) -> List[str]:
+    """``topology_problems`` as ``INVENTORY:LINE: problem``: at the line of the nodes at fault (a
+    quorum's first voting node, the first worker), a problem of the whole list at the ``nodes:``
+    key's line (``nodes_line``; 0 when unknown, then ``INVENTORY:`` alone)."""
     out = []
-    for line, text in _topology(lock, nodes):
-        line = line or nodes_line
-        out.append(f"{inventory}:{line}: {text}" if line else f"{inventory}: {text}")
-    return out
-
-
-def _topology(lock: Lock, nodes: List[Node]) -> List[Tuple[int, str]]:
-    """The topology problems, each with the inventory line it is at (0: the node list itself)."""
-    cluster = brings_up_cluster(lock)
-    out = [(0, text) for text in role_problems(nodes, cluster)]
-    workers = [n for n in nodes if n.has("worker")]
-    if lock.min_workers and len(workers) < lock.min_workers:
-        out.append((0, f"{len(workers)} worker(s), fewer than the bundle's min_workers ({lock.min_workers})"))
-    if cluster:
-        etcd = [n for n in nodes if n.has("etcd")]
-        lines = [n.line for n in etcd if n.line]
-        others = f" (etcd nodes on lines {', '.join(map(str, lines))})" if len(lines) > 1 else ""
-        out += [(lines[0] if lines else 0, text + others) for text in _etcd_count(len(etcd))]
+    for found in topology_findings(lock, nodes, demo, vip):
+        if found.severity == "problem":
+            line = found.line or nodes_line
+            out.append(f"{inventory}:{line}: {found.message}" if line else f"{inventory}: {found.message}")
     return out
 
 
@@ -224,6 +218,8 @@ def node_images(lock: Lock, nodes: List[Node]) -> Dict[str, Tuple[oci.Image, ...
     """Node name → the images that node gets, in lock order: the workloads on the ``image_roles``
     nodes (on every node when none has such a role, as ``image_targets``) and the system images
     whose roles meet the node's (``Lock.images_for``). A node that gets nothing maps to ``()``."""
+    if lock.cluster.get("kind") == K0S:  # k0s imports its own bundle file: no engine gets images
+        return {n.name: () for n in nodes}
     targets = {n.name for n in image_targets(nodes, lock.image_roles)}
     unplaced = set(lock.workloads) - set(lock.placed)  # the image_roles ones; placed ones keep theirs
     out = {}
@@ -268,6 +264,34 @@ def _images_lines(lock: Lock, nodes: List[Node], route: Route) -> List[str]:
     return lines
 
 
+def _k0s_lines(lock: Lock, nodes: List[Node]) -> List[str]:
+    """The images phase of a k0s bundle for ``--dry-run``: one bundle file, on the workload nodes."""
+    workers = ", ".join(n.name for n in nodes if n.has("worker")) or "no node"
+    return [
+        f"images     {len(lock.system_images)} k0s airgap images (and the workloads' own) as one file into "
+        f"/var/lib/k0s/images on {workers} (k0s imports it; controllers run no pods)"
+    ]
+
+
+def _k0s_cluster_line(lock: Lock) -> str:
+    version = lock.cluster.get("kubernetes_version", "")
+    if lock.cluster.get("k0sctl"):
+        return f"k0sctl apply --config <inventory> on this node (k0s {version}), then k0sctl kubeconfig"
+    return (
+        f"k0s {version}: install controller on the first controller, then the other controllers and "
+        "the workers joined with tokens created there"
+    )
+
+
+def _cluster_line(lock: Lock, rke: bool, route: Route) -> str:
+    if lock.cluster.get("kind") == K0S:
+        return _k0s_cluster_line(lock)
+    if not rke:
+        return "skipped (no rke in the bundle)"
+    registry = f", with private_registries: {route.address} (default)" if route.mode == "registry" else ""
+    return "rke up --config <inventory> on this node" + registry
+
+
 def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
@@ -293,16 +317,8 @@ def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]
         + (
             ", ".join(f"{s.name} (on {s.target})" for s in lock.steps if s.when == "before-cluster") or "none"
         ),
-        *_images_lines(lock, nodes, route),
-        "cluster    "
-        + (
-            KUBEADM_UP
-            if cluster_kind(lock) == "kubeadm"
-            else "rke up --config <inventory> on this node"
-            + (f", with private_registries: {route.address} (default)" if route.mode == "registry" else "")
-            if rke
-            else "skipped (no rke in the bundle)"
-        ),
+        *(_k0s_lines(lock, nodes) if lock.cluster.get("kind") == K0S else _images_lines(lock, nodes, route)),
+        "cluster    " + _cluster_line(lock, rke, route),
         "steps      in order: "
         + (", ".join(s.name + ("" if s.on == "control" else f" (on {s.target})") for s in after) or "none")
         + (", the others on this node" if any(s.on != "control" for s in after) else ""),
@@ -515,7 +531,20 @@ def _binaries(x: _Inputs) -> PhasePlan:
     return _split(x, "binaries", wanted)
 
 
+def _k0s_images(x: _Inputs) -> PhasePlan:
+    """k0s: one image bundle file into /var/lib/k0s/images on every node that runs workloads."""
+    nodes = tuple(n for n in x.nodes if n.has("worker"))
+    todo = tuple(
+        Action("images", n.name, "k0s-airgap", "place", "airgap images into /var/lib/k0s/images")
+        for n in nodes
+        if f"images/{n.name}/k0s-airgap" not in x.done
+    )
+    return PhasePlan("images", nodes, todo)
+
+
 def _images(x: _Inputs) -> PhasePlan:
+    if x.lock.cluster.get("kind") == K0S:
+        return _k0s_images(x)
     containerd = runtime(x.lock) == "containerd"
     verb = "pull" if x.route.mode == "registry" else ("import" if containerd else "load")
     wanted: Dict[str, List[Tuple[str, str, str, Optional[bool]]]] = {}
@@ -545,6 +574,11 @@ def _images(x: _Inputs) -> PhasePlan:
 
 def _cluster(x: _Inputs) -> PhasePlan:
     kind = cluster_kind(x.lock)
+    if kind == K0S:
+        if f"cluster/{LOCAL}/k0s-up" in x.done:
+            return PhasePlan("cluster", notes=("k0s: brought up before, skipped",))
+        how = "k0sctl apply" if x.lock.cluster.get("k0sctl") else "k0s install, joined with tokens"
+        return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "k0s-up", "run", how),))
     if kind == "kubeadm":
         if f"cluster/{LOCAL}/kubeadm-up" in x.done:
             return PhasePlan("cluster", notes=("kubeadm init and joins: done before, skipped",))
