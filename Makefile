@@ -13,7 +13,7 @@ DEB_PACKAGES := python3 python3-venv openssh-client openssh-server tar coreutils
                 rpm createrepo-c python3-solv dnf dnf-plugins-core
 PYTEST_ARGS ?=
 
-.PHONY: all install debs test lint fix demo bench clean
+.PHONY: all install debs test lint fix demo demo-k0s bench clean
 
 all: test
 
@@ -44,8 +44,17 @@ fix: install
 	$(BIN)/ruff check --fix bundler tests bench tools
 	$(BIN)/ruff format bundler tests bench tools
 
+# make demo: the rke journey (tools/demo.sh); make demo KIND=k0s (or make demo-k0s): the k0s kind's.
+KIND ?= rke
 demo: install
+ifeq ($(KIND),k0s)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/demo_k0s.py
+else
 	PATH="$(CURDIR)/$(BIN):$$PATH" tools/demo.sh
+endif
+
+demo-k0s:
+	$(MAKE) demo KIND=k0s
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/verify_bench.py

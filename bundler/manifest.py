@@ -1108,7 +1108,7 @@ def _apt_source(item: Any, where: str, i: int, line: int, base: Path) -> Source:
             # Docker publishes its key beside its repository; Astra's is on every Astra host (apt trusts
             # it there); for the others: payloads/keys/README.md.
             example = ""
-            if "docker" in url:
+            if "docker" in url and ".invalid" not in url:
                 example = f", e.g. 'curl -fsSL {url.rstrip('/')}/gpg -o {raw}'"
             elif "astra" in url or "astra" in raw:
                 example = (

@@ -240,6 +240,11 @@ class Dnf:
             "-y",
         ]
 
+    def close(self) -> None:
+        """Stop the gpg-agents dnf started for the keys it imported into its cache's pubrings."""
+        for pubring in (self.folder / "cache").glob("*/pubring"):
+            subprocess.run(["gpgconf", "--homedir", str(pubring), "--kill", "gpg-agent"], capture_output=True)
+
     def would_install(self, repos: dict[str, str], *packages: str) -> tuple[int, dict[str, str], str]:
         """``dnf install --assumeno``: its exit code, name -> [epoch:]version-release, its output."""
         run = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -299,11 +300,16 @@ def test_customer_manifest_is_complete_but_for_vendor_inputs(tmp_path: Path) -> 
     text = (root / "manifests" / "fmp-rke.yaml").read_text().splitlines()
     at = next(i for i, ln in enumerate(text, 1) if ln.strip().startswith("sha256:"))
     assert any(f"fmp-rke.yaml:{at}: binaries[0].sha256: is the all-zero placeholder" in p for p in problems)
+    assert sum("marked PLACEHOLDER" in p for p in problems) == 3  # Docker's repository, Ubuntu's archive (2)
     copy = tmp_path / "proj"
     shutil.copytree(root / "manifests", copy / "manifests")
     # As the README says: copy rke's sha256 over the placeholder.
     text = (copy / "manifests" / "fmp-rke.yaml").read_text().replace("0" * 64, "ab" * 32)
-    (copy / "manifests" / "fmp-rke.yaml").write_text(text.replace("# PLACEHOLDER: see above", ""))
+    # and the repositories' URLs over theirs (payloads/keys/README.md says where to find them).
+    text = re.sub(r"# PLACEHOLDER:.*", "", text).replace("docker-apt.invalid", "apt.example.org")
+    (copy / "manifests" / "fmp-rke.yaml").write_text(
+        text.replace("ubuntu-archive.invalid", "ubuntu.example.org")
+    )
     shutil.copytree(root / "scripts", copy / "scripts")
     (copy / "payloads" / "keys").mkdir(parents=True)
     for key in ("docker.gpg", "ubuntu-archive-keyring.gpg"):

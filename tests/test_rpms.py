@@ -61,7 +61,7 @@ def _dnf_repo(url: str, key: GpgKey, repo_gpgcheck: bool = True) -> dict[str, st
 
 
 @pytest.fixture(scope="module")
-def dnf_roots(rpm_repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dnf]:
+def dnf_roots(rpm_repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Dnf]]:
     """dnf private roots holding a baseline: bash; bash and selinux-policy (installed by dnf itself)."""
     roots = {}
     for name, base in (("bash", ["bash"]), ("selinux", ["bash", "selinux-policy"])):
@@ -73,7 +73,9 @@ def dnf_roots(rpm_repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> dict[
         )
         assert run.returncode == 0, run.stdout + run.stderr
         roots[name] = dnf
-    return roots
+    yield roots
+    for dnf in roots.values():
+        dnf.close()
 
 
 BASELINES = {
@@ -221,6 +223,7 @@ def test_bundle_rpms_install_with_dnf_offline(
         capture_output=True,
         text=True,
     )
+    dnf.close()
     assert run.returncode == 0, run.stdout + run.stderr
     installed = subprocess.run(
         ["rpm", "--root", str(dnf.folder / "root"), "-qa", "--qf", "%{NAME}\n"],
