@@ -337,8 +337,9 @@ def _ssh_time(value: str, where: str) -> int:
     utc = value.endswith("Z")
     digits = value[:-1] if utc else value
     formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
-    # ASCII digits only: str.isdigit() and strptime() also take "２０２０", which OpenSSH refuses.
-    if not (digits.isascii() and digits.isdigit()) or len(digits) not in formats:
+    # ASCII digits only: str.isdigit() and strptime() also take "２０２０", which OpenSSH refuses
+    # (a regex: str.isascii is 3.7+).
+    if not re.fullmatch(r"[0-9]+", digits) or len(digits) not in formats:
         raise KeyFileError(f"{where}: time {value!r} is not YYYYMMDD[HHMM[SS]][Z]")
     try:
         moment = datetime.datetime.strptime(digits, formats[len(digits)])

@@ -83,7 +83,7 @@ def pax_size(name: str, records: Mapping[str, str]) -> Optional[int]:
     text = records.get("size")
     if text is None:
         return None
-    if not (text.isdigit() and text.isascii()) or len(text) > 20:
+    if not re.fullmatch(r"[0-9]+", text) or len(text) > 20:  # ASCII digits only (no str.isascii on 3.6)
         raise unsafe(name, f"malformed PAX size {text[:40]!r}")
     return int(text)
 

@@ -1115,10 +1115,13 @@ def _no_python_path(tmp_path: Path) -> Path:
     return folder
 
 
-def test_install_sh_falls_back_to_platform_python(built: Path, keys: Keys, tmp_path: Path) -> None:
+@pytest.mark.parametrize("python3", [None, "2.7"])
+def test_install_sh_falls_back_to_platform_python(
+    built: Path, keys: Keys, tmp_path: Path, python3: str | None
+) -> None:
     """Rocky/RHEL 8 has no python3 command unless one was installed, only /usr/libexec/platform-python
-    (3.6): install.sh uses it and says so. Played in a private mount namespace whose /usr/libexec
-    holds only a platform-python (pyenv's 3.6), with no python3 on PATH."""
+    (3.6): install.sh uses it and says so, also when the python3 on PATH is too old. Played in a
+    private mount namespace whose /usr/libexec holds only a platform-python (pyenv's 3.6)."""
     python36 = _pyenv_python(6) or _oldest_python()
     if python36 is None:
         pytest.skip("no pyenv python3 under ~/.pyenv/versions to play platform-python")
@@ -1126,6 +1129,11 @@ def test_install_sh_falls_back_to_platform_python(built: Path, keys: Keys, tmp_p
         pytest.skip("unshare (util-linux) is needed for a private /usr/libexec")
     site = _site(built, tmp_path)
     bare = _no_python_path(tmp_path)
+    if python3 is not None:  # a python3 command that cannot run the installer
+        old = sorted((Path.home() / ".pyenv" / "versions").glob(f"{python3}.*"))
+        if not old:
+            pytest.skip(f"no pyenv python {python3} to play a too-old python3")
+        (bare / "python3").symlink_to(old[0] / "bin" / "python")
     script = (
         "mount -t tmpfs airbundle-test /usr/libexec && "
         f"ln -s {python36} /usr/libexec/platform-python && "
@@ -1159,7 +1167,7 @@ def test_install_sh_without_a_usable_python(
         argv, cwd=site, env={**os.environ, "PATH": str(bare)}, capture_output=True, text=True
     )
     assert run.returncode == 6, run.stderr
-    assert "Python 3.6 or later" in run.stderr or "python3 (3.6 or later) is required" in run.stderr
+    assert "python3 3.6 or later is required on this node" in run.stderr
     assert not (site / "work").exists()
 
 

@@ -303,7 +303,8 @@ def test_topology_problems_are_what_stops_an_install_until_confirmed() -> None:
 
 def test_topology_problems_name_the_inventory_line(tmp_path: Path) -> None:
     """Each topology problem says where in the inventory it is: an etcd count at the first etcd
-    node's line (naming the others'), too few or no workers at the ``nodes:`` key."""
+    node's line (naming the others'), too few workers at the first worker's, no worker at the
+    ``nodes:`` key."""
     from dataclasses import replace
 
     from bundler.installer.inventory import load_inventory, nodes_line
@@ -321,7 +322,7 @@ def test_topology_problems_name_the_inventory_line(tmp_path: Path) -> None:
     assert [n.line for n in nodes] == [3, 6, 9] and nodes_line(inventory) == 2
     problems = located_topology_problems(replace(_lock(), min_workers=2), nodes, str(inventory), 2)
     assert problems == [
-        f"{inventory}:2: 1 worker(s), fewer than the bundle's min_workers (2)",
+        f"{inventory}:9: 1 worker(s), fewer than the bundle's min_workers (2)",  # at the (first) worker
         f"{inventory}:3: 2 etcd node(s): quorum 2, tolerates 0 failure(s); a fault-tolerant cluster needs "
         "at least 3 (etcd nodes on lines 3, 6)",
     ]

@@ -426,7 +426,8 @@ def _rpms_on(
         remote.stream(
             node,
             opts,
-            f"{sudo_prefix(node)}sh -c {shlex.quote(f'mkdir -p {repo} && tar -x -C {repo}')}",
+            f"{sudo_prefix(node)}sh -c "
+            + shlex.quote(f"mkdir -p {shlex.quote(repo)} && tar -x -C {shlex.quote(repo)}"),
             lambda out: rpmroute.rpms_tar(lock, bundle_dir, out),
         )
         remote.run(node, opts, f"{sudo_prefix(node)}sh -c " + shlex.quote(script), timeout=3600)
@@ -468,7 +469,8 @@ def _packages_on(
         remote.stream(
             node,
             opts,
-            f"{sudo_prefix(node)}sh -c {shlex.quote(f'mkdir -p {repo} && tar -x -C {repo}')}",
+            f"{sudo_prefix(node)}sh -c "
+            + shlex.quote(f"mkdir -p {shlex.quote(repo)} && tar -x -C {shlex.quote(repo)}"),
             lambda out: _debs_tar(lock, bundle_dir, _Counting(out, tell)),  # type: ignore[arg-type]
         )
         result.sent = sent[0]

@@ -90,15 +90,19 @@ fi
 for tool in tar ssh-keygen sha256sum sed grep sort uniq cut find; do
     command -v "$tool" >/dev/null 2>&1 || die 6 "$tool is required on this node"
 done
-# The installer needs Python 3.6 or later: python3 when there is one, else Rocky/RHEL 8's stock
+# The installer needs Python 3.6 or later: python3 when it is one, else Rocky/RHEL 8's stock
 # platform-python (that system has no python3 command unless it was installed).
-python=$(command -v python3 2>/dev/null || true)
-if [ -z "$python" ] && [ -x /usr/libexec/platform-python ]; then
-    python=/usr/libexec/platform-python
-fi
-[ -n "$python" ] || die 6 "python3 (3.6 or later) is required on this node; install it (on Rocky/RHEL 8, /usr/libexec/platform-python also does)"
-pyversion=$("$python" -I -S -c 'import sys; print("%d.%d.%d" % sys.version_info[:3]); sys.exit(sys.version_info < (3, 6))' 2>/dev/null) \
-    || die 6 "$python${pyversion:+ (Python $pyversion)} cannot run the installer: Python 3.6 or later is needed"
+python=
+tried=
+for candidate in "$(command -v python3 2>/dev/null || true)" /usr/libexec/platform-python; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    if pyversion=$("$candidate" -I -S -c 'import sys; print("%d.%d.%d" % sys.version_info[:3]); sys.exit(sys.version_info < (3, 6))' 2>/dev/null); then
+        python=$candidate
+        break
+    fi
+    tried="$tried $candidate${pyversion:+ (Python $pyversion)}"
+done
+[ -n "$python" ] || die 6 "python3 3.6 or later is required on this node${tried:+ (found:$tried, too old or not working)}; install it (on Rocky/RHEL 8, /usr/libexec/platform-python also does)"
 echo "install.sh: using $python (Python $pyversion)" >&2
 
 umask 077

@@ -46,6 +46,27 @@ NODE_KEYS = (
 _VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# What an inventory may give as a login, an address and a node name. They reach ssh's command line
+# (and, as names, remote paths): a value that starts with "-" would be read as an ssh option
+# (-oProxyCommand=... runs a command here), and shell characters have no place in any of them.
+LOGIN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+ADDRESS_RE = re.compile(r"(?!-)[A-Za-z0-9.:_\[\]-]{1,253}")  # a name, IPv4 or IPv6; never "-..."
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62})")
+
+
+def field_problem(what: str, value: str) -> Optional[str]:
+    """Why ``value`` cannot be a node's ``login``, ``address`` or ``name`` (None when it can)."""
+    pattern = {"login": LOGIN_RE, "address": ADDRESS_RE, "name": NODE_NAME_RE}[what]
+    if pattern.fullmatch(value):
+        return None
+    allowed = {
+        "login": "letters, digits, '_', '.', '-' (not first), at most 32",
+        "address": "a host name or an IP address",
+        "name": "letters, digits, '_', '.', '-' (not first), at most 63",
+    }[what]
+    return f"{value!r} is not a {what} ({allowed})"
+
+
 @dataclass(frozen=True)
 class Node:
     """One node of the cluster as the inventory describes it."""
@@ -88,6 +109,8 @@ def _load(path: Path, what: str) -> Any:
     data = files.read_capped(path, what, MAX_INVENTORY_BYTES)  # a FIFO or /dev/zero is refused
     try:
         return yaml.safe_load(data.decode("utf-8"))
+    except RecursionError:
+        raise InputError(f"{path}: not a valid {what}: nested too deeply") from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -127,6 +150,10 @@ def load_inventory(path: Path) -> List[Node]:
             )
         if not isinstance(user, str) or not user:
             raise InputError(f"{where} needs a user (the SSH login)")
+        for what, value in (("address", address), ("login", user)):
+            problem = field_problem(what, value)
+            if problem:
+                raise InputError(f"{where}: {problem}")
         roles = role if isinstance(role, list) else [role]
         if not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
             raise InputError(f"{where}: role must list some of {', '.join(ROLES)}; got {role!r}")
@@ -141,6 +168,8 @@ def load_inventory(path: Path) -> List[Node]:
             raise InputError(f"{where}: listed twice (also line {seen[(address, port)]})")
         seen[(address, port)] = at
         key, host = raw.get("ssh_key_path") or doc.get("ssh_key_path"), raw.get("hostname_override")
+        if isinstance(host, str) and field_problem("name", host):
+            raise InputError(f"{where}: hostname_override {field_problem('name', host)}")
         node = Node(
             address,
             user,
@@ -175,7 +204,7 @@ def _node_lines(path: Path) -> Dict[Tuple[int, str], int]:
     try:
         text = files.read_capped(path, "inventory", MAX_INVENTORY_BYTES).decode("utf-8")
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
-    except (UnicodeDecodeError, yaml.YAMLError):
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return {}
     out: Dict[Tuple[int, str], int] = {}
     if not isinstance(tree, yaml.MappingNode):
@@ -227,7 +256,9 @@ def load_endpoint(path: Path) -> Optional[Endpoint]:
     line = _top_line(path, "vip")
     text = str(raw)
     address, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
-    if not re.fullmatch(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", address) or (port and not port.isdigit()):
+    octets = address.split(".")
+    ipv4 = re.fullmatch(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", address) and all(int(o) <= 255 for o in octets)
+    if not ipv4 or (port and not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536)):
         raise InputError(
             f"{path}:{line}: vip: {text!r} is not an IPv4 address with an optional port "
             "(e.g. vip: 10.0.0.100 or vip: 10.0.0.100:6443)"

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from bundler import files
 from bundler.errors import InputError
 from bundler.installer._vendor import yaml
-from bundler.installer.inventory import MAX_INVENTORY_BYTES, Node, load_inventory
+from bundler.installer.inventory import MAX_INVENTORY_BYTES, Node, field_problem, load_inventory
 
 API_VERSION = "k0sctl.k0sproject.io/v1beta1"
 KINDS = ("Cluster", "cluster")  # k0sctl accepts both spellings
@@ -112,6 +112,8 @@ def _text(path: Path) -> str:
 def _parse(path: Path, text: str) -> Any:
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise InputError(f"{path}: not a valid k0sctl.yaml: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -125,24 +127,32 @@ def is_k0sctl(path: Path) -> bool:
     RKE ``cluster.yml``. An unreadable or malformed file is not: the reader that follows says why."""
     try:
         doc = yaml.safe_load(_text(path))
-    except (InputError, yaml.YAMLError):
+    except (InputError, yaml.YAMLError, RecursionError):
         return False
     version = doc.get("apiVersion") if isinstance(doc, dict) else None
     return isinstance(version, str) and version.startswith("k0sctl.k0sproject.io/")
 
 
-def _lines(node: Any, prefix: Tuple[Any, ...], out: Dict[Tuple[Any, ...], int]) -> None:
-    """(path of keys and indexes) → 1-based line, from the YAML's node tree (the data has none)."""
+def _lines(
+    node: Any, prefix: Tuple[Any, ...], out: Dict[Tuple[Any, ...], int], seen: Optional[set] = None
+) -> None:
+    """(path of keys and indexes) → 1-based line, from the YAML's node tree (the data has none).
+    Each node is walked once: an alias is the node it names, and walking it again at every
+    place it is used would take exponential time for a file of nested aliases."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             here = (*prefix, str(key.value))
             out[here] = key.start_mark.line + 1
-            _lines(value, here, out)
+            _lines(value, here, out, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             here = (*prefix, i)
             out[here] = item.start_mark.line + 1
-            _lines(item, here, out)
+            _lines(item, here, out, seen)
 
 
 class _Where:
@@ -153,7 +163,7 @@ class _Where:
         self.lines: Dict[Tuple[Any, ...], int] = {}
         try:
             _lines(yaml.compose(text, Loader=yaml.SafeLoader), (), self.lines)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # lines are a help; the parse says what is wrong
             pass
 
     def line(self, *keys: Any) -> int:
@@ -208,9 +218,13 @@ def _host(where: _Where, raw: Any, i: int) -> Host:
     address = ssh.get("address")
     if not isinstance(address, str) or not address:
         raise InputError(f"{where(*at, 'ssh')}: {label}.ssh needs an address")
+    if field_problem("address", address):
+        raise InputError(
+            f"{where(*at, 'ssh', 'address')}: {label}.ssh.address {field_problem('address', address)}"
+        )
     user = ssh.get("user", "root")  # k0sctl's (rig's) default
-    if not isinstance(user, str) or not user:
-        raise InputError(f"{where(*at, 'ssh', 'user')}: {label}.ssh.user must be a login name")
+    if not isinstance(user, str) or not user or field_problem("login", user):
+        raise InputError(f"{where(*at, 'ssh', 'user')}: {label}.ssh.user {user!r} must be a login name")
     port = ssh.get("port", 22)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise InputError(f"{where(*at, 'ssh', 'port')}: {label}.ssh.port {port!r} is not a TCP port")
@@ -218,7 +232,9 @@ def _host(where: _Where, raw: Any, i: int) -> Host:
     if key is not None and (not isinstance(key, str) or not key):
         raise InputError(f"{where(*at, 'ssh', 'keyPath')}: {label}.ssh.keyPath must be a file name")
     hostname = raw.get("hostname")
-    if hostname is not None and (not isinstance(hostname, str) or not hostname):
+    if hostname is not None and (
+        not isinstance(hostname, str) or not hostname or field_problem("name", hostname)
+    ):
         raise InputError(f"{where(*at, 'hostname')}: {label}.hostname must be a name")
     flags = raw.get("installFlags") or []
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):

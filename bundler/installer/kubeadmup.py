@@ -117,6 +117,8 @@ def bring_up(
     token, key = new_token(), secrets.token_hex(32)
     runner = _Runner(opts, workdir / "logs", echo, [token, key])
     results = []
+    if not control:  # the topology check names it too; --yes cannot make kubeadm init run nowhere
+        raise InstallError("cluster: no node has the controlplane role; kubeadm init needs one")
     first = control[0]
     where = str(endpoint) if endpoint is not None else f"{first.address}:6443"
     try:

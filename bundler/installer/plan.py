@@ -143,11 +143,18 @@ def located_topology_problems(
     """``topology_problems`` as ``INVENTORY:LINE: problem``: at the line of the nodes at fault (a
     quorum's first voting node, the first worker), a problem of the whole list at the ``nodes:``
     key's line (``nodes_line``; 0 when unknown, then ``INVENTORY:`` alone)."""
+    kind = topology_rules(lock, demo, vip).kind
+    voting = topology.QUORUM_ROLE.get(kind, "etcd")
+    lines = [n.line for n in nodes if n.line and voting in topology.roles_of(kind, n.roles)]
     out = []
     for found in topology_findings(lock, nodes, demo, vip):
-        if found.severity == "problem":
-            line = found.line or nodes_line
-            out.append(f"{inventory}:{line}: {found.message}" if line else f"{inventory}: {found.message}")
+        if found.severity != "problem":
+            continue
+        text = found.message
+        if len(lines) > 1 and text.startswith(f"{len(lines)} {voting} node"):  # a quorum problem: say where
+            text += f" ({voting} nodes on lines {', '.join(map(str, lines))})"
+        line = found.line or nodes_line
+        out.append(f"{inventory}:{line}: {text}" if line else f"{inventory}: {text}")
     return out
 
 

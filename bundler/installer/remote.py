@@ -54,7 +54,7 @@ def ssh_argv(node: Node, opts: SshOptions, command: str) -> List[str]:
     ]
     if node.ssh_key_path:
         argv += ["-i", node.ssh_key_path]
-    return [*argv, f"{node.user}@{node.address}", command]
+    return [*argv, "--", f"{node.user}@{node.address}", command]  # "--": never an option (defence in depth)
 
 
 # rke v1.4.11 (hosts/tunnel.go) reads the key at ssh_key_path (``~/`` is $HOME), logs in as the
@@ -76,7 +76,7 @@ def rke_login_argv(node: Node, connect_timeout: int = 10) -> List[str]:
         "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
         "-o", f"ConnectTimeout={connect_timeout}", "-i", rke_key_path(node), "-p", str(node.port),
-        f"{node.user}@{node.address}", "true",
+        "--", f"{node.user}@{node.address}", "true",
     ]  # fmt: skip
 
 
