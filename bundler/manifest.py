@@ -1001,6 +1001,14 @@ def _rpms_section(top: _Section, where: str, base: Path, problems: _Problems) ->
         raise _Reported()
     if not sources:
         raise ManifestError(f"{sec.at()}: rpms needs at least one source")
+    unsigned = [i for i, s in enumerate(sources) if s.gpgkey is None]
+    if unsigned and len(unsigned) < len(sources):
+        # The nodes' dnf reads the bundle as one repository, gpgcheck on when there are keys: an rpm
+        # from a source without one would pass the build and be refused on the nodes, mid-install.
+        raise ManifestError(
+            f"{sec.at()}: rpms.sources[{unsigned[0]}] has no gpgkey while other sources have one; the "
+            "nodes check every bundled rpm against the bundled keys: give each source its key (or none)"
+        )
     packages = sec.get("packages", list, default=[], required=False)
     exclude = sec.get("exclude", list, default=[], required=False)
     for key, names in (("packages", packages), ("exclude", exclude)):

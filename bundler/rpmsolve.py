@@ -116,6 +116,10 @@ def resolve(
             capture_output=True,
             timeout=3600,
         )
+    except subprocess.TimeoutExpired:
+        raise FetchError(
+            "the rpm closure did not finish within an hour (libsolv); check the sources' size"
+        ) from None
     except FileNotFoundError:
         raise FetchError(
             f"{SYSTEM_PYTHON} is missing: the rpm closure is computed by libsolv's bindings there; "

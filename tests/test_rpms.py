@@ -370,6 +370,21 @@ def test_manifest_mistakes_are_exit_2(project: Project, keys: Keys, tmp_path: Pa
     assert result.exit_code == 2 and "gpgkey" in result.stderr and "missing.asc" in result.stderr
 
 
+def test_signed_and_unsigned_sources_together_are_refused(
+    project: Project, keys: Keys, tmp_path: Path, rpm_repo: Repo
+) -> None:
+    """The nodes' dnf checks every bundled rpm against the bundled keys: a source without a key beside
+    one with a key would build, then fail on the nodes mid-install; the manifest is refused instead."""
+    manifest = _manifest(project, rpm_repo.url, rpm_repo.key)
+    manifest.write_text(
+        manifest.read_text().replace("  packages:", f"    - url: {rpm_repo.url}/other\n  packages:")
+    )
+    result = _build(keys, manifest, tmp_path / "out", tmp_path / "cache")
+    assert result.exit_code == 2, result.stderr
+    assert "rpms.sources[1] has no gpgkey while other sources have one" in result.stderr
+    assert not list((tmp_path / "out").glob("*.tar")) if (tmp_path / "out").exists() else True
+
+
 # --- the installer's rpm route on loopback nodes (each node's system: a private root) -----------
 
 ROCKY_8 = 'NAME="Rocky Linux"\nVERSION="8.6 (Green Obsidian)"\nID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="8.6"\n'
