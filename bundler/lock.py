@@ -565,6 +565,20 @@ def _deb_baseline(top: _Fields) -> Dict[str, str]:
     return dict(raw)
 
 
+def _package_fields(f: "_Fields") -> Dict[str, Any]:
+    """The fields a ``debs`` and an ``rpms`` record share (the two have one shape)."""
+    return {
+        "name": f.get("name", str),
+        "version": f.get("version", str),
+        "arch": f.get("arch", str),
+        "path": f.path("path"),
+        "sha256": f.sha("sha256"),
+        "size": f.size("size"),
+        "url": f.get("url", str),
+        "reason": f.get("reason", str),
+    }
+
+
 def _deb_roles(top: _Fields, debs: Sequence[Deb], key: str = "deb_roles") -> Dict[str, Tuple[str, ...]]:
     """``deb_roles`` (or ``rpm_roles``): for each node role, requested packages only its nodes get."""
     if key not in top.obj:
@@ -775,34 +789,12 @@ def _parse(doc: Any) -> Lock:
     debs = []
     for i, raw in enumerate(top.items("debs")):
         f = _Fields(raw, f"debs[{i}]")
-        debs.append(
-            Deb(
-                name=f.get("name", str),
-                version=f.get("version", str),
-                arch=f.get("arch", str),
-                path=f.path("path"),
-                sha256=f.sha("sha256"),
-                size=f.size("size"),
-                url=f.get("url", str),
-                reason=f.get("reason", str),
-            )
-        )
+        debs.append(Deb(**_package_fields(f)))
     blob_refs += [d.path for d in debs]
     rpm_records = []
     for i, raw in enumerate(top.items("rpms") if "rpms" in top.obj else []):
         f = _Fields(raw, f"rpms[{i}]")
-        rpm_records.append(
-            Rpm(
-                name=f.get("name", str),
-                version=f.get("version", str),
-                arch=f.get("arch", str),
-                path=f.path("path"),
-                sha256=f.sha("sha256"),
-                size=f.size("size"),
-                url=f.get("url", str),
-                reason=f.get("reason", str),
-            )
-        )
+        rpm_records.append(Rpm(**_package_fields(f)))
         if not _RPM_WORD.fullmatch(rpm_records[-1].name + rpm_records[-1].version + rpm_records[-1].arch):
             raise LockError(f"{LOCK_NAME}: rpms[{i}] has an unusable name, version or arch")
     blob_refs += [r.path for r in rpm_records]

@@ -409,6 +409,12 @@ def _packages_script(
     )
 
 
+def _untar_into(node: Node, folder: str) -> str:
+    """The remote command that makes ``folder`` and unpacks the tar stream it reads into it."""
+    inner = f"mkdir -p {shlex.quote(folder)} && tar -x -C {shlex.quote(folder)}"
+    return f"{sudo_prefix(node)}sh -c {shlex.quote(inner)}"
+
+
 def _rpms_on(
     node: Node, lock: Lock, bundle_dir: Path, opts: remote.SshOptions, root: Optional[str]
 ) -> NodeResult:
@@ -426,8 +432,7 @@ def _rpms_on(
         remote.stream(
             node,
             opts,
-            f"{sudo_prefix(node)}sh -c "
-            + shlex.quote(f"mkdir -p {shlex.quote(repo)} && tar -x -C {shlex.quote(repo)}"),
+            _untar_into(node, repo),
             lambda out: rpmroute.rpms_tar(lock, bundle_dir, out),
         )
         remote.run(node, opts, f"{sudo_prefix(node)}sh -c " + shlex.quote(script), timeout=3600)
@@ -469,8 +474,7 @@ def _packages_on(
         remote.stream(
             node,
             opts,
-            f"{sudo_prefix(node)}sh -c "
-            + shlex.quote(f"mkdir -p {shlex.quote(repo)} && tar -x -C {shlex.quote(repo)}"),
+            _untar_into(node, repo),
             lambda out: _debs_tar(lock, bundle_dir, _Counting(out, tell)),  # type: ignore[arg-type]
         )
         result.sent = sent[0]
