@@ -194,3 +194,21 @@ def test_the_readmes_k0sctl_yaml_reads_as_written(tmp_path: Path) -> None:
     config = k0sctl.load(_write(tmp_path, "apiVersion: k0sctl.k0sproject.io/v1beta1\n" + block))
     assert [h.role for h in config.hosts] == ["controller"] * 3 + ["worker"] * 2
     assert config.version == "v1.28.15+k0s.0"
+
+
+@pytest.mark.parametrize("version", ["v1.29.1+k0s.0", None])
+def test_a_k0s_version_other_than_the_bundles_is_refused(tmp_path: Path, version: str | None) -> None:
+    """k0sctl installs the k0s version its file names and downloads any other: on an isolated site
+    that fails after the images are placed. The installer refuses it first, naming the line."""
+    k0s = f"  k0s:\n    version: {version}\n" if version else ""
+    path = tmp_path / "k0sctl.yaml"
+    path.write_text(
+        "apiVersion: k0sctl.k0sproject.io/v1beta1\nkind: Cluster\nspec:\n  hosts:\n"
+        "  - role: controller\n    ssh: {address: 10.0.0.1}\n  - role: worker\n    ssh: {address: 10.0.0.2}\n"
+        + k0s
+    )
+    config = k0sctl.load(path)
+    problem = config.version_problem("v1.28.15+k0s.0")
+    assert problem is not None and "write spec.k0s.version: v1.28.15+k0s.0" in problem
+    assert problem.startswith(f"{path}:10:" if version else f"{path}:")  # spec.k0s.version's line
+    assert k0sctl.load(path).version_problem(version or "") is None

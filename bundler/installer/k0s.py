@@ -34,6 +34,7 @@ TOKEN_DIR = "/etc/k0s"  # noqa: S105 - a folder, not a secret
 
 # The admin kubeconfig the bring-up leaves in the work folder (the steps get it as KUBECONFIG).
 KUBECONFIG = "kubeconfig-k0s"
+JOIN_TTL = "1h"  # how long a join token the bring-up makes stays good
 
 
 def worker_images(lock: Lock) -> List[oci.Image]:
@@ -172,7 +173,9 @@ def _join_by_tokens(config: K0sctlConfig, opts: remote.SshOptions, echo: Callabl
     _k0s(leader, opts, "start")
     for role, group in (("controller", others), ("worker", workers)):
         for host in group:
-            token = _k0s(leader, opts, f"token create --role={role}")
+            # A join token lets a machine join as that role (a controller's gets the CA): it expires
+            # within the hour instead of never (k0s's default).
+            token = _k0s(leader, opts, f"token create --role={role} --expiry={JOIN_TTL}")
             path = f"{TOKEN_DIR}/{role}-token"
             sudo = remote.sudo_prefix(host.node)
             write = f"{sudo}mkdir -p {TOKEN_DIR} && {sudo}sh -c {shlex.quote(f'umask 077 && cat > {path}')}"

@@ -76,6 +76,19 @@ class K0sctlConfig(NamedTuple):
     hosts: Tuple[Host, ...]
     version: str = ""  # spec.k0s.version, e.g. v1.28.15+k0s.0; "" when the file names none
     config: Optional[Dict[str, Any]] = None  # spec.k0s.config, for k0s itself
+    version_at: str = ""  # FILE:LINE of spec.k0s.version (or of spec.k0s / spec when absent)
+
+    def version_problem(self, bundled: str) -> Optional[str]:
+        """Why this file's k0s version cannot be brought up by the bundle's k0s (None when it can):
+        k0sctl installs the version the file names, and an absent or other one is a download,
+        which an isolated site cannot make (it fails after the images are placed)."""
+        if self.version == bundled:
+            return None
+        said = f"names {self.version}" if self.version else "names no k0s version"
+        return (
+            f"{self.version_at}: spec.k0s.version: the file {said}, the bundle carries k0s {bundled}; "
+            f"write spec.k0s.version: {bundled} (k0sctl would download any other)"
+        )
 
     @property
     def nodes(self) -> List[Node]:
@@ -297,7 +310,9 @@ def load(path: Path) -> K0sctlConfig:
             "(k0sctl's words): a single host is the whole cluster; make it a controller+worker, or "
             "list it alone"
         )
-    config = K0sctlConfig(path, tuple(hosts), *_k0s(where, spec.get("k0s")))
+    config = K0sctlConfig(
+        path, tuple(hosts), *_k0s(where, spec.get("k0s")), version_at=where("spec", "k0s", "version")
+    )
     if not config.controllers:
         raise InputError(
             f"{where('spec', 'hosts')}: no hosts with a controller role defined (k0sctl's words); "

@@ -135,6 +135,10 @@ def _check_fit(
             f"{options.inventory}: {lock.name} {lock.version} brings up a k0s cluster: give the cluster's "
             f"k0sctl.yaml (apiVersion: {k0sctl.API_VERSION}, kind: Cluster, spec.hosts)"
         )
+    if kind == "k0s":
+        problem = k0sctl.load(options.inventory).version_problem(lock.cluster.get("kubernetes_version", ""))
+        if problem:
+            raise InputError(problem)
     if cluster_kind(lock) == "kubeadm":
         problem = vip_problem(options.inventory, nodes, load_endpoint(options.inventory))
         if problem:
