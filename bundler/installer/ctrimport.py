@@ -15,16 +15,14 @@ It does not choose which images a node gets (``plan``) and does not configure co
 (registry trust: ``siteregistry``). Carried in bundles: python3 3.6, stdlib only.
 """
 
-import io
 import json
 import shlex
-import tarfile
 from pathlib import Path
 from typing import IO, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from bundler import oci
 from bundler.installer import remote
-from bundler.installer.dockerload import Counter, blobs_size
+from bundler.installer.dockerload import Counter, blob_tar, blobs_size
 from bundler.installer.inventory import Node
 
 NAMESPACE = "k8s.io"  # the namespace containerd's CRI plugin (the kubelet's images) uses
@@ -58,22 +56,11 @@ def oci_tar(
             for name in oci.full_names(i)
         ],
     }
-    with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # stream mode only writes
-        for member, data in (
-            ("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode()),
-            ("index.json", json.dumps(index).encode()),
-        ):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        seen = set()
-        for image in images:
-            for digest in [image.manifest, image.config] + [la.digest for la in image.layers]:
-                if digest in seen:
-                    continue  # a layer shared by two images goes once
-                seen.add(digest)
-                tar.add(str(_blob(images_dir, digest)), arcname=oci.blob_path(digest), recursive=False)
-    return counter.count
+    layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
+    digests = [d for i in images for d in [i.manifest, i.config] + [la.digest for la in i.layers]]
+    return blob_tar(
+        counter, [("oci-layout", layout), ("index.json", json.dumps(index).encode())], digests, images_dir
+    )
 
 
 def present(node: Node, opts: remote.SshOptions) -> Tuple[FrozenSet[str], Dict[str, str]]:

@@ -56,18 +56,21 @@ def docker_load_tar(
             for i in images
         ]
     ).encode()
+    digests = [d for i in images for d in [i.config, *(la.digest for la in i.layers)]]
+    return blob_tar(counter, [("manifest.json", manifest)], digests, images_dir)
+
+
+def blob_tar(counter: "Counter", head: List[Tuple[str, bytes]], digests: List[str], images_dir: Path) -> int:
+    """A streamed tar to ``counter``: the ``head`` members (name, bytes), then each blob of
+    ``digests`` once (a layer shared by two images goes once), read from ``images_dir``; the
+    bytes written. What ``docker load`` and ``ctr images import`` archives have in common."""
     with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # stream mode only writes
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
-        seen = set()
-        for image in images:
-            for digest in [image.config, *(la.digest for la in image.layers)]:
-                if digest in seen:
-                    continue  # a layer shared by two images goes once
-                seen.add(digest)
-                path = images_dir / oci.blob_path(digest)
-                tar.add(str(path), arcname=oci.blob_path(digest), recursive=False)
+        for member, data in head:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for digest in dict.fromkeys(digests):  # in order, each once
+            tar.add(str(images_dir / oci.blob_path(digest)), arcname=oci.blob_path(digest), recursive=False)
     return counter.count
 
 
