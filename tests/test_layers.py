@@ -23,6 +23,7 @@ RANK: dict[str, float] = {
     "bundler.kinds": 1.5,
     "bundler.k0simages": 1,
     "bundler.k0sbuild": 4.5,
+    "bundler.pinnedtool": 4.4,
     "bundler.lock": 2,
     "bundler.files": 1,
     "bundler.trust": 2.5,
