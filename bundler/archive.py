@@ -271,10 +271,10 @@ def write_tar(
             if written.mismatch is not None:
                 raise written.mismatch
             if isinstance(seg, bytes):
-                _write_all(fd, seg)
+                write_all(fd, seg)
                 written.add(len(seg))
             elif seg.data is not None:
-                _write_all(fd, seg.data)
+                write_all(fd, seg.data)
                 advance(len(seg.data))
             else:
                 assert seg.source is not None
@@ -302,8 +302,10 @@ def write_tar(
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, fsync: bool = True, stale: Tuple[Path, ...] = ()) -> Iterator[int]:
-    """A file descriptor (read-write) that becomes ``path`` (mode 0644) only if the block completes.
+def atomic_output(
+    path: Path, fsync: bool = True, stale: Tuple[Path, ...] = (), mode: int = 0o644
+) -> Iterator[int]:
+    """A file descriptor (read-write) that becomes ``path`` (``mode``) only if the block completes.
 
     The data goes to a temporary file beside ``path``, is fsynced, then renamed over
     it; on any error the temporary file is removed and ``path`` is left as it was.
@@ -312,7 +314,7 @@ def atomic_output(path: Path, fsync: bool = True, stale: Tuple[Path, ...] = ()) 
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, mode)
         yield fd
         if fsync:
             os.fsync(fd)
@@ -336,7 +338,7 @@ def atomic_output(path: Path, fsync: bool = True, stale: Tuple[Path, ...] = ()) 
         raise
 
 
-def _write_all(fd: int, data: Union[bytes, memoryview]) -> None:
+def write_all(fd: int, data: Union[bytes, memoryview]) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -1027,7 +1029,7 @@ def _check_space(folder: Path, need: int) -> None:
 def _write_new(path: str, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -1061,7 +1063,7 @@ def _extract_member(
         digest = hashlib.sha256()
         for chunk in _member_chunks(src, member, buf):
             digest.update(chunk)
-            _write_all(out, chunk)
+            write_all(out, chunk)
             progress(len(chunk))
         os.fchmod(out, int(want.mode, 8))
     finally:
@@ -1315,7 +1317,7 @@ def split_bundle(path: Path, part_size: int, key: signing.PrivateKey) -> Path:
 
 def _atomic(path: Path, data: bytes) -> None:
     with atomic_output(path) as fd:
-        _write_all(fd, data)
+        write_all(fd, data)
 
 
 def join_parts(
@@ -1347,7 +1349,7 @@ def join_parts(
                     if not n:
                         break
                     digest.update(buf[:n])
-                    _write_all(fd, buf[:n])
+                    write_all(fd, buf[:n])
                     if progress:
                         progress(n, total)
         if digest.hexdigest() != whole:

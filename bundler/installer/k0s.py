@@ -21,6 +21,7 @@ from typing import IO, Callable, List, Optional, Tuple
 
 from bundler import k0simages, oci
 from bundler.errors import InstallError
+from bundler.installer import kubeconfig as kubeconfigs
 from bundler.installer import remote
 from bundler.installer.dockerload import docker_load_tar
 from bundler.installer.inventory import Node
@@ -127,7 +128,7 @@ def bring_up(
     """
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    kubeconfig = workdir / KUBECONFIG
+    target = workdir / KUBECONFIG
     if k0sctl is not None:
         log_path = logs / "k0sctl-apply.log"
         echo(f"k0sctl apply --config {config.path} (log: {log_path})")
@@ -146,15 +147,11 @@ def bring_up(
             raise InstallError(
                 f"cluster: k0sctl kubeconfig failed: {done.stderr.decode(errors='replace')[-400:]}"
             )
-        text = done.stdout.decode(errors="replace")
+        text, source = done.stdout.decode(errors="replace"), "k0sctl kubeconfig"
     else:
         text = _join_by_tokens(config, opts, echo)
-    part = kubeconfig.with_name("." + kubeconfig.name + ".part")
-    fd = os.open(str(part), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(str(part), str(kubeconfig))
-    return kubeconfig
+        source = f"{config.controllers[0].node.name}'s k0s kubeconfig admin"
+    return kubeconfigs.save(text, source, target)
 
 
 def _k0s(host: Host, opts: remote.SshOptions, args: str) -> str:

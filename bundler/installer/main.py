@@ -63,6 +63,7 @@ from bundler.installer.progress import Progress, human
 from bundler.installer.remote import SshOptions
 from bundler.installer.results import NodeResult
 from bundler.lock import MAX_LOCK_BYTES, Lock
+from bundler.text import printable
 
 
 def _read_keys(paths: List[Path]) -> List[signing.PublicKey]:
@@ -107,13 +108,25 @@ def run(argv: Optional[List[str]] = None, prog: str = "install.sh") -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:
+        return _output_closed()
     except OSError as exc:  # the machine, not the bundle: disk full, permissions, a folder in the way
         error = from_os_error(exc, "installing", InstallError)
-        print(f"airbundle install: error: {error}", file=sys.stderr)
+        print(f"airbundle install: error: {printable(str(error))}", file=sys.stderr)
         return error.exit_code
     except BundlerError as exc:
-        print(f"airbundle install: error: {exc}", file=sys.stderr)
+        print(f"airbundle install: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
+
+
+def _output_closed() -> int:
+    """The reader of our output went away (``| head``, quitting ``less``): stop as a shell tool
+    does on SIGPIPE, quietly, with its exit code; what finished is in the journal."""
+    try:  # Python would otherwise complain at exit, flushing into the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
+    return 141
 
 
 def _check_fit(

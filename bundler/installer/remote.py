@@ -16,6 +16,7 @@ from typing import IO, Callable, Iterator, List, Optional, TypeVar
 from bundler.compat import dataclass
 from bundler.errors import InstallError
 from bundler.installer.inventory import Node
+from bundler.text import printable
 
 T = TypeVar("T")
 
@@ -157,7 +158,7 @@ def ssh_problem(node: Node, stderr: str) -> str:
 
 
 def _failure(node: Node, command: str, code: int, stderr: bytes) -> RemoteError:
-    text = stderr.decode(errors="replace")
+    text = printable(stderr.decode(errors="replace"))
     if code == 255:
         return RemoteError(node, ssh_problem(node, text))
     detail = text.strip().splitlines()
@@ -165,21 +166,69 @@ def _failure(node: Node, command: str, code: int, stderr: bytes) -> RemoteError:
     return RemoteError(node, f"'{command.split()[0]}' failed with exit code {code}: {tail}")
 
 
-def run(node: Node, opts: SshOptions, command: str, timeout: float = 600) -> str:
-    """Run ``command`` on ``node``; its stdout, or ``RemoteError``."""
+MAX_ANSWER = 16 * 1024 * 1024  # bytes a node may answer on stdout (and on stderr) to one command
+
+
+class _Capped:
+    """Reads one of the node's streams into memory up to ``MAX_ANSWER`` bytes: a node is not
+    trusted to answer briefly, and the control node must not run out of memory because one did."""
+
+    def __init__(self, stream: IO[bytes], proc: "subprocess.Popen[bytes]") -> None:
+        self.chunks: List[bytes] = []
+        self.size = 0
+        self.over = False
+        self.thread = threading.Thread(target=self._read, args=(stream, proc), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[bytes], proc: "subprocess.Popen[bytes]") -> None:
+        while True:
+            chunk = stream.read(65536)
+            if not chunk:
+                return
+            self.size += len(chunk)
+            if self.size > MAX_ANSWER:
+                self.over = True
+                proc.kill()  # stop the stream at its source; the caller says which node and command
+                return
+            self.chunks.append(chunk)
+
+    def data(self) -> bytes:
+        self.thread.join()
+        return b"".join(self.chunks)
+
+
+def _wait(
+    node: Node, command: str, proc: "subprocess.Popen[bytes]", timeout: float, out: _Capped, err: _Capped
+) -> str:
     try:
-        done = subprocess.run(
-            ssh_argv(node, opts, command),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
         raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
-    if done.returncode != 0:
-        raise _failure(node, command, done.returncode, done.stderr)
-    return done.stdout.decode(errors="replace")
+    stdout, stderr = out.data(), err.data()
+    if out.over or err.over:
+        raise RemoteError(
+            node,
+            f"'{command.split()[0]}' answered more than {MAX_ANSWER // (1024 * 1024)} MiB; the installer "
+            "stopped reading (a node's answers are short: check what runs there as that command)",
+        )
+    if code != 0:
+        raise _failure(node, command, code, stderr)
+    # A node's words reach the operator's terminal (the plan, the report, errors): never its controls
+    return printable(stdout.decode(errors="replace"))
+
+
+def run(node: Node, opts: SshOptions, command: str, timeout: float = 600) -> str:
+    """Run ``command`` on ``node``; its stdout (at most ``MAX_ANSWER`` bytes), or ``RemoteError``."""
+    proc = subprocess.Popen(
+        ssh_argv(node, opts, command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    return _wait(node, command, proc, timeout, _Capped(proc.stdout, proc), _Capped(proc.stderr, proc))
 
 
 def stream(
@@ -190,15 +239,8 @@ def stream(
         ssh_argv(node, opts, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    out: List[bytes] = []
-    err: List[bytes] = []
     # Drain stdout and stderr while writing, so a chatty command cannot block the pipe.
-    readers = [
-        threading.Thread(target=lambda f=f, sink=sink: sink.append(f.read()), daemon=True)
-        for f, sink in ((proc.stdout, out), (proc.stderr, err))
-    ]
-    for reader in readers:
-        reader.start()
+    out, err = _Capped(proc.stdout, proc), _Capped(proc.stderr, proc)
     try:
         write(proc.stdin)
     except BrokenPipeError:
@@ -208,16 +250,7 @@ def stream(
             proc.stdin.close()
         except BrokenPipeError:
             pass
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
-    for reader in readers:
-        reader.join()
-    if code != 0:
-        raise _failure(node, command, code, b"".join(err))
-    return b"".join(out).decode(errors="replace")
+    return _wait(node, command, proc, timeout, out, err)
 
 
 def lines(text: str) -> Iterator[str]:
