@@ -485,8 +485,9 @@ def _name_of(f: object) -> str:
 def not_a_bundle(path: Path, head: bytes) -> Optional[BundlerError]:
     """What ``path`` is when its first bytes show it is no bundle at all, with what to do instead.
 
-    A ``.sha256`` (or ``.parts.sha256``) checksum file is bad input (exit 2); a gzipped bundle is
-    a bundle that was compressed on its way (exit 4, as any unreadable bundle, with the fix).
+    A ``.sha256`` (or ``.parts.sha256``) checksum file, another file or a GNU tar is bad input
+    (exit 2); a gzipped bundle is a bundle that was compressed on its way (exit 4, as any
+    unreadable bundle, with the fix).
     """
     if head.startswith(b"\x1f\x8b"):
         return IntegrityError(
@@ -499,6 +500,14 @@ def not_a_bundle(path: Path, head: bytes) -> Optional[BundlerError]:
         return InputError(
             f"{path} is a checksum file (sha256sum lines, for {named}), not a bundle: give the bundle "
             f"itself; to check the copy, run sha256sum -c {path.name} in its folder"
+        )
+    what = "the .tar that 'airbundle build' wrote (NAME-VERSION.tar)"
+    if len(head) >= BLOCK and head[257:265] == b"ustar  \0":
+        return InputError(f"{path} is a GNU-format tar, not an airbundle bundle: give {what}")
+    if len(head) >= BLOCK and head[257:262] != b"ustar":
+        return InputError(
+            f"{path} is not a tar archive, so not an airbundle bundle: give {what}; if it is one that "
+            f"was damaged on its way, {COPY_AGAIN}"
         )
     return None
 

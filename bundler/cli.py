@@ -854,8 +854,13 @@ def _command(argv: list[str] | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn its outcome into an exit status."""
+    stdout = sys.stdout
     try:
         code = cli.main(args=argv, prog_name="airbundle", standalone_mode=False)
+    except SystemExit as exc:
+        # click's own answer to a closed output pipe (| head): exit 1 with sys.stdout swapped for
+        # a quiet wrapper; a shell tool's is SIGPIPE's 141, which says "the reader left", not "a bug"
+        code = 141 if sys.stdout is not stdout else exc.code
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:

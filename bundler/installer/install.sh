@@ -103,7 +103,7 @@ for candidate in "$(command -v python3 2>/dev/null || true)" /usr/libexec/platfo
     tried="$tried $candidate${pyversion:+ (Python $pyversion)}"
 done
 [ -n "$python" ] || die 6 "python3 3.6 or later is required on this node${tried:+ (found:$tried, too old or not working)}; install it (on Rocky/RHEL 8, /usr/libexec/platform-python also does)"
-echo "install.sh: using $python (Python $pyversion)" >&2
+case " $* " in *" -q "* | *" --quiet "*) ;; *) echo "install.sh: using $python (Python $pyversion)" >&2 ;; esac
 
 umask 077
 work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")  # a fresh folder only root can read
