@@ -558,3 +558,34 @@ def test_a_pub_given_as_signers_says_how_to_make_the_file(built: Path, keys: Key
         in recipe.stderr
     )
     assert site.clean()
+
+
+def test_a_bundle_swapped_after_install_sh_checked_it_is_refused(
+    built: Path, project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Another validly signed bundle copied over the checked one just as the installer starts:
+    the installer's own decision finds another lock than install.sh checked and stops (exit 4)."""
+    (project.root / "payloads/notes.txt").write_text("another release\n")
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "other", "--key", keys.key_path, "--cache", cache_dir
+    )
+    assert result.exit_code == 0, result.stderr
+    other = Path(result.stdout.strip().splitlines()[-1])
+    site = make_site(tmp_path, built, signers(keys))
+    (site.root / "cluster.yml").write_text("nodes:\n  - {address: 127.0.0.1, user: root, role: [worker]}\n")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    # python3 as found on PATH: swaps the bundle when install.sh starts the installer with it
+    (shim / "python3").write_text(
+        f'#!/bin/sh\ncase "$*" in *installer/run.py*) cp {other} {site.bundle} ;; esac\nexec /usr/bin/python3 "$@"\n'
+    )
+    (shim / "python3").chmod(0o755)
+    run = subprocess.run(
+        ["sh", str(INSTALL_SH), "--bundle", site.bundle.name, "--pubkey", site.signers.name,
+         "--inventory", "cluster.yml", "--workdir", "work", "--dry-run", "--offline", "--yes"],
+        cwd=site.root, env={**site.env(), "PATH": f"{shim}:{SITE_PATH}"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 4, run.stderr
+    assert "lock.json is not the one install.sh checked" in run.stderr
+    assert "the bundle file was replaced meanwhile" in run.stderr
+    assert site.clean() and not (site.root / "work").exists()

@@ -250,7 +250,9 @@ odd=$(find "$work/b" ! -type d \( ! -type f -o -links +1 \) | head -n 1)
     || die 4 "$bundle: the installer files do not match lock.json ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); do not install this bundle"
 set +e
 running=1
-"$python" -I -S "$work/b/installer/run.py" "$@"
+# The installer decides again on its own read of the bundle; it must be the lock checked here.
+checked=$(sha256sum "$work/lock.json" | cut -c1-64)
+AIRBUNDLE_CHECKED_LOCK=$checked "$python" -I -S "$work/b/installer/run.py" "$@"
 code=$?
 running=0
 set -e

@@ -65,6 +65,9 @@ from bundler.installer.results import NodeResult
 from bundler.lock import MAX_LOCK_BYTES, Lock
 from bundler.text import printable
 
+# install.sh passes the SHA-256 of the lock.json it checked (trust.SiteFacts.checked_lock)
+CHECKED_LOCK_ENV = "AIRBUNDLE_CHECKED_LOCK"
+
 
 def _read_keys(paths: List[Path]) -> List[signing.PublicKey]:
     keys = []
@@ -367,6 +370,7 @@ def _site_facts(args: Options, trusted: List[signing.PublicKey], state: Dict[str
         },
         allow_downgrade=args.allow_downgrade,
         unpacked=unpacked,
+        checked_lock=os.environ.get(CHECKED_LOCK_ENV) or None,
     )
 
 
