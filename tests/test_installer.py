@@ -102,6 +102,8 @@ def test_tampered_installer_never_runs(built: Path, keys: Keys, tmp_path: Path) 
     items = read_items(built)
     main = dict((ti.name, d) for ti, d in items)["installer/bundler/installer/main.py"]
     evil = main.replace(b"def run(", b"import os\nos.system('touch /tmp/airbundle-pwned')\ndef run(", 1)
+    # as long as the signed file (its end cut): only the SHA-256 check can tell it apart
+    evil = evil[: len(main)]
     bad = write_items(
         tmp_path / "demo-1.0.0.tar", replace(items, "installer/bundler/installer/main.py", evil)
     )
@@ -109,6 +111,12 @@ def test_tampered_installer_never_runs(built: Path, keys: Keys, tmp_path: Path) 
     run = _install(site, keys)
     assert run.returncode == 4 and "installer files do not match lock.json" in run.stderr
     assert not Path("/tmp/airbundle-pwned").exists() and not (site / "work").exists()  # python never ran
+    # a longer one is refused earlier, from its declared size, before it is even extracted
+    (tmp_path / "longer").mkdir()
+    longer = write_items(tmp_path / "longer" / "demo-1.0.0.tar",
+                         replace(items, "installer/bundler/installer/main.py", main + b"\n#"))  # fmt: skip
+    run = _install(_site(longer, tmp_path / "longer"), keys)
+    assert run.returncode == 4 and "main.py is not the size lock.json gives it" in run.stderr
 
 
 @pytest.mark.parametrize(
