@@ -160,6 +160,45 @@ def test_keygen_makes_its_folder_and_says_whether_the_key_is_encrypted(tmp_path:
     assert protected.exit_code == 0 and "encrypted with the passphrase in $PASS" in protected.stderr
 
 
+def test_readme_allowed_signers_recipe_runs_as_written(
+    built: Path, keys: Any, other_keys: Any, tmp_path: Path
+) -> None:
+    """The README's allowed-signers block, pasted into ``sh`` where the publisher's release.pub and a
+    retired old-release.pub were received: airbundle and the stock ssh-keygen accept the bundle with
+    the file it makes, and the retired key's line holds until its end date only (ssh-keygen's
+    ``-O verify-time``: the check does not depend on this host's clock)."""
+    from bundler import signing
+
+    from .readme import readme_block
+
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(keys.pub_path, site / "release.pub")
+    shutil.copy(other_keys.pub_path, site / "old-release.pub")
+    made = subprocess.run(
+        ["sh", "-eu", "-c", readme_block("allowed-signers")], cwd=site, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    signers = site / "allowed_signers"
+    assert len(signers.read_text().splitlines()) == 2
+    verified = run_cli("verify", built, "--pubkey", signers)
+    assert verified.exit_code == 0, verified.stderr
+    lock = subprocess.run(["tar", "-xOf", str(built), "lock.json"], capture_output=True, check=True).stdout
+    (site / "lock.json").write_bytes(lock)
+    for key, name in ((keys.key, "new.sig"), (other_keys.key, "old.sig")):
+        (site / name).write_bytes(signing.sign(key, lock))
+
+    def stock(sig: str, when: str) -> int:
+        check = ["ssh-keygen", "-Y", "verify", "-f", "allowed_signers", "-I", "airbundle", "-n", "airbundle"]
+        with open(site / "lock.json", "rb") as f:
+            return subprocess.run(
+                [*check, "-s", sig, "-O", f"verify-time={when}"], cwd=site, stdin=f, capture_output=True
+            ).returncode
+
+    assert stock("new.sig", "20270601") == 0
+    assert stock("old.sig", "20261230") == 0 and stock("old.sig", "20270101") != 0
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
