@@ -30,7 +30,7 @@ import pytest
 
 from bundler.cli import cli
 
-from .conftest import AIRBUNDLE, DEMO_MANIFEST, RKE_BYTES, Origin, run_cli
+from .conftest import AIRBUNDLE, DEMO_MANIFEST, RKE_BYTES, Keys, Origin, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -161,7 +161,7 @@ def test_keygen_makes_its_folder_and_says_whether_the_key_is_encrypted(tmp_path:
 
 
 def test_readme_allowed_signers_recipe_runs_as_written(
-    built: Path, keys: Any, other_keys: Any, tmp_path: Path
+    built: Path, keys: Keys, other_keys: Keys, tmp_path: Path
 ) -> None:
     """The README's allowed-signers block, pasted into ``sh`` where the publisher's release.pub and a
     retired old-release.pub were received: airbundle and the stock ssh-keygen accept the bundle with
@@ -317,7 +317,7 @@ def site_registry(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
         net.stop()
 
 
-def _example_site(tmp_path: Path, keys: Any, nodes: list[Any], source_engine: Any, ca: Path) -> Path:
+def _example_site(tmp_path: Path, keys: Keys, nodes: list[Any], source_engine: Any, ca: Path) -> Path:
     """A site folder laid out as the README says, with what the examples name: the bundle (a
     stand-in fmp-rke 23.12.1: two images, the registry image it names as ``install.registry_image``,
     files and steps on the control node; no rke, whose bring-up tests/test_rkenodes.py plays),
@@ -363,7 +363,7 @@ def _example_site(tmp_path: Path, keys: Any, nodes: list[Any], source_engine: An
 
 @pytest.mark.parametrize("prog", ["install.sh", "airbundle install"])
 def test_install_examples_run_as_written_on_loopback_nodes(
-    prog: str, tmp_path: Path, keys: Any, example_nodes: Any, source_engine: Any, site_registry: Any
+    prog: str, tmp_path: Path, keys: Keys, example_nodes: Any, source_engine: Any, site_registry: Any
 ) -> None:
     """Every example of ``sh install.sh --help`` and ``airbundle install --help`` runs as written, in a
     site folder laid out as the README says, against loopback nodes reached through ``~/.ssh/config``
