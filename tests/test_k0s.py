@@ -31,7 +31,8 @@ ROLES = {
 }
 # Each node's own k0s folders: its data dir (and another, for a host's dataDir), its binaries, and
 # /etc/k0s (the k0s config and the join token files).
-BINDS = ("/var/lib/k0s", "/var/lib/k0s-data", "/usr/local/bin", "/etc/k0s")
+# /run/containerd: where a system containerd's socket would be (empty unless a test puts one there).
+BINDS = ("/var/lib/k0s", "/var/lib/k0s-data", "/usr/local/bin", "/etc/k0s", "/run/containerd")
 API = Path("/tmp/k0s-standin-api")  # the stand-in's "API" of each controller: the tokens it made
 
 
@@ -744,3 +745,96 @@ def test_k0s_standin_reads_the_config_it_is_given(k0s_nodes, tmp_path: Path) -> 
     assert bad.returncode == 1 and "failed to load config from /etc/k0s/k0s.yaml" in bad.stderr
     unknown = subprocess.run([*ssh, "k0s install controller --no-such-flag"], capture_output=True, text=True)
     assert unknown.returncode == 1 and "unknown flag: --no-such-flag" in unknown.stderr
+
+
+# ---------------------------------------------------------------- preflight: k0s's own rules
+
+
+def test_preflight_checks_what_k0s_needs(k0s_nodes, project, keys, tmp_path: Path, k0s_mirror) -> None:
+    """k0s's rules, not RKE's: its ports by role (9443 on controllers, kube-router's 179 on workers,
+    no ingress 80/443), no Docker, room for the airgap images in each host's dataDir, and a warning
+    for a system containerd k0s does not use."""
+    import socket
+    import tempfile
+    import time
+
+    from bundler.installer import k0sctl, preflight
+    from bundler.installer.remote import SshOptions
+
+    client, nodes = k0s_nodes
+    _reset(nodes)
+    lock, _ = _built_k0s(project, keys, tmp_path, k0s_mirror)
+    # a worker whose dataDir is on a tiny disk: the node starts after the disk is mounted, so it sees it
+    tiny = Path(tempfile.mkdtemp(prefix="ab-k0s-tiny-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(tiny)], check=True)
+    extra: Node | None = None
+    listeners: list[socket.socket] = []
+    try:
+        extra = Node("127.0.0.156", "k0s-6", client, docker=False, binds=BINDS)
+        text = (
+            _k0sctl_yaml(tmp_path, client)
+            .read_text()
+            .replace(
+                "  k0s:\n",
+                f"  - role: worker\n    ssh:\n      address: 127.0.0.156\n      port: {SSH_PORT}\n"
+                f"      keyPath: {client.key}\n    dataDir: {tiny}/k0s\n  k0s:\n",
+            )
+        )
+        (tmp_path / "k0sctl.yaml").write_text(text)
+        config = k0sctl.load(tmp_path / "k0sctl.yaml")
+        for address, port in ((ADDRESSES["k0s-1"], 9443), (ADDRESSES["k0s-5"], 179)):
+            listener = socket.socket()
+            listener.bind((address, port))
+            listener.listen()
+            listeners.append(listener)
+        system = socket.socket(socket.AF_UNIX)
+        system.bind(str(nodes["k0s-4"].binds["/run/containerd"] / "containerd.sock"))
+        listeners.append(system)
+        results = preflight.preflight_phase(
+            lock, config.nodes, {n.name: () for n in config.nodes}, SshOptions(client.config), time.time(),
+            data_dirs={h.node.name: h.data_dir for h in config.hosts},
+        )  # fmt: skip
+    finally:
+        for listener in listeners:
+            listener.close()
+        if extra is not None:
+            extra.stop()
+        subprocess.run(["umount", str(tiny)], check=False)
+        tiny.rmdir()
+    by = {r.node.address: r for r in results}
+    for name in ("k0s-1", "k0s-2", "k0s-3"):
+        error = by[ADDRESSES[name]].error or ""
+        assert "9443 (controller)" in error and "179" not in error, error
+    for name in ("k0s-4", "k0s-5"):
+        error = by[ADDRESSES[name]].error or ""
+        assert "179 (worker)" in error and "9443" not in error, error
+    assert all("docker" not in (r.error or "").lower() for r in results)  # k0s brings its own containerd
+    tiny_error = by["127.0.0.156"].error or ""
+    assert f"free for k0s's data folder {tiny}/k0s (on the filesystem of {tiny})" in tiny_error, tiny_error
+    assert "give the host a dataDir on a larger disk" in tiny_error
+    said = " ".join(by[ADDRESSES["k0s-4"]].warnings)
+    assert "a system container runtime listens on /run/containerd/containerd.sock" in said
+    assert "containerd.sock" not in " ".join(by[ADDRESSES["k0s-5"]].warnings)
+
+
+def test_k0s_ports_are_k0s_own() -> None:
+    """The table behind the check: k0s's ports, kube-router's only with kube-router."""
+    from dataclasses import replace
+
+    from bundler.installer.inventory import Node as InvNode
+    from bundler.installer.preflight import KIND_RULES, busy_ports
+
+    from .test_plan import _lock
+
+    lock = replace(_lock(), cluster={"kind": "k0s", "network_plugin": "kuberouter"})
+    table = KIND_RULES["k0s"].ports(lock)
+    worker = InvNode("10.0.0.4", "root", ("worker",))
+    both = InvNode("10.0.0.1", "root", ("controller", "worker"))
+    assert busy_ports(worker, {80, 443, 31000, 179, 10250}, table) == ["10250 (worker)", "179 (worker)"]
+    assert busy_ports(both, {6443, 8132, 2380}, table) == [
+        "2380 (controller)",
+        "6443 (controller)",
+        "8132 (controller)",
+    ]
+    calico = replace(lock, cluster={"kind": "k0s", "network_plugin": "calico"})
+    assert 179 not in KIND_RULES["k0s"].ports(calico)["worker"]
