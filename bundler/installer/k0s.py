@@ -3,11 +3,14 @@ then ``k0sctl apply`` (when the bundle carries k0sctl) or k0s's own join sequenc
 
 Entry points (narrow, for the cluster-kind interface): ``write_image_bundle`` (the images the
 workers need, from the verified bundle, as one uncompressed docker-archive tar, which k0s imports
-itself), ``place_images`` (copy it over SSH into ``/var/lib/k0s/images/`` unless the node holds
-the same bytes, by SHA-256), ``bring_up`` (k0sctl, else ``k0s install controller`` on the first
-controller, a token created there for each other controller and then each worker, ``k0s start``
-on each; the admin kubeconfig written 0600 into the work folder). It does not check the topology
-(``topology``) nor read the inventory (``k0sctl``), and it prints nothing: ``echo`` is given.
+itself), ``place_images`` (copy it over SSH into the host's ``DATADIR/images/`` unless the node
+holds the same bytes, by SHA-256), ``bring_up`` (k0sctl, after every host's key is checked against
+the installer's known_hosts and with ``SSH_KNOWN_HOSTS`` set to those entries; else k0sctl's steps
+done here: the k0s config on the controllers, ``k0s install controller`` on the first, a token
+created there for each other controller and then each worker, ``k0s start`` on each, the tokens
+invalidated and their files removed afterwards; the admin kubeconfig written 0600 into the work
+folder). It does not check the topology (``topology``) nor parse the inventory or decide k0sctl's
+flags (``k0sctl``), and it prints nothing: ``echo`` is given.
 
 Carried into bundles: standard library only, python3 3.6 syntax.
 """

@@ -2,13 +2,17 @@
 
 It takes what k0sctl itself reads (``apiVersion: k0sctl.k0sproject.io/v1beta1``, ``kind:
 Cluster``, ``spec.hosts[]`` with ``role`` and ``ssh: {address, user, port, keyPath}``, optional
-``hostname``, ``privateAddress``, ``installFlags``; ``spec.k0s.version`` and ``spec.k0s.config``)
+``hostname``, ``privateAddress``, ``dataDir``, ``kubeletRootDir``, ``noTaints``, ``installFlags``;
+``spec.k0s.version`` and ``spec.k0s.config``)
 and checks it as strictly as the RKE ``cluster.yml`` is checked (``inventory``): a key k0sctl does
 not know is refused with the keys it takes and ``FILE:LINE``, as are a role k0sctl does not know,
 a host listed twice, a file without a controller or without a host that runs workloads, and the
 connection kinds the installer cannot use (it reaches nodes with the system OpenSSH client).
 Each host becomes an ``inventory.Node`` (roles ``controller`` and/or ``worker``) with its line.
-It does not run k0sctl or decide about the topology's quorum (``topology``).
+It also holds k0sctl's own rules for what it gives k0s (``Host.install_flags_for``: the flags of
+``k0s install``; ``K0sctlConfig.k0s_yaml``: the k0s config a controller gets), pure data, so that
+the installer's bring-up without k0sctl does what k0sctl would. It does not run k0sctl or k0s nor
+decide about the topology's quorum (``topology``).
 
 Carried into bundles: standard library only (and the vendored YAML), python3 3.6 syntax.
 """
