@@ -448,6 +448,11 @@ def test_site_bring_up_names_the_node_k0s_refused(k0s_nodes, tmp_path: Path) -> 
     assert "image bundles in /var/lib/k0s/images lack" in str(caught.value)
     assert caught.value.exit_code == 6
     assert not (tmp_path / "work" / "kubeconfig-k0s").exists()
+    # the tokens made before the failed join are invalidated all the same, their files removed
+    events = [w for _, n, w in _log(nodes) if n == "k0s-1"]
+    (invalidated,) = [w for w in events if w.startswith("token invalidate")]
+    assert len(invalidated.split()) == 2 + len([w for w in events if w.startswith("token create")]) == 6
+    assert not any(list(node.binds["/etc/k0s"].glob("*-token")) for node in nodes.values())
 
 
 def test_install_sh_brings_up_a_k0s_bundle_from_its_k0sctl_yaml(
