@@ -485,7 +485,10 @@ def test_install_sh_brings_up_a_k0s_bundle_from_its_k0sctl_yaml(
     dry = _install(site, keys, "--dry-run", *ssh)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "quorum: 3 controller node(s): quorum 2, tolerates 1 failure(s)" in dry.stdout
-    assert f"into /var/lib/k0s/images on {ADDRESSES['k0s-4']}, {ADDRESSES['k0s-5']}" in dry.stdout
+    assert (
+        f"into /var/lib/k0s/images (DATADIR/images for a host with a dataDir) on {ADDRESSES['k0s-4']}, "
+        f"{ADDRESSES['k0s-5']}" in dry.stdout
+    )
     assert f"k0sctl apply --config <inventory> on this node (k0s {K0S_VERSION})" in dry.stdout
     done = _install(site, keys, *ssh)
     assert done.returncode == 0, done.stdout + done.stderr

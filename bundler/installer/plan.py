@@ -276,7 +276,8 @@ def _k0s_lines(lock: Lock, nodes: List[Node]) -> List[str]:
     workers = ", ".join(n.name for n in nodes if n.has("worker")) or "no node"
     return [
         f"images     {len(lock.system_images)} k0s airgap images (and the workloads' own) as one file into "
-        f"/var/lib/k0s/images on {workers} (k0s imports it; controllers run no pods)"
+        f"/var/lib/k0s/images (DATADIR/images for a host with a dataDir) on {workers} (k0s imports it; "
+        "controllers run no pods)"
     ]
 
 
