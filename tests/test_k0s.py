@@ -170,6 +170,12 @@ def test_k0sctl_apply_brings_up_ha_in_order_over_ssh(k0s_nodes, tmp_path: Path) 
         "token create controller"
     ] * 2 + ["token create worker"] * 2
     assert all(n == "k0s-1" for n, w in events if w.startswith("token"))
+    for name in ("k0s-1", "k0s-2", "k0s-3"):  # k0sctl's Configure k0s phase, then --config
+        assert "--config=/etc/k0s/k0s.yaml" in _unit(nodes[name])["flags"]
+        assert (
+            yaml.safe_load((nodes[name].binds["/etc/k0s"] / "k0s.yaml").read_text())["spec"]["api"]["address"]
+            == (ADDRESSES[name])
+        )
     kubeconfig = _k0sctl(tmp_path, "kubeconfig", "--config", str(tmp_path / "k0sctl.yaml"))
     assert kubeconfig.returncode == 0 and f"https://{ADDRESSES['k0s-1']}:6443" in kubeconfig.stdout
 
