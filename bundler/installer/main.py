@@ -176,6 +176,9 @@ def _facts(
     """What the nodes say, for the phases to run (``preflight.gather``)."""
     rke = any(b.name == "rke" for b in lock.binaries)
     cluster = load_cluster_options(options.inventory) if rke and "preflight" in options.phases else None
+    data_dirs = None
+    if lock.cluster.get("kind") == "k0s":  # where each host's k0s keeps its data (dataDir)
+        data_dirs = {h.node.name: h.data_dir for h in k0sctl.load(options.inventory).hosts}
     return preflight.gather(
         lock,
         nodes,
@@ -186,6 +189,7 @@ def _facts(
         cluster,
         options.phases,
         options.apt_root,
+        data_dirs,
     )
 
 

@@ -123,6 +123,55 @@ def rke_login_problem(node: Node, connect_timeout: int = 10) -> Optional[str]:
     return f"rke could not log in as {node.user}@{node.address}:{node.port} with key {key} ({tail})"
 
 
+def unknown_host_key(node: Node) -> str:
+    """What to do about a node whose host key the installer's ssh does not know (one wording for
+    the installer's own ssh and for the tools it runs, such as k0sctl)."""
+    return (
+        f"the host key of {node.address}:{node.port} is not known to ssh; add it after checking its "
+        f"fingerprint with the node's administrator: 'ssh-keyscan -p {node.port} {node.address} >> "
+        "~/.ssh/known_hosts' (or the UserKnownHostsFile your --ssh-config names)"
+    )
+
+
+def known_hosts_pattern(node: Node) -> str:
+    """How known_hosts names ``node``: its address, or ``[ADDRESS]:PORT`` off port 22."""
+    return node.address if node.port == 22 else f"[{node.address}]:{node.port}"
+
+
+def known_host_entries(node: Node, opts: SshOptions) -> List[str]:
+    """The known_hosts lines the installer's own ssh would check ``node``'s host key against; [] when
+    it knows none (its first connection would fail: the installer never trusts on first use).
+
+    The files are the ones the ssh config gives for this node (``ssh -G``: ``UserKnownHostsFile``
+    and ``GlobalKnownHostsFile``, ``--ssh-config`` or ``~/.ssh/config``); the lines are what
+    ``ssh-keygen -F`` finds there (hashed names included), so no known_hosts syntax is parsed here.
+    A file name with a space in it is not supported (``ssh -G`` prints the list space-separated)."""
+    argv = ["ssh", "-G"] + (["-F", str(opts.config)] if opts.config is not None else [])
+    argv += ["-p", str(node.port), "--", f"{node.user}@{node.address}"]
+    shown = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=30,  # noqa: UP021 - Python 3.6 on the site
+    )  # fmt: skip
+    if shown.returncode != 0:
+        raise RemoteError(node, f"ssh -G could not read the ssh config: {shown.stderr.strip()[-300:]}")
+    files: List[str] = []
+    for line in shown.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("userknownhostsfile", "globalknownhostsfile"):
+            files += [f for f in value.split() if f != "none"]
+    found: List[str] = []
+    for name in files:
+        if not os.path.isfile(name):
+            continue
+        done = subprocess.run(
+            ["ssh-keygen", "-F", known_hosts_pattern(node), "-f", name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True, timeout=30,  # noqa: UP021
+        )  # fmt: skip
+        found += [x for x in done.stdout.splitlines() if x.strip() and not x.startswith("#")]
+    return found
+
+
 def ssh_problem(node: Node, stderr: str) -> str:
     """What OpenSSH's own failure (exit 255) means for ``node``, and what to do about it.
 
@@ -138,11 +187,7 @@ def ssh_problem(node: Node, stderr: str) -> str:
             "and add the new one; otherwise someone may be in the way: stop"
         )
     if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
-        return (
-            f"the host key of {node.address}:{node.port} is not known to ssh; add it after checking its "
-            f"fingerprint with the node's administrator: 'ssh-keyscan -p {node.port} {node.address} >> "
-            "~/.ssh/known_hosts' (or the UserKnownHostsFile your --ssh-config names)"
-        )
+        return unknown_host_key(node)
     if "Permission denied" in stderr:
         key = node.ssh_key_path or "the keys of your ssh config or agent"
         return (
