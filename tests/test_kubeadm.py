@@ -65,3 +65,23 @@ def test_a_malformed_vip_names_the_file_and_line(tmp_path: Path, bad: str) -> No
     path = _file(tmp_path, "nodes:\n  - {address: 10.0.0.1, user: u, role: [worker]}\n" + bad)
     with pytest.raises(InputError, match=rf"^{path}:3: vip: "):
         load_endpoint(path)
+
+
+def test_kubeadm_ports_are_kubeadms_own() -> None:
+    """kubeadm's "Ports and Protocols": no ingress on 80/443 (RKE's), the NodePorts on workers."""
+    from dataclasses import replace
+
+    from bundler.installer.inventory import Node
+    from bundler.installer.preflight import KIND_RULES, busy_ports
+
+    from .test_plan import _lock
+
+    table = KIND_RULES["kubeadm"].ports(replace(_lock(), cluster={"kind": "kubeadm"}))
+    worker = Node("10.0.0.4", "root", ("worker",))
+    control = Node("10.0.0.1", "root", ("controlplane", "etcd"))
+    lb = Node("10.0.0.9", "root", ("loadbalancer",))
+    assert busy_ports(worker, {80, 443, 31000, 10250}, table) == ["10250 (every node)", "31000 (worker)"]
+    assert busy_ports(control, {2379, 6443, 10259, 31000}, table) == [
+        "6443 (controlplane)", "2379 (controlplane)", "10259 (controlplane)"
+    ]  # fmt: skip
+    assert busy_ports(lb, {6443, 8443}, table) == []  # haproxy's own port: the installer puts it there

@@ -3,7 +3,7 @@
 ``preflight_phase`` asks every node (in parallel, changing nothing) for its
 architecture, OS (ID and codename), clock, sudo, Docker and free space, the ports its roles
 need, and the cluster kind's own rules (``KIND_RULES``: k0s's ports, data folder and runtime;
-RKE's ports otherwise) and, for a bundle that brings the cluster up with rke, what rke
+kubeadm's ports; RKE's otherwise) and, for a bundle that brings the cluster up with rke, what rke
 requires; the node that will host the site registry, its port and disk. ``gather`` adds what
 each node already has (image IDs and tags, the binaries' SHA-256) and returns the facts
 ``plan.make_plan`` plans from. It never changes a node and never decides what to install.
@@ -70,6 +70,14 @@ PortTable = Dict[str, List[Union[int, Tuple[int, int]]]]
 # those are RKE's.
 K0S_ROLE_PORTS: PortTable = {"controller": [2379, 2380, 6443, 8132, 9443], "worker": [10250]}
 K0S_KUBE_ROUTER_PORT = 179
+# kubeadm's ("Ports and Protocols"): the control planes serve the API (6443), etcd (2379-2380),
+# the scheduler (10259) and the controller manager (10257); every node the kubelet (10250) and
+# kube-proxy's health check (10256); workers the NodePort range. No ingress on 80/443: that is RKE's.
+KUBEADM_ROLE_PORTS: PortTable = {
+    "all": [10250, 10256],
+    "controlplane": [6443, 2379, 2380, 10257, 10259],
+    "worker": [(30000, 32767)],
+}
 
 
 def busy_ports(node: Node, listening: Set[int], table: Optional[PortTable] = None) -> List[str]:
@@ -494,8 +502,11 @@ def _k0s_ports(lock: Lock) -> PortTable:
     return table
 
 
-# One entry per kind whose rules differ from RKE's (which kubeadm shares for now).
-KIND_RULES: Dict[str, KindRules] = {"k0s": KindRules(_k0s_ports, k0s_problems)}
+# One entry per kind whose rules differ from RKE's.
+KIND_RULES: Dict[str, KindRules] = {
+    "k0s": KindRules(_k0s_ports, k0s_problems),
+    "kubeadm": KindRules(lambda lock: KUBEADM_ROLE_PORTS),
+}
 DEFAULT_RULES = KindRules(lambda lock: ROLE_PORTS)
 
 
