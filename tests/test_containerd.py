@@ -154,6 +154,8 @@ def ctr_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ctr_cluster, 
     nodes = every[:3]
     for node in every:
         node.containerd.clear()
+        node.containerd.reset_config()
+        (node.root / "systemctl.log").unlink(missing_ok=True)
     site = _site(_build(project, keys, tmp_path, cache_dir, reg.host), tmp_path)
     (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"kc-w1", "kc-w2"}))
     return site, client, nodes, pushed
@@ -307,6 +309,28 @@ def test_registry_mode_pulls_through_hosts_toml_with_the_site_ca(ctr_site, keys:
             want.add(APP_IMAGE)
         for ref in want:
             assert held.get(ref) == pushed[ref].manifest, (node.name, ref)
+    assert "(mirrors for docker.io, registry.k8s.io)" in run.stdout
+    for node in nodes:  # the kubelet's pulls by upstream name go to the site registry, with its CA
+        mirror = (node.ctr_certs / "registry.k8s.io" / "hosts.toml").read_text()
+        assert f'[host."https://{address}"]' in mirror and f"{address}/ca.crt" in mirror
+        assert (
+            'server = "https://registry-1.docker.io"'
+            in (node.ctr_certs / "docker.io" / "hosts.toml").read_text()
+        )
+    worker = nodes[1]
+    subprocess.run(
+        worker.containerd.ctr("images", "rm", "registry.k8s.io/pause:3.9"), check=True, capture_output=True
+    )
+    # real containerd resolves registry.k8s.io through the mirror (the CRI reads the same folder)
+    _over_ssh(
+        client,
+        worker,
+        "ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d registry.k8s.io/pause:3.9",
+    )
+    assert (
+        worker.containerd.images()["registry.k8s.io/pause:3.9"]
+        == pushed["registry.k8s.io/pause:3.9"].manifest
+    )
     again = _install(site, keys, *args, "--registry-ca", str(ca))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "CA for" not in again.stdout
@@ -389,7 +413,7 @@ def ha_site(ctr_site, ctr_cluster, kubeadm_state: Path, keys: Keys):
 
 
 def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> None:
-    site, client, _, state = ha_site
+    site, client, every, state = ha_site
     listener = _Listener(VIP, 6443)
     try:
         run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
@@ -408,6 +432,14 @@ def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> Non
     ]
     admin = site / "work" / "admin.conf"
     assert f"https://{VIP}:6443" in admin.read_text() and (admin.stat().st_mode & 0o777) == 0o600
+    for node in every:  # containerd configured for the kubelet on every node, before kubeadm ran
+        dump = node.containerd.dump()
+        assert 'sandbox_image = "registry.k8s.io/pause:3.9"' in dump and "SystemdCgroup = true" in dump
+        assert (node.root / "systemctl.log").read_text() == "systemctl restart containerd\n"
+    assert (
+        "/etc/containerd/config.toml (sandbox registry.k8s.io/pause:3.9) written, containerd restarted"
+        in run.stdout
+    )
     cluster = json.loads((state / "cluster.json").read_text())
     for text in (
         run.stdout,
@@ -442,3 +474,65 @@ def test_kubeadm_init_refuses_a_node_without_its_images(ha_site, keys: Keys) -> 
     out = run.stdout + run.stderr
     assert "[ERROR ImagePull]: failed to pull image registry.k8s.io/etcd:3.5.15-0" in out, out
     assert "kubeadm init failed on kc-cp" in out and not (state / "log").exists()
+
+
+# ---------------------------------------------------------------- containerd's config.toml for the kubelet
+
+
+def _inventory_node(node) -> object:
+    from bundler.installer.inventory import Node as InventoryNode
+
+    from .nodes import SSH_PORT
+
+    return InventoryNode(node.address, "root", ("worker",), port=SSH_PORT, hostname_override=node.name)
+
+
+def test_config_toml_is_what_real_containerd_reads_and_lands_once(ctr_site) -> None:
+    """The file the installer writes on a node, parsed by that node's real containerd: CRI on, the
+    bundle's pause as sandbox image, SystemdCgroup, config_path; containerd.io's file kept once;
+    containerd restarted (the systemctl stand-in) only when the file changed."""
+    from bundler.installer import containerdconf, remote
+
+    _, client, nodes, _ = ctr_site
+    node, target = nodes[1], _inventory_node(nodes[1])
+    opts = remote.SshOptions(config=client.config)
+    text = containerdconf.render("registry.k8s.io/pause:3.9")
+    before = node.containerd.pid()
+    assert containerdconf.ensure_on(target, opts, text) is True
+    assert (node.ctr_etc / "config.toml").read_text() == text
+    assert (node.ctr_etc / "config.toml.airbundle-orig").read_text() == 'disabled_plugins = ["cri"]\n'
+    dump = node.containerd.dump()
+    assert 'sandbox_image = "registry.k8s.io/pause:3.9"' in dump
+    assert "SystemdCgroup = true" in dump
+    assert 'config_path = "/etc/containerd/certs.d"' in dump and "disabled_plugins = []" in dump
+    restarted = node.containerd.pid()
+    assert restarted != before  # the node's containerd runs with the new file: its CRI is on now
+    plugins = subprocess.run(node.containerd.ctr("plugins", "ls"), capture_output=True, text=True).stdout
+    assert any(line.split()[1:2] == ["cri"] and line.split()[-1] == "ok" for line in plugins.splitlines()[1:])
+    assert (node.root / "systemctl.log").read_text() == "systemctl restart containerd\n"
+    # again: nothing changes, nothing restarts (systemctl is asked only whether containerd runs)
+    assert containerdconf.ensure_on(target, opts, text) is False
+    assert node.containerd.pid() == restarted
+    assert "restart" not in (node.root / "systemctl.log").read_text().splitlines()[-1]
+    # another file later: containerd.io's original stays the one kept
+    assert containerdconf.ensure_on(target, opts, containerdconf.render("registry.k8s.io/pause:3.10")) is True
+    assert (node.ctr_etc / "config.toml.airbundle-orig").read_text() == 'disabled_plugins = ["cri"]\n'
+
+
+def test_a_config_containerd_refuses_never_lands(ctr_site) -> None:
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, nodes, _ = ctr_site
+    node = nodes[2]
+    before, pid = (node.ctr_etc / "config.toml").read_text(), node.containerd.pid()
+    with pytest.raises(InstallError) as caught:
+        containerdconf.ensure_on(_inventory_node(node), remote.SshOptions(config=client.config),
+                                 "version = 2\n[plugins\n")  # fmt: skip
+    message = str(caught.value)
+    assert (
+        message.startswith("kc-w2: containerd refuses the /etc/containerd/config.toml") and "TOML" in message
+    )
+    assert (node.ctr_etc / "config.toml").read_text() == before and node.containerd.pid() == pid
+    assert sorted(p.name for p in node.ctr_etc.iterdir()) == ["certs.d", "config.toml"]  # no temp file left
+    assert not (node.root / "systemctl.log").exists()

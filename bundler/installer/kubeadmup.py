@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from bundler.errors import InstallError
-from bundler.installer import remote
+from bundler.installer import containerdconf, remote
 from bundler.installer.inventory import Endpoint, Node
 from bundler.installer.results import NodeResult
 
@@ -100,6 +100,28 @@ class _Runner:
         return body
 
 
+def configure_containerd(
+    nodes: List[Node], sandbox_image: str, opts: remote.SshOptions, echo: Callable[[str], None]
+) -> List[NodeResult]:
+    """containerd's ``config.toml`` for the kubelet on every node of the cluster (``containerdconf``),
+    in parallel; containerd restarted where the file changed. One result per node."""
+    text = containerdconf.render(sandbox_image)
+
+    def one(node: Node) -> NodeResult:
+        try:
+            changed = containerdconf.ensure_on(node, opts, text)
+        except InstallError as exc:
+            return NodeResult(node, error=f"cluster: {exc}")
+        return NodeResult(node, done=[containerdconf.CONFIG] if changed else [])
+
+    results = remote.for_each(nodes, one)
+    changed = [r.node.name for r in results if r.done]
+    if changed:
+        where = ", ".join(changed)
+        echo(f"  {containerdconf.CONFIG} (sandbox {sandbox_image}) written, containerd restarted: {where}")
+    return results
+
+
 def bring_up(
     nodes: List[Node],
     endpoint: Optional[Endpoint],
@@ -108,12 +130,23 @@ def bring_up(
     opts: remote.SshOptions,
     workdir: Path,
     echo: Callable[[str], None],
+    sandbox_image: str = "",
 ) -> List[NodeResult]:
     """The HA bring-up in kubeadm's order; one result per node (a failure stops the nodes after it:
     a join needs the init, and control planes join one at a time as etcd grows by one member).
-    The admin kubeconfig is written to ``workdir/admin.conf`` (0600)."""
+    First containerd is configured for the kubelet on every cluster node (``sandbox_image``: the
+    bundle's pause image). The admin kubeconfig is written to ``workdir/admin.conf`` (0600)."""
     control = [n for n in nodes if n.has("controlplane")]
     workers = [n for n in nodes if n.has("worker") and not n.has("controlplane")]
+    if not sandbox_image:
+        raise InstallError(
+            "cluster: the bundle carries no pause image (kubeadm's pod sandbox), so every node's kubelet "
+            "would pull one from a registry the site cannot reach; build the bundle with kubeadm's own "
+            "image list (leave cluster.system_images out, or add registry.k8s.io/pause to it)"
+        )
+    configured = configure_containerd(control + workers, sandbox_image, opts, echo)
+    if any(r.error for r in configured):
+        return [r for r in configured if r.error]
     token, key = new_token(), secrets.token_hex(32)
     runner = _Runner(opts, workdir / "logs", echo, [token, key])
     results = []
