@@ -65,8 +65,8 @@ def ensure_user(name: str, docker_group: bool) -> None:
 class Containerd:
     """A containerd of one node: its own root, state and socket under ``folder``, in its own mount
     namespace where ``etc`` is mounted on /etc/containerd (its ``config.toml`` and ``certs.d``),
-    ``kube`` on /etc/kubernetes and the systemctl stand-in (tests/standins/systemctl) on
-    /usr/bin/systemctl. It starts as Docker's containerd.io package leaves it: ``disabled_plugins =
+    ``kube`` on /etc/kubernetes and the systemctl and journalctl stand-ins (tests/standins) on
+    /usr/bin. It starts as Docker's containerd.io package leaves it: ``disabled_plugins =
     ["cri"]``. A loop in that namespace runs it again, with whatever /etc/containerd/config.toml then
     says, whenever it exits: that is what ``systemctl restart containerd`` on the node does."""
 
@@ -81,17 +81,17 @@ class Containerd:
         Path("/etc/kubernetes").mkdir(parents=True, exist_ok=True)
         (etc / "config.toml").write_text('disabled_plugins = ["cri"]\n')  # containerd.io's own file
         self.log = open(folder / "containerd.log", "wb")  # noqa: SIM115 - closed in stop()
-        systemctl = Path(__file__).resolve().parent / "standins" / "systemctl"
-        # its own /etc/containerd and /etc/kubernetes (what kubeadm writes on a node), and systemctl
+        standins = Path(__file__).resolve().parent / "standins"
+        # its own /etc/containerd and /etc/kubernetes (what kubeadm writes on a node), systemctl, journalctl
         run = (
             'mount --bind "$0" /etc/containerd && mount --bind "$1" /etc/kubernetes && '
-            'mount --bind "$2" /usr/bin/systemctl && '
+            'mount --bind "$2/systemctl" /usr/bin/systemctl && mount --bind "$2/journalctl" /usr/bin/journalctl && '
             'while [ ! -e "$3/stop" ]; do containerd --config /etc/containerd/config.toml --root "$3/root" '
             '--state "$3/state" --address "$3/c.sock" & echo $! > "$3/containerd.pid"; wait $!; sleep 0.2; done'
         )
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", run, str(etc), str(kube),
-             str(systemctl), str(folder)],
+             str(standins), str(folder)],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.wait_ready()
@@ -235,7 +235,8 @@ class Node:
             + (f" DOCKER_HOST={self.engine.host}" if self.engine else "")
             + (
                 f" CONTAINERD_ADDRESS={self.containerd.sock} CONTAINERD_PIDFILE={self.containerd.pidfile}"
-                f" SYSTEMCTL_STANDIN_LOG={self.root / 'systemctl.log'}"
+                f" SYSTEMCTL_STANDIN_LOG={self.root / 'systemctl.log'} KUBELET_STANDIN_LOG={self.root / 'kubelet.log'}"
+                f" KUBELET_STANDIN={Path(__file__).resolve().parent / 'standins' / 'kubelet'}"
                 if self.containerd
                 else ""
             )

@@ -397,6 +397,7 @@ def ha_site(ctr_site, ctr_cluster, kubeadm_state: Path, keys: Keys):
     for item in kubeadm_state.iterdir():
         item.unlink()
     for node in every:  # empty, not replaced: the node's /etc/kubernetes is a bind mount of it
+        (node.root / "kubelet.log").unlink(missing_ok=True)  # its kubelet's journal
         for item in (node.root / "kubernetes").iterdir():
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     roles = {"kc-cp": "[controlplane, etcd]", "kc-cp2": "[controlplane, etcd]", "kc-cp3": "[controlplane, etcd]",
@@ -536,3 +537,101 @@ def test_a_config_containerd_refuses_never_lands(ctr_site) -> None:
     assert (node.ctr_etc / "config.toml").read_text() == before and node.containerd.pid() == pid
     assert sorted(p.name for p in node.ctr_etc.iterdir()) == ["certs.d", "config.toml"]  # no temp file left
     assert not (node.root / "systemctl.log").exists()
+
+
+# ---------------------------------------------------------------- the kubelet (its stand-in) at kubelet-start
+
+
+def test_a_worker_without_the_pause_image_fails_with_the_kubelets_words(ha_site, keys: Keys) -> None:
+    """kubeadm join on a worker pulls nothing in its preflight; the kubelet it starts cannot make a pod
+    sandbox offline: the installer names the node and quotes the kubelet's journal."""
+    site, client, every, state = ha_site
+    worker = every[1]
+    assert worker.name == "kc-w1"
+    subprocess.run(
+        worker.containerd.ctr("images", "rm", "registry.k8s.io/pause:3.9"), check=True, capture_output=True
+    )
+    listener = _Listener(VIP, 6443)
+    try:
+        run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    finally:
+        listener.close()
+    out = run.stdout + run.stderr
+    assert run.returncode == 6, out
+    assert "kubeadm join failed on kc-w1" in out and "error execution phase kubelet-start" in out
+    assert "the kubelet there says:" in out
+    assert (
+        '"Failed to create sandbox for pod" err="rpc error: code = Unknown desc = failed to get sandbox image'
+        in out
+    )
+    assert '\\"registry.k8s.io/pause:3.9\\": failed to pull image' in out and "Traceback" not in run.stderr
+    log = (state / "log").read_text()
+    assert "join-worker kc-w1" not in log and "join-worker kc-w2" in log  # the other worker joined
+
+
+def _runner(client, tmp_path: Path):
+    from bundler.installer import kubeadmup, remote
+
+    return kubeadmup._Runner(remote.SshOptions(config=client.config), tmp_path / "logs", lambda _: None, [])
+
+
+def test_a_node_whose_containerd_disables_cri_fails_kubeadms_preflight(ha_site, tmp_path: Path) -> None:
+    """containerd.io's own config.toml (disabled_plugins = ["cri"]), as before the installer writes its own."""
+    from bundler.errors import InstallError
+
+    _, client, every, _ = ha_site
+    node = every[0]
+    assert 'disabled_plugins = ["cri"]' in (node.ctr_etc / "config.toml").read_text()
+    with pytest.raises(InstallError) as caught:
+        _runner(client, tmp_path).run(
+            _inventory_node(node), "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init"
+        )
+    message = str(caught.value)
+    assert message.startswith("cluster: kubeadm init failed on kc-cp (exit 1): ")
+    assert "[ERROR CRI]: container runtime is not running: output: " in message
+    assert (
+        f'validate service connection: CRI v1 runtime API is not implemented for endpoint \\"unix://{node.containerd.sock}\\": '
+        "rpc error: code = Unimplemented desc = unknown service runtime.v1.RuntimeService" in message
+    )
+
+
+def test_a_node_whose_containerd_names_another_sandbox_image_fails_with_the_kubelets_words(
+    ha_site, tmp_path: Path
+) -> None:
+    """containerd's own default sandbox image (pause:3.6) is not in the bundle: kubeadm warns, and the
+    kubelet it starts cannot make the static pods' sandboxes offline."""
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, every, _ = ha_site
+    node, target = every[0], _inventory_node(every[0])
+    containerdconf.ensure_on(
+        target, remote.SshOptions(config=client.config), containerdconf.render("registry.k8s.io/pause:3.6")
+    )
+    with pytest.raises(InstallError) as caught:
+        _runner(client, tmp_path).run(target, "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init")
+    message = str(caught.value)
+    assert "kubeadm init failed on kc-cp" in message
+    assert "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster" in message
+    assert (
+        'the kubelet there says: "RunPodSandbox from runtime service failed" err="rpc error: code = Unknown desc = '
+        'failed to get sandbox image \\"registry.k8s.io/pause:3.6\\": failed to pull image' in message
+    )
+    logged = (tmp_path / "logs" / "kubeadm-kc-cp.log").read_text()
+    assert (
+        'detected that the sandbox image "registry.k8s.io/pause:3.6" of the container runtime is inconsistent with '
+        'that used by kubeadm. It is recommended that using "registry.k8s.io/pause:3.9" as the CRI sandbox image.'
+    ) in logged
+
+
+def test_the_kubelets_error_lines_are_read_from_its_journal() -> None:
+    from bundler.installer.kubeadmup import kubelet_errors
+
+    journal = (
+        'Dec 02 07:19:10 cp1 kubelet[812]: I1202 07:19:10.592314     812 server.go:467] "Kubelet version"\n'
+        'Dec 02 07:19:11 cp1 kubelet[812]: E1202 07:19:11.618143     812 remote_runtime.go:193] "RunPodSandbox" err="a"\n'
+        'Dec 02 07:19:12 cp1 kubelet[812]: E1202 07:19:12.618143     812 remote_runtime.go:193] "RunPodSandbox" err="a"\n'
+        "-- No entries --\n"
+    )
+    assert kubelet_errors(journal) == ['"RunPodSandbox" err="a"']
+    assert kubelet_errors("-- No entries --\n") == []

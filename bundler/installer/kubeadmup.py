@@ -65,6 +65,20 @@ def _masked(text: str, secrets_: List[str]) -> str:
     return text
 
 
+# A klog error line as journald shows it: "... kubelet[123]: E1202 07:06:50.795221  123 a.go:72] MSG"
+_KLOG_ERROR = re.compile(r"\bE\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^ \]]+\] (.*)$")
+
+
+def kubelet_errors(journal: str, most: int = 3) -> List[str]:
+    """The kubelet's own error messages in ``journalctl -u kubelet`` output, oldest first, each once."""
+    out: List[str] = []
+    for line in journal.splitlines():
+        found = _KLOG_ERROR.search(line)
+        if found and found.group(1) not in out:
+            out.append(found.group(1))
+    return out[-most:]
+
+
 class _Runner:
     """Runs kubeadm on nodes, logging each node's output to its own file."""
 
@@ -73,6 +87,19 @@ class _Runner:
     ) -> None:
         self.opts, self.logs, self.echo, self.hidden = opts, logs, echo, hidden
         logs.mkdir(parents=True, exist_ok=True)
+
+    def kubelet_says(self, node: Node) -> str:
+        """What the node's kubelet logged as errors (kubeadm only sees its pods never come up)."""
+        try:
+            journal = remote.run(
+                node,
+                self.opts,
+                f"{remote.sudo_prefix(node)}journalctl -u kubelet --no-pager -n 200 2>/dev/null || true",
+            )
+        except remote.RemoteError:
+            return ""
+        errors = kubelet_errors(_masked(journal, self.hidden))
+        return f"; the kubelet there says: {' / '.join(errors)[:2000]}" if errors else ""
 
     def run(self, node: Node, command: str, what: str) -> str:
         log = self.logs / f"kubeadm-{node.name}.log"
@@ -94,6 +121,8 @@ class _Runner:
                 ln.strip() for ln in text.splitlines() if "[ERROR" in ln or "error execution phase" in ln
             ]
             detail = "; ".join(verdict)[:2000] or text[-600:].strip()
+            if "wait-control-plane" in text or "kubelet-start" in text:
+                detail += self.kubelet_says(node)
             raise InstallError(
                 f"cluster: {what} failed on {node.name} (exit {status.strip()}): {detail} (log: {log})"
             )
