@@ -604,7 +604,7 @@ def test_a_node_whose_containerd_names_another_sandbox_image_fails_with_the_kube
     from bundler.installer import containerdconf, remote
 
     _, client, every, _ = ha_site
-    node, target = every[0], _inventory_node(every[0])
+    target = _inventory_node(every[0])
     containerdconf.ensure_on(
         target, remote.SshOptions(config=client.config), containerdconf.render("registry.k8s.io/pause:3.6")
     )
