@@ -427,10 +427,26 @@ def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> Non
         f"join-control-plane kc-cp2 endpoint={VIP}:6443",
         f"join-control-plane kc-cp3 endpoint={VIP}:6443",
     ]
-    assert sorted(log[3:]) == [
+    assert sorted(log[3:5]) == [
         f"join-worker kc-w1 endpoint={VIP}:6443",
         f"join-worker kc-w2 endpoint={VIP}:6443",
     ]
+    cluster = json.loads((state / "cluster.json").read_text())
+    token, key = cluster["deleted"], cluster["key"]
+    assert (
+        log[5:] == [f"token-delete {token.split('.')[0]}"] and cluster["token"] is None
+    )  # deleted at the end
+    # what ps showed on the nodes: kubeadm's argv never holds the token or the key (they came in --config)
+    argvs = [json.loads(line) for line in (state / "argv").read_text().splitlines()]
+    assert [a[0] for a in argvs] == ["init", "join", "join", "join", "join", "token"]
+    assert argvs[0][:2] == ["init", "--upload-certs"] and argvs[0][2] == "--config"
+    assert all(token not in " ".join(a) and key not in " ".join(a) for a in argvs), argvs
+    assert argvs[-1] == ["token", "delete", token.split(".")[0]]  # its ID only: not the secret half
+    configs = [json.loads(line) for line in (state / "configs").read_text().splitlines()]
+    assert len(configs) == 5 and {c["mode"] for c in configs} == {"0600"}
+    assert all(
+        c["path"].startswith("/run/airbundle-kubeadm.") and not Path(c["path"]).exists() for c in configs
+    )
     admin = site / "work" / "admin.conf"
     assert f"https://{VIP}:6443" in admin.read_text() and (admin.stat().st_mode & 0o777) == 0o600
     for node in every:  # containerd configured for the kubelet on every node, before kubeadm ran
@@ -441,16 +457,15 @@ def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> Non
         "/etc/containerd/config.toml (sandbox registry.k8s.io/pause:3.9) written, containerd restarted"
         in run.stdout
     )
-    cluster = json.loads((state / "cluster.json").read_text())
     for text in (
         run.stdout,
         run.stderr,
         *[p.read_text() for p in (site / "work" / "logs").glob("kubeadm-*.log")],
     ):
-        assert cluster["token"] not in text and cluster["key"] not in text  # never echoed nor logged
+        assert token not in text and key not in text  # never echoed nor logged
     again = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
     assert again.returncode == 0 and "done before, skipped" in again.stdout
-    assert len((state / "log").read_text().splitlines()) == 5
+    assert len((state / "log").read_text().splitlines()) == 6
 
 
 def test_a_vip_nobody_answers_on_fails_like_kubeadm(ha_site, keys: Keys) -> None:
@@ -635,3 +650,27 @@ def test_the_kubelets_error_lines_are_read_from_its_journal() -> None:
     )
     assert kubelet_errors(journal) == ['"RunPodSandbox" err="a"']
     assert kubelet_errors("-- No entries --\n") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        ("init --config {f} --token abcdef.0123456789abcdef --certificate-key 00", "[certificate-key token]"),
+        ("join --config {f} --control-plane", "[control-plane]"),
+        ("join --config {f} --discovery-token-ca-cert-hash sha256:00", "[discovery-token-ca-cert-hash]"),
+    ],
+)
+def test_the_kubeadm_stand_in_refuses_flags_mixed_with_config_like_kubeadm(
+    ha_site, args: str, refused: str
+) -> None:
+    """kubeadm lets only a few flags go with --config (--node-name, --upload-certs, --skip-*, ...)."""
+    _, client, every, _ = ha_site
+    node = every[0]
+    (node.root / "kubeadm.yaml").write_text("apiVersion: kubeadm.k8s.io/v1beta3\nkind: InitConfiguration\n")
+    command = "/tmp/ab-kc-bin/kubeadm " + args.format(f=node.root / "kubeadm.yaml")
+    done = subprocess.run(
+        ["ssh", "-F", str(client.config), "-p", "2222", f"root@{node.address}", command],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"can not mix '--config' with arguments {refused}\n"), done.stderr

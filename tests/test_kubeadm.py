@@ -65,3 +65,40 @@ def test_a_malformed_vip_names_the_file_and_line(tmp_path: Path, bad: str) -> No
     path = _file(tmp_path, "nodes:\n  - {address: 10.0.0.1, user: u, role: [worker]}\n" + bad)
     with pytest.raises(InputError, match=rf"^{path}:3: vip: "):
         load_endpoint(path)
+
+
+def test_kubeadm_config_files_are_v1beta3_documents_with_the_secrets() -> None:
+    """What ``kubeadm init/join --config`` reads (read here with PyYAML, as kubeadm reads YAML)."""
+    import yaml
+
+    from bundler.installer.inventory import Node
+    from bundler.installer.kubeadmup import init_config, join_config, with_config
+
+    node = Node("10.10.0.21", "ubuntu", ("controlplane", "etcd"), hostname_override="cp1")
+    token, key, ca_hash = "abcdef.0123456789abcdef", "ab" * 32, "sha256:" + "c" * 64
+    init, cluster = yaml.safe_load_all(init_config(node, "v1.28.15", Endpoint("10.10.0.5", 6443), token, key))
+    assert init == {
+        "apiVersion": "kubeadm.k8s.io/v1beta3",
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [{"token": token, "ttl": "1h0m0s"}],
+        "nodeRegistration": {"name": "cp1"},
+        "certificateKey": key,
+    }
+    assert cluster == {
+        "apiVersion": "kubeadm.k8s.io/v1beta3",
+        "kind": "ClusterConfiguration",
+        "kubernetesVersion": "v1.28.15",
+        "controlPlaneEndpoint": "10.10.0.5:6443",
+    }
+    single = list(yaml.safe_load_all(init_config(node, "v1.28.15", None, token, key)))
+    assert "certificateKey" not in single[0] and "controlPlaneEndpoint" not in single[1]
+    join = yaml.safe_load(join_config(node, "10.10.0.5:6443", token, ca_hash, key))
+    assert join["discovery"] == {
+        "bootstrapToken": {"apiServerEndpoint": "10.10.0.5:6443", "token": token, "caCertHashes": [ca_hash]}
+    }
+    assert join["controlPlane"] == {"certificateKey": key} and join["nodeRegistration"] == {"name": "cp1"}
+    assert "controlPlane" not in yaml.safe_load(join_config(node, "10.10.0.5:6443", token, ca_hash))
+    # the command that runs kubeadm holds no secret: the file comes on stdin, 0600 under /run, then removed
+    script = with_config("/usr/local/bin/kubeadm", ["init", "--upload-certs"])
+    assert "mktemp /run/airbundle-kubeadm.XXXXXX" in script and "umask 077" in script and "rm -f" in script
+    assert "--config" in script and "--token" not in script and "--certificate-key" not in script

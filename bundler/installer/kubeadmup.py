@@ -1,26 +1,34 @@
-"""kubeadm's bring-up over SSH: init on the first control plane, the other control planes joined one
-at a time, the workers joined in parallel, the admin kubeconfig fetched.
+"""kubeadm's bring-up over SSH: containerd configured for the kubelet on every node, init on the
+first control plane, the other control planes joined one at a time, the workers joined in
+parallel, the bootstrap token deleted, the admin kubeconfig fetched.
 
 The kubeadm that runs is the bundle's (the ``cluster.tool`` binary, at its ``dest`` on every node
 after the binaries phase); its images are already in each node's containerd (the images phase),
-so kubeadm's preflight finds them and pulls nothing. The installer makes the bootstrap token and
-the certificate key itself (``kubeadm init --token --certificate-key``), so nothing has to be
-read back but the CA's discovery hash, which ``kubeadm init`` prints in its join commands.
-With a ``vip:`` the control-plane endpoint is ``VIP:PORT`` (``--control-plane-endpoint``,
-``--upload-certs``), which the load balancers must answer on before the joins. Each node's
-output goes to ``logs/kubeadm-NODE.log``; the token and key are never echoed.
+so kubeadm's preflight finds them and pulls nothing, and containerd's ``config.toml``
+(``containerdconf``) names the bundle's pause image as the kubelet's pod sandbox. The installer
+makes the bootstrap token and the certificate key itself, so nothing has to be read back but the
+CA's discovery hash, which ``kubeadm init`` prints in its join commands. Neither secret is ever in
+a command line (``ps`` on a node shows every process's argv): each kubeadm reads a v1beta3
+configuration file (``kubeadm init --config F``: InitConfiguration and ClusterConfiguration;
+``kubeadm join --config F``: JoinConfiguration) that reaches the node on ssh's stdin, is 0600 under
+/run and is removed when kubeadm returns; at the end ``kubeadm token delete ID`` (its public half)
+on the first control plane, and the token's TTL is short anyway. With a ``vip:`` the control-plane
+endpoint is ``VIP:PORT`` (``controlPlaneEndpoint``, ``--upload-certs``), which the load balancers
+must answer on before the joins. Each node's output goes to ``logs/kubeadm-NODE.log``; the token
+and key are never echoed. When kubeadm times out waiting for the kubelet, the kubelet's own error
+lines (``journalctl -u kubelet``) are quoted with the node's name.
 
-It does not configure keepalived, haproxy or containerd (not automated yet: README, "kubeadm
-(HA behind a VIP)") and decides nothing about which nodes exist (the inventory). Carried in
-bundles: python3 3.6, stdlib only.
+It does not configure keepalived or haproxy and decides nothing about which nodes exist (the
+inventory). Carried in bundles: python3 3.6, stdlib only.
 """
 
+import json
 import os
 import re
 import secrets
 import shlex
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import IO, Callable, List, Optional
 
 from bundler.errors import InstallError
 from bundler.installer import containerdconf, remote
@@ -38,25 +46,60 @@ def new_token() -> str:
     return part[:6] + "." + part[6:]
 
 
-def init_command(
-    kubeadm: str, node: Node, version: str, endpoint: Optional[Endpoint], token: str, key: str
-) -> str:
-    """``kubeadm init`` on the first control plane."""
-    argv = [kubeadm, "init", "--kubernetes-version", version, "--node-name", node.name, "--token", token]
+# kubeadm's configuration API of Kubernetes 1.22 to 1.30 (cmd/kubeadm/app/apis/kubeadm/v1beta3).
+API_VERSION = "kubeadm.k8s.io/v1beta3"
+BOOTSTRAP_TTL = "1h0m0s"  # the bootstrap token outlives the bring-up only briefly; it is deleted at its end
+# The file kubeadm reads its configuration from on the node: under /run (root's, in memory), 0600
+# (mktemp), removed when kubeadm returns. Secrets travel in it through ssh's stdin, never in argv.
+CONFIG_TEMPLATE = "/run/airbundle-kubeadm.XXXXXX"
+
+
+def _q(value: str) -> str:
+    """A YAML scalar that stays a string whatever it holds (JSON's quoting is YAML's)."""
+    return json.dumps(value)
+
+
+def init_config(node: Node, version: str, endpoint: Optional[Endpoint], token: str, key: str) -> str:
+    """``kubeadm init --config``'s file: InitConfiguration (the bootstrap token, the node's name, the
+    certificate key for the uploaded certificates) and ClusterConfiguration (version, endpoint)."""
+    text = (
+        f"apiVersion: {API_VERSION}\nkind: InitConfiguration\nbootstrapTokens:\n"
+        # kubeadm's default usages (signing, authentication) and group (its default-node-token one)
+        f"  - token: {_q(token)}\n    ttl: {_q(BOOTSTRAP_TTL)}\n"
+        f"nodeRegistration:\n  name: {_q(node.name)}\n"
+    )
     if endpoint is not None:
-        argv += ["--control-plane-endpoint", str(endpoint), "--upload-certs", "--certificate-key", key]
-    return " ".join(shlex.quote(a) for a in argv)
+        text += f"certificateKey: {_q(key)}\n"
+    text += f"---\napiVersion: {API_VERSION}\nkind: ClusterConfiguration\nkubernetesVersion: {_q(version)}\n"
+    if endpoint is not None:
+        text += f"controlPlaneEndpoint: {_q(str(endpoint))}\n"
+    return text
 
 
-def join_command(
-    kubeadm: str, node: Node, endpoint: str, token: str, ca_hash: str, key: Optional[str] = None
-) -> str:
-    """``kubeadm join``: as a control plane when ``key`` (the uploaded certificates' key) is given."""
-    argv = [kubeadm, "join", endpoint, "--token", token, "--discovery-token-ca-cert-hash", ca_hash]
-    argv += ["--node-name", node.name]
+def join_config(node: Node, endpoint: str, token: str, ca_hash: str, key: Optional[str] = None) -> str:
+    """``kubeadm join --config``'s file: JoinConfiguration, as a control plane when ``key`` (the
+    uploaded certificates' key) is given."""
+    text = (
+        f"apiVersion: {API_VERSION}\nkind: JoinConfiguration\nnodeRegistration:\n  name: {_q(node.name)}\n"
+        f"discovery:\n  bootstrapToken:\n    apiServerEndpoint: {_q(endpoint)}\n    token: {_q(token)}\n"
+        f"    caCertHashes:\n      - {_q(ca_hash)}\n"
+    )
     if key is not None:
-        argv += ["--control-plane", "--certificate-key", key]
-    return " ".join(shlex.quote(a) for a in argv)
+        text += f"controlPlane:\n  certificateKey: {_q(key)}\n"
+    return text
+
+
+def with_config(kubeadm: str, args: List[str]) -> str:
+    """The script that runs ``kubeadm ARGS --config FILE`` with FILE read from stdin: made 0600 under
+    /run, removed when kubeadm returns (or the script is stopped). Its output ends with kubeadm's
+    exit status (``airbundle-exit=N``)."""
+    argv = " ".join(shlex.quote(a) for a in [kubeadm, *args])
+    script = (
+        f"umask 077; f=$(mktemp {CONFIG_TEMPLATE}) || exit 1; trap 'rm -f \"$f\"' EXIT; "
+        "trap 'exit 129' HUP INT TERM; "
+        f'cat > "$f"; {argv} --config "$f" 2>&1; echo airbundle-exit=$?'
+    )
+    return f"sh -c {shlex.quote(script)}"
 
 
 def _masked(text: str, secrets_: List[str]) -> str:
@@ -101,14 +144,24 @@ class _Runner:
         errors = kubelet_errors(_masked(journal, self.hidden))
         return f"; the kubelet there says: {' / '.join(errors)[:2000]}" if errors else ""
 
-    def run(self, node: Node, command: str, what: str) -> str:
+    def run(self, node: Node, command: str, what: str, config: Optional[str] = None) -> str:
+        """``command`` on ``node`` (with ``config`` on its stdin: ``with_config``); its output."""
         log = self.logs / f"kubeadm-{node.name}.log"
         self.echo(f"  {node.name}: {what} (log: {log})")
         # kubeadm's whole output (both streams) comes back, then its exit status: its verdict
         # lines are in the middle of a failing run's output, not at its end
-        script = f"{remote.sudo_prefix(node)}{command} 2>&1; echo airbundle-exit=$?"
         try:
-            out = remote.run(node, self.opts, script, timeout=1800)
+            if config is not None:
+                data = config.encode()
+
+                def send(out: IO[bytes]) -> None:
+                    out.write(data)
+
+                script = f"{remote.sudo_prefix(node)}{command}"
+                out = remote.stream(node, self.opts, script, send, timeout=1800)
+            else:
+                script = f"{remote.sudo_prefix(node)}{command} 2>&1; echo airbundle-exit=$?"
+                out = remote.run(node, self.opts, script, timeout=1800)
         except remote.RemoteError as exc:
             raise InstallError(f"cluster: {what} on {node.name}: {_masked(str(exc), self.hidden)}") from None
         body, _, status = out.rstrip("\n").rpartition("airbundle-exit=")
@@ -184,7 +237,13 @@ def bring_up(
     first = control[0]
     where = str(endpoint) if endpoint is not None else f"{first.address}:6443"
     try:
-        out = runner.run(first, init_command(kubeadm, first, version, endpoint, token, key), "kubeadm init")
+        init = ["init", "--upload-certs"] if endpoint is not None else ["init"]
+        out = runner.run(
+            first,
+            with_config(kubeadm, init),
+            "kubeadm init",
+            init_config(first, version, endpoint, token, key),
+        )
     except InstallError as exc:
         return [NodeResult(first, error=str(exc))]
     found = _HASH.search(out)
@@ -195,7 +254,10 @@ def bring_up(
     for node in control[1:]:
         try:
             runner.run(
-                node, join_command(kubeadm, node, where, token, ca_hash, key), "kubeadm join --control-plane"
+                node,
+                with_config(kubeadm, ["join"]),
+                "kubeadm join --control-plane",
+                join_config(node, where, token, ca_hash, key),
             )
             results.append(NodeResult(node, done=["kubeadm join --control-plane"]))
         except InstallError as exc:
@@ -204,13 +266,22 @@ def bring_up(
 
     def join(node: Node) -> NodeResult:
         try:
-            runner.run(node, join_command(kubeadm, node, where, token, ca_hash), "kubeadm join")
+            runner.run(
+                node, with_config(kubeadm, ["join"]), "kubeadm join", join_config(node, where, token, ca_hash)
+            )
             return NodeResult(node, done=["kubeadm join"])
         except InstallError as exc:
             return NodeResult(node, error=str(exc))
 
     results += remote.for_each(workers, join)
     if any(r.error for r in results):
+        return results
+    # every node joined: the token has done its work (its ID alone names it: the ID is not secret)
+    token_id = token.split(".")[0]
+    try:
+        runner.run(first, f"{shlex.quote(kubeadm)} token delete {token_id}", "kubeadm token delete")
+    except InstallError as exc:
+        results[0].error = f"{exc}; the bootstrap token expires by itself within {BOOTSTRAP_TTL}"
         return results
     try:
         conf = remote.run(first, opts, f"{remote.sudo_prefix(first)}cat {ADMIN_CONF}")
