@@ -639,6 +639,25 @@ def test_a_node_whose_containerd_names_another_sandbox_image_fails_with_the_kube
     ) in logged
 
 
+def test_a_node_whose_runc_uses_another_cgroup_driver_than_the_kubelet_fails(ha_site, tmp_path: Path) -> None:
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, every, _ = ha_site
+    target = _inventory_node(every[0])
+    cgroupfs = containerdconf.render("registry.k8s.io/pause:3.9").replace(
+        "SystemdCgroup = true", "SystemdCgroup = false"
+    )
+    containerdconf.ensure_on(target, remote.SshOptions(config=client.config), cgroupfs)
+    with pytest.raises(InstallError) as caught:
+        _runner(client, tmp_path).run(target, "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init")
+    message = str(caught.value)
+    assert "kubeadm init failed on kc-cp" in message and "wait-control-plane" in message
+    assert (
+        'cgroup driver mismatch" kubelet="systemd" containerdRunc="cgroupfs (SystemdCgroup = false' in message
+    )
+
+
 def test_the_kubelets_error_lines_are_read_from_its_journal() -> None:
     from bundler.installer.kubeadmup import kubelet_errors
 
