@@ -118,6 +118,6 @@ def test_a_bundle_without_a_pause_image_is_refused_before_any_node_is_touched(tm
     from bundler.installer.kubeadmup import bring_up
 
     node = Node("127.0.0.209", "root", ("controlplane", "etcd", "worker"), port=1)  # never reached
-    with pytest.raises(InstallError, match="^cluster: the bundle carries no pause image") as caught:
+    with pytest.raises(InstallError, match=r"^cluster: the bundle carries no pause image") as caught:
         bring_up([node], None, "/usr/local/bin/kubeadm", "v1.28.15", remote.SshOptions(), tmp_path, print, "")
     assert "registry.k8s.io/pause" in str(caught.value)
