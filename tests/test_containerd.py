@@ -3,7 +3,10 @@ containerd (its own root, state and socket), reached over that node's sshd.
 
 The build asks the pinned kubeadm (tests/standins/kubeadm) for its images and pulls them, through
 ``--mirror``, from a loopback registry; the installer streams each node's images over SSH into
-``ctr -n k8s.io images import`` and reads them back.
+``ctr -n k8s.io images import`` and reads them back. The cluster phase writes each node's
+containerd ``config.toml`` (parsed and run by that node's real containerd, restarted through a
+``systemctl`` stand-in) and brings the cluster up with kubeadm's stand-in reading ``--config``
+files, which starts the kubelet's stand-in (tests/standins/kubelet) at kubelet-start.
 """
 
 from __future__ import annotations
