@@ -696,3 +696,33 @@ def test_the_kubeadm_stand_in_refuses_flags_mixed_with_config_like_kubeadm(
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.startswith(f"can not mix '--config' with arguments {refused}\n"), done.stderr
+
+
+def test_a_node_with_swap_on_fails_with_the_kubelets_words(ha_site, tmp_path: Path) -> None:
+    """Swap on (a /proc/swaps of one swap area, bound over the real one in that node's mount namespace
+    only): the kubelet refuses to start, and its reason is quoted with the node's name."""
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, every, _ = ha_site
+    node, target = every[0], _inventory_node(every[0])
+    containerdconf.ensure_on(
+        target, remote.SshOptions(config=client.config), containerdconf.render("registry.k8s.io/pause:3.9")
+    )
+    swaps = tmp_path / "swaps"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swap.img\tfile\t2097148\t0\t-2\n")
+    enter = ["nsenter", "-t", str(node.containerd.proc.pid), "-m"]
+    subprocess.run([*enter, "mount", "--bind", str(swaps), "/proc/swaps"], check=True)
+    try:
+        with pytest.raises(InstallError) as caught:
+            _runner(client, tmp_path).run(
+                target, "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init"
+            )
+    finally:
+        subprocess.run([*enter, "umount", "/proc/swaps"], check=True)
+    message = str(caught.value)
+    assert "kubeadm init failed on kc-cp" in message
+    assert (
+        'the kubelet there says: "command failed" err="failed to run Kubelet: running with swap on is not supported, '
+        "please disable swap! or set --fail-swap-on flag to false. /proc/swaps contained: [" in message
+    )
