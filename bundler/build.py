@@ -136,6 +136,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/apply.py": "installer/apply.py",
     "installer/bundler/installer/dockerload.py": "installer/dockerload.py",
     "installer/bundler/installer/ctrimport.py": "installer/ctrimport.py",
+    "installer/bundler/installer/containerdconf.py": "installer/containerdconf.py",
     "installer/bundler/installer/kubeadmup.py": "installer/kubeadmup.py",
     "installer/bundler/installer/kubeconfig.py": "installer/kubeconfig.py",
     "installer/bundler/installer/options.py": "installer/options.py",

@@ -5,7 +5,10 @@ The stand-in plays kubeadm v1.28.15 (the Kubernetes version ``manifests/fmp-k8s.
 order (cmd/kubeadm/app/images: GetControlPlaneImages: kube-apiserver, kube-controller-manager,
 kube-scheduler, kube-proxy, then CoreDNS, pause and etcd; the versions from
 cmd/kubeadm/app/constants: CoreDNSVersion v1.10.1, PauseVersion 3.9, SupportedEtcdVersion[28]
-3.5.15-0), all under ``registry.k8s.io``. ``ROLES`` is which node roles run each, written from
+3.5.15-0), all under ``registry.k8s.io``. The etcd tag was checked against kubernetes' history:
+release-1.28's constants.go maps 28 to "3.5.12-0" until the cherry-pick of "Update etcd from
+v3.5.14 to v3.5.15" (kubernetes/kubernetes#126399, approved in September 2024), and to "3.5.15-0"
+from then on; v1.28.15 (October 2024) came after it and lists ``registry.k8s.io/etcd:3.5.15-0``. ``ROLES`` is which node roles run each, written from
 kubeadm's behaviour apart from ``bundler/kinds.py`` (the code under test): the static pods and
 stacked etcd on control planes, kube-proxy (a DaemonSet) and the pod sandbox on every node,
 CoreDNS (a Deployment tolerating the control-plane taint) on any node.

@@ -13,9 +13,10 @@ joined to the host by a veth pair: a node inside it has a non-loopback address,
 which Docker treats as a registry whose TLS certificate it must verify.
 
 A node made with ``containerd=True`` runs its own ``containerd`` instead (``Containerd``: its
-own root, state and socket, CRI off), in a mount namespace where ``/etc/containerd/certs.d``
-is the node's own folder (``Node.ctr_certs``); sshd's ``SetEnv CONTAINERD_ADDRESS`` points
-``ctr`` at that socket, as ``DOCKER_HOST`` does for ``docker``.
+own root, state and socket; CRI off as Docker's containerd.io package ships it), in a mount
+namespace where ``/etc/containerd`` is the node's own folder (``Node.ctr_etc``, with ``certs.d``
+as ``Node.ctr_certs``) and ``systemctl`` the stand-in that restarts that containerd; sshd's
+``SetEnv CONTAINERD_ADDRESS`` points ``ctr`` at that socket, as ``DOCKER_HOST`` does for ``docker``.
 """
 
 from __future__ import annotations
@@ -63,36 +64,73 @@ def ensure_user(name: str, docker_group: bool) -> None:
 
 class Containerd:
     """A containerd of one node: its own root, state and socket under ``folder``, in its own mount
-    namespace where ``certs`` is mounted on /etc/containerd/certs.d and ``kube`` on /etc/kubernetes."""
+    namespace where ``etc`` is mounted on /etc/containerd (its ``config.toml`` and ``certs.d``),
+    ``kube`` on /etc/kubernetes and the systemctl and journalctl stand-ins (tests/standins) on
+    /usr/bin. It starts as Docker's containerd.io package leaves it: ``disabled_plugins =
+    ["cri"]``. A loop in that namespace runs it again, with whatever /etc/containerd/config.toml then
+    says, whenever it exits: that is what ``systemctl restart containerd`` on the node does."""
 
-    def __init__(self, folder: Path, certs: Path, kube: Path) -> None:
+    def __init__(self, folder: Path, etc: Path, kube: Path) -> None:
         self.root = folder
         self.sock = folder / "c.sock"
-        certs.mkdir(parents=True, exist_ok=True)
+        self.pidfile = folder / "containerd.pid"
+        self.etc = etc
+        (etc / "certs.d").mkdir(parents=True, exist_ok=True)
         kube.mkdir(parents=True, exist_ok=True)
-        Path("/etc/containerd/certs.d").mkdir(parents=True, exist_ok=True)
+        Path("/etc/containerd").mkdir(parents=True, exist_ok=True)
         Path("/etc/kubernetes").mkdir(parents=True, exist_ok=True)
-        config = folder / "config.toml"
-        config.write_text(
-            "version = 2\n"
-            f'root = "{folder / "root"}"\nstate = "{folder / "state"}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.sock}"\n[ttrpc]\n  address = "{self.sock}.ttrpc"\n'
-        )
+        (etc / "config.toml").write_text('disabled_plugins = ["cri"]\n')  # containerd.io's own file
         self.log = open(folder / "containerd.log", "wb")  # noqa: SIM115 - closed in stop()
-        # its own /etc/containerd/certs.d and /etc/kubernetes (what kubeadm writes on a node)
-        bind = 'mount --bind "$0" /etc/containerd/certs.d && mount --bind "$1" /etc/kubernetes && shift && exec "$@"'
+        standins = Path(__file__).resolve().parent / "standins"
+        # its own /etc/containerd and /etc/kubernetes (what kubeadm writes on a node), systemctl, journalctl
+        run = (
+            'mount --bind "$0" /etc/containerd && mount --bind "$1" /etc/kubernetes && '
+            'mount --bind "$2/systemctl" /usr/bin/systemctl && mount --bind "$2/journalctl" /usr/bin/journalctl && '
+            'while [ ! -e "$3/stop" ]; do containerd --config /etc/containerd/config.toml --root "$3/root" '
+            '--state "$3/state" --address "$3/c.sock" & echo $! > "$3/containerd.pid"; wait $!; sleep 0.2; done'
+        )
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(certs), str(kube),
-             "containerd", "-c", str(config)],
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", run, str(etc), str(kube),
+             str(standins), str(folder)],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until this containerd answers (after a start or a restart)."""
+        deadline = time.monotonic() + timeout
         while subprocess.run(self.ctr("version"), capture_output=True).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"containerd did not start: {(folder / 'containerd.log').read_text()[-2000:]}")
+                pytest.fail(f"containerd did not start: {(self.root / 'containerd.log').read_text()[-2000:]}")
             time.sleep(0.1)
+
+    def dump(self, config: Path | None = None) -> str:
+        """What real containerd makes of ``config`` (default: the node's config.toml): ``config dump``."""
+        done = subprocess.run(
+            ["containerd", "--config", str(config or self.etc / "config.toml"), "config", "dump"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def reset_config(self) -> None:
+        """Back to containerd.io's config.toml (CRI off), restarted when it was not that."""
+        config = self.etc / "config.toml"
+        (self.etc / "config.toml.airbundle-orig").unlink(missing_ok=True)
+        if config.read_text() == 'disabled_plugins = ["cri"]\n':
+            return
+        config.write_text('disabled_plugins = ["cri"]\n')
+        old = self.pid()
+        subprocess.run(["kill", str(old)], check=True)
+        deadline = time.monotonic() + 30
+        while not self.pidfile.exists() or self.pidfile.read_text().strip() in ("", str(old)):
+            assert time.monotonic() < deadline, "containerd was not started again"
+            time.sleep(0.05)
+        self.wait_ready()
 
     def ctr(self, *args: str) -> list[str]:
         """``ctr`` against this containerd, in the ``k8s.io`` namespace."""
@@ -111,8 +149,12 @@ class Containerd:
         subprocess.run(self.ctr("content", "prune", "references"), capture_output=True)
 
     def stop(self) -> None:
+        (self.root / "stop").touch()  # the loop ends with this containerd
         if self.proc.poll() is None:
-            self.proc.terminate()
+            try:
+                subprocess.run(["kill", str(self.pid())], capture_output=True)
+            except (OSError, ValueError):
+                pass
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -173,11 +215,12 @@ class Node:
         # top (e.g. /var/lib: a registry the installer runs there keeps its data in the node's own).
         own = {target: self.root / "overlays" / target.strip("/").replace("/", "_") for target in overlays}
         self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns, overlays=own) if docker else None
-        self.ctr_certs = self.root / "containerd-certs.d"
+        self.ctr_etc = self.root / "containerd-etc"  # the node's /etc/containerd
+        self.ctr_certs = self.ctr_etc / "certs.d"
         self.containerd = (
             Containerd(
                 Path(tempfile.mkdtemp(prefix=f"ab-{name}-c", dir="/tmp")),
-                self.ctr_certs,
+                self.ctr_etc,
                 self.root / "kubernetes",
             )
             if containerd
@@ -194,7 +237,13 @@ class Node:
         env = (
             f"NODE_NAME={name} DOCKER_CONFIG={self.root / 'docker-config'}"
             + (f" DOCKER_HOST={self.engine.host}" if self.engine else "")
-            + (f" CONTAINERD_ADDRESS={self.containerd.sock}" if self.containerd else "")
+            + (
+                f" CONTAINERD_ADDRESS={self.containerd.sock} CONTAINERD_PIDFILE={self.containerd.pidfile}"
+                f" SYSTEMCTL_STANDIN_LOG={self.root / 'systemctl.log'} KUBELET_STANDIN_LOG={self.root / 'kubelet.log'}"
+                f" KUBELET_STANDIN={Path(__file__).resolve().parent / 'standins' / 'kubelet'}"
+                if self.containerd
+                else ""
+            )
             + (f" {env}" if env else "")
         )
         (self.root / "sshd_config").write_text(

@@ -3,7 +3,10 @@ containerd (its own root, state and socket), reached over that node's sshd.
 
 The build asks the pinned kubeadm (tests/standins/kubeadm) for its images and pulls them, through
 ``--mirror``, from a loopback registry; the installer streams each node's images over SSH into
-``ctr -n k8s.io images import`` and reads them back.
+``ctr -n k8s.io images import`` and reads them back. The cluster phase writes each node's
+containerd ``config.toml`` (parsed and run by that node's real containerd, restarted through a
+``systemctl`` stand-in) and brings the cluster up with kubeadm's stand-in reading ``--config``
+files, which starts the kubelet's stand-in (tests/standins/kubelet) at kubelet-start.
 """
 
 from __future__ import annotations
@@ -154,6 +157,8 @@ def ctr_site(project, keys: Keys, tmp_path: Path, cache_dir: Path, ctr_cluster, 
     nodes = every[:3]
     for node in every:
         node.containerd.clear()
+        node.containerd.reset_config()
+        (node.root / "systemctl.log").unlink(missing_ok=True)
     site = _site(_build(project, keys, tmp_path, cache_dir, reg.host), tmp_path)
     (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"kc-w1", "kc-w2"}))
     return site, client, nodes, pushed
@@ -307,6 +312,28 @@ def test_registry_mode_pulls_through_hosts_toml_with_the_site_ca(ctr_site, keys:
             want.add(APP_IMAGE)
         for ref in want:
             assert held.get(ref) == pushed[ref].manifest, (node.name, ref)
+    assert "(mirrors for docker.io, registry.k8s.io)" in run.stdout
+    for node in nodes:  # the kubelet's pulls by upstream name go to the site registry, with its CA
+        mirror = (node.ctr_certs / "registry.k8s.io" / "hosts.toml").read_text()
+        assert f'[host."https://{address}"]' in mirror and f"{address}/ca.crt" in mirror
+        assert (
+            'server = "https://registry-1.docker.io"'
+            in (node.ctr_certs / "docker.io" / "hosts.toml").read_text()
+        )
+    worker = nodes[1]
+    subprocess.run(
+        worker.containerd.ctr("images", "rm", "registry.k8s.io/pause:3.9"), check=True, capture_output=True
+    )
+    # real containerd resolves registry.k8s.io through the mirror (the CRI reads the same folder)
+    _over_ssh(
+        client,
+        worker,
+        "ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d registry.k8s.io/pause:3.9",
+    )
+    assert (
+        worker.containerd.images()["registry.k8s.io/pause:3.9"]
+        == pushed["registry.k8s.io/pause:3.9"].manifest
+    )
     again = _install(site, keys, *args, "--registry-ca", str(ca))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "CA for" not in again.stdout
@@ -373,6 +400,7 @@ def ha_site(ctr_site, ctr_cluster, kubeadm_state: Path, keys: Keys):
     for item in kubeadm_state.iterdir():
         item.unlink()
     for node in every:  # empty, not replaced: the node's /etc/kubernetes is a bind mount of it
+        (node.root / "kubelet.log").unlink(missing_ok=True)  # its kubelet's journal
         for item in (node.root / "kubernetes").iterdir():
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     roles = {"kc-cp": "[controlplane, etcd]", "kc-cp2": "[controlplane, etcd]", "kc-cp3": "[controlplane, etcd]",
@@ -389,7 +417,7 @@ def ha_site(ctr_site, ctr_cluster, kubeadm_state: Path, keys: Keys):
 
 
 def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> None:
-    site, client, _, state = ha_site
+    site, client, every, state = ha_site
     listener = _Listener(VIP, 6443)
     try:
         run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
@@ -402,22 +430,45 @@ def test_kubeadm_ha_bring_up_in_order_behind_the_vip(ha_site, keys: Keys) -> Non
         f"join-control-plane kc-cp2 endpoint={VIP}:6443",
         f"join-control-plane kc-cp3 endpoint={VIP}:6443",
     ]
-    assert sorted(log[3:]) == [
+    assert sorted(log[3:5]) == [
         f"join-worker kc-w1 endpoint={VIP}:6443",
         f"join-worker kc-w2 endpoint={VIP}:6443",
     ]
+    cluster = json.loads((state / "cluster.json").read_text())
+    token, key = cluster["deleted"], cluster["key"]
+    assert (
+        log[5:] == [f"token-delete {token.split('.')[0]}"] and cluster["token"] is None
+    )  # deleted at the end
+    # what ps showed on the nodes: kubeadm's argv never holds the token or the key (they came in --config)
+    argvs = [json.loads(line) for line in (state / "argv").read_text().splitlines()]
+    assert [a[0] for a in argvs] == ["init", "join", "join", "join", "join", "token"]
+    assert argvs[0][:2] == ["init", "--upload-certs"] and argvs[0][2] == "--config"
+    assert all(token not in " ".join(a) and key not in " ".join(a) for a in argvs), argvs
+    assert argvs[-1] == ["token", "delete", token.split(".")[0]]  # its ID only: not the secret half
+    configs = [json.loads(line) for line in (state / "configs").read_text().splitlines()]
+    assert len(configs) == 5 and {c["mode"] for c in configs} == {"0600"}
+    assert all(
+        c["path"].startswith("/run/airbundle-kubeadm.") and not Path(c["path"]).exists() for c in configs
+    )
     admin = site / "work" / "admin.conf"
     assert f"https://{VIP}:6443" in admin.read_text() and (admin.stat().st_mode & 0o777) == 0o600
-    cluster = json.loads((state / "cluster.json").read_text())
+    for node in every:  # containerd configured for the kubelet on every node, before kubeadm ran
+        dump = node.containerd.dump()
+        assert 'sandbox_image = "registry.k8s.io/pause:3.9"' in dump and "SystemdCgroup = true" in dump
+        assert (node.root / "systemctl.log").read_text() == "systemctl restart containerd\n"
+    assert (
+        "/etc/containerd/config.toml (sandbox registry.k8s.io/pause:3.9) written, containerd restarted"
+        in run.stdout
+    )
     for text in (
         run.stdout,
         run.stderr,
         *[p.read_text() for p in (site / "work" / "logs").glob("kubeadm-*.log")],
     ):
-        assert cluster["token"] not in text and cluster["key"] not in text  # never echoed nor logged
+        assert token not in text and key not in text  # never echoed nor logged
     again = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
     assert again.returncode == 0 and "done before, skipped" in again.stdout
-    assert len((state / "log").read_text().splitlines()) == 5
+    assert len((state / "log").read_text().splitlines()) == 6
 
 
 def test_a_vip_nobody_answers_on_fails_like_kubeadm(ha_site, keys: Keys) -> None:
@@ -442,3 +493,236 @@ def test_kubeadm_init_refuses_a_node_without_its_images(ha_site, keys: Keys) -> 
     out = run.stdout + run.stderr
     assert "[ERROR ImagePull]: failed to pull image registry.k8s.io/etcd:3.5.15-0" in out, out
     assert "kubeadm init failed on kc-cp" in out and not (state / "log").exists()
+
+
+# ---------------------------------------------------------------- containerd's config.toml for the kubelet
+
+
+def _inventory_node(node) -> object:
+    from bundler.installer.inventory import Node as InventoryNode
+
+    from .nodes import SSH_PORT
+
+    return InventoryNode(node.address, "root", ("worker",), port=SSH_PORT, hostname_override=node.name)
+
+
+def test_config_toml_is_what_real_containerd_reads_and_lands_once(ctr_site) -> None:
+    """The file the installer writes on a node, parsed by that node's real containerd: CRI on, the
+    bundle's pause as sandbox image, SystemdCgroup, config_path; containerd.io's file kept once;
+    containerd restarted (the systemctl stand-in) only when the file changed."""
+    from bundler.installer import containerdconf, remote
+
+    _, client, nodes, _ = ctr_site
+    node, target = nodes[1], _inventory_node(nodes[1])
+    opts = remote.SshOptions(config=client.config)
+    text = containerdconf.render("registry.k8s.io/pause:3.9")
+    before = node.containerd.pid()
+    assert containerdconf.ensure_on(target, opts, text) is True
+    assert (node.ctr_etc / "config.toml").read_text() == text
+    assert (node.ctr_etc / "config.toml.airbundle-orig").read_text() == 'disabled_plugins = ["cri"]\n'
+    dump = node.containerd.dump()
+    assert 'sandbox_image = "registry.k8s.io/pause:3.9"' in dump
+    assert "SystemdCgroup = true" in dump
+    assert 'config_path = "/etc/containerd/certs.d"' in dump and "disabled_plugins = []" in dump
+    restarted = node.containerd.pid()
+    assert restarted != before  # the node's containerd runs with the new file: its CRI is on now
+    plugins = subprocess.run(node.containerd.ctr("plugins", "ls"), capture_output=True, text=True).stdout
+    assert any(line.split()[1:2] == ["cri"] and line.split()[-1] == "ok" for line in plugins.splitlines()[1:])
+    assert (node.root / "systemctl.log").read_text() == "systemctl restart containerd\n"
+    # again: nothing changes, nothing restarts (systemctl is asked only whether containerd runs)
+    assert containerdconf.ensure_on(target, opts, text) is False
+    assert node.containerd.pid() == restarted
+    assert "restart" not in (node.root / "systemctl.log").read_text().splitlines()[-1]
+    # another file later: containerd.io's original stays the one kept
+    assert containerdconf.ensure_on(target, opts, containerdconf.render("registry.k8s.io/pause:3.10")) is True
+    assert (node.ctr_etc / "config.toml.airbundle-orig").read_text() == 'disabled_plugins = ["cri"]\n'
+
+
+def test_a_config_containerd_refuses_never_lands(ctr_site) -> None:
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, nodes, _ = ctr_site
+    node = nodes[2]
+    before, pid = (node.ctr_etc / "config.toml").read_text(), node.containerd.pid()
+    with pytest.raises(InstallError) as caught:
+        containerdconf.ensure_on(_inventory_node(node), remote.SshOptions(config=client.config),
+                                 "version = 2\n[plugins\n")  # fmt: skip
+    message = str(caught.value)
+    assert (
+        message.startswith("kc-w2: containerd refuses the /etc/containerd/config.toml") and "TOML" in message
+    )
+    assert (node.ctr_etc / "config.toml").read_text() == before and node.containerd.pid() == pid
+    assert sorted(p.name for p in node.ctr_etc.iterdir()) == ["certs.d", "config.toml"]  # no temp file left
+    assert not (node.root / "systemctl.log").exists()
+
+
+# ---------------------------------------------------------------- the kubelet (its stand-in) at kubelet-start
+
+
+def test_a_worker_without_the_pause_image_fails_with_the_kubelets_words(ha_site, keys: Keys) -> None:
+    """kubeadm join on a worker pulls nothing in its preflight; the kubelet it starts cannot make a pod
+    sandbox offline: the installer names the node and quotes the kubelet's journal."""
+    site, client, every, state = ha_site
+    worker = every[1]
+    assert worker.name == "kc-w1"
+    subprocess.run(
+        worker.containerd.ctr("images", "rm", "registry.k8s.io/pause:3.9"), check=True, capture_output=True
+    )
+    listener = _Listener(VIP, 6443)
+    try:
+        run = _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+    finally:
+        listener.close()
+    out = run.stdout + run.stderr
+    assert run.returncode == 6, out
+    assert "kubeadm join failed on kc-w1" in out and "error execution phase kubelet-start" in out
+    assert "the kubelet there says:" in out
+    assert (
+        '"Failed to create sandbox for pod" err="rpc error: code = Unknown desc = failed to get sandbox image'
+        in out
+    )
+    assert '\\"registry.k8s.io/pause:3.9\\": failed to pull image' in out and "Traceback" not in run.stderr
+    log = (state / "log").read_text()
+    assert "join-worker kc-w1" not in log and "join-worker kc-w2" in log  # the other worker joined
+
+
+def _runner(client, tmp_path: Path):
+    from bundler.installer import kubeadmup, remote
+
+    return kubeadmup._Runner(remote.SshOptions(config=client.config), tmp_path / "logs", lambda _: None, [])
+
+
+def test_a_node_whose_containerd_disables_cri_fails_kubeadms_preflight(ha_site, tmp_path: Path) -> None:
+    """containerd.io's own config.toml (disabled_plugins = ["cri"]), as before the installer writes its own."""
+    from bundler.errors import InstallError
+
+    _, client, every, _ = ha_site
+    node = every[0]
+    assert 'disabled_plugins = ["cri"]' in (node.ctr_etc / "config.toml").read_text()
+    with pytest.raises(InstallError) as caught:
+        _runner(client, tmp_path).run(
+            _inventory_node(node), "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init"
+        )
+    message = str(caught.value)
+    assert message.startswith("cluster: kubeadm init failed on kc-cp (exit 1): ")
+    assert "[ERROR CRI]: container runtime is not running: output: " in message
+    assert (
+        f'validate service connection: CRI v1 runtime API is not implemented for endpoint \\"unix://{node.containerd.sock}\\": '
+        "rpc error: code = Unimplemented desc = unknown service runtime.v1.RuntimeService" in message
+    )
+
+
+def test_a_node_whose_containerd_names_another_sandbox_image_fails_with_the_kubelets_words(
+    ha_site, tmp_path: Path
+) -> None:
+    """containerd's own default sandbox image (pause:3.6) is not in the bundle: kubeadm warns, and the
+    kubelet it starts cannot make the static pods' sandboxes offline."""
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, every, _ = ha_site
+    target = _inventory_node(every[0])
+    containerdconf.ensure_on(
+        target, remote.SshOptions(config=client.config), containerdconf.render("registry.k8s.io/pause:3.6")
+    )
+    with pytest.raises(InstallError) as caught:
+        _runner(client, tmp_path).run(target, "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init")
+    message = str(caught.value)
+    assert "kubeadm init failed on kc-cp" in message
+    assert "error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster" in message
+    assert (
+        'the kubelet there says: "RunPodSandbox from runtime service failed" err="rpc error: code = Unknown desc = '
+        'failed to get sandbox image \\"registry.k8s.io/pause:3.6\\": failed to pull image' in message
+    )
+    logged = (tmp_path / "logs" / "kubeadm-kc-cp.log").read_text()
+    assert (
+        'detected that the sandbox image "registry.k8s.io/pause:3.6" of the container runtime is inconsistent with '
+        'that used by kubeadm. It is recommended that using "registry.k8s.io/pause:3.9" as the CRI sandbox image.'
+    ) in logged
+
+
+def test_a_node_whose_runc_uses_another_cgroup_driver_than_the_kubelet_fails(ha_site, tmp_path: Path) -> None:
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, every, _ = ha_site
+    target = _inventory_node(every[0])
+    cgroupfs = containerdconf.render("registry.k8s.io/pause:3.9").replace(
+        "SystemdCgroup = true", "SystemdCgroup = false"
+    )
+    containerdconf.ensure_on(target, remote.SshOptions(config=client.config), cgroupfs)
+    with pytest.raises(InstallError) as caught:
+        _runner(client, tmp_path).run(target, "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init")
+    message = str(caught.value)
+    assert "kubeadm init failed on kc-cp" in message and "wait-control-plane" in message
+    assert (
+        'cgroup driver mismatch" kubelet="systemd" containerdRunc="cgroupfs (SystemdCgroup = false' in message
+    )
+
+
+def test_the_kubelets_error_lines_are_read_from_its_journal() -> None:
+    from bundler.installer.kubeadmup import kubelet_errors
+
+    journal = (
+        'Dec 02 07:19:10 cp1 kubelet[812]: I1202 07:19:10.592314     812 server.go:467] "Kubelet version"\n'
+        'Dec 02 07:19:11 cp1 kubelet[812]: E1202 07:19:11.618143     812 remote_runtime.go:193] "RunPodSandbox" err="a"\n'
+        'Dec 02 07:19:12 cp1 kubelet[812]: E1202 07:19:12.618143     812 remote_runtime.go:193] "RunPodSandbox" err="a"\n'
+        "-- No entries --\n"
+    )
+    assert kubelet_errors(journal) == ['"RunPodSandbox" err="a"']
+    assert kubelet_errors("-- No entries --\n") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        ("init --config {f} --token abcdef.0123456789abcdef --certificate-key 00", "[certificate-key token]"),
+        ("join --config {f} --control-plane", "[control-plane]"),
+        ("join --config {f} --discovery-token-ca-cert-hash sha256:00", "[discovery-token-ca-cert-hash]"),
+    ],
+)
+def test_the_kubeadm_stand_in_refuses_flags_mixed_with_config_like_kubeadm(
+    ha_site, args: str, refused: str
+) -> None:
+    """kubeadm lets only a few flags go with --config (--node-name, --upload-certs, --skip-*, ...)."""
+    _, client, every, _ = ha_site
+    node = every[0]
+    (node.root / "kubeadm.yaml").write_text("apiVersion: kubeadm.k8s.io/v1beta3\nkind: InitConfiguration\n")
+    command = "/tmp/ab-kc-bin/kubeadm " + args.format(f=node.root / "kubeadm.yaml")
+    done = subprocess.run(
+        ["ssh", "-F", str(client.config), "-p", "2222", f"root@{node.address}", command],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"can not mix '--config' with arguments {refused}\n"), done.stderr
+
+
+def test_a_node_with_swap_on_fails_with_the_kubelets_words(ha_site, tmp_path: Path) -> None:
+    """Swap on (a /proc/swaps of one swap area, bound over the real one in that node's mount namespace
+    only): the kubelet refuses to start, and its reason is quoted with the node's name."""
+    from bundler.errors import InstallError
+    from bundler.installer import containerdconf, remote
+
+    _, client, every, _ = ha_site
+    node, target = every[0], _inventory_node(every[0])
+    containerdconf.ensure_on(
+        target, remote.SshOptions(config=client.config), containerdconf.render("registry.k8s.io/pause:3.9")
+    )
+    swaps = tmp_path / "swaps"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swap.img\tfile\t2097148\t0\t-2\n")
+    enter = ["nsenter", "-t", str(node.containerd.proc.pid), "-m"]
+    subprocess.run([*enter, "mount", "--bind", str(swaps), "/proc/swaps"], check=True)
+    try:
+        with pytest.raises(InstallError) as caught:
+            _runner(client, tmp_path).run(
+                target, "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init"
+            )
+    finally:
+        subprocess.run([*enter, "umount", "/proc/swaps"], check=True)
+    message = str(caught.value)
+    assert "kubeadm init failed on kc-cp" in message
+    assert (
+        'the kubelet there says: "command failed" err="failed to run Kubelet: running with swap on is not supported, '
+        "please disable swap! or set --fail-swap-on flag to false. /proc/swaps contained: [" in message
+    )

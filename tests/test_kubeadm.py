@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.errors import InputError
+from bundler.errors import InputError, InstallError
 from bundler.installer.inventory import Endpoint, load_endpoint, load_inventory, vip_problem
 
 HA = """\
@@ -85,3 +85,59 @@ def test_kubeadm_ports_are_kubeadms_own() -> None:
         "6443 (controlplane)", "2379 (controlplane)", "10259 (controlplane)"
     ]  # fmt: skip
     assert busy_ports(lb, {6443, 8443}, table) == []  # haproxy's own port: the installer puts it there
+
+
+def test_kubeadm_config_files_are_v1beta3_documents_with_the_secrets() -> None:
+    """What ``kubeadm init/join --config`` reads (read here with PyYAML, as kubeadm reads YAML)."""
+    import yaml
+
+    from bundler.installer.inventory import Node
+    from bundler.installer.kubeadmup import init_config, join_config, with_config
+
+    node = Node("10.10.0.21", "ubuntu", ("controlplane", "etcd"), hostname_override="cp1")
+    token, key, ca_hash = "abcdef.0123456789abcdef", "ab" * 32, "sha256:" + "c" * 64
+    init, cluster, kubelet = yaml.safe_load_all(
+        init_config(node, "v1.28.15", Endpoint("10.10.0.5", 6443), token, key)
+    )
+    assert init == {
+        "apiVersion": "kubeadm.k8s.io/v1beta3",
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [{"token": token, "ttl": "1h0m0s"}],
+        "nodeRegistration": {"name": "cp1"},
+        "certificateKey": key,
+    }
+    assert cluster == {
+        "apiVersion": "kubeadm.k8s.io/v1beta3",
+        "kind": "ClusterConfiguration",
+        "kubernetesVersion": "v1.28.15",
+        "controlPlaneEndpoint": "10.10.0.5:6443",
+    }
+    # the kubelet's cgroup driver said outright: containerd's runc uses the same (SystemdCgroup = true)
+    assert kubelet == {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "cgroupDriver": "systemd",
+    }
+    single = list(yaml.safe_load_all(init_config(node, "v1.28.15", None, token, key)))
+    assert "certificateKey" not in single[0] and "controlPlaneEndpoint" not in single[1]
+    join = yaml.safe_load(join_config(node, "10.10.0.5:6443", token, ca_hash, key))
+    assert join["discovery"] == {
+        "bootstrapToken": {"apiServerEndpoint": "10.10.0.5:6443", "token": token, "caCertHashes": [ca_hash]}
+    }
+    assert join["controlPlane"] == {"certificateKey": key} and join["nodeRegistration"] == {"name": "cp1"}
+    assert "controlPlane" not in yaml.safe_load(join_config(node, "10.10.0.5:6443", token, ca_hash))
+    # the command that runs kubeadm holds no secret: the file comes on stdin, 0600 under /run, then removed
+    script = with_config("/usr/local/bin/kubeadm", ["init", "--upload-certs"])
+    assert "mktemp /run/airbundle-kubeadm.XXXXXX" in script and "umask 077" in script and "rm -f" in script
+    assert "--config" in script and "--token" not in script and "--certificate-key" not in script
+
+
+def test_a_bundle_without_a_pause_image_is_refused_before_any_node_is_touched(tmp_path: Path) -> None:
+    from bundler.installer import remote
+    from bundler.installer.inventory import Node
+    from bundler.installer.kubeadmup import bring_up
+
+    node = Node("127.0.0.209", "root", ("controlplane", "etcd", "worker"), port=1)  # never reached
+    with pytest.raises(InstallError, match=r"^cluster: the bundle carries no pause image") as caught:
+        bring_up([node], None, "/usr/local/bin/kubeadm", "v1.28.15", remote.SshOptions(), tmp_path, print, "")
+    assert "registry.k8s.io/pause" in str(caught.value)

@@ -59,6 +59,7 @@ RANK: dict[str, float] = {
     "bundler.installer.push": 4,
     "bundler.installer.dockerload": 4.5,
     "bundler.installer.ctrimport": 4.6,
+    "bundler.installer.containerdconf": 4.6,
     "bundler.installer.preflight": 5,
     "bundler.installer.steps": 5,
     "bundler.installer.kubeadmup": 5,

@@ -664,9 +664,16 @@ def _kubeadm_bringup(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
         ctx.opts,
         ctx.workdir,
         ctx.echo,
+        _sandbox_image(ctx.lock),
     )
     # the plan's one action (here) is done once every node is: the journal then skips it
     return results if any(r.error for r in results) else [*results, NodeResult(HERE, done=["kubeadm up"])]
+
+
+def _sandbox_image(lock: Lock) -> str:
+    """The bundle's pause image under the full name containerd holds it by (containerd's sandbox_image)."""
+    pause = kinds.pause_image(s.ref for s in lock.system_images)
+    return str(oci.parse_reference(pause)) if pause else ""
 
 
 BRINGUPS: Dict[str, Runner] = {"rke": _rke_bringup, "kubeadm": _kubeadm_bringup, "k0s": _k0s_bringup}

@@ -341,11 +341,12 @@ def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]
 
 # ---------------------------------------------------------------- the plan as data
 
-# kubeadm's bring-up over SSH (installer/kubeadmup.py); keepalived, haproxy and containerd's
-# configuration are not automated yet (README: "kubeadm (HA behind a VIP)").
+# kubeadm's bring-up over SSH (installer/kubeadmup.py); keepalived and haproxy's configuration is
+# not automated yet (README: "kubeadm (HA behind a VIP)").
 KUBEADM_UP = (
-    "kubeadm init on the first control plane (--control-plane-endpoint VIP:PORT --upload-certs with a vip:), "
-    "the other control planes joined one at a time, the workers in parallel"
+    "containerd's config.toml for the kubelet on every node, kubeadm init --config on the first control "
+    "plane (controlPlaneEndpoint VIP:PORT, --upload-certs with a vip:), the other control planes joined one "
+    "at a time, the workers in parallel, the bootstrap token deleted"
 )
 LOCAL = "local"  # in actions and the journal: the node the installer runs on (rke up, steps)
 

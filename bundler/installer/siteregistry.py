@@ -11,8 +11,9 @@ node's ``/etc/docker/certs.d/HOST:PORT/ca.crt`` (Docker reads it at each pull);
 ``login_on`` runs ``docker login`` there, the password on stdin. For nodes whose images go
 into containerd (``plan.runtime``), ``trust_on`` writes the CA and a ``hosts.toml`` naming it
 under ``/etc/containerd/certs.d/HOST:PORT/`` (containerd's registry host configuration, read
-by ``ctr --hosts-dir`` and by the CRI plugin with ``config_path``) and each node pulls with
-``ctr -n k8s.io images pull --hosts-dir``.
+by ``ctr --hosts-dir`` and by the CRI plugin with ``config_path``), plus a mirror ``hosts.toml`` for
+each upstream registry of the images (``certs.d/registry.k8s.io/``: the kubelet's own pulls by
+those names reach the site registry), and each node pulls with ``ctr -n k8s.io images pull --hosts-dir``.
 
 ``deliver`` is the registry route of the images phase: start,
 trust, log in, push (``push``), then every target pulls each image by digest.
@@ -30,12 +31,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Callable, Dict, List, Optional, Set
+from typing import IO, Callable, Dict, List, Optional, Set, Tuple
 
 from bundler import oci
 from bundler.compat import dataclass
 from bundler.errors import InstallError
-from bundler.installer import ctrimport, remote
+from bundler.installer import containerdconf, ctrimport, remote
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import Node
 from bundler.installer.plan import PhasePlan, Route
@@ -263,14 +264,27 @@ def _write_on(node: Node, folder: str, name: str, data: bytes, opts: remote.SshO
     return True
 
 
-def trust_on(node: Node, address: str, ca: Path, opts: remote.SshOptions, runtime: str = "docker") -> bool:
+def trust_on(
+    node: Node,
+    address: str,
+    ca: Path,
+    opts: remote.SshOptions,
+    runtime: str = "docker",
+    mirrored: Tuple[str, ...] = (),
+) -> bool:
     """Make ``node``'s Docker (or containerd: the CA and a ``hosts.toml``) trust ``ca`` for
-    ``address``; False when it already did."""
+    ``address``; False when it already did. For containerd, each registry of ``mirrored``
+    (``registry.k8s.io``) gets a ``hosts.toml`` sending its pulls to ``address``, so the kubelet's
+    own pulls by the images' upstream names (``config_path`` in ``containerdconf``) reach the site."""
     data = ca.read_bytes()
     if runtime == "containerd":
         folder = f"{CONTAINERD_CERTS_D}/{address}"
         wrote = _write_on(node, folder, "ca.crt", data, opts)
-        return _write_on(node, folder, "hosts.toml", hosts_toml(address), opts) or wrote
+        wrote = _write_on(node, folder, "hosts.toml", hosts_toml(address), opts) or wrote
+        for upstream in mirrored:
+            mirror = containerdconf.mirror_hosts_toml(upstream, address)
+            wrote = _write_on(node, f"{CONTAINERD_CERTS_D}/{upstream}", "hosts.toml", mirror, opts) or wrote
+        return wrote
     return _write_on(node, f"{CERTS_D}/{address}", "ca.crt", data, opts)
 
 
@@ -422,10 +436,15 @@ def deliver(
             "in its hosts.toml: give --registry-ca FILE"
         )
 
+    wanted = {a.item for a in phase.actions} | {i for items in phase.present.values() for i in items}
+    union = [i for i in lock.images if i.config in wanted]
+    # the registries the kubelet would pull these images from by their names: mirrored to the site's
+    mirrored = tuple(sorted({oci.parse_reference(n).domain for i in union for n in oci.full_names(i)}))
+
     def prepare(node: Node) -> NodeResult:
         result = NodeResult(node)
         try:
-            if ca is not None and trust_on(node, route.address, ca, opts, runtime):
+            if ca is not None and trust_on(node, route.address, ca, opts, runtime, mirrored):
                 trusted.append(node.name)
             if route.user:
                 login_on(node, access, opts)
@@ -438,9 +457,8 @@ def deliver(
     failed = [r for r in remote.for_each(every, prepare) if r.error]
     if trusted:
         where = CONTAINERD_CERTS_D if runtime == "containerd" else CERTS_D
-        echo(f"  CA for {route.address} written to {where} on {', '.join(sorted(trusted))}")
-    wanted = {a.item for a in phase.actions} | {i for items in phase.present.values() for i in items}
-    union = [i for i in lock.images if i.config in wanted]
+        mirrors = f" (mirrors for {', '.join(mirrored)})" if runtime == "containerd" and mirrored else ""
+        echo(f"  CA for {route.address} written to {where} on {', '.join(sorted(trusted))}{mirrors}")
     report = push_images(union, images_dir, access, *([progress] if progress else []))
     pulls = dict(zip(union, report.images))
     echo(
