@@ -84,15 +84,19 @@ def test_a_kubeconfig_that_runs_a_command_is_refused(liar, tmp_path: Path) -> No
     _answer(
         script,
         'case "$SSH_ORIGINAL_COMMAND" in\n'
-        f'  *"kubeadm init"*) echo "kubeadm join 10.0.0.100:6443 --token t --discovery-token-ca-cert-hash {HASH}";'
+        "  *config.toml*) cat >/dev/null; echo unchanged ;;\n"  # containerd is configured already
+        "  *'kubeadm init'*) cat >/dev/null;"
+        f' echo "kubeadm join 10.0.0.100:6443 --token t --discovery-token-ca-cert-hash {HASH}";'
         " echo airbundle-exit=0 ;;\n"
+        "  *'token delete'*) echo airbundle-exit=0 ;;\n"
         f"  *admin.conf*) cat {folder / 'admin.conf'} ;;\n"
         "esac\n",
     )
     work = tmp_path / "work"
     work.mkdir()
     results = kubeadmup.bring_up([NODE], None, "/usr/local/bin/kubeadm", "v1.28.15",
-                                 remote.SshOptions(client.config), work, lambda _: None)  # fmt: skip
+                                 remote.SshOptions(client.config), work, lambda _: None,
+                                 "registry.k8s.io/pause:3.9")  # fmt: skip
     assert results[0].error is not None
     assert "users[0].user.exec (kubectl would act on it here)" in results[0].error
     assert "cp-1's /etc/kubernetes/admin.conf" in results[0].error and "nothing saved" in results[0].error
