@@ -137,6 +137,8 @@ INSTALLER_FILES = {
     "installer/bundler/installer/dockerload.py": "installer/dockerload.py",
     "installer/bundler/installer/ctrimport.py": "installer/ctrimport.py",
     "installer/bundler/installer/kubeadmup.py": "installer/kubeadmup.py",
+    "installer/bundler/installer/lbconfig.py": "installer/lbconfig.py",
+    "installer/bundler/installer/lbsetup.py": "installer/lbsetup.py",
     "installer/bundler/installer/options.py": "installer/options.py",
     "installer/bundler/installer/preflight.py": "installer/preflight.py",
     "installer/bundler/installer/results.py": "installer/results.py",

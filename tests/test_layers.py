@@ -60,6 +60,8 @@ RANK: dict[str, float] = {
     "bundler.installer.preflight": 5,
     "bundler.installer.steps": 5,
     "bundler.installer.kubeadmup": 5,
+    "bundler.installer.lbconfig": 3.6,
+    "bundler.installer.lbsetup": 5,
     "bundler.installer.siteregistry": 6,
     "bundler.installer.apply": 6.5,
     "bundler.installer.options": 6.5,
