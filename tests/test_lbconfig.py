@@ -96,13 +96,25 @@ def test_the_check_script_asks_the_api_through_haproxy_and_the_vip() -> None:
     ("route", "interface"),
     [
         ("10.0.0.100 dev eth0 src 10.0.0.5 uid 0 \\    cache ", "eth0"),
-        ("local 127.0.0.195 dev lo table local src 127.0.0.1 uid 0 \\    cache <local> ", "lo"),
+        ("local 127.0.0.195 dev lo table local src 127.0.0.1 uid 0 \\    cache <local> ", None),  # no link
         ("10.9.0.100 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0 \\    cache ", None),  # another subnet
         ("", None),
     ],
 )
 def test_the_interface_comes_from_ip_route_get(route: str, interface: str | None) -> None:
     assert lbconfig.interface_of(route) == interface
+
+
+def test_a_node_holding_the_vip_already_names_the_interface_it_holds_it_on() -> None:
+    """On a re-run the MASTER holds the VIP: route get says ``local ... dev lo``; ip addr says where."""
+    addresses = (
+        "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
+        "2: lan0    inet 10.0.0.5/24 scope global lan0\\       valid_lft forever\n"
+        "2: lan0    inet 10.0.0.100/32 scope global lan0\\       valid_lft forever\n"
+    )
+    route = "local 10.0.0.100 dev lo table local src 10.0.0.100 uid 0 \\    cache <local> "
+    assert lbconfig.interface_of(route, addresses, "10.0.0.100") == "lan0"
+    assert lbconfig.interface_of(route, addresses, "10.0.0.10") is None
 
 
 def test_port_6443_is_refused_only_where_haproxy_shares_a_node_with_an_api_server() -> None:

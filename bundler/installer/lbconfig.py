@@ -18,7 +18,7 @@ Without any ``loadbalancer`` node the VIP is the site's own load balancer's, and
 applies.
 
 Pure: no I/O. The interface VRRP runs on is found on each node at install time
-(``interface_of``: the output of ``ip -o route get VIP`` there); writing, checking and
+(``interface_of``: from ``ip -o addr`` and ``ip -o route get VIP`` there); writing, checking and
 starting the files is ``lbsetup``. Carried in bundles: python3 3.6, stdlib only.
 """
 
@@ -83,12 +83,18 @@ def auth_pass(endpoint: Endpoint, lbs: List[Node]) -> str:
 _ROUTE_DEV = re.compile(r"\bdev\s+(\S+)")
 
 
-def interface_of(route: str) -> Optional[str]:
-    """The interface ``ip -o route get VIP`` names, when the VIP is on that interface's own subnet
-    (no ``via`` gateway: VRRP needs the load balancers and the VIP on one link); else None."""
+def interface_of(route: str, addresses: str = "", vip: str = "") -> Optional[str]:
+    """The interface VRRP runs on for ``vip``: the one that holds it already (``ip -o addr``'s
+    ``addresses``: this node is the MASTER now), else the one ``ip -o route get VIP`` (``route``)
+    names when the VIP is on that interface's own subnet (no ``via`` gateway, not loopback: VRRP
+    needs the load balancers and the VIP on one link). None when neither."""
+    for line in addresses.splitlines():
+        fields = line.split()
+        if vip and len(fields) > 3 and fields[2] == "inet" and fields[3].split("/")[0] == vip:
+            return fields[1].split("@")[0]
     line = route.strip().splitlines()[0] if route.strip() else ""
     found = _ROUTE_DEV.search(line)
-    if not found or " via " in f" {line} ":
+    if not found or " via " in f" {line} " or found.group(1) == "lo":
         return None
     return found.group(1)
 

@@ -1,7 +1,7 @@
 """keepalived + haproxy on a kubeadm cluster's load balancers over SSH, before ``kubeadm init``.
 
-On each load-balancer node (in parallel): the interface that reaches the VIP is asked
-(``ip -o route get VIP``), the files ``lbconfig`` renders for that node are compared with
+On each load-balancer node (in parallel): the interface that holds or reaches the VIP is asked
+(``ip -o addr``, ``ip -o route get VIP``), the files ``lbconfig`` renders for that node are compared with
 what is there, and only the changed ones are written, each beside its final path
 (``FILE.airbundle-new``). The new files are checked on the node with the real tools before
 any of them lands (``haproxy -c -f``, ``keepalived --config-test -f``): a bad configuration is
@@ -135,8 +135,15 @@ def _one(
     result = NodeResult(node, items=[ITEM])
     log = logs / f"loadbalancer-{node.name}.log"
     try:
-        route = remote.run(node, opts, f"ip -o route get {shlex.quote(endpoint.address)}", timeout=60)
-        interface = lbconfig.interface_of(route)
+        # no route at all ("Network is unreachable") is the same answer as one through a gateway
+        said = remote.run(
+            node,
+            opts,
+            f"ip -o -4 addr show; echo ---; ip -o route get {endpoint.address} 2>&1 || true",
+            timeout=60,
+        )
+        addresses, _, route = said.partition("---\n")
+        interface = lbconfig.interface_of(route, addresses, endpoint.address)
         if interface is None:
             raise InstallError(
                 f"cluster: the VIP {endpoint.address} is not on a subnet of {node.name} ('ip -o route get "
