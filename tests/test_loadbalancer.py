@@ -352,3 +352,97 @@ def test_nothing_listens_before(site: Site) -> None:
     assert site.net.holder() is None
     with pytest.raises(OSError):
         socket.create_connection((VIP.address, VIP.port), 1).close()
+
+
+# ---------------------------------------------------------------- through the installer (kubeadm bundle)
+
+from .test_containerd import _build, kube_registry  # noqa: E402, F401 - the kubeadm bundle's registry fixture
+from .test_installer import _install, _site  # noqa: E402
+
+
+def _inventory(vip: str, stacked: bool = False) -> str:
+    lines = [f"vip: {vip}", "nodes:"]
+    if not stacked:
+        lines += [f"  - {{address: {a}, port: {SSH_PORT}, user: root, role: [loadbalancer], hostname_override: {n}}}"
+                  for _, a, n in LBS]  # fmt: skip
+    role = "[controlplane, etcd, loadbalancer]" if stacked else "[controlplane, etcd]"
+    lines += [f"  - {{address: {a}, port: {SSH_PORT}, user: root, role: {role}, hostname_override: {n}}}"
+              for a, n in CPS]  # fmt: skip
+    lines.append(
+        f"  - {{address: {SUBNET}.31, port: {SSH_PORT}, user: root, role: [worker], hostname_override: w1}}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def kube_site(project, keys, tmp_path: Path, cache_dir: Path, kube_registry) -> Path:  # noqa: F811
+    reg, _ = kube_registry
+    return _site(_build(project, keys, tmp_path, cache_dir, reg.host), tmp_path)
+
+
+def test_dry_run_lists_keepalived_and_haproxy_per_load_balancer_before_kubeadm(kube_site: Path, keys) -> None:
+    (kube_site / "cluster.yml").write_text(_inventory(f"{SUBNET}.100:6443"))  # dedicated: 6443 is free there
+    run = _install(kube_site, keys, "--yes", "--dry-run", "--offline")
+    assert run.returncode == 0, run.stdout + run.stderr
+    plan = run.stdout[run.stdout.index("to do (") :]
+    for name, role in (("lb1", "MASTER"), ("lb2", "BACKUP")):
+        assert (
+            f"{name:<20} configure keepalived ({role} of VIP {SUBNET}.100) + haproxy (:6443 to the API servers)"
+        ) in plan, plan
+    cluster = plan[plan.index("cluster ") :]
+    assert cluster.index("lb2") < cluster.index("here: run kubeadm init")  # before kubeadm init
+    for _, name in CPS:
+        assert f"{name:<20} configure" not in plan
+
+
+def test_vip_port_6443_on_load_balancing_control_planes_is_refused_before_anything_runs(
+    kube_site: Path, keys
+) -> None:
+    (kube_site / "cluster.yml").write_text(_inventory(f"{SUBNET}.100:6443", stacked=True))
+    for extra in (("--dry-run", "--offline"), ()):
+        run = _install(kube_site, keys, "--yes", *extra)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert (
+            f"cluster.yml:1: vip: port 6443 is the API server's own port on lb-cp1, lb-cp2, lb-cp3 "
+            "(loadbalancer and controlplane at once): haproxy there cannot listen on it; "
+            f"write vip: {SUBNET}.100:8443"
+        ) in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
+    assert not (kube_site / "work" / "logs").exists()
+    (kube_site / "cluster.yml").write_text(_inventory(f"{SUBNET}.100:8443", stacked=True))
+    run = _install(kube_site, keys, "--yes", "--dry-run", "--offline")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (
+        f"lb-cp1               configure keepalived (MASTER of VIP {SUBNET}.100) + haproxy (:8443"
+        in run.stdout
+    )
+
+
+def test_install_configures_the_load_balancers_before_kubeadm_init(site: Site, kube_site: Path, keys) -> None:
+    """``install --only cluster``: keepalived + haproxy on lb1 and lb2 first (the VIP answers), then
+    kubeadm init on the first control plane (which fails here: lb-cp1 has no containerd)."""
+    lines = [f"vip: {VIP}", "nodes:"]
+    lines += [f"  - {{address: {a}, port: {SSH_PORT}, user: root, role: [loadbalancer], hostname_override: {n}}}"
+              for _, a, n in LBS]  # fmt: skip
+    lines.append(f"  - {{address: {CPS[0][0]}, port: {SSH_PORT}, user: root, role: [controlplane, etcd, worker], "
+                 f"hostname_override: {CPS[0][1]}}}")  # fmt: skip
+    (kube_site / "cluster.yml").write_text("\n".join(lines) + "\n")
+    ssh = ("--ssh-config", str(site.client.config))
+    run = _install(kube_site, keys, "--yes", "--only", "cluster", *ssh)
+    assert run.returncode == 6, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    assert "Traceback" not in out
+    done = "ok: check_apiserver.sh, haproxy.cfg, keepalived.conf, restarted haproxy, restarted keepalived"
+    assert f"lb1                  {done}" in out and f"lb2                  {done}" in out, out
+    assert f"{VIP} answers from lb-cp1" in out
+    assert out.index(f"{VIP} answers from lb-cp1") < out.index("kubeadm init failed on lb-cp1")
+    assert _wait_for(lambda: site.net.holder() == "ablb1", 15)
+    assert _get_via_vip() in {n for _, n in CPS}
+    work = kube_site / "work" / "logs"
+    assert (work / "loadbalancer-lb1.log").exists() and "restarted haproxy" in (
+        work / "cluster" / "lb1.log"
+    ).read_text()
+    # the journal has the load balancers done: the next run goes straight to kubeadm init
+    again = _install(kube_site, keys, "--yes", "--dry-run", "--offline", *ssh)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "lb1                  nothing to do (1 already there)" in again.stdout, again.stdout

@@ -696,9 +696,10 @@ def make_plan(
     An item is still to do unless the node says it has it (``facts``: an image ID with its
     tags, a binary with its SHA-256) or, where the node was not asked, the journal's ``done``
     (``journal_done``) holds it. ``facts`` None is the offline view: no preflight, the journal
-    alone. ``phases`` is every phase, or the one ``--only`` names.
+    alone. ``phases`` is every phase, or the one ``--only`` names. ``endpoint``: a kubeadm
+    inventory's ``vip:``, which its load-balancer nodes carry (their actions in ``cluster``).
     """
-    inputs = _Inputs(lock, tuple(nodes), route, done, facts, node_images(lock, nodes))
+    inputs = _Inputs(lock, tuple(nodes), route, done, facts, node_images(lock, nodes), endpoint)
     return Plan(lock.name, lock.version, tuple(_BUILDERS[p](inputs) for p in phases), facts is None)
 
 
