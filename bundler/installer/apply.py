@@ -9,7 +9,8 @@ of every node that succeeded, and hands each phase's results to the caller's ``r
 ``binaries`` writes each binary beside its destination, re-checks its SHA-256 on the
 node and renames it into place; ``images`` delivers each node's images by the chosen
 route (streamed over SSH into ``docker load``, ``dockerload``; or through a site
-registry, ``siteregistry.deliver``); ``cluster`` runs the bundle's ``rke up`` here;
+registry, ``siteregistry.deliver``); ``cluster`` runs the bundle's ``rke up`` here (or, for
+kubeadm, keepalived + haproxy on the load balancers, ``lbsetup``, then kubeadm over SSH);
 ``steps`` runs the staged scripts in order, each here or on its nodes (``steps``), each
 logged. Nodes run in parallel; one node failing does not stop the others in its phase.
 What to do is not decided here (``plan``).
