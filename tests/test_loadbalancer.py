@@ -313,6 +313,40 @@ def test_a_configuration_haproxy_refuses_never_lands(site: Site, tmp_path: Path)
     assert site.etc(0, lbconfig.HAPROXY_CFG).read_text() == before
 
 
+def test_a_keepalived_conf_keepalived_refuses_lands_nothing_not_even_the_good_haproxy_cfg(site: Site) -> None:
+    """The node-side script alone (lbsetup.apply_script): keepalived 2.2.7 ends its check with SIGTERM
+    whatever it finds, so its output decides; one refused file and none of the three lands."""
+    files = [
+        (lbconfig.CHECK_SCRIPT, "0755", lbconfig.check_script(VIP)),
+        (lbconfig.HAPROXY_CFG, "0644", lbconfig.haproxy_cfg(VIP, site.control, "b 1")),
+        (
+            lbconfig.KEEPALIVED_CONF,
+            "0644",
+            "vrrp_instance broken {\n    interface lan0\n    no_such_keyword 1\n}\n",
+        ),
+    ]
+    done = subprocess.run(["ssh", "-F", str(site.client.config), "-p", str(SSH_PORT), f"root@{LBS[0][1]}",
+                           lbsetup.apply_script(files)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "airbundle-fail=/etc/keepalived/keepalived.conf refused by keepalived" in done.stdout
+    assert "no_such_keyword" in done.stdout  # keepalived's own words
+    assert [p for f in site.nodes[0].binds.values() for p in f.iterdir()] == []
+    assert site.log(0) == []
+
+
+def test_a_load_balancer_without_haproxy_is_told_where_it_comes_from(site: Site) -> None:
+    files = [(lbconfig.HAPROXY_CFG, "0644", lbconfig.haproxy_cfg(VIP, site.control, "b 1"))]
+    # /usr/sbin (haproxy, keepalived) left off the PATH: as on a node whose packages lack them
+    done = subprocess.run(["ssh", "-F", str(site.client.config), "-p", str(SSH_PORT), f"root@{LBS[0][1]}",
+                           "PATH=/usr/bin:/bin; " + lbsetup.apply_script(files)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        "airbundle-fail=haproxy is not installed here: the packages of the bundle for the loadbalancer role"
+        in done.stdout
+    )
+    assert [p for f in site.nodes[0].binds.values() for p in f.iterdir()] == []
+
+
 def test_a_vip_that_never_answers_names_the_vip_and_the_load_balancers(site: Site, tmp_path: Path) -> None:
     for ns, _, _ in LBS:  # a firewall on the load balancers in front of the VIP's port
         subprocess.run(["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "tcp", "-d", VIP.address,
@@ -347,7 +381,7 @@ def test_a_vip_off_the_load_balancers_subnet_is_refused(site: Site, tmp_path: Pa
     assert site.log(0) == [] and not site.etc(0, lbconfig.HAPROXY_CFG).exists()
 
 
-def test_nothing_listens_before(site: Site) -> None:
+def test_a_reset_site_leaves_the_vip_to_nobody(site: Site) -> None:
     """The reset leaves no haproxy behind: the VIP is nobody's (a guard for the tests above)."""
     assert site.net.holder() is None
     with pytest.raises(OSError):

@@ -95,7 +95,16 @@ def apply_script(files: List[Tuple[str, str, str]]) -> str:
     haproxy and keepalived when needed. Its verdicts are ``airbundle-…`` lines on stdout."""
     keys = {path: f"f{i}" for i, (path, _, _) in enumerate(files)}
     cleanup = "rm -f " + " ".join(shlex.quote(p + ".airbundle-new") for p, _, _ in files)
-    script = "umask 022\n" + "".join(_put(p, m, t, keys[p]) for p, m, t in files)
+    # what the packages phase installs from the bundle's loadbalancer role; without it, say so
+    missing = (
+        "{_MARK}fail={tool} is not installed here: the packages of the bundle for the loadbalancer role "
+        "bring it (manifest: debs.roles: loadbalancer: [keepalived, haproxy, curl])"
+    )
+    script = "umask 022\n"
+    for tool in ("haproxy", "keepalived", "systemctl"):
+        said = shlex.quote(missing.format(_MARK=_MARK, tool=tool))
+        script += f"command -v {tool} >/dev/null 2>&1 || {{ echo {said}; exit 2; }}\n"
+    script += "".join(_put(p, m, t, keys[p]) for p, m, t in files)
     script += "".join(_check(p, _CHECKS[p], keys[p], cleanup) for p, _, _ in files if p in _CHECKS)
     script += "".join(_land(p, keys[p]) for p, _, _ in files)
     haproxy = f"$new_{keys[lbconfig.HAPROXY_CFG]}"
