@@ -38,7 +38,7 @@ lint: install
 	$(BIN)/mypy bundler
 	# The installer and the core it carries into bundles must run on python3 3.6 (Rocky Linux 8 platform-python) and later.
 	$(BIN)/vermin --target=3.6- --no-tips --eval-annotations=no --violations --quiet \
-	    bundler/__init__.py bundler/compat.py bundler/errors.py bundler/oci.py bundler/lock.py bundler/signing.py bundler/versions.py \
+	    bundler/__init__.py bundler/compat.py bundler/text.py bundler/errors.py bundler/oci.py bundler/lock.py bundler/signing.py bundler/versions.py \
 	    bundler/files.py bundler/trust.py bundler/archive.py bundler/rkeimages.py bundler/kinds.py bundler/k0simages.py bundler/installer
 
 fix: install

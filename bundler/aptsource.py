@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 MAX_RELEASE_BYTES = 16 * 1024 * 1024
 MAX_KEYRING_BYTES = 16 * 1024 * 1024
 MAX_INDEX_BYTES = 4 * 1024**3  # decompressed, when the Release does not list the plain size
-_CHUNK = 256 * 1024  # compressed bytes read at a time: a few MiB decompressed, never the whole index
+_CHUNK = 256 * 1024  # compressed bytes read at a time
+# Decompressed bytes made at a time: a gzip chunk can inflate a thousandfold, an xz or bzip2 one
+# far more, so the decoder is asked for at most this much per call, never a whole chunk's worth.
+_OUT = 1024 * 1024
 _Decoder = Callable[[], Any]
 # apt's order (Acquire::CompressionTypes: xz bz2 lzma gz lz4 zst, then uncompressed).
 _COMPRESSIONS: tuple[tuple[str, _Decoder | None], ...] = (
@@ -64,6 +67,8 @@ _COMPRESSIONS: tuple[tuple[str, _Decoder | None], ...] = (
     (".gz", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
     ("", None),
 )
+# What a decoder raises on corrupt input (besides EOFError for a cut-off stream).
+DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError)
 _MIRROR_WRONG = (
     "the file does not match what the signed Release lists: the mirror is being updated or is "
     "broken; try again later or use another mirror"
@@ -233,15 +238,18 @@ def check_detached(keyring: bytes, keyring_name: str, signature: Path, data: Pat
     return _gpgv(keyring, keyring_name, [str(signature), str(data)], where)[1]
 
 
-def decompressed(path: Path, name: str, limit: int, what: str) -> Iterator[bytes]:
+def decompressed(path: Path, name: str, limit: int, what: str, over: str = "") -> Iterator[bytes]:
     """The decompressed bytes of a cached metadata file whose listed ``name`` ends in a compression
-    suffix (.xz, .bz2, .lzma, .gz, or none), a chunk at a time, at most ``limit`` of them."""
+    suffix (.xz, .bz2, .lzma, .gz, or none), a chunk at a time, at most ``limit`` of them: one
+    byte more is a FetchError, "``what``: decompresses to more than ``over``" (``over`` names the
+    limit, whose it is and what to do; by default the size the Release lists). Memory stays
+    bounded whatever the input (a decompression bomb included)."""
     for ext, decoder in _COMPRESSIONS:
         if ext and name.endswith(ext):
-            return _decompressed(path, decoder, limit, what)
+            return _decompressed(path, decoder, limit, what, over)
     if name.endswith((".zst", ".zck")):
         raise FetchError(f"{what}: {name} is compressed with zstd/zchunk, which airbundle cannot read")
-    return _decompressed(path, None, limit, what)
+    return _decompressed(path, None, limit, what, over)
 
 
 def _strip_clearsign(text: bytes) -> bytes:
@@ -318,24 +326,32 @@ def _pin(fields: dict[str, str]) -> int:
     return 100 if fields.get("ButAutomaticUpgrades", "").lower() == "yes" else 1
 
 
-def _decompressed(path: Path, decoder: _Decoder | None, limit: int, what: str) -> Iterator[bytes]:
-    """The decompressed bytes of a cached index, a chunk at a time, at most ``limit`` of them."""
+def _decompressed(
+    path: Path, decoder: _Decoder | None, limit: int, what: str, over: str = ""
+) -> Iterator[bytes]:
+    """The decompressed bytes of a cached index, at most ``_OUT`` at a time, at most ``limit`` of them."""
     total = 0
     with open(path, "rb") as f:
         state = decoder() if decoder else None
         while chunk := f.read(_CHUNK):
-            while chunk:
-                if state is None:
+            full = False
+            # Until this chunk is used up and the decoder has given all it holds (a full answer
+            # may leave more inside: zlib and bz2/lzma alike give the rest to the next call).
+            while chunk or full:
+                if state is None or decoder is None:
                     out, chunk = chunk, b""
                 else:
-                    out = state.decompress(chunk)
-                    # A concatenated stream (several gzip members, xz streams) goes on with a new decoder.
-                    chunk = state.unused_data if state.eof else b""
-                    if state.eof and decoder:
-                        state = decoder()
+                    out = state.decompress(chunk, _OUT)
+                    full = len(out) == _OUT
+                    chunk = getattr(state, "unconsumed_tail", b"")  # zlib's unread input; lzma/bz2 keep it
+                    if state.eof:
+                        # A concatenated stream (several gzip members, xz streams) goes on with a new decoder.
+                        chunk, state, full = state.unused_data, decoder(), False
                 total += len(out)
                 if total > limit:
-                    raise FetchError(f"{what}: decompresses to more than the {limit} bytes the Release lists")
+                    raise FetchError(
+                        f"{what}: decompresses to more than {over or f'the {limit} bytes the Release lists'}"
+                    )
                 if out:
                     yield out
 

@@ -271,10 +271,10 @@ def write_tar(
             if written.mismatch is not None:
                 raise written.mismatch
             if isinstance(seg, bytes):
-                _write_all(fd, seg)
+                write_all(fd, seg)
                 written.add(len(seg))
             elif seg.data is not None:
-                _write_all(fd, seg.data)
+                write_all(fd, seg.data)
                 advance(len(seg.data))
             else:
                 assert seg.source is not None
@@ -302,8 +302,10 @@ def write_tar(
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, fsync: bool = True, stale: Tuple[Path, ...] = ()) -> Iterator[int]:
-    """A file descriptor (read-write) that becomes ``path`` (mode 0644) only if the block completes.
+def atomic_output(
+    path: Path, fsync: bool = True, stale: Tuple[Path, ...] = (), mode: int = 0o644
+) -> Iterator[int]:
+    """A file descriptor (read-write) that becomes ``path`` (``mode``) only if the block completes.
 
     The data goes to a temporary file beside ``path``, is fsynced, then renamed over
     it; on any error the temporary file is removed and ``path`` is left as it was.
@@ -312,7 +314,7 @@ def atomic_output(path: Path, fsync: bool = True, stale: Tuple[Path, ...] = ()) 
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, mode)
         yield fd
         if fsync:
             os.fsync(fd)
@@ -336,7 +338,7 @@ def atomic_output(path: Path, fsync: bool = True, stale: Tuple[Path, ...] = ()) 
         raise
 
 
-def _write_all(fd: int, data: Union[bytes, memoryview]) -> None:
+def write_all(fd: int, data: Union[bytes, memoryview]) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -483,8 +485,9 @@ def _name_of(f: object) -> str:
 def not_a_bundle(path: Path, head: bytes) -> Optional[BundlerError]:
     """What ``path`` is when its first bytes show it is no bundle at all, with what to do instead.
 
-    A ``.sha256`` (or ``.parts.sha256``) checksum file is bad input (exit 2); a gzipped bundle is
-    a bundle that was compressed on its way (exit 4, as any unreadable bundle, with the fix).
+    A ``.sha256`` (or ``.parts.sha256``) checksum file, another file or a GNU tar is bad input
+    (exit 2); a gzipped bundle is a bundle that was compressed on its way (exit 4, as any
+    unreadable bundle, with the fix).
     """
     if head.startswith(b"\x1f\x8b"):
         return IntegrityError(
@@ -497,6 +500,14 @@ def not_a_bundle(path: Path, head: bytes) -> Optional[BundlerError]:
         return InputError(
             f"{path} is a checksum file (sha256sum lines, for {named}), not a bundle: give the bundle "
             f"itself; to check the copy, run sha256sum -c {path.name} in its folder"
+        )
+    what = "the .tar that 'airbundle build' wrote (NAME-VERSION.tar)"
+    if len(head) >= BLOCK and head[257:265] == b"ustar  \0":
+        return InputError(f"{path} is a GNU-format tar, not an airbundle bundle: give {what}")
+    if len(head) >= BLOCK and head[257:262] != b"ustar":
+        return InputError(
+            f"{path} is not a tar archive, so not an airbundle bundle: give {what}; if it is one that "
+            f"was damaged on its way, {COPY_AGAIN}"
         )
     return None
 
@@ -1027,7 +1038,7 @@ def _check_space(folder: Path, need: int) -> None:
 def _write_new(path: str, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -1061,7 +1072,7 @@ def _extract_member(
         digest = hashlib.sha256()
         for chunk in _member_chunks(src, member, buf):
             digest.update(chunk)
-            _write_all(out, chunk)
+            write_all(out, chunk)
             progress(len(chunk))
         os.fchmod(out, int(want.mode, 8))
     finally:
@@ -1315,7 +1326,7 @@ def split_bundle(path: Path, part_size: int, key: signing.PrivateKey) -> Path:
 
 def _atomic(path: Path, data: bytes) -> None:
     with atomic_output(path) as fd:
-        _write_all(fd, data)
+        write_all(fd, data)
 
 
 def join_parts(
@@ -1347,7 +1358,7 @@ def join_parts(
                     if not n:
                         break
                     digest.update(buf[:n])
-                    _write_all(fd, buf[:n])
+                    write_all(fd, buf[:n])
                     if progress:
                         progress(n, total)
         if digest.hexdigest() != whole:

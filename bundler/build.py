@@ -30,8 +30,6 @@ import logging
 import os
 import platform as host_platform
 import re
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +48,7 @@ from bundler import (
     k0simages,
     kinds,
     oci,
+    pinnedtool,
     registry,
     rkeimages,
     rpmrepo,
@@ -116,6 +115,7 @@ INSTALLER_FILES = {
     "installer/bundler/__init__.py": "__init__.py",
     "installer/bundler/errors.py": "errors.py",
     "installer/bundler/compat.py": "compat.py",
+    "installer/bundler/text.py": "text.py",
     "installer/bundler/oci.py": "oci.py",
     "installer/bundler/lock.py": "lock.py",
     "installer/bundler/signing.py": "signing.py",
@@ -139,6 +139,7 @@ INSTALLER_FILES = {
     "installer/bundler/installer/kubeadmup.py": "installer/kubeadmup.py",
     "installer/bundler/installer/lbconfig.py": "installer/lbconfig.py",
     "installer/bundler/installer/lbsetup.py": "installer/lbsetup.py",
+    "installer/bundler/installer/kubeconfig.py": "installer/kubeconfig.py",
     "installer/bundler/installer/options.py": "installer/options.py",
     "installer/bundler/installer/preflight.py": "installer/preflight.py",
     "installer/bundler/installer/results.py": "installer/results.py",
@@ -546,31 +547,17 @@ def _ask_tool(manifest: Manifest, binary: Path) -> list[str]:
     assert cluster is not None
     spec = next(b for b in manifest.binaries if b.name == cluster.tool)
     argv_tail = kinds.kind_of(cluster.kind).images_argv(cluster.kubernetes_version)
-    command = " ".join([cluster.tool, *argv_tail])
-    with tempfile.TemporaryDirectory(prefix="airbundle-tool-") as tmp:
-        exe = Path(tmp) / spec.name
-        data = binary.read_bytes()
-        if hashlib.sha256(data).hexdigest() != spec.sha256:
-            raise FetchError(f"{binary}: the cached {spec.name} no longer matches its sha256; build again")
-        exe.write_bytes(data)
-        exe.chmod(0o700)
-        env = {k: v for k, v in os.environ.items() if k != "RANCHER_METADATA_URL"}
-        try:
-            run = subprocess.run(
-                [str(exe), *argv_tail], capture_output=True, timeout=300, env=env, stdin=subprocess.DEVNULL
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise InputError(f"{cluster.where}: `{command}` did not answer within 300 s") from exc
-    text = (run.stdout + run.stderr).decode(errors="replace").strip()
-    if run.returncode != 0:
-        raise InputError(
-            f"{cluster.where}: the pinned {spec.name} refused `{command}` (exit {run.returncode}): "
-            f"{text[-800:] or 'no output'}; pick a kubernetes_version this {spec.name} release supports "
-            + (f"(`{spec.name} config --list-version --all`) " if cluster.kind == "rke" else "")
-            + "or list cluster.system_images"
-        )
+    command = " ".join([spec.name, *argv_tail])
+    env = {k: v for k, v in os.environ.items() if k != "RANCHER_METADATA_URL"}
+    advice = (
+        f"pick a kubernetes_version this {spec.name} release supports "
+        + (f"(`{spec.name} config --list-version --all`) " if cluster.kind == "rke" else "")
+        + "or list cluster.system_images"
+    )
+    with pinnedtool.pinned(binary, spec, cluster.where, env) as tool:
+        listed = tool.run(argv_tail, advice)
     refs = []
-    for raw in run.stdout.decode(errors="replace").splitlines():
+    for raw in listed.splitlines():
         line = raw.strip()
         if not line or any(c.isspace() for c in line):
             continue  # a log line
@@ -581,7 +568,7 @@ def _ask_tool(manifest: Manifest, binary: Path) -> list[str]:
                 f"{cluster.where}: `{command}` printed {line!r}, which is not an image reference"
             ) from None
     if not refs:
-        raise InputError(f"{cluster.where}: `{command}` printed no image references: {text[-800:]}")
+        raise InputError(f"{cluster.where}: `{command}` printed no image references: {listed.strip()[-800:]}")
     return refs
 
 

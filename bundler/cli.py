@@ -8,6 +8,7 @@ traceback (exit 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from bundler.errors import (
     KeyFileError,
     from_os_error,
 )
+from bundler.text import printable
 
 _PATH = click.Path(path_type=Path)
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -761,7 +763,8 @@ def inspect(bundle: Path, pubkey: Path | None, as_json: bool, show_sbom: bool) -
     if lock.steps:
         lines.append("  steps:")
         lines += [f"    {i}. {s.name:<17} {s.script}{_step_where(s)}" for i, s in enumerate(lock.steps, 1)]
-    click.echo("\n".join(lines))
+    # an unchecked lock says what it likes: its strings are shown, never obeyed by the terminal
+    click.echo(printable("\n".join(lines)))
 
 
 _DOCKER = ", Docker manifest"
@@ -851,8 +854,13 @@ def _command(argv: list[str] | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and turn its outcome into an exit status."""
+    stdout = sys.stdout
     try:
         code = cli.main(args=argv, prog_name="airbundle", standalone_mode=False)
+    except SystemExit as exc:
+        # click's own answer to a closed output pipe (| head): exit 1 with sys.stdout swapped for
+        # a quiet wrapper; a shell tool's is SIGPIPE's 141, which says "the reader left", not "a bug"
+        code = 141 if sys.stdout is not stdout else exc.code
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:
@@ -862,8 +870,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("airbundle: interrupted", err=True)
         code = 130
     except BundlerError as exc:
-        click.echo(f"airbundle: error: {exc}", err=True)
+        click.echo(f"airbundle: error: {printable(str(exc))}", err=True)
         code = exc.exit_code
+    except BrokenPipeError:  # the reader went away (| head): quietly, as a shell tool on SIGPIPE
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except OSError as exc:  # the machine, not a bug: disk full, permissions, a folder in the way
         error = from_os_error(exc, _command(argv), _OS_ERROR_KIND.get(_command(argv), InputError))
         click.echo(f"airbundle: error: {error}", err=True)

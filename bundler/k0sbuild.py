@@ -9,37 +9,11 @@ not pull the images (``registry``) nor decide their nodes (``k0simages.select``:
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import tempfile
 from pathlib import Path
 
-from bundler import k0simages, oci
-from bundler.errors import FetchError, InputError
-from bundler.manifest import ClusterSpec, Manifest
-
-TIMEOUT = 300
-
-
-def _run(exe: Path, args: list[str], cluster: ClusterSpec) -> str:
-    command = " ".join([cluster.tool, *args])
-    try:
-        run = subprocess.run(
-            [str(exe), *args],
-            capture_output=True,
-            timeout=TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise InputError(f"{cluster.where}: `{command}` did not answer within {TIMEOUT} s") from exc
-    text = (run.stdout + run.stderr).decode(errors="replace").strip()
-    if run.returncode != 0:
-        raise InputError(
-            f"{cluster.where}: the pinned {cluster.tool} refused `{command}` (exit {run.returncode}): "
-            f"{text[-800:] or 'no output'}; list the images under cluster.system_images instead"
-        )
-    return run.stdout.decode(errors="replace")
+from bundler import k0simages, oci, pinnedtool
+from bundler.errors import InputError
+from bundler.manifest import Manifest
 
 
 def list_images(manifest: Manifest, binary: Path) -> list[str]:
@@ -54,21 +28,16 @@ def list_images(manifest: Manifest, binary: Path) -> list[str]:
     cluster = manifest.cluster
     assert cluster is not None
     spec = next(b for b in manifest.binaries if b.name == cluster.tool)
-    with tempfile.TemporaryDirectory(prefix="airbundle-k0s-") as tmp:
-        exe = Path(tmp) / spec.name
-        data = binary.read_bytes()
-        if hashlib.sha256(data).hexdigest() != spec.sha256:
-            raise FetchError(f"{binary}: the cached {spec.name} no longer matches its sha256; build again")
-        exe.write_bytes(data)
-        exe.chmod(0o700)
-        said = _run(exe, ["version"], cluster).strip()
+    advice = "list the images under cluster.system_images instead"
+    with pinnedtool.pinned(binary, spec, cluster.where, {"PATH": "/usr/bin:/bin"}) as tool:
+        said = tool.run(["version"], advice).strip()
         if said != cluster.kubernetes_version:
             raise InputError(
                 f"{cluster.where}: cluster.version is {cluster.kubernetes_version}, but the pinned "
                 f"{spec.name} is {said or 'silent'} (`{spec.name} version`); pin the k0s binary of that "
                 "release, or change the version"
             )
-        listed = _run(exe, list(k0simages.LIST_IMAGES), cluster)
+        listed = tool.run(list(k0simages.LIST_IMAGES), advice)
     refs = []
     for line in k0simages.parse_list(listed):
         try:

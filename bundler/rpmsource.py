@@ -4,7 +4,9 @@
 its detached ``repomd.xml.asc``, checked with stock ``gpgv`` (dnf's ``repo_gpgcheck``; a
 missing or bad signature is refused, exit 5, naming the file). Then ``primary`` and
 ``filelists`` are fetched by the checksum ``repomd.xml`` lists (into the cache, by SHA-256)
-and the packages of ``primary`` are read as a stream. ``download`` fetches an rpm by the
+and the packages of ``primary`` are read as a stream; both are refused when they decompress to
+more than libsolv should hold (``MAX_PRIMARY_BYTES``, ``MAX_FILELISTS_BYTES``: a decompression
+bomb), before libsolv, which decompresses them itself, reads them. ``download`` fetches an rpm by the
 SHA-256 ``primary.xml`` lists; ``check_signatures`` checks the rpms' own signatures against
 the source's key with stock ``rpmkeys --checksig`` in a private rpm database (dnf's
 ``gpgcheck``), so the build host's rpm database is never touched.
@@ -33,7 +35,12 @@ log = logging.getLogger(__name__)
 MAX_REPOMD_BYTES = 16 * 1024 * 1024
 MAX_KEY_BYTES = 16 * 1024 * 1024
 MAX_METADATA_BYTES = 2 * 1024**3  # compressed, when repomd.xml does not list the size
-MAX_PRIMARY_BYTES = 8 * 1024**3  # decompressed
+# Decompressed: libsolv holds primary and filelists in memory, so a repository whose metadata
+# decompresses to more (a decompression bomb: a few MiB of gzip can make GiBs) is refused before
+# libsolv reads it. Both are many times the largest distributions' (some hundred MiB).
+MAX_PRIMARY_BYTES = 2 * 1024**3
+MAX_FILELISTS_BYTES = 4 * 1024**3
+_PRIMARY_ERRORS: tuple[type[Exception], ...] = (rpms.RepoError, *aptsource.DECOMPRESS_ERRORS)
 _MIRROR_WRONG = (
     "the file does not match what the repository's repomd.xml lists: the mirror is being updated "
     "or is broken; try again later or use another mirror"
@@ -153,12 +160,33 @@ def load(fetcher: Fetcher, source: rpms.Source, number: int) -> Loaded:
     )
     what = f"{source.describe()}: {primary.href}"
     try:
-        chunks = aptsource.decompressed(primary_path, primary.href, MAX_PRIMARY_BYTES, what)
+        chunks = aptsource.decompressed(
+            primary_path, primary.href, MAX_PRIMARY_BYTES, what, _over(MAX_PRIMARY_BYTES)
+        )
         for pkg in rpms.parse_primary(chunks, number):
             loaded.packages.setdefault((pkg.name, pkg.evr, pkg.arch), pkg)
-    except (rpms.RepoError, OSError, EOFError, ValueError) as exc:
+    except _PRIMARY_ERRORS as exc:
         raise FetchError(f"{what}: {exc}") from exc
+    if filelists is not None and filelists_path is not None:
+        # libsolv decompresses filelists itself, uncapped: its size is checked here first.
+        what = f"{source.describe()}: {filelists.href}"
+        try:
+            for _ in aptsource.decompressed(
+                filelists_path, filelists.href, MAX_FILELISTS_BYTES, what, _over(MAX_FILELISTS_BYTES)
+            ):
+                pass
+        except aptsource.DECOMPRESS_ERRORS as exc:
+            raise FetchError(f"{what}: {exc}") from exc
     return loaded
+
+
+def _over(limit: int) -> str:
+    """The end of the message for metadata that decompresses to more than ``limit`` bytes."""
+    return (
+        f"{limit // 1024**2} MiB, airbundle's limit for rpm metadata (libsolv would hold it all in "
+        "memory; a small file that inflates this far is a decompression bomb): refused; check the "
+        "repository, or use another mirror"
+    )
 
 
 def _no_progress(_url: str, _done: int, _total: int | None) -> None:

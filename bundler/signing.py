@@ -172,6 +172,11 @@ def load_private_key(pem: bytes, source: str, passphrase: Optional[bytes] = None
         KeyFileError: unreadable, not Ed25519, encrypted without a passphrase, or
             the passphrase is wrong.
     """
+    if pem.lstrip().startswith(KEY_TYPE.encode() + b" "):
+        raise KeyFileError(
+            f"{source}: this is a public key (.pub); signing needs its private half, the .key file "
+            "'airbundle keygen' wrote beside it"
+        )
     _require_cryptography()
     openssh = pem.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     key: object
@@ -225,6 +230,12 @@ def parse_public_keys(text: str, source: str) -> List[PublicKey]:
     Raises:
         KeyFileError: a line it cannot read (naming it), or no key for airbundle at all.
     """
+    if text.lstrip().startswith("-----BEGIN"):
+        # never quoted back: it is a secret
+        raise KeyFileError(
+            f"{source}: this is a private key; checking needs the public half (the .pub beside it) "
+            "or an allowed_signers file"
+        )
     keys: List[PublicKey] = []
     skipped: List[str] = []
     pub_lines: List[int] = []

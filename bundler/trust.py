@@ -173,6 +173,9 @@ class SiteFacts:
     allow_downgrade: bool = False
     unpacked: Mapping[str, str] = field(default_factory=dict)
     platform: Optional[Mapping[str, str]] = None  # the site's os/codename/arch, when it states them
+    # The SHA-256 of the lock.json that install.sh checked with stock tools before it started the
+    # installer from the checked copies: the installer must go on with that very bundle.
+    checked_lock: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,14 @@ def decide(
         if problem:
             raise TrustError(f"{lock.name} {lock.version} is not for this site: {problem}")
     decision = Decision(lock, lock_bytes, hashlib.sha256(lock_bytes).hexdigest(), signer)
+    if facts.checked_lock is not None and facts.checked_lock != decision.lock_sha256:
+        # Another validly signed bundle swapped in at the same path after install.sh's check: the
+        # code running was checked against the other one. Refuse rather than mix the two.
+        raise IntegrityError(
+            f"lock.json is not the one install.sh checked (sha256 {facts.checked_lock[:16]}..., now "
+            f"{decision.lock_sha256[:16]}...): the bundle file was replaced meanwhile; run install.sh "
+            "again on the bundle you mean to install"
+        )
     if not facts.installing:
         return decision
     installed = facts.installed.get(lock.name)

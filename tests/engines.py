@@ -28,7 +28,13 @@ import pytest
 class Engine:
     """A dockerd started for the tests, stopped by ``stop``."""
 
-    def __init__(self, name: str, certs: Path | None = None, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        certs: Path | None = None,
+        netns: str | None = None,
+        overlays: dict[str, Path] | None = None,
+    ) -> None:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             pytest.fail("dockerd is not installed; run 'make install' (it installs docker.io)")
@@ -53,8 +59,18 @@ class Engine:
             # Its own /etc/docker/certs.d, seen by this engine (and the node's sshd) only.
             Path("/etc/docker/certs.d").mkdir(parents=True, exist_ok=True)
             certs.mkdir(parents=True, exist_ok=True)
-            bind = 'mount --bind "$0" /etc/docker/certs.d && exec "$@"'
-            argv = ["sh", "-c", bind, str(certs), *argv]
+            mounts = ['mount --bind "$0" /etc/docker/certs.d']
+            # A folder of this machine seen with the engine's own changes on top (an overlay
+            # whose upper layer is ``own``): e.g. /var/lib, where a node's installer-run registry
+            # keeps its data, without a write to this machine's own /var/lib.
+            for target, own in (overlays or {}).items():
+                (own / "upper").mkdir(parents=True)
+                (own / "work").mkdir()
+                mounts.append(
+                    f"mount -t overlay overlay -o lowerdir={target},upperdir={own / 'upper'},"
+                    f"workdir={own / 'work'} {target}"
+                )
+            argv = ["sh", "-c", " && ".join(mounts) + ' && exec "$@"', str(certs), *argv]
         if netns is not None:
             # nsenter, not "ip netns exec": that remounts /sys, and dockerd needs the host's cgroups.
             argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]

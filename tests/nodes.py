@@ -145,6 +145,7 @@ class Node:
         containerd: bool = False,
         env: str = "",
         binds: tuple[str, ...] = (),
+        overlays: tuple[str, ...] = (),
     ) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(sshd).exists():
@@ -168,7 +169,10 @@ class Node:
         self.binds = {target: self.root / "binds" / target.strip("/").replace("/", "_") for target in binds}
         for own in self.binds.values():
             own.mkdir(parents=True)
-        self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns) if docker else None
+        # Folders of this machine the node's engine (and sshd) see with the node's own changes on
+        # top (e.g. /var/lib: a registry the installer runs there keeps its data in the node's own).
+        own = {target: self.root / "overlays" / target.strip("/").replace("/", "_") for target in overlays}
+        self.engine = Engine(f"{name}-d", certs=self.certs, netns=netns, overlays=own) if docker else None
         self.ctr_certs = self.root / "containerd-certs.d"
         self.containerd = (
             Containerd(
@@ -291,10 +295,14 @@ def rke_cluster_yml(nodes: list[Node], roles: dict[str, str], key: Path, extra: 
 
 
 class SiteNet:
-    """A network namespace joined to the host by a veth pair: host side .1, namespace side .2 of a /30."""
+    """A network namespace joined to the host by a veth pair: host side .1, namespace side .2 of a /30
+    (or the two ends given by ``host`` and ``inside``)."""
 
-    def __init__(self, name: str = "ab-site", subnet: str = "10.254.73") -> None:
-        self.name, self.host_address, self.address = name, f"{subnet}.1", f"{subnet}.2"
+    def __init__(
+        self, name: str = "ab-site", subnet: str = "10.254.73", host: int = 1, inside: int = 2
+    ) -> None:
+        # host and inside: the last octets of the two ends, within one /30 (e.g. 6 and 5 for .5 inside)
+        self.name, self.host_address, self.address = name, f"{subnet}.{host}", f"{subnet}.{inside}"
         self.link = f"{name[:10]}0"
         subprocess.run(["ip", "netns", "del", name], capture_output=True)  # a leftover of a killed run
         subprocess.run(["ip", "link", "del", self.link], capture_output=True)

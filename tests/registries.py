@@ -197,6 +197,56 @@ class Registry:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class SiteRegistry:
+    """A site's own registry: ``docker-registry serve`` at ``address`` (HOST:PORT) inside the network
+    namespace ``netns`` (``nodes.SiteNet``), TLS with ``cert``/``key`` (``site_certificate``), Basic
+    auth for one user."""
+
+    def __init__(
+        self, netns: str, address: str, ca: Path, cert: Path, key: Path, user: str, password: str
+    ) -> None:
+        binary = shutil.which("docker-registry")
+        if binary is None:
+            pytest.fail("docker-registry is not installed; run 'make install'")
+        self.root = Path(tempfile.mkdtemp(prefix="ab-reg-site-"))
+        self.address = address
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        (self.root / "htpasswd").write_text(f"{user}:{hashed}\n")
+        (self.root / "config.yml").write_text(
+            f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            f"http:\n  addr: {address}\n  tls:\n    certificate: {cert}\n    key: {key}\n"
+            f"auth:\n  htpasswd:\n    realm: site\n    path: {self.root / 'htpasswd'}\n"
+        )
+        self.log = open(self.root / "registry.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{netns}", binary, "serve", str(self.root / "config.yml")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"https://{address}/v2/", verify=str(ca), timeout=1).status_code == 401:
+                    break
+            except requests.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = self.log_text()
+                self.stop()
+                pytest.fail(f"docker-registry at {address} did not start: {text}")
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return (self.root / "registry.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def docker_config(folder: Path, host: str, user: str = USER, password: str = PASSWORD) -> dict[str, str]:
     """A DOCKER_CONFIG folder whose config.json holds Basic credentials for ``host``."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -647,6 +647,29 @@ def test_every_compression_apt_lists_is_read_as_a_stream(tmp_path: Path, ext: st
         list(aptsource._decompressed(path, decoder, 10, "test"))
 
 
+@pytest.mark.parametrize("ext", [".xz", ".bz2", ".gz"])
+def test_a_decompression_bomb_is_read_in_bounded_steps(tmp_path: Path, ext: str) -> None:
+    """48 MiB of zeros in a few KiB: one compressed chunk, which the decoder is never asked to
+    inflate whole (at most 1 MiB at a time), and a limit stops it one step past the limit."""
+    import bz2
+    import lzma
+
+    from bundler import aptsource
+
+    plain = b"\0" * (48 * 1024**2)
+    pack = {".xz": lzma.compress, ".bz2": bz2.compress, ".gz": lambda d: gzip.compress(d, mtime=0)}[ext]
+    path = tmp_path / f"Packages{ext}"
+    path.write_bytes(pack(plain) + pack(b"tail"))  # a second member after the bomb is still read
+    assert path.stat().st_size < aptsource._CHUNK
+    sizes = [len(c) for c in aptsource.decompressed(path, path.name, len(plain) + 4, "test")]
+    assert sum(sizes) == len(plain) + 4 and max(sizes) <= 1024**2
+    read = []
+    with pytest.raises(FetchError, match=r"^test: decompresses to more than 2 MiB, whose limit"):
+        for chunk in aptsource.decompressed(path, path.name, 2 * 1024**2, "test", "2 MiB, whose limit"):
+            read.append(len(chunk))
+    assert sum(read) <= 2 * 1024**2
+
+
 def test_not_automatic_suites_lose_to_ordinary_ones() -> None:
     """apt's candidate: pin priority first (backports: 1 or 100), then the version."""
     ordinary = debs.Package("tool", "1.0", "amd64", "pool/t_1.0.deb", 1, "0" * 64)

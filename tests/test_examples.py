@@ -7,6 +7,11 @@ What the examples fetch is the one thing that cannot be real here: ``manifests/f
 Docker engine) are replaced in the scratch copy by manifests of the same name and version
 whose binary comes from the loopback origin. Every command is the example's own text, run by
 ``sh`` with the console script first on PATH.
+
+The installer's examples (``sh install.sh --help``, ``airbundle install --help``) run in a site
+folder against the module's own loopback nodes (cp-1, worker-1, worker-2), the registry ones
+too: the registry the installer runs on cp-1 from the bundle's registry image, and the site's
+own TLS registry at 10.0.0.5:5000 in a network namespace the test makes.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bundler.cli import cli
 
-from .conftest import AIRBUNDLE, DEMO_MANIFEST, RKE_BYTES, Origin, run_cli
+from .conftest import AIRBUNDLE, DEMO_MANIFEST, RKE_BYTES, Keys, Origin, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -152,6 +160,45 @@ def test_keygen_makes_its_folder_and_says_whether_the_key_is_encrypted(tmp_path:
     assert protected.exit_code == 0 and "encrypted with the passphrase in $PASS" in protected.stderr
 
 
+def test_readme_allowed_signers_recipe_runs_as_written(
+    built: Path, keys: Keys, other_keys: Keys, tmp_path: Path
+) -> None:
+    """The README's allowed-signers block, pasted into ``sh`` where the publisher's release.pub and a
+    retired old-release.pub were received: airbundle and the stock ssh-keygen accept the bundle with
+    the file it makes, and the retired key's line holds until its end date only (ssh-keygen's
+    ``-O verify-time``: the check does not depend on this host's clock)."""
+    from bundler import signing
+
+    from .readme import readme_block
+
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(keys.pub_path, site / "release.pub")
+    shutil.copy(other_keys.pub_path, site / "old-release.pub")
+    made = subprocess.run(
+        ["sh", "-eu", "-c", readme_block("allowed-signers")], cwd=site, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    signers = site / "allowed_signers"
+    assert len(signers.read_text().splitlines()) == 2
+    verified = run_cli("verify", built, "--pubkey", signers)
+    assert verified.exit_code == 0, verified.stderr
+    lock = subprocess.run(["tar", "-xOf", str(built), "lock.json"], capture_output=True, check=True).stdout
+    (site / "lock.json").write_bytes(lock)
+    for key, name in ((keys.key, "new.sig"), (other_keys.key, "old.sig")):
+        (site / name).write_bytes(signing.sign(key, lock))
+
+    def stock(sig: str, when: str) -> int:
+        check = ["ssh-keygen", "-Y", "verify", "-f", "allowed_signers", "-I", "airbundle", "-n", "airbundle"]
+        with open(site / "lock.json", "rb") as f:
+            return subprocess.run(
+                [*check, "-s", sig, "-O", f"verify-time={when}"], cwd=site, stdin=f, capture_output=True
+            ).returncode
+
+    assert stock("new.sig", "20270601") == 0
+    assert stock("old.sig", "20261230") == 0 and stock("old.sig", "20270101") != 0
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
@@ -202,11 +249,9 @@ def install_examples(prog: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("prog", ["install.sh", "airbundle install"])
 def test_install_examples_parse_and_name_the_bundle_build_writes(prog: str) -> None:
-    """What can be checked of the installer's examples without a site: each is valid input to its
-    one parser (as written), and names the bundle the build examples write (fmp-rke-23.12.1.tar).
-    Running them needs reachable nodes through the operator's ~/.ssh/config and the default work
-    folder (/var/lib/airbundle); tests/test_installer.py plays the same commands with --ssh-config
-    and --workdir against loopback nodes."""
+    """Each of the installer's examples is valid input to its one parser (as written), and names the
+    bundle the build examples write (fmp-rke-23.12.1.tar); test_install_examples_run_as_written_on_loopback_nodes
+    runs them."""
     from bundler.installer.options import parse
 
     examples = install_examples(prog)
@@ -223,42 +268,85 @@ def install_example_lines(prog: str) -> list[str]:
 
     text = parser(prog).format_help()
     block = text.split("Examples:\n", 1)[1].split("\n\n--dry-run", 1)[0]
-    joined = re.sub(r"\\\n\s*", " ", block)
+    joined = re.sub(r" *\\\n\s*", " ", block)
     return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
-# What a site needs for the registry examples: a registry image in the bundle (--registry-node)
-# and the site's registry at 10.0.0.5 (no test may send traffic there); those two stay parsed
-# only (test_install_examples_parse_and_name_the_bundle_build_writes), the others run here.
-NEEDS_A_SITE_REGISTRY = ("--registry-node", "--registry ")
+# The examples' own site: three loopback nodes whose /var/lib is each node's own (an overlay, so
+# the registry --registry-node cp-1 runs keeps its data at the default /var/lib/airbundle/registry
+# without writing to this machine's), and the site registry of the last example, 10.0.0.5:5000,
+# in a network namespace joined to this machine by a veth pair (nothing else has 10.0.0.4/30).
+EXAMPLE_NODES = (("127.0.0.211", "cp-1"), ("127.0.0.212", "worker-1"), ("127.0.0.213", "worker-2"))
+SITE_REGISTRY = "10.0.0.5:5000"
+REGISTRY_USER, REGISTRY_PASSWORD = "pusher", "a site registry password"
 
 
-def test_install_examples_run_as_written_on_loopback_nodes(tmp_path: Path, keys, ssh_cluster) -> None:
-    """``sh install.sh --help``'s dry run and install run as written, in a site folder laid out as
-    the README says (the bundle, install.sh taken from it, allowed_signers, cluster.yml, site.yaml),
-    against loopback nodes reached through ``~/.ssh/config`` and installing to
-    ``/var/lib/airbundle``: both are this test's own, in a private mount namespace (a tmpfs over
-    /root and /var/lib seen by the installer only). The bundle is a stand-in fmp-rke 23.12.1
-    (files and steps on the control node; no rke, whose bring-up tests/test_rkenodes.py plays)."""
+@pytest.fixture(scope="module")
+def example_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[Any]]]:
+    """cp-1 (control plane), worker-1 and worker-2: sshd and a Docker engine each."""
+    from .nodes import Client, Node
+
+    client = Client(tmp_path_factory.mktemp("example-ssh"))
+    nodes: list[Node] = []
+    try:
+        for address, name in EXAMPLE_NODES:
+            nodes.append(Node(address, name, client, overlays=("/var/lib",)))
+        yield client, nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def site_registry(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """The site's own registry at 10.0.0.5:5000 (TLS from a site CA, Basic auth): it and the CA file."""
+    from .nodes import SiteNet
+    from .registries import SiteRegistry, site_certificate
+
+    host = SITE_REGISTRY.split(":")[0]
+    net = SiteNet("ab-exsite", host.rsplit(".", 1)[0], host=6, inside=5)
+    registry = None
+    try:
+        (tmp_path / "pki").mkdir()
+        ca, cert, key = site_certificate(tmp_path / "pki", host)
+        registry = SiteRegistry(net.name, SITE_REGISTRY, ca, cert, key, REGISTRY_USER, REGISTRY_PASSWORD)
+        yield registry, ca
+    finally:
+        if registry is not None:
+            registry.stop()
+        net.stop()
+
+
+def _example_site(tmp_path: Path, keys: Keys, nodes: list[Any], source_engine: Any, ca: Path) -> Path:
+    """A site folder laid out as the README says, with what the examples name: the bundle (a
+    stand-in fmp-rke 23.12.1: two images, the registry image it names as ``install.registry_image``,
+    files and steps on the control node; no rke, whose bring-up tests/test_rkenodes.py plays),
+    install.sh taken from it, allowed_signers, cluster.yml, site.yaml, the site registry's CA
+    (site-ca.crt) and its password file (pusher.password)."""
+    from .engines import registry_image
     from .nodes import cluster_yml
 
-    client, nodes = ssh_cluster
     project = tmp_path / "project"
     (project / "payloads" / "app").mkdir(parents=True)
     (project / "payloads" / "app" / "deploy.yaml").write_text("kind: Deployment\n")
     (project / "scripts").mkdir()
     for step in ("storage", "services"):
         (project / "scripts" / f"{step}.sh").write_text(f"#!/bin/sh\necho {step} for $SITE_NAME\n")
+    registry_image(source_engine.engine)
     manifest = project / "fmp-rke.yaml"
     manifest.write_text(
         "apiVersion: airbundle/v1\nkind: Bundle\nname: fmp-rke\nversion: '23.12.1'\n"
         "platform: {os: debian, codename: bookworm, arch: amd64}\n"
+        "images:\n  - {ref: test/app-a:1, from: daemon}\n  - {ref: test/app-b:1, from: daemon}\n"
+        "  - {ref: test/registry:2, from: daemon}\n"
         "files:\n  - {src: payloads/app/, dest: app}\n"
         "steps:\n  - {name: storage, script: scripts/storage.sh}\n  - {name: services, script: scripts/services.sh}\n"
+        "install: {registry_image: 'test/registry:2'}\n"
     )
     built = run_cli(
-        "build", manifest, "-o", tmp_path / "dist", "--key", keys.key_path, "--cache", tmp_path / "c"
-    )
+        "build", manifest, "-o", tmp_path / "dist", "--key", keys.key_path, "--cache", tmp_path / "c",
+        env=source_engine.engine.env,
+    )  # fmt: skip
     assert built.exit_code == 0, built.stderr
     site = tmp_path / "site"
     site.mkdir()
@@ -267,14 +355,50 @@ def test_install_examples_run_as_written_on_loopback_nodes(tmp_path: Path, keys,
     (site / "allowed_signers").write_text("airbundle " + keys.pub_path.read_text())
     (site / "cluster.yml").write_text(cluster_yml(nodes, workers={"worker-1", "worker-2"}))
     (site / "site.yaml").write_text("SITE_NAME: plant-7\n")
+    shutil.copy(ca, site / "site-ca.crt")
+    (site / "pusher.password").write_text(REGISTRY_PASSWORD + "\n")
+    (site / "pusher.password").chmod(0o600)
+    return site
+
+
+@pytest.mark.parametrize("prog", ["install.sh", "airbundle install"])
+def test_install_examples_run_as_written_on_loopback_nodes(
+    prog: str, tmp_path: Path, keys: Keys, example_nodes: Any, source_engine: Any, site_registry: Any
+) -> None:
+    """Every example of ``sh install.sh --help`` and ``airbundle install --help`` runs as written, in a
+    site folder laid out as the README says, against loopback nodes reached through ``~/.ssh/config``
+    and installing to ``/var/lib/airbundle``: both are this test's own, in a private mount namespace
+    (a tmpfs over /root and /var/lib seen by the installer only), fresh for each example. The dry
+    run, the install with site values, the registry the installer runs on cp-1, and the site's own
+    registry at 10.0.0.5:5000 with its CA and credentials; each example starts from workers that
+    hold no image, and each ends with the images on both workers."""
+    from .test_installer import _empty_engines
+
+    client, nodes = example_nodes
+    registry, ca = site_registry
+    cp1 = nodes[0]
+    for container in cp1.engine.client.containers.list(all=True):  # the registry the other prog's run left
+        container.remove(force=True)
+    _empty_engines(nodes)
+    site = _example_site(tmp_path, keys, nodes, source_engine, ca)
     home = (
         f"mount -t tmpfs tmpfs /root && mkdir -m 700 /root/.ssh && cp {client.config} /root/.ssh/config"
         " && mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/airbundle"
     )
+    path = "/usr/bin:/bin"
+    if prog != "install.sh":  # the console script of this project's install, as pip puts it on PATH
+        path = f"{Path(AIRBUNDLE).parent}:{path}"
+        # Its interpreter may live under /root (pyenv's): seen again through the tmpfs.
+        base = Path(sys.base_prefix).resolve()
+        if Path("/root") in base.parents:
+            (tmp_path / "python").mkdir()
+            home = f"mount --bind {base} {tmp_path / 'python'} && {home} && mkdir -p {base}"
+            home += f" && mount --bind {tmp_path / 'python'} {base}"
+    src = source_engine.engine.client
+    want = {src.images.get(t).id for t in ("test/app-a:1", "test/app-b:1")}
     ran = []
-    for example in install_example_lines("install.sh"):
-        if any(word in example for word in NEEDS_A_SITE_REGISTRY):
-            continue
+    for example in install_example_lines(prog):
+        _empty_engines(nodes[1:])  # each example brings the images to the workers itself
         done = subprocess.run(
             [
                 "unshare",
@@ -285,7 +409,7 @@ def test_install_examples_run_as_written_on_loopback_nodes(tmp_path: Path, keys,
                 "-c",
                 f"{home} && cd {site} && {example}",
             ],
-            env={**os.environ, "PATH": "/usr/bin:/bin"},
+            env={**os.environ, "PATH": path},
             capture_output=True,
             text=True,
             timeout=300,
@@ -295,10 +419,48 @@ def test_install_examples_run_as_written_on_loopback_nodes(tmp_path: Path, keys,
         )
         assert "Traceback" not in done.stderr
         ran.append((example, done.stdout))
+        installs = "--dry-run" not in example
+        for worker in nodes[1:]:
+            have = {i.id for i in worker.engine.client.images.list()}
+            assert (want <= have) == installs, (example, worker.name)
+    run = (
+        "sh install.sh --bundle fmp-rke-23.12.1.tar"
+        if prog == "install.sh"
+        else f"{prog} fmp-rke-23.12.1.tar"
+    )
+    common = f"{run} --pubkey allowed_signers --inventory cluster.yml"
     assert [e for e, _ in ran] == [
-        "sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml --dry-run",
-        "sh install.sh --bundle fmp-rke-23.12.1.tar --pubkey allowed_signers --inventory cluster.yml --values site.yaml",
+        f"{common} --dry-run",
+        f"{common} --values site.yaml",
+        f"{common} --registry-node cp-1",
+        f'AIRBUNDLE_REGISTRY_PASSWORD="$(cat pusher.password)" {run} --pubkey allowed_signers'
+        f" --inventory cluster.yml --registry {SITE_REGISTRY} --registry-ca site-ca.crt --registry-user pusher",
     ]
-    assert "the plan:" in ran[0][1]
-    assert "fmp-rke 23.12.1 is installed, complete (logs: /var/lib/airbundle/logs)" in ran[1][1], ran[1][1]
-    assert not Path("/var/lib/airbundle").exists()  # the namespace's own, gone with it
+    plan, values, on_node, existing = (out for _, out in ran)
+    assert "the plan:" in plan
+    for out in (values, on_node, existing):
+        assert "fmp-rke 23.12.1 is installed, complete (logs: /var/lib/airbundle/logs)" in out, out
+    assert "2 loaded, 0 already present" in values
+    # The registry the installer ran on cp-1 from the bundle's image, with its data in cp-1's own
+    # /var/lib (its overlay), at the default folder; TLS from the site CA the installer made.
+    own = f"{cp1.address}:5000"
+    assert f"registry on cp-1: started at {own} (image loaded" in on_node, on_node
+    assert f"CA for {own} written to /etc/docker/certs.d on cp-1, worker-1, worker-2" in on_node
+    running = cp1.engine.client.containers.get("airbundle-registry")
+    assert running.status == "running" and running.image.tags == ["test/registry:2"]
+    data = cp1.root / "overlays" / "var_lib" / "upper" / "airbundle" / "registry"
+    assert (data / "certs" / "tls.key").exists() and (data / "storage" / "docker").is_dir()
+    # The site's registry at 10.0.0.5:5000: verified against site-ca.crt (the installer's push and each
+    # worker's Docker, which verifies any registry off loopback), logged in to as pusher.
+    assert f"CA for {SITE_REGISTRY} written to /etc/docker/certs.d on worker-1, worker-2" in existing
+    for worker in nodes[1:]:
+        assert (worker.certs / SITE_REGISTRY / "ca.crt").read_bytes() == ca.read_bytes()
+    # Its own access log: the installer's push (as pusher), then each worker's Docker pulling each
+    # image by digest over the veth pair (the host's end, 10.0.0.6).
+    log = registry.log_text()
+    assert "auth.user.name=pusher" in log and "auth.user.name=anonymous" not in log
+    assert len(re.findall(r'"PUT /v2/test/app-(?:a|b)/manifests/1 HTTP/1.1" 201', log)) == 2
+    pulls = re.findall(r'"GET /v2/test/app-(?:a|b)/manifests/sha256:\w+ HTTP/1.1" 200 \d+ "" "docker/', log)
+    assert len(pulls) == 4, log[-3000:]
+    assert REGISTRY_PASSWORD not in existing
+    assert not Path("/var/lib/airbundle").exists()  # the namespaces' own, gone with them

@@ -102,6 +102,8 @@ def test_tampered_installer_never_runs(built: Path, keys: Keys, tmp_path: Path) 
     items = read_items(built)
     main = dict((ti.name, d) for ti, d in items)["installer/bundler/installer/main.py"]
     evil = main.replace(b"def run(", b"import os\nos.system('touch /tmp/airbundle-pwned')\ndef run(", 1)
+    # as long as the signed file (its end cut): only the SHA-256 check can tell it apart
+    evil = evil[: len(main)]
     bad = write_items(
         tmp_path / "demo-1.0.0.tar", replace(items, "installer/bundler/installer/main.py", evil)
     )
@@ -109,6 +111,12 @@ def test_tampered_installer_never_runs(built: Path, keys: Keys, tmp_path: Path) 
     run = _install(site, keys)
     assert run.returncode == 4 and "installer files do not match lock.json" in run.stderr
     assert not Path("/tmp/airbundle-pwned").exists() and not (site / "work").exists()  # python never ran
+    # a longer one is refused earlier, from its declared size, before it is even extracted
+    (tmp_path / "longer").mkdir()
+    longer = write_items(tmp_path / "longer" / "demo-1.0.0.tar",
+                         replace(items, "installer/bundler/installer/main.py", main + b"\n#"))  # fmt: skip
+    run = _install(_site(longer, tmp_path / "longer"), keys)
+    assert run.returncode == 4 and "main.py is not the size lock.json gives it" in run.stderr
 
 
 @pytest.mark.parametrize(
@@ -194,9 +202,20 @@ def test_inventory_reads_rke_cluster_yml(tmp_path: Path) -> None:
         ("nodes:\n  - {address: 10.0.0.1, role: [worker]}\n", "node 10.0.0.1 needs a user"),
         (
             "nodes:\n  - {address: a, user: u, role: [master]}\n",
-            "cluster.yml:2: node a: role must list some of",
+            "cluster.yml:2: node a: role 'master' is not one of controlplane, etcd, worker, loadbalancer",
         ),
+        ("nodes:\n  - {address: a, user: u, role: [7]}\n", "cluster.yml:2: node a: role must list some of"),
         ("nodes:\n  - {address: a, user: u, role: worker, port: 70000}\n", "port 70000 is not a TCP port"),
+        ("nodes:\n  - {address: a, user: u, role: worker, port: true}\n", "port True is not a TCP port"),
+        ("nodes:\n  - {address: a, user: u, role: worker, port: 22.9}\n", "port 22.9 is not a TCP port"),
+        (
+            "nodes:\n  - {address: a, user: u, role: worker, hostname_override: 12345}\n",
+            "cluster.yml:2: node a: hostname_override 12345 must be a string (quote it)",
+        ),
+        (
+            "nodes:\n  - {address: a, user: u, role: worker, ssh_key_path: [a]}\n",
+            "node a: ssh_key_path ['a'] must be a string",
+        ),
         (
             "nodes:\n  - {address: a, user: u, role: [worker]}\n  - {address: a, user: u, role: [etcd]}\n",
             "cluster.yml:3: node a: listed twice (also line 2)",
@@ -1198,3 +1217,11 @@ def test_preflight_compares_each_node_with_the_baseline(
     ]
     assert len(older) == 1 and nodes[2].name in older[0]
     assert "Traceback" not in out
+
+
+def test_a_quoted_port_is_read_as_rke_reads_it(tmp_path: Path) -> None:
+    from bundler.installer.inventory import load_inventory
+
+    path = tmp_path / "cluster.yml"
+    path.write_text('nodes:\n  - {address: a, user: u, role: [worker], port: "2222"}\n')
+    assert load_inventory(path)[0].port == 2222

@@ -212,3 +212,59 @@ def test_a_k0s_version_other_than_the_bundles_is_refused(tmp_path: Path, version
     assert problem is not None and "write spec.k0s.version: v1.28.15+k0s.0" in problem
     assert problem.startswith(f"{path}:10:" if version else f"{path}:")  # spec.k0s.version's line
     assert k0sctl.load(path).version_problem(version or "") is None
+
+
+def test_install_flags_are_what_k0sctl_passes(tmp_path: Path) -> None:
+    """k0sctl's K0sInstallFlags: --data-dir always (dataDir, or moved out of installFlags), the role's
+    own flags, --token-file but on the first controller, --config on controllers, and the kubelet's
+    --node-ip / --hostname-override from privateAddress / hostname."""
+    text = DOCS.replace("    - --labels=kuma=core\n", "    - --labels=kuma=core\n    - --data-dir=/srv/k0s\n")
+    text = text.replace("      address: 10.0.0.2\n      user: root\n      keyPath: ~/.ssh/id_rsa\n",
+                        "      address: 10.0.0.2\n      user: root\n      keyPath: ~/.ssh/id_rsa\n"
+                        "    dataDir: /data/k0s\n    installFlags: [--enable-worker, --config=/etc/k0s/own.yaml]\n")  # fmt: skip
+    config = k0sctl.load(_write(tmp_path, text))
+    leader, second, _, w1, w2 = config.hosts
+    assert leader.install_flags_for(True, "/etc/k0s/t") == [
+        "--data-dir=/var/lib/k0s",
+        "--config=/etc/k0s/k0s.yaml",
+    ]
+    assert (
+        second.role == "controller+worker" and second.images_dir == "/data/k0s/images"
+    )  # as k0sctl's SetDefaults
+    assert second.install_flags_for(False, "/etc/k0s/t") == [
+        "--enable-worker", "--config=/etc/k0s/own.yaml", "--data-dir=/data/k0s", "--token-file=/etc/k0s/t",
+    ]  # fmt: skip
+    assert (w1.data_dir, w1.install_flags) == ("/srv/k0s", ("--labels=kuma=core",))
+    assert w1.install_flags_for(False, "/etc/k0s/t") == [
+        "--labels=kuma=core", "--data-dir=/srv/k0s", "--token-file=/etc/k0s/t",
+        "--kubelet-extra-args=--node-ip=192.168.0.4 --hostname-override=kuma-w1",
+    ]  # fmt: skip
+    assert w2.install_flags_for(False, "/t") == ["--data-dir=/var/lib/k0s", "--token-file=/t"]
+
+
+def test_the_k0s_config_is_what_k0sctl_writes(tmp_path: Path) -> None:
+    import yaml
+
+    text = DOCS.replace("  - role: controller\n    ssh:\n      address: 10.0.0.2\n",
+                        "  - role: controller\n    privateAddress: 192.168.0.2\n    ssh:\n      address: 10.0.0.2\n")  # fmt: skip
+    config = k0sctl.load(_write(tmp_path, text))
+    doc = yaml.safe_load(config.k0s_yaml(config.hosts[1]))
+    assert doc["apiVersion"] == "k0s.k0sproject.io/v1beta1" and doc["kind"] == "ClusterConfig"
+    assert doc["spec"]["images"] == {"default_pull_policy": "Never"}  # the file's own settings kept
+    assert doc["spec"]["api"] == {
+        "address": "192.168.0.2",
+        "sans": ["10.0.0.1", "192.168.0.2", "10.0.0.3", "127.0.0.1"],
+    }
+    assert config.config is not None and "api" not in config.config["spec"]  # the file's data not changed
+
+
+@pytest.mark.parametrize(
+    "old, new, words",
+    [
+        ("    hostname: kuma-w1\n", "    hostname: kuma-w1\n    dataDir: relative/k0s\n", "dataDir 'relative/k0s' must be an absolute path"),
+        ("    privateAddress: 192.168.0.4\n", "    privateAddress: 'a b'\n", "privateAddress must be an address"),
+    ],
+)  # fmt: skip
+def test_host_folders_and_addresses_are_checked(tmp_path: Path, old: str, new: str, words: str) -> None:
+    with pytest.raises(InputError, match=words):
+        k0sctl.load(_write(tmp_path, DOCS.replace(old, new)))

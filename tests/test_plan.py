@@ -329,3 +329,20 @@ def test_topology_problems_name_the_inventory_line(tmp_path: Path) -> None:
     no_worker = located_topology_problems(_lock(), nodes[:2], str(inventory), 2)
     assert no_worker[0] == f"{inventory}:2: no node has the worker role"
     assert located_topology_problems(_lock(), [], "x.yml", 0)[0].startswith("x.yml: no node has")
+
+
+def test_describe_says_which_packages_the_bundle_carries() -> None:
+    """The dry run's packages line names what the bundle carries: debs, rpms, or none at all."""
+    from bundler.lock import Rpm
+
+    def line(lock: Lock) -> str:
+        return next(ln for ln in describe(lock, NODES) if ln.startswith("packages"))
+
+    debs = _lock()
+    assert line(debs).endswith("2 deb packages with apt from the bundled repository only")
+    rpm = Rpm("docker-ce", "24.0.7-1.el8", "x86_64", "rpms/d.rpm", "e" * 64, 1, "u", "requested")
+    rpms = replace(debs, debs=(), rpms=(rpm,), platform={"os": "rocky", "codename": "8", "arch": "amd64"})
+    assert line(rpms).endswith("1 rpm packages with dnf (or yum) from the bundled repository only")
+    k0s = replace(debs, debs=(), cluster={"kind": "k0s"})
+    assert line(k0s).endswith("none (the bundle carries no packages)")
+    assert "Debian" not in " ".join(line(x) for x in (debs, rpms, k0s))

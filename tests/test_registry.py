@@ -281,6 +281,17 @@ def test_skopeo_reads_every_image_of_the_bundle(
         assert copied.returncode == 0, copied.stderr.decode()
     plain = skopeo("inspect", f"oci:{layout}:docker.io/test/app-b:1")
     assert plain.returncode == 0 and json.loads(plain.stdout)["Digest"] == local.manifest
+    # What the README says of the pulled one: plain inspect refuses it, with skopeo's own words.
+    refused = skopeo("inspect", f"oci:{layout}:{host}/test/app-a:1")
+    assert (
+        refused.returncode != 0
+        and "unsupported image-specific operation on artifact" in refused.stderr.decode()
+    )
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert (
+        "plain `skopeo inspect` (without `--raw`), which parses only OCI manifests, cannot read it" in readme
+    )
+    assert '("unsupported image-specific operation on artifact")' in readme
     said = run_cli("inspect", bundle)
     assert f"{host}/test/app-a:1" in said.stdout and "registry, Docker manifest)" in said.stdout
     assert "skopeo inspect --raw" in said.stdout and "daemon, Docker manifest" not in said.stdout

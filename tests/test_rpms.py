@@ -4,6 +4,8 @@ installed offline by dnf --installroot."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import re
 import shutil
@@ -318,6 +320,38 @@ def test_tampered_primary_is_refused(
     _refused(project, keys, tmp_path, url, rpm_repo.key, [primary.name, "does not match"])
     primary.write_bytes(data + b"\0")  # longer than repomd.xml says: cut off while streaming
     _refused(project, keys, tmp_path, url, rpm_repo.key, [primary.name, "exceeds"])
+
+
+@pytest.mark.parametrize("kind", ["filelists", "primary"])
+def test_metadata_that_decompresses_past_the_limit_is_refused(
+    project: Project,
+    keys: Keys,
+    tmp_path: Path,
+    rpm_repo: Repo,
+    repo_copy: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    """A decompression bomb from a signed repository (its key stolen, its publisher hostile): the
+    metadata libsolv would hold in memory, which it decompresses itself, is refused before libsolv
+    reads it (the limit lowered to 1 MiB here for a small bomb), naming the source and the file."""
+    root, url = repo_copy
+    monkeypatch.setattr(rpmsource, f"MAX_{kind.upper()}_BYTES", 1024**2)
+    path = next((root / "repodata").glob(f"*-{kind}.xml.gz"))
+    old = hashlib.sha256(path.read_bytes()).hexdigest()
+    # The real metadata, then 64 MiB of spaces (XML allows them after the root element): 64 KiB of gzip.
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + b" " * 64 * 1024**2, mtime=0))
+    assert path.stat().st_size < 128 * 1024
+    repomd = root / "repodata" / "repomd.xml"
+    text = repomd.read_text()
+    block = re.search(rf'<data type="{kind}">.*?</data>', text, re.S)
+    assert block is not None and old in block[0]
+    listed = block[0].replace(f">{old}<", f">{hashlib.sha256(path.read_bytes()).hexdigest()}<")
+    listed = re.sub(r"<size>\d+</size>", f"<size>{path.stat().st_size}</size>", listed)
+    repomd.write_text(text.replace(block[0], listed))
+    sign_repomd(root, rpm_repo.key)  # signed as the repository's own: only the size can tell
+    words = [f"rpm source {url}", path.name, "decompresses to more than 1 MiB", "decompression bomb"]
+    _refused(project, keys, tmp_path, url, rpm_repo.key, words)
 
 
 def test_tampered_package_is_refused(

@@ -286,14 +286,24 @@ def test_replaced_install_sh_never_runs(built: Path, keys: Keys, tmp_path: Path)
     site = make_site(
         tmp_path, write_items(tmp_path / built.name, replace(items, "install.sh", evil_sh)), signers(keys)
     )
-    run = site.recipe("site-install")
-    assert run.returncode != 0 and "install.sh: FAILED" in run.stdout + run.stderr
+    run = site.recipe("site-install")  # its size already differs from the signed one
+    assert run.returncode == 4 and "REFUSED: size not as in lock" in run.stderr
+    assert re.search(r"^\d+ install\.sh$", run.stdout, re.M)
     verify = site.recipe("stock-verify")
     assert verify.returncode != 0 and "bundle OK" not in verify.stdout
     assert site.clean()
     # install.sh itself refuses such a bundle too (its own member does not match the lock).
     again = site.install_sh("--inventory", "cluster.yml", "--dry-run")
-    assert again.returncode == 4 and "install.sh: FAILED" in again.stderr and site.clean()
+    assert again.returncode == 4 and "install.sh is not the size lock.json gives it" in again.stderr
+    assert site.clean()
+    # the same size with other bytes: the SHA-256 check refuses it
+    same = evil_sh[: len(script)]
+    (tmp_path / "same").mkdir()
+    site2 = make_site(tmp_path / "same", write_items(tmp_path / "same.tar", replace(items, "install.sh", same)),
+                      signers(keys))  # fmt: skip
+    run = site2.recipe("site-install")
+    assert run.returncode != 0 and "install.sh: FAILED" in run.stdout + run.stderr
+    assert site2.clean() and site.clean()
 
 
 def _sparse(name: str, data: bytes) -> Item:
@@ -312,7 +322,8 @@ def _sparse(name: str, data: bytes) -> Item:
 
 def test_sparse_member_with_other_bytes(built: Path, keys: Keys, tmp_path: Path) -> None:
     items = read_items(built)
-    code = evil_run_py(items, tmp_path / "PWNED")
+    # the signed size, other bytes: only the SHA-256 tells them apart
+    code = evil_run_py(items, tmp_path / "PWNED")[: len(dict((ti.name, d) for ti, d in items)[RUN_PY])]
     bad = [_sparse(RUN_PY, code) if ti.name == RUN_PY else (ti, d) for ti, d in items]
     site = make_site(tmp_path, write_items(tmp_path / built.name, bad), signers(keys))
     listed = subprocess.run(["tar", "-tvf", site.bundle], capture_output=True, text=True, check=True).stdout
@@ -474,3 +485,107 @@ def test_install_sh_help_runs_nothing_from_the_bundle(built: Path, keys: Keys, t
     )
     assert run.returncode == 0 and run.stdout.startswith("usage: sh install.sh --pubkey FILE")
     assert "README's first command" in run.stdout and site.clean()
+
+
+# ---------------------------------------------------------------- sizes and shapes before anything is written
+
+
+def test_a_compressed_bundle_is_refused_by_every_check(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """GNU tar decompresses a gzip on read unasked: the checks would pass on bytes airbundle never wrote."""
+    import gzip
+
+    packed = tmp_path / "gz" / built.name
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(built.read_bytes()))
+    site = make_site(tmp_path, packed, signers(keys))
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 4 and "not an uncompressed POSIX tar" in run.stderr, run.stderr
+    for marker in ("site-install", "stock-verify"):
+        recipe = site.recipe(marker)
+        assert recipe.returncode == 4 and "REFUSED: not an uncompressed tar" in recipe.stderr
+    assert site.clean()
+
+
+def test_an_oversized_lock_is_refused_before_it_is_written(built: Path, keys: Keys, tmp_path: Path) -> None:
+    """A lock.json header declaring 17 MiB: refused from the listing, before extraction."""
+    big = b"{" + b" " * (17 * 1024 * 1024) + b"}"
+    site = make_site(tmp_path, write_items(tmp_path / built.name, replace(read_items(built), "lock.json", big)),
+                     signers(keys))  # fmt: skip
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 4 and "lock.json is 17825794 bytes, over the 16777216-byte limit" in run.stderr
+    for marker in ("site-install", "stock-verify"):
+        recipe = site.recipe(marker)
+        assert recipe.returncode == 4 and "REFUSED: lock.json or lock.json.sig too large" in recipe.stderr
+    assert site.clean()
+
+
+def test_an_installer_member_larger_than_signed_is_never_extracted(
+    built: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """installer/run.py with attacker bytes under the signed lock: its declared size gives it away first."""
+    items = read_items(built)
+    code = evil_run_py(items, tmp_path / "PWNED") + b"#" * 4096
+    site = make_site(
+        tmp_path, write_items(tmp_path / built.name, replace(items, RUN_PY, code)), signers(keys)
+    )
+    run = site.install_sh("--inventory", "cluster.yml", "--dry-run")
+    assert run.returncode == 4, run.stderr
+    assert f"{RUN_PY} is not the size lock.json gives it" in run.stderr
+    recipe = site.recipe("site-install")
+    assert recipe.returncode == 4 and "REFUSED: size not as in lock" in recipe.stderr
+    assert f"{RUN_PY}" in recipe.stdout
+    assert site.clean()
+
+
+def test_a_dot_slash_twin_is_a_name_twice_for_the_recipes(built: Path, keys: Keys, tmp_path: Path) -> None:
+    items = read_items(built)
+    twin = info("./" + RUN_PY, evil_run_py(items, tmp_path / "PWNED"))
+    site = make_site(
+        tmp_path, write_items(tmp_path / built.name, [*items[:2], twin, *items[2:]]), signers(keys)
+    )
+    for marker in ("site-install", "stock-verify"):
+        recipe = site.recipe(marker)
+        assert recipe.returncode == 4 and "REFUSED: in the bundle twice" in recipe.stderr
+    assert site.clean()
+
+
+def test_a_pub_given_as_signers_says_how_to_make_the_file(built: Path, keys: Keys, tmp_path: Path) -> None:
+    site = make_site(tmp_path, built, keys.pub.openssh_line())
+    recipe = site.recipe("site-install")
+    assert recipe.returncode == 2
+    assert (
+        'SIGNERS is a .pub, not an allowed_signers file: echo "airbundle $(cat allowed_signers)"'
+        in recipe.stderr
+    )
+    assert site.clean()
+
+
+def test_a_bundle_swapped_after_install_sh_checked_it_is_refused(
+    built: Path, project: Project, keys: Keys, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Another validly signed bundle copied over the checked one just as the installer starts:
+    the installer's own decision finds another lock than install.sh checked and stops (exit 4)."""
+    (project.root / "payloads/notes.txt").write_text("another release\n")
+    result = run_cli(
+        "build", project.manifest, "-o", tmp_path / "other", "--key", keys.key_path, "--cache", cache_dir
+    )
+    assert result.exit_code == 0, result.stderr
+    other = Path(result.stdout.strip().splitlines()[-1])
+    site = make_site(tmp_path, built, signers(keys))
+    (site.root / "cluster.yml").write_text("nodes:\n  - {address: 127.0.0.1, user: root, role: [worker]}\n")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    # python3 as found on PATH: swaps the bundle when install.sh starts the installer with it
+    (shim / "python3").write_text(
+        f'#!/bin/sh\ncase "$*" in *installer/run.py*) cp {other} {site.bundle} ;; esac\nexec /usr/bin/python3 "$@"\n'
+    )
+    (shim / "python3").chmod(0o755)
+    run = subprocess.run(
+        ["sh", str(INSTALL_SH), "--bundle", site.bundle.name, "--pubkey", site.signers.name,
+         "--inventory", "cluster.yml", "--workdir", "work", "--dry-run", "--offline", "--yes"],
+        cwd=site.root, env={**site.env(), "PATH": f"{shim}:{SITE_PATH}"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 4, run.stderr
+    assert "lock.json is not the one install.sh checked" in run.stderr
+    assert "the bundle file was replaced meanwhile" in run.stderr
+    assert site.clean() and not (site.root / "work").exists()

@@ -296,3 +296,15 @@ def test_header_fields_are_read_as_the_builder_writes_them(fields: dict, message
     trust.check_block("files/a", _block())
     with pytest.raises(IntegrityError, match=message):
         trust.check_block("files/a", _block(**fields))
+
+
+def test_the_lock_must_be_the_one_install_sh_checked(keys: Keys) -> None:
+    """Attack: another validly signed bundle swapped in after install.sh's stock-tool check."""
+    data, sig = _signed(keys)
+    digest = hashlib.sha256(data).hexdigest()
+    assert trust.decide(data, sig, _facts(keys, checked_lock=digest)).lock_sha256 == digest
+    other, other_sig = _signed(keys, _lock(version="1.0.1"))
+    with pytest.raises(
+        IntegrityError, match=r"lock\.json is not the one install\.sh checked \(sha256 " + digest[:16]
+    ):
+        trust.decide(other, other_sig, _facts(keys, checked_lock=digest))

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import struct
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -326,20 +327,28 @@ def test_a12_truncated_bundle(built: Path, keys: Keys, tmp_path: Path, where: st
 
 
 @pytest.mark.parametrize(
-    "content, message",
+    "content, code, message",
     [
-        (b"", "empty"),
-        (os.urandom(4096), "corrupt tar header"),
-        (b"hello\n" * 100, "corrupt tar header"),
-        (b"hello\n", "truncated"),
+        (b"", 4, "empty"),
+        (os.urandom(4096), 2, "a13.tar is not a tar archive, so not an airbundle bundle: give the .tar"),
+        (b"hello\n" * 100, 2, "is not a tar archive, so not an airbundle bundle"),
+        (b"hello\n", 4, "truncated"),
     ],
     ids=["empty", "random", "text", "short"],
 )
-def test_a13_not_a_bundle(keys: Keys, tmp_path: Path, content: bytes, message: str) -> None:
+def test_a13_not_a_bundle(keys: Keys, tmp_path: Path, content: bytes, code: int, message: str) -> None:
     bad = tmp_path / "a13.tar"
     bad.write_bytes(content)
     result = verify(bad, keys)
-    assert result.exit_code == 4 and message in result.stderr
+    assert result.exit_code == code and message in result.stderr
+
+
+def test_a13_a_gnu_tar_is_named(keys: Keys, tmp_path: Path) -> None:
+    bad = tmp_path / "gnu.tar"
+    (tmp_path / "hostname").write_text("vm\n")
+    subprocess.run(["tar", "--format=gnu", "-cf", bad, "-C", tmp_path, "hostname"], check=True)
+    result = verify(bad, keys)
+    assert result.exit_code == 2 and "gnu.tar is a GNU-format tar, not an airbundle bundle" in result.stderr
 
 
 def test_a13_tar_that_is_not_a_bundle(keys: Keys, tmp_path: Path) -> None:

@@ -160,7 +160,10 @@ def main(out: Path) -> int:
         step("five loopback nodes: 3 dedicated controllers, 2 workers (sshd each, own /var/lib/k0s)")
         client = Client(out / "ssh")
         for name, (address, role) in NODES.items():
-            nodes.append(Node(address, name, client, docker=False, binds=("/var/lib/k0s", "/usr/local/bin")))
+            binds = ("/var/lib/k0s", "/usr/local/bin", "/etc/k0s")  # /etc/k0s: its config and token files
+            api = f"/tmp/k0s-standin-api/{address}"  # noqa: S108 - the k0s stand-in's tokens (tests/standins/k0s)
+            shutil.rmtree(api, ignore_errors=True)
+            nodes.append(Node(address, name, client, docker=False, binds=binds))
             print(f"  {name}  {address}:{SSH_PORT}  {role}")
         site = out / "site-install"
         site.mkdir()

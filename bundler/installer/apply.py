@@ -27,7 +27,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Callable, Dict, List, Optional
 
-from bundler import archive, kinds, oci
+from bundler import archive, k0simages, kinds, oci
 from bundler.compat import dataclass, replace
 from bundler.errors import InstallError
 from bundler.installer import (
@@ -554,16 +554,18 @@ def private_registry(route: Route) -> Dict[str, object]:
 
 
 def _k0s_images(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
-    """k0s: the workers' images as one tar, copied into /var/lib/k0s/images (``k0s.place_images``)."""
+    """k0s: the workers' images as one tar, copied into each one's ``DATADIR/images`` (``/var/lib/k0s``
+    unless the k0sctl.yaml gives the host a dataDir; ``k0s.place_images``)."""
     todo = [n for n in phase.nodes if phase.of(n.name)]
     if not todo:
         return [NodeResult(n, skipped=["airgap images placed before"]) for n in phase.nodes]
     tar, sha = k0s.write_image_bundle(ctx.lock, ctx.bundle_dir, ctx.workdir / "k0s" / "airgap-images.tar")
+    folders = {h.node.name: h.images_dir for h in k0sctl.load(ctx.inventory).hosts}
 
     def one(node: Node) -> NodeResult:
         result = NodeResult(node)
         try:
-            said = k0s.place_images(node, ctx.opts, tar, sha)
+            said = k0s.place_images(node, ctx.opts, tar, sha, folders.get(node.name, k0simages.IMAGES_DIR))
             (result.done if said == "placed" else result.skipped).append("k0s-airgap")
         except InstallError as exc:
             result.error = str(exc)

@@ -103,7 +103,7 @@ for candidate in "$(command -v python3 2>/dev/null || true)" /usr/libexec/platfo
     tried="$tried $candidate${pyversion:+ (Python $pyversion)}"
 done
 [ -n "$python" ] || die 6 "python3 3.6 or later is required on this node${tried:+ (found:$tried, too old or not working)}; install it (on Rocky/RHEL 8, /usr/libexec/platform-python also does)"
-echo "install.sh: using $python (Python $pyversion)" >&2
+case " $* " in *" -q "* | *" --quiet "*) ;; *) echo "install.sh: using $python (Python $pyversion)" >&2 ;; esac
 
 umask 077
 work=$(mktemp -d "${TMPDIR:-/tmp}/airbundle-install.XXXXXX")  # a fresh folder only root can read
@@ -195,18 +195,32 @@ bundle_tar() {  # bundle_tar TAR-OPTIONS...: GNU tar over the bundle's bytes
     fi
 }
 
+# --- an uncompressed POSIX tar: GNU tar would quietly decompress a gzip, xz or zstd file, which
+# airbundle never writes (and which would let a small file declare huge members).
+if [ -n "$index" ]; then first="$folder/$(sed -n 1p "$work/parts")"; else first=$bundle; fi
+[ "$(head -c 262 "$first" | tail -c 5)" = ustar ] \
+    || die 4 "$bundle: not an uncompressed POSIX tar (an airbundle bundle is one; was it compressed or is it another file?)"
+
 # --- the listing: regular files only, each name once, lock.json and lock.json.sig first.
 bundle_tar --numeric-owner -tv >"$work/listing" 2>"$work/tar.log" \
     || die 4 "$bundle: not a readable tar: $(cat "$work/tar.log")"
 odd=$(grep -v '^-' "$work/listing" | head -n 1)
 [ -z "$odd" ] || die 4 "$bundle: a member is not a regular file: $odd"
 sed 's/^[^ ]* [^ ]*  *[^ ]* [^ ]* [^ ]* //; s|^\(\./\)*||' "$work/listing" >"$work/names"
+# "SIZE NAME" as each header declares it: what extracting a member would write
+tr -s ' ' <"$work/listing" | cut -d' ' -f3 | paste -d' ' - "$work/names" >"$work/sizes"
 twice=$(sort "$work/names" | uniq -d | head -n 1)
 [ -z "$twice" ] || die 4 "$bundle: $twice is in the bundle more than once; do not install this bundle"
 [ "$(sed -n 1p "$work/names")" = lock.json ] \
     || die 4 "$bundle: the first member is not lock.json; this is not an airbundle bundle"
 [ "$(sed -n 2p "$work/names")" = lock.json.sig ] \
     || die 3 "$bundle: lock.json.sig is missing after lock.json; unsigned bundles are never trusted"
+# Nothing is written before its size is known to be sane: the lock at most 16 MiB (the
+# installer's own limit), its signature at most 64 KiB.
+size=$(sed -n '1s/ .*//p' "$work/sizes")
+[ "$size" -le 16777216 ] || die 4 "$bundle: lock.json is $size bytes, over the 16777216-byte limit; do not install this bundle"
+size=$(sed -n '2s/ .*//p' "$work/sizes")
+[ "$size" -le 65536 ] || die 4 "$bundle: lock.json.sig is $size bytes, over the 65536-byte limit; do not install this bundle"
 
 # --- the signature over lock.json (the first and only copy).
 bundle_tar -x --occurrence=1 -C "$work" lock.json lock.json.sig 2>"$work/tar.log" \
@@ -220,6 +234,13 @@ sed -n '/^    {"kind": "installer"/s/.*"path": "\([^"]*\)", "sha256": "\([0-9a-f
 cut -c67- "$work/installer.sha256" >"$work/installer.names"
 grep -qx 'installer/run.py' "$work/installer.names" \
     || die 4 "$bundle: lock.json lists no installer/run.py; this is not an airbundle bundle"
+# Each installer member's header must declare the size the signed lock gives it, before any is written.
+sed -n '/^    {"kind": "installer"/s/.*"path": "\([^"]*\)", "sha256": "[0-9a-f]*", "size": \([0-9]*\).*/\2 \1/p' \
+    "$work/lock.json" >"$work/installer.sizes"
+while IFS= read -r expected; do
+    grep -Fxq "$expected" "$work/sizes" \
+        || die 4 "$bundle: ${expected#* } is not the size lock.json gives it (${expected%% *} bytes); do not install this bundle"
+done <"$work/installer.sizes"
 mkdir "$work/b"
 bundle_tar -x --occurrence=1 -C "$work/b" --verbatim-files-from -T "$work/installer.names" 2>"$work/tar.log" \
     || die 4 "$bundle: installer members are missing: $(cat "$work/tar.log")"
@@ -229,7 +250,9 @@ odd=$(find "$work/b" ! -type d \( ! -type f -o -links +1 \) | head -n 1)
     || die 4 "$bundle: the installer files do not match lock.json ($(grep -v ': OK$' "$work/sums.log" | tr '\n' ' ')); do not install this bundle"
 set +e
 running=1
-"$python" -I -S "$work/b/installer/run.py" "$@"
+# The installer decides again on its own read of the bundle; it must be the lock checked here.
+checked=$(sha256sum "$work/lock.json" | cut -c1-64)
+AIRBUNDLE_CHECKED_LOCK=$checked "$python" -I -S "$work/b/installer/run.py" "$@"
 code=$?
 running=0
 set -e

@@ -155,15 +155,23 @@ def load_inventory(path: Path) -> List[Node]:
             if problem:
                 raise InputError(f"{where}: {problem}")
         roles = role if isinstance(role, list) else [role]
-        if not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
-            raise InputError(f"{where}: role must list some of {', '.join(ROLES)}; got {role!r}")
-        port = raw.get("port", 22)
-        try:
-            port = int(port)
-        except (TypeError, ValueError):
-            port = -1
+        wrong = [r for r in roles if not (isinstance(r, str) and r in ROLES)]
+        if not roles or wrong:
+            raise InputError(
+                f"{where}: role {wrong[0] if wrong else role!r} is not one of {', '.join(ROLES)}"
+                if wrong and isinstance(wrong[0], str)
+                else f"{where}: role must list some of {', '.join(ROLES)}; got {role!r}"
+            )
+        raw_port = raw.get("port", 22)
+        # rke reads the port as a string ("22" in its docs) or a number; true or 22.9 is a mistake
+        port = int(raw_port) if isinstance(raw_port, int) and not isinstance(raw_port, bool) else -1
+        if isinstance(raw_port, str) and raw_port.isdigit():
+            port = int(raw_port)
         if not 0 < port < 65536:
-            raise InputError(f"{where}: port {raw.get('port')!r} is not a TCP port")
+            raise InputError(f"{where}: port {raw_port!r} is not a TCP port (1-65535)")
+        for text_key in ("ssh_key_path", "hostname_override", "user"):
+            if text_key in raw and raw[text_key] is not None and not isinstance(raw[text_key], str):
+                raise InputError(f"{where}: {text_key} {raw[text_key]!r} must be a string (quote it)")
         if (address, port) in seen:
             raise InputError(f"{where}: listed twice (also line {seen[(address, port)]})")
         seen[(address, port)] = at

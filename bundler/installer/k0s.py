@@ -3,28 +3,36 @@ then ``k0sctl apply`` (when the bundle carries k0sctl) or k0s's own join sequenc
 
 Entry points (narrow, for the cluster-kind interface): ``write_image_bundle`` (the images the
 workers need, from the verified bundle, as one uncompressed docker-archive tar, which k0s imports
-itself), ``place_images`` (copy it over SSH into ``/var/lib/k0s/images/`` unless the node holds
-the same bytes, by SHA-256), ``bring_up`` (k0sctl, else ``k0s install controller`` on the first
-controller, a token created there for each other controller and then each worker, ``k0s start``
-on each; the admin kubeconfig written 0600 into the work folder). It does not check the topology
-(``topology``) nor read the inventory (``k0sctl``), and it prints nothing: ``echo`` is given.
+itself), ``place_images`` (copy it over SSH into the host's ``DATADIR/images/`` unless the node
+holds the same bytes, by SHA-256), ``bring_up`` (k0sctl, after every host's key is checked against
+the installer's known_hosts and with ``SSH_KNOWN_HOSTS`` set to those entries; else k0sctl's steps
+done here: the k0s config on the controllers, ``k0s install controller`` on the first, a token
+created there for each other controller and then each worker, ``k0s start`` on each, the tokens
+invalidated and their files removed afterwards; the admin kubeconfig written 0600 into the work
+folder). It does not check the topology (``topology``) nor parse the inventory or decide k0sctl's
+flags (``k0sctl``), and it prints nothing: ``echo`` is given.
 
 Carried into bundles: standard library only, python3 3.6 syntax.
 """
 
+import base64
+import gzip
 import hashlib
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Tuple
 
 from bundler import k0simages, oci
+from bundler.archive import atomic_output, write_all
 from bundler.errors import InstallError
+from bundler.installer import kubeconfig as kubeconfigs
 from bundler.installer import remote
 from bundler.installer.dockerload import docker_load_tar
 from bundler.installer.inventory import Node
-from bundler.installer.k0sctl import Host, K0sctlConfig
+from bundler.installer.k0sctl import Host, K0sctlConfig, flag_value
 from bundler.lock import Lock
 
 BUNDLE_NAME = "airbundle-images.tar"  # one file of ours among whatever else the folder holds
@@ -76,11 +84,14 @@ def write_image_bundle(lock: Lock, bundle_dir: Path, dest: Path) -> Tuple[Path, 
     return dest, digest.hexdigest()
 
 
-def place_images(node: Node, opts: remote.SshOptions, bundle: Path, sha256: str) -> str:
-    """Put ``bundle`` into ``/var/lib/k0s/images/`` on ``node`` unless the same bytes are there;
-    returns "placed" or "present". The copy goes to a temporary name and is checked, then renamed,
-    so k0s never imports a half-copied file."""
-    folder = k0simages.IMAGES_DIR
+def place_images(
+    node: Node, opts: remote.SshOptions, bundle: Path, sha256: str, folder: str = k0simages.IMAGES_DIR
+) -> str:
+    """Put ``bundle`` into ``folder`` on ``node`` (``DATADIR/images``: ``/var/lib/k0s/images`` unless
+    the host's dataDir says otherwise) unless the same bytes are there; returns "placed" or "present".
+    The copy goes to a temporary name and is checked, then renamed, so k0s never imports a
+    half-copied file."""
+    folder = shlex.quote(folder)
     final = f"{folder}/{BUNDLE_NAME}"
     sudo = remote.sudo_prefix(node)
     have = remote.run(node, opts, f"{sudo}sha256sum {final} 2>/dev/null || true", timeout=120).split()
@@ -104,9 +115,55 @@ def place_images(node: Node, opts: remote.SshOptions, bundle: Path, sha256: str)
     return "placed"
 
 
-def _install_flags(host: Host, first: bool) -> List[str]:
-    extra = {"controller+worker": ["--enable-worker"], "single": ["--single"]}.get(host.role, [])
-    return extra + list(host.install_flags)
+def _write_private(path: Path, text: str) -> None:
+    """``text`` at ``path``, mode 0600, never half-written there (``archive.atomic_output``)."""
+    with atomic_output(path, mode=0o600) as fd:
+        write_all(fd, text.encode())
+
+
+def known_hosts_for_k0sctl(config: K0sctlConfig, opts: remote.SshOptions, dest: Path) -> Path:
+    """Write, at ``dest`` (0600), the known_hosts entries the installer's own ssh trusts for every host
+    of ``config``, for k0sctl's ``SSH_KNOWN_HOSTS``; refuse a host whose key the installer's ssh
+    does not know.
+
+    k0sctl (its SSH library, rig) trusts an unknown host key on first use and appends it to the
+    known_hosts file it uses (``SSH_KNOWN_HOSTS``, else the ssh config's or ``~/.ssh/known_hosts``);
+    it refuses only a key that differs from a recorded one. The installer never trusts on first
+    use, so each host must be known before k0sctl runs; and k0sctl gets a file of its own, holding
+    only these hosts' entries, so that it cannot add to the operator's.
+
+    Raises:
+        InstallError: a host the installer's ssh knows no key for (exit 6), with the ssh-keyscan advice.
+    """
+    lines: List[str] = []
+    unknown: List[str] = []
+    for host in config.hosts:
+        found = remote.known_host_entries(host.node, opts)
+        if not found:
+            unknown.append(f"{host.node.name}: {remote.unknown_host_key(host.node)}")
+        lines += [line for line in found if line not in lines]
+    if unknown:
+        raise InstallError(
+            "cluster: k0sctl would trust these hosts' keys on first use; the installer does not: "
+            + "; ".join(unknown)
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(dest, "".join(line + "\n" for line in lines))
+    return dest
+
+
+def _k0sctl_failure(log_path: Path, code: int) -> str:
+    """k0sctl's own last words (its ``level=fatal`` line) for the error, when the log has them."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    fatal = [line for line in text.splitlines() if "level=fatal" in line]
+    said = ""
+    if fatal:
+        start = text.rindex(fatal[-1])
+        said = ": " + " ".join(text[start:].split())[:600]
+    return f"cluster: k0sctl apply failed with exit code {code}{said}; see {log_path}"
 
 
 def bring_up(
@@ -118,43 +175,46 @@ def bring_up(
 ) -> Path:
     """Bring the k0s cluster of ``config`` up; returns the admin kubeconfig written in ``workdir``.
 
-    With ``k0sctl`` (the bundle's, a verified copy): ``k0sctl apply --config`` on the site's own
-    file, then ``k0sctl kubeconfig``. Without: the first controller installed and started, then
-    each other controller and each worker joined with a token of its role created on the first.
+    With ``k0sctl`` (the bundle's, a verified copy): every host's key checked against the installer's
+    known_hosts first (``known_hosts_for_k0sctl``), then ``k0sctl apply --config`` on the site's own
+    file with ``SSH_KNOWN_HOSTS`` set to those entries, then ``k0sctl kubeconfig``. Without: k0s's
+    own joins (``_join_by_tokens``), as k0sctl would run them.
 
     Raises:
-        InstallError: k0sctl or k0s failed (exit 6, naming the node and what k0s said).
+        InstallError: a host key unknown, k0sctl or k0s failed (exit 6, naming the node and what k0s said).
     """
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    kubeconfig = workdir / KUBECONFIG
+    target = workdir / KUBECONFIG
     if k0sctl is not None:
+        known = known_hosts_for_k0sctl(config, opts, workdir / "k0s" / "known_hosts")
+        env = dict(os.environ, SSH_KNOWN_HOSTS=str(known))
         log_path = logs / "k0sctl-apply.log"
         echo(f"k0sctl apply --config {config.path} (log: {log_path})")
         with open(str(log_path), "ab") as log:
             code = subprocess.call(
-                [str(k0sctl), "apply", "--config", str(config.path)], stdout=log, stderr=subprocess.STDOUT
+                [str(k0sctl), "apply", "--config", str(config.path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
         if code != 0:
-            raise InstallError(f"cluster: k0sctl apply failed with exit code {code}; see {log_path}")
+            raise InstallError(_k0sctl_failure(log_path, code))
         done = subprocess.run(
             [str(k0sctl), "kubeconfig", "--config", str(config.path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=env,
         )
         if done.returncode != 0:
             raise InstallError(
                 f"cluster: k0sctl kubeconfig failed: {done.stderr.decode(errors='replace')[-400:]}"
             )
-        text = done.stdout.decode(errors="replace")
+        text, source = done.stdout.decode(errors="replace"), "k0sctl kubeconfig"
     else:
         text = _join_by_tokens(config, opts, echo)
-    part = kubeconfig.with_name("." + kubeconfig.name + ".part")
-    fd = os.open(str(part), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(str(part), str(kubeconfig))
-    return kubeconfig
+        source = f"{config.controllers[0].node.name}'s k0s kubeconfig admin"
+    return kubeconfigs.save(text, source, target)
 
 
 def _k0s(host: Host, opts: remote.SshOptions, args: str) -> str:
@@ -164,30 +224,114 @@ def _k0s(host: Host, opts: remote.SshOptions, args: str) -> str:
         raise InstallError(f"cluster: {host.node.name}: k0s {args.split(' --')[0]}: {exc}") from None
 
 
+def _send(host: Host, opts: remote.SshOptions, path: str, text: str) -> None:
+    """``text`` into ``path`` on ``host``, readable by root only (umask 077), its folder made."""
+    sudo = remote.sudo_prefix(host.node)
+    q = shlex.quote
+    folder = q(path.rsplit("/", 1)[0] or "/")
+    write = f"{sudo}mkdir -p {folder} && {sudo}sh -c {q(f'umask 077 && cat > {q(path)}')}"
+    data = text.encode()
+
+    def send(out: IO[bytes]) -> None:
+        out.write(data)
+
+    try:
+        remote.stream(host.node, opts, write, send)
+    except remote.RemoteError as exc:
+        raise InstallError(f"cluster: {host.node.name}: writing {path}: {exc}") from None
+
+
+def token_id(token: str) -> str:
+    """The ID of a k0s join token (``k0s token list`` shows it; ``k0s token invalidate`` takes it):
+    the token is a base64 gzipped kubeconfig whose user's bootstrap token is ``ID.SECRET``."""
+    try:
+        kubeconfig = gzip.decompress(base64.b64decode(token.strip())).decode()
+    except (ValueError, OSError, EOFError) as exc:
+        raise InstallError(f"cluster: k0s token create printed no join token ({exc})") from None
+    match = re.search(r"token:\s*([a-z0-9]{6})\.[a-z0-9]{16}", kubeconfig)
+    if match is None:
+        raise InstallError("cluster: k0s token create printed a join token without a bootstrap token ID")
+    return match.group(1)
+
+
+def _flags(flags: List[str]) -> str:
+    return " ".join(shlex.quote(f) for f in flags)
+
+
 def _join_by_tokens(config: K0sctlConfig, opts: remote.SshOptions, echo: Callable[[str], None]) -> str:
+    """k0s's own bring-up, as k0sctl runs it: the k0s config on every controller, the first installed
+    and started, then each other controller and each worker joined with a token of its role made on
+    the first (it expires within the hour); after the joins (or a failed one) every token made is
+    invalidated and every token file removed."""
     leader, others = config.controllers[0], config.controllers[1:]
     workers = [h for h in config.hosts if h.role == "worker"]
-    flags = " ".join(shlex.quote(f) for f in _install_flags(leader, True))
-    echo(f"  {leader.node.name}: k0s install controller {flags}".rstrip())
-    _k0s(leader, opts, f"install controller {flags}".rstrip())
+    data = f"--data-dir={shlex.quote(leader.data_dir)}"
+    for host in config.controllers:
+        echo(f"  {host.node.name}: k0s config {host.config_path} (0600)")
+        _send(host, opts, host.config_path, config.k0s_yaml(host))
+    flags = _flags(leader.install_flags_for(True, ""))
+    echo(f"  {leader.node.name}: k0s install controller {flags}")
+    _k0s(leader, opts, f"install controller {flags}")
     _k0s(leader, opts, "start")
-    for role, group in (("controller", others), ("worker", workers)):
-        for host in group:
-            # A join token lets a machine join as that role (a controller's gets the CA): it expires
-            # within the hour instead of never (k0s's default).
-            token = _k0s(leader, opts, f"token create --role={role} --expiry={JOIN_TTL}")
-            path = f"{TOKEN_DIR}/{role}-token"
-            sudo = remote.sudo_prefix(host.node)
-            write = f"{sudo}mkdir -p {TOKEN_DIR} && {sudo}sh -c {shlex.quote(f'umask 077 && cat > {path}')}"
-            data = token.encode()
-
-            def send(out: IO[bytes], data: bytes = data) -> None:
-                out.write(data)
-
-            remote.stream(host.node, opts, write, send)
-            extra = " ".join(shlex.quote(f) for f in _install_flags(host, False))
-            echo(f"  {host.node.name}: k0s install {role} --token-file {path} {extra}".rstrip())
-            _k0s(host, opts, f"install {role} --token-file {path} {extra}".rstrip())
-            _k0s(host, opts, "start")
-    text = _k0s(leader, opts, "kubeconfig admin")
+    made: List[str] = []
+    joined: List[Tuple[Host, str]] = []
+    try:
+        for role, group in (("controller", others), ("worker", workers)):
+            for host in group:
+                # A join token lets a machine join as that role (a controller's gets the CA): it
+                # expires within the hour instead of never (k0s's default), and is invalidated below.
+                token = _k0s(leader, opts, f"token create {data} --role={role} --expiry={JOIN_TTL}")
+                made.append(token_id(token))
+                path = flag_value(host.install_flags, "--token-file") or f"{TOKEN_DIR}/{role}-token"
+                _send(host, opts, path, token)
+                joined.append((host, path))
+                extra = _flags(host.install_flags_for(False, path))
+                echo(f"  {host.node.name}: k0s install {role} {extra}")
+                _k0s(host, opts, f"install {role} {extra}")
+                _k0s(host, opts, "start")
+    except InstallError:
+        _forget_tokens(leader, opts, data, made, joined, echo, quiet=True)
+        raise
+    _forget_tokens(leader, opts, data, made, joined, echo)
+    text = _k0s(leader, opts, f"kubeconfig admin {data}")
     return text.replace("https://localhost:6443", f"https://{leader.node.address}:6443")
+
+
+def _forget_tokens(
+    leader: Host,
+    opts: remote.SshOptions,
+    data: str,
+    made: List[str],
+    joined: List[Tuple[Host, str]],
+    echo: Callable[[str], None],
+    quiet: bool = False,
+) -> None:
+    """Invalidate the join tokens ``made`` on the first controller (then check ``k0s token list``
+    shows none of them) and remove the token files from the hosts that were given one. With
+    ``quiet`` (cleaning up after a failed join) a failure here is reported, not raised, so the
+    error that stopped the joins is the one the operator sees."""
+    try:
+        if made:
+            echo(f"  {leader.node.name}: k0s token invalidate {' '.join(made)}")
+            _k0s(leader, opts, f"token invalidate {data} {' '.join(made)}")
+            listed = _k0s(leader, opts, f"token list {data}")
+            left = [t for t in made if any(line.split()[:1] == [t] for line in listed.splitlines())]
+            if left:
+                raise InstallError(
+                    f"cluster: {leader.node.name}: k0s token list still shows {', '.join(left)} after "
+                    "k0s token invalidate; invalidate them there by hand "
+                    f"(k0s token invalidate {' '.join(left)})"
+                )
+        for host, path in joined:
+            _k0s_shell(host, opts, f"rm -f {shlex.quote(path)}")
+    except InstallError as exc:
+        if not quiet:
+            raise
+        echo(f"  could not clean up the join tokens: {exc}")
+
+
+def _k0s_shell(host: Host, opts: remote.SshOptions, command: str) -> None:
+    try:
+        remote.run(host.node, opts, f"{remote.sudo_prefix(host.node)}{command}", timeout=60)
+    except remote.RemoteError as exc:
+        raise InstallError(f"cluster: {host.node.name}: {command}: {exc}") from None

@@ -2,17 +2,24 @@
 
 It takes what k0sctl itself reads (``apiVersion: k0sctl.k0sproject.io/v1beta1``, ``kind:
 Cluster``, ``spec.hosts[]`` with ``role`` and ``ssh: {address, user, port, keyPath}``, optional
-``hostname``, ``privateAddress``, ``installFlags``; ``spec.k0s.version`` and ``spec.k0s.config``)
+``hostname``, ``privateAddress``, ``dataDir``, ``kubeletRootDir``, ``noTaints``, ``installFlags``;
+``spec.k0s.version`` and ``spec.k0s.config``)
 and checks it as strictly as the RKE ``cluster.yml`` is checked (``inventory``): a key k0sctl does
 not know is refused with the keys it takes and ``FILE:LINE``, as are a role k0sctl does not know,
 a host listed twice, a file without a controller or without a host that runs workloads, and the
 connection kinds the installer cannot use (it reaches nodes with the system OpenSSH client).
 Each host becomes an ``inventory.Node`` (roles ``controller`` and/or ``worker``) with its line.
-It does not run k0sctl or decide about the topology's quorum (``topology``).
+It also holds k0sctl's own rules for what it gives k0s (``Host.install_flags_for``: the flags of
+``k0s install``; ``K0sctlConfig.k0s_yaml``: the k0s config a controller gets), pure data, so that
+the installer's bring-up without k0sctl does what k0sctl would. It does not run k0sctl or k0s nor
+decide about the topology's quorum (``topology``).
 
 Carried into bundles: standard library only (and the vendored YAML), python3 3.6 syntax.
 """
 
+import copy
+import re
+import shlex
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
@@ -54,9 +61,32 @@ HOST_KEYS = (
 )
 SSH_KEYS = ("address", "user", "port", "keyPath", "hostKey", "bastion")
 K0S_KEYS = ("version", "versionChannel", "dynamicConfig", "config")
+_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]*")  # a folder on a node, safe in a shell word
 # The ways of reaching a host that k0sctl knows but the installer does not use: it runs every
 # node command over the system OpenSSH client, as the rke inventory's nodes.
 UNSUPPORTED_CONNECTIONS = ("openSSH", "winRM", "localhost")
+
+
+# Where k0sctl's Linux configurer puts things on a host when the file does not say otherwise.
+DEFAULT_DATA_DIR = "/var/lib/k0s"
+DEFAULT_CONFIG_PATH = "/etc/k0s/k0s.yaml"
+K0S_CONFIG_API = "k0s.k0sproject.io/v1beta1"
+
+
+def flag_value(flags: Tuple[str, ...], name: str) -> Optional[str]:
+    """The value of flag ``name`` among k0sctl ``installFlags`` (``--name=V`` or ``--name V``; a
+    bare ``--name`` is "true"), as k0sctl's ``Flags.GetValue`` reads them; None when absent."""
+    for flag in flags:
+        if flag == name:
+            return "true"
+        for sep in ("=", " "):
+            if flag.startswith(name + sep):
+                return flag[len(name) + 1 :].strip().strip("\"'")
+    return None
+
+
+def _without(flags: Tuple[str, ...], *names: str) -> Tuple[str, ...]:
+    return tuple(f for f in flags if not any(f == n or f.startswith((n + "=", n + " ")) for n in names))
 
 
 class Host(NamedTuple):
@@ -64,9 +94,73 @@ class Host(NamedTuple):
 
     node: Node
     role: str  # controller | worker | controller+worker | single
-    install_flags: Tuple[str, ...] = ()
+    install_flags: Tuple[str, ...] = ()  # as written, less --data-dir/--kubelet-root-dir (k0sctl moves them)
     private_address: str = ""
     line: int = 0
+    data_dir: str = DEFAULT_DATA_DIR  # dataDir, or installFlags' --data-dir (k0sctl's SetDefaults)
+    kubelet_root_dir: str = ""
+    no_taints: bool = False
+
+    @property
+    def images_dir(self) -> str:
+        """Where k0s imports image bundles from on this host: ``DATADIR/images``."""
+        return self.data_dir.rstrip("/") + "/images"
+
+    @property
+    def is_controller(self) -> bool:
+        return self.role in ("controller", "controller+worker", "single")
+
+    @property
+    def config_path(self) -> str:
+        """Where k0sctl writes the k0s config on a controller (installFlags' --config, else its own)."""
+        return (
+            flag_value(self.install_flags, "--config")
+            or flag_value(self.install_flags, "-c")
+            or (DEFAULT_CONFIG_PATH)
+        )
+
+    def install_flags_for(self, leader: bool, token_path: str) -> List[str]:
+        """The flags k0sctl gives ``k0s install ROLE`` on this host (its ``K0sInstallFlags``): the
+        host's installFlags, ``--data-dir`` always, the role's own (``--enable-worker``, ``--single``,
+        ``--no-taints``), ``--token-file`` on every host but the first controller, ``--config`` on
+        controllers, and for hosts that run a kubelet ``--kubelet-extra-args`` with ``--node-ip`` (the
+        privateAddress) and ``--hostname-override`` (the hostname)."""
+        flags = list(self.install_flags)
+
+        def add_unless_exist(flag: str) -> None:
+            name = flag.split("=", 1)[0]
+            if flag_value(tuple(flags), name) is None:
+                flags.append(flag)
+
+        def add_or_replace(flag: str) -> None:
+            name = flag.split("=", 1)[0]
+            flags[:] = [*_without(tuple(flags), name), flag]
+
+        add_or_replace(f"--data-dir={self.data_dir}")
+        if self.kubelet_root_dir:
+            add_or_replace(f"--kubelet-root-dir={self.kubelet_root_dir}")
+        if self.role == "controller+worker":
+            add_unless_exist("--enable-worker=true")
+            if self.no_taints:
+                add_unless_exist("--no-taints=true")
+        elif self.role == "single":
+            add_unless_exist("--single=true")
+        if not leader:
+            add_unless_exist(f"--token-file={token_path}")
+        if self.is_controller:
+            add_unless_exist(f"--config={self.config_path}")
+        if self.role.endswith("worker"):
+            old = flag_value(tuple(flags), "--kubelet-extra-args")
+            extra = shlex.split(old) if old else []
+            cloud = (flag_value(self.install_flags, "--enable-cloud-provider") or "false") == "true"
+            if not cloud and self.private_address and not any(x.startswith("--node-ip") for x in extra):
+                extra.append(f"--node-ip={self.private_address}")
+            if self.node.hostname_override:
+                extra = [x for x in extra if not x.startswith("--hostname-override")]
+                extra.append(f"--hostname-override={self.node.hostname_override}")
+            if extra:
+                add_or_replace("--kubelet-extra-args=" + " ".join(extra))
+        return flags
 
 
 class K0sctlConfig(NamedTuple):
@@ -88,6 +182,34 @@ class K0sctlConfig(NamedTuple):
         return (
             f"{self.version_at}: spec.k0s.version: the file {said}, the bundle carries k0s {bundled}; "
             f"write spec.k0s.version: {bundled} (k0sctl would download any other)"
+        )
+
+    def k0s_yaml(self, host: Host) -> str:
+        """The k0s configuration k0sctl writes to ``host.config_path`` on a controller: spec.k0s.config
+        (or an empty ClusterConfig, which k0s completes with its defaults), with ``spec.api.address``
+        the host's own (privateAddress, else address), every controller's address and 127.0.0.1 added
+        to ``spec.api.sans``, and ``spec.storage.etcd.peerAddress``, when given, the host's own
+        (k0sctl's ``configFor``)."""
+        config = copy.deepcopy(self.config) if self.config else {}
+        config.setdefault("apiVersion", K0S_CONFIG_API)
+        config.setdefault("kind", "ClusterConfig")
+        spec = config.setdefault("spec", {})
+        api = spec.setdefault("api", {})
+        own = host.private_address or host.node.address
+        api["address"] = own
+        sans = [s for s in (api.get("sans") or []) if isinstance(s, str)]
+        for other in [*(c.private_address or c.node.address for c in self.controllers), "127.0.0.1"]:
+            if other not in sans:
+                sans.append(other)
+        api["sans"] = sans
+        etcd = (spec.get("storage") or {}).get("etcd")
+        if isinstance(etcd, dict) and etcd.get("peerAddress") is not None:
+            etcd["peerAddress"] = own
+        return (
+            "# generated-by-airbundle from "
+            + self.path.name
+            + "\n"
+            + yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
         )
 
     @property
@@ -253,11 +375,34 @@ def _host(where: _Where, raw: Any, i: int) -> Host:
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise InputError(f"{where(*at, 'installFlags')}: {label}.installFlags must be a list of flags")
     private = raw.get("privateAddress") or ""
-    if not isinstance(private, str):
+    if not isinstance(private, str) or (private and field_problem("address", private)):
         raise InputError(f"{where(*at, 'privateAddress')}: {label}.privateAddress must be an address")
+    install_flags = tuple(flags)
+    # k0sctl's SetDefaults: --single / --enable-worker in installFlags change the role, and
+    # --data-dir / --kubelet-root-dir move to dataDir / kubeletRootDir.
+    if (flag_value(install_flags, "--single") or "false") != "false":
+        role = "single"
+    elif (flag_value(install_flags, "--enable-worker") or "false") != "false":
+        role = "controller+worker"
+    dirs = {}
+    for name, flag in (("dataDir", "--data-dir"), ("kubeletRootDir", "--kubelet-root-dir")):
+        value = flag_value(install_flags, flag) or raw.get(name) or ""
+        if not isinstance(value, str) or (value and not _PATH_RE.fullmatch(value)):
+            raise InputError(
+                f"{where(*at, name)}: {label}.{name} {value!r} must be an absolute path (letters, digits, "
+                "/ . _ -)"
+            )
+        dirs[name] = value.rstrip("/") or value
+    install_flags = _without(install_flags, "--data-dir", "--kubelet-root-dir")
+    no_taints = (
+        raw.get("noTaints", False) is True or (flag_value(install_flags, "--no-taints") or "false") != "false"
+    )
     line = where.line(*at)
     node = Node(address, user, node_roles(role), port, key, hostname, line)
-    return Host(node, role, tuple(flags), private, line)
+    return Host(
+        node, role, install_flags, private, line, dirs["dataDir"] or DEFAULT_DATA_DIR,
+        dirs["kubeletRootDir"], no_taints,
+    )  # fmt: skip
 
 
 def load(path: Path) -> K0sctlConfig:

@@ -15,7 +15,6 @@ It does not configure keepalived, haproxy or containerd (not automated yet: READ
 bundles: python3 3.6, stdlib only.
 """
 
-import os
 import re
 import secrets
 import shlex
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from bundler.errors import InstallError
-from bundler.installer import remote
+from bundler.installer import kubeconfig, remote
 from bundler.installer.inventory import Endpoint, Node
 from bundler.installer.results import NodeResult
 
@@ -155,12 +154,10 @@ def bring_up(
     except remote.RemoteError as exc:
         results[0].error = f"cluster: cannot read {ADMIN_CONF} on {first.name}: {exc}"
         return results
-    target = workdir / "admin.conf"
-    fd = os.open(str(target) + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(conf)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(str(target) + ".tmp", str(target))
+    try:
+        target = kubeconfig.save(conf, f"{first.name}'s {ADMIN_CONF}", workdir / "admin.conf")
+    except InstallError as exc:
+        results[0].error = str(exc)
+        return results
     echo(f"  kubeconfig: {target}")
     return results

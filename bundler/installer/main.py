@@ -65,6 +65,10 @@ from bundler.installer.progress import Progress, human
 from bundler.installer.remote import SshOptions
 from bundler.installer.results import NodeResult
 from bundler.lock import MAX_LOCK_BYTES, Lock
+from bundler.text import printable
+
+# install.sh passes the SHA-256 of the lock.json it checked (trust.SiteFacts.checked_lock)
+CHECKED_LOCK_ENV = "AIRBUNDLE_CHECKED_LOCK"
 
 
 def _read_keys(paths: List[Path]) -> List[signing.PublicKey]:
@@ -109,13 +113,25 @@ def run(argv: Optional[List[str]] = None, prog: str = "install.sh") -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:
+        return _output_closed()
     except OSError as exc:  # the machine, not the bundle: disk full, permissions, a folder in the way
         error = from_os_error(exc, "installing", InstallError)
-        print(f"airbundle install: error: {error}", file=sys.stderr)
+        print(f"airbundle install: error: {printable(str(error))}", file=sys.stderr)
         return error.exit_code
     except BundlerError as exc:
-        print(f"airbundle install: error: {exc}", file=sys.stderr)
+        print(f"airbundle install: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
+
+
+def _output_closed() -> int:
+    """The reader of our output went away (``| head``, quitting ``less``): stop as a shell tool
+    does on SIGPIPE, quietly, with its exit code; what finished is in the journal."""
+    try:  # Python would otherwise complain at exit, flushing into the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
+    return 141
 
 
 def _check_fit(
@@ -166,6 +182,9 @@ def _facts(
     """What the nodes say, for the phases to run (``preflight.gather``)."""
     rke = any(b.name == "rke" for b in lock.binaries)
     cluster = load_cluster_options(options.inventory) if rke and "preflight" in options.phases else None
+    data_dirs = None
+    if lock.cluster.get("kind") == "k0s":  # where each host's k0s keeps its data (dataDir)
+        data_dirs = {h.node.name: h.data_dir for h in k0sctl.load(options.inventory).hosts}
     return preflight.gather(
         lock,
         nodes,
@@ -176,6 +195,7 @@ def _facts(
         cluster,
         options.phases,
         options.apt_root,
+        data_dirs,
     )
 
 
@@ -360,6 +380,7 @@ def _site_facts(args: Options, trusted: List[signing.PublicKey], state: Dict[str
         },
         allow_downgrade=args.allow_downgrade,
         unpacked=unpacked,
+        checked_lock=os.environ.get(CHECKED_LOCK_ENV) or None,
     )
 
 

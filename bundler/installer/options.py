@@ -28,9 +28,9 @@ EPILOG = """Examples:
 
   # images through a registry the installer runs on node cp-1 (TLS from a CA it makes):
   {run} --pubkey allowed_signers --inventory cluster.yml --registry-node cp-1
-  # ... or through the site's own registry, with its CA and credentials:
-  AIRBUNDLE_REGISTRY_PASSWORD=... {run} --pubkey allowed_signers --inventory cluster.yml \\
-      --registry 10.0.0.5:5000 --registry-ca site-ca.crt --registry-user pusher
+  # ... or through the site's own registry, with its CA and credentials (the password from a file):
+  AIRBUNDLE_REGISTRY_PASSWORD="$(cat pusher.password)" {run} --pubkey allowed_signers \\
+      --inventory cluster.yml --registry 10.0.0.5:5000 --registry-ca site-ca.crt --registry-user pusher
 
 --dry-run is the go/no-go check: it asks every node, changes nothing and exits as the install
 would. Never run an install.sh taken out of a bundle unchecked: the README's first command

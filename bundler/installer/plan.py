@@ -276,7 +276,8 @@ def _k0s_lines(lock: Lock, nodes: List[Node]) -> List[str]:
     workers = ", ".join(n.name for n in nodes if n.has("worker")) or "no node"
     return [
         f"images     {len(lock.system_images)} k0s airgap images (and the workloads' own) as one file into "
-        f"/var/lib/k0s/images on {workers} (k0s imports it; controllers run no pods)"
+        f"/var/lib/k0s/images (DATADIR/images for a host with a dataDir) on {workers} (k0s imports it; "
+        "controllers run no pods)"
     ]
 
 
@@ -299,6 +300,16 @@ def _cluster_line(lock: Lock, rke: bool, route: Route) -> str:
     return "rke up --config <inventory> on this node" + registry
 
 
+def _packages_line(lock: Lock) -> str:
+    """What the packages phase installs, by what the bundle carries: rpms, debs, or nothing (a k0s
+    bundle brings its cluster as binaries)."""
+    if lock.rpms:
+        return f"{len(lock.rpms)} rpm packages with dnf (or yum) from the bundled repository only"
+    if lock.debs:
+        return f"{len(lock.debs)} deb packages with apt from the bundled repository only"
+    return "none (the bundle carries no packages)"
+
+
 def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]:
     """The plan, phase by phase and node by node (``--dry-run`` prints it)."""
     plat = lock.platform
@@ -308,12 +319,7 @@ def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]
     lines = [
         f"preflight  on {every}: reachable over SSH, sudo, {plat.get('os')} {plat.get('codename')} "
         f"{plat.get('arch')}, swap off, free space, ports by role, clock",
-        f"packages   on {every}: "
-        + (
-            f"{len(lock.rpms)} rpm packages with dnf (or yum) from the bundled repository only"
-            if lock.rpms
-            else f"{len(lock.debs)} Debian packages from the bundled repository only"
-        ),
+        f"packages   on {every}: " + _packages_line(lock),
         *[
             f"             {', '.join(names)} only on {role} nodes: "
             + (", ".join(n.name for n in nodes if n.has(role)) or "no node")

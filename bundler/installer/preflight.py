@@ -1,23 +1,31 @@
 """The preflight: what every node says about itself, checked before anything changes.
 
 ``preflight_phase`` asks every node (in parallel, changing nothing) for its
-architecture, OS (ID and codename), clock, sudo, Docker and free space and, for a bundle
-that brings the cluster up with rke, what rke requires; the node that will host the
-site registry, its port and disk. ``gather`` adds what each node already has (image
-IDs and tags, the binaries' SHA-256) and returns the facts ``plan.make_plan`` plans
-from. It never changes a node and never decides what to install.
+architecture, OS (ID and codename), clock, sudo, Docker and free space, the ports its roles
+need, and the cluster kind's own rules (``KIND_RULES``: k0s's ports, data folder and runtime;
+RKE's ports otherwise) and, for a bundle that brings the cluster up with rke, what rke
+requires; the node that will host the site registry, its port and disk. ``gather`` adds what
+each node already has (image IDs and tags, the binaries' SHA-256) and returns the facts
+``plan.make_plan`` plans from. It never changes a node and never decides what to install.
 """
 
 import shlex
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
-from bundler import oci
+from bundler import k0simages, oci
 from bundler.compat import replace
 from bundler.errors import InstallError
 from bundler.installer import ctrimport, dockerload, remote
 from bundler.installer.inventory import ClusterOptions, Node
 from bundler.installer.nodeos import OS_RELEASE_LINE, is_rpm_bundle, os_problem, parse_os
-from bundler.installer.plan import NodeFacts, Route, baseline_gaps, cluster_file_problems, runtime
+from bundler.installer.plan import (
+    NodeFacts,
+    Route,
+    baseline_gaps,
+    cluster_file_problems,
+    cluster_kind,
+    runtime,
+)
 from bundler.installer.results import NodeResult
 from bundler.lock import Lock
 
@@ -54,11 +62,23 @@ ROLE_PORTS: Dict[str, List[Union[int, Tuple[int, int]]]] = {
 }
 
 
-def busy_ports(node: Node, listening: Set[int]) -> List[str]:
-    """The ports this node's roles need that something already listens on."""
+PortTable = Dict[str, List[Union[int, Tuple[int, int]]]]
+# k0s's ("Networking": required ports and protocols): the controllers serve etcd's peers (2380; its
+# clients' 2379 on the node itself), the Kubernetes API (6443), konnectivity (8132) and k0s's join API
+# (9443); a node that runs workloads serves the kubelet (10250) and, with kube-router (k0s's default
+# network provider), BGP to the other workers (179). No ingress on 80/443 and no NodePort listener:
+# those are RKE's.
+K0S_ROLE_PORTS: PortTable = {"controller": [2379, 2380, 6443, 8132, 9443], "worker": [10250]}
+K0S_KUBE_ROUTER_PORT = 179
+
+
+def busy_ports(node: Node, listening: Set[int], table: Optional[PortTable] = None) -> List[str]:
+    """The ports this node's roles need (by ``table``, RKE's ``ROLE_PORTS`` unless given) that
+    something already listens on."""
     busy = []
+    table = ROLE_PORTS if table is None else table
     for role in ("all", *node.roles):
-        for port in ROLE_PORTS.get(role, []):
+        for port in table.get(role, []):
             low, high = port if isinstance(port, tuple) else (port, port)
             label = "every node" if role == "all" else role
             busy += [f"{p} ({label})" for p in sorted(listening) if low <= p <= high]
@@ -404,6 +424,81 @@ def swap_problem(facts: Dict[str, List[str]]) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------- the cluster kinds' own rules
+
+# What k0s imports the airgap images into: its own containerd, on its own socket. A system runtime
+# on one of these sockets is not the one k0s uses (unless told so with --cri-socket).
+K0S_CONTAINERD_SOCKET = "/run/k0s/containerd.sock"
+SYSTEM_RUNTIME_SOCKETS = ("/run/containerd/containerd.sock", "/var/run/docker.sock")
+
+
+def _size(kib: int) -> str:
+    return f"{kib // 1024} MiB" if kib >= 1024 else f"{kib} KiB"
+
+
+def k0s_problems(
+    node: Node, opts: remote.SshOptions, lock: Lock, data_dir: str
+) -> Tuple[List[str], List[str], bool]:
+    """k0s's own rules for ``node``, whose k0s data folder is ``data_dir`` (its dataDir): room there
+    for the airgap images on a node that runs workloads (the bundle file, and containerd's copy when
+    k0s imports it), and a word on a system container runtime, which k0s does not use. Also whether
+    k0s already runs there (then the ports its components hold are its own). No Docker is needed:
+    k0s brings its own containerd. (problems, warnings, k0s runs)."""
+    q = shlex.quote
+    folder = data_dir or "/var/lib/k0s"
+    script = (
+        f'd={q(folder)}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
+        'echo "free=$(df -Pk "$d" 2>/dev/null | awk \'NR==2 {print $4}\')"; echo "at=$d"; '
+        + "".join(f"[ -S {s} ] && echo socket={s}; " for s in SYSTEM_RUNTIME_SOCKETS)
+        + f"{remote.sudo_prefix(node)}/usr/local/bin/k0s status >/dev/null 2>&1 && echo k0s=running; true"
+    )
+    facts = parse_facts(remote.run(node, opts, script, timeout=60))
+    problems: List[str] = []
+    warnings: List[str] = []
+    if node.has("worker"):
+        images = lock.images_for(k0simages.WORKLOAD_ROLES)
+        unique = [i for n, i in enumerate(images) if i not in images[:n]]
+        need_kib = sum(i.size for i in unique) * 2 // 1024  # the bundle file, then containerd's copy
+        free = _first(facts, "free")
+        if free.isdigit() and int(free) < need_kib:
+            problems.append(
+                f"{_size(int(free))} free for k0s's data folder {folder} (on the filesystem of "
+                f"{_first(facts, 'at')}), its airgap images need {_size(need_kib)}: make room there, or "
+                "give the host a dataDir on a larger disk in the k0sctl.yaml"
+            )
+    for socket in facts.get("socket", []):
+        warnings.append(
+            f"a system container runtime listens on {socket}; k0s runs its own containerd "
+            f"({K0S_CONTAINERD_SOCKET}) and imports the airgap images only into that one: the system "
+            "runtime is not used by k0s (stop it unless something else on the node needs it)"
+        )
+    return problems, warnings, _first(facts, "k0s") == "running"
+
+
+KindCheck = Callable[[Node, remote.SshOptions, Lock, str], Tuple[List[str], List[str], bool]]
+
+
+class KindRules(NamedTuple):
+    """A cluster kind's preflight rules: the ports its components need by node role (``ports(lock)``)
+    and its own check of each node (``check(node, opts, lock, data_dir)``: problems, warnings,
+    and whether the kind already runs there, which makes its ports its own)."""
+
+    ports: Callable[[Lock], PortTable]
+    check: Optional[KindCheck] = None
+
+
+def _k0s_ports(lock: Lock) -> PortTable:
+    table = {role: list(ports) for role, ports in K0S_ROLE_PORTS.items()}
+    if lock.cluster.get("network_plugin", k0simages.DEFAULT_NETWORK_PROVIDER) == "kuberouter":
+        table["worker"].append(K0S_KUBE_ROUTER_PORT)
+    return table
+
+
+# One entry per kind whose rules differ from RKE's (which kubeadm shares for now).
+KIND_RULES: Dict[str, KindRules] = {"k0s": KindRules(_k0s_ports, k0s_problems)}
+DEFAULT_RULES = KindRules(lambda lock: ROLE_PORTS)
+
+
 def _containerd_problems(node: Node, opts: remote.SshOptions, lock: Lock) -> List[str]:
     """A node whose images go into containerd: ``ctr`` must reach it, unless the bundle brings it."""
     if any(d.name in ("containerd", "containerd.io") for d in lock.debs):
@@ -430,6 +525,7 @@ def _preflight_on(
     cluster: Optional[ClusterOptions],
     hostnames: Dict[str, str],
     apt_root: Optional[str] = None,
+    data_dirs: Optional[Dict[str, str]] = None,
 ) -> NodeResult:
     result = NodeResult(node)
     try:
@@ -470,8 +566,14 @@ def _preflight_on(
         problem, warning = swap_verdict(swaps, lock, node)
         problems += [problem] if problem else []
         result.warnings += [warning] if warning else []
-        busy = busy_ports(node, listening)
-        if busy:
+        rules = KIND_RULES.get(cluster_kind(lock), DEFAULT_RULES)
+        runs = False
+        if rules.check is not None:
+            more, warnings, runs = rules.check(node, opts, lock, (data_dirs or {}).get(node.name, ""))
+            problems += more
+            result.warnings += warnings
+        busy = busy_ports(node, listening, rules.ports(lock))
+        if busy and not runs:
             problems.append(f"ports already in use: {', '.join(busy)}")
         if registry is not None and registry.node == node:
             problems += _registry_problems(node, opts, registry, lock, listening)
@@ -509,12 +611,15 @@ def preflight_phase(
     registry: Optional[Route] = None,
     cluster: Optional[ClusterOptions] = None,
     apt_root: Optional[str] = None,
+    data_dirs: Optional[Dict[str, str]] = None,
 ) -> List[NodeResult]:
     """Check every node before anything changes: Docker and room for the images ``per_node`` names
-    for it (``plan.node_images``); the node that will host the site registry: its port and disk;
-    given the ``cluster`` options of an rke bundle, what rke requires of every node; and, for a
-    bundle built for a dpkg-status baseline, that each node has what it assumes (``apt_root``:
-    the packages phase's private roots). A result per node (no node is touched)."""
+    for it (``plan.node_images``); the ports its roles need, and the cluster kind's own rules
+    (``KIND_RULES``; ``data_dirs``: node name → the kind's data folder there, k0s's dataDir); the
+    node that will host the site registry: its port and disk; given the ``cluster`` options of an
+    rke bundle, what rke requires of every node; and, for a bundle built for a dpkg-status
+    baseline, that each node has what it assumes (``apt_root``: the packages phase's private
+    roots). A result per node (no node is touched)."""
     if cluster is not None:
         problems = cluster_file_problems(lock, cluster)
         if problems:
@@ -540,6 +645,7 @@ def preflight_phase(
             cluster,
             hostnames,
             apt_root,
+            data_dirs,
         ),
     )
     if cluster is not None:
@@ -585,6 +691,7 @@ def gather(
     cluster: Optional[ClusterOptions],
     phases: Tuple[str, ...],
     apt_root: Optional[str] = None,
+    data_dirs: Optional[Dict[str, str]] = None,
 ) -> Dict[str, NodeFacts]:
     """The facts ``plan.make_plan`` plans from, for the ``phases`` to run: the preflight's checks
     (when it is one of them) and what each node already has; nothing on any node changes.
@@ -597,7 +704,7 @@ def gather(
     """
     checked: Dict[str, NodeResult] = {}
     if "preflight" in phases:
-        results = preflight_phase(lock, nodes, per_node, opts, now, route, cluster, apt_root)
+        results = preflight_phase(lock, nodes, per_node, opts, now, route, cluster, apt_root, data_dirs)
         checked = {r.node.name: r for r in results}
     want_images = "images" in phases
     want_binaries = "binaries" in phases and bool(lock.binaries)

@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Callable, Dict, TextIO, Tuple
 
+from bundler.text import printable
+
 REDRAW_SECONDS = 0.1  # a bar redrawn at most ten times a second: cheap even at 1 GB/s
 
 
@@ -92,7 +94,7 @@ class Progress:
         with self._lock:
             self._clear()
             stream = self.err if err else self.out
-            stream.write(text + "\n")
+            stream.write(printable(text) + "\n")
             stream.flush()
             self._draw()
 
@@ -121,6 +123,6 @@ class Progress:
                 f"{key} [{bar}] {share:4.0%} {human(done)}/{human(total)}" + (f" {note}" if note else "")
             )
         text = " | ".join(parts)
-        self.err.write("\r\x1b[K" + text[:width])
+        self.err.write("\r\x1b[K" + printable(text)[:width])
         self.err.flush()
         self._drawn = True

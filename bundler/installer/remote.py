@@ -16,6 +16,7 @@ from typing import IO, Callable, Iterator, List, Optional, TypeVar
 from bundler.compat import dataclass
 from bundler.errors import InstallError
 from bundler.installer.inventory import Node
+from bundler.text import printable
 
 T = TypeVar("T")
 
@@ -122,6 +123,55 @@ def rke_login_problem(node: Node, connect_timeout: int = 10) -> Optional[str]:
     return f"rke could not log in as {node.user}@{node.address}:{node.port} with key {key} ({tail})"
 
 
+def unknown_host_key(node: Node) -> str:
+    """What to do about a node whose host key the installer's ssh does not know (one wording for
+    the installer's own ssh and for the tools it runs, such as k0sctl)."""
+    return (
+        f"the host key of {node.address}:{node.port} is not known to ssh; add it after checking its "
+        f"fingerprint with the node's administrator: 'ssh-keyscan -p {node.port} {node.address} >> "
+        "~/.ssh/known_hosts' (or the UserKnownHostsFile your --ssh-config names)"
+    )
+
+
+def known_hosts_pattern(node: Node) -> str:
+    """How known_hosts names ``node``: its address, or ``[ADDRESS]:PORT`` off port 22."""
+    return node.address if node.port == 22 else f"[{node.address}]:{node.port}"
+
+
+def known_host_entries(node: Node, opts: SshOptions) -> List[str]:
+    """The known_hosts lines the installer's own ssh would check ``node``'s host key against; [] when
+    it knows none (its first connection would fail: the installer never trusts on first use).
+
+    The files are the ones the ssh config gives for this node (``ssh -G``: ``UserKnownHostsFile``
+    and ``GlobalKnownHostsFile``, ``--ssh-config`` or ``~/.ssh/config``); the lines are what
+    ``ssh-keygen -F`` finds there (hashed names included), so no known_hosts syntax is parsed here.
+    A file name with a space in it is not supported (``ssh -G`` prints the list space-separated)."""
+    argv = ["ssh", "-G"] + (["-F", str(opts.config)] if opts.config is not None else [])
+    argv += ["-p", str(node.port), "--", f"{node.user}@{node.address}"]
+    shown = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=30,  # noqa: UP021 - Python 3.6 on the site
+    )  # fmt: skip
+    if shown.returncode != 0:
+        raise RemoteError(node, f"ssh -G could not read the ssh config: {shown.stderr.strip()[-300:]}")
+    files: List[str] = []
+    for line in shown.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("userknownhostsfile", "globalknownhostsfile"):
+            files += [f for f in value.split() if f != "none"]
+    found: List[str] = []
+    for name in files:
+        if not os.path.isfile(name):
+            continue
+        done = subprocess.run(
+            ["ssh-keygen", "-F", known_hosts_pattern(node), "-f", name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True, timeout=30,  # noqa: UP021
+        )  # fmt: skip
+        found += [x for x in done.stdout.splitlines() if x.strip() and not x.startswith("#")]
+    return found
+
+
 def ssh_problem(node: Node, stderr: str) -> str:
     """What OpenSSH's own failure (exit 255) means for ``node``, and what to do about it.
 
@@ -137,11 +187,7 @@ def ssh_problem(node: Node, stderr: str) -> str:
             "and add the new one; otherwise someone may be in the way: stop"
         )
     if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
-        return (
-            f"the host key of {node.address}:{node.port} is not known to ssh; add it after checking its "
-            f"fingerprint with the node's administrator: 'ssh-keyscan -p {node.port} {node.address} >> "
-            "~/.ssh/known_hosts' (or the UserKnownHostsFile your --ssh-config names)"
-        )
+        return unknown_host_key(node)
     if "Permission denied" in stderr:
         key = node.ssh_key_path or "the keys of your ssh config or agent"
         return (
@@ -157,7 +203,7 @@ def ssh_problem(node: Node, stderr: str) -> str:
 
 
 def _failure(node: Node, command: str, code: int, stderr: bytes) -> RemoteError:
-    text = stderr.decode(errors="replace")
+    text = printable(stderr.decode(errors="replace"))
     if code == 255:
         return RemoteError(node, ssh_problem(node, text))
     detail = text.strip().splitlines()
@@ -165,21 +211,69 @@ def _failure(node: Node, command: str, code: int, stderr: bytes) -> RemoteError:
     return RemoteError(node, f"'{command.split()[0]}' failed with exit code {code}: {tail}")
 
 
-def run(node: Node, opts: SshOptions, command: str, timeout: float = 600) -> str:
-    """Run ``command`` on ``node``; its stdout, or ``RemoteError``."""
+MAX_ANSWER = 16 * 1024 * 1024  # bytes a node may answer on stdout (and on stderr) to one command
+
+
+class _Capped:
+    """Reads one of the node's streams into memory up to ``MAX_ANSWER`` bytes: a node is not
+    trusted to answer briefly, and the control node must not run out of memory because one did."""
+
+    def __init__(self, stream: IO[bytes], proc: "subprocess.Popen[bytes]") -> None:
+        self.chunks: List[bytes] = []
+        self.size = 0
+        self.over = False
+        self.thread = threading.Thread(target=self._read, args=(stream, proc), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[bytes], proc: "subprocess.Popen[bytes]") -> None:
+        while True:
+            chunk = stream.read(65536)
+            if not chunk:
+                return
+            self.size += len(chunk)
+            if self.size > MAX_ANSWER:
+                self.over = True
+                proc.kill()  # stop the stream at its source; the caller says which node and command
+                return
+            self.chunks.append(chunk)
+
+    def data(self) -> bytes:
+        self.thread.join()
+        return b"".join(self.chunks)
+
+
+def _wait(
+    node: Node, command: str, proc: "subprocess.Popen[bytes]", timeout: float, out: _Capped, err: _Capped
+) -> str:
     try:
-        done = subprocess.run(
-            ssh_argv(node, opts, command),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        code = proc.wait(timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
         raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
-    if done.returncode != 0:
-        raise _failure(node, command, done.returncode, done.stderr)
-    return done.stdout.decode(errors="replace")
+    stdout, stderr = out.data(), err.data()
+    if out.over or err.over:
+        raise RemoteError(
+            node,
+            f"'{command.split()[0]}' answered more than {MAX_ANSWER // (1024 * 1024)} MiB; the installer "
+            "stopped reading (a node's answers are short: check what runs there as that command)",
+        )
+    if code != 0:
+        raise _failure(node, command, code, stderr)
+    # A node's words reach the operator's terminal (the plan, the report, errors): never its controls
+    return printable(stdout.decode(errors="replace"))
+
+
+def run(node: Node, opts: SshOptions, command: str, timeout: float = 600) -> str:
+    """Run ``command`` on ``node``; its stdout (at most ``MAX_ANSWER`` bytes), or ``RemoteError``."""
+    proc = subprocess.Popen(
+        ssh_argv(node, opts, command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    return _wait(node, command, proc, timeout, _Capped(proc.stdout, proc), _Capped(proc.stderr, proc))
 
 
 def stream(
@@ -190,15 +284,8 @@ def stream(
         ssh_argv(node, opts, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    out: List[bytes] = []
-    err: List[bytes] = []
     # Drain stdout and stderr while writing, so a chatty command cannot block the pipe.
-    readers = [
-        threading.Thread(target=lambda f=f, sink=sink: sink.append(f.read()), daemon=True)
-        for f, sink in ((proc.stdout, out), (proc.stderr, err))
-    ]
-    for reader in readers:
-        reader.start()
+    out, err = _Capped(proc.stdout, proc), _Capped(proc.stderr, proc)
     try:
         write(proc.stdin)
     except BrokenPipeError:
@@ -208,16 +295,7 @@ def stream(
             proc.stdin.close()
         except BrokenPipeError:
             pass
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
-    for reader in readers:
-        reader.join()
-    if code != 0:
-        raise _failure(node, command, code, b"".join(err))
-    return b"".join(out).decode(errors="replace")
+    return _wait(node, command, proc, timeout, out, err)
 
 
 def lines(text: str) -> Iterator[str]:

@@ -9,6 +9,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bundler.installer.main import main
-
+try:
+    from bundler.installer.main import main
+except KeyboardInterrupt:  # Ctrl-C while Python loads the installer: nothing has run yet
+    sys.stderr.write("airbundle install: interrupted (nothing was done)\n")
+    sys.exit(130)
 main()
