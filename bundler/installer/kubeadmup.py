@@ -10,9 +10,9 @@ With a ``vip:`` the control-plane endpoint is ``VIP:PORT`` (``--control-plane-en
 ``--upload-certs``), which the load balancers must answer on before the joins. Each node's
 output goes to ``logs/kubeadm-NODE.log``; the token and key are never echoed.
 
-It does not configure keepalived, haproxy or containerd (not automated yet: README, "kubeadm
-(HA behind a VIP)") and decides nothing about which nodes exist (the inventory). Carried in
-bundles: python3 3.6, stdlib only.
+It does not configure keepalived and haproxy (``lbsetup`` does, before it) or containerd (not
+automated yet: README, "kubeadm (HA behind a VIP)") and decides nothing about which nodes exist
+(the inventory). Carried in bundles: python3 3.6, stdlib only.
 """
 
 import re
