@@ -10,7 +10,8 @@ DEB_PACKAGES := python3 python3-venv openssh-client openssh-server tar coreutils
                 iproute2 util-linux \
                 docker.io busybox-static skopeo docker-registry containerd \
                 dpkg-dev apt-utils gpg gpgv python3-yaml debootstrap debian-archive-keyring \
-                rpm createrepo-c python3-solv dnf dnf-plugins-core
+                rpm createrepo-c python3-solv dnf dnf-plugins-core \
+                haproxy keepalived curl iptables
 PYTEST_ARGS ?=
 
 .PHONY: all install debs test lint fix demo demo-k0s bench clean

@@ -138,6 +138,8 @@ INSTALLER_FILES = {
     "installer/bundler/installer/ctrimport.py": "installer/ctrimport.py",
     "installer/bundler/installer/containerdconf.py": "installer/containerdconf.py",
     "installer/bundler/installer/kubeadmup.py": "installer/kubeadmup.py",
+    "installer/bundler/installer/lbconfig.py": "installer/lbconfig.py",
+    "installer/bundler/installer/lbsetup.py": "installer/lbsetup.py",
     "installer/bundler/installer/kubeconfig.py": "installer/kubeconfig.py",
     "installer/bundler/installer/options.py": "installer/options.py",
     "installer/bundler/installer/preflight.py": "installer/preflight.py",

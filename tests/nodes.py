@@ -85,7 +85,7 @@ class Containerd:
         # its own /etc/containerd and /etc/kubernetes (what kubeadm writes on a node), systemctl, journalctl
         run = (
             'mount --bind "$0" /etc/containerd && mount --bind "$1" /etc/kubernetes && '
-            'mount --bind "$2/systemctl" /usr/bin/systemctl && mount --bind "$2/journalctl" /usr/bin/journalctl && '
+            'mount --bind "$2/systemctl-containerd" /usr/bin/systemctl && mount --bind "$2/journalctl" /usr/bin/journalctl && '
             'while [ ! -e "$3/stop" ]; do containerd --config /etc/containerd/config.toml --root "$3/root" '
             '--state "$3/state" --address "$3/c.sock" & echo $! > "$3/containerd.pid"; wait $!; sleep 0.2; done'
         )

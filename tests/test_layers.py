@@ -63,6 +63,8 @@ RANK: dict[str, float] = {
     "bundler.installer.preflight": 5,
     "bundler.installer.steps": 5,
     "bundler.installer.kubeadmup": 5,
+    "bundler.installer.lbconfig": 3.6,
+    "bundler.installer.lbsetup": 5,
     "bundler.installer.kubeconfig": 4,
     "bundler.installer.siteregistry": 6,
     "bundler.installer.apply": 6.5,

@@ -9,7 +9,8 @@ of every node that succeeded, and hands each phase's results to the caller's ``r
 ``binaries`` writes each binary beside its destination, re-checks its SHA-256 on the
 node and renames it into place; ``images`` delivers each node's images by the chosen
 route (streamed over SSH into ``docker load``, ``dockerload``; or through a site
-registry, ``siteregistry.deliver``); ``cluster`` runs the bundle's ``rke up`` here;
+registry, ``siteregistry.deliver``); ``cluster`` runs the bundle's ``rke up`` here (or, for
+kubeadm, keepalived + haproxy on the load balancers, ``lbsetup``, then kubeadm over SSH);
 ``steps`` runs the staged scripts in order, each here or on its nodes (``steps``), each
 logged. Nodes run in parallel; one node failing does not stop the others in its phase.
 What to do is not decided here (``plan``).
@@ -29,7 +30,17 @@ from typing import IO, Callable, Dict, List, Optional
 from bundler import archive, k0simages, kinds, oci
 from bundler.compat import dataclass, replace
 from bundler.errors import InstallError
-from bundler.installer import ctrimport, k0s, k0sctl, kubeadmup, remote, rpmroute, siteregistry
+from bundler.installer import (
+    ctrimport,
+    k0s,
+    k0sctl,
+    kubeadmup,
+    lbconfig,
+    lbsetup,
+    remote,
+    rpmroute,
+    siteregistry,
+)
 from bundler.installer.dockerload import ensure_tags, load_missing
 from bundler.installer.inventory import (
     Node,
@@ -42,7 +53,17 @@ from bundler.installer.inventory import (
     with_private_registries,
 )
 from bundler.installer.journal import Journal
-from bundler.installer.plan import LOCAL, PHASES, PhasePlan, Plan, Route, cluster_kind, rpm_requests, runtime
+from bundler.installer.plan import (
+    LOAD_BALANCER,
+    LOCAL,
+    PHASES,
+    PhasePlan,
+    Plan,
+    Route,
+    cluster_kind,
+    rpm_requests,
+    runtime,
+)
 from bundler.installer.preflight import RKE_PREFLIGHT_SCRIPT, parse_facts, rke_problems, swap_problem
 from bundler.installer.remote import for_each, sudo_prefix
 from bundler.installer.results import NodeResult
@@ -654,9 +675,13 @@ def _steps(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
 # A cluster kind's bring-up (``kinds.Kind``'s site half): it runs in the cluster phase, here or
 # on the nodes, and leaves the kind's kubeconfig in the work folder. A new kind adds its entry.
 def _kubeadm_bringup(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
-    """kubeadm's bring-up over SSH with the bundle's kubeadm at its dest on the nodes (kubeadmup)."""
+    """kubeadm's bring-up over SSH with the bundle's kubeadm at its dest on the nodes (kubeadmup),
+    after keepalived + haproxy on the load balancers the plan names (lbsetup)."""
+    results = _load_balancers(ctx, phase)
+    if any(r.error for r in results) or not any(a.node == LOCAL for a in phase.actions):
+        return results
     tool = next(b for b in ctx.lock.binaries if b.name == ctx.lock.cluster.get("tool"))
-    results = kubeadmup.bring_up(
+    results += kubeadmup.bring_up(
         load_inventory(ctx.inventory),
         load_endpoint(ctx.inventory),
         tool.dest,
@@ -674,6 +699,25 @@ def _sandbox_image(lock: Lock) -> str:
     """The bundle's pause image under the full name containerd holds it by (containerd's sandbox_image)."""
     pause = kinds.pause_image(s.ref for s in lock.system_images)
     return str(oci.parse_reference(pause)) if pause else ""
+
+
+def _load_balancers(ctx: Context, phase: PhasePlan) -> List[NodeResult]:
+    """keepalived + haproxy on the load balancers the plan has left to do (``lbsetup``): all of the
+    inventory's, when any is left (each one's keepalived.conf knows its peers)."""
+    if not any(a.item == LOAD_BALANCER for a in phase.actions):
+        return []
+    nodes = load_inventory(ctx.inventory)
+    endpoint = load_endpoint(ctx.inventory)
+    if endpoint is None:  # the plan has load-balancer actions only with a vip:
+        raise InstallError(f"{ctx.inventory}: no vip: for the load balancers")
+    todo = {a.node for a in phase.actions if a.item == LOAD_BALANCER}
+    lbs = lbconfig.balancers(nodes)
+    results = lbsetup.configure(
+        lbs, lbconfig.control_planes(nodes), endpoint, f"{ctx.lock.name} {ctx.lock.version}",
+        ctx.opts, ctx.workdir, ctx.echo,
+    )  # fmt: skip
+    # a load balancer the journal had done was configured again (unchanged: nothing restarted)
+    return [r for r in results if r.node.name in todo or r.error]
 
 
 BRINGUPS: Dict[str, Runner] = {"rke": _rke_bringup, "kubeadm": _kubeadm_bringup, "k0s": _k0s_bringup}

@@ -301,6 +301,11 @@ def vip_problem(path: Path, nodes: List[Node], endpoint: Optional[Endpoint]) -> 
     )
 
 
+def vip_line(path: Path) -> int:
+    """The 1-based line of the inventory's ``vip:`` (0 when absent), for FILE:LINE in messages about it."""
+    return _top_line(path, "vip")
+
+
 def _top_line(path: Path, key: str) -> int:
     """The 1-based line of a top-level ``key`` of the YAML file (0 when not found)."""
     try:

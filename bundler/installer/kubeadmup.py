@@ -18,8 +18,8 @@ must answer on before the joins. Each node's output goes to ``logs/kubeadm-NODE.
 and key are never echoed. When kubeadm times out waiting for the kubelet, the kubelet's own error
 lines (``journalctl -u kubelet``) are quoted with the node's name.
 
-It does not configure keepalived or haproxy and decides nothing about which nodes exist (the
-inventory). Carried in bundles: python3 3.6, stdlib only.
+It does not configure keepalived and haproxy (``lbsetup`` does, before it) and decides nothing
+about which nodes exist (the inventory). Carried in bundles: python3 3.6, stdlib only.
 """
 
 import json

@@ -25,15 +25,17 @@ from typing import Any, Dict, List, Optional
 
 from bundler import archive, files, signing, trust
 from bundler.errors import BundlerError, InputError, InstallError, IntegrityError, from_os_error
-from bundler.installer import k0sctl, preflight, topology
+from bundler.installer import k0sctl, lbconfig, preflight, topology
 from bundler.installer.apply import Context, apply
 from bundler.installer.inventory import (
+    Endpoint,
     Node,
     SiteValues,
     load_cluster_options,
     load_endpoint,
     load_values,
     nodes_line,
+    vip_line,
     vip_problem,
     with_inventory,
 )
@@ -156,9 +158,13 @@ def _check_fit(
         if problem:
             raise InputError(problem)
     if cluster_kind(lock) == "kubeadm":
-        problem = vip_problem(options.inventory, nodes, load_endpoint(options.inventory))
+        endpoint = load_endpoint(options.inventory)
+        problem = vip_problem(options.inventory, nodes, endpoint)
         if problem:
             raise InputError(problem)
+        problem = lbconfig.port_problem(nodes, endpoint)
+        if problem:  # haproxy on a control plane cannot take the API server's port
+            raise InputError(f"{options.inventory}:{vip_line(options.inventory)}: {problem}")
     if not options.resume:
         return
     entry = state["installed"].get(lock.name)
@@ -264,7 +270,7 @@ def _install(
     opts = SshOptions(options.ssh_config)
     facts = _facts(options, lock, nodes, route, opts)
     plan = make_plan(lock, nodes, route, journal_done(journal.state, lock.name, decision.lock_sha256),
-                     facts, options.phases)  # fmt: skip
+                     facts, options.phases, _endpoint(options, lock))  # fmt: skip
     # What runs here (rke, the steps) runs from copies checked against the lock as they are made,
     # in a folder only this process can write: the unpacked folder is not read again to run it.
     private = Path(tempfile.mkdtemp(prefix="airbundle-run-"))
@@ -406,6 +412,11 @@ def _report(phase: PhasePlan, results: List[NodeResult], out: Progress, logs: Pa
         raise InstallError(message)
 
 
+def _endpoint(options: Options, lock: Lock) -> Optional[Endpoint]:
+    """The inventory's ``vip:`` for a kubeadm bundle (its load balancers carry it); None otherwise."""
+    return load_endpoint(options.inventory) if cluster_kind(lock) == "kubeadm" else None
+
+
 def _vip(options: Options, lock: Lock) -> str:
     """The inventory's control-plane endpoint address for a kubeadm bundle ("" otherwise)."""
     if cluster_kind(lock) != "kubeadm":
@@ -491,7 +502,7 @@ def _dry_run(options: Options, trusted: List[signing.PublicKey], nodes: List[Nod
             None if options.offline else _facts(options, lock, nodes, route, SshOptions(options.ssh_config))
         )
         plan = make_plan(lock, nodes, route, journal_done(state, lock.name, decision.lock_sha256), facts,
-                         options.phases)  # fmt: skip
+                         options.phases, _endpoint(options, lock))  # fmt: skip
         where = "the journal only; no node contacted (--offline)" if plan.offline else "what the nodes said"
         print(f"to do ({len(plan.actions)} actions, from {where}):", file=out)
         print("\n".join("  " + line for line in render(plan)), file=out)

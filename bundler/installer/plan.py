@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from bundler import kinds, oci
-from bundler.compat import dataclass, field
-from bundler.installer import topology
-from bundler.installer.inventory import ClusterOptions, Node
+from bundler.compat import dataclass, field, replace
+from bundler.installer import lbconfig, topology
+from bundler.installer.inventory import ClusterOptions, Endpoint, Node
 from bundler.lock import Lock, RoledImage, Step
 
 # ``prepare`` runs the steps marked ``when: before-cluster`` (the nodes' preparation: users, swap,
@@ -341,13 +341,14 @@ def describe(lock: Lock, nodes: List[Node], route: Route = Route()) -> List[str]
 
 # ---------------------------------------------------------------- the plan as data
 
-# kubeadm's bring-up over SSH (installer/kubeadmup.py); keepalived and haproxy's configuration is
-# not automated yet (README: "kubeadm (HA behind a VIP)").
+# kubeadm's bring-up over SSH (installer/kubeadmup.py: containerd configured, then kubeadm), after
+# keepalived + haproxy on the load balancers (installer/lbsetup.py).
 KUBEADM_UP = (
     "containerd's config.toml for the kubelet on every node, kubeadm init --config on the first control "
     "plane (controlPlaneEndpoint VIP:PORT, --upload-certs with a vip:), the other control planes joined one "
     "at a time, the workers in parallel, the bootstrap token deleted"
 )
+LOAD_BALANCER = "loadbalancer"  # the cluster phase's item on a load-balancer node (keepalived + haproxy)
 LOCAL = "local"  # in actions and the journal: the node the installer runs on (rke up, steps)
 
 
@@ -469,6 +470,7 @@ class _Inputs:
     done: FrozenSet[str]
     facts: Optional[Mapping[str, NodeFacts]]
     per_node: Mapping[str, Tuple[oci.Image, ...]]
+    endpoint: Optional[Endpoint] = None  # kubeadm's vip: (the load balancers' VIP)
 
     def fact(self, node: Node) -> NodeFacts:
         return (self.facts or {}).get(node.name) or NodeFacts()
@@ -596,13 +598,26 @@ def _cluster(x: _Inputs) -> PhasePlan:
     if kind == "kubeadm":
         if f"cluster/{LOCAL}/kubeadm-up" in x.done:
             return PhasePlan("cluster", notes=("kubeadm init and joins: done before, skipped",))
-        return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "kubeadm-up", "run", KUBEADM_UP),))
+        lb = _load_balancers(x)
+        return replace(lb, actions=(*lb.actions, Action("cluster", LOCAL, "kubeadm-up", "run", KUBEADM_UP)))
     if kind != "rke" or not any(b.name == "rke" for b in x.lock.binaries):
         return PhasePlan("cluster", notes=("no rke in the bundle: skipped",))
     if f"cluster/{LOCAL}/rke-up" in x.done:
         return PhasePlan("cluster", notes=("rke up: done before, skipped",))
     registry = f", private_registries: {x.route.address}" if x.route.mode == "registry" else ""
     return PhasePlan("cluster", actions=(Action("cluster", LOCAL, "rke-up", "run", f"rke up{registry}"),))
+
+
+def _load_balancers(x: _Inputs) -> PhasePlan:
+    """kubeadm with load-balancer nodes: keepalived + haproxy configured on each before ``kubeadm
+    init`` (``lbsetup``), unless the journal has it done; the nodes without them have nothing here."""
+    lbs = lbconfig.balancers(list(x.nodes))
+    if x.endpoint is None or not lbs:
+        return PhasePlan("cluster")
+    wanted: Dict[str, List[Tuple[str, str, str, Optional[bool]]]] = {
+        n.name: [(LOAD_BALANCER, "configure", lbconfig.describe(x.endpoint, lbs, n), None)] for n in lbs
+    }
+    return _split(x, "cluster", wanted)
 
 
 def step_nodes(step: Step, nodes: Union[List[Node], Tuple[Node, ...]]) -> Tuple[Node, ...]:
@@ -680,15 +695,17 @@ def make_plan(
     done: FrozenSet[str] = frozenset(),
     facts: Optional[Mapping[str, NodeFacts]] = None,
     phases: Tuple[str, ...] = PHASES,
+    endpoint: Optional[Endpoint] = None,
 ) -> Plan:
     """The install of ``lock`` on ``nodes`` as ordered phases of the actions still to do.
 
     An item is still to do unless the node says it has it (``facts``: an image ID with its
     tags, a binary with its SHA-256) or, where the node was not asked, the journal's ``done``
     (``journal_done``) holds it. ``facts`` None is the offline view: no preflight, the journal
-    alone. ``phases`` is every phase, or the one ``--only`` names.
+    alone. ``phases`` is every phase, or the one ``--only`` names. ``endpoint``: a kubeadm
+    inventory's ``vip:``, which its load-balancer nodes carry (their actions in ``cluster``).
     """
-    inputs = _Inputs(lock, tuple(nodes), route, done, facts, node_images(lock, nodes))
+    inputs = _Inputs(lock, tuple(nodes), route, done, facts, node_images(lock, nodes), endpoint)
     return Plan(lock.name, lock.version, tuple(_BUILDERS[p](inputs) for p in phases), facts is None)
 
 
