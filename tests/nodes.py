@@ -270,8 +270,10 @@ class Node:
             for target, own in self.binds.items():
                 Path(target).mkdir(parents=True, exist_ok=True)
                 mounts.append(f"mount --bind {own} {target}")
-            enter = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                     " && ".join([*mounts, 'exec "$@"']), "sh", *enter]  # fmt: skip
+            # inside the namespaces the node already enters (containerd's mounts), then its own
+            # binds on top: made before an nsenter, they would be left behind in another namespace
+            enter = [*enter, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     " && ".join([*mounts, 'exec "$@"']), "sh"]  # fmt: skip
         if self.os_release is not None:
             if not enter:  # a mount namespace of its own, as the engine's would be
                 enter = ["unshare", "--mount", "--propagation", "private"]
