@@ -153,3 +153,4 @@ def test_control_sequences_in_answers_are_shown_not_obeyed(liar) -> None:
     said = remote.run(NODE, remote.SshOptions(client.config), "uname -m")
     assert said == "armv7\\x1b]0;OWNED\\x07\\x1b[8m\n"
     assert printable("tab\tand\nnewline \x9b\x7f") == "tab\tand\nnewline \\x9b\\x7f"
+    assert printable("abc\u202edcb\u2066") == "abc\\u202edcb\\u2066"  # bidi: shown, not obeyed

@@ -263,8 +263,44 @@ def test_the_k0s_config_is_what_k0sctl_writes(tmp_path: Path) -> None:
     [
         ("    hostname: kuma-w1\n", "    hostname: kuma-w1\n    dataDir: relative/k0s\n", "dataDir 'relative/k0s' must be an absolute path"),
         ("    privateAddress: 192.168.0.4\n", "    privateAddress: 'a b'\n", "privateAddress must be an address"),
+        ("    - --labels=kuma=core\n", "    - --labels=kuma=core\n    - --token-file=worker-token\n",
+         "installFlags --token-file 'worker-token' must be an absolute path"),
+        ("    - --labels=kuma=core\n", "    - --labels=kuma=core\n    - '--config=\"/etc/k0s/my k0s.yaml\"'\n",
+         "installFlags --config '/etc/k0s/my k0s.yaml' must be an absolute path"),
     ],
 )  # fmt: skip
 def test_host_folders_and_addresses_are_checked(tmp_path: Path, old: str, new: str, words: str) -> None:
     with pytest.raises(InputError, match=words):
         k0sctl.load(_write(tmp_path, DOCS.replace(old, new)))
+
+
+def test_install_flags_reach_k0s_as_k0sctl_passes_them(tmp_path: Path) -> None:
+    """k0sctl's Flags: the name ends at the first = or space, the value's quotes go, one argument."""
+    assert k0sctl.normalized_flag('--labels="a=b,c=d"') == "--labels=a=b,c=d"
+    assert k0sctl.normalized_flag("--kubelet-extra-args '--node-ip=10.0.0.4 --v=2'") == (
+        "--kubelet-extra-args=--node-ip=10.0.0.4 --v=2"
+    )
+    assert k0sctl.normalized_flag("--debug") == "--debug"
+    text = DOCS.replace(
+        "    - --labels=kuma=core\n", "    - '--labels=\"kuma=core\"'\n    - --token-file /etc/k0s/t2\n"
+    )
+    w1 = k0sctl.load(_write(tmp_path, text)).hosts[3]
+    assert w1.install_flags == ("--labels=kuma=core", "--token-file=/etc/k0s/t2")
+
+
+def test_a_join_token_that_inflates_without_end_is_refused() -> None:
+    """A leader's answer is not trusted to be a token: a gzip bomb is refused, not inflated."""
+    import base64
+    import gzip
+
+    from bundler.errors import InstallError
+    from bundler.installer import k0s
+
+    bomb = base64.b64encode(gzip.compress(b"\0" * (32 * 1024 * 1024))).decode()
+    assert len(bomb) < k0s.MAX_TOKEN
+    with pytest.raises(InstallError, match=r"printed no join token \(it inflates past 65536 bytes\)"):
+        k0s.token_id(bomb)
+    with pytest.raises(InstallError, match=r"printed 70000 bytes, not a join token"):
+        k0s.token_id("A" * 70000)
+    good = base64.b64encode(gzip.compress(b"users:\n- user:\n    token: abcdef.0123456789abcdef\n")).decode()
+    assert k0s.token_id(good) == "abcdef"

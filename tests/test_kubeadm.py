@@ -141,3 +141,25 @@ def test_a_bundle_without_a_pause_image_is_refused_before_any_node_is_touched(tm
     with pytest.raises(InstallError, match=r"^cluster: the bundle carries no pause image") as caught:
         bring_up([node], None, "/usr/local/bin/kubeadm", "v1.28.15", remote.SshOptions(), tmp_path, print, "")
     assert "registry.k8s.io/pause" in str(caught.value)
+
+
+def test_node_names_kubernetes_would_refuse_are_named_with_a_fix(tmp_path: Path) -> None:
+    from bundler.installer.inventory import kube_name_problem
+
+    path = _file(
+        tmp_path,
+        HA.replace("role: [controlplane, etcd]}", "role: [controlplane, etcd], hostname_override: CP_1}", 1),
+    )
+    nodes = load_inventory(path)
+    problems = [p for p in (kube_name_problem(path, n) for n in nodes) if p]
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}:6: ")
+    assert "node CP_1: Kubernetes registers the node under this name" in problems[0]
+    assert problems[0].endswith("write hostname_override: cp-1")
+    from bundler.installer.inventory import Node
+
+    assert kube_name_problem(path, Node("10.0.0.1", "root", ("worker",))) is None  # an address will do
+
+
+def test_an_ipv6_endpoint_is_bracketed_as_go_reads_host_port() -> None:
+    assert str(Endpoint("fd00::1")) == "[fd00::1]:6443" and str(Endpoint("10.0.0.1", 8443)) == "10.0.0.1:8443"

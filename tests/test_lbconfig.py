@@ -127,3 +127,23 @@ def test_port_6443_is_refused_only_where_haproxy_shares_a_node_with_an_api_serve
     assert lbconfig.port_problem([*LBS, *CPS], VIP) is None  # dedicated load balancers: 6443 is free
     assert lbconfig.port_problem(CPS, VIP) is None  # no load balancer of ours: the site's own
     assert lbconfig.balancers([*CPS, *LBS]) == LBS and lbconfig.control_planes([*LBS, *CPS]) == CPS
+
+
+def test_a_vip_that_cannot_be_one_is_refused() -> None:
+    lbs = [Node("10.0.0.5", "root", ("loadbalancer",), hostname_override="lb1"),
+           Node("10.0.0.11", "root", ("controlplane", "etcd"), hostname_override="cp1")]  # fmt: skip
+    assert lbconfig.address_problem(lbs, Endpoint("10.0.0.100", 6443)) is None
+    assert "is node lb1's own address" in (lbconfig.address_problem(lbs, Endpoint("10.0.0.5", 6443)) or "")
+    assert "is node cp1's own address" in (lbconfig.address_problem(lbs, Endpoint("10.0.0.11", 6443)) or "")
+    for odd in ("0.0.0.0", "224.0.0.18", "255.255.255.255"):
+        assert "not an address a host can hold" in (lbconfig.address_problem(lbs, Endpoint(odd, 6443)) or "")
+    assert "port 22 is sshd's" in (lbconfig.address_problem(lbs, Endpoint("10.0.0.100", 22)) or "")
+    assert "port 2379 is etcd's" in (lbconfig.address_problem(lbs, Endpoint("10.0.0.100", 2379)) or "")
+    # the site's own load balancer (no loadbalancer node): its ports are its business
+    assert lbconfig.address_problem(lbs[1:], Endpoint("10.0.0.100", 22)) is None
+
+
+def test_an_interface_name_a_node_invents_never_reaches_keepalived() -> None:
+    assert lbconfig.interface_of("10.0.0.100 dev eth0}vrrp_script{ src 10.0.0.5\n", "", "10.0.0.100") is None
+    assert lbconfig.interface_of("", "2: eth0}x inet 10.0.0.100/24 scope global\n", "10.0.0.100") is None
+    assert lbconfig.interface_of("10.0.0.100 dev ens3 src 10.0.0.5 uid 0\n", "", "10.0.0.100") == "ens3"

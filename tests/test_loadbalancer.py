@@ -480,3 +480,22 @@ def test_install_configures_the_load_balancers_before_kubeadm_init(site: Site, k
     again = _install(kube_site, keys, "--yes", "--dry-run", "--offline", *ssh)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "lb1                  nothing to do (1 already there)" in again.stdout, again.stdout
+
+
+def test_a_restart_cut_off_is_owed_and_made_on_the_next_run(site: Site, tmp_path: Path) -> None:
+    """New files landed, then the restarts failed (here: haproxy's unit gone): keepalived kept running
+    its old configuration. The next run restarts it, though its files are already the new ones."""
+    assert [r.error for r in site.configure(tmp_path)] == [None, None]
+    moved = Endpoint(VIP.address, 8443)  # another port: new haproxy.cfg and check script on both
+    units = site.state["lb2"] / "units"
+    units.write_text("")
+    failed = site.configure(tmp_path, endpoint=moved, wait=4)
+    assert "systemctl enable haproxy failed" in (failed[1].error or ""), failed[1].error
+    units.unlink()
+    before = len(site.log(1))
+    again = site.configure(tmp_path, endpoint=moved)
+    assert again[1].error is None, again[1].error
+    owed = site.log(1)[before:]
+    assert "restart haproxy.service" in owed and "restart keepalived.service" in owed, owed
+    assert "check_apiserver.sh" not in again[1].done  # its file was already in place
+    assert not list(site.etc(1, lbconfig.KEEPALIVED_CONF).parent.glob(".airbundle-restart-*"))

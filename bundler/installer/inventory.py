@@ -52,6 +52,9 @@ _VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOGIN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 ADDRESS_RE = re.compile(r"(?!-)[A-Za-z0-9.:_\[\]-]{1,253}")  # a name, IPv4 or IPv6; never "-..."
 NODE_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62})")
+# What Kubernetes takes as a node's name (an RFC 1123 subdomain, lowercase): the kubelet registers
+# the node under it, so kubeadm, k0s and rke all stop on another, late, after nodes were changed.
+KUBE_NAME_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
 
 
 def field_problem(what: str, value: str) -> Optional[str]:
@@ -248,7 +251,9 @@ class Endpoint:
     port: int = 6443  # the API servers' port, which haproxy forwards
 
     def __str__(self) -> str:
-        return f"{self.address}:{self.port}"
+        # an IPv6 literal in brackets, as Go's net.SplitHostPort (kubeadm, k0s) reads HOST:PORT
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
 
 
 def load_endpoint(path: Path) -> Optional[Endpoint]:
@@ -298,6 +303,17 @@ def vip_problem(path: Path, nodes: List[Node], endpoint: Optional[Endpoint]) -> 
         f"{path}:{at}: {len(control)} control-plane nodes ({', '.join(n.name for n in control)}) need one "
         "endpoint in front of them: add vip: ADDRESS[:PORT] at the top level of cluster.yml (kubeadm init "
         "--control-plane-endpoint) and give nodes the loadbalancer role, or keep one control plane"
+    )
+
+
+def kube_name_problem(path: Path, node: Node) -> Optional[str]:
+    """Why Kubernetes would refuse ``node``'s name (``FILE:LINE: ...``), or None."""
+    if len(node.name) <= 253 and KUBE_NAME_RE.fullmatch(node.name):
+        return None
+    better = re.sub(r"[^-a-z0-9.]", "-", node.name.lower()).strip("-.") or "node-1"
+    return (
+        f"{path}:{node.line}: node {node.name}: Kubernetes registers the node under this name and takes "
+        f"only lowercase letters, digits, '-' and '.' (RFC 1123); write hostname_override: {better}"
     )
 
 

@@ -16,12 +16,12 @@ Carried into bundles: standard library only, python3 3.6 syntax.
 """
 
 import base64
-import gzip
 import hashlib
 import os
 import re
 import shlex
 import subprocess
+import zlib
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Tuple
 
@@ -31,7 +31,7 @@ from bundler.errors import InstallError
 from bundler.installer import kubeconfig as kubeconfigs
 from bundler.installer import remote
 from bundler.installer.dockerload import docker_load_tar
-from bundler.installer.inventory import Node
+from bundler.installer.inventory import Endpoint, Node
 from bundler.installer.k0sctl import Host, K0sctlConfig, flag_value
 from bundler.lock import Lock
 
@@ -43,6 +43,7 @@ TOKEN_DIR = "/etc/k0s"  # noqa: S105 - a folder, not a secret
 # The admin kubeconfig the bring-up leaves in the work folder (the steps get it as KUBECONFIG).
 KUBECONFIG = "kubeconfig-k0s"
 JOIN_TTL = "1h"  # how long a join token the bring-up makes stays good
+MAX_TOKEN = 64 * 1024  # bytes: a join token (base64 of a gzipped kubeconfig) is a few KiB
 
 
 def worker_images(lock: Lock) -> List[oci.Image]:
@@ -225,11 +226,17 @@ def _k0s(host: Host, opts: remote.SshOptions, args: str) -> str:
 
 
 def _send(host: Host, opts: remote.SshOptions, path: str, text: str) -> None:
-    """``text`` into ``path`` on ``host``, readable by root only (umask 077), its folder made."""
-    sudo = remote.sudo_prefix(host.node)
+    """``text`` at ``path`` on ``host``, mode 0600, its folder made: written to a fresh temporary
+    file beside it (``mktemp``: 0600 from its creation) and renamed over ``path``, so a file that
+    was there keeps neither its old mode nor, if it was a link, sends the secret where it points,
+    and an interrupted write leaves the old file whole."""
     q = shlex.quote
     folder = q(path.rsplit("/", 1)[0] or "/")
-    write = f"{sudo}mkdir -p {folder} && {sudo}sh -c {q(f'umask 077 && cat > {q(path)}')}"
+    script = (
+        f"set -e; mkdir -p {folder}; t=$(mktemp {folder}/.airbundle.XXXXXX); trap 'rm -f \"$t\"' EXIT; "
+        f'chmod 600 "$t"; cat > "$t"; mv -f "$t" {q(path)}; trap - EXIT'
+    )
+    write = f"{remote.sudo_prefix(host.node)}sh -c {q(script)}"
     data = text.encode()
 
     def send(out: IO[bytes]) -> None:
@@ -244,9 +251,17 @@ def _send(host: Host, opts: remote.SshOptions, path: str, text: str) -> None:
 def token_id(token: str) -> str:
     """The ID of a k0s join token (``k0s token list`` shows it; ``k0s token invalidate`` takes it):
     the token is a base64 gzipped kubeconfig whose user's bootstrap token is ``ID.SECRET``."""
+    # A token is a small kubeconfig: bounded before and while it is inflated (a node's answer is
+    # not trusted to be one; a gzip bomb would otherwise fill the control node's memory).
+    if len(token) > MAX_TOKEN:
+        raise InstallError(f"cluster: k0s token create printed {len(token)} bytes, not a join token")
     try:
-        kubeconfig = gzip.decompress(base64.b64decode(token.strip())).decode()
-    except (ValueError, OSError, EOFError) as exc:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        raw = inflate.decompress(base64.b64decode(token.strip()), MAX_TOKEN)
+        if inflate.unconsumed_tail:
+            raise ValueError(f"it inflates past {MAX_TOKEN} bytes")
+        kubeconfig = raw.decode()
+    except (ValueError, zlib.error) as exc:
         raise InstallError(f"cluster: k0s token create printed no join token ({exc})") from None
     match = re.search(r"token:\s*([a-z0-9]{6})\.[a-z0-9]{16}", kubeconfig)
     if match is None:
@@ -267,7 +282,7 @@ def _join_by_tokens(config: K0sctlConfig, opts: remote.SshOptions, echo: Callabl
     workers = [h for h in config.hosts if h.role == "worker"]
     data = f"--data-dir={shlex.quote(leader.data_dir)}"
     for host in config.controllers:
-        echo(f"  {host.node.name}: k0s config {host.config_path} (0600)")
+        echo(f"  {host.node.name}: k0s config {host.config_path} (0600, written beside and renamed)")
         _send(host, opts, host.config_path, config.k0s_yaml(host))
     flags = _flags(leader.install_flags_for(True, ""))
     echo(f"  {leader.node.name}: k0s install controller {flags}")
@@ -280,7 +295,8 @@ def _join_by_tokens(config: K0sctlConfig, opts: remote.SshOptions, echo: Callabl
             for host in group:
                 # A join token lets a machine join as that role (a controller's gets the CA): it
                 # expires within the hour instead of never (k0s's default), and is invalidated below.
-                token = _k0s(leader, opts, f"token create {data} --role={role} --expiry={JOIN_TTL}")
+                # --wait: the first controller's API answers a moment after `k0s start` returns
+                token = _k0s(leader, opts, f"token create {data} --role={role} --expiry={JOIN_TTL} --wait")
                 made.append(token_id(token))
                 path = flag_value(host.install_flags, "--token-file") or f"{TOKEN_DIR}/{role}-token"
                 _send(host, opts, path, token)
@@ -294,7 +310,7 @@ def _join_by_tokens(config: K0sctlConfig, opts: remote.SshOptions, echo: Callabl
         raise
     _forget_tokens(leader, opts, data, made, joined, echo)
     text = _k0s(leader, opts, f"kubeconfig admin {data}")
-    return text.replace("https://localhost:6443", f"https://{leader.node.address}:6443")
+    return text.replace("https://localhost:6443", f"https://{Endpoint(leader.node.address)}")
 
 
 def _forget_tokens(

@@ -85,6 +85,20 @@ def flag_value(flags: Tuple[str, ...], name: str) -> Optional[str]:
     return None
 
 
+def normalized_flag(flag: str) -> str:
+    """One ``installFlags`` entry as k0sctl hands it to ``k0s install``: ``--name=value``, the name
+    ending at the first ``=`` or space and the value's surrounding quotes removed (k0sctl's
+    ``Flags``), so ``--labels="a=b"`` reaches k0s as ``--labels=a=b``, one argument."""
+    flag = flag.strip()
+    for i, char in enumerate(flag):
+        if char in "= ":
+            name, value = flag[:i], flag[i + 1 :].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            return f"{name}={value}"
+    return flag
+
+
 def _without(flags: Tuple[str, ...], *names: str) -> Tuple[str, ...]:
     return tuple(f for f in flags if not any(f == n or f.startswith((n + "=", n + " ")) for n in names))
 
@@ -377,7 +391,14 @@ def _host(where: _Where, raw: Any, i: int) -> Host:
     private = raw.get("privateAddress") or ""
     if not isinstance(private, str) or (private and field_problem("address", private)):
         raise InputError(f"{where(*at, 'privateAddress')}: {label}.privateAddress must be an address")
-    install_flags = tuple(flags)
+    install_flags = tuple(normalized_flag(f) for f in flags)
+    for name in ("--config", "-c", "--token-file"):  # files the installer writes there, as root
+        value = flag_value(install_flags, name)
+        if value is not None and not _PATH_RE.fullmatch(value):
+            raise InputError(
+                f"{where(*at, 'installFlags')}: {label}.installFlags {name} {value!r} must be an absolute "
+                "path (letters, digits, / . _ -)"
+            )
     # k0sctl's SetDefaults: --single / --enable-worker in installFlags change the role, and
     # --data-dir / --kubelet-root-dir move to dataDir / kubeletRootDir.
     if (flag_value(install_flags, "--single") or "false") != "false":

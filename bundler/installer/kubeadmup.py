@@ -240,7 +240,7 @@ def bring_up(
     if not control:  # the topology check names it too; --yes cannot make kubeadm init run nowhere
         raise InstallError("cluster: no node has the controlplane role; kubeadm init needs one")
     first = control[0]
-    where = str(endpoint) if endpoint is not None else f"{first.address}:6443"
+    where = str(endpoint if endpoint is not None else Endpoint(first.address))
     try:
         init = ["init", "--upload-certs"] if endpoint is not None else ["init"]
         out = runner.run(

@@ -63,6 +63,38 @@ def port_problem(nodes: List[Node], endpoint: Optional[Endpoint]) -> Optional[st
     )
 
 
+# Ports a cluster node's own services hold (kubeadm's "Ports and Protocols", and sshd): haproxy
+# cannot listen on them where it runs.
+TAKEN_PORTS = {22: "sshd", 2379: "etcd", 2380: "etcd", 10250: "the kubelet", 10256: "kube-proxy",
+               10257: "the controller manager", 10259: "the scheduler"}  # fmt: skip
+
+
+def address_problem(nodes: List[Node], endpoint: Optional[Endpoint]) -> Optional[str]:
+    """Why the VIP cannot be the cluster's endpoint (None when it can): it is a node's own address
+    (keepalived would take that address away from it on a BACKUP), not a unicast address, or (where
+    the installer sets up haproxy) on a port a node's own service holds."""
+    if endpoint is None:
+        return None
+    owner = next((n for n in nodes if n.address == endpoint.address), None)
+    if owner is not None:
+        return (
+            f"vip: {endpoint.address} is node {owner.name}'s own address; the VIP must be a free address "
+            "on the load balancers' subnet that no machine holds"
+        )
+    first = int(endpoint.address.split(".")[0])
+    if first == 0 or first >= 224:
+        return (
+            f"vip: {endpoint.address} is not an address a host can hold (0.0.0.0/8, multicast or "
+            "reserved); give a free unicast address on the load balancers' subnet"
+        )
+    if balancers(nodes) and endpoint.port in TAKEN_PORTS:
+        return (
+            f"vip: port {endpoint.port} is {TAKEN_PORTS[endpoint.port]}'s on the cluster's nodes: haproxy "
+            f"cannot listen on it; write vip: {endpoint.address}:{API_PORT} (or :8443 on control planes)"
+        )
+    return port_problem(nodes, endpoint)
+
+
 def _digest(endpoint: Endpoint, lbs: List[Node]) -> str:
     names = ",".join(n.name for n in lbs)
     return hashlib.sha256(f"airbundle-vrrp\n{endpoint}\n{names}".encode()).hexdigest()
@@ -81,6 +113,9 @@ def auth_pass(endpoint: Endpoint, lbs: List[Node]) -> str:
 
 
 _ROUTE_DEV = re.compile(r"\bdev\s+(\S+)")
+# Linux interface names (IFNAMSIZ: 15 characters); anything else a node says is not one, and must
+# not reach keepalived.conf (a node's answer is not trusted to be well-formed)
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 
 
 def interface_of(route: str, addresses: str = "", vip: str = "") -> Optional[str]:
@@ -91,12 +126,13 @@ def interface_of(route: str, addresses: str = "", vip: str = "") -> Optional[str
     for line in addresses.splitlines():
         fields = line.split()
         if vip and len(fields) > 3 and fields[2] == "inet" and fields[3].split("/")[0] == vip:
-            return fields[1].split("@")[0]
+            name = fields[1].split("@")[0]
+            return name if _IFNAME.fullmatch(name) else None
     line = route.strip().splitlines()[0] if route.strip() else ""
     found = _ROUTE_DEV.search(line)
     if not found or " via " in f" {line} " or found.group(1) == "lo":
         return None
-    return found.group(1)
+    return found.group(1) if _IFNAME.fullmatch(found.group(1)) else None
 
 
 def _server_name(node: Node) -> str:

@@ -106,21 +106,32 @@ def apply_script(files: List[Tuple[str, str, str]]) -> str:
         script += f"command -v {tool} >/dev/null 2>&1 || {{ echo {said}; exit 2; }}\n"
     script += "".join(_put(p, m, t, keys[p]) for p, m, t in files)
     script += "".join(_check(p, _CHECKS[p], keys[p], cleanup) for p, _, _ in files if p in _CHECKS)
-    script += "".join(_land(p, keys[p]) for p, _, _ in files)
     haproxy = f"$new_{keys[lbconfig.HAPROXY_CFG]}"
     keepalived = " ".join(f"$new_{keys[p]}" for p, _, _ in files if p != lbconfig.HAPROXY_CFG)
-    for unit, changed in (("haproxy", haproxy), ("keepalived", keepalived)):
+    units = (("haproxy", haproxy), ("keepalived", keepalived))
+    # A unit owes a restart from before its file lands until the restart succeeds: a run cut off in
+    # between (a failed restart, a dropped connection) leaves the marker, and the next run restarts
+    # it though its file is already in place.
+    for unit, changed in units:
+        script += f'case "{changed}" in *1*) : > {_pending(unit)} || exit 1;; esac\n'
+    script += "".join(_land(p, keys[p]) for p, _, _ in files)
+    for unit, _ in units:
         script += (
-            f'restart=0; case "{changed}" in *1*) restart=1;; esac\n'
+            f"restart=0; [ -e {_pending(unit)} ] && restart=1\n"
             f"systemctl is-active --quiet {unit} || restart=1\n"
             f'if [ "$restart" = 1 ]; then\n'
             f"  systemctl enable {unit} || {{ echo '{_MARK}fail=systemctl enable {unit} failed'; exit 4; }}\n"
             f"  systemctl restart {unit} || {{ echo '{_MARK}fail=systemctl restart {unit} failed: see "
             f"systemctl status {unit} and journalctl -u {unit} there'; exit 4; }}\n"
-            f"  echo '{_MARK}restarted={unit}'\n"
+            f"  rm -f {_pending(unit)}; echo '{_MARK}restarted={unit}'\n"
             "fi\n"
         )
     return script
+
+
+def _pending(unit: str) -> str:
+    """The marker of a restart ``unit`` owes, in its own configuration folder (the node's own)."""
+    return f"/etc/{unit}/.airbundle-restart-pending"
 
 
 def _files(endpoint: Endpoint, lbs: List[Node], control: List[Node], node: Node, interface: str,
@@ -156,8 +167,8 @@ def _one(
         if interface is None:
             raise InstallError(
                 f"cluster: the VIP {endpoint.address} is not on a subnet of {node.name} ('ip -o route get "
-                f"{endpoint.address}' there says: {route.strip() or 'nothing'}): keepalived can only hold an "
-                "address of the load balancers' own link; give vip: a free address on their subnet"
+                f"{endpoint.address}' there says: {route.strip()[:300] or 'nothing'}): keepalived can only "
+                "hold an address of the load balancers' own link; give vip: a free address on their subnet"
             )
         script = apply_script(_files(endpoint, lbs, control, node, interface, bundle))
         command = f"{remote.sudo_prefix(node)}sh -c {shlex.quote(script)} 2>&1; echo {_MARK}exit=$?"

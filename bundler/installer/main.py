@@ -31,6 +31,7 @@ from bundler.installer.inventory import (
     Endpoint,
     Node,
     SiteValues,
+    kube_name_problem,
     load_cluster_options,
     load_endpoint,
     load_values,
@@ -139,6 +140,10 @@ def _check_fit(
 ) -> None:
     """Refuse (exit 2) steps naming nodes the inventory lacks, and a ``--resume`` with nothing to
     continue (it continues an unfinished install of this very bundle only)."""
+    for node in nodes if cluster_kind(lock) else []:  # a cluster the bundle brings up names its nodes
+        problem = kube_name_problem(options.inventory, node)
+        if problem:
+            raise InputError(problem)
     problems = step_problems(lock, nodes)
     if problems:
         raise InputError(f"{options.inventory}: {problems[0]}")
@@ -162,8 +167,8 @@ def _check_fit(
         problem = vip_problem(options.inventory, nodes, endpoint)
         if problem:
             raise InputError(problem)
-        problem = lbconfig.port_problem(nodes, endpoint)
-        if problem:  # haproxy on a control plane cannot take the API server's port
+        problem = lbconfig.address_problem(nodes, endpoint)
+        if problem:  # a node's own address, no unicast address, or a port a node's service holds
             raise InputError(f"{options.inventory}:{vip_line(options.inventory)}: {problem}")
     if not options.resume:
         return

@@ -202,13 +202,22 @@ def ssh_problem(node: Node, stderr: str) -> str:
     return f"unreachable over SSH ({tail})"
 
 
+def _tool(command: str) -> str:
+    """What ran, for a message: the command's first word past ``sudo -n`` (``sh -c`` scripts carry
+    whole files: never the whole command)."""
+    words = command.split()
+    while words and words[0] in ("sudo", "-n"):
+        words = words[1:]
+    return (words[0] if words else command)[:80]
+
+
 def _failure(node: Node, command: str, code: int, stderr: bytes) -> RemoteError:
     text = printable(stderr.decode(errors="replace"))
     if code == 255:
         return RemoteError(node, ssh_problem(node, text))
     detail = text.strip().splitlines()
     tail = " / ".join(detail[-3:]) or f"exit code {code}"
-    return RemoteError(node, f"'{command.split()[0]}' failed with exit code {code}: {tail}")
+    return RemoteError(node, f"'{_tool(command)}' failed with exit code {code}: {tail[-600:]}")
 
 
 MAX_ANSWER = 16 * 1024 * 1024  # bytes a node may answer on stdout (and on stderr) to one command
@@ -250,12 +259,12 @@ def _wait(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise RemoteError(node, f"'{command}' did not finish within {timeout:.0f} s") from None
+        raise RemoteError(node, f"'{_tool(command)}' did not finish within {timeout:.0f} s") from None
     stdout, stderr = out.data(), err.data()
     if out.over or err.over:
         raise RemoteError(
             node,
-            f"'{command.split()[0]}' answered more than {MAX_ANSWER // (1024 * 1024)} MiB; the installer "
+            f"'{_tool(command)}' answered more than {MAX_ANSWER // (1024 * 1024)} MiB; the installer "
             "stopped reading (a node's answers are short: check what runs there as that command)",
         )
     if code != 0:
