@@ -682,11 +682,20 @@ def test_token_route_honours_the_k0sctl_yaml_and_invalidates_its_tokens(
         assert k0s.place_images(host.node, opts, tar, sha, host.images_dir) == "placed"
     assert (nodes["k0s-5"].binds["/var/lib/k0s-data"] / "images" / k0s.BUNDLE_NAME).exists()
     assert not (_data(nodes["k0s-5"]) / "images").exists()  # not where k0s would not look
+    # an earlier k0s.yaml left world-readable (`k0s config create > ...`), and a link where the
+    # second controller's goes: neither decides who reads the new one
+    old = nodes["k0s-1"].binds["/etc/k0s"] / "k0s.yaml"
+    old.write_text("# the operator's\n")
+    old.chmod(0o644)
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text("untouched\n")
+    (nodes["k0s-2"].binds["/etc/k0s"] / "k0s.yaml").symlink_to(elsewhere)
     said: list[str] = []
     k0s.bring_up(config, opts, tmp_path / "work", said.append)
+    assert elsewhere.read_text() == "untouched\n"
     for name in ("k0s-1", "k0s-2", "k0s-3"):
         written = nodes[name].binds["/etc/k0s"] / "k0s.yaml"
-        assert written.stat().st_mode & 0o777 == 0o600
+        assert not written.is_symlink() and written.stat().st_mode & 0o777 == 0o600
         doc = yaml.safe_load(written.read_text())
         assert doc["metadata"]["name"] == "kuma" and doc["spec"]["network"]["provider"] == "kuberouter"
         assert doc["spec"]["api"]["address"] == ADDRESSES[name]
