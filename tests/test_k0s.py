@@ -166,7 +166,7 @@ def test_k0sctl_apply_brings_up_ha_in_order_over_ssh(k0s_nodes, tmp_path: Path) 
     joins = [(n, w) for n, w in events if w.startswith("install")]
     assert [n for n, _ in joins] == ["k0s-1", "k0s-2", "k0s-3", "k0s-4", "k0s-5"]
     assert all("--token-file" in w for n, w in joins[1:])
-    assert [w.split(" expiry=")[0] for n, w in events if w.startswith("token")] == [
+    assert [w.split(" expiry=")[0] for n, w in events if w.startswith("token create")] == [
         "token create controller"
     ] * 2 + ["token create worker"] * 2
     assert all(n == "k0s-1" for n, w in events if w.startswith("token"))
@@ -737,7 +737,7 @@ def test_k0s_standin_refuses_an_invalidated_token(k0s_nodes, tmp_path: Path) -> 
         return subprocess.run([*ssh, command], capture_output=True, text=True)
 
     assert on("k0s-1", "k0s install controller && k0s start").returncode == 0
-    token = on("k0s-1", "k0s token create --role=worker --expiry=1h").stdout.strip()
+    token = on("k0s-1", "k0s token create --role=worker --expiry=1h --wait").stdout.strip()
     from bundler.installer.k0s import token_id
 
     ident = token_id(token)

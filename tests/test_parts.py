@@ -148,7 +148,9 @@ def test_a_part_name_with_more_after_its_number_is_a_whole_bundle(
          "--inventory", "cluster.yml", "--dry-run"],
         cwd=index.parent, capture_output=True, text=True, env={"PATH": SITE_PATH},
     )  # fmt: skip
-    assert run.returncode == 4 and "demo-1.0.0.tar.000.tar: not a readable tar" in run.stderr, run.stderr
+    assert run.returncode == 4 and "demo-1.0.0.tar.000.tar: not an uncompressed POSIX tar" in run.stderr, (
+        run.stderr
+    )
 
 
 def test_join_never_writes_over_its_parts(split: tuple[Path, Path], keys: Keys) -> None:
