@@ -922,3 +922,38 @@ def test_the_kubeadm_stand_in_refuses_to_set_up_a_node_twice_like_kubeadm(
         "[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]: /etc/kubernetes/pki/ca.crt already exists",
     ]
     assert "kubeadm join failed on kc-w1" in str(join.value)
+
+
+def test_a_rerun_after_a_failed_init_says_to_reset_the_first_control_plane(
+    ha_site, keys: Keys, tmp_path: Path
+) -> None:
+    """kc-cp's init stops at wait-control-plane (swap on: its kubelet refuses to run), after kubeadm's
+    kubeconfig phase wrote admin.conf there. The next run does not take that admin.conf for a finished
+    init blindly: its cluster does not answer kubeadm token create, and the installer says to reset
+    kc-cp. It resets nothing there by itself (an admin.conf whose API is only down for now would be a
+    cluster's first control plane)."""
+    site, client, every, state = ha_site
+    swaps = tmp_path / "swaps"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swap.img\tfile\t2097148\t0\t-2\n")
+    enter = ["nsenter", "-t", str(every[0].containerd.proc.pid), "-m"]
+    listener = _Listener(VIP, 6443)
+    try:
+        subprocess.run([*enter, "mount", "--bind", str(swaps), "/proc/swaps"], check=True)
+        try:
+            failed = _cluster(site, keys, client)
+        finally:
+            subprocess.run([*enter, "umount", "/proc/swaps"], check=True)
+        assert failed.returncode == 6, failed.stdout + failed.stderr
+        assert "kubeadm init failed on kc-cp" in failed.stdout + failed.stderr
+        again = _cluster(site, keys, client)
+    finally:
+        listener.close()
+    out = again.stdout + again.stderr
+    assert again.returncode == 6, out
+    assert "kubeadm token create failed on kc-cp" in out
+    assert (
+        "kc-cp has the /etc/kubernetes/admin.conf of an earlier kubeadm init, whose cluster does not answer: "
+        "if that init failed, run `kubeadm reset -f` on kc-cp, then install again" in out
+    )
+    assert [a[0] for a in _argvs(state)] == ["init", "token"] and not (state / "log").exists()
+    assert "Traceback" not in again.stderr
