@@ -957,3 +957,42 @@ def test_a_rerun_after_a_failed_init_says_to_reset_the_first_control_plane(
     )
     assert [a[0] for a in _argvs(state)] == ["init", "token"] and not (state / "log").exists()
     assert "Traceback" not in again.stderr
+
+
+def test_a_control_plane_whose_join_stopped_at_kubelet_start_is_reset_and_joined_again(
+    ha_site, keys: Keys, tmp_path: Path
+) -> None:
+    """kc-cp2's kubelet refuses to run (swap on): its join stops at kubelet-start, after kubeadm wrote
+    its static pods, admin.conf and the CA there. The next run resets kc-cp2 (kubeadm would refuse it:
+    DirAvailable--etc-kubernetes-manifests) and joins it, then the rest."""
+    site, client, every, state = ha_site
+    cp2 = every[3]
+    assert cp2.name == "kc-cp2"
+    swaps = tmp_path / "swaps"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swap.img\tfile\t2097148\t0\t-2\n")
+    enter = ["nsenter", "-t", str(cp2.containerd.proc.pid), "-m"]
+    listener = _Listener(VIP, 6443)
+    try:
+        subprocess.run([*enter, "mount", "--bind", str(swaps), "/proc/swaps"], check=True)
+        try:
+            failed = _cluster(site, keys, client)
+        finally:
+            subprocess.run([*enter, "umount", "/proc/swaps"], check=True)
+        out = failed.stdout + failed.stderr
+        assert failed.returncode == 6 and "kubeadm join --control-plane failed on kc-cp2" in out, out
+        assert (cp2.root / "kubernetes" / "manifests" / "kube-apiserver.yaml").exists()
+        first_log = _lines(state / "log")
+        again = _cluster(site, keys, client)
+    finally:
+        listener.close()
+    assert again.returncode == 0, again.stdout + again.stderr
+    token2 = json.loads((state / "cluster.json").read_text())["deleted"]
+    log = _lines(state / "log")[len(first_log) :]
+    assert log[:5] == [
+        "reset kc-cp2",
+        f"token-create {token2[:6]}",
+        "upload-certs",
+        f"join-control-plane kc-cp2 endpoint={VIP}:6443",
+        f"join-control-plane kc-cp3 endpoint={VIP}:6443",
+    ]
+    assert log[-1] == f"token-delete {token2[:6]}" and len(log) == 8

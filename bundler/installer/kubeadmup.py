@@ -225,6 +225,9 @@ def configure_containerd(
 # leaves (kubeadm's preflight then refuses the node: FileAvailable, DirAvailable): the cluster's CA, the
 # kubelet's bootstrap kubeconfig, static pod manifests.
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+# a control plane's join is done once its stacked etcd member is (control-plane-join/etcd writes this
+# static pod after kubelet-start, which writes kubelet.conf)
+ETCD_MANIFEST = "/etc/kubernetes/manifests/etcd.yaml"
 LEFTOVERS = (
     "/etc/kubernetes/pki/ca.crt",
     "/etc/kubernetes/bootstrap-kubelet.conf",
@@ -241,14 +244,17 @@ def setup_state(nodes: List[Node], opts: remote.SshOptions) -> List[NodeResult]:
         # a glob that matches nothing stays itself, which is no file
         probe = " ".join(
             f'for f in {f}; do [ -e "$f" ] && echo {shlex.quote(f)} && break; done;'
-            for f in (KUBELET_CONF, ADMIN_CONF, *LEFTOVERS)
+            for f in (KUBELET_CONF, ADMIN_CONF, ETCD_MANIFEST, *LEFTOVERS)
         )
         try:
             out = remote.run(node, opts, f"{remote.sudo_prefix(node)}sh -c {shlex.quote(probe + ' true')}")
         except remote.RemoteError as exc:
             return NodeResult(node, error=f"cluster: cannot ask {node.name} whether kubeadm set it up: {exc}")
         return NodeResult(
-            node, done=sorted(set(ln for ln in out.split() if ln in (KUBELET_CONF, ADMIN_CONF, *LEFTOVERS)))
+            node,
+            done=sorted(
+                set(ln for ln in out.split() if ln in (KUBELET_CONF, ADMIN_CONF, ETCD_MANIFEST, *LEFTOVERS))
+            ),
         )
 
     return remote.for_each(nodes, one)
@@ -293,7 +299,9 @@ def bring_up(
     state = {r.node.name: r.done for r in found_state}
     first = control[0]
     initialised = ADMIN_CONF in state[first.name]
-    joined = {n.name for n in control[1:] + workers if KUBELET_CONF in state[n.name]}
+    joined = {n.name for n in workers if KUBELET_CONF in state[n.name]} | {
+        n.name for n in control[1:] if KUBELET_CONF in state[n.name] and ETCD_MANIFEST in state[n.name]
+    }
     if not initialised and joined:
         return [
             NodeResult(
