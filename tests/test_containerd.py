@@ -726,3 +726,273 @@ def test_a_node_with_swap_on_fails_with_the_kubelets_words(ha_site, tmp_path: Pa
         'the kubelet there says: "command failed" err="failed to run Kubelet: running with swap on is not supported, '
         "please disable swap! or set --fail-swap-on flag to false. /proc/swaps contained: [" in message
     )
+
+
+# ---------------------------------------------------------------- kubeadm's bring-up, resumed
+
+
+def _cluster(site: Path, keys: Keys, client) -> subprocess.CompletedProcess[str]:
+    return _install(site, keys, "--yes", "--only", "cluster", "--ssh-config", str(client.config))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _argvs(state: Path) -> list[list[str]]:
+    return [json.loads(line) for line in _lines(state / "argv")]
+
+
+def _no_secret_anywhere(site: Path, state: Path, runs, secrets: list[str]) -> None:
+    """None of ``secrets`` in what ps showed on the nodes (every kubeadm argv), in the installer's
+    output, in its logs or its journal."""
+    texts = [" ".join(a) for a in _argvs(state)]
+    texts += [r.stdout + r.stderr for r in runs]
+    texts += [p.read_text() for p in (site / "work" / "logs").rglob("*.log")]
+    texts += [p.read_text() for p in (site / "work").glob("*.json")]
+    for secret in secrets:
+        assert secret and all(secret not in text for text in texts), secret
+
+
+def test_a_rerun_after_a_failed_worker_join_joins_it_without_a_second_init(ha_site, keys: Keys) -> None:
+    """kc-w1's join fails (no pause image: its kubelet cannot start a pod); the rest joined. The next run
+    asks every node what kubeadm set up there, runs no init, registers a fresh token (in --config, not
+    argv), reads the CA's hash from kubeadm token create's answer, joins kc-w1 alone, deletes the token.
+    A run after that (the journal's record of the bring-up gone) finds every node set up and runs no
+    kubeadm at all."""
+    site, client, every, state = ha_site
+    worker = every[1]
+    assert worker.name == "kc-w1"
+    pause = "registry.k8s.io/pause:3.9"
+    subprocess.run(worker.containerd.ctr("images", "rm", pause), check=True, capture_output=True)
+    listener = _Listener(VIP, 6443)
+    try:
+        failed = _cluster(site, keys, client)
+        assert failed.returncode == 6, failed.stdout + failed.stderr
+        assert "kubeadm join failed on kc-w1" in failed.stdout + failed.stderr
+        first_log = _lines(state / "log")
+        first_cluster = json.loads((state / "cluster.json").read_text())
+        token1, key1 = first_cluster["deleted"], first_cluster["key"]
+        # the failed run's token did its work: deleted too (the next run makes its own)
+        assert (
+            first_log[0] == f"init kc-cp endpoint={VIP}:6443"
+            and first_log[-1] == f"token-delete {token1[:6]}"
+        )
+        assert "join-worker kc-w2" in " ".join(first_log) and "join-worker kc-w1" not in " ".join(first_log)
+        assert first_cluster["tokens"] == []
+        argv_before = len(_argvs(state))
+        images = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
+        assert images.returncode == 0 and pause in worker.containerd.images(), images.stdout + images.stderr
+        resumed = _cluster(site, keys, client)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        cluster = json.loads((state / "cluster.json").read_text())
+        token2 = cluster["deleted"]
+        assert token2 != token1 and cluster["tokens"] == []
+        assert (
+            _lines(state / "log")[len(first_log) :]
+            == [
+                "reset kc-w1",  # its join stopped at kubelet-start, after writing the cluster's CA there
+                f"token-create {token2[:6]}",  # no init, no upload-certs (no control plane left to join)
+                f"join-worker kc-w1 endpoint={VIP}:6443",
+                f"token-delete {token2[:6]}",
+            ]
+        )
+        argvs = _argvs(state)[argv_before:]
+        assert argvs[0] == ["reset", "-f"]
+        assert argvs[1][:4] == ["token", "create", "--print-join-command", "--config"] and len(argvs[1]) == 5
+        assert argvs[2][:2] == ["join", "--config"] and argvs[3:] == [["token", "delete", token2[:6]]]
+        out = resumed.stdout
+        assert "kubeadm set up before (skipped): kc-cp, kc-cp2, kc-cp3, kc-w2" in out
+        assert "kubeadm init done before (/etc/kubernetes/admin.conf there)" in out
+        assert f"https://{VIP}:6443" in (site / "work" / "admin.conf").read_text()
+        # the journal skips a finished bring-up; without its record the nodes themselves say it is done
+        journal = site / "work" / "state.json"
+        data = json.loads(journal.read_text())
+        data["done"] = {k: v for k, v in data["done"].items() if not k.startswith("cluster/")}
+        journal.write_text(json.dumps(data))
+        log_before, argv_before = _lines(state / "log"), len(_argvs(state))
+        third = _cluster(site, keys, client)
+    finally:
+        listener.close()
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "kubeadm set up before (skipped): kc-cp, kc-cp2, kc-cp3, kc-w1, kc-w2" in third.stdout
+    assert _lines(state / "log") == log_before and len(_argvs(state)) == argv_before  # no kubeadm ran
+    _no_secret_anywhere(site, state, [failed, images, resumed, third], [token1, key1, token2])
+
+
+def test_a_rerun_after_a_failed_control_plane_join_uploads_the_certificates_again(
+    ha_site, keys: Keys
+) -> None:
+    """kc-cp2 lacks etcd's image: its join fails in kubeadm's preflight, and the nodes after it wait. The
+    next run uploads the control-plane certificates again under a fresh key (kubeadm init phase
+    upload-certs, the key in --config) and joins kc-cp2, kc-cp3 and the workers with a fresh token."""
+    site, client, every, state = ha_site
+    cp2 = every[3]
+    assert cp2.name == "kc-cp2"
+    etcd = "registry.k8s.io/etcd:3.5.15-0"
+    subprocess.run(cp2.containerd.ctr("images", "rm", etcd), check=True, capture_output=True)
+    listener = _Listener(VIP, 6443)
+    try:
+        failed = _cluster(site, keys, client)
+        out = failed.stdout + failed.stderr
+        assert failed.returncode == 6, out
+        assert (
+            "kubeadm join --control-plane failed on kc-cp2" in out
+            and f"[ERROR ImagePull]: failed to pull image {etcd}" in out
+        )
+        first_log = _lines(state / "log")
+        key1 = json.loads((state / "cluster.json").read_text())["key"]
+        token1 = json.loads((state / "cluster.json").read_text())["deleted"]
+        assert [line.split()[0] for line in first_log] == ["init", "token-delete"]
+        images = _install(site, keys, "--yes", "--only", "images", "--ssh-config", str(client.config))
+        assert images.returncode == 0, images.stdout + images.stderr
+        resumed = _cluster(site, keys, client)
+    finally:
+        listener.close()
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    cluster = json.loads((state / "cluster.json").read_text())
+    token2, key2 = cluster["deleted"], cluster["key"]
+    assert key2 != key1 and token2 != token1
+    log = _lines(state / "log")[len(first_log) :]
+    assert log[:4] == [
+        f"token-create {token2[:6]}",
+        "upload-certs",
+        f"join-control-plane kc-cp2 endpoint={VIP}:6443",
+        f"join-control-plane kc-cp3 endpoint={VIP}:6443",
+    ]
+    assert sorted(log[4:6]) == [
+        f"join-worker kc-w1 endpoint={VIP}:6443",
+        f"join-worker kc-w2 endpoint={VIP}:6443",
+    ]
+    assert log[6:] == [f"token-delete {token2[:6]}"]
+    upload = [a for a in _argvs(state) if a[:3] == ["init", "phase", "upload-certs"]]
+    assert len(upload) == 1 and upload[0][3:6] == [
+        "--upload-certs",
+        "--skip-certificate-key-print",
+        "--config",
+    ]
+    assert "kubeadm set up before (skipped): kc-cp" in [line.strip() for line in resumed.stdout.splitlines()]
+    _no_secret_anywhere(site, state, [failed, images, resumed], [token1, key1, token2, key2])
+
+
+def test_the_kubeadm_stand_in_refuses_to_set_up_a_node_twice_like_kubeadm(
+    ha_site, keys: Keys, tmp_path: Path
+) -> None:
+    """After a bring-up, kubeadm init on the initialised control plane and kubeadm join on a joined worker
+    fail in kubeadm's preflight with its words; the installer adds what to do."""
+    from bundler.errors import InstallError
+
+    site, client, every, _ = ha_site
+    listener = _Listener(VIP, 6443)
+    try:
+        run = _cluster(site, keys, client)
+        assert run.returncode == 0, run.stdout + run.stderr
+        with pytest.raises(InstallError) as init:
+            _runner(client, tmp_path).run(
+                _inventory_node(every[0]), "/tmp/ab-kc-bin/kubeadm init --node-name kc-cp", "kubeadm init"
+            )
+        with pytest.raises(InstallError) as join:
+            _runner(client, tmp_path).run(
+                _inventory_node(every[1]),
+                f"/tmp/ab-kc-bin/kubeadm join {VIP}:6443 --token abcdef.0123456789abcdef "
+                "--discovery-token-ca-cert-hash sha256:" + "0" * 64,
+                "kubeadm join",
+            )
+    finally:
+        listener.close()
+    logged = (tmp_path / "logs" / "kubeadm-kc-cp.log").read_text()
+    manifests = "/etc/kubernetes/manifests/"
+    expected = [
+        "[ERROR Port-6443]: Port 6443 is in use",
+        "[ERROR Port-10259]: Port 10259 is in use",
+        "[ERROR Port-10257]: Port 10257 is in use",
+        *[f"[ERROR FileAvailable--etc-kubernetes-manifests-{c}.yaml]: {manifests}{c}.yaml already exists"
+          for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")],
+        "[ERROR Port-10250]: Port 10250 is in use",
+        "[ERROR Port-2379]: Port 2379 is in use",
+        "[ERROR Port-2380]: Port 2380 is in use",
+    ]  # fmt: skip
+    assert [ln.strip() for ln in logged.splitlines() if "[ERROR" in ln] == expected
+    assert str(init.value).startswith("cluster: kubeadm init failed on kc-cp (exit 1): ")
+    assert "run `kubeadm reset -f` on kc-cp, then install again" in str(init.value)
+    logged = (tmp_path / "logs" / "kubeadm-kc-w1.log").read_text()
+    assert [ln.strip() for ln in logged.splitlines() if "[ERROR" in ln] == [
+        "[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists",
+        "[ERROR Port-10250]: Port 10250 is in use",
+        "[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]: /etc/kubernetes/pki/ca.crt already exists",
+    ]
+    assert "kubeadm join failed on kc-w1" in str(join.value)
+
+
+def test_a_rerun_after_a_failed_init_says_to_reset_the_first_control_plane(
+    ha_site, keys: Keys, tmp_path: Path
+) -> None:
+    """kc-cp's init stops at wait-control-plane (swap on: its kubelet refuses to run), after kubeadm's
+    kubeconfig phase wrote admin.conf there. The next run does not take that admin.conf for a finished
+    init blindly: its cluster does not answer kubeadm token create, and the installer says to reset
+    kc-cp. It resets nothing there by itself (an admin.conf whose API is only down for now would be a
+    cluster's first control plane)."""
+    site, client, every, state = ha_site
+    swaps = tmp_path / "swaps"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swap.img\tfile\t2097148\t0\t-2\n")
+    enter = ["nsenter", "-t", str(every[0].containerd.proc.pid), "-m"]
+    listener = _Listener(VIP, 6443)
+    try:
+        subprocess.run([*enter, "mount", "--bind", str(swaps), "/proc/swaps"], check=True)
+        try:
+            failed = _cluster(site, keys, client)
+        finally:
+            subprocess.run([*enter, "umount", "/proc/swaps"], check=True)
+        assert failed.returncode == 6, failed.stdout + failed.stderr
+        assert "kubeadm init failed on kc-cp" in failed.stdout + failed.stderr
+        again = _cluster(site, keys, client)
+    finally:
+        listener.close()
+    out = again.stdout + again.stderr
+    assert again.returncode == 6, out
+    assert "kubeadm token create failed on kc-cp" in out
+    assert (
+        "kc-cp has the /etc/kubernetes/admin.conf of an earlier kubeadm init, whose cluster does not answer: "
+        "if that init failed, run `kubeadm reset -f` on kc-cp, then install again" in out
+    )
+    assert [a[0] for a in _argvs(state)] == ["init", "token"] and not (state / "log").exists()
+    assert "Traceback" not in again.stderr
+
+
+def test_a_control_plane_whose_join_stopped_at_kubelet_start_is_reset_and_joined_again(
+    ha_site, keys: Keys, tmp_path: Path
+) -> None:
+    """kc-cp2's kubelet refuses to run (swap on): its join stops at kubelet-start, after kubeadm wrote
+    its static pods, admin.conf and the CA there. The next run resets kc-cp2 (kubeadm would refuse it:
+    DirAvailable--etc-kubernetes-manifests) and joins it, then the rest."""
+    site, client, every, state = ha_site
+    cp2 = every[3]
+    assert cp2.name == "kc-cp2"
+    swaps = tmp_path / "swaps"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swap.img\tfile\t2097148\t0\t-2\n")
+    enter = ["nsenter", "-t", str(cp2.containerd.proc.pid), "-m"]
+    listener = _Listener(VIP, 6443)
+    try:
+        subprocess.run([*enter, "mount", "--bind", str(swaps), "/proc/swaps"], check=True)
+        try:
+            failed = _cluster(site, keys, client)
+        finally:
+            subprocess.run([*enter, "umount", "/proc/swaps"], check=True)
+        out = failed.stdout + failed.stderr
+        assert failed.returncode == 6 and "kubeadm join --control-plane failed on kc-cp2" in out, out
+        assert (cp2.root / "kubernetes" / "manifests" / "kube-apiserver.yaml").exists()
+        first_log = _lines(state / "log")
+        again = _cluster(site, keys, client)
+    finally:
+        listener.close()
+    assert again.returncode == 0, again.stdout + again.stderr
+    token2 = json.loads((state / "cluster.json").read_text())["deleted"]
+    log = _lines(state / "log")[len(first_log) :]
+    assert log[:5] == [
+        "reset kc-cp2",
+        f"token-create {token2[:6]}",
+        "upload-certs",
+        f"join-control-plane kc-cp2 endpoint={VIP}:6443",
+        f"join-control-plane kc-cp3 endpoint={VIP}:6443",
+    ]
+    assert log[-1] == f"token-delete {token2[:6]}" and len(log) == 8

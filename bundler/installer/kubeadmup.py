@@ -18,6 +18,11 @@ must answer on before the joins. Each node's output goes to ``logs/kubeadm-NODE.
 and key are never echoed. When kubeadm times out waiting for the kubelet, the kubelet's own error
 lines (``journalctl -u kubelet``) are quoted with the node's name.
 
+Resumable: it first asks every node what kubeadm set up there (``setup_state``) and skips the nodes
+it finished before. The joins left get a fresh token and the CA's hash from ``kubeadm token create
+--print-join-command --config F`` and, for control planes, certificates uploaded again under a fresh
+key (``kubeadm init phase upload-certs``); a node an earlier kubeadm left half set up is reset first.
+
 It does not configure keepalived and haproxy (``lbsetup`` does, before it) and decides nothing
 about which nodes exist (the inventory). Carried in bundles: python3 3.6, stdlib only.
 """
@@ -27,7 +32,7 @@ import re
 import secrets
 import shlex
 from pathlib import Path
-from typing import IO, Callable, List, Optional
+from typing import IO, Callable, List, Optional, Set
 
 from bundler.errors import InstallError
 from bundler.installer import containerdconf, kubeconfig, remote
@@ -179,6 +184,12 @@ class _Runner:
                 ln.strip() for ln in text.splitlines() if "[ERROR" in ln or "error execution phase" in ln
             ]
             detail = "; ".join(verdict)[:2000] or text[-600:].strip()
+            if any("[ERROR FileAvailable" in v or "[ERROR DirAvailable" in v for v in verdict):
+                detail += (
+                    f"; {node.name} holds the files of an earlier kubeadm run that did not finish (a node "
+                    f"kubeadm set up completely is skipped): run `kubeadm reset -f` on {node.name}, "
+                    "then install again"
+                )
             if "wait-control-plane" in text or "kubelet-start" in text:
                 detail += self.kubelet_says(node)
             raise InstallError(
@@ -209,6 +220,46 @@ def configure_containerd(
     return results
 
 
+# What a node that kubeadm has set up holds: kubelet.conf (written by init and by every join),
+# admin.conf (written by init, and by a control-plane join). What a kubeadm run that stopped half-way
+# leaves (kubeadm's preflight then refuses the node: FileAvailable, DirAvailable): the cluster's CA, the
+# kubelet's bootstrap kubeconfig, static pod manifests.
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+# a control plane's join is done once its stacked etcd member is (control-plane-join/etcd writes this
+# static pod after kubelet-start, which writes kubelet.conf)
+ETCD_MANIFEST = "/etc/kubernetes/manifests/etcd.yaml"
+LEFTOVERS = (
+    "/etc/kubernetes/pki/ca.crt",
+    "/etc/kubernetes/bootstrap-kubelet.conf",
+    "/etc/kubernetes/manifests/*",
+)
+
+
+def setup_state(nodes: List[Node], opts: remote.SshOptions) -> List[NodeResult]:
+    """Which nodes kubeadm already set up (a finished init or join): asked on every node at once; each
+    result's ``done`` names the files found (``KUBELET_CONF``, ``ADMIN_CONF``), its ``error`` a node
+    that did not answer."""
+
+    def one(node: Node) -> NodeResult:
+        # a glob that matches nothing stays itself, which is no file
+        probe = " ".join(
+            f'for f in {f}; do [ -e "$f" ] && echo {shlex.quote(f)} && break; done;'
+            for f in (KUBELET_CONF, ADMIN_CONF, ETCD_MANIFEST, *LEFTOVERS)
+        )
+        try:
+            out = remote.run(node, opts, f"{remote.sudo_prefix(node)}sh -c {shlex.quote(probe + ' true')}")
+        except remote.RemoteError as exc:
+            return NodeResult(node, error=f"cluster: cannot ask {node.name} whether kubeadm set it up: {exc}")
+        return NodeResult(
+            node,
+            done=sorted(
+                set(ln for ln in out.split() if ln in (KUBELET_CONF, ADMIN_CONF, ETCD_MANIFEST, *LEFTOVERS))
+            ),
+        )
+
+    return remote.for_each(nodes, one)
+
+
 def bring_up(
     nodes: List[Node],
     endpoint: Optional[Endpoint],
@@ -222,7 +273,13 @@ def bring_up(
     """The HA bring-up in kubeadm's order; one result per node (a failure stops the nodes after it:
     a join needs the init, and control planes join one at a time as etcd grows by one member).
     First containerd is configured for the kubelet on every cluster node (``sandbox_image``: the
-    bundle's pause image). The admin kubeconfig is written to ``workdir/admin.conf`` (0600)."""
+    bundle's pause image). The admin kubeconfig is written to ``workdir/admin.conf`` (0600).
+
+    Resumable: the nodes kubeadm already set up (``setup_state``) are skipped. When the first control
+    plane was initialised before, the joins left get what init would have given them from it: a
+    fresh bootstrap token (``kubeadm token create --print-join-command --config F``: the token in F,
+    the CA's discovery hash in kubeadm's answer) and, for control planes, the certificates uploaded
+    again under a fresh key (``kubeadm init phase upload-certs --upload-certs --config F``)."""
     control = [n for n in nodes if n.has("controlplane")]
     workers = [n for n in nodes if n.has("worker") and not n.has("controlplane")]
     if not sandbox_image:
@@ -231,32 +288,96 @@ def bring_up(
             "would pull one from a registry the site cannot reach; build the bundle with kubeadm's own "
             "image list (leave cluster.system_images out, or add registry.k8s.io/pause to it)"
         )
+    if not control:  # the topology check names it too; --yes cannot make kubeadm init run nowhere
+        raise InstallError("cluster: no node has the controlplane role; kubeadm init needs one")
     configured = configure_containerd(control + workers, sandbox_image, opts, echo)
     if any(r.error for r in configured):
         return [r for r in configured if r.error]
+    found_state = setup_state(control + workers, opts)
+    if any(r.error for r in found_state):
+        return [r for r in found_state if r.error]
+    state = {r.node.name: r.done for r in found_state}
+    first = control[0]
+    initialised = ADMIN_CONF in state[first.name]
+    joined = {n.name for n in workers if KUBELET_CONF in state[n.name]} | {
+        n.name for n in control[1:] if KUBELET_CONF in state[n.name] and ETCD_MANIFEST in state[n.name]
+    }
+    if not initialised and joined:
+        return [
+            NodeResult(
+                first,
+                error=f"cluster: {', '.join(sorted(joined))} already belong to a cluster (kubeadm set them "
+                f"up: {KUBELET_CONF}), but {first.name}, the inventory's first control plane, has no "
+                f"{ADMIN_CONF}: "
+                f"kubeadm init would make a second cluster there. Put the control plane that cluster was "
+                f"initialised on first among the controlplane nodes of the inventory, or run kubeadm reset "
+                f"on {', '.join(sorted(joined))} to start over",
+            )
+        ]
+    done_before = ([first.name] if initialised else []) + sorted(joined)
+    if done_before:
+        echo(f"  kubeadm set up before (skipped): {', '.join(done_before)}")
     token, key = new_token(), secrets.token_hex(32)
     runner = _Runner(opts, workdir / "logs", echo, [token, key])
-    results = []
-    if not control:  # the topology check names it too; --yes cannot make kubeadm init run nowhere
-        raise InstallError("cluster: no node has the controlplane role; kubeadm init needs one")
-    first = control[0]
     where = str(endpoint if endpoint is not None else Endpoint(first.address))
-    try:
-        init = ["init", "--upload-certs"] if endpoint is not None else ["init"]
-        out = runner.run(
-            first,
-            with_config(kubeadm, init),
-            "kubeadm init",
-            init_config(first, version, endpoint, token, key),
-        )
-    except InstallError as exc:
-        return [NodeResult(first, error=str(exc))]
-    found = _HASH.search(out)
-    if not found:
-        return [NodeResult(first, error=f"cluster: kubeadm init on {first.name} printed no discovery hash")]
-    ca_hash = found.group(1)
-    results.append(NodeResult(first, done=["kubeadm init"]))
-    for node in control[1:]:
+    to_join = [n for n in control[1:] if n.name not in joined]
+    workers_left = [n for n in workers if n.name not in joined]
+    results: List[NodeResult] = []
+    made_token = False
+    # a node that an earlier run's kubeadm left half set up (its init or join stopped after writing
+    # files, e.g. at kubelet-start) is not in the cluster; kubeadm refuses it until kubeadm reset
+    todo = ([] if initialised else [first]) + to_join + workers_left
+    half = [n for n in todo if any(f in state[n.name] for f in (*LEFTOVERS, KUBELET_CONF))]
+    for node in half:
+        try:
+            runner.run(
+                node,
+                f"{shlex.quote(kubeadm)} reset -f",
+                "kubeadm reset -f (an earlier kubeadm stopped half-way)",
+            )
+        except InstallError as exc:
+            return [NodeResult(node, error=str(exc))]
+    if initialised:
+        results.append(NodeResult(first, skipped=[f"kubeadm init done before ({ADMIN_CONF} there)"]))
+        results += _joined_before(control[1:], joined)
+        if not to_join and not workers_left:
+            return _admin_conf(first, opts, workdir, echo, results + _joined_before(workers, joined))
+        config = init_config(first, version, endpoint, token, key)
+        try:
+            ca_hash = _new_token(runner, first, kubeadm, config)
+            made_token = True
+            if to_join and endpoint is not None:
+                _upload_certs(runner, first, kubeadm, config)
+        except InstallError as exc:
+            advice = (
+                ""
+                if made_token
+                else f"; {first.name} has the {ADMIN_CONF} of an earlier kubeadm init, whose cluster does "
+                f"not answer: if that init failed, run `kubeadm reset -f` on {first.name}, then install again"
+            )
+            results[0] = NodeResult(first, error=f"{exc}{advice}")
+            return _end(runner, first, kubeadm, token, made_token, results)
+    else:
+        try:
+            init = ["init", "--upload-certs"] if endpoint is not None else ["init"]
+            out = runner.run(
+                first,
+                with_config(kubeadm, init),
+                "kubeadm init",
+                init_config(first, version, endpoint, token, key),
+            )
+        except InstallError as exc:
+            return [NodeResult(first, error=str(exc))]
+        made_token = True
+        found = _HASH.search(out)
+        if not found:
+            results.append(
+                NodeResult(first, error=f"cluster: kubeadm init on {first.name} printed no discovery hash")
+            )
+            return _end(runner, first, kubeadm, token, made_token, results)
+        ca_hash = found.group(1)
+        results.append(NodeResult(first, done=["kubeadm init"]))
+    for node in to_join:
         try:
             runner.run(
                 node,
@@ -267,7 +388,7 @@ def bring_up(
             results.append(NodeResult(node, done=["kubeadm join --control-plane"]))
         except InstallError as exc:
             results.append(NodeResult(node, error=str(exc)))
-            return results
+            return _end(runner, first, kubeadm, token, made_token, results)
 
     def join(node: Node) -> NodeResult:
         try:
@@ -278,15 +399,72 @@ def bring_up(
         except InstallError as exc:
             return NodeResult(node, error=str(exc))
 
-    results += remote.for_each(workers, join)
+    results += remote.for_each(workers_left, join)
+    results += _joined_before(workers, joined)
+    results = _end(runner, first, kubeadm, token, made_token, results)
     if any(r.error for r in results):
         return results
-    # every node joined: the token has done its work (its ID alone names it: the ID is not secret)
+    return _admin_conf(first, opts, workdir, echo, results)
+
+
+def _joined_before(nodes: List[Node], joined: Set[str]) -> List[NodeResult]:
+    """The nodes of ``nodes`` kubeadm joined before, reported as skipped."""
+    return [
+        NodeResult(n, skipped=[f"joined before ({KUBELET_CONF} there)"]) for n in nodes if n.name in joined
+    ]
+
+
+def _new_token(runner: "_Runner", first: Node, kubeadm: str, config: str) -> str:
+    """The token of ``config`` (an ``init_config``) registered as a bootstrap token of the cluster
+    initialised before on ``first``; the CA's discovery hash returned. kubeadm token create reads the
+    token from --config's InitConfiguration.bootstrapTokens, so it is never in argv; its
+    --print-join-command answer carries the hash (and the token: masked like every output)."""
+    out = runner.run(
+        first,
+        with_config(kubeadm, ["token", "create", "--print-join-command"]),
+        "kubeadm token create",
+        config,
+    )
+    found = _HASH.search(out)
+    if not found:
+        raise InstallError(f"cluster: kubeadm token create on {first.name} printed no discovery hash")
+    return found.group(1)
+
+
+def _upload_certs(runner: "_Runner", first: Node, kubeadm: str, config: str) -> None:
+    """The control-plane certificates uploaded again (the kubeadm-certs Secret), encrypted with the
+    ``certificateKey`` of ``config``: the control planes left to join download them with it."""
+    upload = ["init", "phase", "upload-certs", "--upload-certs", "--skip-certificate-key-print"]
+    runner.run(first, with_config(kubeadm, upload), "kubeadm init phase upload-certs", config)
+
+
+def _end(
+    runner: "_Runner", first: Node, kubeadm: str, token: str, made: bool, results: List[NodeResult]
+) -> List[NodeResult]:
+    """The bootstrap token deleted once the joins are over (joined or failed: a re-run makes a fresh
+    one); its ID alone names it, and the ID is not secret."""
+    if not made:
+        return results
     token_id = token.split(".")[0]
     try:
         runner.run(first, f"{shlex.quote(kubeadm)} token delete {token_id}", "kubeadm token delete")
-    except InstallError as exc:  # the cluster is up: a warning, as the token expires soon anyway
-        results[0].warnings.append(f"{exc}; the bootstrap token expires by itself within {BOOTSTRAP_TTL}")
+    except InstallError as exc:  # a warning: the token expires soon anyway
+        mine = next((r for r in results if r.node.name == first.name), None)
+        if mine is None:
+            mine = NodeResult(first)
+            results.insert(0, mine)
+        mine.warnings.append(f"{exc}; the bootstrap token expires by itself within {BOOTSTRAP_TTL}")
+    return results
+
+
+def _admin_conf(
+    first: Node,
+    opts: remote.SshOptions,
+    workdir: Path,
+    echo: Callable[[str], None],
+    results: List[NodeResult],
+) -> List[NodeResult]:
+    """``ADMIN_CONF`` of the first control plane copied to ``workdir/admin.conf`` (0600)."""
     try:
         conf = remote.run(first, opts, f"{remote.sudo_prefix(first)}cat {ADMIN_CONF}")
     except remote.RemoteError as exc:
